@@ -1,0 +1,220 @@
+//! The application: state shared by every handler, built once from the
+//! config, and the run loop with its background services and graceful
+//! shutdown. `main` and the tests build it the same way.
+
+use crate::auth::{AuthPolicy, KeyError, KeyService, hash_key};
+use crate::config::{Config, Secrets};
+use crate::exchange::{self, ExchangeSink};
+use crate::limits::RateLimits;
+use crate::routing::{Routes, RoutingTable};
+use crate::store::{SharedStore, StoreError};
+use crate::upstream::Upstreams;
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::ExposeSecret;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Read-mostly state behind every handler. What changes at run time
+/// (routes, keys) is swapped atomically inside; nothing here is locked.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub routes: Routes,
+    pub upstreams: Upstreams,
+    pub keys: KeyService,
+    pub auth: AuthPolicy,
+    pub limits: RateLimits,
+    pub store: SharedStore,
+    pub exchanges: ExchangeSink,
+    pub metrics: PrometheusHandle,
+    pub started_unix: u64,
+    /// Cancelled when shutdown begins; every background service watches it.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("{0}")]
+    Upstream(String),
+    #[error("cannot listen: {0}")]
+    Listen(std::io::Error),
+}
+
+/// Exchanges waiting for the worker; beyond this they are dropped and counted.
+const EXCHANGE_QUEUE: usize = 8192;
+
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    exchange_rx: tokio::sync::mpsc::Receiver<exchange::Exchange>,
+}
+
+impl Application {
+    /// Opens the store in `config.server.data_dir` and builds everything.
+    pub fn build(
+        config: Config,
+        secrets: Secrets,
+        listener: TcpListener,
+    ) -> Result<Self, StartError> {
+        let store = crate::store::open(&config.server.data_dir)?;
+        Self::build_with_store(config, secrets, listener, store)
+    }
+
+    pub fn build_with_store(
+        config: Config,
+        secrets: Secrets,
+        listener: TcpListener,
+        store: SharedStore,
+    ) -> Result<Self, StartError> {
+        let keys = KeyService::open(store.clone())?;
+        let auth = AuthPolicy {
+            ring: keys.ring(),
+            admin_token_hash: secrets
+                .admin_token
+                .as_ref()
+                .map(|t| hash_key(t.expose_secret())),
+            allow_anonymous: config.auth.allow_anonymous_clients,
+            passthrough: config.auth.passthrough_client_keys,
+        };
+        let (exchanges, exchange_rx) = ExchangeSink::new(EXCHANGE_QUEUE);
+        let state = AppState {
+            routes: Routes::new(RoutingTable::from_config(&config)),
+            upstreams: Upstreams::new(&config, &secrets).map_err(StartError::Upstream)?,
+            limits: RateLimits::new(&config.limits),
+            keys,
+            auth,
+            store,
+            exchanges,
+            metrics: crate::telemetry::metrics_handle(),
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            shutdown: CancellationToken::new(),
+            config: Arc::new(config),
+        };
+        Ok(Self {
+            listener,
+            state: Arc::new(state),
+            exchange_rx,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `stop` resolves (or the state's shutdown token is
+    /// cancelled), then stops accepting, gives in-flight requests
+    /// `server.shutdown_grace_s` to finish, drains the background services
+    /// and flushes the store.
+    pub async fn run_until_stopped(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        let Self {
+            listener,
+            state,
+            exchange_rx,
+        } = self;
+        let shutdown = state.shutdown.clone();
+        let tasks = TaskTracker::new();
+        tasks.spawn(exchange::run_worker(exchange_rx, shutdown.clone()));
+        tasks.spawn(shrink_limiter(state.clone(), shutdown.clone()));
+
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop => trigger.cancel(),
+                () = trigger.cancelled() => {}
+            }
+        });
+
+        let listener = listener.tap_io(|tcp| {
+            // Without it, a kept-alive response written in two parts waits
+            // for the client's delayed ACK (~40 ms).
+            let _ = tcp.set_nodelay(true);
+        });
+        let app = crate::server::router(state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let graceful = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { graceful.cancelled().await })
+                .await
+        });
+        let abort = server.abort_handle();
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+        let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
+        let served = match tokio::time::timeout(grace, server).await {
+            Ok(joined) => joined.map_err(std::io::Error::other)?,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "in-flight requests outlived the grace period; closing them"
+                );
+                abort.abort();
+                Ok(())
+            }
+        };
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!("background services did not stop within the grace period");
+        }
+        let store = state.store.clone();
+        let flushed = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(std::io::Error::other)?;
+        if let Err(e) = flushed {
+            tracing::error!(error = %e, "store flush at shutdown failed");
+        }
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Forgets idle rate-limit buckets once a minute.
+async fn shrink_limiter(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.limits.shrink(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,303 @@
+//! The configuration's typed sections and their defaults, in one place.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub capture: CaptureConfig,
+    #[serde(default)]
+    pub taxonomy: TaxonomyConfig,
+    #[serde(default)]
+    pub fine_tuning: FineTuningConfig,
+    #[serde(default)]
+    pub evaluation: EvaluationConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    /// Names the provider for model names that are no alias; the first one otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_provider: Option<String>,
+    /// How long in-flight requests may run on after SIGTERM/SIGINT.
+    pub shutdown_grace_s: u64,
+    /// Origins allowed by CORS for browser clients; `["*"]` allows any.
+    pub cors_allow_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            max_body_bytes: 10 * 1024 * 1024,
+            default_provider: None,
+            shutdown_grace_s: 30,
+            cors_allow_origins: vec!["*".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The variable holding the bootstrap admin credential.
+    pub admin_token_env: String,
+    /// Serve requests that carry no Flywheel key as an anonymous client.
+    pub allow_anonymous_clients: bool,
+    /// Forward a client's own provider key (one that is no Flywheel key) upstream.
+    pub passthrough_client_keys: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            admin_token_env: "FLYWHEEL_ADMIN_TOKEN".into(),
+            allow_anonymous_clients: false,
+            passthrough_client_keys: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Per key; 0 turns rate limiting off.
+    pub requests_per_minute: u32,
+    pub burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 600,
+            burst: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub base_url: String,
+    /// The variable holding this provider's API key; none for local servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Whole request, first byte to last.
+    #[serde(default = "defaults::timeout_s")]
+    pub timeout_s: u64,
+    /// Until the upstream's response headers and first body bytes.
+    #[serde(default = "defaults::first_byte_timeout_s")]
+    pub first_byte_timeout_s: u64,
+    #[serde(default = "defaults::connect_timeout_s")]
+    pub connect_timeout_s: u64,
+    /// Retries before the first byte reached the client (connect errors, 429, 5xx).
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u32,
+    /// A `retry-after` longer than this is not waited for: the 429 goes to the client.
+    #[serde(default = "defaults::max_retry_wait_s")]
+    pub max_retry_wait_s: u64,
+    /// This provider accepts `/files` and `/fine_tuning/jobs`.
+    #[serde(default)]
+    pub fine_tuning: bool,
+}
+
+impl ProviderConfig {
+    pub(super) fn placeholder() -> Self {
+        Self {
+            name: String::new(),
+            base_url: String::new(),
+            api_key_env: None,
+            timeout_s: defaults::timeout_s(),
+            first_byte_timeout_s: defaults::first_byte_timeout_s(),
+            connect_timeout_s: defaults::connect_timeout_s(),
+            max_retries: defaults::max_retries(),
+            max_retry_wait_s: defaults::max_retry_wait_s(),
+            fine_tuning: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The alias clients ask for.
+    pub name: String,
+    pub model_type: ModelType,
+    pub versions: Vec<VersionConfig>,
+    /// The version serving production traffic on first start; the first one otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production: Option<String>,
+}
+
+impl ModelConfig {
+    pub fn production_version(&self) -> Option<&VersionConfig> {
+        match &self.production {
+            Some(name) => self.versions.iter().find(|v| &v.name == name),
+            None => self.versions.first(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelType {
+    ThreatDetection,
+    LogAnalysis,
+    TriagePriority,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionConfig {
+    pub name: String,
+    pub provider: String,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    pub enabled: bool,
+    /// `"credentials"` selects the built-in secret patterns; anything else is a regex.
+    pub redact: Vec<String>,
+    pub flush_every_ms: u64,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            redact: vec!["credentials".into()],
+            flush_every_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaxonomyConfig {
+    pub threat_types: Vec<String>,
+    pub severities: Vec<String>,
+}
+
+impl Default for TaxonomyConfig {
+    fn default() -> Self {
+        let threat_types = [
+            "benign",
+            "false_positive",
+            "malware",
+            "ransomware",
+            "phishing",
+            "credential_access",
+            "lateral_movement",
+            "privilege_escalation",
+            "persistence",
+            "defense_evasion",
+            "command_and_control",
+            "exfiltration",
+            "discovery",
+            "execution",
+            "impact",
+            "suspicious_activity",
+        ];
+        let severities = ["informational", "low", "medium", "high", "critical"];
+        Self {
+            threat_types: threat_types.map(String::from).to_vec(),
+            severities: severities.map(String::from).to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FineTuningConfig {
+    pub enabled: bool,
+    pub min_examples: usize,
+    pub max_examples: usize,
+    pub validation_split: f64,
+    pub poll_interval_s: u64,
+}
+
+impl Default for FineTuningConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_examples: 50,
+            max_examples: 1000,
+            validation_split: 0.2,
+            poll_interval_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluationConfig {
+    pub enabled: bool,
+    pub interval_s: u64,
+    pub targets: EvaluationTargets,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_s: 86_400,
+            targets: EvaluationTargets::default(),
+        }
+    }
+}
+
+/// The seed's success metrics, shown against live numbers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluationTargets {
+    pub accuracy: f64,
+    pub precision_high_severity: f64,
+    pub recall_critical: f64,
+}
+
+impl Default for EvaluationTargets {
+    fn default() -> Self {
+        Self {
+            accuracy: 0.90,
+            precision_high_severity: 0.85,
+            recall_critical: 0.95,
+        }
+    }
+}
+
+mod defaults {
+    pub fn timeout_s() -> u64 {
+        600
+    }
+    pub fn first_byte_timeout_s() -> u64 {
+        60
+    }
+    pub fn connect_timeout_s() -> u64 {
+        10
+    }
+    pub fn max_retries() -> u32 {
+        2
+    }
+    pub fn max_retry_wait_s() -> u64 {
+        20
+    }
+}

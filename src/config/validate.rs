@@ -1,0 +1,245 @@
+//! Start-up checks of what types alone cannot say: references between
+//! sections, ranges, uniqueness. Each error names the key.
+
+use super::{Config, ConfigError};
+use std::collections::HashSet;
+
+pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
+    check_server(c)?;
+    check_limits(c)?;
+    check_providers(c)?;
+    check_models(c)?;
+    check_taxonomy(c)?;
+    check_fine_tuning(c)?;
+    check_evaluation(c)
+}
+
+fn check_server(c: &Config) -> Result<(), ConfigError> {
+    if c.server.max_body_bytes < 1024 {
+        return Err(ConfigError::invalid(
+            "server.max_body_bytes",
+            "must be at least 1024 bytes",
+        ));
+    }
+    if let Some(name) = &c.server.default_provider {
+        if !c.providers.iter().any(|p| &p.name == name) {
+            return Err(ConfigError::invalid(
+                "server.default_provider",
+                format!("names provider `{name}`, which no [[providers]] entry defines"),
+            ));
+        }
+    }
+    if c.server.data_dir.as_os_str().is_empty() {
+        return Err(ConfigError::invalid("server.data_dir", "must not be empty"));
+    }
+    Ok(())
+}
+
+fn check_limits(c: &Config) -> Result<(), ConfigError> {
+    if c.limits.requests_per_minute > 0 && c.limits.burst == 0 {
+        return Err(ConfigError::invalid(
+            "limits.burst",
+            "must be at least 1 while limits.requests_per_minute is on",
+        ));
+    }
+    Ok(())
+}
+
+fn check_providers(c: &Config) -> Result<(), ConfigError> {
+    if c.providers.is_empty() {
+        return Err(ConfigError::invalid(
+            "providers",
+            "at least one [[providers]] entry is required",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, p) in c.providers.iter().enumerate() {
+        let key = |field: &str| format!("providers[{i}].{field}");
+        if p.name.trim().is_empty() {
+            return Err(ConfigError::invalid(key("name"), "must not be empty"));
+        }
+        if !names.insert(p.name.as_str()) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("`{}` is defined twice", p.name),
+            ));
+        }
+        match reqwest::Url::parse(&p.base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(_) => {
+                return Err(ConfigError::invalid(
+                    key("base_url"),
+                    "must be an http(s) URL",
+                ));
+            }
+            Err(e) => {
+                return Err(ConfigError::invalid(
+                    key("base_url"),
+                    format!("`{}` is not a URL: {e}", p.base_url),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("timeout_s", p.timeout_s),
+            ("first_byte_timeout_s", p.first_byte_timeout_s),
+            ("connect_timeout_s", p.connect_timeout_s),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    key(field),
+                    "must be at least 1 second",
+                ));
+            }
+        }
+        if p.first_byte_timeout_s > p.timeout_s {
+            return Err(ConfigError::invalid(
+                key("first_byte_timeout_s"),
+                "must not exceed timeout_s",
+            ));
+        }
+        if p.api_key_env
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                key("api_key_env"),
+                "names no variable (leave the key out for providers without a key)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_models(c: &Config) -> Result<(), ConfigError> {
+    if c.models.is_empty() {
+        return Err(ConfigError::invalid(
+            "models",
+            "at least one [[models]] entry is required",
+        ));
+    }
+    let mut aliases = HashSet::new();
+    for (i, m) in c.models.iter().enumerate() {
+        let key = |field: &str| format!("models[{i}].{field}");
+        if m.name.trim().is_empty() {
+            return Err(ConfigError::invalid(key("name"), "must not be empty"));
+        }
+        if !aliases.insert(m.name.as_str()) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("alias `{}` is defined twice", m.name),
+            ));
+        }
+        if m.versions.is_empty() {
+            return Err(ConfigError::invalid(
+                key("versions"),
+                format!(
+                    "alias `{}` needs at least one [[models.versions]] entry",
+                    m.name
+                ),
+            ));
+        }
+        let mut versions = HashSet::new();
+        for (j, v) in m.versions.iter().enumerate() {
+            let vkey = |field: &str| format!("models[{i}].versions[{j}].{field}");
+            if v.name.trim().is_empty() || v.model.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    vkey("name"),
+                    "name and model must not be empty",
+                ));
+            }
+            if !versions.insert(v.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    vkey("name"),
+                    format!("version `{}` is defined twice", v.name),
+                ));
+            }
+            if !c.providers.iter().any(|p| p.name == v.provider) {
+                return Err(ConfigError::invalid(
+                    vkey("provider"),
+                    format!(
+                        "names provider `{}`, which no [[providers]] entry defines",
+                        v.provider
+                    ),
+                ));
+            }
+        }
+        if m.production_version().is_none() {
+            return Err(ConfigError::invalid(
+                key("production"),
+                "names no version of this alias",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_taxonomy(c: &Config) -> Result<(), ConfigError> {
+    for (key, values) in [
+        ("taxonomy.threat_types", &c.taxonomy.threat_types),
+        ("taxonomy.severities", &c.taxonomy.severities),
+    ] {
+        if values.is_empty() {
+            return Err(ConfigError::invalid(key, "must list at least one value"));
+        }
+        let unique: HashSet<_> = values.iter().collect();
+        if unique.len() != values.len() {
+            return Err(ConfigError::invalid(key, "lists a value twice"));
+        }
+    }
+    Ok(())
+}
+
+fn check_fine_tuning(c: &Config) -> Result<(), ConfigError> {
+    let f = &c.fine_tuning;
+    if f.min_examples == 0 {
+        return Err(ConfigError::invalid(
+            "fine_tuning.min_examples",
+            "must be at least 1",
+        ));
+    }
+    if f.max_examples < f.min_examples {
+        return Err(ConfigError::invalid(
+            "fine_tuning.max_examples",
+            format!(
+                "{} is below min_examples ({})",
+                f.max_examples, f.min_examples
+            ),
+        ));
+    }
+    if !(0.0..1.0).contains(&f.validation_split) {
+        return Err(ConfigError::invalid(
+            "fine_tuning.validation_split",
+            "must be at least 0 and below 1",
+        ));
+    }
+    if f.poll_interval_s == 0 {
+        return Err(ConfigError::invalid(
+            "fine_tuning.poll_interval_s",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+fn check_evaluation(c: &Config) -> Result<(), ConfigError> {
+    if c.evaluation.interval_s == 0 {
+        return Err(ConfigError::invalid(
+            "evaluation.interval_s",
+            "must be at least 1",
+        ));
+    }
+    let t = &c.evaluation.targets;
+    for (key, value) in [
+        ("evaluation.targets.accuracy", t.accuracy),
+        (
+            "evaluation.targets.precision_high_severity",
+            t.precision_high_severity,
+        ),
+        ("evaluation.targets.recall_critical", t.recall_critical),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            return Err(ConfigError::invalid(key, "must be between 0 and 1"));
+        }
+    }
+    Ok(())
+}

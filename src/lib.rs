@@ -1,0 +1,23 @@
+//! Flywheel: a drop-in OpenAI-compatible proxy for security-triage assistants
+//! that captures conversations and turns analyst feedback into better models.
+//!
+//! `main.rs` only parses the command line; everything else lives here so that
+//! tests build the very same application on an ephemeral port.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod exchange;
+pub mod health;
+pub mod ids;
+pub mod limits;
+pub mod openai;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod simulate;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;

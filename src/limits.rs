@@ -1,0 +1,149 @@
+//! Per-key rate limits (governor's GCRA) and the `x-ratelimit-*` headers
+//! OpenAI clients know.
+
+use crate::config::LimitsConfig;
+use crate::openai::ApiError;
+use axum::http::{HeaderMap, HeaderValue};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Limiter = RateLimiter<
+    Arc<str>,
+    DefaultKeyedStateStore<Arc<str>>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+pub struct RateLimits {
+    limiter: Option<Limiter>,
+    per_minute: u32,
+    burst: u32,
+    /// Time for one request's worth of capacity to come back.
+    interval: Duration,
+}
+
+/// What a request that passed may tell its client.
+#[derive(Debug, Clone, Copy)]
+pub struct Allowance {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset: Duration,
+}
+
+impl RateLimits {
+    pub fn new(config: &LimitsConfig) -> Self {
+        let per_minute = NonZeroU32::new(config.requests_per_minute);
+        let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
+        let limiter = per_minute.map(|rpm| {
+            RateLimiter::keyed(Quota::per_minute(rpm).allow_burst(burst))
+                .with_middleware::<StateInformationMiddleware>()
+        });
+        Self {
+            limiter,
+            per_minute: config.requests_per_minute,
+            burst: burst.get(),
+            interval: Duration::from_secs(60) / config.requests_per_minute.max(1),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket: `Ok(None)` when limits are off.
+    pub fn check(&self, key: &Arc<str>) -> Result<Option<Allowance>, ApiError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(None);
+        };
+        match limiter.check_key(key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Ok(Some(Allowance {
+                    limit: self.per_minute,
+                    remaining,
+                    reset: self.interval * (self.burst.saturating_sub(remaining)),
+                }))
+            }
+            Err(not_until) => Err(ApiError::RateLimited {
+                limit: self.per_minute,
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }),
+        }
+    }
+
+    /// Forgets idle buckets so memory stays flat with many anonymous callers.
+    pub fn shrink(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+pub fn write_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Duration) {
+    headers.insert("x-ratelimit-limit-requests", HeaderValue::from(limit));
+    headers.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(remaining),
+    );
+    if let Ok(v) = HeaderValue::try_from(format_reset(reset)) {
+        headers.insert("x-ratelimit-reset-requests", v);
+    }
+}
+
+/// OpenAI's duration style: `20ms`, `1.5s`, `6m0s`.
+fn format_reset(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = d.as_secs_f64();
+        format!("{}s", (s * 1000.0).round() / 1000.0)
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_burst_is_served_then_refused_with_a_wait() {
+        let limits = RateLimits::new(&LimitsConfig {
+            requests_per_minute: 60,
+            burst: 3,
+        });
+        let key: Arc<str> = "k".into();
+        let remaining: Vec<u32> = (0..3)
+            .map(|_| limits.check(&key).unwrap().unwrap().remaining)
+            .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        match limits.check(&key) {
+            Err(ApiError::RateLimited { limit, retry_after }) => {
+                assert_eq!(limit, 60);
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let other: Arc<str> = "other".into();
+        assert!(limits.check(&other).is_ok());
+    }
+
+    #[test]
+    fn zero_turns_limits_off() {
+        let limits = RateLimits::new(&LimitsConfig {
+            requests_per_minute: 0,
+            burst: 0,
+        });
+        assert!(limits.check(&"k".into()).unwrap().is_none());
+    }
+
+    #[test]
+    fn resets_read_like_openai() {
+        assert_eq!(format_reset(Duration::from_millis(20)), "20ms");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+    }
+}

@@ -1,0 +1,226 @@
+//! The `flywheel` command line. Parsing only: every command calls into the
+//! library. Exit codes: 0 ok, 2 bad usage or config, 1 runtime failure.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flywheel::app::{Application, shutdown_signal};
+use flywheel::auth::{KeyService, Role};
+use flywheel::config::{Config, Secrets};
+use flywheel::simulate::{self, SimulatorConfig};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "flywheel",
+    version,
+    about = "OpenAI-compatible proxy that turns analyst feedback into better triage models"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(long, global = true, default_value = "config/flywheel.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve,
+    /// Run the built-in OpenAI-compatible upstream simulator.
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Delay between streamed tokens, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        token_delay_ms: u64,
+        /// Require `Authorization: Bearer <value of this variable>` on every request.
+        #[arg(long)]
+        api_key_env: Option<String>,
+    },
+    /// Simulator + proxy + admin UI on loopback with a fresh data directory.
+    Demo {
+        #[arg(long, default_value_t = 25)]
+        token_delay_ms: u64,
+    },
+    /// Create, list or revoke API keys (the server must not be running).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Validate the config and print it as it takes effect (secrets masked).
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Print a new key once on stdout; only its hash is stored.
+    Create {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long)]
+        name: String,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+/// A failure that already explained itself, with its exit code.
+struct Exit(u8);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    flywheel::telemetry::init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<Exit>() {
+            Some(Exit(code)) => ExitCode::from(*code),
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+impl std::fmt::Debug for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::error::Error for Exit {}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path, std::env::vars()).map_err(|e| {
+        eprintln!("error: {e}");
+        anyhow::Error::new(Exit(2))
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => {
+            let config = load_config(&cli.config)?;
+            let secrets = Secrets::resolve(&config, |v| std::env::var(v).ok());
+            runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(config.server.listen)
+                    .await
+                    .with_context(|| {
+                        format!("cannot listen on {} (server.listen)", config.server.listen)
+                    })?;
+                let app = Application::build(config, secrets, listener)?;
+                tracing::info!(addr = %app.local_addr()?, "flywheel is serving");
+                app.run_until_stopped(shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Command::Simulate {
+            listen,
+            token_delay_ms,
+            api_key_env,
+        } => {
+            let api_key = match api_key_env {
+                Some(var) => Some(std::env::var(&var).map_err(|_| {
+                    eprintln!("error: --api-key-env names {var}, which is not set");
+                    anyhow::Error::new(Exit(2))
+                })?),
+                None => None,
+            };
+            runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                tracing::info!(addr = %listener.local_addr()?, "simulator is serving");
+                let config = SimulatorConfig {
+                    token_delay: Duration::from_millis(token_delay_ms),
+                    api_key,
+                };
+                simulate::serve(listener, config, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Command::Demo { token_delay_ms } => {
+            let config = load_config(&cli.config)?;
+            runtime()?.block_on(flywheel::demo::run(
+                config,
+                Duration::from_millis(token_delay_ms),
+            ))?;
+            Ok(())
+        }
+        Command::Keys { action } => keys(&load_config(&cli.config)?, action),
+        Command::CheckConfig => {
+            let config = load_config(&cli.config)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "# {} is valid. Effective configuration:",
+                cli.config.display()
+            )?;
+            for line in Secrets::describe(&config, |v| std::env::var(v).ok()) {
+                writeln!(out, "# secret {line}")?;
+            }
+            write!(out, "{}", config.to_toml())?;
+            Ok(())
+        }
+    }
+}
+
+fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
+    let store = flywheel::store::open(&config.server.data_dir)?;
+    let service = KeyService::open(store)?;
+    let mut out = std::io::stdout().lock();
+    match action {
+        KeysAction::Create { role, name } => {
+            let created = service.create(&name, role, "cli")?;
+            eprintln!(
+                "created {} ({}, role {}); the key is shown only now:",
+                created.id,
+                created.name,
+                created.role.as_str()
+            );
+            writeln!(out, "{}", created.key)?;
+        }
+        KeysAction::List => {
+            writeln!(
+                out,
+                "{:<30}  {:<8}  {:<20}  {:<20}  name",
+                "id", "role", "created", "revoked"
+            )?;
+            for k in service.list()? {
+                let revoked = k.revoked_at.as_deref().unwrap_or("-");
+                writeln!(
+                    out,
+                    "{:<30}  {:<8}  {:<20}  {:<20}  {}",
+                    k.id, k.role, k.created_at, revoked, k.name
+                )?;
+            }
+        }
+        KeysAction::Revoke { id } => {
+            let revoked = service.revoke(&id, "cli")?;
+            eprintln!("revoked {} ({})", revoked.id, revoked.name);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Request bodies: read under the size limit, and JSON whose every rejection
+//! is an [`ApiError`] naming the offending field.
+
+use super::ApiError;
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+/// Reads the whole body, or 413 once it exceeds `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::invalid(format!("could not read the request body: {e}"), None)
+        }
+    })
+}
+
+/// Parses JSON; the error names the path of the field that is wrong.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    de.end().map_err(|e| json_error_plain(&e))?;
+    Ok(value)
+}
+
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if inner.is_syntax() || inner.is_eof() || path == "." {
+        return json_error_plain(&inner);
+    }
+    ApiError::invalid(format!("invalid value for `{path}`: {inner}"), Some(&path))
+}
+
+fn json_error_plain(e: &serde_json::Error) -> ApiError {
+    ApiError::invalid(format!("the request body is not valid JSON: {e}"), None)
+}
+
+/// `Json` whose rejections are OpenAI-shaped errors (400/413).
+pub struct ApiJson<T>(pub T);
+
+/// The body limit for [`ApiJson`], put in request extensions by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(10 * 1024 * 1024, |l| l.0);
+        let bytes = read_body(req.into_body(), limit).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}

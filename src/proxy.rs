@@ -1,0 +1,23 @@
+//! The OpenAI-compatible routes clients call: chat completions (routed,
+//! streamed, observed), the model list, and byte-for-byte pass-through of
+//! every other `/v1/*` route to the default provider.
+
+mod chat;
+mod models;
+mod passthrough;
+mod relay;
+mod request;
+
+pub use chat::chat_completions;
+pub use models::{get_model, list_models};
+pub use passthrough::passthrough;
+pub use request::ChatRequest;
+
+use std::sync::Arc;
+
+/// Labels a handler leaves in its response for the request metrics.
+#[derive(Clone, Debug, Default)]
+pub struct RouteLabels {
+    pub alias: Option<Arc<str>>,
+    pub version: Option<Arc<str>>,
+}

@@ -1,0 +1,63 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`: the aliases clients may ask
+//! for, with their versions, in the OpenAI list shape. An id that is no
+//! alias is asked of the default provider, so provider models stay visible.
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::openai::ApiError;
+use crate::routing::Alias;
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Json, Response};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub async fn list_models(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let table = app.routes.load();
+    let data: Vec<Value> = table
+        .aliases()
+        .map(|a| model_object(a, app.started_unix))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+pub async fn get_model(
+    State(app): State<Arc<AppState>>,
+    caller: Extension<Caller>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(alias) = app.routes.load().alias(&id) {
+        return Ok(Json(model_object(alias, app.started_unix)).into_response());
+    }
+    super::passthrough(State(app), caller, method, uri, headers, Body::empty()).await
+}
+
+fn model_object(alias: &Alias, created: u64) -> Value {
+    let production = alias.production().map(|v| v.name.clone());
+    let versions: Vec<Value> = alias
+        .versions
+        .iter()
+        .map(|v| {
+            let state = if Some(&v.name) == production.as_ref() {
+                "production"
+            } else {
+                "candidate"
+            };
+            json!({"name": &*v.name, "model": &*v.model, "state": state})
+        })
+        .collect();
+    json!({
+        "id": &*alias.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "flywheel",
+        "model_type": alias.model_type,
+        "production": production.as_deref(),
+        "versions": versions,
+    })
+}

@@ -1,0 +1,82 @@
+//! Every other `/v1/*` route (embeddings, moderations, files …) forwarded
+//! byte-for-byte to the default provider, bodies streamed both ways, not
+//! captured and not retried (a streamed body cannot be sent twice).
+
+use crate::app::AppState;
+use crate::auth::{Caller, Credential};
+use crate::openai::ApiError;
+use crate::upstream::{UpstreamRequest, headers};
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+pub async fn passthrough(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    method: Method,
+    uri: Uri,
+    request_headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limit = app.config.server.max_body_bytes;
+    let declared = request_headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let provider = app
+        .upstreams
+        .default_provider()
+        .ok_or_else(|| ApiError::Unavailable("no provider is configured".into()))?;
+    let path = uri.path().strip_prefix("/v1/").unwrap_or_default();
+    let client_key = match &caller.credential {
+        Credential::Passthrough(key) => Some(key),
+        _ => None,
+    };
+    let mut out_headers = headers::outgoing(&request_headers, true, client_key.is_some());
+    if let Some(length) = request_headers.get(header::CONTENT_LENGTH) {
+        out_headers.insert(header::CONTENT_LENGTH, length.clone());
+    }
+    let request = UpstreamRequest {
+        method,
+        path,
+        query: uri.query(),
+        headers: out_headers,
+        body: Bytes::new(),
+        client_key,
+    };
+    let upload = reqwest::Body::wrap_stream(limited(body, limit));
+    let deadline = Instant::now() + provider.total_timeout;
+    let (status, upstream_headers, stream) = provider.forward(request, upload, deadline).await?;
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers::relayed(&upstream_headers, true);
+    Ok(response)
+}
+
+/// The body as a stream that fails once more than `limit` bytes went by,
+/// for uploads that declare no length.
+fn limited(
+    body: Body,
+    limit: usize,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let mut seen = 0usize;
+    body.into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            seen += chunk.len();
+            let result = if seen > limit {
+                Err(std::io::Error::other(format!("body over {limit} bytes")))
+            } else {
+                Ok(chunk)
+            };
+            std::future::ready(result)
+        })
+}

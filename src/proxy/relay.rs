@@ -1,0 +1,177 @@
+//! Relaying a streamed reply: every upstream chunk goes to the client the
+//! moment it arrives, a copy is kept for the exchange record, and a failure
+//! after the 200 ends the stream with an SSE error event.
+
+use crate::exchange::{Exchange, ExchangeSink, Outcome};
+use crate::openai::{ApiError, sse};
+use crate::routing::Route;
+use crate::upstream::{BodyStream, Reply, headers};
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, timeout_at};
+
+/// An exchange under way; finishing it hands the record to the sink.
+pub struct Pending {
+    pub inference_id: String,
+    pub caller_id: Arc<str>,
+    pub route: Route,
+    pub streamed: bool,
+    pub request: Bytes,
+    pub started: Instant,
+    pub sink: ExchangeSink,
+}
+
+impl Pending {
+    pub fn finish(
+        self,
+        outcome: Outcome,
+        status: u16,
+        response: Bytes,
+        first_byte: Option<Duration>,
+    ) {
+        let total = self.started.elapsed();
+        self.sink.submit(Exchange {
+            inference_id: self.inference_id,
+            caller_id: self.caller_id,
+            route: self.route,
+            streamed: self.streamed,
+            request: self.request,
+            response,
+            outcome,
+            status,
+            first_byte,
+            total,
+        });
+    }
+
+    /// An exchange that ended before anything reached the client.
+    pub fn finish_failed(self, error: &ApiError) {
+        let body = crate::openai::error_json(&error.body());
+        self.finish(Outcome::UpstreamError, error.status().as_u16(), body, None);
+    }
+}
+
+struct Relay {
+    first: Option<Bytes>,
+    rest: BodyStream,
+    deadline: Instant,
+    boundary: sse::Boundary,
+    copy: BytesMut,
+    status: u16,
+    first_byte: Duration,
+    /// Taken when the exchange is finished; still here on drop means the
+    /// client went away first.
+    pending: Option<Pending>,
+    provider: Arc<str>,
+    timeout_s: u64,
+}
+
+impl Relay {
+    fn forward(&mut self, chunk: Bytes) -> Bytes {
+        self.boundary.observe(&chunk);
+        self.copy.extend_from_slice(&chunk);
+        chunk
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(p) = self.pending.take() {
+            let copy = std::mem::take(&mut self.copy).freeze();
+            p.finish(outcome, self.status, copy, Some(self.first_byte));
+        }
+    }
+
+    /// The bytes that end a stream that failed after it began.
+    fn fail(&mut self, error: ApiError) -> Bytes {
+        tracing::warn!(provider = %self.provider, error = %error, "stream failed after it began");
+        metrics::counter!("flywheel_upstream_errors_total", "provider" => self.provider.to_string(), "kind" => "mid_stream")
+            .increment(1);
+        let event = sse::error_event(&self.boundary, &error.body());
+        let event = self.forward(event);
+        self.finish(Outcome::Partial);
+        event
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        metrics::gauge!("flywheel_streams_in_flight").decrement(1.0);
+        if self.pending.is_some() {
+            metrics::counter!("flywheel_streams_cancelled_total").increment(1);
+            self.finish(Outcome::ClientCancelled);
+        }
+    }
+}
+
+/// The streaming response. Dropping it (the client left) drops the upstream
+/// body, which closes the upstream connection at once.
+pub fn relay_stream(
+    reply: Reply,
+    pending: Pending,
+    deadline: Instant,
+    provider: Arc<str>,
+) -> Response {
+    metrics::gauge!("flywheel_streams_in_flight").increment(1.0);
+    let mut out_headers = headers::relayed(&reply.headers, false);
+    out_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells a buffering reverse proxy in front of Flywheel to pass events on.
+    out_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let relay = Relay {
+        first: reply.first,
+        rest: reply.rest,
+        deadline,
+        boundary: sse::Boundary::default(),
+        copy: BytesMut::new(),
+        status: reply.status.as_u16(),
+        first_byte: pending.started.elapsed(),
+        timeout_s: deadline
+            .saturating_duration_since(pending.started)
+            .as_secs(),
+        provider,
+        pending: Some(pending),
+    };
+    let stream = futures_util::stream::unfold(relay, next_chunk);
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = out_headers;
+    response
+}
+
+async fn next_chunk(mut relay: Relay) -> Option<(Result<Bytes, std::io::Error>, Relay)> {
+    relay.pending.as_ref()?;
+    if let Some(first) = relay.first.take() {
+        let chunk = relay.forward(first);
+        return Some((Ok(chunk), relay));
+    }
+    match timeout_at(relay.deadline, relay.rest.next()).await {
+        Ok(Some(Ok(chunk))) => {
+            let chunk = relay.forward(chunk);
+            Some((Ok(chunk), relay))
+        }
+        Ok(None) => {
+            relay.finish(Outcome::Ok);
+            None
+        }
+        Ok(Some(Err(e))) => {
+            let error = ApiError::UpstreamUnreachable {
+                provider: relay.provider.to_string(),
+                detail: format!("the stream broke off: {e}"),
+            };
+            let event = relay.fail(error);
+            Some((Ok(event), relay))
+        }
+        Err(_) => {
+            let error = ApiError::UpstreamTimeout {
+                provider: relay.provider.to_string(),
+                phase: "streaming the response",
+                seconds: relay.timeout_s,
+            };
+            let event = relay.fail(error);
+            Some((Ok(event), relay))
+        }
+    }
+}

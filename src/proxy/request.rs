@@ -1,0 +1,259 @@
+//! Reading a chat completion request just enough to route it: its model,
+//! whether it streams, and that its shape is sound. The body itself is
+//! forwarded as received, with only the model name spliced in.
+
+use crate::openai::{ApiError, parse_json};
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::ops::Range;
+
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub model: String,
+    pub stream: bool,
+    /// Where the `model` value (with its quotes) sits in the body.
+    model_span: Range<usize>,
+}
+
+#[derive(Deserialize)]
+struct View<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    messages: Option<Vec<Message<'a>>>,
+    stream: Option<bool>,
+    n: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    // Read only to check their types: a wrong type is a 400 naming the field.
+    #[serde(rename = "stream_options")]
+    _stream_options: Option<StreamOptions>,
+    #[serde(rename = "max_tokens")]
+    _max_tokens: Option<u32>,
+    #[serde(rename = "max_completion_tokens")]
+    _max_completion_tokens: Option<u32>,
+    #[serde(rename = "tools", borrow)]
+    _tools: Option<Vec<Tool<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(rename = "include_usage")]
+    _include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Tool<'a> {
+    #[serde(rename = "type", borrow)]
+    _kind: Cow<'a, str>,
+    #[serde(rename = "function")]
+    _function: Option<IgnoredAny>,
+}
+
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+impl ChatRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let view: View<'_> = parse_json(body)?;
+        let raw_model = view.model.ok_or_else(|| {
+            ApiError::invalid("you must provide a model parameter", Some("model"))
+        })?;
+        let model: String = serde_json::from_str(raw_model.get())
+            .map_err(|_| ApiError::invalid("`model` must be a string", Some("model")))?;
+        if model.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "`model` must not be empty",
+                Some("model"),
+            ));
+        }
+        check_messages(view.messages.as_deref())?;
+        check_ranges(&view)?;
+        let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
+        Ok(Self {
+            model,
+            stream: view.stream.unwrap_or(false),
+            model_span: start..start + raw_model.get().len(),
+        })
+    }
+
+    /// The body to send upstream: unchanged when the name is the same,
+    /// otherwise with the `model` value replaced in place.
+    pub fn body_for(&self, body: &Bytes, upstream_model: &str) -> Bytes {
+        if upstream_model == self.model {
+            return body.clone();
+        }
+        let quoted = serde_json::Value::from(upstream_model).to_string();
+        let mut out = BytesMut::with_capacity(body.len() + quoted.len());
+        out.extend_from_slice(&body[..self.model_span.start]);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(&body[self.model_span.end..]);
+        out.freeze()
+    }
+}
+
+fn check_messages(messages: Option<&[Message<'_>]>) -> Result<(), ApiError> {
+    let messages = messages
+        .ok_or_else(|| ApiError::invalid("`messages` is a required property", Some("messages")))?;
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "`messages` must contain at least one message",
+            Some("messages"),
+        ));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_ref()) {
+            return Err(ApiError::invalid(
+                format!("`messages[{i}].role` must be one of {}", ROLES.join(", ")),
+                Some(&format!("messages[{i}].role")),
+            ));
+        }
+        let content_ok = m
+            .content
+            .is_none_or(|c| matches!(c.get().as_bytes().first(), Some(b'"' | b'[' | b'n')));
+        if !content_ok {
+            return Err(ApiError::invalid(
+                format!("`messages[{i}].content` must be a string, an array of parts or null"),
+                Some(&format!("messages[{i}].content")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_ranges(view: &View<'_>) -> Result<(), ApiError> {
+    if view.n == Some(0) {
+        return Err(ApiError::invalid("`n` must be at least 1", Some("n")));
+    }
+    if view.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        return Err(ApiError::invalid(
+            "`temperature` must be between 0 and 2",
+            Some("temperature"),
+        ));
+    }
+    if view.top_p.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+        return Err(ApiError::invalid(
+            "`top_p` must be between 0 and 1",
+            Some("top_p"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(body: &str) -> Option<String> {
+        match ChatRequest::parse(body.as_bytes()) {
+            Err(ApiError::InvalidRequest { param, .. }) => param,
+            other => panic!("expected a 400 for {body}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_model_is_spliced_and_nothing_else_changes() {
+        let body = Bytes::from_static(
+            br#"{ "model" : "triage", "messages":[{"role":"user","content":"hi \"x\""}], "stream":true}"#,
+        );
+        let r = ChatRequest::parse(&body).unwrap();
+        assert!(r.stream);
+        let out = r.body_for(&body, "gpt-4o-mini");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{ "model" : "gpt-4o-mini", "messages":[{"role":"user","content":"hi \"x\""}], "stream":true}"#
+        );
+        assert_eq!(r.body_for(&body, "triage").as_ptr(), body.as_ptr());
+    }
+
+    #[test]
+    fn escaped_model_names_are_read_and_replaced_whole() {
+        let body = Bytes::from_static(
+            br#"{"model":"tri\u0061ge","messages":[{"role":"user","content":"x"}]}"#,
+        );
+        let r = ChatRequest::parse(&body).unwrap();
+        assert_eq!(r.model, "triage");
+        let out = r.body_for(&body, "m\"q");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"m\"q","messages":[{"role":"user","content":"x"}]}"#
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let cases = [
+            (r#"{"messages":[{"role":"user","content":"x"}]}"#, "model"),
+            (r#"{"model":5,"messages":[]}"#, "model"),
+            (r#"{"model":"m"}"#, "messages"),
+            (r#"{"model":"m","messages":[]}"#, "messages"),
+            (r#"{"model":"m","messages":{"role":"user"}}"#, "messages"),
+            (
+                r#"{"model":"m","messages":[{"content":"x"}]}"#,
+                "messages[0]",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#,
+                "stream",
+            ),
+            (r#"{"model":"m","messages":[{"role":"user"}],"n":-1}"#, "n"),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"temperature":3}"#,
+                "temperature",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"tools":[{"function":{}}]}"#,
+                "tools[0]",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":1}}"#,
+                "stream_options.include_usage",
+            ),
+        ];
+        for (body, expected) in cases {
+            let got = param(body);
+            assert!(
+                got.as_deref().is_some_and(|p| p.starts_with(expected)),
+                "{body}: param {got:?}, expected {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_without_a_param() {
+        for body in ["", "{", "[1]", "null", "{\"model\":\"m\"} trailing"] {
+            assert!(
+                matches!(
+                    ChatRequest::parse(body.as_bytes()),
+                    Err(ApiError::InvalidRequest { .. })
+                ),
+                "{body}"
+            );
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The route table and the middleware around it: request ids, CORS, request
+//! metrics and logs, authentication and rate limits.
+
+use crate::admin;
+use crate::app::AppState;
+use crate::auth::{Role, authenticate};
+use crate::health;
+use crate::openai::{ApiError, BodyLimit};
+use crate::proxy::{self, RouteLabels};
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{any, delete, get, post};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let client_api = Router::new()
+        .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/models", get(proxy::list_models))
+        .route("/v1/models/{id}", get(proxy::get_model))
+        .route("/v1/{*rest}", any(proxy::passthrough))
+        .route_layer(from_fn_with_state(state.clone(), require_client));
+    let admin_api = Router::new()
+        .route(
+            "/admin/api/keys",
+            post(admin::create_key).get(admin::list_keys),
+        )
+        .route("/admin/api/keys/{id}", delete(admin::revoke_key))
+        .route("/admin/api/audit", get(admin::list_audit))
+        .route("/admin/api/{*rest}", any(not_found))
+        .route_layer(from_fn_with_state(state.clone(), require_analyst));
+    Router::new()
+        .merge(client_api)
+        .merge(admin_api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
+        .route("/admin/", get(admin::ui_index))
+        .route("/admin/{*path}", get(admin::ui_asset))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn(observe))
+        .layer(cors(&state.config.server.cors_allow_origins))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(UlidRequestId))
+        .with_state(state)
+}
+
+async fn require_client(state: State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    guard(state, req, next, Role::Client).await
+}
+
+async fn require_analyst(state: State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    guard(state, req, next, Role::Analyst).await
+}
+
+/// Authenticates, checks the role, takes a rate-limit token and tells the
+/// client how many remain.
+async fn guard(
+    State(app): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+    min: Role,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let caller = match authenticate(&app.auth, req.headers(), peer)
+        .and_then(|c| c.require(min).map(|()| c))
+    {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    let allowance = match app.limits.check(&caller.id) {
+        Ok(a) => a,
+        Err(e) => {
+            metrics::counter!("flywheel_rate_limited_total").increment(1);
+            return e.into_response();
+        }
+    };
+    req.extensions_mut().insert(caller);
+    req.extensions_mut()
+        .insert(BodyLimit(app.config.server.max_body_bytes));
+    let mut response = next.run(req).await;
+    if let Some(a) = allowance {
+        crate::limits::write_headers(response.headers_mut(), a.limit, a.remaining, a.reset);
+    }
+    response
+}
+
+/// Request count and latency by route, status, alias and version, and one
+/// log line per request — never with message contents.
+async fn observe(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let response = next.run(req).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let labels = response
+        .extensions()
+        .get::<RouteLabels>()
+        .cloned()
+        .unwrap_or_default();
+    let alias = labels.alias.as_deref().unwrap_or("").to_string();
+    let version = labels.version.as_deref().unwrap_or("").to_string();
+    metrics::counter!("flywheel_requests_total",
+        "route" => route.clone(), "status" => status.to_string(),
+        "alias" => alias.clone(), "version" => version.clone())
+    .increment(1);
+    metrics::histogram!("flywheel_request_duration_seconds",
+        "route" => route.clone(), "alias" => alias.clone(), "version" => version.clone())
+    .record(elapsed.as_secs_f64());
+    tracing::info!(
+        %method, %route, status, alias, version, request_id,
+        ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-flywheel-inference-id"),
+            HeaderName::from_static("x-flywheel-variant"),
+            HeaderName::from_static("x-flywheel-conversation-id"),
+            header::RETRY_AFTER,
+        ])
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound {
+        message: format!("Unknown route {}", uri.path()),
+        param: None,
+        code: "unknown_url",
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// `req_` + a ULID, the same form as every other Flywheel id.
+#[derive(Clone, Copy)]
+struct UlidRequestId;
+
+impl MakeRequestId for UlidRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::try_from(crate::ids::new_id("req"))
+            .ok()
+            .map(RequestId::new)
+    }
+}

@@ -1,0 +1,51 @@
+//! Persistence behind the [`Store`] trait. Nothing outside `store/` sees a
+//! sled type, so another implementation (PostgreSQL for several replicas)
+//! only has to implement this trait.
+
+mod records;
+mod sled_store;
+
+pub use records::{ApiKeyRecord, AuditRecord};
+pub use sled_store::SledStore;
+
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the data directory {path} is in use by another Flywheel process (sled admits one per directory); stop it, or use the admin API (e.g. POST /admin/api/keys) of the running server"
+    )]
+    Locked { path: String },
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store holds a record that cannot be read ({what}): {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("not found")]
+    NotFound,
+}
+
+/// Everything Flywheel keeps. Methods are synchronous and short; callers on
+/// the request path keep results in memory rather than calling per request.
+pub trait Store: Send + Sync + 'static {
+    fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Marks the key revoked and returns it; [`StoreError::NotFound`] if unknown.
+    fn revoke_key(&self, id: &str, at: &str) -> Result<ApiKeyRecord, StoreError>;
+
+    fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+    /// Newest first, starting after `cursor` (an audit id) when given.
+    fn audit(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// True while the store can serve reads and writes.
+    fn is_healthy(&self) -> bool;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the default store in `dir`.
+pub fn open(dir: &Path) -> Result<SharedStore, StoreError> {
+    Ok(Arc::new(SledStore::open(dir)?))
+}

@@ -1,0 +1,173 @@
+//! The embedded sled implementation of [`Store`]: one tree per record kind,
+//! keys that sort the way queries read them (ids are time-ordered ULIDs).
+
+use super::{ApiKeyRecord, AuditRecord, Store, StoreError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+pub struct SledStore {
+    db: sled::Db,
+    keys: sled::Tree,
+    audit: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| open_error(dir, e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(io);
+        Ok(Self {
+            keys: tree("keys")?,
+            audit: tree("audit")?,
+            db,
+        })
+    }
+}
+
+fn open_error(dir: &Path, e: sled::Error) -> StoreError {
+    match &e {
+        // sled reports a held lock file as an I/O error of kind WouldBlock.
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Locked {
+            path: dir.display().to_string(),
+        },
+        _ => StoreError::Io(format!("cannot open {}: {e}", dir.display())),
+    }
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Io(format!("cannot encode record: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+impl Store for SledStore {
+    fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.keys
+            .insert(key.id.as_bytes(), encode(key)?)
+            .map_err(io)?;
+        self.keys.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.keys
+            .iter()
+            .values()
+            .map(|v| decode("key", &v.map_err(io)?))
+            .collect()
+    }
+
+    fn revoke_key(&self, id: &str, at: &str) -> Result<ApiKeyRecord, StoreError> {
+        let Some(bytes) = self.keys.get(id.as_bytes()).map_err(io)? else {
+            return Err(StoreError::NotFound);
+        };
+        let mut record: ApiKeyRecord = decode("key", &bytes)?;
+        if record.revoked_at.is_none() {
+            record.revoked_at = Some(at.to_string());
+            self.keys
+                .insert(id.as_bytes(), encode(&record)?)
+                .map_err(io)?;
+            self.keys.flush().map_err(io)?;
+        }
+        Ok(record)
+    }
+
+    fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.audit
+            .insert(record.id.as_bytes(), encode(record)?)
+            .map_err(io)?;
+        Ok(())
+    }
+
+    fn audit(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let range = match cursor {
+            Some(c) => self.audit.range(..c.as_bytes().to_vec()),
+            None => self.audit.range::<Vec<u8>, _>(..),
+        };
+        range
+            .rev()
+            .take(limit)
+            .map(|kv| decode("audit", &kv.map_err(io)?.1))
+            .collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(drop).map_err(io)
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.db.size_on_disk().is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: id.into(),
+            name: "n".into(),
+            role: "client".into(),
+            hash: format!("h{id}"),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn keys_survive_reopen_and_revoke_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.insert_key(&key("key_1")).unwrap();
+            s.insert_key(&key("key_2")).unwrap();
+            let r = s.revoke_key("key_1", "2026-01-02T00:00:00Z").unwrap();
+            assert_eq!(r.revoked_at.as_deref(), Some("2026-01-02T00:00:00Z"));
+            assert!(matches!(
+                s.revoke_key("nope", "x"),
+                Err(StoreError::NotFound)
+            ));
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let keys = s.keys().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys[0].revoked_at.is_some() && keys[1].revoked_at.is_none());
+    }
+
+    #[test]
+    fn audit_lists_newest_first_with_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for i in 1..=3 {
+            s.append_audit(&AuditRecord {
+                id: format!("audit_{i}"),
+                at: "t".into(),
+                actor: "a".into(),
+                action: "x".into(),
+                target: "y".into(),
+                details: serde_json::Value::Null,
+            })
+            .unwrap();
+        }
+        let all = s.audit(None, 10).unwrap();
+        assert_eq!(
+            all.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["audit_3", "audit_2", "audit_1"]
+        );
+        let after = s.audit(Some("audit_3"), 1).unwrap();
+        assert_eq!(after[0].id, "audit_2");
+    }
+}

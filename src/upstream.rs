@@ -1,0 +1,9 @@
+//! Provider clients: one pooled HTTP client per provider, with the timeouts
+//! and the retry policy of the config. Only this module uses reqwest.
+
+mod client;
+mod errors;
+pub mod headers;
+mod retry;
+
+pub use client::{BodyStream, Provider, Reply, UpstreamRequest, Upstreams};

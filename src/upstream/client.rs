@@ -1,0 +1,274 @@
+//! Sending one request to a provider: retries before anything reached the
+//! client, then the reply with its first body bytes already in hand.
+
+use super::errors::{error_from_reply, transport_error};
+use super::retry::{RetryDecision, backoff, retry_after};
+use crate::config::{Config, ProviderConfig, Secrets};
+use crate::openai::ApiError;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use secrecy::{ExposeSecret, SecretString};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, timeout_at};
+
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+pub struct Provider {
+    pub name: Arc<str>,
+    base_url: String,
+    key: Option<SecretString>,
+    http: reqwest::Client,
+    pub first_byte_timeout: Duration,
+    pub total_timeout: Duration,
+    max_retries: u32,
+    max_retry_wait: Duration,
+}
+
+/// What to send; `path` is relative to the provider's base URL (`chat/completions`).
+pub struct UpstreamRequest<'a> {
+    pub method: Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The client's own provider key, used instead of ours when pass-through is on.
+    pub client_key: Option<&'a SecretString>,
+}
+
+/// A successful (2xx) reply whose first body bytes already arrived.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// `None` when the body was empty.
+    pub first: Option<Bytes>,
+    pub rest: BodyStream,
+    pub retries: u32,
+}
+
+impl Provider {
+    pub fn new(config: &ProviderConfig, key: Option<SecretString>) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(config.connect_timeout_s))
+            .pool_max_idle_per_host(4096)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| format!("provider `{}`: cannot build HTTP client: {e}", config.name))?;
+        Ok(Self {
+            name: config.name.as_str().into(),
+            base_url: config.base_url.trim_end_matches('/').to_string(),
+            key,
+            http,
+            first_byte_timeout: Duration::from_secs(config.first_byte_timeout_s),
+            total_timeout: Duration::from_secs(config.timeout_s),
+            max_retries: config.max_retries,
+            max_retry_wait: Duration::from_secs(config.max_retry_wait_s),
+        })
+    }
+
+    pub fn url(&self, path: &str, query: Option<&str>) -> String {
+        match query {
+            Some(q) if !q.is_empty() => format!("{}/{path}?{q}", self.base_url),
+            _ => format!("{}/{path}", self.base_url),
+        }
+    }
+
+    /// Sends with retries on connect errors, 429 and 5xx, honouring
+    /// `retry-after`, as long as `deadline` allows. Nothing has reached the
+    /// client while this runs, so a retry is invisible to it.
+    pub async fn send(
+        &self,
+        req: UpstreamRequest<'_>,
+        deadline: Instant,
+    ) -> Result<Reply, ApiError> {
+        let mut retries = 0;
+        loop {
+            let failure = match self.attempt(&req, deadline).await {
+                Ok(reply) => return Ok(Reply { retries, ..reply }),
+                Err(failure) => failure,
+            };
+            let decision = match &failure {
+                Failure::Status(r) => {
+                    RetryDecision::for_status(r.status(), retry_after(r.headers()))
+                }
+                Failure::Connect(_) | Failure::Body(_) => RetryDecision::Retry(None),
+                Failure::Timeout | Failure::Other(_) => RetryDecision::GiveUp,
+            };
+            let wait = match decision {
+                RetryDecision::Retry(hint) if retries < self.max_retries => {
+                    hint.unwrap_or_else(|| backoff(retries))
+                }
+                _ => return Err(self.fail(failure, deadline).await),
+            };
+            if wait > self.max_retry_wait || Instant::now() + wait >= deadline {
+                return Err(self.fail(failure, deadline).await);
+            }
+            metrics::counter!("flywheel_upstream_retries_total", "provider" => self.name.to_string())
+                .increment(1);
+            tracing::debug!(provider = %self.name, retries, ?wait, "retrying upstream request");
+            tokio::time::sleep(wait).await;
+            retries += 1;
+        }
+    }
+
+    /// Sends once without retries, streaming `body` to the upstream; for
+    /// pass-through routes. Any status comes back as it is.
+    pub async fn forward(
+        &self,
+        req: UpstreamRequest<'_>,
+        body: reqwest::Body,
+        deadline: Instant,
+    ) -> Result<(StatusCode, HeaderMap, BodyStream), ApiError> {
+        let request = self.build(&req).body(body);
+        let first_byte = deadline.min(Instant::now() + self.first_byte_timeout);
+        let response = timeout_at(first_byte, request.send())
+            .await
+            .map_err(|_| self.timeout("waiting for response headers"))?
+            .map_err(|e| transport_error(&self.name, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        Ok((status, headers, into_stream(response)))
+    }
+
+    fn build(&self, req: &UpstreamRequest<'_>) -> reqwest::RequestBuilder {
+        let mut headers = req.headers.clone();
+        let key = req.client_key.or(self.key.as_ref());
+        if let Some(key) = key {
+            if let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", key.expose_secret()))
+            {
+                value.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, value);
+            }
+        }
+        self.http
+            .request(req.method.clone(), self.url(req.path, req.query))
+            .headers(headers)
+    }
+
+    async fn attempt(
+        &self,
+        req: &UpstreamRequest<'_>,
+        deadline: Instant,
+    ) -> Result<Reply, Failure> {
+        let first_byte = deadline.min(Instant::now() + self.first_byte_timeout);
+        let request = self.build(req).body(req.body.clone());
+        let response = timeout_at(first_byte, request.send())
+            .await
+            .map_err(|_| Failure::Timeout)?
+            .map_err(|e| {
+                if e.is_connect() {
+                    Failure::Connect(e)
+                } else {
+                    Failure::Other(e)
+                }
+            })?;
+        if !response.status().is_success() {
+            return Err(Failure::Status(response));
+        }
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut rest = into_stream(response);
+        let first = match timeout_at(first_byte, rest.next()).await {
+            Err(_) => return Err(Failure::Timeout),
+            // A connection that dies before the first byte is as good as refused.
+            Ok(Some(Err(e))) => return Err(Failure::Body(e)),
+            Ok(Some(Ok(bytes))) => Some(bytes),
+            Ok(None) => None,
+        };
+        Ok(Reply {
+            status,
+            headers,
+            first,
+            rest,
+            retries: 0,
+        })
+    }
+
+    /// The error the client sees once retrying is over.
+    async fn fail(&self, failure: Failure, deadline: Instant) -> ApiError {
+        let error = match failure {
+            Failure::Status(response) => error_from_reply(&self.name, response, deadline).await,
+            Failure::Timeout => self.timeout("waiting for the first byte"),
+            Failure::Connect(e) | Failure::Other(e) => transport_error(&self.name, &e),
+            Failure::Body(e) => ApiError::UpstreamUnreachable {
+                provider: self.name.to_string(),
+                detail: format!("the connection closed before any data: {e}"),
+            },
+        };
+        let kind = match &error {
+            ApiError::UpstreamTimeout { .. } => "timeout",
+            ApiError::UpstreamStatus(_) => "status",
+            _ => "unreachable",
+        };
+        metrics::counter!("flywheel_upstream_errors_total", "provider" => self.name.to_string(), "kind" => kind)
+            .increment(1);
+        error
+    }
+
+    pub fn timeout(&self, phase: &'static str) -> ApiError {
+        ApiError::UpstreamTimeout {
+            provider: self.name.to_string(),
+            phase,
+            seconds: self.first_byte_timeout.as_secs(),
+        }
+    }
+}
+
+/// Why one attempt did not yield a reply.
+enum Failure {
+    /// A non-2xx status; its body is read only if it goes to the client.
+    Status(reqwest::Response),
+    Timeout,
+    Connect(reqwest::Error),
+    Other(reqwest::Error),
+    Body(std::io::Error),
+}
+
+fn into_stream(response: reqwest::Response) -> BodyStream {
+    Box::pin(
+        response
+            .bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other)),
+    )
+}
+
+/// Every configured provider, by index, and the default one.
+pub struct Upstreams {
+    providers: Vec<Provider>,
+    default: usize,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config, secrets: &Secrets) -> Result<Self, String> {
+        let providers = config
+            .providers
+            .iter()
+            .map(|p| Provider::new(p, secrets.provider_keys.get(&p.name).cloned()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_name = &config.default_provider().name;
+        let default = providers
+            .iter()
+            .position(|p| *p.name == **default_name)
+            .unwrap_or(0);
+        Ok(Self { providers, default })
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Provider> {
+        self.providers.get(index)
+    }
+
+    pub fn default_provider(&self) -> Option<&Provider> {
+        self.providers.get(self.default)
+    }
+
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+}

@@ -1,0 +1,161 @@
+//! Upstream failures as [`ApiError`]s: error statuses relayed with their
+//! status in the OpenAI shape, transport failures as 502/504.
+
+use crate::openai::{ApiError, ErrorBody, UpstreamFailure, error_json};
+use futures_util::StreamExt;
+use http::HeaderMap;
+use serde::Deserialize;
+use tokio::time::{Instant, timeout_at};
+
+/// How much of an error body is read; error bodies are small.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Headers of an upstream error worth passing on: they tell SDKs when to retry.
+const RELAYED: [&str; 3] = ["retry-after", "retry-after-ms", "x-should-retry"];
+
+pub async fn error_from_reply(
+    provider: &str,
+    response: reqwest::Response,
+    deadline: Instant,
+) -> ApiError {
+    let status = response.status();
+    let mut headers = HeaderMap::new();
+    for name in RELAYED {
+        if let Some(v) = response.headers().get(name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    if let Some(id) = response.headers().get("x-request-id") {
+        headers.insert("x-upstream-request-id", id.clone());
+    }
+    let text = read_limited(response, deadline).await;
+    let body = normalise(provider, status.as_u16(), &text);
+    ApiError::UpstreamStatus(Box::new(UpstreamFailure {
+        status,
+        body: error_json(&body),
+        headers,
+    }))
+}
+
+async fn read_limited(response: reqwest::Response, deadline: Instant) -> String {
+    let mut stream = response.bytes_stream();
+    let mut buf = Vec::new();
+    while buf.len() < MAX_ERROR_BODY {
+        match timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(MAX_ERROR_BODY);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    error: Lenient,
+}
+
+/// An upstream error object whose keys may be missing or oddly typed.
+#[derive(Deserialize)]
+struct Lenient {
+    message: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    param: Option<serde_json::Value>,
+    code: Option<serde_json::Value>,
+}
+
+fn as_text(v: Option<serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
+}
+
+/// An OpenAI-shaped body keeps its message, type, param and code; anything
+/// else becomes a message that quotes (the start of) what the upstream said.
+fn normalise(provider: &str, status: u16, text: &str) -> ErrorBody {
+    let default_kind = if status >= 500 {
+        "api_error"
+    } else {
+        "invalid_request_error"
+    };
+    match serde_json::from_str::<Envelope>(text) {
+        Ok(Envelope { error }) => ErrorBody {
+            message: as_text(error.message)
+                .unwrap_or_else(|| format!("upstream `{provider}` answered {status}")),
+            kind: as_text(error.kind).unwrap_or_else(|| default_kind.into()),
+            param: as_text(error.param),
+            code: as_text(error.code),
+        },
+        Err(_) => {
+            let snippet: String = text.trim().chars().take(500).collect();
+            ErrorBody {
+                message: format!("upstream `{provider}` answered {status}: {snippet}"),
+                kind: default_kind.into(),
+                param: None,
+                code: None,
+            }
+        }
+    }
+}
+
+pub fn transport_error(provider: &str, e: &reqwest::Error) -> ApiError {
+    if e.is_timeout() {
+        return ApiError::UpstreamTimeout {
+            provider: provider.to_string(),
+            phase: "connecting",
+            seconds: 0,
+        };
+    }
+    // The source chain names the cause (refused, reset, DNS); reqwest's own
+    // Display would add the URL, which is not the client's business.
+    let mut detail = String::from(if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    });
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    ApiError::UpstreamUnreachable {
+        provider: provider.to_string(),
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shaped_bodies_keep_their_fields() {
+        let b = normalise(
+            "p",
+            400,
+            r#"{"error":{"message":"bad","type":"invalid_request_error","param":"n","code":null}}"#,
+        );
+        assert_eq!((b.message.as_str(), b.param.as_deref()), ("bad", Some("n")));
+        let b = normalise("p", 429, r#"{"error":{"message":"slow down","code":429}}"#);
+        assert_eq!(
+            (b.kind.as_str(), b.code.as_deref()),
+            ("invalid_request_error", Some("429"))
+        );
+    }
+
+    #[test]
+    fn other_bodies_are_quoted() {
+        let b = normalise("sim", 503, "<html>Service Unavailable</html>");
+        assert_eq!(b.kind, "api_error");
+        assert!(
+            b.message.contains("sim") && b.message.contains("Service Unavailable"),
+            "{}",
+            b.message
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! Spawning the simulator and the proxy for a test, each on port 0, each
+//! test with its own temporary store.
+
+use flywheel::app::{AppState, Application};
+use flywheel::auth::Role;
+use flywheel::config::{Config, Secrets};
+use flywheel::simulate::{self, SimulatorConfig};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
+
+pub async fn spawn_simulator(config: SimulatorConfig) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(simulate::serve(listener, config, std::future::pending()));
+    addr
+}
+
+/// A config whose `sim` provider points at `upstream`, plus a `dead`
+/// provider nothing listens on. `extra` is appended verbatim, and
+/// `provider_extra` goes inside the `sim` provider table.
+pub fn config_toml(upstream: SocketAddr, data_dir: &std::path::Path, provider_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+max_body_bytes = 65536
+shutdown_grace_s = 10
+
+[limits]
+requests_per_minute = 60000
+burst = 10000
+
+[[providers]]
+name = "sim"
+base_url = "http://{upstream}/v1"
+api_key_env = "SIM_KEY"
+max_retries = 2
+{provider_extra}
+
+[[providers]]
+name = "dead"
+base_url = "http://127.0.0.1:1/v1"
+max_retries = 0
+
+[[models]]
+name = "triage"
+model_type = "threat_detection"
+production = "base"
+  [[models.versions]]
+  name = "base"
+  provider = "sim"
+  model = "gpt-4o-mini"
+  [[models.versions]]
+  name = "large"
+  provider = "sim"
+  model = "gpt-4o"
+
+[[models]]
+name = "broken"
+model_type = "threat_detection"
+  [[models.versions]]
+  name = "v1"
+  provider = "dead"
+  model = "gpt-4o-mini"
+
+{extra}
+"#,
+        data = data_dir.display().to_string().replace('\\', "/"),
+    )
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub upstream: SocketAddr,
+    pub state: Arc<AppState>,
+    pub client_key: String,
+    pub analyst_key: String,
+    pub http: reqwest::Client,
+    pub server: JoinHandle<std::io::Result<()>>,
+    _data: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POST JSON to the proxy with the client key.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&self.client_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.state.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+pub struct Options {
+    pub simulator: SimulatorConfig,
+    pub provider_extra: String,
+    pub extra: String,
+    /// Serve against this upstream instead of a fresh simulator.
+    pub upstream: Option<SocketAddr>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            simulator: SimulatorConfig {
+                api_key: Some(PROVIDER_KEY.into()),
+                ..SimulatorConfig::default()
+            },
+            provider_extra: String::new(),
+            extra: String::new(),
+            upstream: None,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let upstream = match options.upstream {
+        Some(addr) => addr,
+        None => spawn_simulator(options.simulator).await,
+    };
+    let data = tempfile::tempdir().unwrap();
+    let toml = config_toml(upstream, data.path(), &options.provider_extra, &options.extra);
+    let config = Config::from_toml_str(&toml, "test", Vec::new()).unwrap();
+    let env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
+    let mut secrets = Secrets::resolve(&config, |v| env.get(v).map(|s| s.to_string()));
+    secrets.admin_token = Some(SecretString::from(ADMIN_TOKEN));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Application::build(config, secrets, listener).unwrap();
+    let addr = app.local_addr().unwrap();
+    let state = app.state();
+    let client_key = state.keys.create("test client", Role::Client, "test").unwrap().key;
+    let analyst_key = state.keys.create("test analyst", Role::Analyst, "test").unwrap().key;
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp {
+        addr,
+        upstream,
+        state,
+        client_key,
+        analyst_key,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+        server,
+        _data: data,
+    }
+}
+
+pub fn triage_request(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "triage",
+        "stream": stream,
+        "messages": [
+            {"role": "system", "content": "You are a SOC analyst. Classify the alert."},
+            {"role": "user", "content": "Endpoint alert: LSASS memory dumped by rundll32.exe via comsvcs.dll MiniDump on host WS-042."}
+        ]
+    })
+}
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:").map(str::trim_start))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+pub async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let error = body["error"].clone();
+    for key in ["message", "type", "param", "code"] {
+        assert!(error.get(key).is_some(), "error lacks `{key}`: {body}");
+    }
+    (status, error)
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real application on an ephemeral port, in front
+//! of the real simulator on another, driven over real HTTP. One test binary
+//! for all of them keeps link time down.
+
+mod helpers;
+
+mod auth;
+mod chat;
+mod cli;
+mod errors;
+mod operations;
+mod streaming;
