@@ -80,10 +80,12 @@ pub async fn run(mut config: Config, token_delay: Duration) -> Result<(), DemoEr
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
-    TcpListener::bind(addr).await.map_err(|source| DemoError::Listen {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DemoError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 fn print_banner(proxy: SocketAddr, simulator: SocketAddr, client_key: &str, admin_token: &str) {

@@ -25,7 +25,12 @@ use tokio::net::TcpListener;
 
 /// The base models it serves. The `-mini`/`small` ones know fewer
 /// indicators than the others, so versions differ for honest reasons.
-pub const MODELS: &[&str] = &["gpt-4o-mini", "gpt-4o", "sim-triage-small", "sim-triage-large"];
+pub const MODELS: &[&str] = &[
+    "gpt-4o-mini",
+    "gpt-4o",
+    "sim-triage-small",
+    "sim-triage-large",
+];
 
 #[derive(Debug, Clone, Default)]
 pub struct SimulatorConfig {
@@ -52,7 +57,15 @@ pub fn router(config: SimulatorConfig) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
         .route("/v1/embeddings", post(embeddings::create))
-        .fallback(|| async { wire::error(404, "invalid_request_error", "Unknown route", None, Some("unknown_url")) })
+        .fallback(|| async {
+            wire::error(
+                404,
+                "invalid_request_error",
+                "Unknown route",
+                None,
+                Some("unknown_url"),
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(sim.clone(), check_key))
         .with_state(sim)
 }

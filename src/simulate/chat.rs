@@ -26,7 +26,7 @@ pub async fn completions(State(sim): State<Sim>, headers: HeaderMap, body: Bytes
     }
     let plan = match Plan::from_request(&body) {
         Ok(plan) => plan,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let token_delay = faults.token_delay.unwrap_or(sim.config.token_delay);
     let response = if plan.stream {
@@ -44,12 +44,28 @@ pub async fn completions(State(sim): State<Sim>, headers: HeaderMap, body: Bytes
 fn fault(faults: &Faults) -> Response {
     let status = faults.status.unwrap_or(500);
     let (kind, code, message) = match status {
-        429 => ("requests", Some("rate_limit_exceeded"), "Rate limit reached (simulated)."),
-        s if s >= 500 => ("server_error", None, "The server had an error while processing your request (simulated)."),
-        _ => ("invalid_request_error", None, "Invalid request (simulated)."),
+        429 => (
+            "requests",
+            Some("rate_limit_exceeded"),
+            "Rate limit reached (simulated).",
+        ),
+        s if s >= 500 => (
+            "server_error",
+            None,
+            "The server had an error while processing your request (simulated).",
+        ),
+        _ => (
+            "invalid_request_error",
+            None,
+            "Invalid request (simulated).",
+        ),
     };
     let mut response = wire::error(status, kind, message, None, code);
-    if let Some(v) = faults.retry_after.as_deref().and_then(|v| HeaderValue::try_from(v).ok()) {
+    if let Some(v) = faults
+        .retry_after
+        .as_deref()
+        .and_then(|v| HeaderValue::try_from(v).ok())
+    {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     response
@@ -58,7 +74,11 @@ fn fault(faults: &Faults) -> Response {
 /// What one choice says.
 enum Reply {
     Text(Vec<String>),
-    Tool { id: String, name: String, pieces: Vec<String> },
+    Tool {
+        id: String,
+        name: String,
+        pieces: Vec<String>,
+    },
 }
 
 impl Reply {
@@ -90,9 +110,18 @@ struct Plan {
 }
 
 impl Plan {
-    fn from_request(body: &[u8]) -> Result<Self, Response> {
-        let invalid = |message: &str, param: Option<&str>| wire::error(400, "invalid_request_error", message, param, None);
-        let request: Value = serde_json::from_slice(body).map_err(|_| invalid("We could not parse the JSON body of your request.", None))?;
+    fn from_request(body: &[u8]) -> Result<Self, Box<Response>> {
+        let invalid = |message: &str, param: Option<&str>| {
+            Box::new(wire::error(
+                400,
+                "invalid_request_error",
+                message,
+                param,
+                None,
+            ))
+        };
+        let request: Value = serde_json::from_slice(body)
+            .map_err(|_| invalid("We could not parse the JSON body of your request.", None))?;
         let model = request["model"]
             .as_str()
             .ok_or_else(|| invalid("you must provide a model parameter", Some("model")))?;
@@ -101,14 +130,19 @@ impl Plan {
             .filter(|m| !m.is_empty())
             .ok_or_else(|| invalid("`messages` must be a non-empty array", Some("messages")))?;
         if !MODELS.contains(&model) {
-            return Err(models::model_not_found(model));
+            return Err(Box::new(models::model_not_found(model)));
         }
         let n = request["n"].as_u64().unwrap_or(1);
         if !(1..=8).contains(&n) {
             return Err(invalid("`n` must be between 1 and 8", Some("n")));
         }
         let large = !(model.contains("mini") || model.contains("small"));
-        let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(text_of).unwrap_or_default();
+        let last_user = messages
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+            .map(text_of)
+            .unwrap_or_default();
         let verdict = classify(&last_user, large);
         let tool = tool_to_call(&request, messages);
         let limit = request["max_completion_tokens"]
@@ -136,13 +170,18 @@ impl Plan {
                 }
             })
             .collect();
-        let prompt_tokens = messages.iter().map(|m| text_of(m).split_whitespace().count() + 3).sum();
+        let prompt_tokens = messages
+            .iter()
+            .map(|m| text_of(m).split_whitespace().count() + 3)
+            .sum();
         Ok(Plan {
             id: format!("chatcmpl-{}", ulid::Ulid::new().to_string().to_lowercase()),
             created: wire::now_unix(),
             model: model.to_string(),
             stream: request["stream"].as_bool().unwrap_or(false),
-            include_usage: request["stream_options"]["include_usage"].as_bool().unwrap_or(false),
+            include_usage: request["stream_options"]["include_usage"]
+                .as_bool()
+                .unwrap_or(false),
             choices,
             truncated,
             prompt_tokens,
@@ -180,7 +219,11 @@ impl Plan {
 fn text_of(message: &Value) -> String {
     match &message["content"] {
         Value::String(s) => s.clone(),
-        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(" "),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
         _ => String::new(),
     }
 }
@@ -252,8 +295,15 @@ async fn unary(plan: Plan, token_delay: Duration, drop_after: Option<usize>) -> 
         // Half a body, then the connection breaks.
         let text = body.to_string();
         let half = Bytes::from(text[..text.len() / 2].to_string());
-        let parts = futures_util::stream::iter([Ok(half), Err(std::io::Error::other("dropped (simulated)"))]);
-        return ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(parts)).into_response();
+        let parts = futures_util::stream::iter([
+            Ok(half),
+            Err(std::io::Error::other("dropped (simulated)")),
+        ]);
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from_stream(parts),
+        )
+            .into_response();
     }
     Json(body).into_response()
 }
@@ -266,10 +316,18 @@ struct Event {
 }
 
 fn events(plan: &Plan, token_delay: Duration) -> Vec<Event> {
-    let now = |data: String| Event { delay: Duration::ZERO, data, content: false };
+    let now = |data: String| Event {
+        delay: Duration::ZERO,
+        data,
+        content: false,
+    };
     let mut out = Vec::new();
     for (index, reply) in plan.choices.iter().enumerate() {
-        let content = if matches!(reply, Reply::Tool { .. }) { Value::Null } else { json!("") };
+        let content = if matches!(reply, Reply::Tool { .. }) {
+            Value::Null
+        } else {
+            json!("")
+        };
         out.push(now(plan.chunk(json!([{"index": index, "delta": {"role": "assistant", "content": content, "refusal": null}, "logprobs": null, "finish_reason": null}]))));
     }
     let longest = plan.choices.iter().map(Reply::tokens).max().unwrap_or(0);
@@ -306,23 +364,30 @@ fn events(plan: &Plan, token_delay: Duration) -> Vec<Event> {
 fn stream(plan: Plan, token_delay: Duration, drop_after: Option<usize>) -> Response {
     let events = events(&plan, token_delay);
     let state = (events.into_iter(), 0usize, false);
-    let body = futures_util::stream::unfold(state, move |(mut events, mut sent, dropped)| async move {
-        if dropped {
-            return None;
-        }
-        let event = events.next()?;
-        if event.content && drop_after.is_some_and(|n| sent >= n) {
-            let error = std::io::Error::other("connection dropped (simulated)");
-            return Some((Err(error), (events, sent, true)));
-        }
-        if !event.delay.is_zero() {
-            tokio::time::sleep(event.delay).await;
-        }
-        sent += usize::from(event.content);
-        Some((Ok::<_, std::io::Error>(Bytes::from(event.data)), (events, sent, false)))
-    });
+    let body =
+        futures_util::stream::unfold(state, move |(mut events, mut sent, dropped)| async move {
+            if dropped {
+                return None;
+            }
+            let event = events.next()?;
+            if event.content && drop_after.is_some_and(|n| sent >= n) {
+                let error = std::io::Error::other("connection dropped (simulated)");
+                return Some((Err(error), (events, sent, true)));
+            }
+            if !event.delay.is_zero() {
+                tokio::time::sleep(event.delay).await;
+            }
+            sent += usize::from(event.content);
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(event.data)),
+                (events, sent, false),
+            ))
+        });
     (
-        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         Body::from_stream(body),
     )
         .into_response()
@@ -343,7 +408,8 @@ mod tests {
 
     #[test]
     fn streamed_events_follow_the_openai_shape() {
-        let body = br#"{"model":"gpt-4o","stream":true,"n":2,"stream_options":{"include_usage":true},
+        let body =
+            br#"{"model":"gpt-4o","stream":true,"n":2,"stream_options":{"include_usage":true},
             "messages":[{"role":"user","content":"mimikatz sekurlsa"}]}"#;
         let plan = Plan::from_request(body).unwrap_or_else(|_| panic!("valid request"));
         let events = events(&plan, Duration::ZERO);
@@ -352,7 +418,10 @@ mod tests {
             .map(|e| serde_json::from_str(e.data.trim().strip_prefix("data: ").unwrap()).unwrap())
             .collect();
         assert_eq!(events.last().unwrap().data, "data: [DONE]\n\n");
-        let roles = data.iter().filter(|c| c["choices"][0]["delta"].get("role").is_some()).count();
+        let roles = data
+            .iter()
+            .filter(|c| c["choices"][0]["delta"].get("role").is_some())
+            .count();
         assert_eq!(roles, 2, "one role delta per choice");
         let usage = data.last().unwrap();
         assert_eq!(usage["choices"], json!([]));
@@ -367,12 +436,27 @@ mod tests {
         let plan = Plan::from_request(body).unwrap_or_else(|_| panic!("valid request"));
         let calls: Vec<Value> = events(&plan, Duration::ZERO)
             .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(e.data.trim().strip_prefix("data: ")?).ok())
+            .filter_map(|e| {
+                serde_json::from_str::<Value>(e.data.trim().strip_prefix("data: ")?).ok()
+            })
             .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0).cloned())
             .collect();
-        assert_eq!(calls.iter().filter(|c| c["function"].get("name").is_some()).count(), 1);
-        assert!(calls[1..].iter().all(|c| c.get("id").is_none() && c.get("type").is_none()));
-        let args: String = calls.iter().filter_map(|c| c["function"]["arguments"].as_str()).collect();
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| c["function"].get("name").is_some())
+                .count(),
+            1
+        );
+        assert!(
+            calls[1..]
+                .iter()
+                .all(|c| c.get("id").is_none() && c.get("type").is_none())
+        );
+        let args: String = calls
+            .iter()
+            .filter_map(|c| c["function"]["arguments"].as_str())
+            .collect();
         let args: Value = serde_json::from_str(&args).unwrap();
         assert_eq!(args["suspected_threat_type"], "lateral_movement");
     }

@@ -28,7 +28,12 @@ pub struct Faults {
 
 impl Faults {
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
         let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
         let fail_times = match (number("x-sim-fail-times"), text("x-sim-fault-id")) {
             (Some(n), Some(id)) => Some((u32::try_from(n).unwrap_or(u32::MAX), id.to_string())),

@@ -6,30 +6,191 @@
 /// (threat type, indicators, known to small models). Checked in order: the
 /// tactic an analyst acts on first wins.
 const RULES: &[(&str, &[&str], bool)] = &[
-    ("ransomware", &["ransom", "vssadmin delete", "delete shadows", "shadowcopy delete"], true),
+    (
+        "ransomware",
+        &[
+            "ransom",
+            "vssadmin delete",
+            "delete shadows",
+            "shadowcopy delete",
+        ],
+        true,
+    ),
     ("ransomware", &["encrypt", "wbadmin delete"], false),
-    ("impact", &["wipe", "recoveryenabled", "bcdedit", "inhibit system recovery"], true),
-    ("impact", &["service stop", "shutdown /r", "format ", "cipher /w", "impact"], false),
+    (
+        "impact",
+        &[
+            "wipe",
+            "recoveryenabled",
+            "bcdedit",
+            "inhibit system recovery",
+        ],
+        true,
+    ),
+    (
+        "impact",
+        &[
+            "service stop",
+            "shutdown /r",
+            "format ",
+            "cipher /w",
+            "impact",
+        ],
+        false,
+    ),
     ("phishing", &["phish", "macro", "outlook"], true),
     ("phishing", &["attachment", "winword", "spearphish"], false),
     ("exfiltration", &["exfil", "rclone"], true),
-    ("exfiltration", &["upload", "mega.nz", "ftp", "transfer.sh"], false),
-    ("credential_access", &["lsass", "mimikatz", "credential", "password"], true),
-    ("credential_access", &["ntds", "sam hive", "kerberoast", "dump", "procdump", "hashes", "keylog", "dpapi", "vault"], false),
-    ("lateral_movement", &["psexec", "lateral", "remote desktop"], true),
-    ("lateral_movement", &["rdp", "winrm", "admin$", "wmic /node", "remote service", "dcom", "smbexec"], false),
+    (
+        "exfiltration",
+        &["upload", "mega.nz", "ftp", "transfer.sh"],
+        false,
+    ),
+    (
+        "credential_access",
+        &["lsass", "mimikatz", "credential", "password"],
+        true,
+    ),
+    (
+        "credential_access",
+        &[
+            "ntds",
+            "sam hive",
+            "kerberoast",
+            "dump",
+            "procdump",
+            "hashes",
+            "keylog",
+            "dpapi",
+            "vault",
+        ],
+        false,
+    ),
+    (
+        "lateral_movement",
+        &["psexec", "lateral", "remote desktop"],
+        true,
+    ),
+    (
+        "lateral_movement",
+        &[
+            "rdp",
+            "winrm",
+            "admin$",
+            "wmic /node",
+            "remote service",
+            "dcom",
+            "smbexec",
+        ],
+        false,
+    ),
     ("command_and_control", &["beacon", "cobalt", "c2 "], true),
-    ("command_and_control", &["tunnel", "ngrok", "proxy", "anydesk", "teamviewer", "remote access", "dns", "download", "curl", "bitsadmin", "certutil"], false),
+    (
+        "command_and_control",
+        &[
+            "tunnel",
+            "ngrok",
+            "proxy",
+            "anydesk",
+            "teamviewer",
+            "remote access",
+            "dns",
+            "download",
+            "curl",
+            "bitsadmin",
+            "certutil",
+        ],
+        false,
+    ),
     ("privilege_escalation", &["privilege", "uac"], true),
-    ("privilege_escalation", &["elevat", "token", "bypass", "system privileges", "named pipe", "potato"], false),
-    ("persistence", &["scheduled task", "schtasks", "run key"], true),
-    ("persistence", &["currentversion\\run", "startup", "service install", "new service", "autorun", "wmi event", "registry key", "image file execution", "appinit", "persistence"], false),
+    (
+        "privilege_escalation",
+        &[
+            "elevat",
+            "token",
+            "bypass",
+            "system privileges",
+            "named pipe",
+            "potato",
+        ],
+        false,
+    ),
+    (
+        "persistence",
+        &["scheduled task", "schtasks", "run key"],
+        true,
+    ),
+    (
+        "persistence",
+        &[
+            "currentversion\\run",
+            "startup",
+            "service install",
+            "new service",
+            "autorun",
+            "wmi event",
+            "registry key",
+            "image file execution",
+            "appinit",
+            "persistence",
+        ],
+        false,
+    ),
     ("defense_evasion", &["defender", "amsi", "disable"], true),
-    ("defense_evasion", &["clear", "wevtutil", "obfuscat", "masquerad", "tamper", "etw", "hidden", "rundll32", "regsvr32", "mshta", "signed", "evasion", "uninstall", "exclusion", "suspicious", "unusual"], false),
+    (
+        "defense_evasion",
+        &[
+            "clear",
+            "wevtutil",
+            "obfuscat",
+            "masquerad",
+            "tamper",
+            "etw",
+            "hidden",
+            "rundll32",
+            "regsvr32",
+            "mshta",
+            "signed",
+            "evasion",
+            "uninstall",
+            "exclusion",
+            "suspicious",
+            "unusual",
+        ],
+        false,
+    ),
     ("discovery", &["whoami", "net group"], true),
-    ("discovery", &["net user", "enumerat", "recon", "discovery", "systeminfo", "nltest", "query", "adfind", "ipconfig"], false),
+    (
+        "discovery",
+        &[
+            "net user",
+            "enumerat",
+            "recon",
+            "discovery",
+            "systeminfo",
+            "nltest",
+            "query",
+            "adfind",
+            "ipconfig",
+        ],
+        false,
+    ),
     ("execution", &["powershell", "cmd.exe"], true),
-    ("execution", &["script", "wscript", "cscript", "execution", "invoke-", "command line", "wmic", "msiexec", "python"], false),
+    (
+        "execution",
+        &[
+            "script",
+            "wscript",
+            "cscript",
+            "execution",
+            "invoke-",
+            "command line",
+            "wmic",
+            "msiexec",
+            "python",
+        ],
+        false,
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +205,8 @@ impl Verdict {
     /// The answer as the model says it.
     pub fn answer(&self) -> String {
         let rationale = if self.indicators.is_empty() {
-            "No specific indicator matched; the activity is unusual enough to review by hand.".to_string()
+            "No specific indicator matched; the activity is unusual enough to review by hand."
+                .to_string()
         } else {
             format!(
                 "The alert shows {} consistent with {}.",
@@ -75,7 +237,11 @@ pub fn classify(text: &str, large: bool) -> Verdict {
         if threat.is_some_and(|t| t != *kind) {
             continue;
         }
-        let found: Vec<&'static str> = words.iter().copied().filter(|w| lower.contains(*w)).collect();
+        let found: Vec<&'static str> = words
+            .iter()
+            .copied()
+            .filter(|w| lower.contains(*w))
+            .collect();
         if !found.is_empty() {
             threat = Some(*kind);
             indicators.extend(found);
@@ -90,18 +256,32 @@ pub fn classify(text: &str, large: bool) -> Verdict {
 }
 
 fn severity(threat_type: &str, lower: &str, large: bool) -> &'static str {
-    if lower.contains("critical") || threat_type == "ransomware" || (large && lower.contains("mimikatz")) {
+    if lower.contains("critical")
+        || threat_type == "ransomware"
+        || (large && lower.contains("mimikatz"))
+    {
         return "critical";
     }
     if !large {
-        return if threat_type == "suspicious_activity" { "medium" } else { "high" };
+        return if threat_type == "suspicious_activity" {
+            "medium"
+        } else {
+            "high"
+        };
     }
     match threat_type {
-        "credential_access" | "lateral_movement" | "impact" | "command_and_control"
-        | "privilege_escalation" | "exfiltration" | "phishing" => "high",
+        "credential_access"
+        | "lateral_movement"
+        | "impact"
+        | "command_and_control"
+        | "privilege_escalation"
+        | "exfiltration"
+        | "phishing" => "high",
         "discovery" if !lower.contains("high") => "low",
-        "persistence" | "execution" | "defense_evasion" | "discovery" => {
-            if lower.contains("suspicious") || lower.contains("malicious") { "high" } else { "medium" }
+        "persistence" | "execution" | "defense_evasion" | "discovery"
+            if lower.contains("suspicious") || lower.contains("malicious") =>
+        {
+            "high"
         }
         _ => "medium",
     }
@@ -113,19 +293,40 @@ mod tests {
 
     #[test]
     fn indicators_decide_the_threat_type_and_are_named() {
-        let v = classify("Endpoint alert: LSASS memory dumped by rundll32.exe comsvcs.dll", true);
+        let v = classify(
+            "Endpoint alert: LSASS memory dumped by rundll32.exe comsvcs.dll",
+            true,
+        );
         assert_eq!(v.threat_type, "credential_access");
         assert!(v.indicators.contains(&"lsass") && v.indicators.contains(&"dump"));
-        assert!(v.answer().starts_with("Threat type: credential_access\nSeverity: high\nRationale: "));
-        assert_eq!(classify("vssadmin delete shadows /all", false).severity, "critical");
-        assert_eq!(classify("nothing to see", true).threat_type, "suspicious_activity");
+        assert!(
+            v.answer()
+                .starts_with("Threat type: credential_access\nSeverity: high\nRationale: ")
+        );
+        assert_eq!(
+            classify("vssadmin delete shadows /all", false).severity,
+            "critical"
+        );
+        assert_eq!(
+            classify("nothing to see", true).threat_type,
+            "suspicious_activity"
+        );
     }
 
     #[test]
     fn small_models_know_fewer_indicators() {
-        assert_eq!(classify("rclone copy to mega.nz", true).threat_type, "exfiltration");
-        assert_eq!(classify("procdump of a process", false).threat_type, "suspicious_activity");
-        assert_eq!(classify("procdump of a process", true).threat_type, "credential_access");
+        assert_eq!(
+            classify("rclone copy to mega.nz", true).threat_type,
+            "exfiltration"
+        );
+        assert_eq!(
+            classify("procdump of a process", false).threat_type,
+            "suspicious_activity"
+        );
+        assert_eq!(
+            classify("procdump of a process", true).threat_type,
+            "credential_access"
+        );
     }
 
     /// Measures both models on the labelled alerts when the data set is
@@ -135,16 +336,25 @@ mod tests {
         let Ok(text) = std::fs::read_to_string("../shared/data/sigma-windows-alerts.jsonl") else {
             return;
         };
-        let alerts: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let alerts: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         let accuracy = |large: bool| {
             let right = alerts
                 .iter()
-                .filter(|a| classify(a["alert"].as_str().unwrap_or(""), large).threat_type == a["threat_type"])
+                .filter(|a| {
+                    classify(a["alert"].as_str().unwrap_or(""), large).threat_type
+                        == a["threat_type"]
+                })
                 .count();
             right as f64 / alerts.len() as f64
         };
         let (small, large) = (accuracy(false), accuracy(true));
-        eprintln!("threat-type accuracy: small {small:.3}, large {large:.3} on {} alerts", alerts.len());
+        eprintln!(
+            "threat-type accuracy: small {small:.3}, large {large:.3} on {} alerts",
+            alerts.len()
+        );
         assert!(large > small, "the large model should know more");
     }
 }

@@ -29,10 +29,15 @@ impl SledStore {
 
 fn open_error(dir: &Path, e: sled::Error) -> StoreError {
     match &e {
-        // sled reports a held lock file as an I/O error of kind WouldBlock.
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Locked {
-            path: dir.display().to_string(),
-        },
+        // sled reports a held lock file as an I/O error that names the lock.
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock") =>
+        {
+            StoreError::Locked {
+                path: dir.display().to_string(),
+            }
+        }
         _ => StoreError::Io(format!("cannot open {}: {e}", dir.display())),
     }
 }

@@ -11,10 +11,27 @@ async fn missing_unknown_and_revoked_keys_get_401() {
     let body = triage_request(false);
     let none = app.http.post(&url).json(&body).send().await.unwrap();
     let (status, error) = error_of(none).await;
-    assert_eq!((status, error["code"].as_str()), (401, Some("invalid_api_key")));
-    let wrong = app.http.post(&url).bearer_auth("fw-0000").json(&body).send().await.unwrap();
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    let wrong = app
+        .http
+        .post(&url)
+        .bearer_auth("fw-0000")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
-    let foreign = app.http.post(&url).bearer_auth("sk-somebody-else").json(&body).send().await.unwrap();
+    let foreign = app
+        .http
+        .post(&url)
+        .bearer_auth("sk-somebody-else")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(foreign.status(), 401);
 
     let created: Value = app
@@ -29,23 +46,52 @@ async fn missing_unknown_and_revoked_keys_get_401() {
         .await
         .unwrap();
     let key = created["key"].as_str().unwrap();
-    assert_eq!(app.http.post(&url).bearer_auth(key).json(&body).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.http
+            .post(&url)
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let revoked = app
         .http
-        .delete(app.url(&format!("/admin/api/keys/{}", created["id"].as_str().unwrap())))
+        .delete(app.url(&format!(
+            "/admin/api/keys/{}",
+            created["id"].as_str().unwrap()
+        )))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(revoked.status(), 204);
-    assert_eq!(app.http.post(&url).bearer_auth(key).json(&body).send().await.unwrap().status(), 401);
+    assert_eq!(
+        app.http
+            .post(&url)
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 }
 
 #[tokio::test]
 async fn roles_gate_the_admin_api() {
     let app = spawn_app().await;
     let keys = app.url("/admin/api/keys");
-    let as_client = app.http.get(&keys).bearer_auth(&app.client_key).send().await.unwrap();
+    let as_client = app
+        .http
+        .get(&keys)
+        .bearer_auth(&app.client_key)
+        .send()
+        .await
+        .unwrap();
     let (status, _) = error_of(as_client).await;
     assert_eq!(status, 403);
     let analyst_create = app
@@ -57,13 +103,32 @@ async fn roles_gate_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(analyst_create.status(), 403);
-    let audit = app.http.get(app.url("/admin/api/audit")).bearer_auth(&app.analyst_key).send().await.unwrap();
+    let audit = app
+        .http
+        .get(app.url("/admin/api/audit"))
+        .bearer_auth(&app.analyst_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(audit.status(), 200);
 
-    let listed: Value = app.http.get(&keys).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let listed: Value = app
+        .http
+        .get(&keys)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let listed = listed["data"].as_array().unwrap();
     assert_eq!(listed.len(), 2);
-    assert!(listed.iter().all(|k| k.get("key").is_none() && k.get("hash").is_none()));
+    assert!(
+        listed
+            .iter()
+            .all(|k| k.get("key").is_none() && k.get("hash").is_none())
+    );
 
     let bad = app
         .http
@@ -85,15 +150,40 @@ async fn anonymous_clients_are_served_only_when_allowed() {
     })
     .await;
     let url = app.url("/v1/chat/completions");
-    let anonymous = app.http.post(&url).json(&triage_request(false)).send().await.unwrap();
+    let anonymous = app
+        .http
+        .post(&url)
+        .json(&triage_request(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), 200);
     // An app's own OpenAI key is no Flywheel key: served anonymously, not forwarded.
-    let own_key = app.http.post(&url).bearer_auth("sk-apps-own-key").json(&triage_request(false)).send().await.unwrap();
+    let own_key = app
+        .http
+        .post(&url)
+        .bearer_auth("sk-apps-own-key")
+        .json(&triage_request(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(own_key.status(), 200);
     // A Flywheel-shaped key that is wrong is never rescued.
-    let bad = app.http.post(&url).bearer_auth("fw-revoked").json(&triage_request(false)).send().await.unwrap();
+    let bad = app
+        .http
+        .post(&url)
+        .bearer_auth("fw-revoked")
+        .json(&triage_request(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 401);
-    let admin = app.http.get(app.url("/admin/api/keys")).send().await.unwrap();
+    let admin = app
+        .http
+        .get(app.url("/admin/api/keys"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(admin.status(), 403);
 }
 
@@ -107,28 +197,56 @@ async fn passthrough_forwards_the_clients_own_provider_key() {
     let url = app.url("/v1/chat/completions");
     // The simulator accepts only PROVIDER_KEY: with the client's own right
     // key it answers, with a wrong one the upstream's 401 comes back.
-    let right = app.http.post(&url).bearer_auth(PROVIDER_KEY).json(&triage_request(false)).send().await.unwrap();
+    let right = app
+        .http
+        .post(&url)
+        .bearer_auth(PROVIDER_KEY)
+        .json(&triage_request(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(right.status(), 200);
-    let wrong = app.http.post(&url).bearer_auth("sk-wrong").json(&triage_request(false)).send().await.unwrap();
+    let wrong = app
+        .http
+        .post(&url)
+        .bearer_auth("sk-wrong")
+        .json(&triage_request(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
     // Flywheel keys still use the configured provider key.
-    assert_eq!(app.post("/v1/chat/completions", &triage_request(false)).await.status(), 200);
+    assert_eq!(
+        app.post("/v1/chat/completions", &triage_request(false))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_headers() {
     let app = spawn_app_with(Options {
-        extra: "[limits]\nrequests_per_minute = 60\nburst = 2".into(),
+        limits: "[limits]\nrequests_per_minute = 60\nburst = 2".into(),
         ..Options::default()
     })
     .await;
-    let first = app.post("/v1/chat/completions", &triage_request(false)).await;
+    let first = app
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-ratelimit-limit-requests"], "60");
     assert_eq!(first.headers()["x-ratelimit-remaining-requests"], "1");
     assert!(first.headers().contains_key("x-ratelimit-reset-requests"));
-    assert_eq!(app.post("/v1/chat/completions", &triage_request(false)).await.status(), 200);
-    let limited = app.post("/v1/chat/completions", &triage_request(false)).await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &triage_request(false))
+            .await
+            .status(),
+        200
+    );
+    let limited = app
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
     let headers = limited.headers().clone();
     let (status, error) = error_of(limited).await;
     assert_eq!((status, error["type"].as_str()), (429, Some("requests")));

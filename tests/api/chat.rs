@@ -6,13 +6,30 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn an_alias_is_served_by_its_production_version_and_relayed_as_received() {
     let app = spawn_app().await;
-    let response = app.post("/v1/chat/completions", &triage_request(false)).await;
+    let response = app
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
     assert_eq!(response.status(), 200);
     let h = response.headers().clone();
-    assert!(h["content-type"].to_str().unwrap().contains("application/json"));
-    assert!(h["x-flywheel-inference-id"].to_str().unwrap().starts_with("inf_"));
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("application/json")
+    );
+    assert!(
+        h["x-flywheel-inference-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("inf_")
+    );
     assert_eq!(h["x-flywheel-variant"], "base");
-    assert!(h["x-flywheel-conversation-id"].to_str().unwrap().starts_with("conv_"));
+    assert!(
+        h["x-flywheel-conversation-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("conv_")
+    );
     assert!(h["x-request-id"].to_str().unwrap().starts_with("req_"));
     assert!(h.contains_key("x-upstream-request-id"));
     let body: Value = response.json().await.unwrap();
@@ -20,7 +37,10 @@ async fn an_alias_is_served_by_its_production_version_and_relayed_as_received() 
     assert_eq!(body["model"], "gpt-4o-mini");
     assert_eq!(body["object"], "chat.completion");
     let content = body["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(content.contains("Threat type:") && content.contains("Severity:"), "{content}");
+    assert!(
+        content.contains("Threat type:") && content.contains("Severity:"),
+        "{content}"
+    );
     assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
 }
 
@@ -28,7 +48,12 @@ async fn an_alias_is_served_by_its_production_version_and_relayed_as_received() 
 async fn the_upstream_body_arrives_byte_for_byte() {
     let app = spawn_app().await;
     let request = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Endpoint alert: vssadmin delete shadows /all /quiet"}]});
-    let via_proxy = app.post("/v1/chat/completions", &request).await.bytes().await.unwrap();
+    let via_proxy = app
+        .post("/v1/chat/completions", &request)
+        .await
+        .bytes()
+        .await
+        .unwrap();
     let direct = app
         .http
         .post(format!("http://{}/v1/chat/completions", app.upstream))
@@ -67,16 +92,32 @@ async fn n_choices_and_tool_calls_are_relayed() {
     let app = spawn_app().await;
     let mut request = triage_request(false);
     request["n"] = json!(2);
-    let body: Value = app.post("/v1/chat/completions", &request).await.json().await.unwrap();
-    let indexes: Vec<u64> = body["choices"].as_array().unwrap().iter().map(|c| c["index"].as_u64().unwrap()).collect();
+    let body: Value = app
+        .post("/v1/chat/completions", &request)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let indexes: Vec<u64> = body["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(indexes, [0, 1]);
 
     let mut request = triage_request(false);
     request["tools"] = json!([{"type": "function", "function": {"name": "lookup_host", "parameters": {"type": "object", "properties": {}}}}]);
-    let body: Value = app.post("/v1/chat/completions", &request).await.json().await.unwrap();
+    let body: Value = app
+        .post("/v1/chat/completions", &request)
+        .await
+        .json()
+        .await
+        .unwrap();
     let call = &body["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "lookup_host");
-    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(arguments.is_object());
     assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
 }
@@ -84,12 +125,27 @@ async fn n_choices_and_tool_calls_are_relayed() {
 #[tokio::test]
 async fn models_lists_aliases_with_their_versions() {
     let app = spawn_app().await;
-    let get = |path: &str| app.http.get(app.url(path)).bearer_auth(&app.client_key).send();
+    let get = |path: &str| {
+        app.http
+            .get(app.url(path))
+            .bearer_auth(&app.client_key)
+            .send()
+    };
     let list: Value = get("/v1/models").await.unwrap().json().await.unwrap();
     assert_eq!(list["object"], "list");
-    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["triage", "broken"]);
-    let triage: Value = get("/v1/models/triage").await.unwrap().json().await.unwrap();
+    let triage: Value = get("/v1/models/triage")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(triage["object"], "model");
     assert_eq!(triage["production"], "base");
     assert_eq!(triage["versions"].as_array().unwrap().len(), 2);
@@ -128,11 +184,21 @@ async fn the_provider_key_is_sent_upstream_and_never_shown() {
     // The simulator refuses requests without the provider key, so a 200
     // proves the proxy replaced the client's key with the provider's.
     let app = spawn_app().await;
-    let response = app.post("/v1/chat/completions", &triage_request(false)).await;
+    let response = app
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
     assert_eq!(response.status(), 200);
     let headers = format!("{:?}", response.headers());
     let body = response.text().await.unwrap();
     assert!(!headers.contains(PROVIDER_KEY) && !body.contains(PROVIDER_KEY));
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!metrics.contains(PROVIDER_KEY));
 }

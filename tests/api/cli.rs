@@ -34,9 +34,20 @@ model_type = "threat_detection"
 
 #[test]
 fn the_shipped_configs_are_valid() {
-    for file in ["config/flywheel.toml", "config/openai.toml", "config/vllm.toml"] {
-        let out = flywheel().args(["check-config", "--config", file]).output().unwrap();
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    for file in [
+        "config/flywheel.toml",
+        "config/openai.toml",
+        "config/vllm.toml",
+    ] {
+        let out = flywheel()
+            .args(["check-config", "--config", file])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains("[[providers]]"), "{text}");
     }
@@ -52,7 +63,11 @@ fn bad_config_names_the_key_and_exits_2() {
     ];
     for (extra, key) in cases {
         let path = write_config(dir.path(), extra);
-        let out = flywheel().args(["check-config", "--config"]).arg(&path).output().unwrap();
+        let out = flywheel()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{extra}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(key), "{extra}: {stderr}");
@@ -66,9 +81,15 @@ fn bad_config_names_the_key_and_exits_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("limits.burst") && stderr.contains("FLYWHEEL__LIMITS__BURST"), "{stderr}");
+    assert!(
+        stderr.contains("limits.burst") && stderr.contains("FLYWHEEL__LIMITS__BURST"),
+        "{stderr}"
+    );
 
-    let out = flywheel().args(["check-config", "--config", "no/such/file.toml"]).output().unwrap();
+    let out = flywheel()
+        .args(["check-config", "--config", "no/such/file.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -92,28 +113,57 @@ fn keys_are_created_listed_and_revoked_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "");
     let out = flywheel()
-        .args(["keys", "create", "--role", "analyst", "--name", "ana", "--config"])
+        .args([
+            "keys", "create", "--role", "analyst", "--name", "ana", "--config",
+        ])
         .arg(&path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let key = stdout.trim();
-    assert!(key.starts_with("fw-") && !key.contains(' '), "only the key on stdout: {stdout:?}");
+    assert!(
+        key.starts_with("fw-") && !key.contains(' '),
+        "only the key on stdout: {stdout:?}"
+    );
 
-    let list = flywheel().args(["keys", "list", "--config"]).arg(&path).output().unwrap();
+    let list = flywheel()
+        .args(["keys", "list", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let listing = String::from_utf8(list.stdout).unwrap();
     assert!(listing.contains("ana") && listing.contains("analyst"));
     assert!(!listing.contains(key), "the key is never listed");
-    let id = listing.lines().nth(1).unwrap().split_whitespace().next().unwrap();
+    let id = listing
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
 
-    let revoke = flywheel().args(["keys", "revoke", id, "--config"]).arg(&path).output().unwrap();
+    let revoke = flywheel()
+        .args(["keys", "revoke", id, "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(revoke.status.success());
-    let again = flywheel().args(["keys", "revoke", "key_nope", "--config"]).arg(&path).output().unwrap();
+    let again = flywheel()
+        .args(["keys", "revoke", "key_nope", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(1));
 
     let bad_role = flywheel()
-        .args(["keys", "create", "--role", "emperor", "--name", "x", "--config"])
+        .args([
+            "keys", "create", "--role", "emperor", "--name", "x", "--config",
+        ])
         .arg(&path)
         .output()
         .unwrap();
@@ -123,20 +173,37 @@ fn keys_are_created_listed_and_revoked_from_the_cli() {
 #[test]
 fn a_store_held_by_a_server_is_reported_plainly() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), "listen = \"127.0.0.1:0\"");
-    let mut server = flywheel().args(["serve", "--config"]).arg(&path).spawn().unwrap();
-    // Wait until the server holds the store.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = write_config(dir.path(), &format!("listen = \"127.0.0.1:{port}\""));
+    let mut server = flywheel()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .spawn()
+        .unwrap();
+    // Once it accepts connections, the server holds the store.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut message = String::new();
-    while std::time::Instant::now() < deadline {
-        let out = flywheel().args(["keys", "list", "--config"]).arg(&path).output().unwrap();
-        if !out.status.success() {
-            message = String::from_utf8_lossy(&out.stderr).into_owned();
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let out = flywheel()
+        .args(["keys", "list", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     server.kill().unwrap();
     server.wait().unwrap();
-    assert!(message.contains("in use") && message.contains("/admin/api/keys"), "{message}");
+    assert_eq!(out.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("in use") && message.contains("/admin/api/keys"),
+        "{message}"
+    );
 }

@@ -12,15 +12,47 @@ async fn malformed_requests_get_a_400_naming_the_field_and_the_server_keeps_serv
         ("{", 400, None),
         ("[1,2]", 400, None),
         ("", 400, None),
-        (r#"{"messages":[{"role":"user","content":"x"}]}"#, 400, Some("model")),
-        (r#"{"model":5,"messages":[{"role":"user","content":"x"}]}"#, 400, Some("model")),
-        (r#"{"model":"triage","messages":"hi"}"#, 400, Some("messages")),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}]}"#,
+            400,
+            Some("model"),
+        ),
+        (
+            r#"{"model":5,"messages":[{"role":"user","content":"x"}]}"#,
+            400,
+            Some("model"),
+        ),
+        (
+            r#"{"model":"triage","messages":"hi"}"#,
+            400,
+            Some("messages"),
+        ),
         (r#"{"model":"triage","messages":[]}"#, 400, Some("messages")),
-        (r#"{"model":"triage","messages":[{"role":"robot","content":"x"}]}"#, 400, Some("messages[0].role")),
-        (r#"{"model":"triage","messages":[{"role":"user","content":5}]}"#, 400, Some("messages[0].content")),
-        (r#"{"model":"triage","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, 400, Some("stream")),
-        (r#"{"model":"triage","messages":[{"role":"user","content":"x"}],"n":0}"#, 400, Some("n")),
-        (r#"{"model":"triage","messages":[{"role":"user","content":"x"}],"temperature":9}"#, 400, Some("temperature")),
+        (
+            r#"{"model":"triage","messages":[{"role":"robot","content":"x"}]}"#,
+            400,
+            Some("messages[0].role"),
+        ),
+        (
+            r#"{"model":"triage","messages":[{"role":"user","content":5}]}"#,
+            400,
+            Some("messages[0].content"),
+        ),
+        (
+            r#"{"model":"triage","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+            400,
+            Some("stream"),
+        ),
+        (
+            r#"{"model":"triage","messages":[{"role":"user","content":"x"}],"n":0}"#,
+            400,
+            Some("n"),
+        ),
+        (
+            r#"{"model":"triage","messages":[{"role":"user","content":"x"}],"temperature":9}"#,
+            400,
+            Some("temperature"),
+        ),
     ];
     for (body, status, param) in cases {
         let response = app
@@ -37,7 +69,9 @@ async fn malformed_requests_get_a_400_naming_the_field_and_the_server_keeps_serv
         assert_eq!(error["type"], "invalid_request_error", "{body}");
         assert_eq!(error["param"].as_str(), param, "{body}: {error}");
     }
-    let ok = app.post("/v1/chat/completions", &triage_request(false)).await;
+    let ok = app
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
     assert_eq!(ok.status(), 200);
 }
 
@@ -72,7 +106,10 @@ async fn upstream_errors_are_relayed_with_their_status() {
         .await
         .unwrap();
     let (status, error) = error_of(response).await;
-    assert_eq!((status, error["type"].as_str()), (400, Some("invalid_request_error")));
+    assert_eq!(
+        (status, error["type"].as_str()),
+        (400, Some("invalid_request_error"))
+    );
 }
 
 #[tokio::test]
@@ -83,7 +120,10 @@ async fn an_unreachable_upstream_is_a_502_and_nonsense_too() {
     let (status, error) = error_of(app.post("/v1/chat/completions", &request).await).await;
     assert_eq!((status, error["type"].as_str()), (502, Some("api_error")));
     assert_eq!(error["code"], "upstream_unreachable");
-    assert!(!error["message"].as_str().unwrap().contains("127.0.0.1:1"), "no upstream URL in messages");
+    assert!(
+        !error["message"].as_str().unwrap().contains("127.0.0.1:1"),
+        "no upstream URL in messages"
+    );
 
     let response = app
         .http
@@ -95,7 +135,10 @@ async fn an_unreachable_upstream_is_a_502_and_nonsense_too() {
         .await
         .unwrap();
     let (status, error) = error_of(response).await;
-    assert_eq!((status, error["code"].as_str()), (502, Some("upstream_invalid_response")));
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (502, Some("upstream_invalid_response"))
+    );
 }
 
 #[tokio::test]
@@ -116,7 +159,11 @@ async fn a_slow_first_byte_is_a_504() {
             .await
             .unwrap();
         let (status, error) = error_of(response).await;
-        assert_eq!((status, error["code"].as_str()), (504, Some("upstream_timeout")), "stream={stream}");
+        assert_eq!(
+            (status, error["code"].as_str()),
+            (504, Some("upstream_timeout")),
+            "stream={stream}"
+        );
     }
 }
 
@@ -135,7 +182,11 @@ async fn server_errors_and_429s_are_retried_before_the_first_byte() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200, "two 503s then success, within max_retries = 2");
+    assert_eq!(
+        response.status(),
+        200,
+        "two 503s then success, within max_retries = 2"
+    );
     assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
 
     let fault_id = ulid::Ulid::new().to_string();
@@ -169,7 +220,10 @@ async fn server_errors_and_429s_are_retried_before_the_first_byte() {
         .await
         .unwrap();
     let (status, _) = error_of(response).await;
-    assert_eq!(status, 500, "retries exhausted: the upstream's status is relayed");
+    assert_eq!(
+        status, 500,
+        "retries exhausted: the upstream's status is relayed"
+    );
 }
 
 #[tokio::test]
@@ -195,7 +249,13 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let app = spawn_app().await;
     let (status, _) = error_of(app.http.get(app.url("/nope")).send().await.unwrap()).await;
     assert_eq!(status, 404);
-    let response = app.http.get(app.url("/v1/chat/completions")).bearer_auth(&app.client_key).send().await.unwrap();
+    let response = app
+        .http
+        .get(app.url("/v1/chat/completions"))
+        .bearer_auth(&app.client_key)
+        .send()
+        .await
+        .unwrap();
     let (status, _) = error_of(response).await;
     assert_eq!(status, 405);
 }

@@ -24,9 +24,15 @@ pub async fn spawn_simulator(config: SimulatorConfig) -> SocketAddr {
 }
 
 /// A config whose `sim` provider points at `upstream`, plus a `dead`
-/// provider nothing listens on. `extra` is appended verbatim, and
-/// `provider_extra` goes inside the `sim` provider table.
-pub fn config_toml(upstream: SocketAddr, data_dir: &std::path::Path, provider_extra: &str, extra: &str) -> String {
+/// provider nothing listens on. `options.extra` is appended verbatim,
+/// `options.provider_extra` goes inside the `sim` provider table.
+pub fn config_toml(upstream: SocketAddr, data_dir: &std::path::Path, options: &Options) -> String {
+    let Options {
+        provider_extra,
+        extra,
+        limits,
+        ..
+    } = options;
     format!(
         r#"
 [server]
@@ -35,15 +41,12 @@ data_dir = "{data}"
 max_body_bytes = 65536
 shutdown_grace_s = 10
 
-[limits]
-requests_per_minute = 60000
-burst = 10000
+{limits}
 
 [[providers]]
 name = "sim"
 base_url = "http://{upstream}/v1"
 api_key_env = "SIM_KEY"
-max_retries = 2
 {provider_extra}
 
 [[providers]]
@@ -104,17 +107,14 @@ impl TestApp {
             .await
             .unwrap()
     }
-
-    pub async fn stop(self) {
-        self.state.shutdown.cancel();
-        self.server.await.unwrap().unwrap();
-    }
 }
 
 pub struct Options {
     pub simulator: SimulatorConfig,
     pub provider_extra: String,
     pub extra: String,
+    /// The `[limits]` section.
+    pub limits: String,
     /// Serve against this upstream instead of a fresh simulator.
     pub upstream: Option<SocketAddr>,
 }
@@ -128,6 +128,7 @@ impl Default for Options {
             },
             provider_extra: String::new(),
             extra: String::new(),
+            limits: "[limits]\nrequests_per_minute = 60000\nburst = 10000".into(),
             upstream: None,
         }
     }
@@ -140,10 +141,10 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let upstream = match options.upstream {
         Some(addr) => addr,
-        None => spawn_simulator(options.simulator).await,
+        None => spawn_simulator(options.simulator.clone()).await,
     };
     let data = tempfile::tempdir().unwrap();
-    let toml = config_toml(upstream, data.path(), &options.provider_extra, &options.extra);
+    let toml = config_toml(upstream, data.path(), &options);
     let config = Config::from_toml_str(&toml, "test", Vec::new()).unwrap();
     let env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
     let mut secrets = Secrets::resolve(&config, |v| env.get(v).map(|s| s.to_string()));
@@ -152,8 +153,16 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let app = Application::build(config, secrets, listener).unwrap();
     let addr = app.local_addr().unwrap();
     let state = app.state();
-    let client_key = state.keys.create("test client", Role::Client, "test").unwrap().key;
-    let analyst_key = state.keys.create("test analyst", Role::Analyst, "test").unwrap().key;
+    let client_key = state
+        .keys
+        .create("test client", Role::Client, "test")
+        .unwrap()
+        .key;
+    let analyst_key = state
+        .keys
+        .create("test analyst", Role::Analyst, "test")
+        .unwrap()
+        .key;
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         addr,

@@ -2,6 +2,9 @@
 //! of the real simulator on another, driven over real HTTP. One test binary
 //! for all of them keeps link time down.
 
+// Test helpers outside #[test] functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod helpers;
 
 mod auth;

@@ -7,7 +7,15 @@ use serde_json::Value;
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let app = spawn_app().await;
-    let health: Value = app.http.get(app.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: Value = app
+        .http
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -16,16 +24,36 @@ async fn health_readiness_and_metrics_answer() {
 
     let mut request = triage_request(true);
     request["stream_options"] = serde_json::json!({"include_usage": true});
-    app.post("/v1/chat/completions", &request).await.text().await.unwrap();
-    app.post("/v1/chat/completions", &triage_request(false)).await.text().await.unwrap();
+    app.post("/v1/chat/completions", &request)
+        .await
+        .text()
+        .await
+        .unwrap();
+    app.post("/v1/chat/completions", &triage_request(false))
+        .await
+        .text()
+        .await
+        .unwrap();
     let mut broken = triage_request(false);
     broken["model"] = "broken".into();
-    app.post("/v1/chat/completions", &broken).await.text().await.unwrap();
+    app.post("/v1/chat/completions", &broken)
+        .await
+        .text()
+        .await
+        .unwrap();
 
     // The exchange worker counts tokens off the hot path: give it a moment.
     let mut metrics = String::new();
     for _ in 0..50 {
-        metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metrics = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if metrics.contains("flywheel_tokens_total") {
             break;
         }
@@ -65,7 +93,13 @@ async fn shutdown_lets_an_in_flight_stream_finish_and_refuses_new_connections() 
     while let Some(chunk) = stream.next().await {
         body.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
     }
-    assert!(body.ends_with("data: [DONE]\n\n"), "the stream was cut: {body}");
+    assert!(
+        body.ends_with("data: [DONE]\n\n"),
+        "the stream was cut: {body}"
+    );
     app.server.await.unwrap().unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
 }

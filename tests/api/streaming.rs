@@ -24,7 +24,12 @@ async fn every_event_reaches_the_client_as_soon_as_the_upstream_sends_it() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let mut stream = response.bytes_stream();
     let mut body = String::new();
     let mut first_content_at = None;
@@ -56,7 +61,11 @@ fn content_tokens(body: &str) -> usize {
     sse_data(body)
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
         .count()
 }
 
@@ -65,14 +74,23 @@ async fn include_usage_adds_one_usage_chunk_before_done() {
     let app = spawn_app().await;
     let mut request = triage_request(true);
     request["stream_options"] = json!({"include_usage": true});
-    let body = app.post("/v1/chat/completions", &request).await.text().await.unwrap();
+    let body = app
+        .post("/v1/chat/completions", &request)
+        .await
+        .text()
+        .await
+        .unwrap();
     let events = sse_data(&body);
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     let usage: Vec<&Value> = chunks.iter().filter(|c| !c["usage"].is_null()).collect();
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0]["choices"], json!([]));
     assert!(std::ptr::eq(usage[0], chunks.last().unwrap()));
-    let ids: std::collections::HashSet<&str> = chunks.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let ids: std::collections::HashSet<&str> =
+        chunks.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 1, "every chunk carries the same id");
 }
 
@@ -81,12 +99,21 @@ async fn streamed_tool_call_deltas_name_the_call_once() {
     let app = spawn_app().await;
     let mut request = triage_request(true);
     request["tools"] = json!([{"type": "function", "function": {"name": "isolate_host", "parameters": {"type": "object"}}}]);
-    let body = app.post("/v1/chat/completions", &request).await.text().await.unwrap();
+    let body = app
+        .post("/v1/chat/completions", &request)
+        .await
+        .text()
+        .await
+        .unwrap();
     let mut names = 0;
     let mut arguments = String::new();
     for event in sse_data(&body).iter().filter(|e| *e != "[DONE]") {
         let chunk: Value = serde_json::from_str(event).unwrap();
-        for call in chunk["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        for call in chunk["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             assert_eq!(call["index"], 0);
             if call["function"].get("name").is_some() {
                 names += 1;
@@ -95,7 +122,11 @@ async fn streamed_tool_call_deltas_name_the_call_once() {
         }
     }
     assert_eq!(names, 1);
-    assert!(serde_json::from_str::<Value>(&arguments).unwrap().is_object());
+    assert!(
+        serde_json::from_str::<Value>(&arguments)
+            .unwrap()
+            .is_object()
+    );
 }
 
 #[tokio::test]
@@ -106,6 +137,7 @@ async fn a_stream_that_breaks_ends_with_an_error_event() {
         .post(app.url("/v1/chat/completions"))
         .bearer_auth(&app.client_key)
         .header("x-sim-drop-after", "3")
+        .header("x-sim-token-delay-ms", "20")
         .json(&triage_request(true))
         .send()
         .await
@@ -115,7 +147,10 @@ async fn a_stream_that_breaks_ends_with_an_error_event() {
     let events = sse_data(&body);
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["type"], "api_error");
-    assert!(events.len() >= 3, "content before the failure is kept: {body}");
+    assert!(
+        events.len() >= 3,
+        "content before the failure is kept: {body}"
+    );
     assert!(body.ends_with("\n\n"));
 }
 
@@ -178,7 +213,9 @@ async fn a_client_that_leaves_mid_stream_drops_the_upstream_request() {
         ..Options::default()
     })
     .await;
-    let response = app.post("/v1/chat/completions", &triage_request(true)).await;
+    let response = app
+        .post("/v1/chat/completions", &triage_request(true))
+        .await;
     let mut stream = response.bytes_stream();
     for _ in 0..3 {
         stream.next().await.unwrap().unwrap();
@@ -190,5 +227,8 @@ async fn a_client_that_leaves_mid_stream_drops_the_upstream_request() {
     while !dropped.load(Ordering::SeqCst) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(dropped.load(Ordering::SeqCst), "the upstream stream was not dropped");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the upstream stream was not dropped"
+    );
 }
