@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Flywheel's proxy-overhead benchmark. Runs the simulator as the upstream and
+# measures the same requests sent to it directly, through Flywheel, and
+# through nginx (a keep-alive reverse proxy: the floor to compare with).
+#
+#   bench/run.sh            # full run (about 5 minutes)
+#   QUICK=1 bench/run.sh    # short runs, for a smoke test
+#
+# Writes bench/results/latest.json and prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+duration=${DURATION:-10}
+[ -n "${QUICK:-}" ] && duration=3
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx-light; }
+cargo build --release --bin flywheel -q
+(cd bench/loadgen && cargo build --release -q)
+flywheel=$root/target/release/flywheel
+loadgen=$root/bench/loadgen/target/release/loadgen
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sim_port=$(free_port); proxy_port=$(free_port); nginx_port=$(free_port)
+
+RUST_LOG=warn "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.log" &
+cat >"$work/flywheel.toml" <<TOML
+[server]
+listen = "127.0.0.1:$proxy_port"
+data_dir = "$work/data"
+[auth]
+allow_anonymous_clients = true
+[limits]
+requests_per_minute = 0
+[[providers]]
+name = "sim"
+base_url = "http://127.0.0.1:$sim_port/v1"
+[[models]]
+name = "triage"
+model_type = "threat_detection"
+  [[models.versions]]
+  name = "base"
+  provider = "sim"
+  model = "gpt-4o-mini"
+TOML
+RUST_LOG=warn "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
+proxy_pid=$!
+sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$sim_port#" bench/nginx.conf >"$work/nginx.conf"
+nginx -c "$work/nginx.conf" &
+
+for port in $sim_port $proxy_port $nginx_port; do
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+run() { # name port body extra-args…
+  local name=$1 port=$2 body=$3; shift 3
+  local before after
+  before=$(cpu_ticks "$proxy_pid")
+  result=$("$loadgen" --addr "127.0.0.1:$port" --body-file "bench/$body" --duration "$duration" "$@")
+  after=$(cpu_ticks "$proxy_pid")
+  echo "{\"name\":\"$name\",\"proxy_cpu_ticks\":$((after - before)),\"result\":$result}" | tee -a "$work/results.jsonl"
+}
+
+for rate in 500 1000 2000; do
+  for mode in unary stream; do
+    if [ $mode = unary ]; then direct=direct.json; via=request.json; else direct=direct-stream.json; via=request-stream.json; fi
+    run "direct-$mode-$rate" "$sim_port" $direct --rate $rate --connections 8
+    run "flywheel-$mode-$rate" "$proxy_port" $via --rate $rate --connections 8
+    run "nginx-$mode-$rate" "$nginx_port" $direct --rate $rate --connections 8
+  done
+done
+for target in direct:$sim_port:direct.json flywheel:$proxy_port:request.json nginx:$nginx_port:direct.json; do
+  IFS=: read -r name port body <<<"$target"
+  run "$name-saturation" "$port" "$body" --rate 0 --connections 8
+done
+# 1,000 concurrent streams, each ~35 tokens 40 ms apart (~1.4 s a stream).
+grep VmHWM /proc/$proxy_pid/status >"$work/rss-before"
+run "direct-1000-streams" "$sim_port" direct-stream.json --concurrency 1000 --header "x-sim-token-delay-ms: 40"
+run "flywheel-1000-streams" "$proxy_port" request-stream.json --concurrency 1000 --header "x-sim-token-delay-ms: 40"
+rss_kb=$(awk '/VmHWM/{print $2}' /proc/$proxy_pid/status)
+rss_idle_kb=$(awk '{print $2}' "$work/rss-before")
+
+mkdir -p bench/results
+python3 bench/report.py "$work/results.jsonl" "$rss_idle_kb" "$rss_kb" "$(getconf CLK_TCK)" > bench/results/latest.md
+cp "$work/results.jsonl" bench/results/latest.jsonl
+cat bench/results/latest.md
