@@ -24,7 +24,10 @@ loadgen=$root/bench/loadgen/target/release/loadgen
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sim_port=$(free_port); proxy_port=$(free_port); nginx_port=$(free_port)
 
-RUST_LOG=warn "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.log" &
+# The proxy under test (Flywheel or nginx) gets core 1 to itself; the
+# simulator and the load generator share core 0, as if they were the
+# provider and the clients on other machines.
+RUST_LOG=warn taskset -c 0 "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.log" &
 cat >"$work/flywheel.toml" <<TOML
 [server]
 listen = "127.0.0.1:$proxy_port"
@@ -44,10 +47,10 @@ model_type = "threat_detection"
   provider = "sim"
   model = "gpt-4o-mini"
 TOML
-RUST_LOG=warn "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
+RUST_LOG=warn taskset -c 1 "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
 proxy_pid=$!
 sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$sim_port#" bench/nginx.conf >"$work/nginx.conf"
-nginx -c "$work/nginx.conf" &
+taskset -c 1 nginx -c "$work/nginx.conf" &
 
 for port in $sim_port $proxy_port $nginx_port; do
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
@@ -58,7 +61,7 @@ run() { # name port body extra-args…
   local name=$1 port=$2 body=$3; shift 3
   local before after
   before=$(cpu_ticks "$proxy_pid")
-  result=$("$loadgen" --addr "127.0.0.1:$port" --body-file "bench/$body" --duration "$duration" "$@")
+  result=$(taskset -c 0 "$loadgen" --addr "127.0.0.1:$port" --body-file "bench/$body" --duration "$duration" "$@")
   after=$(cpu_ticks "$proxy_pid")
   echo "{\"name\":\"$name\",\"proxy_cpu_ticks\":$((after - before)),\"result\":$result}" | tee -a "$work/results.jsonl"
 }

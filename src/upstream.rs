@@ -6,4 +6,4 @@ mod errors;
 pub mod headers;
 mod retry;
 
-pub use client::{BodyStream, Provider, Reply, UpstreamRequest, Upstreams};
+pub use client::{BodyStream, CHAT_PATH, Provider, Reply, UpstreamRequest, Upstreams};

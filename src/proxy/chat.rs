@@ -10,7 +10,7 @@ use crate::auth::{Caller, Credential};
 use crate::exchange::Outcome;
 use crate::ids::new_id;
 use crate::openai::{ApiError, read_body};
-use crate::upstream::{Reply, UpstreamRequest, headers};
+use crate::upstream::{CHAT_PATH, Reply, UpstreamRequest, headers};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
@@ -41,7 +41,7 @@ pub async fn chat_completions(
     };
     let upstream_request = UpstreamRequest {
         method: Method::POST,
-        path: "chat/completions",
+        path: CHAT_PATH,
         query: None,
         headers: headers::outgoing(&request_headers, false, client_key.is_some()),
         body: request.body_for(&body, &route.upstream_model),

@@ -267,7 +267,10 @@ fn pieces(text: &str, size: usize) -> Vec<String> {
 
 async fn unary(plan: Plan, token_delay: Duration, drop_after: Option<usize>) -> Response {
     let tokens: usize = plan.choices.iter().map(Reply::tokens).sum();
-    tokio::time::sleep(token_delay * u32::try_from(tokens).unwrap_or(u32::MAX)).await;
+    // Even a zero-length sleep waits for the timer's next 1 ms tick.
+    if !token_delay.is_zero() {
+        tokio::time::sleep(token_delay * u32::try_from(tokens).unwrap_or(u32::MAX)).await;
+    }
     let choices: Vec<Value> = plan
         .choices
         .iter()

@@ -14,11 +14,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
 
+/// The path of chat completions under a provider's base URL.
+pub const CHAT_PATH: &str = "chat/completions";
+
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 pub struct Provider {
     pub name: Arc<str>,
     base_url: String,
+    /// `{base_url}/chat/completions`, parsed once: URL parsing showed up in
+    /// the request path's profile.
+    chat_url: reqwest::Url,
     key: Option<SecretString>,
     http: reqwest::Client,
     pub first_byte_timeout: Duration,
@@ -57,9 +63,13 @@ impl Provider {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| format!("provider `{}`: cannot build HTTP client: {e}", config.name))?;
+        let base_url = config.base_url.trim_end_matches('/').to_string();
+        let chat_url = reqwest::Url::parse(&format!("{base_url}/{CHAT_PATH}"))
+            .map_err(|e| format!("provider `{}`: base_url: {e}", config.name))?;
         Ok(Self {
             name: config.name.as_str().into(),
-            base_url: config.base_url.trim_end_matches('/').to_string(),
+            base_url,
+            chat_url,
             key,
             http,
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_s),
@@ -143,9 +153,13 @@ impl Provider {
                 headers.insert(header::AUTHORIZATION, value);
             }
         }
-        self.http
-            .request(req.method.clone(), self.url(req.path, req.query))
-            .headers(headers)
+        let builder = if req.path == CHAT_PATH && req.query.is_none() {
+            self.http.request(req.method.clone(), self.chat_url.clone())
+        } else {
+            self.http
+                .request(req.method.clone(), self.url(req.path, req.query))
+        };
+        builder.headers(headers)
     }
 
     async fn attempt(
