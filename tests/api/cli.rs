@@ -207,3 +207,89 @@ fn a_store_held_by_a_server_is_reported_plainly() {
         "{message}"
     );
 }
+
+/// The demo as a user runs it: read the banner, chat with the printed key,
+/// reach the admin page and API, then stop it with SIGTERM.
+#[tokio::test]
+async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let mut demo = flywheel()
+        .args(["demo", "--token-delay-ms", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let done = line.contains("Admin token");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        banner
+    })
+    .await
+    .unwrap();
+    let field = |name: &str| {
+        banner
+            .iter()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_else(|| panic!("no {name} in {banner:?}"))
+            .to_string()
+    };
+    let (base, key, token, admin) = (
+        field("OpenAI base URL"),
+        field("Client key"),
+        field("Admin token"),
+        field("Admin UI"),
+    );
+    let http = reqwest::Client::new();
+    let answer: serde_json::Value = http
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth(&key)
+        .json(&crate::helpers::triage_request(false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Threat type:")
+    );
+    let page = http.get(&admin).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let keys = http
+        .get(admin.replace("/admin/", "/admin/api/keys"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keys.status(), 200);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || demo.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "demo exited with {status}");
+}
