@@ -17,9 +17,9 @@ cargo clippy --all-targets -q -- -D warnings
 
 stage "Rust unit and integration tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets
+  cargo nextest run --all-targets --no-fail-fast
 else
-  cargo test --all-targets
+  cargo test --all-targets --no-fail-fast
 fi
 
 stage "openai SDK compatibility suite against the real binary"

@@ -109,6 +109,9 @@ async fn observe(ex: &Exchange) {
         outcome = ex.outcome.as_str(),
         status = ex.status,
         streamed = ex.streamed,
+        request_bytes = ex.request.len(),
+        response_bytes = ex.response.len(),
+        first_byte_ms = ex.first_byte.map(|d| d.as_millis() as u64),
         total_ms = ex.total.as_millis() as u64,
         "exchange finished"
     );

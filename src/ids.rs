@@ -1,10 +1,20 @@
 //! Time-ordered ids with a kind prefix (`inf_01J…`) and RFC 3339 timestamps.
 
+use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// A new ULID-based id such as `key_01JD…`: sorts by creation time.
+/// A new ULID-based id such as `key_01JD…`. Ids sort by creation order,
+/// even within one millisecond: listings and cursors rely on that.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", ulid::Ulid::new())
+    static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
+    let next = GENERATOR
+        .lock()
+        .ok()
+        .and_then(|mut g| g.get_or_insert_with(ulid::Generator::new).generate().ok());
+    // Only 2^80 ids in one millisecond overflow the generator; a random
+    // ULID is then still unique.
+    let id = next.unwrap_or_else(|| ulid::Ulid::from_datetime(SystemTime::now()));
+    format!("{prefix}_{id}")
 }
 
 /// Now as RFC 3339 UTC with seconds, e.g. `2026-11-25T03:00:00Z`.
@@ -15,11 +25,13 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn ids_carry_their_prefix_and_sort_by_time() {
-        let a = super::new_id("key");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = super::new_id("key");
-        assert!(a.starts_with("key_") && a.len() == 30, "{a}");
-        assert!(a < b);
+    fn ids_carry_their_prefix_and_sort_by_creation_even_within_a_millisecond() {
+        let ids: Vec<String> = (0..1000).map(|_| super::new_id("key")).collect();
+        assert!(
+            ids[0].starts_with("key_") && ids[0].len() == 30,
+            "{}",
+            ids[0]
+        );
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 }
