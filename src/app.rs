@@ -131,7 +131,13 @@ impl Application {
         } = self;
         let shutdown = state.shutdown.clone();
         let tasks = TaskTracker::new();
-        tasks.spawn(exchange::run_worker(exchange_rx, shutdown.clone()));
+        let flush_every = Duration::from_millis(state.config.capture.flush_every_ms);
+        tasks.spawn(crate::capture::run_writer(
+            exchange_rx,
+            state.store.clone(),
+            flush_every,
+            shutdown.clone(),
+        ));
         tasks.spawn(shrink_limiter(state.clone(), shutdown.clone()));
 
         let trigger = shutdown.clone();

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod capture;
 pub mod config;
 pub mod demo;
 pub mod exchange;

@@ -5,7 +5,7 @@
 mod records;
 mod sled_store;
 
-pub use records::{ApiKeyRecord, AuditRecord};
+pub use records::{ApiKeyRecord, AuditRecord, InferenceRecord};
 pub use sled_store::SledStore;
 
 use std::path::Path;
@@ -36,6 +36,14 @@ pub trait Store: Send + Sync + 'static {
     fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
     /// Newest first, starting after `cursor` (an audit id) when given.
     fn audit(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Writes a batch of inferences and their completion-id index in one go.
+    fn insert_inferences(&self, records: &[InferenceRecord]) -> Result<(), StoreError>;
+    fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError>;
+    fn inference_by_completion(
+        &self,
+        completion_id: &str,
+    ) -> Result<Option<InferenceRecord>, StoreError>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;

@@ -7,6 +7,7 @@ use super::relay::{Pending, relay_stream};
 use super::request::ChatRequest;
 use crate::app::AppState;
 use crate::auth::{Caller, Credential};
+use crate::capture::CaptureMeta;
 use crate::exchange::Outcome;
 use crate::ids::new_id;
 use crate::openai::{ApiError, read_body};
@@ -62,28 +63,51 @@ pub async fn chat_completions(
         request: body,
         started,
         sink: app.exchanges.clone(),
+        meta: capture_meta(
+            &request_headers,
+            conversation_id.clone(),
+            app.config.capture.enabled,
+        ),
     };
     let reply = match provider.send(upstream_request, deadline).await {
         Ok(reply) => reply,
         Err(error) => {
             pending.finish_failed(&error);
-            return Err(error);
+            return Ok(with_ids(
+                error.into_response(),
+                &inference_id,
+                &conversation_id,
+                labels,
+            ));
         }
     };
     record_first_byte(&labels, started);
-    let mut response = if request.stream {
+    let response = if request.stream {
         relay_stream(reply, pending, deadline, provider.name.clone())
     } else {
-        unary_response(reply, pending, deadline, &provider.name).await?
+        unary_response(reply, pending, deadline, &provider.name)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
     };
+    Ok(with_ids(response, &inference_id, &conversation_id, labels))
+}
+
+/// Every answer, failures included, names its inference (for feedback),
+/// the version that served it and the conversation.
+fn with_ids(
+    mut response: Response,
+    inference_id: &str,
+    conversation_id: &str,
+    labels: RouteLabels,
+) -> Response {
     let h = response.headers_mut();
-    insert(h, "x-flywheel-inference-id", &inference_id);
+    insert(h, "x-flywheel-inference-id", inference_id);
     if let Some(version) = &labels.version {
         insert(h, "x-flywheel-variant", version);
     }
-    insert(h, "x-flywheel-conversation-id", &conversation_id);
+    insert(h, "x-flywheel-conversation-id", conversation_id);
     response.extensions_mut().insert(labels);
-    Ok(response)
+    response
 }
 
 /// Reads the rest of a unary reply before answering: a body that breaks
@@ -143,6 +167,30 @@ async fn unary_response(
     let elapsed = pending.started.elapsed();
     pending.finish(Outcome::Ok, status.as_u16(), body.clone(), Some(elapsed));
     Ok((status, out_headers, body).into_response())
+}
+
+/// The optional request headers that describe the exchange for capture.
+fn capture_meta(
+    headers: &HeaderMap,
+    conversation_id: String,
+    capture_enabled: bool,
+) -> CaptureMeta {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    CaptureMeta {
+        conversation_id,
+        user: text("x-flywheel-user")
+            .filter(|u| !u.is_empty())
+            .map(|u| u.chars().take(256).collect()),
+        tags: text("x-flywheel-tags")
+            .map(CaptureMeta::parse_tags)
+            .unwrap_or_default(),
+        enabled: capture_enabled && text("x-flywheel-no-capture") != Some("1"),
+    }
 }
 
 /// The client's conversation id when it sent a usable one, else a new id.

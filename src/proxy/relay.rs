@@ -2,6 +2,7 @@
 //! moment it arrives, a copy is kept for the exchange record, and a failure
 //! after the 200 ends the stream with an SSE error event.
 
+use crate::capture::CaptureMeta;
 use crate::exchange::{Exchange, ExchangeSink, Outcome};
 use crate::openai::{ApiError, sse};
 use crate::routing::Route;
@@ -24,6 +25,7 @@ pub struct Pending {
     pub request: Bytes,
     pub started: Instant,
     pub sink: ExchangeSink,
+    pub meta: CaptureMeta,
 }
 
 impl Pending {
@@ -46,6 +48,7 @@ impl Pending {
             status,
             first_byte,
             total,
+            meta: self.meta,
         });
     }
 

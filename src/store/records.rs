@@ -25,3 +25,29 @@ pub struct AuditRecord {
     #[serde(default)]
     pub details: serde_json::Value,
 }
+
+/// One chat completion as captured (DESIGN §5).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InferenceRecord {
+    pub id: String,
+    /// The upstream's completion id (`chatcmpl-…`), when it sent one.
+    pub completion_id: Option<String>,
+    pub alias: Option<String>,
+    pub version: Option<String>,
+    pub provider_model: String,
+    /// `{messages, params}`.
+    pub request: serde_json::Value,
+    /// `{choices: [{index, message, finish_reason}], usage, error}`.
+    pub response: serde_json::Value,
+    pub streamed: bool,
+    /// `ok`, `upstream_error`, `client_cancelled` or `partial`.
+    pub status: String,
+    pub http_status: u16,
+    pub latency_ms: f64,
+    pub first_byte_ms: Option<f64>,
+    pub key_id: String,
+    pub user: Option<String>,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub conversation_id: String,
+    pub created_at: String,
+}

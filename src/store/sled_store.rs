@@ -1,7 +1,7 @@
 //! The embedded sled implementation of [`Store`]: one tree per record kind,
 //! keys that sort the way queries read them (ids are time-ordered ULIDs).
 
-use super::{ApiKeyRecord, AuditRecord, Store, StoreError};
+use super::{ApiKeyRecord, AuditRecord, InferenceRecord, Store, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -10,6 +10,9 @@ pub struct SledStore {
     db: sled::Db,
     keys: sled::Tree,
     audit: sled::Tree,
+    inferences: sled::Tree,
+    /// Upstream completion id → inference id.
+    by_completion: sled::Tree,
 }
 
 impl SledStore {
@@ -22,6 +25,8 @@ impl SledStore {
         Ok(Self {
             keys: tree("keys")?,
             audit: tree("audit")?,
+            inferences: tree("inferences")?,
+            by_completion: tree("inferences_by_completion")?,
             db,
         })
     }
@@ -106,6 +111,41 @@ impl Store for SledStore {
             .take(limit)
             .map(|kv| decode("audit", &kv.map_err(io)?.1))
             .collect()
+    }
+
+    fn insert_inferences(&self, records: &[InferenceRecord]) -> Result<(), StoreError> {
+        let mut rows = sled::Batch::default();
+        let mut index = sled::Batch::default();
+        for r in records {
+            rows.insert(r.id.as_bytes(), encode(r)?);
+            if let Some(c) = &r.completion_id {
+                index.insert(c.as_bytes(), r.id.as_bytes());
+            }
+        }
+        self.inferences.apply_batch(rows).map_err(io)?;
+        self.by_completion.apply_batch(index).map_err(io)
+    }
+
+    fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError> {
+        self.inferences
+            .get(id.as_bytes())
+            .map_err(io)?
+            .map(|v| decode("inference", &v))
+            .transpose()
+    }
+
+    fn inference_by_completion(
+        &self,
+        completion_id: &str,
+    ) -> Result<Option<InferenceRecord>, StoreError> {
+        match self
+            .by_completion
+            .get(completion_id.as_bytes())
+            .map_err(io)?
+        {
+            Some(id) => self.inference(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -8,6 +8,7 @@
 mod helpers;
 
 mod auth;
+mod capture;
 mod chat;
 mod cli;
 mod errors;

@@ -1,0 +1,8 @@
+//! Capture: every finished exchange becomes an inference record in the
+//! store, written by a batching worker off the hot path.
+
+mod record;
+mod writer;
+
+pub use record::{CaptureMeta, build_record};
+pub use writer::run_writer;

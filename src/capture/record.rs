@@ -1,0 +1,245 @@
+//! Turning the bytes of one exchange into an [`InferenceRecord`]: the
+//! request's messages and parameters, and the answer reassembled from a
+//! unary body or from the stream's deltas.
+
+use crate::exchange::{Exchange, Outcome};
+use crate::store::InferenceRecord;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+
+/// What the proxy knows of an exchange beyond its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureMeta {
+    pub conversation_id: String,
+    /// `x-flywheel-user`.
+    pub user: Option<String>,
+    /// `x-flywheel-tags`: `key=value, key=value`.
+    pub tags: Vec<(String, String)>,
+    /// False with `x-flywheel-no-capture: 1` or `capture.enabled = false`.
+    pub enabled: bool,
+}
+
+impl CaptureMeta {
+    /// Parses `x-flywheel-tags`; pairs without `=` are skipped.
+    pub fn parse_tags(header: &str) -> Vec<(String, String)> {
+        header
+            .split(',')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                let (k, v) = (k.trim(), v.trim());
+                (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+            })
+            .take(32)
+            .collect()
+    }
+}
+
+pub async fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
+    let request: Value = serde_json::from_slice(&ex.request).unwrap_or(Value::Null);
+    let messages = request.get("messages").cloned().unwrap_or(Value::Null);
+    let params: Map<String, Value> = request
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| k.as_str() != "messages" && k.as_str() != "model")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let answer = if ex.outcome == Outcome::UpstreamError {
+        Answer::error(&ex.response)
+    } else if ex.streamed {
+        Answer::from_stream(&ex.response).await
+    } else {
+        Answer::from_body(&ex.response)
+    };
+    InferenceRecord {
+        id: ex.inference_id.clone(),
+        completion_id: answer.completion_id,
+        alias: ex.route.alias.as_deref().map(String::from),
+        version: ex.route.version.as_deref().map(String::from),
+        provider_model: ex.route.upstream_model.to_string(),
+        request: json!({"messages": messages, "params": params}),
+        response: json!({"choices": answer.choices, "usage": answer.usage, "error": answer.error}),
+        streamed: ex.streamed,
+        status: ex.outcome.as_str().to_string(),
+        http_status: ex.status,
+        latency_ms: ex.total.as_secs_f64() * 1000.0,
+        first_byte_ms: ex.first_byte.map(|d| d.as_secs_f64() * 1000.0),
+        key_id: ex.caller_id.to_string(),
+        user: ex.meta.user.clone(),
+        tags: ex.meta.tags.iter().cloned().collect(),
+        conversation_id: ex.meta.conversation_id.clone(),
+        created_at,
+    }
+}
+
+#[derive(Default)]
+struct Answer {
+    completion_id: Option<String>,
+    /// `[{index, message, finish_reason}]`.
+    choices: Vec<Value>,
+    usage: Value,
+    error: Value,
+}
+
+impl Answer {
+    fn error(body: &[u8]) -> Self {
+        let error = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").cloned())
+            .unwrap_or(Value::Null);
+        Self {
+            error,
+            ..Self::default()
+        }
+    }
+
+    fn from_body(body: &[u8]) -> Self {
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return Self::default();
+        };
+        let choices = v["choices"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| json!({"index": c["index"], "message": c["message"], "finish_reason": c["finish_reason"]}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            completion_id: v["id"].as_str().map(String::from),
+            choices,
+            usage: v["usage"].clone(),
+            error: Value::Null,
+        }
+    }
+
+    /// Reassembles each choice from its deltas: content concatenated,
+    /// tool calls by index (id and name from their first fragment,
+    /// arguments concatenated). A stream error event is kept as the error.
+    async fn from_stream(body: &bytes::Bytes) -> Self {
+        let source = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(body.clone())]);
+        let mut events = source.eventsource();
+        let mut answer = Self::default();
+        let mut choices: std::collections::BTreeMap<u64, Choice> = Default::default();
+        while let Some(Ok(event)) = events.next().await {
+            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            if chunk.get("error").is_some() {
+                answer.error = chunk["error"].clone();
+                continue;
+            }
+            if answer.completion_id.is_none() {
+                answer.completion_id = chunk["id"].as_str().map(String::from);
+            }
+            if !chunk["usage"].is_null() {
+                answer.usage = chunk["usage"].clone();
+            }
+            for c in chunk["choices"].as_array().into_iter().flatten() {
+                choices
+                    .entry(c["index"].as_u64().unwrap_or(0))
+                    .or_default()
+                    .absorb(c);
+            }
+        }
+        answer.choices = choices.into_iter().map(|(i, c)| c.into_value(i)).collect();
+        answer
+    }
+}
+
+#[derive(Default)]
+struct Choice {
+    content: Option<String>,
+    tool_calls: std::collections::BTreeMap<u64, (Value, Value, String)>,
+    finish_reason: Value,
+}
+
+impl Choice {
+    fn absorb(&mut self, c: &Value) {
+        let delta = &c["delta"];
+        if let Some(text) = delta["content"].as_str() {
+            self.content.get_or_insert_with(String::new).push_str(text);
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let entry = self
+                .tool_calls
+                .entry(call["index"].as_u64().unwrap_or(0))
+                .or_insert_with(|| (Value::Null, Value::Null, String::new()));
+            if !call["id"].is_null() {
+                entry.0 = call["id"].clone();
+            }
+            if !call["function"]["name"].is_null() {
+                entry.1 = call["function"]["name"].clone();
+            }
+            entry
+                .2
+                .push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+        }
+        if !c["finish_reason"].is_null() {
+            self.finish_reason = c["finish_reason"].clone();
+        }
+    }
+
+    fn into_value(self, index: u64) -> Value {
+        let mut message = json!({"role": "assistant", "content": self.content});
+        if !self.tool_calls.is_empty() {
+            let calls: Vec<Value> = self
+                .tool_calls
+                .into_values()
+                .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
+                .collect();
+            message["tool_calls"] = Value::Array(calls);
+        }
+        json!({"index": index, "message": message, "finish_reason": self.finish_reason})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streams_are_reassembled_choice_by_choice() {
+        let sse = bytes::Bytes::from_static(concat!(
+            "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Threat\"}},{\"index\":1,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\"}}]}}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" type\"},\"finish_reason\":\"stop\"},{\"index\":1,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\":1}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
+            "data: [DONE]\n\n"
+        ).as_bytes());
+        let a = Answer::from_stream(&sse).await;
+        assert_eq!(a.completion_id.as_deref(), Some("chatcmpl-1"));
+        assert_eq!(a.choices[0]["message"]["content"], "Threat type");
+        assert_eq!(a.choices[0]["finish_reason"], "stop");
+        let call = &a.choices[1]["message"]["tool_calls"][0];
+        assert_eq!(
+            (call["id"].as_str(), call["function"]["arguments"].as_str()),
+            (Some("call_1"), Some("{\"a\":1}"))
+        );
+        assert_eq!(a.usage["total_tokens"], 5);
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_keeps_its_partial_content_and_the_error() {
+        let sse = bytes::Bytes::from_static(
+            b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Thr\"}}]}\n\ndata: {\"error\":{\"message\":\"broke\",\"type\":\"api_error\",\"param\":null,\"code\":\"upstream_unreachable\"}}\n\n",
+        );
+        let a = Answer::from_stream(&sse).await;
+        assert_eq!(a.choices[0]["message"]["content"], "Thr");
+        assert_eq!(a.error["code"], "upstream_unreachable");
+    }
+
+    #[test]
+    fn tags_are_key_value_pairs() {
+        assert_eq!(
+            CaptureMeta::parse_tags("team=soc, shift = night ,junk, =x"),
+            [
+                ("team".into(), "soc".into()),
+                ("shift".into(), "night".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The capture writer: drains the exchange queue, turns each exchange into
+//! an inference record and writes them to the store in batches, at least
+//! every `capture.flush_every_ms`. On shutdown it drains the queue first.
+
+use super::build_record;
+use crate::exchange::Exchange;
+use crate::ids::now_rfc3339;
+use crate::store::{InferenceRecord, SharedStore};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A batch is written early once it holds this many records.
+const MAX_BATCH: usize = 512;
+
+pub async fn run_writer(
+    mut rx: mpsc::Receiver<Exchange>,
+    store: SharedStore,
+    flush_every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::new();
+    let mut tick = tokio::time::interval(flush_every.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            next = rx.recv() => match next {
+                Some(exchange) => {
+                    absorb(&mut batch, &exchange).await;
+                    if batch.len() >= MAX_BATCH {
+                        write(&store, &mut batch).await;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => write(&store, &mut batch).await,
+            () = shutdown.cancelled() => break,
+        }
+    }
+    rx.close();
+    while let Some(exchange) = rx.recv().await {
+        absorb(&mut batch, &exchange).await;
+    }
+    write(&store, &mut batch).await;
+}
+
+async fn absorb(batch: &mut Vec<InferenceRecord>, exchange: &Exchange) {
+    let record = build_record(exchange, now_rfc3339()).await;
+    count_tokens(&record);
+    if exchange.meta.enabled {
+        batch.push(record);
+    }
+}
+
+fn count_tokens(record: &InferenceRecord) {
+    let usage = &record.response["usage"];
+    let alias = record.alias.clone().unwrap_or_default();
+    let version = record.version.clone().unwrap_or_default();
+    for kind in ["prompt", "completion"] {
+        if let Some(n) = usage[format!("{kind}_tokens")].as_u64() {
+            metrics::counter!("flywheel_tokens_total", "alias" => alias.clone(), "version" => version.clone(), "kind" => kind)
+                .increment(n);
+        }
+    }
+}
+
+/// Writes and flushes the batch; on failure the records are logged as lost
+/// (by id, never by content) and counted.
+async fn write(store: &SharedStore, batch: &mut Vec<InferenceRecord>) {
+    if batch.is_empty() {
+        return;
+    }
+    let records = std::mem::take(batch);
+    let count = records.len();
+    let store = store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        store.insert_inferences(&records)?;
+        store.flush().map(|()| records.len())
+    })
+    .await;
+    match result {
+        Ok(Ok(n)) => metrics::counter!("flywheel_captured_total").increment(n as u64),
+        Ok(Err(e)) => {
+            metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
+            tracing::error!(error = %e, count, "capture batch could not be stored");
+        }
+        Err(e) => {
+            metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
+            tracing::error!(error = %e, count, "capture writer task failed");
+        }
+    }
+}

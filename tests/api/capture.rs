@@ -1,0 +1,166 @@
+//! Every exchange through the proxy lands in the store as an inference
+//! record — streamed or not, failed, partial or cancelled — unless the
+//! client or the config says not to.
+
+use crate::helpers::*;
+use flywheel::store::InferenceRecord;
+use futures_util::StreamExt;
+use serde_json::json;
+use std::time::Duration;
+
+/// Polls the store: the writer flushes every `capture.flush_every_ms`.
+async fn stored(app: &TestApp, id: &str) -> Option<InferenceRecord> {
+    for _ in 0..100 {
+        if let Some(r) = app.state.store.inference(id).unwrap() {
+            return Some(r);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn inference_id(response: &reqwest::Response) -> String {
+    response.headers()["x-flywheel-inference-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn unary_and_streamed_answers_are_captured_with_their_metadata() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&app.client_key)
+        .header("x-flywheel-user", "analyst-7")
+        .header("x-flywheel-tags", "team=soc, shift=night")
+        .header("x-flywheel-conversation-id", "case-42")
+        .json(&triage_request(false))
+        .send()
+        .await
+        .unwrap();
+    let id = inference_id(&response);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let r = stored(&app, &id).await.expect("unary exchange captured");
+    assert_eq!(
+        (r.status.as_str(), r.alias.as_deref(), r.version.as_deref()),
+        ("ok", Some("triage"), Some("base"))
+    );
+    assert_eq!(r.provider_model, "gpt-4o-mini");
+    assert_eq!(r.user.as_deref(), Some("analyst-7"));
+    assert_eq!(r.tags["shift"], "night");
+    assert_eq!(r.conversation_id, "case-42");
+    assert_eq!(r.request["messages"][1]["role"], "user");
+    assert_eq!(
+        r.response["choices"][0]["message"]["content"],
+        body["choices"][0]["message"]["content"]
+    );
+    assert_eq!(r.completion_id.as_deref(), body["id"].as_str());
+    let by_completion = app
+        .state
+        .store
+        .inference_by_completion(body["id"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_completion.id, id);
+
+    let mut request = triage_request(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let response = app.post("/v1/chat/completions", &request).await;
+    let id = inference_id(&response);
+    response.text().await.unwrap();
+    let r = stored(&app, &id).await.expect("stream captured");
+    assert!(r.streamed);
+    assert_eq!(
+        r.response["choices"][0]["message"]["content"],
+        body["choices"][0]["message"]["content"]
+    );
+    assert_eq!(r.response["choices"][0]["finish_reason"], "stop");
+    assert!(r.response["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(r.request["params"]["stream"], true);
+}
+
+#[tokio::test]
+async fn failed_partial_and_cancelled_exchanges_are_captured_too() {
+    let app = spawn_app().await;
+    let mut broken = triage_request(false);
+    broken["model"] = "broken".into();
+    let response = app.post("/v1/chat/completions", &broken).await;
+    assert_eq!(response.status(), 502);
+    let id = inference_id(&response);
+    let r = stored(&app, &id).await.expect("failure captured");
+    assert_eq!((r.status.as_str(), r.http_status), ("upstream_error", 502));
+    assert_eq!(r.response["error"]["code"], "upstream_unreachable");
+
+    let response = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&app.client_key)
+        .header("x-sim-drop-after", "3")
+        .header("x-sim-token-delay-ms", "20")
+        .json(&triage_request(true))
+        .send()
+        .await
+        .unwrap();
+    let id = inference_id(&response);
+    response.text().await.unwrap();
+    let r = stored(&app, &id).await.expect("partial stream captured");
+    assert_eq!(r.status, "partial");
+    assert!(
+        !r.response["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+
+    let response = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&app.client_key)
+        .header("x-sim-token-delay-ms", "100")
+        .json(&triage_request(true))
+        .send()
+        .await
+        .unwrap();
+    let id = inference_id(&response);
+    let mut stream = response.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    let r = stored(&app, &id).await.expect("cancelled stream captured");
+    assert_eq!(r.status, "client_cancelled");
+}
+
+#[tokio::test]
+async fn no_capture_header_and_config_keep_exchanges_out_of_the_store() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&app.client_key)
+        .header("x-flywheel-no-capture", "1")
+        .json(&triage_request(false))
+        .send()
+        .await
+        .unwrap();
+    let skipped = inference_id(&response);
+    let response = app
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
+    let kept = inference_id(&response);
+    assert!(stored(&app, &kept).await.is_some());
+    // Written in the same or an earlier batch than `kept`: absent for good.
+    assert!(app.state.store.inference(&skipped).unwrap().is_none());
+
+    let app = spawn_app_with(Options {
+        extra: "[capture]\nenabled = false".into(),
+        ..Options::default()
+    })
+    .await;
+    let response = app
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
+    let id = inference_id(&response);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(app.state.store.inference(&id).unwrap().is_none());
+}
