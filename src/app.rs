@@ -3,6 +3,7 @@
 //! shutdown. `main` and the tests build it the same way.
 
 use crate::auth::{AuthPolicy, KeyError, KeyService, hash_key};
+use crate::capture::Redactor;
 use crate::config::{Config, Secrets};
 use crate::exchange::{self, ExchangeSink};
 use crate::limits::RateLimits;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub limits: RateLimits,
     pub store: SharedStore,
     pub exchanges: ExchangeSink,
+    /// Applied to every captured record before it is stored.
+    pub redactor: Arc<Redactor>,
     pub metrics: PrometheusHandle,
     pub started_unix: u64,
     /// Cancelled when shutdown begins; every background service watches it.
@@ -44,6 +47,8 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error("{0}")]
     Upstream(String),
+    #[error("config key `capture.redact[{0}]`: {1}")]
+    Redaction(usize, String),
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
 }
@@ -85,6 +90,8 @@ impl Application {
             passthrough: config.auth.passthrough_client_keys,
         };
         let (exchanges, exchange_rx) = ExchangeSink::new(EXCHANGE_QUEUE);
+        let redactor =
+            Redactor::new(&config.capture.redact).map_err(|(i, e)| StartError::Redaction(i, e))?;
         let state = AppState {
             routes: Routes::new(RoutingTable::from_config(&config)),
             upstreams: Upstreams::new(&config, &secrets).map_err(StartError::Upstream)?,
@@ -93,6 +100,7 @@ impl Application {
             auth,
             store,
             exchanges,
+            redactor: Arc::new(redactor),
             metrics: crate::telemetry::metrics_handle(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -135,6 +143,7 @@ impl Application {
         tasks.spawn(crate::capture::run_writer(
             exchange_rx,
             state.store.clone(),
+            state.redactor.clone(),
             flush_every,
             shutdown.clone(),
         ));

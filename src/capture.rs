@@ -2,7 +2,9 @@
 //! store, written by a batching worker off the hot path.
 
 mod record;
+mod redact;
 mod writer;
 
 pub use record::{CaptureMeta, build_record};
+pub use redact::Redactor;
 pub use writer::run_writer;

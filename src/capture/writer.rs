@@ -1,11 +1,13 @@
 //! The capture writer: drains the exchange queue, turns each exchange into
 //! an inference record and writes them to the store in batches, at least
-//! every `capture.flush_every_ms`. On shutdown it drains the queue first.
+//! every `capture.flush_every_ms`, after redacting credentials. On shutdown
+//! it drains the queue first.
 
-use super::build_record;
+use super::{Redactor, build_record};
 use crate::exchange::Exchange;
 use crate::ids::now_rfc3339;
 use crate::store::{InferenceRecord, SharedStore};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +18,7 @@ const MAX_BATCH: usize = 512;
 pub async fn run_writer(
     mut rx: mpsc::Receiver<Exchange>,
     store: SharedStore,
+    redactor: Arc<Redactor>,
     flush_every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -26,7 +29,7 @@ pub async fn run_writer(
         tokio::select! {
             next = rx.recv() => match next {
                 Some(exchange) => {
-                    absorb(&mut batch, &exchange).await;
+                    absorb(&mut batch, &exchange, &redactor).await;
                     if batch.len() >= MAX_BATCH {
                         write(&store, &mut batch).await;
                     }
@@ -39,15 +42,18 @@ pub async fn run_writer(
     }
     rx.close();
     while let Some(exchange) = rx.recv().await {
-        absorb(&mut batch, &exchange).await;
+        absorb(&mut batch, &exchange, &redactor).await;
     }
     write(&store, &mut batch).await;
 }
 
-async fn absorb(batch: &mut Vec<InferenceRecord>, exchange: &Exchange) {
-    let record = build_record(exchange, now_rfc3339()).await;
+async fn absorb(batch: &mut Vec<InferenceRecord>, exchange: &Exchange, redactor: &Redactor) {
+    let mut record = build_record(exchange, now_rfc3339()).await;
     count_tokens(&record);
     if exchange.meta.enabled {
+        // Nothing reaches the store before redaction.
+        redactor.redact_value(&mut record.request);
+        redactor.redact_value(&mut record.response);
         batch.push(record);
     }
 }

@@ -9,6 +9,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     check_limits(c)?;
     check_providers(c)?;
     check_models(c)?;
+    check_capture(c)?;
     check_taxonomy(c)?;
     check_fine_tuning(c)?;
     check_evaluation(c)
@@ -169,6 +170,22 @@ fn check_models(c: &Config) -> Result<(), ConfigError> {
                 "names no version of this alias",
             ));
         }
+    }
+    Ok(())
+}
+
+fn check_capture(c: &Config) -> Result<(), ConfigError> {
+    crate::capture::Redactor::new(&c.capture.redact).map_err(|(i, e)| {
+        ConfigError::invalid(
+            format!("capture.redact[{i}]"),
+            format!("is neither \"credentials\" nor a valid regex: {e}"),
+        )
+    })?;
+    if c.capture.flush_every_ms == 0 {
+        return Err(ConfigError::invalid(
+            "capture.flush_every_ms",
+            "must be at least 1",
+        ));
     }
     Ok(())
 }

@@ -164,3 +164,54 @@ async fn no_capture_header_and_config_keep_exchanges_out_of_the_store() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(app.state.store.inference(&id).unwrap().is_none());
 }
+
+#[tokio::test]
+async fn credentials_are_redacted_before_storage_and_indicators_kept() {
+    let app = spawn_app().await;
+    let alert = "Endpoint alert: powershell ran with -Password=Winter2025! and key AKIAIOSFODNN7EXAMPLE, beaconing to 185.220.101.47 (sha256 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855)";
+    let request = json!({"model": "triage", "messages": [{"role": "user", "content": alert}]});
+    let response = app.post("/v1/chat/completions", &request).await;
+    let id = inference_id(&response);
+    response.text().await.unwrap();
+    let r = stored(&app, &id).await.unwrap();
+    let text = r.request["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        !text.contains("AKIAIOSFODNN7EXAMPLE") && !text.contains("Winter2025!"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[REDACTED:aws_access_key]") && text.contains("[REDACTED:password]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("185.220.101.47")
+            && text.contains("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flywheel_redactions_total{kind=\"aws_access_key\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_bad_custom_redaction_pattern_is_a_config_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        extra: "[capture]\nredact = [\"credentials\", \"(unclosed\"]".into(),
+        ..Options::default()
+    };
+    let toml = config_toml("127.0.0.1:9".parse().unwrap(), dir.path(), &options);
+    let error = flywheel::config::Config::from_toml_str(&toml, "test", Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("capture.redact[1]"), "{error}");
+}
