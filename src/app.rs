@@ -53,9 +53,6 @@ pub enum StartError {
     Listen(std::io::Error),
 }
 
-/// Exchanges waiting for the worker; beyond this they are dropped and counted.
-const EXCHANGE_QUEUE: usize = 8192;
-
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
@@ -89,7 +86,11 @@ impl Application {
             allow_anonymous: config.auth.allow_anonymous_clients,
             passthrough: config.auth.passthrough_client_keys,
         };
-        let (exchanges, exchange_rx) = ExchangeSink::new(EXCHANGE_QUEUE);
+        let (exchanges, exchange_rx) = ExchangeSink::new(
+            config.capture.queue_capacity,
+            config.capture.on_queue_full,
+            Duration::from_millis(config.capture.queue_wait_ms),
+        );
         let redactor =
             Redactor::new(&config.capture.redact).map_err(|(i, e)| StartError::Redaction(i, e))?;
         let state = AppState {

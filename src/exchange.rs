@@ -7,6 +7,7 @@
 //! than slow a response.
 
 use crate::capture::CaptureMeta;
+use crate::config::QueueFullPolicy;
 use crate::routing::Route;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -53,18 +54,93 @@ pub struct Exchange {
 #[derive(Clone)]
 pub struct ExchangeSink {
     tx: mpsc::Sender<Exchange>,
+    policy: QueueFullPolicy,
+    wait: Duration,
 }
 
 impl ExchangeSink {
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Exchange>) {
+    pub fn new(
+        capacity: usize,
+        policy: QueueFullPolicy,
+        wait: Duration,
+    ) -> (Self, mpsc::Receiver<Exchange>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx }, rx)
+        (Self { tx, policy, wait }, rx)
     }
 
+    /// Never blocks the caller: a full queue drops the exchange, or with the
+    /// `wait` policy parks it in a task until there is room.
     pub fn submit(&self, exchange: Exchange) {
-        if let Err(e) = self.tx.try_send(exchange) {
-            metrics::counter!("flywheel_exchange_dropped_total").increment(1);
-            tracing::warn!(reason = %e, "exchange queue full or closed; record dropped");
+        match self.tx.try_send(exchange) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(exchange))
+                if self.policy == QueueFullPolicy::Wait =>
+            {
+                let (tx, wait) = (self.tx.clone(), self.wait);
+                tokio::spawn(async move {
+                    if tx.send_timeout(exchange, wait).await.is_err() {
+                        dropped("the queue stayed full");
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => dropped("the queue is full"),
+            Err(mpsc::error::TrySendError::Closed(_)) => dropped("the writer has stopped"),
         }
+    }
+}
+
+fn dropped(reason: &'static str) {
+    metrics::counter!("flywheel_exchange_dropped_total").increment(1);
+    tracing::warn!(reason, "exchange dropped before capture");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange(n: usize) -> Exchange {
+        Exchange {
+            inference_id: format!("inf_{n}"),
+            caller_id: "k".into(),
+            route: Route {
+                alias: None,
+                version: None,
+                provider: 0,
+                upstream_model: "m".into(),
+            },
+            streamed: false,
+            request: Bytes::new(),
+            response: Bytes::new(),
+            outcome: Outcome::Ok,
+            status: 200,
+            first_byte: None,
+            total: Duration::ZERO,
+            meta: CaptureMeta::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_with_the_drop_policy() {
+        let (sink, mut rx) = ExchangeSink::new(1, QueueFullPolicy::Drop, Duration::from_secs(1));
+        (0..3).for_each(|n| sink.submit(exchange(n)));
+        drop(sink);
+        let mut got = Vec::new();
+        while let Some(e) = rx.recv().await {
+            got.push(e.inference_id);
+        }
+        assert_eq!(got, ["inf_0"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_parks_exchanges_with_the_wait_policy() {
+        let (sink, mut rx) = ExchangeSink::new(1, QueueFullPolicy::Wait, Duration::from_secs(5));
+        (0..3).for_each(|n| sink.submit(exchange(n)));
+        drop(sink);
+        let mut got = Vec::new();
+        while let Some(e) = rx.recv().await {
+            got.push(e.inference_id);
+        }
+        got.sort();
+        assert_eq!(got, ["inf_0", "inf_1", "inf_2"]);
     }
 }

@@ -178,6 +178,22 @@ pub struct CaptureConfig {
     /// `"credentials"` selects the built-in secret patterns; anything else is a regex.
     pub redact: Vec<String>,
     pub flush_every_ms: u64,
+    /// Finished exchanges waiting for the capture writer.
+    pub queue_capacity: usize,
+    /// What happens to an exchange when the queue is full.
+    pub on_queue_full: QueueFullPolicy,
+    /// With `wait`: how long an exchange may wait for room before it is dropped.
+    pub queue_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// Drop the newest exchange at once (counted and logged).
+    Drop,
+    /// Park it in a background task until there is room or `queue_wait_ms`
+    /// passes; the response never waits either way.
+    Wait,
 }
 
 impl Default for CaptureConfig {
@@ -186,6 +202,9 @@ impl Default for CaptureConfig {
             enabled: true,
             redact: vec!["credentials".into()],
             flush_every_ms: 200,
+            queue_capacity: 8192,
+            on_queue_full: QueueFullPolicy::Drop,
+            queue_wait_ms: 1000,
         }
     }
 }

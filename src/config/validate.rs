@@ -181,6 +181,12 @@ fn check_capture(c: &Config) -> Result<(), ConfigError> {
             format!("is neither \"credentials\" nor a valid regex: {e}"),
         )
     })?;
+    if c.capture.queue_capacity == 0 {
+        return Err(ConfigError::invalid(
+            "capture.queue_capacity",
+            "must be at least 1",
+        ));
+    }
     if c.capture.flush_every_ms == 0 {
         return Err(ConfigError::invalid(
             "capture.flush_every_ms",
