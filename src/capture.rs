@@ -3,6 +3,7 @@
 
 mod record;
 mod redact;
+pub mod threading;
 mod writer;
 
 pub use record::{CaptureMeta, build_record};

@@ -5,7 +5,7 @@
 mod records;
 mod sled_store;
 
-pub use records::{ApiKeyRecord, AuditRecord, InferenceRecord};
+pub use records::{ApiKeyRecord, AuditRecord, ConversationRecord, InferenceRecord, ThreadPoint};
 pub use sled_store::SledStore;
 
 use std::path::Path;
@@ -44,6 +44,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         completion_id: &str,
     ) -> Result<Option<InferenceRecord>, StoreError>;
+
+    /// Appends a turn, creating the conversation (with its parent) if new;
+    /// returns the turn's index.
+    fn append_turn(
+        &self,
+        conversation_id: &str,
+        inference_id: &str,
+        parent_id: Option<&str>,
+        at: &str,
+    ) -> Result<usize, StoreError>;
+    fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError>;
+    fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError>;
+    fn put_thread(&self, key: &str, point: &ThreadPoint) -> Result<(), StoreError>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;

@@ -12,6 +12,8 @@ use serde_json::{Map, Value, json};
 #[derive(Debug, Clone, Default)]
 pub struct CaptureMeta {
     pub conversation_id: String,
+    /// Set when this exchange starts a branch of another conversation.
+    pub parent_id: Option<String>,
     /// `x-flywheel-user`.
     pub user: Option<String>,
     /// `x-flywheel-tags`: `key=value, key=value`.

@@ -3,10 +3,11 @@
 //! every `capture.flush_every_ms`, after redacting credentials. On shutdown
 //! it drains the queue first.
 
+use super::threading::continuation_key;
 use super::{Redactor, build_record};
 use crate::exchange::Exchange;
 use crate::ids::now_rfc3339;
-use crate::store::{InferenceRecord, SharedStore};
+use crate::store::{InferenceRecord, SharedStore, ThreadPoint};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -29,7 +30,7 @@ pub async fn run_writer(
         tokio::select! {
             next = rx.recv() => match next {
                 Some(exchange) => {
-                    absorb(&mut batch, &exchange, &redactor).await;
+                    absorb(&mut batch, &exchange, &redactor, &store).await;
                     if batch.len() >= MAX_BATCH {
                         write(&store, &mut batch).await;
                     }
@@ -42,20 +43,65 @@ pub async fn run_writer(
     }
     rx.close();
     while let Some(exchange) = rx.recv().await {
-        absorb(&mut batch, &exchange, &redactor).await;
+        absorb(&mut batch, &exchange, &redactor, &store).await;
     }
     write(&store, &mut batch).await;
 }
 
-async fn absorb(batch: &mut Vec<InferenceRecord>, exchange: &Exchange, redactor: &Redactor) {
+async fn absorb(
+    batch: &mut Vec<InferenceRecord>,
+    exchange: &Exchange,
+    redactor: &Redactor,
+    store: &SharedStore,
+) {
     let mut record = build_record(exchange, now_rfc3339()).await;
     count_tokens(&record);
-    if exchange.meta.enabled {
-        // Nothing reaches the store before redaction.
-        redactor.redact_value(&mut record.request);
-        redactor.redact_value(&mut record.response);
-        batch.push(record);
+    if !exchange.meta.enabled {
+        return;
     }
+    // The key is over the text the client will resend, so it is taken
+    // before redaction; only the key, a hash, is stored.
+    let continuation = record.response["choices"][0]["message"]["content"]
+        .as_str()
+        .filter(|_| record.status == "ok")
+        .and_then(|answer| continuation_key(&record.request["messages"], answer));
+    if let Err(e) = thread(
+        store,
+        &record,
+        exchange.meta.parent_id.as_deref(),
+        continuation,
+    ) {
+        tracing::error!(error = %e, inference_id = %record.id, "could not thread the inference");
+    }
+    // Nothing reaches the store before redaction.
+    redactor.redact_value(&mut record.request);
+    redactor.redact_value(&mut record.response);
+    batch.push(record);
+}
+
+/// Appends the inference to its conversation and leaves the key a
+/// follow-up turn will present. Both are small writes, done at once so the
+/// next turn finds them even before the batch is flushed.
+fn thread(
+    store: &SharedStore,
+    record: &InferenceRecord,
+    parent_id: Option<&str>,
+    continuation: Option<String>,
+) -> Result<(), crate::store::StoreError> {
+    let turn = store.append_turn(
+        &record.conversation_id,
+        &record.id,
+        parent_id,
+        &record.created_at,
+    )?;
+    if let Some(key) = continuation {
+        let point = ThreadPoint {
+            conversation_id: record.conversation_id.clone(),
+            turn,
+        };
+        store.put_thread(&key, &point)?;
+    }
+    Ok(())
 }
 
 fn count_tokens(record: &InferenceRecord) {

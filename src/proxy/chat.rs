@@ -53,7 +53,8 @@ pub async fn chat_completions(
         alias: route.alias.clone(),
         version: route.version.clone(),
     };
-    let conversation_id = conversation_id(&request_headers);
+    let (conversation_id, parent_id) =
+        resolve_conversation(&app, &request_headers, request.history_key.as_deref());
     let inference_id = new_id("inf");
     let pending = Pending {
         inference_id: inference_id.clone(),
@@ -63,11 +64,14 @@ pub async fn chat_completions(
         request: body,
         started,
         sink: app.exchanges.clone(),
-        meta: capture_meta(
-            &request_headers,
-            conversation_id.clone(),
-            app.config.capture.enabled,
-        ),
+        meta: CaptureMeta {
+            parent_id,
+            ..capture_meta(
+                &request_headers,
+                conversation_id.clone(),
+                app.config.capture.enabled,
+            )
+        },
     };
     let reply = match provider.send(upstream_request, deadline).await {
         Ok(reply) => reply,
@@ -183,6 +187,7 @@ fn capture_meta(
     };
     CaptureMeta {
         conversation_id,
+        parent_id: None,
         user: text("x-flywheel-user")
             .filter(|u| !u.is_empty())
             .map(|u| u.chars().take(256).collect()),
@@ -193,14 +198,33 @@ fn capture_meta(
     }
 }
 
-/// The client's conversation id when it sent a usable one, else a new id.
-fn conversation_id(headers: &HeaderMap) -> String {
-    headers
+/// The conversation of this request and, for a branch, its parent: the
+/// client's explicit id when it sent a usable one; else the conversation
+/// whose latest turn this history continues; else a branch of one that has
+/// moved on since (a regenerated or edited turn); else a new one.
+fn resolve_conversation(
+    app: &AppState,
+    headers: &HeaderMap,
+    history_key: Option<&str>,
+) -> (String, Option<String>) {
+    let explicit = headers
         .get("x-flywheel-conversation-id")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(|| new_id("conv"), String::from)
+        .filter(|v| !v.is_empty() && v.len() <= 128);
+    if let Some(id) = explicit {
+        return (id.to_string(), None);
+    }
+    let continued = history_key.and_then(|key| {
+        let point = app.store.thread(key).ok()??;
+        let conversation = app.store.conversation(&point.conversation_id).ok()??;
+        Some((point, conversation.inference_ids.len()))
+    });
+    match continued {
+        Some((point, turns)) if point.turn + 1 == turns => (point.conversation_id, None),
+        Some((point, _)) => (new_id("conv"), Some(point.conversation_id)),
+        None => (new_id("conv"), None),
+    }
 }
 
 fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {

@@ -2,6 +2,7 @@
 //! whether it streams, and that its shape is sound. The body itself is
 //! forwarded as received, with only the model name spliced in.
 
+use crate::capture::threading;
 use crate::openai::{ApiError, parse_json};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -14,6 +15,8 @@ use std::ops::Range;
 pub struct ChatRequest {
     pub model: String,
     pub stream: bool,
+    /// The key of the history this request continues, for implicit threading.
+    pub history_key: Option<String>,
     /// Where the `model` value (with its quotes) sits in the body.
     model_span: Range<usize>,
 }
@@ -87,9 +90,11 @@ impl ChatRequest {
         check_messages(view.messages.as_deref())?;
         check_ranges(&view)?;
         let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
+        let history_key = view.messages.as_deref().and_then(history_key);
         Ok(Self {
             model,
             stream: view.stream.unwrap_or(false),
+            history_key,
             model_span: start..start + raw_model.get().len(),
         })
     }
@@ -107,6 +112,23 @@ impl ChatRequest {
         out.extend_from_slice(&body[self.model_span.end..]);
         out.freeze()
     }
+}
+
+/// The history key over (role, text) of the messages; text parsing happens
+/// only for requests that continue a conversation.
+fn history_key(messages: &[Message<'_>]) -> Option<String> {
+    messages.iter().rposition(|m| m.role == "assistant")?;
+    let texts: Vec<(String, String)> = messages
+        .iter()
+        .map(|m| {
+            let content = m
+                .content
+                .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+                .unwrap_or(serde_json::Value::Null);
+            (m.role.to_string(), threading::message_text(&content))
+        })
+        .collect();
+    threading::history_key(&texts)
 }
 
 fn check_messages(messages: Option<&[Message<'_>]>) -> Result<(), ApiError> {

@@ -51,3 +51,22 @@ pub struct InferenceRecord {
     pub conversation_id: String,
     pub created_at: String,
 }
+
+/// A conversation: its turns in order, and the one it branched from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConversationRecord {
+    pub id: String,
+    pub inference_ids: Vec<String>,
+    /// The conversation this one branched from (a regenerated or edited turn).
+    pub parent_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Where a thread key was left: which conversation, after which turn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ThreadPoint {
+    pub conversation_id: String,
+    /// Index into the conversation's `inference_ids`.
+    pub turn: usize,
+}

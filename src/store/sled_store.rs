@@ -1,7 +1,9 @@
 //! The embedded sled implementation of [`Store`]: one tree per record kind,
 //! keys that sort the way queries read them (ids are time-ordered ULIDs).
 
-use super::{ApiKeyRecord, AuditRecord, InferenceRecord, Store, StoreError};
+use super::{
+    ApiKeyRecord, AuditRecord, ConversationRecord, InferenceRecord, Store, StoreError, ThreadPoint,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -13,6 +15,9 @@ pub struct SledStore {
     inferences: sled::Tree,
     /// Upstream completion id → inference id.
     by_completion: sled::Tree,
+    conversations: sled::Tree,
+    /// Thread key → where it was left (implicit threading).
+    threads: sled::Tree,
 }
 
 impl SledStore {
@@ -27,6 +32,8 @@ impl SledStore {
             audit: tree("audit")?,
             inferences: tree("inferences")?,
             by_completion: tree("inferences_by_completion")?,
+            conversations: tree("conversations")?,
+            threads: tree("threads")?,
             db,
         })
     }
@@ -146,6 +153,53 @@ impl Store for SledStore {
             Some(id) => self.inference(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
+    }
+
+    fn append_turn(
+        &self,
+        conversation_id: &str,
+        inference_id: &str,
+        parent_id: Option<&str>,
+        at: &str,
+    ) -> Result<usize, StoreError> {
+        let mut record =
+            self.conversation(conversation_id)?
+                .unwrap_or_else(|| ConversationRecord {
+                    id: conversation_id.to_string(),
+                    inference_ids: Vec::new(),
+                    parent_id: parent_id.map(String::from),
+                    created_at: at.to_string(),
+                    updated_at: at.to_string(),
+                });
+        record.inference_ids.push(inference_id.to_string());
+        record.updated_at = at.to_string();
+        self.conversations
+            .insert(conversation_id.as_bytes(), encode(&record)?)
+            .map_err(io)?;
+        Ok(record.inference_ids.len() - 1)
+    }
+
+    fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        self.conversations
+            .get(id.as_bytes())
+            .map_err(io)?
+            .map(|v| decode("conversation", &v))
+            .transpose()
+    }
+
+    fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError> {
+        self.threads
+            .get(key.as_bytes())
+            .map_err(io)?
+            .map(|v| decode("thread", &v))
+            .transpose()
+    }
+
+    fn put_thread(&self, key: &str, point: &ThreadPoint) -> Result<(), StoreError> {
+        self.threads
+            .insert(key.as_bytes(), encode(point)?)
+            .map(drop)
+            .map_err(io)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -215,3 +215,73 @@ fn a_bad_custom_redaction_pattern_is_a_config_error_naming_it() {
         .to_string();
     assert!(error.contains("capture.redact[1]"), "{error}");
 }
+
+/// One turn of a client that resends the whole history; returns the
+/// conversation header, the inference id and the answer.
+async fn turn(app: &TestApp, messages: &serde_json::Value) -> (String, String, String) {
+    let response = app
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "triage", "messages": messages}),
+        )
+        .await;
+    let conversation = response.headers()["x-flywheel-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let id = inference_id(&response);
+    let body: serde_json::Value = response.json().await.unwrap();
+    stored(app, &id).await.expect("captured");
+    let answer = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (conversation, id, answer)
+}
+
+#[tokio::test]
+async fn an_unchanged_client_gets_one_conversation_and_a_regenerated_turn_branches() {
+    let app = spawn_app().await;
+    let mut messages = json!([
+        {"role": "system", "content": "You are a SOC analyst."},
+        {"role": "user", "content": "Endpoint alert: whoami /all and net group \"domain admins\" on WS-7"}
+    ]);
+    let (first, id1, answer1) = turn(&app, &messages).await;
+    let history = messages.as_array_mut().unwrap();
+    history.push(json!({"role": "assistant", "content": answer1}));
+    history.push(json!({"role": "user", "content": "Then psexec to DC01 from WS-7. Related?"}));
+    let (second, id2, answer2) = turn(&app, &messages).await;
+    assert_eq!(second, first, "turn 2 continues the conversation");
+    let history = messages.as_array_mut().unwrap();
+    history.push(json!({"role": "assistant", "content": answer2}));
+    history.push(json!({"role": "user", "content": [{"type": "text", "text": "Severity now?"}]}));
+    let (third, id3, _) = turn(&app, &messages).await;
+    assert_eq!(third, first);
+    let conversation = app.state.store.conversation(&first).unwrap().unwrap();
+    assert_eq!(conversation.inference_ids, [id1, id2, id3]);
+    assert_eq!(conversation.parent_id, None);
+
+    // Regenerating the last answer resends the same history: a branch.
+    let (branch, id4, _) = turn(&app, &messages).await;
+    assert_ne!(branch, first);
+    let branched = app.state.store.conversation(&branch).unwrap().unwrap();
+    assert_eq!(branched.parent_id.as_deref(), Some(first.as_str()));
+    assert_eq!(branched.inference_ids, [id4]);
+
+    // An unrelated first turn starts its own conversation.
+    let (other, _, _) = turn(
+        &app,
+        &json!([{"role": "user", "content": "Endpoint alert: rclone to mega.nz"}]),
+    )
+    .await;
+    assert!(other != first && other != branch);
+    assert!(
+        app.state
+            .store
+            .conversation(&other)
+            .unwrap()
+            .unwrap()
+            .parent_id
+            .is_none()
+    );
+}
