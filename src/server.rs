@@ -24,6 +24,7 @@ use tower_http::request_id::{
 pub fn router(state: Arc<AppState>) -> Router {
     let client_api = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/feedback", post(crate::feedback::post_feedback))
         .route("/v1/models", get(proxy::list_models))
         .route("/v1/models/{id}", get(proxy::get_model))
         .route("/v1/{*rest}", any(proxy::passthrough))
@@ -88,14 +89,37 @@ async fn guard(
             return e.into_response();
         }
     };
+    // Feedback riding on any request is applied first: a bad one rejects
+    // the request before anything goes upstream, so none is lost silently.
+    let feedback_id = match req.headers().get("x-flywheel-feedback") {
+        Some(value) => match apply_feedback_header(&app, &caller, value.as_bytes()).await {
+            Ok(id) => Some(id),
+            Err(e) => return e.into_response(),
+        },
+        None => None,
+    };
     req.extensions_mut().insert(caller);
     req.extensions_mut()
         .insert(BodyLimit(app.config.server.max_body_bytes));
     let mut response = next.run(req).await;
+    if let Some(id) = feedback_id.and_then(|id| HeaderValue::try_from(id).ok()) {
+        response.headers_mut().insert("x-flywheel-feedback-id", id);
+    }
     if let Some(a) = allowance {
         crate::limits::write_headers(response.headers_mut(), a.limit, a.remaining, a.reset);
     }
     response
+}
+
+async fn apply_feedback_header(
+    app: &AppState,
+    caller: &crate::auth::Caller,
+    value: &[u8],
+) -> Result<String, ApiError> {
+    let request = crate::feedback::parse_header(value)?;
+    Ok(crate::feedback::submit(app, caller, request, None)
+        .await?
+        .id)
 }
 
 /// Request count and latency by route, status, alias and version, and one
@@ -159,6 +183,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-flywheel-inference-id"),
             HeaderName::from_static("x-flywheel-variant"),
             HeaderName::from_static("x-flywheel-conversation-id"),
+            HeaderName::from_static("x-flywheel-feedback-id"),
             header::RETRY_AFTER,
         ])
 }

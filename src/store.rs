@@ -5,7 +5,9 @@
 mod records;
 mod sled_store;
 
-pub use records::{ApiKeyRecord, AuditRecord, ConversationRecord, InferenceRecord, ThreadPoint};
+pub use records::{
+    ApiKeyRecord, AuditRecord, ConversationRecord, FeedbackRecord, InferenceRecord, ThreadPoint,
+};
 pub use sled_store::SledStore;
 
 use std::path::Path;
@@ -57,6 +59,21 @@ pub trait Store: Send + Sync + 'static {
     fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError>;
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError>;
     fn put_thread(&self, key: &str, point: &ThreadPoint) -> Result<(), StoreError>;
+
+    /// Stores feedback and, with an idempotency key, remembers which
+    /// feedback that key produced. Durable once it returns.
+    fn insert_feedback(
+        &self,
+        feedback: &FeedbackRecord,
+        idempotency: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// The feedback an idempotency key produced earlier, if any.
+    fn feedback_by_idempotency(
+        &self,
+        idempotency: &str,
+    ) -> Result<Option<FeedbackRecord>, StoreError>;
+    /// Every feedback on an inference, oldest first.
+    fn feedback_for(&self, inference_id: &str) -> Result<Vec<FeedbackRecord>, StoreError>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;

@@ -70,3 +70,22 @@ pub struct ThreadPoint {
     /// Index into the conversation's `inference_ids`.
     pub turn: usize,
 }
+
+/// One piece of feedback on an inference (DESIGN §4.3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FeedbackRecord {
+    pub id: String,
+    pub inference_id: String,
+    pub conversation_id: String,
+    /// The key id of whoever gave it.
+    pub author: String,
+    pub rating: Option<u8>,
+    pub thumbs: Option<String>,
+    pub threat_type: Option<String>,
+    pub severity: Option<String>,
+    pub quality_score: Option<u8>,
+    pub notes: Option<String>,
+    pub correction: Option<String>,
+    pub approved_for_training: Option<bool>,
+    pub created_at: String,
+}

@@ -2,7 +2,8 @@
 //! keys that sort the way queries read them (ids are time-ordered ULIDs).
 
 use super::{
-    ApiKeyRecord, AuditRecord, ConversationRecord, InferenceRecord, Store, StoreError, ThreadPoint,
+    ApiKeyRecord, AuditRecord, ConversationRecord, FeedbackRecord, InferenceRecord, Store,
+    StoreError, ThreadPoint,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,6 +19,10 @@ pub struct SledStore {
     conversations: sled::Tree,
     /// Thread key → where it was left (implicit threading).
     threads: sled::Tree,
+    /// `inference_id/feedback_id` → feedback.
+    feedback: sled::Tree,
+    /// Idempotency key → `inference_id/feedback_id`.
+    idempotency: sled::Tree,
 }
 
 impl SledStore {
@@ -34,6 +39,8 @@ impl SledStore {
             by_completion: tree("inferences_by_completion")?,
             conversations: tree("conversations")?,
             threads: tree("threads")?,
+            feedback: tree("feedback")?,
+            idempotency: tree("feedback_idempotency")?,
             db,
         })
     }
@@ -200,6 +207,45 @@ impl Store for SledStore {
             .insert(key.as_bytes(), encode(point)?)
             .map(drop)
             .map_err(io)
+    }
+
+    fn insert_feedback(
+        &self,
+        feedback: &FeedbackRecord,
+        idempotency: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let key = format!("{}/{}", feedback.inference_id, feedback.id);
+        self.feedback
+            .insert(key.as_bytes(), encode(feedback)?)
+            .map_err(io)?;
+        if let Some(idem) = idempotency {
+            self.idempotency
+                .insert(idem.as_bytes(), key.as_bytes())
+                .map_err(io)?;
+        }
+        self.db.flush().map(drop).map_err(io)
+    }
+
+    fn feedback_by_idempotency(
+        &self,
+        idempotency: &str,
+    ) -> Result<Option<FeedbackRecord>, StoreError> {
+        let Some(key) = self.idempotency.get(idempotency.as_bytes()).map_err(io)? else {
+            return Ok(None);
+        };
+        self.feedback
+            .get(key)
+            .map_err(io)?
+            .map(|v| decode("feedback", &v))
+            .transpose()
+    }
+
+    fn feedback_for(&self, inference_id: &str) -> Result<Vec<FeedbackRecord>, StoreError> {
+        self.feedback
+            .scan_prefix(format!("{inference_id}/").as_bytes())
+            .values()
+            .map(|v| decode("feedback", &v.map_err(io)?))
+            .collect()
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -12,5 +12,6 @@ mod capture;
 mod chat;
 mod cli;
 mod errors;
+mod feedback;
 mod operations;
 mod streaming;

@@ -1,0 +1,45 @@
+//! Analyst feedback: `POST /v1/feedback` and the `x-flywheel-feedback`
+//! header on any request. Both go through [`submit`], which checks the
+//! values against the taxonomy and the author's role, finds the inference
+//! (by its id or the upstream completion id), and answers only once the
+//! record is durable.
+
+mod header;
+mod submit;
+
+pub use header::parse_header;
+pub use submit::{FeedbackRequest, submit};
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::openai::{ApiError, ApiJson};
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use std::sync::Arc;
+
+/// `POST /v1/feedback`.
+pub async fn post_feedback(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<FeedbackRequest>,
+) -> Result<Response, ApiError> {
+    let idempotency = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "`Idempotency-Key` must be 1 to 255 characters of text",
+                        None,
+                    )
+                })
+        })
+        .transpose()?;
+    let record = submit(&app, &caller, request, idempotency).await?;
+    Ok((StatusCode::CREATED, Json(submit::view(&record))).into_response())
+}

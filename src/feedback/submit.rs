@@ -1,0 +1,215 @@
+//! Validating and storing one piece of feedback.
+
+use crate::app::AppState;
+use crate::auth::{Caller, Role};
+use crate::ids::{new_id, now_rfc3339};
+use crate::openai::ApiError;
+use crate::store::{FeedbackRecord, InferenceRecord, SharedStore, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const MAX_NOTES: usize = 4_000;
+const MAX_CORRECTION: usize = 16_000;
+
+/// The fields of DESIGN §4.3, from the JSON body or the header.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    pub inference_id: Option<String>,
+    pub completion_id: Option<String>,
+    pub rating: Option<u8>,
+    pub thumbs: Option<String>,
+    pub threat_type: Option<String>,
+    pub severity: Option<String>,
+    pub quality_score: Option<u8>,
+    pub notes: Option<String>,
+    pub correction: Option<String>,
+    pub approved_for_training: Option<bool>,
+}
+
+impl FeedbackRequest {
+    fn has_analyst_fields(&self) -> bool {
+        self.threat_type.is_some()
+            || self.severity.is_some()
+            || self.quality_score.is_some()
+            || self.notes.is_some()
+            || self.correction.is_some()
+            || self.approved_for_training.is_some()
+    }
+
+    fn validate(&self, app: &AppState) -> Result<(), ApiError> {
+        if self.inference_id.is_some() == self.completion_id.is_some() {
+            return Err(ApiError::invalid(
+                "give exactly one of `inference_id` and `completion_id`",
+                Some("inference_id"),
+            ));
+        }
+        if self.rating.is_none() && self.thumbs.is_none() && !self.has_analyst_fields() {
+            return Err(ApiError::invalid("the feedback carries no field", None));
+        }
+        for (name, value) in [
+            ("rating", self.rating),
+            ("quality_score", self.quality_score),
+        ] {
+            if value.is_some_and(|v| !(1..=5).contains(&v)) {
+                return Err(ApiError::invalid(
+                    format!("`{name}` must be 1 to 5"),
+                    Some(name),
+                ));
+            }
+        }
+        if self
+            .thumbs
+            .as_deref()
+            .is_some_and(|t| t != "up" && t != "down")
+        {
+            return Err(ApiError::invalid(
+                "`thumbs` must be \"up\" or \"down\"",
+                Some("thumbs"),
+            ));
+        }
+        let taxonomy = &app.config.taxonomy;
+        for (name, value, allowed) in [
+            ("threat_type", &self.threat_type, &taxonomy.threat_types),
+            ("severity", &self.severity, &taxonomy.severities),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| !allowed.iter().any(|a| a == v)) {
+                return Err(ApiError::invalid(
+                    format!(
+                        "`{name}` `{v}` is not in the taxonomy ({})",
+                        allowed.join(", ")
+                    ),
+                    Some(name),
+                ));
+            }
+        }
+        for (name, value, max) in [
+            ("notes", &self.notes, MAX_NOTES),
+            ("correction", &self.correction, MAX_CORRECTION),
+        ] {
+            if value.as_ref().is_some_and(|v| v.chars().count() > max) {
+                return Err(ApiError::invalid(
+                    format!("`{name}` is longer than {max} characters"),
+                    Some(name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validates, checks the author's rights, finds the inference and stores
+/// the feedback durably. With an idempotency key already used by this
+/// caller, returns the feedback that key produced and stores nothing.
+pub async fn submit(
+    app: &AppState,
+    caller: &Caller,
+    request: FeedbackRequest,
+    idempotency: Option<&str>,
+) -> Result<FeedbackRecord, ApiError> {
+    request.validate(app)?;
+    if request.has_analyst_fields() {
+        caller.require(Role::Analyst)?;
+    }
+    let scoped_key = idempotency.map(|k| format!("{}:{k}", caller.id));
+    if let Some(key) = scoped_key.clone() {
+        let store = app.store.clone();
+        if let Some(first) = blocking(move || store.feedback_by_idempotency(&key)).await? {
+            return Ok(first);
+        }
+    }
+    let inference = find_inference(app, &request).await?;
+    if inference.key_id != *caller.id {
+        caller.require(Role::Analyst).map_err(|_| {
+            ApiError::Forbidden(
+                "only the key that made an inference, or an analyst, may rate it".into(),
+            )
+        })?;
+    }
+    let record = FeedbackRecord {
+        id: new_id("fb"),
+        inference_id: inference.id,
+        conversation_id: inference.conversation_id,
+        author: caller.id.to_string(),
+        rating: request.rating,
+        thumbs: request.thumbs,
+        threat_type: request.threat_type,
+        severity: request.severity,
+        quality_score: request.quality_score,
+        notes: request.notes,
+        correction: request.correction,
+        approved_for_training: request.approved_for_training,
+        created_at: now_rfc3339(),
+    };
+    let store = app.store.clone();
+    let stored = record.clone();
+    blocking(move || store.insert_feedback(&stored, scoped_key.as_deref())).await?;
+    metrics::counter!("flywheel_feedback_total").increment(1);
+    Ok(record)
+}
+
+/// The inference by either id. Capture writes in batches, so one that
+/// finished a moment ago may not be stored yet: look again after a flush.
+async fn find_inference(
+    app: &AppState,
+    request: &FeedbackRequest,
+) -> Result<InferenceRecord, ApiError> {
+    let lookup = || {
+        let store: SharedStore = app.store.clone();
+        let (id, completion) = (request.inference_id.clone(), request.completion_id.clone());
+        blocking(move || match (id, completion) {
+            (Some(id), _) => store.inference(&id),
+            (None, Some(c)) => store.inference_by_completion(&c),
+            (None, None) => Ok(None),
+        })
+    };
+    if let Some(found) = lookup().await? {
+        return Ok(found);
+    }
+    tokio::time::sleep(Duration::from_millis(
+        app.config.capture.flush_every_ms + 100,
+    ))
+    .await;
+    lookup().await?.ok_or_else(|| {
+        let (param, id) = match (&request.inference_id, &request.completion_id) {
+            (Some(id), _) => ("inference_id", id.as_str()),
+            (None, Some(c)) => ("completion_id", c.as_str()),
+            (None, None) => ("inference_id", ""),
+        };
+        ApiError::NotFound {
+            message: format!("no inference with {param} `{id}`"),
+            param: Some(param.into()),
+            code: "not_found",
+        }
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// The feedback as the API returns it.
+pub fn view(r: &FeedbackRecord) -> Value {
+    json!({
+        "id": r.id,
+        "object": "feedback",
+        "inference_id": r.inference_id,
+        "conversation_id": r.conversation_id,
+        "author": r.author,
+        "rating": r.rating,
+        "thumbs": r.thumbs,
+        "threat_type": r.threat_type,
+        "severity": r.severity,
+        "quality_score": r.quality_score,
+        "notes": r.notes,
+        "correction": r.correction,
+        "approved_for_training": r.approved_for_training,
+        "created_at": r.created_at,
+    })
+}
