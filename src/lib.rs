@@ -11,6 +11,7 @@ pub mod capture;
 pub mod config;
 pub mod demo;
 pub mod exchange;
+pub mod export;
 pub mod feedback;
 pub mod health;
 pub mod ids;

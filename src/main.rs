@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Write conversations with their turns and feedback as JSONL (the server must not be running).
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Validate the config and print it as it takes effect (secrets masked).
     CheckConfig,
 }
@@ -170,6 +175,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { action } => keys(&load_config(&cli.config)?, action),
+        Command::Export { out } => {
+            let config = load_config(&cli.config)?;
+            let store = flywheel::store::open(&config.server.data_dir)?;
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut writer = std::io::BufWriter::new(file);
+            let count = flywheel::export::export_conversations(store.as_ref(), &mut writer)?;
+            eprintln!("exported {count} conversations to {}", out.display());
+            Ok(())
+        }
         Command::CheckConfig => {
             let config = load_config(&cli.config)?;
             let mut out = std::io::stdout().lock();

@@ -57,6 +57,11 @@ pub trait Store: Send + Sync + 'static {
         at: &str,
     ) -> Result<usize, StoreError>;
     fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError>;
+    /// Visits every conversation, oldest first, without holding them all.
+    fn for_each_conversation(
+        &self,
+        visit: &mut dyn FnMut(ConversationRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError>;
     fn put_thread(&self, key: &str, point: &ThreadPoint) -> Result<(), StoreError>;
 

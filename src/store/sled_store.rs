@@ -194,6 +194,16 @@ impl Store for SledStore {
             .transpose()
     }
 
+    fn for_each_conversation(
+        &self,
+        visit: &mut dyn FnMut(ConversationRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for value in self.conversations.iter().values() {
+            visit(decode("conversation", &value.map_err(io)?)?)?;
+        }
+        Ok(())
+    }
+
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError> {
         self.threads
             .get(key.as_bytes())

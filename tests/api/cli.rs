@@ -293,3 +293,136 @@ async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success(), "demo exited with {status}");
 }
+
+/// Capture through the real binaries, stop the server with SIGTERM (which
+/// flushes), then export without a server.
+#[tokio::test]
+async fn export_writes_conversations_with_turns_and_feedback() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (sim_port, port) = (free(), free());
+    let mut sim = flywheel()
+        .args(["simulate", "--listen", &format!("127.0.0.1:{sim_port}")])
+        .spawn()
+        .unwrap();
+    let path = dir.path().join("flywheel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[auth]\nallow_anonymous_clients = true\n\
+             [[providers]]\nname = \"sim\"\nbase_url = \"http://127.0.0.1:{sim_port}/v1\"\n\
+             [[models]]\nname = \"triage\"\nmodel_type = \"threat_detection\"\n  [[models.versions]]\n  name = \"base\"\n  provider = \"sim\"\n  model = \"gpt-4o-mini\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let analyst = flywheel()
+        .args([
+            "keys", "create", "--role", "analyst", "--name", "a", "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let analyst = String::from_utf8(analyst.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut server = flywheel()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut messages = serde_json::json!([{"role": "user", "content": "Endpoint alert: schtasks /create /tn updater on WS-3"}]);
+    let first: serde_json::Value = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "triage", "messages": messages}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = first["choices"][0]["message"]["content"].clone();
+    let history = messages.as_array_mut().unwrap();
+    history.push(serde_json::json!({"role": "assistant", "content": answer}));
+    history.push(serde_json::json!({"role": "user", "content": "Is it persistence?"}));
+    // The first turn's thread key is recorded as soon as the capture writer
+    // sees the finished exchange; leave it a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let second = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "triage", "messages": messages}))
+        .send()
+        .await
+        .unwrap();
+    let inference = second.headers()["x-flywheel-inference-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    second.text().await.unwrap();
+    let feedback = http
+        .post(format!("{base}/v1/feedback"))
+        .bearer_auth(&analyst)
+        .json(&serde_json::json!({"inference_id": inference, "threat_type": "persistence", "approved_for_training": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feedback.status(), 201);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &server.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(server.wait().unwrap().success());
+    sim.kill().unwrap();
+    sim.wait().unwrap();
+
+    let out_file = dir.path().join("export.jsonl");
+    let out = flywheel()
+        .args(["export", "--out"])
+        .arg(&out_file)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "two turns, one conversation: {text}");
+    let turns = lines[0]["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[1]["inference_id"], inference.as_str());
+    assert_eq!(turns[1]["feedback"][0]["threat_type"], "persistence");
+    assert_eq!(
+        turns[0]["response"]["choices"][0]["message"]["content"],
+        answer
+    );
+}

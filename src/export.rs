@@ -1,0 +1,66 @@
+//! `flywheel export`: conversations with their turns and feedback as JSON
+//! lines, read straight from the store (no server needed).
+
+use crate::store::{ConversationRecord, Store, StoreError};
+use serde_json::{Value, json};
+use std::io::Write;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the export: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// Writes one line per conversation; returns how many.
+pub fn export_conversations(store: &dyn Store, out: &mut dyn Write) -> Result<usize, ExportError> {
+    let mut count = 0;
+    let mut failure = None;
+    store
+        .for_each_conversation(&mut |conversation| {
+            let line = conversation_line(store, &conversation)?;
+            if let Err(e) = writeln!(out, "{line}") {
+                failure = Some(e);
+                return Err(StoreError::Io("export output failed".into()));
+            }
+            count += 1;
+            Ok(())
+        })
+        .map_err(|e| match failure.take() {
+            Some(io) => ExportError::Write(io),
+            None => ExportError::Store(e),
+        })?;
+    out.flush()?;
+    Ok(count)
+}
+
+fn conversation_line(store: &dyn Store, c: &ConversationRecord) -> Result<Value, StoreError> {
+    let mut turns = Vec::new();
+    for id in &c.inference_ids {
+        // A turn whose record was lost in a crash (at most the last flush
+        // interval) is skipped rather than failing the export.
+        let Some(r) = store.inference(id)? else {
+            continue;
+        };
+        let feedback = store.feedback_for(id)?;
+        turns.push(json!({
+            "inference_id": r.id,
+            "completion_id": r.completion_id,
+            "created_at": r.created_at,
+            "alias": r.alias,
+            "version": r.version,
+            "status": r.status,
+            "request": r.request,
+            "response": r.response,
+            "feedback": feedback,
+        }));
+    }
+    Ok(json!({
+        "conversation_id": c.id,
+        "parent_id": c.parent_id,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "turns": turns,
+    }))
+}
