@@ -149,6 +149,13 @@ impl Application {
             shutdown.clone(),
         ));
         tasks.spawn(shrink_limiter(state.clone(), shutdown.clone()));
+        if let Some(days) = state.config.capture.retention_days {
+            tasks.spawn(crate::capture::run_retention(
+                state.store.clone(),
+                days,
+                shutdown.clone(),
+            ));
+        }
 
         let trigger = shutdown.clone();
         tokio::spawn(async move {

@@ -3,9 +3,11 @@
 
 mod record;
 mod redact;
+mod retention;
 pub mod threading;
 mod writer;
 
 pub use record::{CaptureMeta, build_record};
 pub use redact::Redactor;
+pub use retention::{purge_once, run_retention};
 pub use writer::run_writer;

@@ -42,6 +42,17 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a batch of inferences and their completion-id index in one go.
     fn insert_inferences(&self, records: &[InferenceRecord]) -> Result<(), StoreError>;
     fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError>;
+    /// Up to `limit` inferences whose ids sort after `after` (when given) and
+    /// before `before`, oldest first.
+    fn inferences_between(
+        &self,
+        after: Option<&str>,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<InferenceRecord>, StoreError>;
+    /// Deletes an inference with its feedback, its completion-id index entry
+    /// and its place in its conversation (an emptied conversation goes too).
+    fn delete_inference(&self, record: &InferenceRecord) -> Result<(), StoreError>;
     fn inference_by_completion(
         &self,
         completion_id: &str,

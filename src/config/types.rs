@@ -184,6 +184,10 @@ pub struct CaptureConfig {
     pub on_queue_full: QueueFullPolicy,
     /// With `wait`: how long an exchange may wait for room before it is dropped.
     pub queue_wait_ms: u64,
+    /// Unlabelled, unapproved inferences older than this are purged; none
+    /// is purged when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -205,6 +209,7 @@ impl Default for CaptureConfig {
             queue_capacity: 8192,
             on_queue_full: QueueFullPolicy::Drop,
             queue_wait_ms: 1000,
+            retention_days: None,
         }
     }
 }

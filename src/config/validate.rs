@@ -181,6 +181,12 @@ fn check_capture(c: &Config) -> Result<(), ConfigError> {
             format!("is neither \"credentials\" nor a valid regex: {e}"),
         )
     })?;
+    if c.capture.retention_days == Some(0) {
+        return Err(ConfigError::invalid(
+            "capture.retention_days",
+            "must be at least 1 (leave it out to keep everything)",
+        ));
+    }
     if c.capture.queue_capacity == 0 {
         return Err(ConfigError::invalid(
             "capture.queue_capacity",

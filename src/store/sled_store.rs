@@ -148,6 +148,53 @@ impl Store for SledStore {
             .transpose()
     }
 
+    fn inferences_between(
+        &self,
+        after: Option<&str>,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<InferenceRecord>, StoreError> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.inferences
+            .range((lower, Bound::Excluded(before.as_bytes().to_vec())))
+            .take(limit)
+            .map(|kv| decode("inference", &kv.map_err(io)?.1))
+            .collect()
+    }
+
+    fn delete_inference(&self, record: &InferenceRecord) -> Result<(), StoreError> {
+        for key in self
+            .feedback
+            .scan_prefix(format!("{}/", record.id).as_bytes())
+            .keys()
+        {
+            self.feedback.remove(key.map_err(io)?).map_err(io)?;
+        }
+        if let Some(c) = &record.completion_id {
+            self.by_completion.remove(c.as_bytes()).map_err(io)?;
+        }
+        if let Some(mut conversation) = self.conversation(&record.conversation_id)? {
+            conversation.inference_ids.retain(|id| *id != record.id);
+            if conversation.inference_ids.is_empty() {
+                self.conversations
+                    .remove(conversation.id.as_bytes())
+                    .map_err(io)?;
+            } else {
+                self.conversations
+                    .insert(conversation.id.as_bytes(), encode(&conversation)?)
+                    .map_err(io)?;
+            }
+        }
+        self.inferences
+            .remove(record.id.as_bytes())
+            .map(drop)
+            .map_err(io)
+    }
+
     fn inference_by_completion(
         &self,
         completion_id: &str,

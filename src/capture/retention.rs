@@ -1,0 +1,177 @@
+//! Retention: inferences older than `capture.retention_days` that nobody
+//! labelled or approved are purged in the background, once an hour. Rated
+//! but unlabelled ones go too; anything an analyst labelled stays.
+
+use crate::store::{FeedbackRecord, SharedStore, StoreError};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Inferences looked at per store call, so a large purge never holds much.
+const PAGE: usize = 500;
+
+/// Feedback that makes an inference worth keeping.
+fn labels(f: &FeedbackRecord) -> bool {
+    f.threat_type.is_some()
+        || f.severity.is_some()
+        || f.quality_score.is_some()
+        || f.correction.is_some()
+        || f.approved_for_training == Some(true)
+}
+
+/// Purges once; returns how many inferences went.
+pub fn purge_once(
+    store: &SharedStore,
+    retention: Duration,
+    now: SystemTime,
+) -> Result<usize, StoreError> {
+    let cutoff = now.checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
+    // Ids are `inf_` + a ULID: everything created before the cutoff sorts
+    // before the ULID of the cutoff with no random bits.
+    let before = format!("inf_{}", ulid::Ulid::from_parts(ms_since_epoch(cutoff), 0));
+    let mut purged = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.inferences_between(after.as_deref(), &before, PAGE)?;
+        for record in &page {
+            if !store.feedback_for(&record.id)?.iter().any(labels) {
+                store.delete_inference(record)?;
+                purged += 1;
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    Ok(purged)
+}
+
+fn ms_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Purges at start and then every hour until shutdown.
+pub async fn run_retention(store: SharedStore, days: u32, shutdown: CancellationToken) {
+    let retention = Duration::from_secs(u64::from(days) * 86_400);
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || purge_once(&store, retention, SystemTime::now())).await {
+                    Ok(Ok(n)) => {
+                        metrics::counter!("flywheel_retention_purged_total").increment(n as u64);
+                        if n > 0 {
+                            tracing::info!(purged = n, days, "retention purged old unlabelled inferences");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "retention purge failed"),
+                    Err(e) => tracing::error!(error = %e, "retention task failed"),
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FeedbackRecord, InferenceRecord};
+
+    fn inference(id: String, conversation: &str) -> InferenceRecord {
+        InferenceRecord {
+            id,
+            completion_id: None,
+            alias: None,
+            version: None,
+            provider_model: "m".into(),
+            request: serde_json::Value::Null,
+            response: serde_json::Value::Null,
+            streamed: false,
+            status: "ok".into(),
+            http_status: 200,
+            latency_ms: 1.0,
+            first_byte_ms: None,
+            key_id: "k".into(),
+            user: None,
+            tags: Default::default(),
+            conversation_id: conversation.into(),
+            created_at: String::new(),
+        }
+    }
+
+    fn feedback(inference_id: &str, labelled: bool) -> FeedbackRecord {
+        FeedbackRecord {
+            id: crate::ids::new_id("fb"),
+            inference_id: inference_id.into(),
+            conversation_id: String::new(),
+            author: "a".into(),
+            rating: Some(3),
+            thumbs: None,
+            threat_type: labelled.then(|| "malware".into()),
+            severity: None,
+            quality_score: None,
+            notes: None,
+            correction: None,
+            approved_for_training: None,
+            created_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn old_unlabelled_inferences_go_and_labelled_or_recent_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let now = SystemTime::now();
+        let id_at = |age_days: u64, n: u128| {
+            let t = now - Duration::from_secs(age_days * 86_400);
+            format!("inf_{}", ulid::Ulid::from_parts(ms_since_epoch(t), n))
+        };
+        let old: Vec<String> = (0..1200).map(|n| id_at(40, n)).collect();
+        let recent = id_at(1, 0);
+        let mut records: Vec<InferenceRecord> = old
+            .iter()
+            .map(|id| inference(id.clone(), "conv_old"))
+            .collect();
+        records.push(inference(recent.clone(), "conv_new"));
+        store.insert_inferences(&records).unwrap();
+        for r in &records {
+            store
+                .append_turn(&r.conversation_id, &r.id, None, "t")
+                .unwrap();
+        }
+        store
+            .insert_feedback(&feedback(&old[7], true), None)
+            .unwrap();
+        store
+            .insert_feedback(&feedback(&old[8], false), None)
+            .unwrap();
+
+        let purged = purge_once(&store, Duration::from_secs(30 * 86_400), now).unwrap();
+        assert_eq!(purged, 1199);
+        assert!(
+            store.inference(&old[7]).unwrap().is_some(),
+            "labelled stays"
+        );
+        assert!(
+            store.inference(&old[8]).unwrap().is_none(),
+            "rated only goes"
+        );
+        assert!(store.feedback_for(&old[8]).unwrap().is_empty());
+        assert!(store.inference(&recent).unwrap().is_some(), "recent stays");
+        assert_eq!(
+            store
+                .conversation("conv_old")
+                .unwrap()
+                .unwrap()
+                .inference_ids,
+            [old[7].clone()]
+        );
+        assert_eq!(
+            purge_once(&store, Duration::from_secs(30 * 86_400), now).unwrap(),
+            0
+        );
+    }
+}
