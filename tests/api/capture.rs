@@ -285,3 +285,69 @@ async fn an_unchanged_client_gets_one_conversation_and_a_regenerated_turn_branch
             .is_none()
     );
 }
+
+/// 200 clients, each holding a three-turn streamed conversation and rating
+/// every answer: everything captured, each conversation threaded in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let mut clients = Vec::new();
+    for c in 0..200 {
+        let app = app.clone();
+        clients.push(tokio::spawn(async move {
+            let mut messages = json!([{"role": "user", "content": format!("Endpoint alert #{c}: psexec from WS-{c} to DC01")}]);
+            let (mut conversations, mut ids) = (Vec::new(), Vec::new());
+            for t in 0..3 {
+                let request = json!({"model": "triage", "stream": true, "stream_options": {"include_usage": true}, "messages": messages});
+                let response = app.post("/v1/chat/completions", &request).await;
+                conversations.push(response.headers()["x-flywheel-conversation-id"].to_str().unwrap().to_string());
+                let id = inference_id(&response);
+                let body = response.text().await.unwrap();
+                let answer: String = sse_data(&body)
+                    .iter()
+                    .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+                    .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
+                    .collect();
+                let rated = app
+                    .http
+                    .post(app.url("/v1/feedback"))
+                    .bearer_auth(&app.client_key)
+                    .json(&json!({"inference_id": id, "rating": 1 + (c + t) % 5}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(rated.status(), 201);
+                ids.push(id);
+                let history = messages.as_array_mut().unwrap();
+                history.push(json!({"role": "assistant", "content": answer}));
+                history.push(json!({"role": "user", "content": format!("Follow-up {t} on alert #{c}")}));
+            }
+            (conversations, ids)
+        }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for client in clients {
+        let (conversations, ids) = client.await.unwrap();
+        assert!(
+            conversations.iter().all(|c| *c == conversations[0]),
+            "one conversation per client: {conversations:?}"
+        );
+        assert!(
+            seen.insert(conversations[0].clone()),
+            "conversations are not shared between clients"
+        );
+        let stored = app
+            .state
+            .store
+            .conversation(&conversations[0])
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.inference_ids, ids, "turns in order");
+        for id in &ids {
+            let r = app.state.store.inference(id).unwrap().expect("captured");
+            assert!(r.streamed && r.status == "ok");
+            assert_eq!(app.state.store.feedback_for(id).unwrap().len(), 1);
+        }
+    }
+    assert_eq!(seen.len(), 200);
+}
