@@ -5,7 +5,7 @@
 use crate::exchange::{Exchange, Outcome};
 use crate::store::InferenceRecord;
 use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{Map, Value, json};
 
 /// What the proxy knows of an exchange beyond its bytes.
@@ -37,7 +37,7 @@ impl CaptureMeta {
     }
 }
 
-pub async fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
+pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
     let request: Value = serde_json::from_slice(&ex.request).unwrap_or(Value::Null);
     let messages = request.get("messages").cloned().unwrap_or(Value::Null);
     let params: Map<String, Value> = request
@@ -52,7 +52,7 @@ pub async fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord 
     let answer = if ex.outcome == Outcome::UpstreamError {
         Answer::error(&ex.response)
     } else if ex.streamed {
-        Answer::from_stream(&ex.response).await
+        Answer::from_stream(&ex.response)
     } else {
         Answer::from_body(&ex.response)
     };
@@ -121,12 +121,18 @@ impl Answer {
     /// Reassembles each choice from its deltas: content concatenated,
     /// tool calls by index (id and name from their first fragment,
     /// arguments concatenated). A stream error event is kept as the error.
-    async fn from_stream(body: &bytes::Bytes) -> Self {
+    fn from_stream(body: &bytes::Bytes) -> Self {
         let source = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(body.clone())]);
-        let mut events = source.eventsource();
+        // The source is in memory and always ready, so one poll parses it
+        // all; this runs on the capture writer's blocking thread.
+        let events = source
+            .eventsource()
+            .collect::<Vec<_>>()
+            .now_or_never()
+            .unwrap_or_default();
         let mut answer = Self::default();
         let mut choices: std::collections::BTreeMap<u64, Choice> = Default::default();
-        while let Some(Ok(event)) = events.next().await {
+        for event in events.into_iter().flatten() {
             let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
                 continue;
             };
@@ -203,8 +209,8 @@ impl Choice {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn streams_are_reassembled_choice_by_choice() {
+    #[test]
+    fn streams_are_reassembled_choice_by_choice() {
         let sse = bytes::Bytes::from_static(concat!(
             "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
             "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Threat\"}},{\"index\":1,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\"}}]}}]}\n\n",
@@ -212,7 +218,7 @@ mod tests {
             "data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
             "data: [DONE]\n\n"
         ).as_bytes());
-        let a = Answer::from_stream(&sse).await;
+        let a = Answer::from_stream(&sse);
         assert_eq!(a.completion_id.as_deref(), Some("chatcmpl-1"));
         assert_eq!(a.choices[0]["message"]["content"], "Threat type");
         assert_eq!(a.choices[0]["finish_reason"], "stop");
@@ -224,12 +230,12 @@ mod tests {
         assert_eq!(a.usage["total_tokens"], 5);
     }
 
-    #[tokio::test]
-    async fn a_broken_stream_keeps_its_partial_content_and_the_error() {
+    #[test]
+    fn a_broken_stream_keeps_its_partial_content_and_the_error() {
         let sse = bytes::Bytes::from_static(
             b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Thr\"}}]}\n\ndata: {\"error\":{\"message\":\"broke\",\"type\":\"api_error\",\"param\":null,\"code\":\"upstream_unreachable\"}}\n\n",
         );
-        let a = Answer::from_stream(&sse).await;
+        let a = Answer::from_stream(&sse);
         assert_eq!(a.choices[0]["message"]["content"], "Thr");
         assert_eq!(a.error["code"], "upstream_unreachable");
     }

@@ -30,7 +30,11 @@ pub async fn run_writer(
         tokio::select! {
             next = rx.recv() => match next {
                 Some(exchange) => {
-                    absorb(&mut batch, &exchange, &redactor, &store).await;
+                    batch.extend(prepare(&exchange, &redactor));
+                    // One record at a time, then make way: requests on the
+                    // same worker wait at most one record's parsing, where
+                    // a whole batch at once showed up as p99 stalls.
+                    tokio::task::yield_now().await;
                     if batch.len() >= MAX_BATCH {
                         write(&store, &mut batch).await;
                     }
@@ -43,21 +47,62 @@ pub async fn run_writer(
     }
     rx.close();
     while let Some(exchange) = rx.recv().await {
-        absorb(&mut batch, &exchange, &redactor, &store).await;
+        batch.extend(prepare(&exchange, &redactor));
     }
     write(&store, &mut batch).await;
 }
 
-async fn absorb(
-    batch: &mut Vec<InferenceRecord>,
-    exchange: &Exchange,
-    redactor: &Redactor,
-    store: &SharedStore,
-) {
-    let mut record = build_record(exchange, now_rfc3339()).await;
+/// Writes and flushes the batch on a blocking thread; on failure the
+/// records are logged as lost (by count, never by content) and counted.
+async fn write(store: &SharedStore, batch: &mut Vec<Prepared>) {
+    if batch.is_empty() {
+        return;
+    }
+    let prepared = std::mem::take(batch);
+    let count = prepared.len();
+    let store = store.clone();
+    // Every store call is here, off the async workers: a sled call that
+    // waits on a concurrent flush would stall every request on the worker.
+    let result = tokio::task::spawn_blocking(move || {
+        let mut records = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            if let Err(e) = thread(&store, &p.record, p.parent_id.as_deref(), p.continuation) {
+                tracing::error!(error = %e, inference_id = %p.record.id, "could not thread the inference");
+            }
+            records.push(p.record);
+        }
+        store.insert_inferences(&records)?;
+        store.flush()
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => metrics::counter!("flywheel_captured_total").increment(count as u64),
+        Ok(Err(e)) => {
+            metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
+            tracing::error!(error = %e, count, "capture batch could not be stored");
+        }
+        Err(e) => {
+            metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
+            tracing::error!(error = %e, count, "capture writer task failed");
+        }
+    }
+}
+
+/// A record ready for the store, with what threading needs.
+struct Prepared {
+    record: InferenceRecord,
+    parent_id: Option<String>,
+    /// The key a follow-up turn will present.
+    continuation: Option<String>,
+}
+
+/// The record to store for one exchange, redacted; `None` when capture is
+/// off for it (its tokens are still counted).
+fn prepare(exchange: &Exchange, redactor: &Redactor) -> Option<Prepared> {
+    let mut record = build_record(exchange, now_rfc3339());
     count_tokens(&record);
     if !exchange.meta.enabled {
-        return;
+        return None;
     }
     // The key is over the text the client will resend, so it is taken
     // before redaction; only the key, a hash, is stored.
@@ -65,23 +110,18 @@ async fn absorb(
         .as_str()
         .filter(|_| record.status == "ok")
         .and_then(|answer| continuation_key(&record.request["messages"], answer));
-    if let Err(e) = thread(
-        store,
-        &record,
-        exchange.meta.parent_id.as_deref(),
-        continuation,
-    ) {
-        tracing::error!(error = %e, inference_id = %record.id, "could not thread the inference");
-    }
     // Nothing reaches the store before redaction.
     redactor.redact_value(&mut record.request);
     redactor.redact_value(&mut record.response);
-    batch.push(record);
+    Some(Prepared {
+        record,
+        parent_id: exchange.meta.parent_id.clone(),
+        continuation,
+    })
 }
 
 /// Appends the inference to its conversation and leaves the key a
-/// follow-up turn will present. Both are small writes, done at once so the
-/// next turn finds them even before the batch is flushed.
+/// follow-up turn will present.
 fn thread(
     store: &SharedStore,
     record: &InferenceRecord,
@@ -112,33 +152,6 @@ fn count_tokens(record: &InferenceRecord) {
         if let Some(n) = usage[format!("{kind}_tokens")].as_u64() {
             metrics::counter!("flywheel_tokens_total", "alias" => alias.clone(), "version" => version.clone(), "kind" => kind)
                 .increment(n);
-        }
-    }
-}
-
-/// Writes and flushes the batch; on failure the records are logged as lost
-/// (by id, never by content) and counted.
-async fn write(store: &SharedStore, batch: &mut Vec<InferenceRecord>) {
-    if batch.is_empty() {
-        return;
-    }
-    let records = std::mem::take(batch);
-    let count = records.len();
-    let store = store.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        store.insert_inferences(&records)?;
-        store.flush().map(|()| records.len())
-    })
-    .await;
-    match result {
-        Ok(Ok(n)) => metrics::counter!("flywheel_captured_total").increment(n as u64),
-        Ok(Err(e)) => {
-            metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
-            tracing::error!(error = %e, count, "capture batch could not be stored");
-        }
-        Err(e) => {
-            metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
-            tracing::error!(error = %e, count, "capture writer task failed");
         }
     }
 }

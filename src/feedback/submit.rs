@@ -149,8 +149,13 @@ pub async fn submit(
     Ok(record)
 }
 
+/// How many capture flush intervals a lookup waits for an inference that
+/// may still be on its way to the store.
+const LOOKUP_ATTEMPTS: usize = 10;
+
 /// The inference by either id. Capture writes in batches, so one that
-/// finished a moment ago may not be stored yet: look again after a flush.
+/// finished a moment ago may not be stored yet: look again each flush
+/// interval, a bounded number of times.
 async fn find_inference(
     app: &AppState,
     request: &FeedbackRequest,
@@ -164,13 +169,13 @@ async fn find_inference(
             (None, None) => Ok(None),
         })
     };
-    if let Some(found) = lookup().await? {
-        return Ok(found);
+    let interval = Duration::from_millis(app.config.capture.flush_every_ms.max(10));
+    for _ in 0..LOOKUP_ATTEMPTS {
+        if let Some(found) = lookup().await? {
+            return Ok(found);
+        }
+        tokio::time::sleep(interval).await;
     }
-    tokio::time::sleep(Duration::from_millis(
-        app.config.capture.flush_every_ms + 100,
-    ))
-    .await;
     lookup().await?.ok_or_else(|| {
         let (param, id) = match (&request.inference_id, &request.completion_id) {
             (Some(id), _) => ("inference_id", id.as_str()),

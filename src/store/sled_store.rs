@@ -9,6 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 pub struct SledStore {
     db: sled::Db,
     keys: sled::Tree,
@@ -29,6 +31,9 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
+            // sled's default page cache is 1 GiB; the working set here is
+            // recent records, and memory must stay flat under load.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| open_error(dir, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(io);
