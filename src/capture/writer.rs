@@ -30,7 +30,9 @@ pub async fn run_writer(
         tokio::select! {
             next = rx.recv() => match next {
                 Some(exchange) => {
-                    batch.extend(prepare(&exchange, &redactor));
+                    if let Some(prepared) = prepare(&exchange, &redactor) {
+                        batch.extend(thread_now(&store, prepared).await);
+                    }
                     // One record at a time, then make way: requests on the
                     // same worker wait at most one record's parsing, where
                     // a whole batch at once showed up as p99 stalls.
@@ -47,30 +49,47 @@ pub async fn run_writer(
     }
     rx.close();
     while let Some(exchange) = rx.recv().await {
-        batch.extend(prepare(&exchange, &redactor));
+        if let Some(prepared) = prepare(&exchange, &redactor) {
+            batch.extend(thread_now(&store, prepared).await);
+        }
     }
     write(&store, &mut batch).await;
 }
 
 /// Writes and flushes the batch on a blocking thread; on failure the
 /// records are logged as lost (by count, never by content) and counted.
-async fn write(store: &SharedStore, batch: &mut Vec<Prepared>) {
+/// Threads the record at once, on a blocking thread, so a follow-up turn
+/// sent the moment the answer ends already finds its conversation.
+async fn thread_now(store: &SharedStore, p: Prepared) -> Option<InferenceRecord> {
+    let store = store.clone();
+    let id = p.record.id.clone();
+    match tokio::task::spawn_blocking(move || {
+        if let Err(e) = thread(&store, &p.record, p.parent_id.as_deref(), p.continuation) {
+            tracing::error!(error = %e, inference_id = %p.record.id, "could not thread the inference");
+        }
+        p.record
+    })
+    .await
+    {
+        Ok(record) => Some(record),
+        Err(e) => {
+            metrics::counter!("flywheel_capture_lost_total").increment(1);
+            tracing::error!(error = %e, inference_id = %id, "threading task failed");
+            None
+        }
+    }
+}
+
+async fn write(store: &SharedStore, batch: &mut Vec<InferenceRecord>) {
     if batch.is_empty() {
         return;
     }
-    let prepared = std::mem::take(batch);
-    let count = prepared.len();
+    let records = std::mem::take(batch);
+    let count = records.len();
     let store = store.clone();
-    // Every store call is here, off the async workers: a sled call that
-    // waits on a concurrent flush would stall every request on the worker.
+    // Store calls run off the async workers: a sled call that waits on a
+    // concurrent flush would stall every request on the worker.
     let result = tokio::task::spawn_blocking(move || {
-        let mut records = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            if let Err(e) = thread(&store, &p.record, p.parent_id.as_deref(), p.continuation) {
-                tracing::error!(error = %e, inference_id = %p.record.id, "could not thread the inference");
-            }
-            records.push(p.record);
-        }
         store.insert_inferences(&records)?;
         store.flush()
     })

@@ -87,6 +87,25 @@ pub async fn chat_completions(
     };
     record_first_byte(&labels, started);
     let response = if request.stream {
+        let is_sse = reply
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_sse {
+            // An empty 200 would read as a complete, empty answer.
+            let error = ApiError::UpstreamInvalid {
+                provider: provider.name.to_string(),
+                detail: "a streamed request was answered without an event stream".into(),
+            };
+            pending.finish_failed(&error);
+            return Ok(with_ids(
+                error.into_response(),
+                &inference_id,
+                &conversation_id,
+                labels,
+            ));
+        }
         relay_stream(reply, pending, deadline, provider.name.clone())
     } else {
         unary_response(reply, pending, deadline, &provider.name)

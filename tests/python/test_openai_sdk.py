@@ -1,6 +1,11 @@
-"""The official `openai` SDK against Flywheel, unchanged but for base_url."""
+"""The official `openai` SDK against Flywheel, unchanged but for base_url.
+
+Upstream faults are injected with the simulator's `x-sim-*` request headers,
+which the proxy forwards upstream like any client header.
+"""
 import asyncio
 import json
+import re
 import time
 import uuid
 
@@ -15,189 +20,542 @@ MESSAGES = [
 ]
 TOOLS = [{
     "type": "function",
-    "function": {"name": "isolate_host", "description": "Isolate a host",
-                 "parameters": {"type": "object", "properties": {"alert_excerpt": {"type": "string"}}}},
+    "function": {
+        "name": "isolate_host",
+        "description": "Isolate a host from the network",
+        "parameters": {"type": "object", "properties": {"alert_excerpt": {"type": "string"}}},
+    },
 }]
 
 
-def client(stack, role="client", proxy="main", **kw):
-    p = stack[proxy]
-    return openai.OpenAI(base_url=f"{p.url}/v1", api_key=p.keys[role], **kw)
+def client(proxy, key="client", **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=proxy.keys[key], **kw)
 
 
-def test_chat_non_streaming_with_flywheel_headers(stack):
-    raw = client(stack).chat.completions.with_raw_response.create(model="triage", messages=MESSAGES)
+def threat_type(text: str) -> str:
+    match = re.search(r"Threat type: *(\S+)", text)
+    assert match, f"no threat type in {text!r}"
+    return match.group(1)
+
+
+def fault_id() -> str:
+    return f"pytest-{uuid.uuid4()}"
+
+
+def unary_text(proxy, messages=MESSAGES, **kw) -> str:
+    return client(proxy).chat.completions.create(model="triage", messages=messages, **kw).choices[0].message.content
+
+
+# --- the CLI contract the fixtures rely on -----------------------------------
+
+def test_keys_create_prints_only_the_key(proxy):
+    keys = list(proxy.keys.values())
+    assert len(set(keys)) == len(keys) == 3
+    for handle, stdout in proxy.key_outputs.items():
+        assert re.fullmatch(r"fw-[A-Za-z0-9_\-]{16,}\n?", stdout), (handle, stdout)
+
+
+# --- chat completions ---------------------------------------------------------
+
+def test_chat_non_streaming_with_flywheel_headers(proxy):
+    raw = client(proxy).chat.completions.with_raw_response.create(model="triage", messages=MESSAGES)
+    assert raw.status_code == 200
+    assert "application/json" in raw.headers["content-type"]
     assert raw.headers["x-flywheel-inference-id"].startswith("inf_")
     assert raw.headers["x-flywheel-variant"] == "base"
     assert raw.headers["x-flywheel-conversation-id"]
-    assert raw.headers["x-request-id"].startswith("req_")
+    assert raw.headers["x-request-id"]
     completion = raw.parse()
-    content = completion.choices[0].message.content
-    assert "Threat type: credential_access" in content
-    assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens > 0
+    assert completion._request_id == raw.headers["x-request-id"]
+    assert completion.object == "chat.completion"
+    assert len(completion.choices) == 1
+    choice = completion.choices[0]
+    assert choice.index == 0 and choice.finish_reason == "stop"
+    assert choice.message.role == "assistant"
+    assert "Threat type:" in choice.message.content
+    assert "Severity:" in choice.message.content
+    assert threat_type(choice.message.content) == "credential_access"
+    usage = completion.usage
+    assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
-def test_streaming_with_include_usage_matches_the_unary_answer(stack):
-    c = client(stack)
-    unary = c.chat.completions.create(model="triage", messages=MESSAGES).choices[0].message.content
-    stream = c.chat.completions.create(model="triage", messages=MESSAGES, stream=True,
-                                       stream_options={"include_usage": True})
-    text, usage_chunks, ids = "", [], set()
+def test_every_completion_has_its_own_inference_and_request_id(proxy):
+    c = client(proxy)
+    first = c.chat.completions.with_raw_response.create(model="triage", messages=MESSAGES)
+    second = c.chat.completions.with_raw_response.create(model="triage", messages=MESSAGES)
+    assert first.headers["x-flywheel-inference-id"] != second.headers["x-flywheel-inference-id"]
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+def test_a_follow_up_turn_stays_in_the_conversation(proxy):
+    """Implicit threading: the next turn (history + answer + new question)
+    continues the first turn's conversation, even when sent at once, as a
+    tool loop or a scripted client does."""
+    c = client(proxy)
+    opening = [{"role": "user", "content": f"{ALERT} (ticket {uuid.uuid4()})"}]
+    first = c.chat.completions.with_raw_response.create(model="triage", messages=opening)
+    answer = first.parse().choices[0].message.content
+    follow_up = opening + [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "Which host should we isolate first?"},
+    ]
+    second = c.chat.completions.with_raw_response.create(model="triage", messages=follow_up)
+    assert second.status_code == 200
+    assert second.headers["x-flywheel-conversation-id"] == first.headers["x-flywheel-conversation-id"]
+
+
+def test_an_explicit_conversation_id_is_kept(proxy):
+    conversation = f"conv-pytest-{uuid.uuid4().hex}"
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="triage", messages=MESSAGES, extra_headers={"x-flywheel-conversation-id": conversation})
+    assert raw.headers["x-flywheel-conversation-id"] == conversation
+
+
+def test_a_provider_model_name_passes_through(proxy):
+    completion = client(proxy).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert completion.model == "gpt-4o"
+    assert "Threat type:" in completion.choices[0].message.content
+
+
+def test_streaming_with_include_usage_matches_the_unary_answer(proxy):
+    c = client(proxy)
+    unary = c.chat.completions.create(model="triage", messages=MESSAGES)
+    raw = c.chat.completions.with_raw_response.create(
+        model="triage", messages=MESSAGES, stream=True, stream_options={"include_usage": True})
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.headers["x-flywheel-inference-id"].startswith("inf_")
+    assert raw.headers["x-flywheel-variant"] == "base"
+    chunks = list(raw.parse())
+    assert chunks, "no chunks"
+    assert {ch.object for ch in chunks} == {"chat.completion.chunk"}
+    assert len({ch.id for ch in chunks}) == 1, "every chunk carries the same id"
+    usage_chunks = [ch for ch in chunks if ch.usage is not None]
+    assert len(usage_chunks) == 1, "exactly one usage chunk"
+    assert usage_chunks[0] is chunks[-1], "the usage chunk comes last"
+    assert usage_chunks[0].choices == []
+    assert all(ch.choices for ch in chunks[:-1])
+    text = "".join(choice.delta.content or "" for ch in chunks for choice in ch.choices)
+    assert text == unary.choices[0].message.content
+    roles = [choice.delta.role for ch in chunks for choice in ch.choices if choice.delta.role]
+    assert roles == ["assistant"], "role is sent once"
+    finishes = [choice.finish_reason for ch in chunks for choice in ch.choices if choice.finish_reason]
+    assert finishes == ["stop"]
+    usage = usage_chunks[0].usage
+    assert usage.completion_tokens == unary.usage.completion_tokens
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_streaming_without_include_usage_sends_no_usage_chunk(proxy):
+    chunks = list(client(proxy).chat.completions.create(model="triage", messages=MESSAGES, stream=True))
+    assert chunks and all(ch.choices for ch in chunks)
+    assert all(ch.usage is None for ch in chunks)
+
+
+def test_stream_events_arrive_as_they_are_generated(proxy):
+    """Chunks reach the client while the upstream is still generating: the
+    first content arrives long before the last."""
+    stream = client(proxy).chat.completions.create(
+        model="triage", messages=MESSAGES, stream=True, extra_headers={"x-sim-token-delay-ms": "40"})
+    started = time.monotonic()
+    arrivals = []
     for chunk in stream:
-        ids.add(chunk.id)
-        if chunk.usage is not None:
-            usage_chunks.append(chunk)
-        for choice in chunk.choices:
-            text += choice.delta.content or ""
-    assert text == unary
-    assert len(usage_chunks) == 1 and usage_chunks[0].choices == []
-    assert usage_chunks[0].usage.completion_tokens > 0
-    assert len(ids) == 1
+        if any(choice.delta.content for choice in chunk.choices):
+            arrivals.append(time.monotonic() - started)
+    assert len(arrivals) >= 10
+    total = arrivals[-1]
+    assert total >= 0.4, f"token delay not applied? the stream took {total:.2f}s"
+    assert arrivals[0] < total / 3, f"first token after {arrivals[0]:.2f}s of {total:.2f}s: buffered"
 
 
-def test_tool_calls_unary_and_streamed(stack):
-    c = client(stack)
+# --- tools ----------------------------------------------------------------------
+
+def test_tool_calls_non_streaming(proxy):
+    c = client(proxy)
     completion = c.chat.completions.create(model="triage", messages=MESSAGES, tools=TOOLS)
-    call = completion.choices[0].message.tool_calls[0]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.id
     assert call.function.name == "isolate_host"
-    assert json.loads(call.function.arguments)["suspected_threat_type"] == "credential_access"
-    assert completion.choices[0].finish_reason == "tool_calls"
+    arguments = json.loads(call.function.arguments)
+    assert isinstance(arguments, dict) and arguments.get("alert_excerpt")
+    assert arguments["suspected_threat_type"] == threat_type(unary_text(proxy))
 
+
+def test_tool_calls_streamed_with_the_sdk_stream_helper(proxy):
+    c = client(proxy)
+    unary = c.chat.completions.create(model="triage", messages=MESSAGES, tools=TOOLS)
+    expected = json.loads(unary.choices[0].message.tool_calls[0].function.arguments)
     with c.chat.completions.stream(model="triage", messages=MESSAGES, tools=TOOLS) as stream:
-        for _ in stream:
-            pass
+        done_events = [e for e in stream if e.type == "tool_calls.function.arguments.done"]
         final = stream.get_final_completion()
-    streamed = final.choices[0].message.tool_calls[0]
-    assert streamed.function.name == "isolate_host"
-    assert json.loads(streamed.function.arguments) == json.loads(call.function.arguments)
+    assert len(done_events) == 1 and done_events[0].name == "isolate_host"
+    assert json.loads(done_events[0].arguments) == expected
+    call = final.choices[0].message.tool_calls[0]
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "isolate_host" and call.id and call.type == "function"
+    assert json.loads(call.function.arguments) == expected
 
 
-def test_n_two_choices_unary_and_streamed(stack):
-    c = client(stack)
-    completion = c.chat.completions.create(model="triage", messages=MESSAGES, n=2)
+def test_tool_call_deltas_accumulate_by_hand(proxy):
+    """The wire shape the SDKs' accumulators rely on: integer index, id/type/
+    name only in the first fragment, then argument pieces."""
+    c = client(proxy)
+    fragments = []
+    for chunk in c.chat.completions.create(model="triage", messages=MESSAGES, tools=TOOLS, stream=True):
+        for choice in chunk.choices:
+            fragments.extend(choice.delta.tool_calls or [])
+    assert len(fragments) >= 2
+    assert {f.index for f in fragments} == {0}
+    first, rest = fragments[0], fragments[1:]
+    assert first.id and first.type == "function" and first.function.name == "isolate_host"
+    assert all(f.id is None and f.type is None and f.function.name is None for f in rest)
+    arguments = "".join(f.function.arguments or "" for f in fragments)
+    parsed = json.loads(arguments)
+    assert parsed["suspected_threat_type"] == threat_type(unary_text(proxy))
+
+
+def test_a_tool_result_turn_gets_a_text_answer(proxy):
+    c = client(proxy)
+    call = c.chat.completions.create(model="triage", messages=MESSAGES, tools=TOOLS).choices[0].message.tool_calls[0]
+    messages = MESSAGES + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"isolated": true}'},
+    ]
+    completion = c.chat.completions.create(model="triage", messages=messages, tools=TOOLS)
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].message.tool_calls in (None, [])
+    assert "Threat type:" in completion.choices[0].message.content
+
+
+# --- n > 1 ------------------------------------------------------------------------
+
+def test_n_two_choices_non_streaming(proxy):
+    completion = client(proxy).chat.completions.create(model="triage", messages=MESSAGES, n=2)
     assert [ch.index for ch in completion.choices] == [0, 1]
-    texts = {0: "", 1: ""}
-    for chunk in c.chat.completions.create(model="triage", messages=MESSAGES, n=2, stream=True):
+    for ch in completion.choices:
+        assert ch.finish_reason == "stop" and "Threat type:" in ch.message.content
+
+
+def test_n_two_choices_streamed(proxy):
+    c = client(proxy)
+    unary = c.chat.completions.create(model="triage", messages=MESSAGES, n=2)
+    texts, finishes, roles, usage = {}, {}, {}, []
+    for chunk in c.chat.completions.create(model="triage", messages=MESSAGES, n=2, stream=True,
+                                           stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            usage.append(chunk.usage)
         for ch in chunk.choices:
-            texts[ch.index] += ch.delta.content or ""
-    assert texts[0] == texts[1] == completion.choices[0].message.content
+            texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+            if ch.delta.role:
+                roles[ch.index] = roles.get(ch.index, 0) + 1
+            if ch.finish_reason:
+                finishes[ch.index] = ch.finish_reason
+    assert sorted(texts) == [0, 1]
+    assert texts == {ch.index: ch.message.content for ch in unary.choices}
+    assert roles == {0: 1, 1: 1}
+    assert finishes == {0: "stop", 1: "stop"}
+    assert len(usage) == 1 and usage[0].completion_tokens == unary.usage.completion_tokens
 
 
-def test_models_list_and_retrieve(stack):
-    c = client(stack)
-    ids = [m.id for m in c.models.list()]
-    assert ids == ["triage", "broken"]
-    assert c.models.retrieve("triage").id == "triage"
-    with pytest.raises(openai.NotFoundError):
-        c.models.retrieve("no-such-model")
+# --- models and pass-through -------------------------------------------------------
+
+def test_models_list_and_retrieve(proxy):
+    c = client(proxy)
+    models = list(c.models.list())
+    assert {m.id for m in models} == {"triage", "broken"}
+    assert all(m.object == "model" and m.owned_by for m in models)
+    triage = c.models.retrieve("triage")
+    assert triage.id == "triage" and triage.object == "model"
 
 
-def test_bad_request(stack):
-    c = client(stack, max_retries=0)
-    with pytest.raises(openai.BadRequestError) as e:
-        c.chat.completions.create(model="triage", messages=[])
-    assert e.value.status_code == 400 and "messages" in e.value.message
-    with pytest.raises(openai.BadRequestError) as e:
-        c.chat.completions.create(model="triage", messages=MESSAGES, extra_body={"temperature": "hot"})
-    assert e.value.body["param"] == "temperature"
-
-
-def test_authentication_errors(stack):
-    p = stack["main"]
-    for key in ("fw-not-a-real-key", "sk-some-openai-key"):
-        bad = openai.OpenAI(base_url=f"{p.url}/v1", api_key=key, max_retries=0)
-        with pytest.raises(openai.AuthenticationError) as e:
-            bad.chat.completions.create(model="triage", messages=MESSAGES)
-        assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
-
-
-def test_permission_denied_on_the_admin_api(stack):
-    p = stack["main"]
-    admin_api = openai.OpenAI(base_url=f"{p.url}/admin/api", api_key=p.keys["client"], max_retries=0)
-    with pytest.raises(openai.PermissionDeniedError) as e:
-        admin_api.get("/keys", cast_to=httpx.Response)
-    assert "analyst role" in e.value.message
-
-
-def test_not_found_for_an_unknown_model(stack):
+def test_retrieve_an_unknown_model_is_not_found(proxy):
     with pytest.raises(openai.NotFoundError) as e:
-        client(stack, max_retries=0).chat.completions.create(model="no-such-model", messages=MESSAGES)
+        client(proxy, max_retries=0).models.retrieve("triage-v9")
+    assert e.value.status_code == 404
     assert e.value.code == "model_not_found"
 
 
-def test_request_too_large(stack):
+def test_retrieve_a_provider_model_is_forwarded(proxy):
+    model = client(proxy).models.retrieve("gpt-4o")
+    assert model.id == "gpt-4o" and model.object == "model"
+
+
+def test_embeddings_pass_through(proxy):
+    c = client(proxy)
+    result = c.embeddings.create(model="text-embedding-3-small", input=["mimikatz on DC01", "benign backup job"])
+    assert [d.index for d in result.data] == [0, 1]
+    for d in result.data:
+        assert len(d.embedding) > 0
+        assert abs(sum(x * x for x in d.embedding) - 1) < 1e-3
+    again = c.embeddings.create(model="text-embedding-3-small", input="mimikatz on DC01")
+    assert again.data[0].embedding == pytest.approx(result.data[0].embedding)
+    assert result.data[0].embedding != pytest.approx(result.data[1].embedding)
+
+
+# --- errors ---------------------------------------------------------------------------
+
+def assert_openai_error(error: openai.APIStatusError, status: int, code=None):
+    assert error.status_code == status
+    assert isinstance(error.body, dict), error.body
+    assert {"message", "type", "param", "code"} <= set(error.body), error.body
+    assert error.message
+    if code is not None:
+        assert error.code == code, error.body
+
+
+def test_bad_request_missing_messages(proxy):
+    with pytest.raises(openai.BadRequestError) as e:
+        client(proxy, max_retries=0).chat.completions.create(model="triage", messages=openai.omit)
+    assert_openai_error(e.value, 400)
+    assert e.value.type == "invalid_request_error"
+    assert e.value.param == "messages"
+    assert "messages" in e.value.message
+
+
+def test_bad_request_empty_messages(proxy):
+    with pytest.raises(openai.BadRequestError) as e:
+        client(proxy, max_retries=0).chat.completions.create(model="triage", messages=[])
+    assert_openai_error(e.value, 400)
+    assert e.value.param == "messages"
+
+
+def test_bad_request_wrong_type_names_the_field(proxy):
+    with pytest.raises(openai.BadRequestError) as e:
+        client(proxy, max_retries=0).chat.completions.create(
+            model="triage", messages=MESSAGES, extra_body={"temperature": "hot"})
+    assert_openai_error(e.value, 400)
+    assert e.value.param == "temperature"
+    assert "temperature" in e.value.message
+
+
+@pytest.mark.parametrize("key", ["fw-not-a-real-key", "sk-some-openai-key"])
+def test_authentication_error_for_an_unknown_key(proxy, key):
+    bad = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.chat.completions.create(model="triage", messages=MESSAGES)
+    assert_openai_error(e.value, 401, "invalid_api_key")
+    assert e.value.request_id
+
+
+def test_authentication_error_without_a_key(proxy):
+    c = client(proxy, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        c.chat.completions.create(model="triage", messages=MESSAGES,
+                                  extra_headers={"Authorization": openai.omit})
+    assert_openai_error(e.value, 401)
+
+
+@pytest.mark.parametrize("key", ["client", "analyst"])
+def test_permission_denied_on_the_admin_keys_api(proxy, key):
+    admin_api = openai.OpenAI(base_url=f"{proxy.url}/admin/api", api_key=proxy.keys[key], max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        admin_api.get("/keys", cast_to=object)
+    assert_openai_error(e.value, 403)
+    # The same route serves an admin: the 403 is about the role, not the route.
+    allowed = httpx.get(f"{proxy.url}/admin/api/keys", headers={"Authorization": f"Bearer {proxy.keys['admin']}"})
+    assert allowed.status_code == 200, allowed.text
+    assert httpx.get(f"{proxy.url}/admin/api/keys",
+                     headers={"Authorization": f"Bearer {proxy.admin_token}"}).status_code == 200
+
+
+def test_not_found_for_an_unknown_model(proxy):
+    with pytest.raises(openai.NotFoundError) as e:
+        client(proxy, max_retries=0).chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert_openai_error(e.value, 404, "model_not_found")
+    assert "no-such-model" in e.value.message
+
+
+def test_request_too_large(proxy):
     with pytest.raises(openai.APIStatusError) as e:
-        client(stack, max_retries=0).chat.completions.create(
+        client(proxy, max_retries=0).chat.completions.create(
             model="triage", messages=[{"role": "user", "content": "A" * 100_000}])
-    assert e.value.status_code == 413 and e.value.code == "request_too_large"
+    assert_openai_error(e.value, 413, "request_too_large")
 
 
-def test_rate_limit_error_without_retries(stack):
-    c = client(stack, role="analyst", proxy="limited", max_retries=0)
-    with pytest.raises(openai.RateLimitError) as e:
-        for _ in range(5):
-            c.chat.completions.create(model="triage", messages=MESSAGES)
-    assert e.value.status_code == 429
-    assert int(e.value.response.headers["retry-after"]) >= 1
-    assert e.value.response.headers["x-ratelimit-remaining-requests"] == "0"
-
-
-def test_sdk_retries_a_429_after_retry_after_and_succeeds(stack):
-    c = client(stack, role="client", proxy="limited", max_retries=3)
-    started = time.monotonic()
-    for _ in range(3):
-        assert "Threat type:" in c.chat.completions.create(model="triage", messages=MESSAGES).choices[0].message.content
-    # Burst 2 at 60/min: the third call waited for the bucket (≈1 s).
-    assert time.monotonic() - started >= 0.5
-
-
-def test_unreachable_upstream_is_502(stack):
+def test_unreachable_upstream_is_502(proxy):
     with pytest.raises(openai.InternalServerError) as e:
-        client(stack, max_retries=0).chat.completions.create(model="broken", messages=MESSAGES)
-    assert e.value.status_code == 502 and e.value.code == "upstream_unreachable"
+        client(proxy, max_retries=0).chat.completions.create(model="broken", messages=MESSAGES)
+    assert_openai_error(e.value, 502, "upstream_unreachable")
+    assert e.value.type == "api_error"
 
 
-def test_slow_upstream_is_504(stack):
-    with pytest.raises(openai.APIStatusError) as e:
-        client(stack, max_retries=0).chat.completions.create(
-            model="triage", messages=MESSAGES, extra_headers={"x-sim-delay-ms": "3000"})
-    assert e.value.status_code == 504 and e.value.code == "upstream_timeout"
-
-
-def test_upstream_retry_after_is_relayed_and_honoured_by_the_sdk(stack):
-    fault = {"x-sim-status": "429", "x-sim-retry-after": "1", "x-sim-fail-times": "1",
-             "x-sim-fault-id": str(uuid.uuid4())}
+def test_slow_upstream_is_504_after_the_first_byte_timeout(proxy):
     started = time.monotonic()
-    completion = client(stack, max_retries=2).chat.completions.create(
-        model="triage", messages=MESSAGES, extra_headers=fault)
-    assert "Threat type:" in completion.choices[0].message.content
-    assert time.monotonic() - started >= 0.9
+    with pytest.raises(openai.APIStatusError) as e:
+        client(proxy, max_retries=0).chat.completions.create(
+            model="triage", messages=MESSAGES, extra_headers={"x-sim-delay-ms": "3000"})
+    elapsed = time.monotonic() - started
+    assert_openai_error(e.value, 504, "upstream_timeout")
+    assert e.value.type == "api_error"
+    assert 1.5 <= elapsed < 2.9, f"answered after {elapsed:.2f}s; first_byte_timeout_s is 2"
 
 
-def test_a_stream_that_breaks_raises_api_error_after_content(stack):
-    stream = client(stack, max_retries=0).chat.completions.create(
-        model="triage", messages=MESSAGES, stream=True,
-        extra_headers={"x-sim-drop-after": "3", "x-sim-token-delay-ms": "20"})
-    received = ""
+def test_slow_upstream_is_504_for_a_stream_too(proxy):
+    with pytest.raises(openai.APIStatusError) as e:
+        client(proxy, max_retries=0).chat.completions.create(
+            model="triage", messages=MESSAGES, stream=True, extra_headers={"x-sim-delay-ms": "3000"})
+    assert_openai_error(e.value, 504, "upstream_timeout")
+
+
+def test_an_upstream_error_status_is_relayed(proxy):
+    with pytest.raises(openai.InternalServerError) as e:
+        client(proxy, max_retries=0).chat.completions.create(
+            model="triage", messages=MESSAGES, extra_headers={"x-sim-status": "503"})
+    assert_openai_error(e.value, 503)
+    assert "simulated" in e.value.message
+
+
+def test_the_sdk_retries_an_upstream_503_and_succeeds(proxy):
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="triage", messages=MESSAGES,
+        extra_headers={"x-sim-status": "503", "x-sim-fail-times": "1", "x-sim-fault-id": fault_id()})
+    assert raw.retries_taken == 1
+    assert "Threat type:" in raw.parse().choices[0].message.content
+
+
+def test_an_upstream_429_with_retry_after_is_relayed_and_honoured(proxy):
+    faults = {"x-sim-status": "429", "x-sim-retry-after": "1", "x-sim-fail-times": "1",
+              "x-sim-fault-id": fault_id()}
+    with pytest.raises(openai.RateLimitError) as e:
+        client(proxy, max_retries=0).chat.completions.create(
+            model="triage", messages=MESSAGES, extra_headers={**faults, "x-sim-fault-id": fault_id()})
+    assert_openai_error(e.value, 429)
+    assert e.value.response.headers.get("retry-after") == "1"
+
+    started = time.monotonic()
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="triage", messages=MESSAGES, extra_headers=faults)
+    assert raw.retries_taken == 1
+    assert "Threat type:" in raw.parse().choices[0].message.content
+    assert time.monotonic() - started >= 0.9, "the SDK waited for retry-after"
+
+
+def test_a_non_json_upstream_answer_is_502(proxy):
+    with pytest.raises(openai.InternalServerError) as e:
+        client(proxy, max_retries=0).chat.completions.create(
+            model="triage", messages=MESSAGES, extra_headers={"x-sim-garbage": "1"})
+    assert_openai_error(e.value, 502)
+
+
+def test_a_non_json_upstream_answer_to_a_stream_is_an_error(proxy):
+    """The upstream answers a streamed request with 200 text/plain: the client
+    must see an error, not an empty answer that looks complete."""
     with pytest.raises(openai.APIError):
+        for _ in client(proxy, max_retries=0).chat.completions.create(
+                model="triage", messages=MESSAGES, stream=True, extra_headers={"x-sim-garbage": "1"}):
+            pass
+
+
+def test_a_unary_body_cut_short_upstream_is_502(proxy):
+    with pytest.raises(openai.InternalServerError) as e:
+        client(proxy, max_retries=0).chat.completions.create(
+            model="triage", messages=MESSAGES, extra_headers={"x-sim-drop-after": "3"})
+    assert_openai_error(e.value, 502)
+
+
+# --- rate limits (second proxy: 60/min, burst 2; limits are per key) -------------------
+
+def test_rate_limit_error_without_retries(limited_proxy):
+    c = client(limited_proxy, key="rate_error", max_retries=0)
+    for _ in range(2):
+        assert "Threat type:" in c.chat.completions.create(model="triage", messages=MESSAGES).choices[0].message.content
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="triage", messages=MESSAGES)
+    assert_openai_error(e.value, 429, "rate_limit_exceeded")
+    headers = e.value.response.headers
+    assert 1 <= int(headers["retry-after"]) <= 2
+    assert 0 < int(headers["retry-after-ms"]) <= 2000
+    assert headers["x-ratelimit-limit-requests"] == "60"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"]
+
+
+def test_sdk_retries_a_429_after_retry_after_and_succeeds(limited_proxy):
+    c = client(limited_proxy, key="rate_retry")  # default max_retries=2
+    started = time.monotonic()
+    retries = []
+    for _ in range(3):
+        raw = c.chat.completions.with_raw_response.create(model="triage", messages=MESSAGES)
+        retries.append(raw.retries_taken)
+        assert "Threat type:" in raw.parse().choices[0].message.content
+    elapsed = time.monotonic() - started
+    assert retries[:2] == [0, 0] and retries[2] >= 1, retries
+    assert elapsed >= 0.5, f"three calls in {elapsed:.2f}s: the SDK did not wait for the bucket"
+
+
+# --- failures after the stream began ---------------------------------------------------
+
+def test_a_stream_that_breaks_raises_api_error_after_content(proxy):
+    full = unary_text(proxy)
+    stream = client(proxy, max_retries=0).chat.completions.create(
+        model="triage", messages=MESSAGES, stream=True,
+        extra_headers={"x-sim-drop-after": "3", "x-sim-token-delay-ms": "10"})
+    received = ""
+    with pytest.raises(openai.APIError) as e:
         for chunk in stream:
             for ch in chunk.choices:
                 received += ch.delta.content or ""
+    assert not isinstance(e.value, openai.APIConnectionError), "the proxy should end the stream with an error event"
+    assert e.value.message
     assert received, "content before the failure reached the client"
+    assert full.startswith(received) and received != full
 
 
-def test_async_client_streams(stack):
-    p = stack["main"]
+def test_a_broken_stream_ends_with_an_error_event_on_the_wire(proxy):
+    body = {"model": "triage", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, timeout=20,
+                      headers={"Authorization": f"Bearer {proxy.keys['client']}",
+                               "x-sim-drop-after": "3", "x-sim-token-delay-ms": "10"}) as r:
+        assert r.status_code == 200
+        text = r.read().decode()
+    events = [e for e in text.split("\n\n") if e.strip()]
+    assert not any(line.startswith("event:") for e in events for line in e.splitlines())
+    assert all(e.startswith("data: ") for e in events), events
+    last = json.loads(events[-1][len("data: "):])
+    assert set(last) == {"error"} and {"message", "type", "param", "code"} <= set(last["error"]), last
+    content = [json.loads(e[6:]) for e in events[:-1]]
+    # Up to three content events left the simulator before it cut the connection.
+    assert 1 <= sum(1 for c in content if c["choices"] and c["choices"][0]["delta"].get("content")) <= 3
+    assert "[DONE]" not in text
 
-    async def run():
-        c = openai.AsyncOpenAI(base_url=f"{p.url}/v1", api_key=p.keys["client"])
-        stream = await c.chat.completions.create(model="triage", messages=MESSAGES, stream=True)
-        text = ""
+
+# --- the async client ---------------------------------------------------------------------
+
+def test_async_client_streams(proxy):
+    expected = unary_text(proxy)
+
+    async def one(c):
+        stream = await c.chat.completions.create(
+            model="triage", messages=MESSAGES, stream=True, stream_options={"include_usage": True})
+        text, usage = "", 0
         async for chunk in stream:
+            usage += chunk.usage is not None
             for ch in chunk.choices:
                 text += ch.delta.content or ""
-        await c.close()
-        return text
+        return text, usage
 
-    assert asyncio.run(run()).startswith("Threat type:")
+    async def run():
+        async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=proxy.keys["client"]) as c:
+            single = await one(c)
+            many = await asyncio.gather(*(one(c) for _ in range(8)))
+            unary = await c.chat.completions.create(model="triage", messages=MESSAGES)
+        return single, many, unary
+
+    single, many, unary = asyncio.run(run())
+    assert single == (expected, 1)
+    assert many == [(expected, 1)] * 8
+    assert unary.choices[0].message.content == expected
+
+
+def test_async_client_maps_errors(proxy):
+    async def run():
+        async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=proxy.keys["client"], max_retries=0) as c:
+            await c.chat.completions.create(model="no-such-model", messages=MESSAGES, stream=True)
+
+    with pytest.raises(openai.NotFoundError):
+        asyncio.run(run())
