@@ -1,27 +1,33 @@
 //! `flywheel simulate`: an OpenAI-compatible upstream for demos, tests and
 //! benchmarks, clearly a simulator. Its models answer triage prompts with a
 //! threat type, a severity and a rationale, deterministically; request
-//! headers inject faults. The proxy reaches it over HTTP like any provider.
+//! headers inject faults. The proxy reaches it over HTTP like any provider,
+//! so everything it sends follows the OpenAI wire format the official SDKs
+//! parse.
 
 mod chat;
 mod embeddings;
 mod faults;
 mod models;
+mod request;
+mod rules;
+mod stream;
 mod triage;
 mod wire;
 
-pub use triage::{Verdict, classify};
-
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use wire::ApiError;
 
 /// The base models it serves. The `-mini`/`small` ones know fewer
 /// indicators than the others, so versions differ for honest reasons.
@@ -34,12 +40,14 @@ pub const MODELS: &[&str] = &[
 
 #[derive(Debug, Clone, Default)]
 pub struct SimulatorConfig {
-    /// Pause before each generated token (streamed or not).
+    /// Pause before each generated token, streamed or not, so latency grows
+    /// with the answer as a real model's does.
     pub token_delay: Duration,
     /// When set, every request must carry `Authorization: Bearer <it>`.
     pub api_key: Option<String>,
 }
 
+/// Shared by every handler of one router.
 #[derive(Clone)]
 struct Sim {
     config: Arc<SimulatorConfig>,
@@ -55,22 +63,21 @@ pub fn router(config: SimulatorConfig) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models::list))
-        .route("/v1/models/{id}", get(models::get))
+        .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/embeddings", post(embeddings::create))
-        .fallback(|| async {
-            wire::error(
-                404,
-                "invalid_request_error",
-                "Unknown route",
-                None,
-                Some("unknown_url"),
-            )
-        })
-        .layer(axum::middleware::from_fn_with_state(sim.clone(), check_key))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Layers run outside in, last added first: stamp every response,
+        // then refuse bad keys (as OpenAI does before anything else), then
+        // inject the faults the request asks for.
+        .layer(middleware::from_fn_with_state(sim.clone(), faults::inject))
+        .layer(middleware::from_fn_with_state(sim.clone(), check_key))
+        .layer(middleware::from_fn(stamp))
         .with_state(sim)
 }
 
-/// Serves until `shutdown` resolves, with TCP_NODELAY on every connection.
+/// Serves until `shutdown` resolves, with TCP_NODELAY on every connection so
+/// that one-token chunks leave at once instead of waiting for Nagle.
 pub async fn serve(
     listener: TcpListener,
     config: SimulatorConfig,
@@ -85,23 +92,83 @@ pub async fn serve(
         .await
 }
 
-async fn check_key(State(sim): State<Sim>, req: Request, next: Next) -> Response {
-    if let Some(expected) = &sim.config.api_key {
-        let presented = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(expected.as_str()) {
-            return wire::error(
-                401,
-                "invalid_request_error",
-                "Incorrect API key provided.",
-                None,
-                Some("invalid_api_key"),
-            )
-            .into_response();
-        }
-    }
-    next.run(req).await
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "Invalid URL ({} {})",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .code("unknown_url")
 }
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!(
+            "Method {} is not allowed on {}.",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .code("method_not_allowed")
+}
+
+/// Every response carries the ids OpenAI's do, whichever path made it.
+async fn stamp(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if let Ok(id) = HeaderValue::try_from(wire::random_id("req_")) {
+        headers.insert("x-request-id", id);
+    }
+    headers.insert(
+        "openai-processing-ms",
+        HeaderValue::from(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+    );
+    response
+}
+
+async fn check_key(State(sim): State<Sim>, request: Request, next: Next) -> Response {
+    let Some(expected) = &sim.config.api_key else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
+    let message = match presented {
+        None => "You didn't provide an API key. You need to provide your API key in an \
+                 Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            .to_string(),
+        // Constant time, so the simulator is no worse an example than a provider.
+        Some(key) if bool::from(key.as_bytes().ct_eq(expected.as_bytes())) => {
+            return next.run(request).await;
+        }
+        Some(key) => format!("Incorrect API key provided: {}.", redact(key)),
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+        .code("invalid_api_key")
+        .into_response()
+}
+
+/// Names a wrong key without echoing it, as OpenAI does (`sk-ab***yz`).
+fn redact(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() < 8 {
+        return "***".to_string();
+    }
+    let head: String = chars.iter().take(3).collect();
+    let tail: String = chars.iter().skip(chars.len() - 2).collect();
+    format!("{head}***{tail}")
+}
+
+#[cfg(test)]
+mod tests;

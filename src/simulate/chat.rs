@@ -1,249 +1,246 @@
-//! `POST /v1/chat/completions`: a triage verdict as text or as a tool call,
-//! unary or streamed token by token, with the OpenAI wire details the SDKs
-//! rely on (one role delta, tool-call names once, the usage chunk).
+//! `POST /v1/chat/completions`: plans the answer — a triage verdict as text,
+//! or a call to one of the request's tools — then sends it whole or, with
+//! `stream`, token by token (see `stream`). Tokens are whitespace-delimited
+//! words with their leading whitespace, and the per-token delay applies
+//! either way, so latency grows with the answer as a model's does.
 
-use super::faults::Faults;
-use super::triage::classify;
-use super::{MODELS, Sim, models, wire};
+use super::Sim;
+use super::faults::Pacing;
+use super::request::{self, ChatRequest};
+use super::stream;
+use super::triage::{classify, is_large};
+use super::wire::{self, ApiError};
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Json, Response};
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub async fn completions(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    let started = Instant::now();
-    let faults = Faults::from_headers(&headers);
-    if let Some(delay) = faults.delay {
-        tokio::time::sleep(delay).await;
-    }
-    if faults.fail_now(&sim.failures) {
-        return fault(&faults);
-    }
-    if faults.garbage {
-        return ([(header::CONTENT_TYPE, "text/plain")], "upstream exploded").into_response();
-    }
-    let plan = match Plan::from_request(&body) {
-        Ok(plan) => plan,
-        Err(response) => return *response,
+/// Tokens OpenAI counts per message for its role and separators, and once
+/// for priming the reply.
+const TOKENS_PER_MESSAGE: usize = 3;
+const REPLY_PRIMING: usize = 3;
+
+/// How much of the alert a tool call quotes back.
+const EXCERPT_CHARS: usize = 200;
+
+pub async fn completions(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return ApiError::new(
+                rejection.status(),
+                "invalid_request_error",
+                rejection.body_text(),
+            )
+            .into_response();
+        }
     };
-    let token_delay = faults.token_delay.unwrap_or(sim.config.token_delay);
-    let response = if plan.stream {
-        stream(plan, token_delay, faults.drop_after)
+    let request = match request::parse(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let pacing = Pacing::from_headers(&headers);
+    let token_delay = pacing.token_delay.unwrap_or(sim.config.token_delay);
+    let completion = Completion::plan(&request);
+    if request.stream {
+        stream::respond(completion, token_delay, pacing.drop_after)
     } else {
-        unary(plan, token_delay, faults.drop_after).await
-    };
-    let mut response = wire::with_request_id(response);
-    if let Ok(ms) = HeaderValue::try_from(started.elapsed().as_millis().to_string()) {
-        response.headers_mut().insert("openai-processing-ms", ms);
+        unary(completion, token_delay, pacing.drop_after).await
     }
-    response
 }
 
-fn fault(faults: &Faults) -> Response {
-    let status = faults.status.unwrap_or(500);
-    let (kind, code, message) = match status {
-        429 => (
-            "requests",
-            Some("rate_limit_exceeded"),
-            "Rate limit reached (simulated).",
-        ),
-        s if s >= 500 => (
-            "server_error",
-            None,
-            "The server had an error while processing your request (simulated).",
-        ),
-        _ => (
-            "invalid_request_error",
-            None,
-            "Invalid request (simulated).",
-        ),
-    };
-    let mut response = wire::error(status, kind, message, None, code);
-    if let Some(v) = faults
-        .retry_after
-        .as_deref()
-        .and_then(|v| HeaderValue::try_from(v).ok())
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    response
+/// The whole answer, decided before the first byte so that streamed and
+/// unary answers to the same request are the same.
+pub struct Completion {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub include_usage: bool,
+    pub choices: Vec<Choice>,
+    pub prompt_tokens: usize,
 }
 
-/// What one choice says.
-enum Reply {
+pub struct Choice {
+    pub reply: Reply,
+    pub finish_reason: &'static str,
+}
+
+/// What one choice says, as the tokens it is sent in.
+pub enum Reply {
     Text(Vec<String>),
     Tool {
         id: String,
         name: String,
-        pieces: Vec<String>,
+        arguments: Vec<String>,
     },
 }
 
 impl Reply {
-    fn tokens(&self) -> usize {
+    pub fn tokens(&self) -> &[String] {
         match self {
-            Reply::Text(t) => t.len(),
-            Reply::Tool { pieces, .. } => pieces.len() + 1,
-        }
-    }
-
-    fn finish_reason(&self, truncated: bool) -> &'static str {
-        match self {
-            Reply::Tool { .. } => "tool_calls",
-            Reply::Text(_) if truncated => "length",
-            Reply::Text(_) => "stop",
+            Reply::Text(tokens) => tokens,
+            Reply::Tool { arguments, .. } => arguments,
         }
     }
 }
 
-struct Plan {
-    id: String,
-    created: u64,
-    model: String,
-    stream: bool,
-    include_usage: bool,
-    choices: Vec<Reply>,
-    truncated: bool,
-    prompt_tokens: usize,
-}
-
-impl Plan {
-    fn from_request(body: &[u8]) -> Result<Self, Box<Response>> {
-        let invalid = |message: &str, param: Option<&str>| {
-            Box::new(wire::error(
-                400,
-                "invalid_request_error",
-                message,
-                param,
-                None,
-            ))
-        };
-        let request: Value = serde_json::from_slice(body)
-            .map_err(|_| invalid("We could not parse the JSON body of your request.", None))?;
-        let model = request["model"]
-            .as_str()
-            .ok_or_else(|| invalid("you must provide a model parameter", Some("model")))?;
-        let messages = request["messages"]
-            .as_array()
-            .filter(|m| !m.is_empty())
-            .ok_or_else(|| invalid("`messages` must be a non-empty array", Some("messages")))?;
-        if !MODELS.contains(&model) {
-            return Err(Box::new(models::model_not_found(model)));
-        }
-        let n = request["n"].as_u64().unwrap_or(1);
-        if !(1..=8).contains(&n) {
-            return Err(invalid("`n` must be between 1 and 8", Some("n")));
-        }
-        let large = !(model.contains("mini") || model.contains("small"));
-        let last_user = messages
+impl Completion {
+    pub fn plan(request: &ChatRequest) -> Self {
+        let alert = request
+            .messages
             .iter()
             .rev()
             .find(|m| m["role"] == "user")
             .map(text_of)
             .unwrap_or_default();
-        let verdict = classify(&last_user, large);
-        let tool = tool_to_call(&request, messages);
-        let limit = request["max_completion_tokens"]
-            .as_u64()
-            .or_else(|| request["max_tokens"].as_u64())
-            .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
-        let mut truncated = false;
-        let choices = (0..n)
-            .map(|_| match &tool {
-                Some(name) => {
-                    let args = json!({"alert_excerpt": last_user.chars().take(120).collect::<String>(), "suspected_threat_type": verdict.threat_type}).to_string();
-                    Reply::Tool {
-                        id: format!("call_{}", ulid::Ulid::new().to_string().to_lowercase()),
-                        name: name.clone(),
-                        pieces: pieces(&args, 16),
+        let verdict = classify(&alert, is_large(&request.model));
+        let limit = request.max_tokens.unwrap_or(usize::MAX);
+        let choices = (0..request.n)
+            .map(|_| {
+                let (reply, finished) = match &request.tool {
+                    Some(name) => {
+                        let arguments = json!({
+                            "alert_excerpt": alert.trim().chars().take(EXCERPT_CHARS).collect::<String>(),
+                            "suspected_threat_type": verdict.threat_type,
+                            "suspected_severity": verdict.severity,
+                        })
+                        .to_string();
+                        let reply = |arguments| Reply::Tool {
+                            id: wire::random_id("call_"),
+                            name: name.clone(),
+                            arguments,
+                        };
+                        match truncate(tokenize(&arguments), limit) {
+                            (tokens, true) => (reply(tokens), "tool_calls"),
+                            (tokens, false) => (reply(tokens), "length"),
+                        }
                     }
-                }
-                None => {
-                    let mut tokens = tokenize(&verdict.answer());
-                    if tokens.len() > limit {
-                        tokens.truncate(limit);
-                        truncated = true;
-                    }
-                    Reply::Text(tokens)
+                    None => match truncate(tokenize(&verdict.answer()), limit) {
+                        (tokens, true) => (Reply::Text(tokens), "stop"),
+                        (tokens, false) => (Reply::Text(tokens), "length"),
+                    },
+                };
+                Choice {
+                    reply,
+                    finish_reason: finished,
                 }
             })
             .collect();
-        let prompt_tokens = messages
-            .iter()
-            .map(|m| text_of(m).split_whitespace().count() + 3)
-            .sum();
-        Ok(Plan {
-            id: format!("chatcmpl-{}", ulid::Ulid::new().to_string().to_lowercase()),
+        let prompt_tokens = REPLY_PRIMING
+            + request
+                .messages
+                .iter()
+                .map(|m| TOKENS_PER_MESSAGE + tokenize(&text_of(m)).len())
+                .sum::<usize>();
+        Completion {
+            id: format!("chatcmpl-{}", ulid::Ulid::new()),
             created: wire::now_unix(),
-            model: model.to_string(),
-            stream: request["stream"].as_bool().unwrap_or(false),
-            include_usage: request["stream_options"]["include_usage"]
-                .as_bool()
-                .unwrap_or(false),
+            model: request.model.clone(),
+            include_usage: request.include_usage,
             choices,
-            truncated,
             prompt_tokens,
-        })
+        }
     }
 
-    fn usage(&self) -> Value {
-        let completion: usize = self.choices.iter().map(Reply::tokens).sum();
+    pub fn completion_tokens(&self) -> usize {
+        self.choices.iter().map(|c| c.reply.tokens().len()).sum()
+    }
+
+    pub fn usage(&self) -> Value {
+        let completion = self.completion_tokens();
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         })
     }
 
-    fn chunk(&self, choices: Value) -> String {
-        let mut chunk = json!({
+    /// The `chat.completion` object.
+    fn body(&self) -> Value {
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(index, choice)| {
+                let message = match &choice.reply {
+                    Reply::Text(tokens) => {
+                        json!({"role": "assistant", "content": tokens.concat(), "refusal": null, "annotations": []})
+                    }
+                    Reply::Tool { id, name, arguments } => json!({
+                        "role": "assistant",
+                        "content": null,
+                        "refusal": null,
+                        "annotations": [],
+                        "tool_calls": [{
+                            "id": id,
+                            "type": "function",
+                            "function": {"name": name, "arguments": arguments.concat()},
+                        }],
+                    }),
+                };
+                json!({"index": index, "message": message, "logprobs": null, "finish_reason": choice.finish_reason})
+            })
+            .collect();
+        json!({
             "id": self.id,
-            "object": "chat.completion.chunk",
+            "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": "fp_sim",
             "choices": choices,
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        format!("data: {chunk}\n\n")
+            "usage": self.usage(),
+            "system_fingerprint": "fp_sim",
+            "service_tier": "default",
+        })
     }
 }
 
-/// Text of a message whose content is a string or an array of text parts.
-fn text_of(message: &Value) -> String {
-    match &message["content"] {
+/// The tokens up to `limit`, and whether they all fit.
+fn truncate(mut tokens: Vec<String>, limit: usize) -> (Vec<String>, bool) {
+    let whole = tokens.len() <= limit;
+    tokens.truncate(limit);
+    (tokens, whole)
+}
+
+/// The text of a message: its content as a string or its text parts, and the
+/// arguments of any tool calls it made (they count as prompt too).
+pub fn text_of(message: &Value) -> String {
+    let mut text = match &message["content"] {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
             .iter()
             .filter_map(|p| p["text"].as_str())
             .collect::<Vec<_>>()
-            .join(" "),
+            .join("\n"),
         _ => String::new(),
+    };
+    for call in message["tool_calls"].as_array().into_iter().flatten() {
+        if let Some(arguments) = call["function"]["arguments"].as_str() {
+            text.push(' ');
+            text.push_str(arguments);
+        }
     }
+    text
 }
 
-/// The tool the model calls: the named one, else the first, unless tools are
-/// off or the last message already is a tool result.
-fn tool_to_call(request: &Value, messages: &[Value]) -> Option<String> {
-    let tools = request["tools"].as_array().filter(|t| !t.is_empty())?;
-    if request["tool_choice"] == "none" || messages.last().is_some_and(|m| m["role"] == "tool") {
-        return None;
-    }
-    request["tool_choice"]["function"]["name"]
-        .as_str()
-        .or_else(|| tools[0]["function"]["name"].as_str())
-        .map(String::from)
-}
-
-/// Words with their leading whitespace, so the tokens join back into the text.
-fn tokenize(text: &str) -> Vec<String> {
-    let mut tokens: Vec<String> = Vec::new();
+/// Words with their leading whitespace, so the tokens join back into the
+/// text exactly.
+pub fn tokenize(text: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
     let mut current = String::new();
     let mut in_word = false;
     for c in text.chars() {
@@ -260,138 +257,35 @@ fn tokenize(text: &str) -> Vec<String> {
     tokens
 }
 
-fn pieces(text: &str, size: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    chars.chunks(size).map(|c| c.iter().collect()).collect()
-}
-
-async fn unary(plan: Plan, token_delay: Duration, drop_after: Option<usize>) -> Response {
-    let tokens: usize = plan.choices.iter().map(Reply::tokens).sum();
-    // Even a zero-length sleep waits for the timer's next 1 ms tick.
+/// The whole answer after `token_delay` per token; with `drop_after` below
+/// the token count, the body breaks off after that many tokens' time.
+async fn unary(
+    completion: Completion,
+    token_delay: Duration,
+    drop_after: Option<usize>,
+) -> Response {
+    let tokens = completion.completion_tokens();
+    let dropped = drop_after.filter(|n| *n < tokens);
+    let paced = dropped.unwrap_or(tokens);
     if !token_delay.is_zero() {
-        tokio::time::sleep(token_delay * u32::try_from(tokens).unwrap_or(u32::MAX)).await;
+        let paced = u32::try_from(paced).unwrap_or(u32::MAX);
+        tokio::time::sleep(token_delay.saturating_mul(paced)).await;
     }
-    let choices: Vec<Value> = plan
-        .choices
-        .iter()
-        .enumerate()
-        .map(|(index, reply)| {
-            let message = match reply {
-                Reply::Text(t) => json!({"role": "assistant", "content": t.concat(), "refusal": null}),
-                Reply::Tool { id, name, pieces } => json!({"role": "assistant", "content": null, "refusal": null,
-                    "tool_calls": [{"id": id, "type": "function", "function": {"name": name, "arguments": pieces.concat()}}]}),
-            };
-            json!({"index": index, "message": message, "logprobs": null, "finish_reason": reply.finish_reason(plan.truncated)})
-        })
-        .collect();
-    let body = json!({
-        "id": plan.id,
-        "object": "chat.completion",
-        "created": plan.created,
-        "model": plan.model,
-        "choices": choices,
-        "usage": plan.usage(),
-        "system_fingerprint": "fp_sim",
-        "service_tier": "default",
-    });
-    if drop_after.is_some() {
-        // Half a body, then the connection breaks.
-        let text = body.to_string();
-        let half = Bytes::from(text[..text.len() / 2].to_string());
-        let parts = futures_util::stream::iter([
-            Ok(half),
-            Err(std::io::Error::other("dropped (simulated)")),
-        ]);
-        return (
-            [(header::CONTENT_TYPE, "application/json")],
-            Body::from_stream(parts),
-        )
-            .into_response();
+    let body = completion.body();
+    if dropped.is_none() {
+        return Json(body).into_response();
     }
-    Json(body).into_response()
-}
-
-/// One SSE event and the pause before it.
-struct Event {
-    delay: Duration,
-    data: String,
-    content: bool,
-}
-
-fn events(plan: &Plan, token_delay: Duration) -> Vec<Event> {
-    let now = |data: String| Event {
-        delay: Duration::ZERO,
-        data,
-        content: false,
-    };
-    let mut out = Vec::new();
-    for (index, reply) in plan.choices.iter().enumerate() {
-        let content = if matches!(reply, Reply::Tool { .. }) {
-            Value::Null
-        } else {
-            json!("")
-        };
-        out.push(now(plan.chunk(json!([{"index": index, "delta": {"role": "assistant", "content": content, "refusal": null}, "logprobs": null, "finish_reason": null}]))));
-    }
-    let longest = plan.choices.iter().map(Reply::tokens).max().unwrap_or(0);
-    for position in 0..longest {
-        for (index, reply) in plan.choices.iter().enumerate() {
-            let delta = match reply {
-                Reply::Text(tokens) => tokens.get(position).map(|t| json!({"content": t})),
-                Reply::Tool { id, name, pieces } => match position {
-                    0 => Some(json!({"tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]})),
-                    p => pieces.get(p - 1).map(|piece| json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})),
-                },
-            };
-            if let Some(delta) = delta {
-                out.push(Event {
-                    delay: token_delay,
-                    data: plan.chunk(json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}])),
-                    content: true,
-                });
-            }
-        }
-    }
-    for (index, reply) in plan.choices.iter().enumerate() {
-        out.push(now(plan.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reply.finish_reason(plan.truncated)}]))));
-    }
-    if plan.include_usage {
-        let usage = json!({"id": plan.id, "object": "chat.completion.chunk", "created": plan.created, "model": plan.model,
-            "system_fingerprint": "fp_sim", "choices": [], "usage": plan.usage()});
-        out.push(now(format!("data: {usage}\n\n")));
-    }
-    out.push(now("data: [DONE]\n\n".to_string()));
-    out
-}
-
-fn stream(plan: Plan, token_delay: Duration, drop_after: Option<usize>) -> Response {
-    let events = events(&plan, token_delay);
-    let state = (events.into_iter(), 0usize, false);
-    let body =
-        futures_util::stream::unfold(state, move |(mut events, mut sent, dropped)| async move {
-            if dropped {
-                return None;
-            }
-            let event = events.next()?;
-            if event.content && drop_after.is_some_and(|n| sent >= n) {
-                let error = std::io::Error::other("connection dropped (simulated)");
-                return Some((Err(error), (events, sent, true)));
-            }
-            if !event.delay.is_zero() {
-                tokio::time::sleep(event.delay).await;
-            }
-            sent += usize::from(event.content);
-            Some((
-                Ok::<_, std::io::Error>(Bytes::from(event.data)),
-                (events, sent, false),
-            ))
-        });
+    // Half a body, then an error: hyper aborts the response without its
+    // terminating chunk, and the client sees a broken message.
+    let text = Bytes::from(body.to_string());
+    let half = text.slice(..text.len() / 2);
+    let parts = futures_util::stream::iter([
+        Ok(half),
+        Err(std::io::Error::other("connection dropped (simulated)")),
+    ]);
     (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(body),
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(parts),
     )
         .into_response()
 }
@@ -400,67 +294,80 @@ fn stream(plan: Plan, token_delay: Duration, drop_after: Option<usize>) -> Respo
 mod tests {
     use super::*;
 
+    fn plan(body: Value) -> Completion {
+        Completion::plan(&request::parse(body.to_string().as_bytes()).unwrap())
+    }
+
     #[test]
     fn tokens_join_back_into_the_text() {
         let text = "Threat type: x\nSeverity: high\nRationale: a  b.";
         let tokens = tokenize(text);
         assert_eq!(tokens.concat(), text);
-        assert_eq!(tokens[0], "Threat");
-        assert_eq!(tokens[1], " type:");
+        assert_eq!(tokens[..2], ["Threat", " type:"]);
+        assert_eq!(tokenize(""), Vec::<String>::new());
     }
 
     #[test]
-    fn streamed_events_follow_the_openai_shape() {
-        let body =
-            br#"{"model":"gpt-4o","stream":true,"n":2,"stream_options":{"include_usage":true},
-            "messages":[{"role":"user","content":"mimikatz sekurlsa"}]}"#;
-        let plan = Plan::from_request(body).unwrap_or_else(|_| panic!("valid request"));
-        let events = events(&plan, Duration::ZERO);
-        let data: Vec<Value> = events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e.data.trim().strip_prefix("data: ").unwrap()).unwrap())
-            .collect();
-        assert_eq!(events.last().unwrap().data, "data: [DONE]\n\n");
-        let roles = data
-            .iter()
-            .filter(|c| c["choices"][0]["delta"].get("role").is_some())
-            .count();
-        assert_eq!(roles, 2, "one role delta per choice");
-        let usage = data.last().unwrap();
-        assert_eq!(usage["choices"], json!([]));
-        assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
-        assert!(data[..data.len() - 1].iter().all(|c| c["usage"].is_null()));
-    }
-
-    #[test]
-    fn streamed_tool_calls_name_the_function_once() {
-        let body = br#"{"model":"gpt-4o","stream":true,"tools":[{"type":"function","function":{"name":"isolate"}}],
-            "messages":[{"role":"user","content":"psexec to DC01"}]}"#;
-        let plan = Plan::from_request(body).unwrap_or_else(|_| panic!("valid request"));
-        let calls: Vec<Value> = events(&plan, Duration::ZERO)
-            .iter()
-            .filter_map(|e| {
-                serde_json::from_str::<Value>(e.data.trim().strip_prefix("data: ")?).ok()
-            })
-            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0).cloned())
-            .collect();
+    fn unary_body_has_the_openai_shape() {
+        let c = plan(json!({"model": "gpt-4o", "n": 2, "messages": [
+            {"role": "system", "content": "You are a SOC analyst."},
+            {"role": "user", "content": [{"type": "text", "text": "mimikatz sekurlsa on WS-042"}]}
+        ]}));
+        let body = c.body();
+        assert_eq!(body["object"], "chat.completion");
+        assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+        assert_eq!(body["system_fingerprint"], "fp_sim");
+        assert_eq!(body["service_tier"], "default");
+        for (i, choice) in body["choices"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(choice["index"], i);
+            assert_eq!(choice["finish_reason"], "stop");
+            assert!(choice["logprobs"].is_null() && choice["message"]["refusal"].is_null());
+            let content = choice["message"]["content"].as_str().unwrap();
+            assert!(
+                content.starts_with("Threat type: credential_access\nSeverity: high\nRationale: ")
+            );
+        }
+        let usage = &body["usage"];
+        assert_eq!(usage["prompt_tokens"], 3 + (3 + 5) + (3 + 4));
         assert_eq!(
-            calls
-                .iter()
-                .filter(|c| c["function"].get("name").is_some())
-                .count(),
-            1
+            usage["total_tokens"].as_u64(),
+            Some(
+                usage["prompt_tokens"].as_u64().unwrap()
+                    + usage["completion_tokens"].as_u64().unwrap()
+            )
         );
-        assert!(
-            calls[1..]
-                .iter()
-                .all(|c| c.get("id").is_none() && c.get("type").is_none())
+    }
+
+    #[test]
+    fn max_tokens_truncates_with_finish_reason_length() {
+        let c = plan(json!({"model": "gpt-4o-mini", "max_tokens": 3,
+            "messages": [{"role": "user", "content": "whoami"}]}));
+        let body = c.body();
+        assert_eq!(body["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            "Threat type: discovery"
         );
-        let args: String = calls
-            .iter()
-            .filter_map(|c| c["function"]["arguments"].as_str())
-            .collect();
-        let args: Value = serde_json::from_str(&args).unwrap();
+        assert_eq!(body["usage"]["completion_tokens"], 3);
+    }
+
+    #[test]
+    fn tool_calls_carry_json_arguments() {
+        let c = plan(
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "psexec to DC01"}],
+            "tools": [{"type": "function", "function": {"name": "isolate_host"}}]}),
+        );
+        let body = c.body();
+        let choice = &body["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert!(choice["message"]["content"].is_null());
+        let call = &choice["message"]["tool_calls"][0];
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "isolate_host");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args["alert_excerpt"], "psexec to DC01");
         assert_eq!(args["suspected_threat_type"], "lateral_movement");
     }
 }

@@ -1,92 +1,221 @@
 //! Faults injected by request headers, so tests and demos can make the
 //! simulator fail the way real providers do — through the proxy, which
-//! forwards client headers.
+//! forwards client headers:
+//!
+//! | header | effect |
+//! |---|---|
+//! | `x-sim-status: 503` | that status (any 4xx/5xx) with an OpenAI error body |
+//! | `x-sim-retry-after: 1` | sent back as `retry-after` with the status fault |
+//! | `x-sim-fail-times: N` + `x-sim-fault-id: id` | only the first N requests with that id fail |
+//! | `x-sim-delay-ms: N` | wait before the response headers (first byte) |
+//! | `x-sim-token-delay-ms: N` | per-token delay for this request |
+//! | `x-sim-drop-after: N` | abort the body after N content tokens |
+//! | `x-sim-garbage: 1` | a 200 whose body is not JSON |
 
-use axum::http::HeaderMap;
+use super::Sim;
+use super::wire::ApiError;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-#[derive(Debug, Default)]
+pub const STATUS: &str = "x-sim-status";
+pub const RETRY_AFTER: &str = "x-sim-retry-after";
+pub const FAIL_TIMES: &str = "x-sim-fail-times";
+pub const FAULT_ID: &str = "x-sim-fault-id";
+pub const DELAY_MS: &str = "x-sim-delay-ms";
+pub const TOKEN_DELAY_MS: &str = "x-sim-token-delay-ms";
+pub const DROP_AFTER: &str = "x-sim-drop-after";
+pub const GARBAGE: &str = "x-sim-garbage";
+
+/// The faults that decide whether a request is answered at all; they apply
+/// to every route, before the handler runs.
+#[derive(Debug, Default, PartialEq)]
 pub struct Faults {
-    /// `x-sim-status`: answer with this status and an OpenAI error body.
-    pub status: Option<u16>,
-    /// `x-sim-retry-after`: sent as `retry-after` with the fault.
-    pub retry_after: Option<String>,
-    /// `x-sim-fail-times` + `x-sim-fault-id`: only the first N requests
-    /// carrying that id fail.
+    status: Option<StatusCode>,
+    retry_after: Option<HeaderValue>,
+    /// Only the first N requests carrying this fault id fail.
     fail_times: Option<(u32, String)>,
-    /// `x-sim-delay-ms`: wait before the response headers.
-    pub delay: Option<Duration>,
-    /// `x-sim-token-delay-ms`: per-token delay for this request.
+    delay: Option<Duration>,
+    garbage: bool,
+}
+
+/// The faults that shape a generated answer: its pace and where it breaks.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Pacing {
     pub token_delay: Option<Duration>,
-    /// `x-sim-drop-after`: abort the body after this many content tokens.
     pub drop_after: Option<usize>,
-    /// `x-sim-garbage: 1`: a 200 whose body is not JSON.
-    pub garbage: bool,
+}
+
+fn text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    text(headers, name).and_then(|v| v.parse().ok())
+}
+
+fn millis(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    number(headers, name).map(Duration::from_millis)
 }
 
 impl Faults {
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let text = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        };
-        let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
-        let fail_times = match (number("x-sim-fail-times"), text("x-sim-fault-id")) {
+        let fail_times = match (number(headers, FAIL_TIMES), text(headers, FAULT_ID)) {
             (Some(n), Some(id)) => Some((u32::try_from(n).unwrap_or(u32::MAX), id.to_string())),
             _ => None,
         };
         Self {
-            status: number("x-sim-status")
+            status: number(headers, STATUS)
                 .and_then(|s| u16::try_from(s).ok())
-                .filter(|s| (400..600).contains(s)),
-            retry_after: text("x-sim-retry-after").map(String::from),
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(|s| s.is_client_error() || s.is_server_error()),
+            retry_after: text(headers, RETRY_AFTER).and_then(|v| HeaderValue::try_from(v).ok()),
             fail_times,
-            delay: number("x-sim-delay-ms").map(Duration::from_millis),
-            token_delay: number("x-sim-token-delay-ms").map(Duration::from_millis),
-            drop_after: number("x-sim-drop-after").and_then(|n| usize::try_from(n).ok()),
-            garbage: text("x-sim-garbage") == Some("1"),
+            delay: millis(headers, DELAY_MS),
+            garbage: text(headers, GARBAGE) == Some("1"),
         }
     }
 
-    /// Whether the status fault applies to this request, counting it.
-    pub fn fail_now(&self, failures: &Mutex<HashMap<String, u32>>) -> bool {
-        if self.status.is_none() {
-            return false;
-        }
+    /// Whether the status fault applies to this request, counting it against
+    /// its fault id. Without a fault id every request fails.
+    fn fail_now(&self, failures: &Mutex<HashMap<String, u32>>) -> Option<StatusCode> {
+        let status = self.status?;
         let Some((times, id)) = &self.fail_times else {
-            return true;
+            return Some(status);
         };
-        let Ok(mut counts) = failures.lock() else {
-            return true;
-        };
+        // A poisoned map only means another request panicked mid-count; the
+        // counts themselves are still whole numbers.
+        let mut counts = failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let served = counts.entry(id.clone()).or_insert(0);
         if *served < *times {
             *served += 1;
-            true
+            Some(status)
         } else {
-            false
+            None
         }
     }
+
+    fn response(&self, status: StatusCode) -> Response {
+        let error = match status.as_u16() {
+            429 => ApiError::new(
+                status,
+                "requests",
+                "Rate limit reached for requests (simulated). Please try again later.",
+            )
+            .code("rate_limit_exceeded"),
+            500..=599 => ApiError::new(
+                status,
+                "server_error",
+                "The server had an error while processing your request (simulated).",
+            ),
+            _ => ApiError::new(
+                status,
+                "invalid_request_error",
+                format!("Simulated client error {status}."),
+            ),
+        };
+        let mut response = error.into_response();
+        if let Some(after) = &self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, after.clone());
+        }
+        response
+    }
+}
+
+impl Pacing {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        Self {
+            token_delay: millis(headers, TOKEN_DELAY_MS),
+            drop_after: number(headers, DROP_AFTER)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+}
+
+/// Middleware: the first-byte delay, then a status fault or garbage instead
+/// of the real answer.
+pub async fn inject(State(sim): State<Sim>, request: Request, next: Next) -> Response {
+    let faults = Faults::from_headers(request.headers());
+    if let Some(delay) = faults.delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(status) = faults.fail_now(&sim.failures) {
+        return faults.response(status);
+    }
+    if faults.garbage {
+        return (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "upstream exploded",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    axum::http::HeaderName::from_static(k),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn fail_times_counts_per_fault_id() {
-        let mut h = HeaderMap::new();
-        h.insert("x-sim-status", "503".parse().unwrap());
-        h.insert("x-sim-fail-times", "2".parse().unwrap());
-        h.insert("x-sim-fault-id", "a".parse().unwrap());
+        let h = headers(&[(STATUS, "503"), (FAIL_TIMES, "2"), (FAULT_ID, "a")]);
         let faults = Faults::from_headers(&h);
         let failures = Mutex::default();
-        let outcomes: Vec<bool> = (0..3).map(|_| faults.fail_now(&failures)).collect();
+        let outcomes: Vec<bool> = (0..3)
+            .map(|_| faults.fail_now(&failures).is_some())
+            .collect();
         assert_eq!(outcomes, [true, true, false]);
-        assert!(!Faults::from_headers(&HeaderMap::new()).fail_now(&failures));
+        let other = headers(&[(STATUS, "503"), (FAIL_TIMES, "1"), (FAULT_ID, "b")]);
+        assert!(Faults::from_headers(&other).fail_now(&failures).is_some());
+        assert!(
+            Faults::from_headers(&HeaderMap::new())
+                .fail_now(&failures)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn only_error_statuses_are_faults() {
+        for (value, fault) in [("200", false), ("302", false), ("404", true), ("599", true)] {
+            let faults = Faults::from_headers(&headers(&[(STATUS, value)]));
+            assert_eq!(faults.status.is_some(), fault, "{value}");
+        }
+    }
+
+    #[test]
+    fn pacing_reads_its_headers() {
+        let pacing = Pacing::from_headers(&headers(&[(TOKEN_DELAY_MS, "40"), (DROP_AFTER, "3")]));
+        assert_eq!(
+            pacing,
+            Pacing {
+                token_delay: Some(Duration::from_millis(40)),
+                drop_after: Some(3)
+            }
+        );
+        assert_eq!(Pacing::from_headers(&HeaderMap::new()), Pacing::default());
     }
 }

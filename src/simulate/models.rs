@@ -1,36 +1,32 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`.
+//! `GET /v1/models` and `GET /v1/models/{id}`: the base models the simulator
+//! serves, in OpenAI's model-object shape.
 
-use super::{MODELS, wire};
+use super::MODELS;
+use super::wire::{self, ApiError};
+use axum::Json;
 use axum::extract::Path;
-use axum::response::{IntoResponse, Json, Response};
+use axum::extract::rejection::PathRejection;
 use serde_json::{Value, json};
 
-/// A fixed date, so listings are stable.
+/// A fixed date, so listings are byte-for-byte stable across runs.
 const CREATED: u64 = 1_715_367_049;
 
 fn object(id: &str) -> Value {
     json!({"id": id, "object": "model", "created": CREATED, "owned_by": "flywheel-simulator"})
 }
 
-pub async fn list() -> Response {
+pub async fn list() -> Json<Value> {
     let data: Vec<Value> = MODELS.iter().map(|m| object(m)).collect();
-    wire::with_request_id(Json(json!({"object": "list", "data": data})).into_response())
+    Json(json!({"object": "list", "data": data}))
 }
 
-pub async fn get(Path(id): Path<String>) -> Response {
+pub async fn retrieve(id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+    // A rejected path (say, invalid percent-encoding) still answers in the
+    // error envelope rather than axum's plain text.
+    let Path(id) = id.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     if MODELS.contains(&id.as_str()) {
-        wire::with_request_id(Json(object(&id)).into_response())
+        Ok(Json(object(&id)))
     } else {
-        model_not_found(&id)
+        Err(wire::model_not_found(&id))
     }
-}
-
-pub fn model_not_found(id: &str) -> Response {
-    wire::error(
-        404,
-        "invalid_request_error",
-        &format!("The model `{id}` does not exist or you do not have access to it."),
-        None,
-        Some("model_not_found"),
-    )
 }

@@ -1,0 +1,471 @@
+//! Validation of a chat-completions request as OpenAI does it: the same
+//! statuses, the same `param` paths (`messages[1].content`), much the same
+//! wording, so the proxy and its tests meet the errors a provider really
+//! returns. What passes becomes a [`ChatRequest`].
+
+use super::MODELS;
+use super::wire::{self, ApiError, kind_of};
+use serde_json::{Map, Value};
+
+/// The highest `n` the simulator accepts.
+pub const MAX_N: i64 = 8;
+
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// A valid request, reduced to what shapes the answer.
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Value>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub n: usize,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_tokens: Option<usize>,
+    /// The function to call instead of answering in text.
+    pub tool: Option<String>,
+}
+
+pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| {
+        ApiError::invalid(
+            "We could not parse the JSON body of your request. (HINT: This likely means you \
+             aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, \
+             but what was sent was not valid JSON.)",
+        )
+    })?;
+    let Value::Object(request) = value else {
+        return Err(ApiError::invalid(format!(
+            "Invalid type for request body: expected an object, but got {} instead.",
+            kind_of(&value)
+        )));
+    };
+    let model = model(&request)?;
+    let messages = messages(&request)?;
+    let stream = boolean(&request, "stream", "stream")?.unwrap_or(false);
+    let include_usage = stream_options(&request, stream)?;
+    let n = integer(&request, "n", 1, MAX_N)?.unwrap_or(1);
+    number(&request, "temperature", 0.0, 2.0)?;
+    number(&request, "top_p", 0.0, 1.0)?;
+    number(&request, "presence_penalty", -2.0, 2.0)?;
+    number(&request, "frequency_penalty", -2.0, 2.0)?;
+    let max_tokens = match integer(&request, "max_completion_tokens", 1, i64::MAX)? {
+        Some(limit) => Some(limit),
+        None => integer(&request, "max_tokens", 1, i64::MAX)?,
+    };
+    let tools = tools(&request)?;
+    let tool = tool_to_call(&request, &tools, &messages)?;
+    if !MODELS.contains(&model.as_str()) {
+        return Err(wire::model_not_found(&model));
+    }
+    Ok(ChatRequest {
+        model,
+        messages,
+        stream,
+        include_usage,
+        n: usize::try_from(n).unwrap_or(1),
+        max_tokens: max_tokens.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+        tool,
+    })
+}
+
+fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
+    ApiError::invalid(format!(
+        "Invalid type for '{param}': expected {expected}, but got {} instead.",
+        kind_of(got)
+    ))
+    .param(param)
+    .code("invalid_type")
+}
+
+fn missing(param: &str) -> ApiError {
+    ApiError::invalid(format!("Missing required parameter: '{param}'."))
+        .param(param)
+        .code("missing_required_parameter")
+}
+
+/// A field that is absent or `null` counts as not given, as OpenAI has it.
+fn given<'r>(request: &'r Map<String, Value>, field: &str) -> Option<&'r Value> {
+    request.get(field).filter(|v| !v.is_null())
+}
+
+fn model(request: &Map<String, Value>) -> Result<String, ApiError> {
+    match given(request, "model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        None | Some(Value::String(_)) => {
+            Err(ApiError::invalid("you must provide a model parameter").param("model"))
+        }
+        Some(other) => Err(invalid_type("model", "a string", other)),
+    }
+}
+
+fn messages(request: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+    let messages = match given(request, "messages") {
+        None => return Err(missing("messages")),
+        Some(Value::Array(m)) => m,
+        Some(other) => return Err(invalid_type("messages", "an array of objects", other)),
+    };
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        )
+        .param("messages")
+        .code("empty_array"));
+    }
+    for (i, message) in messages.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let Value::Object(fields) = message else {
+            return Err(invalid_type(&at, "an object", message));
+        };
+        let role = match given(fields, "role") {
+            None => return Err(missing(&format!("{at}.role"))),
+            Some(Value::String(r)) => r.as_str(),
+            Some(other) => return Err(invalid_type(&format!("{at}.role"), "a string", other)),
+        };
+        if !ROLES.contains(&role) {
+            return Err(ApiError::invalid(format!(
+                "Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'."
+            ))
+            .param(format!("{at}.role"))
+            .code("invalid_value"));
+        }
+        // An assistant turn that called tools may have no content.
+        let optional = matches!(role, "assistant" | "function");
+        let content = format!("{at}.content");
+        match given(fields, "content") {
+            None if optional => {}
+            None => return Err(missing(&content)),
+            Some(Value::String(_)) => {}
+            Some(Value::Array(parts)) => {
+                for (j, part) in parts.iter().enumerate() {
+                    if !part.is_object() {
+                        return Err(invalid_type(&format!("{content}[{j}]"), "an object", part));
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(invalid_type(
+                    &content,
+                    "one of a string or array of objects",
+                    other,
+                ));
+            }
+        }
+        if role == "tool" && !matches!(given(fields, "tool_call_id"), Some(Value::String(_))) {
+            return Err(missing(&format!("{at}.tool_call_id")));
+        }
+    }
+    Ok(messages.clone())
+}
+
+fn boolean(
+    request: &Map<String, Value>,
+    field: &str,
+    param: &str,
+) -> Result<Option<bool>, ApiError> {
+    match given(request, field) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(invalid_type(param, "a boolean", other)),
+    }
+}
+
+/// `stream_options.include_usage`; the options only go with a stream.
+fn stream_options(request: &Map<String, Value>, stream: bool) -> Result<bool, ApiError> {
+    match given(request, "stream_options") {
+        None => Ok(false),
+        Some(_) if !stream => Err(ApiError::invalid(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+        )
+        .param("stream_options")),
+        Some(Value::Object(options)) => {
+            Ok(boolean(options, "include_usage", "stream_options.include_usage")?.unwrap_or(false))
+        }
+        Some(other) => Err(invalid_type("stream_options", "an object", other)),
+    }
+}
+
+/// An integer field within `min..=max`; whole decimals (`2.0`) count.
+fn integer(
+    request: &Map<String, Value>,
+    field: &str,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, ApiError> {
+    let Some(value) = given(request, field) else {
+        return Ok(None);
+    };
+    let Some(n) = value.as_number() else {
+        return Err(invalid_type(field, "an integer", value));
+    };
+    // Out of i64's range is out of ours; say on which side.
+    let whole = n.as_i64().map(i128::from).or_else(|| {
+        if n.as_u64().is_some() {
+            return Some(i128::MAX);
+        }
+        let f = n.as_f64()?;
+        if f.fract() != 0.0 || !f.is_finite() {
+            None
+        } else if f >= i64::MAX as f64 {
+            Some(i128::MAX)
+        } else if f <= i64::MIN as f64 {
+            Some(i128::MIN)
+        } else {
+            Some(f as i128)
+        }
+    });
+    let Some(whole) = whole else {
+        return Err(invalid_type(field, "an integer", value));
+    };
+    if whole < i128::from(min) {
+        return Err(ApiError::invalid(format!(
+            "Invalid '{field}': integer below minimum value. Expected a value >= {min}, but got {n} instead."
+        ))
+        .param(field)
+        .code("integer_below_min_value"));
+    }
+    if whole > i128::from(max) {
+        return Err(ApiError::invalid(format!(
+            "Invalid '{field}': integer above maximum value. Expected a value <= {max}, but got {n} instead."
+        ))
+        .param(field)
+        .code("integer_above_max_value"));
+    }
+    Ok(i64::try_from(whole).ok())
+}
+
+/// A number field within `min..=max`; the simulator ignores its value, but
+/// a provider would refuse it out of range.
+fn number(request: &Map<String, Value>, field: &str, min: f64, max: f64) -> Result<(), ApiError> {
+    let Some(value) = given(request, field) else {
+        return Ok(());
+    };
+    let Some(x) = value.as_f64() else {
+        return Err(invalid_type(field, "a number", value));
+    };
+    if x < min {
+        return Err(ApiError::invalid(format!(
+            "Invalid '{field}': decimal below minimum value. Expected a value >= {min}, but got {x} instead."
+        ))
+        .param(field)
+        .code("decimal_below_min_value"));
+    }
+    if x > max {
+        return Err(ApiError::invalid(format!(
+            "Invalid '{field}': decimal above maximum value. Expected a value <= {max}, but got {x} instead."
+        ))
+        .param(field)
+        .code("decimal_above_max_value"));
+    }
+    Ok(())
+}
+
+/// The names of the functions offered in `tools`.
+fn tools(request: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let tools = match given(request, "tools") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(tools)) => tools,
+        Some(other) => return Err(invalid_type("tools", "an array", other)),
+    };
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let at = format!("tools[{i}]");
+            let Value::Object(fields) = tool else {
+                return Err(invalid_type(&at, "an object", tool));
+            };
+            match given(fields, "type") {
+                Some(Value::String(t)) if t == "function" => {}
+                None => return Err(missing(&format!("{at}.type"))),
+                Some(other) => {
+                    return Err(ApiError::invalid(format!(
+                        "Invalid value: {other}. Supported values are: 'function'."
+                    ))
+                    .param(format!("{at}.type"))
+                    .code("invalid_value"));
+                }
+            }
+            match given(fields, "function").and_then(|f| given(f.as_object()?, "name")) {
+                Some(Value::String(name)) if !name.is_empty() => Ok(name.clone()),
+                Some(other) => Err(invalid_type(
+                    &format!("{at}.function.name"),
+                    "a string",
+                    other,
+                )),
+                None => Err(missing(&format!("{at}.function.name"))),
+            }
+        })
+        .collect()
+}
+
+/// The function the model calls: the one `tool_choice` names, else the
+/// first; none when tools are off or the last message is already a tool's
+/// result (the model then answers in text).
+fn tool_to_call(
+    request: &Map<String, Value>,
+    tools: &[String],
+    messages: &[Value],
+) -> Result<Option<String>, ApiError> {
+    let without_tools = || {
+        ApiError::invalid(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+        )
+        .param("tool_choice")
+    };
+    let named = match given(request, "tool_choice") {
+        None => None,
+        Some(Value::String(choice)) => match choice.as_str() {
+            "none" => return Ok(None),
+            "auto" | "required" if tools.is_empty() => return Err(without_tools()),
+            "auto" | "required" => None,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "Invalid value: '{other}'. Supported values are: 'none', 'auto', and 'required'."
+                ))
+                .param("tool_choice")
+                .code("invalid_value"));
+            }
+        },
+        Some(Value::Object(choice)) => {
+            let name = choice
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| missing("tool_choice.function.name"))?;
+            if tools.is_empty() {
+                return Err(without_tools());
+            }
+            if !tools.iter().any(|t| t == name) {
+                return Err(ApiError::invalid(format!(
+                    "Invalid value for 'tool_choice': function '{name}' is not one of the 'tools'."
+                ))
+                .param("tool_choice"));
+            }
+            Some(name.to_string())
+        }
+        Some(other) => return Err(invalid_type("tool_choice", "a string or object", other)),
+    };
+    let answered = messages
+        .last()
+        .is_some_and(|m| matches!(m["role"].as_str(), Some("tool" | "function")));
+    if answered {
+        return Ok(None);
+    }
+    Ok(named.or_else(|| tools.first().cloned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn error_of(body: Value) -> (u16, Option<String>) {
+        let error = parse(body.to_string().as_bytes()).unwrap_err();
+        (error.status.as_u16(), error.param)
+    }
+
+    const USER: &str = r#"[{"role":"user","content":"whoami /all"}]"#;
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut body =
+            json!({"model": "gpt-4o", "messages": serde_json::from_str::<Value>(USER).unwrap()});
+        body[field] = value;
+        body
+    }
+
+    #[test]
+    fn malformed_requests_name_the_param() {
+        assert_eq!(parse(b"{\"model\":").unwrap_err().param, None);
+        assert_eq!(parse(b"[1,2]").unwrap_err().status, 400);
+        let p = |s: &str| Some(s.to_string());
+        for (body, expected) in [
+            (json!({"messages": []}), (400, p("model"))),
+            (json!({"model": 5}), (400, p("model"))),
+            (json!({"model": "gpt-4o"}), (400, p("messages"))),
+            (
+                json!({"model": "gpt-4o", "messages": "hi"}),
+                (400, p("messages")),
+            ),
+            (
+                json!({"model": "gpt-4o", "messages": []}),
+                (400, p("messages")),
+            ),
+            (
+                json!({"model": "gpt-4o", "messages": [5]}),
+                (400, p("messages[0]")),
+            ),
+            (
+                json!({"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}),
+                (400, p("messages[0].role")),
+            ),
+            (
+                json!({"model": "gpt-4o", "messages": [{"role": "user", "content": 5}]}),
+                (400, p("messages[0].content")),
+            ),
+            (with("n", json!(0)), (400, p("n"))),
+            (with("n", json!(9)), (400, p("n"))),
+            (with("n", json!(1e30)), (400, p("n"))),
+            (with("n", json!(1.5)), (400, p("n"))),
+            (with("stream", json!("yes")), (400, p("stream"))),
+            (
+                with("stream_options", json!({"include_usage": true})),
+                (400, p("stream_options")),
+            ),
+            (with("temperature", json!(3)), (400, p("temperature"))),
+            (with("max_tokens", json!(-5)), (400, p("max_tokens"))),
+            (with("tools", json!("isolate_host")), (400, p("tools"))),
+            (with("tool_choice", json!("auto")), (400, p("tool_choice"))),
+            (with("model", json!("no-such-model")), (404, None)),
+        ] {
+            assert_eq!(error_of(body.clone()), expected, "{body}");
+        }
+        let mut body = with("stream", json!(true));
+        body["stream_options"] = json!({"include_usage": 1});
+        assert_eq!(error_of(body), (400, p("stream_options.include_usage")));
+    }
+
+    #[test]
+    fn tools_are_called_unless_answered_or_off() {
+        let tools = json!([{"type": "function", "function": {"name": "isolate"}},
+                           {"type": "function", "function": {"name": "ticket"}}]);
+        let mut body = with("tools", tools);
+        assert_eq!(
+            parse(body.to_string().as_bytes()).unwrap().tool.as_deref(),
+            Some("isolate")
+        );
+        body["tool_choice"] = json!({"type": "function", "function": {"name": "ticket"}});
+        assert_eq!(
+            parse(body.to_string().as_bytes()).unwrap().tool.as_deref(),
+            Some("ticket")
+        );
+        body["tool_choice"] = json!("none");
+        assert_eq!(parse(body.to_string().as_bytes()).unwrap().tool, None);
+        body["tool_choice"] = json!("auto");
+        body["messages"] = json!([
+            {"role": "user", "content": "whoami"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "isolate", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"}
+        ]);
+        assert_eq!(parse(body.to_string().as_bytes()).unwrap().tool, None);
+    }
+
+    #[test]
+    fn limits_and_options_are_read() {
+        let mut body = with("stream", json!(true));
+        body["stream_options"] = json!({"include_usage": true});
+        body["n"] = json!(3);
+        body["max_tokens"] = json!(7);
+        body["max_completion_tokens"] = json!(5);
+        let request = parse(body.to_string().as_bytes()).unwrap();
+        assert!(request.stream && request.include_usage);
+        assert_eq!((request.n, request.max_tokens), (3, Some(5)));
+    }
+}
