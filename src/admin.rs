@@ -2,8 +2,35 @@
 //! `/admin/api/*` (analyst or admin keys; writes that change models, keys
 //! and datasets need admin).
 
+mod conversations;
 mod keys;
 mod ui;
 
+pub use conversations::{
+    bulk_review, delete_conversation, get_conversation, get_stats, list_conversations,
+    patch_conversation,
+};
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use ui::{ui_asset, ui_index};
+
+use crate::openai::ApiError;
+
+/// Store calls block; they run off the async workers.
+async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+        .map_err(Into::into)
+}
+
+/// The OpenAI list envelope the admin API uses for every listing.
+fn list_envelope(data: Vec<serde_json::Value>, next_cursor: Option<String>) -> serde_json::Value {
+    serde_json::json!({
+        "object": "list",
+        "data": data,
+        "has_more": next_cursor.is_some(),
+        "next_cursor": next_cursor,
+    })
+}

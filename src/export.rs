@@ -61,6 +61,10 @@ fn conversation_line(store: &dyn Store, c: &ConversationRecord) -> Result<Value,
         "parent_id": c.parent_id,
         "created_at": c.created_at,
         "updated_at": c.updated_at,
+        "alias": c.alias,
+        "versions": c.versions,
+        "user": c.user,
+        "review": c.review,
         "turns": turns,
     }))
 }

@@ -8,7 +8,7 @@ mod header;
 mod submit;
 
 pub use header::parse_header;
-pub use submit::{FeedbackRequest, submit};
+pub use submit::{FeedbackRequest, feedback_view, submit};
 
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -41,5 +41,5 @@ pub async fn post_feedback(
         })
         .transpose()?;
     let record = submit(&app, &caller, request, idempotency).await?;
-    Ok((StatusCode::CREATED, Json(submit::view(&record))).into_response())
+    Ok((StatusCode::CREATED, Json(feedback_view(&record))).into_response())
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod capture;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod ids;
 pub mod limits;
 pub mod openai;
 pub mod proxy;
+pub mod review;
 pub mod routing;
 pub mod server;
 pub mod simulate;

@@ -6,5 +6,5 @@ mod body;
 mod error;
 pub mod sse;
 
-pub use body::{ApiJson, BodyLimit, parse_json, read_body};
+pub use body::{ApiJson, ApiQuery, BodyLimit, parse_json, read_body};
 pub use error::{ApiError, ErrorBody, UpstreamFailure, error_json};

@@ -36,6 +36,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/admin/api/keys/{id}", delete(admin::revoke_key))
         .route("/admin/api/audit", get(admin::list_audit))
+        .route("/admin/api/stats", get(admin::get_stats))
+        .route("/admin/api/conversations", get(admin::list_conversations))
+        .route("/admin/api/conversations/bulk", post(admin::bulk_review))
+        .route(
+            "/admin/api/conversations/{id}",
+            get(admin::get_conversation)
+                .patch(admin::patch_conversation)
+                .delete(admin::delete_conversation),
+        )
         .route("/admin/api/{*rest}", any(not_found))
         .route_layer(from_fn_with_state(state.clone(), require_analyst));
     Router::new()

@@ -6,7 +6,8 @@ mod records;
 mod sled_store;
 
 pub use records::{
-    ApiKeyRecord, AuditRecord, ConversationRecord, FeedbackRecord, InferenceRecord, ThreadPoint,
+    ApiKeyRecord, AuditRecord, ConversationRecord, ConversationTallies, FeedbackRecord,
+    HIGH_QUALITY, InferenceRecord, NewTurn, Review, ReviewStatus, ThreadPoint,
 };
 pub use sled_store::SledStore;
 
@@ -52,7 +53,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<InferenceRecord>, StoreError>;
     /// Deletes an inference with its feedback, its completion-id index entry
     /// and its place in its conversation (an emptied conversation goes too).
-    fn delete_inference(&self, record: &InferenceRecord) -> Result<(), StoreError>;
+    /// `forget` adjusts the conversation's review for the feedback that goes.
+    fn delete_inference(
+        &self,
+        record: &InferenceRecord,
+        forget: &mut dyn FnMut(&mut ConversationRecord, &[FeedbackRecord]),
+    ) -> Result<(), StoreError>;
     fn inference_by_completion(
         &self,
         completion_id: &str,
@@ -60,14 +66,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends a turn, creating the conversation (with its parent) if new;
     /// returns the turn's index.
-    fn append_turn(
-        &self,
-        conversation_id: &str,
-        inference_id: &str,
-        parent_id: Option<&str>,
-        at: &str,
-    ) -> Result<usize, StoreError>;
+    fn append_turn(&self, turn: &NewTurn<'_>) -> Result<usize, StoreError>;
     fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError>;
+    /// Changes a conversation, its indexes and the tallies in one atomic
+    /// step; `None` when there is no such conversation.
+    fn update_conversation(
+        &self,
+        id: &str,
+        edit: &mut dyn FnMut(&mut ConversationRecord),
+    ) -> Result<Option<ConversationRecord>, StoreError>;
+    /// Deletes a conversation with its inferences and their feedback;
+    /// returns what was deleted. Durable once it returns.
+    fn delete_conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError>;
+    /// One page of conversations, newest first, walking the index `scan`
+    /// names and keeping those `keep` accepts.
+    fn list_conversations(
+        &self,
+        scan: &ConversationScan,
+        keep: &dyn Fn(&ConversationRecord) -> bool,
+    ) -> Result<ConversationPage, StoreError>;
+    /// The dashboard counts over every conversation, as maintained.
+    fn tallies(&self) -> Result<ConversationTallies, StoreError>;
     /// Visits every conversation, oldest first, without holding them all.
     fn for_each_conversation(
         &self,
@@ -76,12 +95,14 @@ pub trait Store: Send + Sync + 'static {
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError>;
     fn put_thread(&self, key: &str, point: &ThreadPoint) -> Result<(), StoreError>;
 
-    /// Stores feedback and, with an idempotency key, remembers which
-    /// feedback that key produced. Durable once it returns.
+    /// Stores feedback, applies it to its conversation through `review`
+    /// (in the same atomic step) and, with an idempotency key, remembers
+    /// which feedback that key produced. Durable once it returns.
     fn insert_feedback(
         &self,
         feedback: &FeedbackRecord,
         idempotency: Option<&str>,
+        review: &mut dyn FnMut(&mut ConversationRecord),
     ) -> Result<(), StoreError>;
     /// The feedback an idempotency key produced earlier, if any.
     fn feedback_by_idempotency(
@@ -95,6 +116,43 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// True while the store can serve reads and writes.
     fn is_healthy(&self) -> bool;
+}
+
+/// A conversation index a listing can walk; each holds every conversation
+/// with that value, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexField {
+    Status,
+    ThreatType,
+    Severity,
+    Alias,
+    Version,
+    User,
+}
+
+/// What a conversation listing walks.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationScan {
+    /// The index and value to walk; every conversation when `None`.
+    pub index: Option<(IndexField, String)>,
+    /// Created at or after this RFC 3339 time (seconds, UTC, `Z`).
+    pub since: Option<String>,
+    /// Created before this time.
+    pub until: Option<String>,
+    /// Where the previous page stopped.
+    pub cursor: Option<String>,
+    pub limit: usize,
+    /// At most this many conversations are looked at for one page, so a
+    /// filter that matches little still answers quickly; the page is then
+    /// shorter than `limit` and has a cursor to go on from.
+    pub budget: usize,
+}
+
+/// One page of a listing: `next_cursor` is set while more may follow.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationPage {
+    pub data: Vec<ConversationRecord>,
+    pub next_cursor: Option<String>,
 }
 
 pub type SharedStore = Arc<dyn Store>;

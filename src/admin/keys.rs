@@ -3,14 +3,16 @@
 
 use crate::app::AppState;
 use crate::auth::{Caller, KeyError, Role};
-use crate::openai::{ApiError, ApiJson};
+use crate::openai::{ApiError, ApiJson, ApiQuery};
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
+
+use super::blocking;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +80,7 @@ pub struct Page {
 pub async fn list_audit(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Analyst)?;
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
@@ -96,14 +98,4 @@ pub async fn list_audit(
     Ok(Json(
         json!({"object": "list", "data": data, "has_more": has_more, "next_cursor": next_cursor}),
     ))
-}
-
-/// Store calls block; they run off the async workers.
-async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-        .map_err(Into::into)
 }

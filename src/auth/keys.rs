@@ -3,7 +3,7 @@
 
 use super::{KEY_PREFIX, KeyRing, Role};
 use crate::ids::{new_id, now_rfc3339};
-use crate::store::{ApiKeyRecord, AuditRecord, SharedStore, StoreError};
+use crate::store::{ApiKeyRecord, SharedStore, StoreError};
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -129,15 +129,7 @@ impl KeyService {
         target: &str,
         details: serde_json::Value,
     ) -> Result<(), StoreError> {
-        self.store.append_audit(&AuditRecord {
-            id: new_id("audit"),
-            at: now_rfc3339(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            target: target.to_string(),
-            details,
-        })?;
-        self.store.flush()
+        crate::audit::record(self.store.as_ref(), actor, action, target, details)
     }
 }
 

@@ -2,7 +2,8 @@
 //! labelled or approved are purged in the background, once an hour. Rated
 //! but unlabelled ones go too; anything an analyst labelled stays.
 
-use crate::store::{FeedbackRecord, SharedStore, StoreError};
+use crate::review::forget_feedback;
+use crate::store::{FeedbackRecord, InferenceRecord, SharedStore, StoreError};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,17 @@ fn labels(f: &FeedbackRecord) -> bool {
         || f.quality_score.is_some()
         || f.correction.is_some()
         || f.approved_for_training == Some(true)
+}
+
+/// Kept: the inference carries labelling feedback, or its conversation
+/// was labelled or approved in review.
+fn curated(store: &SharedStore, record: &InferenceRecord) -> Result<bool, StoreError> {
+    if store.feedback_for(&record.id)?.iter().any(labels) {
+        return Ok(true);
+    }
+    Ok(store
+        .conversation(&record.conversation_id)?
+        .is_some_and(|c| c.review.is_curated()))
 }
 
 /// Purges once; returns how many inferences went.
@@ -33,8 +45,10 @@ pub fn purge_once(
     loop {
         let page = store.inferences_between(after.as_deref(), &before, PAGE)?;
         for record in &page {
-            if !store.feedback_for(&record.id)?.iter().any(labels) {
-                store.delete_inference(record)?;
+            if !curated(store, record)? {
+                store.delete_inference(record, &mut |c, gone| {
+                    forget_feedback(&mut c.review, gone);
+                })?;
                 purged += 1;
             }
         }
@@ -78,6 +92,7 @@ pub async fn run_retention(store: SharedStore, days: u32, shutdown: Cancellation
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::review::apply_feedback;
     use crate::store::{FeedbackRecord, InferenceRecord};
 
     fn inference(id: String, conversation: &str) -> InferenceRecord {
@@ -102,11 +117,11 @@ mod tests {
         }
     }
 
-    fn feedback(inference_id: &str, labelled: bool) -> FeedbackRecord {
+    fn feedback(inference_id: &str, conversation: &str, labelled: bool) -> FeedbackRecord {
         FeedbackRecord {
             id: crate::ids::new_id("fb"),
             inference_id: inference_id.into(),
-            conversation_id: String::new(),
+            conversation_id: conversation.into(),
             author: "a".into(),
             rating: Some(3),
             thumbs: None,
@@ -122,6 +137,8 @@ mod tests {
 
     #[test]
     fn old_unlabelled_inferences_go_and_labelled_or_recent_ones_stay() {
+        // Turns 6 and 7 form a conversation an analyst labelled (through
+        // turn 7): both stay. The others are one unlabelled conversation.
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::open(dir.path()).unwrap();
         let now = SystemTime::now();
@@ -133,24 +150,39 @@ mod tests {
         let recent = id_at(1, 0);
         let mut records: Vec<InferenceRecord> = old
             .iter()
-            .map(|id| inference(id.clone(), "conv_old"))
+            .enumerate()
+            .map(|(n, id)| {
+                let conversation = if n == 6 || n == 7 {
+                    "conv_labelled"
+                } else {
+                    "conv_old"
+                };
+                inference(id.clone(), conversation)
+            })
             .collect();
         records.push(inference(recent.clone(), "conv_new"));
         store.insert_inferences(&records).unwrap();
         for r in &records {
             store
-                .append_turn(&r.conversation_id, &r.id, None, "t")
+                .append_turn(&crate::store::NewTurn {
+                    conversation_id: &r.conversation_id,
+                    inference_id: &r.id,
+                    at: "2026-01-01T00:00:00Z",
+                    ..Default::default()
+                })
                 .unwrap();
         }
+        let f = feedback(&old[7], "conv_labelled", true);
         store
-            .insert_feedback(&feedback(&old[7], true), None)
+            .insert_feedback(&f, None, &mut |c| apply_feedback(&mut c.review, &f))
             .unwrap();
+        let f = feedback(&old[8], "conv_old", false);
         store
-            .insert_feedback(&feedback(&old[8], false), None)
+            .insert_feedback(&f, None, &mut |c| apply_feedback(&mut c.review, &f))
             .unwrap();
 
         let purged = purge_once(&store, Duration::from_secs(30 * 86_400), now).unwrap();
-        assert_eq!(purged, 1199);
+        assert_eq!(purged, 1198);
         assert!(
             store.inference(&old[7]).unwrap().is_some(),
             "labelled stays"
@@ -161,13 +193,17 @@ mod tests {
         );
         assert!(store.feedback_for(&old[8]).unwrap().is_empty());
         assert!(store.inference(&recent).unwrap().is_some(), "recent stays");
+        assert!(
+            store.inference(&old[6]).unwrap().is_some(),
+            "an unlabelled turn of a labelled conversation stays"
+        );
+        assert!(store.conversation("conv_old").unwrap().is_none());
+        let tallies = store.tallies().unwrap();
+        assert_eq!((tallies.conversations, tallies.turns), (2, 3));
         assert_eq!(
-            store
-                .conversation("conv_old")
-                .unwrap()
-                .unwrap()
-                .inference_ids,
-            [old[7].clone()]
+            (tallies.rating_count, tallies.rating_sum),
+            (1, 3),
+            "the purged rating is no longer counted"
         );
         assert_eq!(
             purge_once(&store, Duration::from_secs(30 * 86_400), now).unwrap(),

@@ -3,11 +3,11 @@
 //! every `capture.flush_every_ms`, after redacting credentials. On shutdown
 //! it drains the queue first.
 
-use super::threading::continuation_key;
+use super::threading::{continuation_key, message_text};
 use super::{Redactor, build_record};
 use crate::exchange::Exchange;
 use crate::ids::now_rfc3339;
-use crate::store::{InferenceRecord, SharedStore, ThreadPoint};
+use crate::store::{InferenceRecord, NewTurn, SharedStore, ThreadPoint};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -147,12 +147,20 @@ fn thread(
     parent_id: Option<&str>,
     continuation: Option<String>,
 ) -> Result<(), crate::store::StoreError> {
-    let turn = store.append_turn(
-        &record.conversation_id,
-        &record.id,
+    let preview = preview(&record.request["messages"]);
+    let turn = store.append_turn(&NewTurn {
+        conversation_id: &record.conversation_id,
+        inference_id: &record.id,
         parent_id,
-        &record.created_at,
-    )?;
+        at: &record.created_at,
+        alias: record.alias.as_deref(),
+        version: record.version.as_deref(),
+        user: record.user.as_deref(),
+        preview: &preview,
+        // OpenAI names fine-tuned models `ft:<base>:…`; compatible
+        // providers (and the simulator) follow it.
+        fine_tuned: record.provider_model.starts_with("ft:"),
+    })?;
     if let Some(key) = continuation {
         let point = ThreadPoint {
             conversation_id: record.conversation_id.clone(),
@@ -161,6 +169,26 @@ fn thread(
         store.put_thread(&key, &point)?;
     }
     Ok(())
+}
+
+/// How much of the first user message a conversation's summary keeps.
+const PREVIEW_CHARS: usize = 280;
+
+/// The start of the first user message, on one line.
+fn preview(messages: &serde_json::Value) -> String {
+    let first_user = messages
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "user"))
+        .map(|m| message_text(&m["content"]))
+        .unwrap_or_default();
+    first_user
+        .split_whitespace()
+        .flat_map(|word| [" ", word])
+        .skip(1)
+        .collect::<String>()
+        .chars()
+        .take(PREVIEW_CHARS)
+        .collect()
 }
 
 fn count_tokens(record: &InferenceRecord) {

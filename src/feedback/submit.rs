@@ -4,13 +4,13 @@ use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::ids::{new_id, now_rfc3339};
 use crate::openai::ApiError;
+use crate::review::{
+    MAX_CORRECTION, MAX_NOTES, apply_feedback, check_score, check_taxonomy, check_text,
+};
 use crate::store::{FeedbackRecord, InferenceRecord, SharedStore, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-const MAX_NOTES: usize = 4_000;
-const MAX_CORRECTION: usize = 16_000;
 
 /// The fields of DESIGN §4.3, from the JSON body or the header.
 #[derive(Debug, Default, Deserialize)]
@@ -48,17 +48,8 @@ impl FeedbackRequest {
         if self.rating.is_none() && self.thumbs.is_none() && !self.has_analyst_fields() {
             return Err(ApiError::invalid("the feedback carries no field", None));
         }
-        for (name, value) in [
-            ("rating", self.rating),
-            ("quality_score", self.quality_score),
-        ] {
-            if value.is_some_and(|v| !(1..=5).contains(&v)) {
-                return Err(ApiError::invalid(
-                    format!("`{name}` must be 1 to 5"),
-                    Some(name),
-                ));
-            }
-        }
+        check_score("rating", self.rating)?;
+        check_score("quality_score", self.quality_score)?;
         if self
             .thumbs
             .as_deref()
@@ -70,31 +61,10 @@ impl FeedbackRequest {
             ));
         }
         let taxonomy = &app.config.taxonomy;
-        for (name, value, allowed) in [
-            ("threat_type", &self.threat_type, &taxonomy.threat_types),
-            ("severity", &self.severity, &taxonomy.severities),
-        ] {
-            if let Some(v) = value.as_deref().filter(|v| !allowed.iter().any(|a| a == v)) {
-                return Err(ApiError::invalid(
-                    format!(
-                        "`{name}` `{v}` is not in the taxonomy ({})",
-                        allowed.join(", ")
-                    ),
-                    Some(name),
-                ));
-            }
-        }
-        for (name, value, max) in [
-            ("notes", &self.notes, MAX_NOTES),
-            ("correction", &self.correction, MAX_CORRECTION),
-        ] {
-            if value.as_ref().is_some_and(|v| v.chars().count() > max) {
-                return Err(ApiError::invalid(
-                    format!("`{name}` is longer than {max} characters"),
-                    Some(name),
-                ));
-            }
-        }
+        check_taxonomy(taxonomy, "threat_type", self.threat_type.as_deref())?;
+        check_taxonomy(taxonomy, "severity", self.severity.as_deref())?;
+        check_text("notes", self.notes.as_deref(), MAX_NOTES)?;
+        check_text("correction", self.correction.as_deref(), MAX_CORRECTION)?;
         Ok(())
     }
 }
@@ -144,7 +114,12 @@ pub async fn submit(
     };
     let store = app.store.clone();
     let stored = record.clone();
-    blocking(move || store.insert_feedback(&stored, scoped_key.as_deref())).await?;
+    blocking(move || {
+        store.insert_feedback(&stored, scoped_key.as_deref(), &mut |c| {
+            apply_feedback(&mut c.review, &stored);
+        })
+    })
+    .await?;
     metrics::counter!("flywheel_feedback_total").increment(1);
     Ok(record)
 }
@@ -200,7 +175,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The feedback as the API returns it.
-pub fn view(r: &FeedbackRecord) -> Value {
+pub fn feedback_view(r: &FeedbackRecord) -> Value {
     json!({
         "id": r.id,
         "object": "feedback",

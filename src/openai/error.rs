@@ -208,3 +208,16 @@ impl IntoResponse for ApiError {
         (status, headers, body).into_response()
     }
 }
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound {
+                message: "not found".into(),
+                param: None,
+                code: "not_found",
+            },
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The records the store keeps, serialised as JSON values in their trees.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ApiKeyRecord {
@@ -52,7 +53,8 @@ pub struct InferenceRecord {
     pub created_at: String,
 }
 
-/// A conversation: its turns in order, and the one it branched from.
+/// A conversation: its turns in order, what the list view shows of it, and
+/// its review by analysts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ConversationRecord {
     pub id: String,
@@ -61,6 +63,168 @@ pub struct ConversationRecord {
     pub parent_id: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// Every version that served a turn, in order of first use.
+    #[serde(default)]
+    pub versions: Vec<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The start of the first user message, redacted like everything stored.
+    #[serde(default)]
+    pub preview: String,
+    /// Turns served by a fine-tuned model (`ft:` provider models).
+    #[serde(default)]
+    pub fine_tuned_turns: u32,
+    #[serde(default)]
+    pub review: Review,
+}
+
+/// Where a conversation stands with its reviewers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewStatus {
+    #[default]
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl ReviewStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// An analyst's verdict on a conversation, plus what its feedback adds up to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Review {
+    pub status: ReviewStatus,
+    pub threat_type: Option<String>,
+    pub severity: Option<String>,
+    pub quality_score: Option<u8>,
+    pub notes: Option<String>,
+    pub correction: Option<String>,
+    /// The key id of the last analyst who changed the review.
+    pub reviewer: Option<String>,
+    pub reviewed_at: Option<String>,
+    pub feedback_count: u32,
+    pub rating_sum: u32,
+    pub rating_count: u32,
+    pub thumbs_up: u32,
+    pub thumbs_down: u32,
+}
+
+impl Review {
+    pub fn mean_rating(&self) -> Option<f64> {
+        (self.rating_count > 0).then(|| f64::from(self.rating_sum) / f64::from(self.rating_count))
+    }
+
+    /// Labelled or approved: worth keeping past retention.
+    pub fn is_curated(&self) -> bool {
+        self.status == ReviewStatus::Approved
+            || self.threat_type.is_some()
+            || self.severity.is_some()
+            || self.quality_score.is_some()
+            || self.correction.is_some()
+    }
+}
+
+/// A turn to append to its conversation, with what the summary needs.
+#[derive(Debug, Clone, Default)]
+pub struct NewTurn<'a> {
+    pub conversation_id: &'a str,
+    pub inference_id: &'a str,
+    pub parent_id: Option<&'a str>,
+    pub at: &'a str,
+    pub alias: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub user: Option<&'a str>,
+    /// The start of the first user message; used when the conversation is new.
+    pub preview: &'a str,
+    pub fine_tuned: bool,
+}
+
+/// Dashboard counts over every conversation, kept current with each change
+/// (the store subtracts a conversation's old contribution and adds its new
+/// one in the same transaction), so the stats never need a scan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ConversationTallies {
+    pub conversations: i64,
+    pub pending: i64,
+    pub approved: i64,
+    pub rejected: i64,
+    pub high_quality: i64,
+    pub quality_sum: i64,
+    pub quality_count: i64,
+    pub rating_sum: i64,
+    pub rating_count: i64,
+    pub with_feedback: i64,
+    pub turns: i64,
+    pub fine_tuned_turns: i64,
+    pub by_threat_type: BTreeMap<String, i64>,
+    pub by_severity: BTreeMap<String, i64>,
+    pub approved_by_threat_type: BTreeMap<String, i64>,
+    pub by_alias: BTreeMap<String, i64>,
+    pub by_version: BTreeMap<String, i64>,
+}
+
+/// A quality score at or above this makes a conversation "high quality".
+pub const HIGH_QUALITY: u8 = 4;
+
+impl ConversationTallies {
+    /// Adds (`sign` = 1) or removes (`sign` = -1) one conversation.
+    pub fn count(&mut self, c: &ConversationRecord, sign: i64) {
+        let r = &c.review;
+        self.conversations += sign;
+        match r.status {
+            ReviewStatus::Pending => self.pending += sign,
+            ReviewStatus::Approved => self.approved += sign,
+            ReviewStatus::Rejected => self.rejected += sign,
+        }
+        if let Some(q) = r.quality_score {
+            self.quality_sum += sign * i64::from(q);
+            self.quality_count += sign;
+            if q >= HIGH_QUALITY {
+                self.high_quality += sign;
+            }
+        }
+        self.rating_sum += sign * i64::from(r.rating_sum);
+        self.rating_count += sign * i64::from(r.rating_count);
+        if r.feedback_count > 0 {
+            self.with_feedback += sign;
+        }
+        self.turns += sign * c.inference_ids.len() as i64;
+        self.fine_tuned_turns += sign * i64::from(c.fine_tuned_turns);
+        bump(&mut self.by_threat_type, r.threat_type.as_deref(), sign);
+        bump(&mut self.by_severity, r.severity.as_deref(), sign);
+        if r.status == ReviewStatus::Approved {
+            bump(
+                &mut self.approved_by_threat_type,
+                r.threat_type.as_deref(),
+                sign,
+            );
+        }
+        bump(&mut self.by_alias, c.alias.as_deref(), sign);
+        for version in &c.versions {
+            bump(&mut self.by_version, Some(version), sign);
+        }
+    }
+}
+
+fn bump(counts: &mut BTreeMap<String, i64>, key: Option<&str>, sign: i64) {
+    let Some(key) = key else { return };
+    let n = counts.entry(key.to_string()).or_default();
+    *n += sign;
+    if *n == 0 {
+        counts.remove(key);
+    }
 }
 
 /// Where a thread key was left: which conversation, after which turn.

@@ -1,10 +1,13 @@
 //! The embedded sled implementation of [`Store`]: one tree per record kind,
 //! keys that sort the way queries read them (ids are time-ordered ULIDs).
 
+mod conversations;
+
 use super::{
-    ApiKeyRecord, AuditRecord, ConversationRecord, FeedbackRecord, InferenceRecord, Store,
-    StoreError, ThreadPoint,
+    ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
+    ConversationTallies, FeedbackRecord, InferenceRecord, NewTurn, Store, StoreError, ThreadPoint,
 };
+use conversations::{Changes, Tree};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -25,6 +28,14 @@ pub struct SledStore {
     feedback: sled::Tree,
     /// Idempotency key → `inference_id/feedback_id`.
     idempotency: sled::Tree,
+    /// `field␟value␟created_at␟conversation_id` → conversation id, one
+    /// entry per indexed field of each conversation (see `conversations`).
+    conversation_index: sled::Tree,
+    /// Maintained figures such as the conversation tallies.
+    meta: sled::Tree,
+    /// Held while a conversation, its index entries and the tallies change
+    /// together; only capture, feedback and review take it, never a request.
+    conversation_lock: std::sync::Mutex<()>,
 }
 
 impl SledStore {
@@ -37,7 +48,7 @@ impl SledStore {
             .open()
             .map_err(|e| open_error(dir, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(io);
-        Ok(Self {
+        Self {
             keys: tree("keys")?,
             audit: tree("audit")?,
             inferences: tree("inferences")?,
@@ -46,8 +57,12 @@ impl SledStore {
             threads: tree("threads")?,
             feedback: tree("feedback")?,
             idempotency: tree("feedback_idempotency")?,
+            conversation_index: tree("conversation_index")?,
+            meta: tree("meta")?,
+            conversation_lock: std::sync::Mutex::new(()),
             db,
-        })
+        }
+        .with_conversation_views()
     }
 }
 
@@ -171,33 +186,12 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn delete_inference(&self, record: &InferenceRecord) -> Result<(), StoreError> {
-        for key in self
-            .feedback
-            .scan_prefix(format!("{}/", record.id).as_bytes())
-            .keys()
-        {
-            self.feedback.remove(key.map_err(io)?).map_err(io)?;
-        }
-        if let Some(c) = &record.completion_id {
-            self.by_completion.remove(c.as_bytes()).map_err(io)?;
-        }
-        if let Some(mut conversation) = self.conversation(&record.conversation_id)? {
-            conversation.inference_ids.retain(|id| *id != record.id);
-            if conversation.inference_ids.is_empty() {
-                self.conversations
-                    .remove(conversation.id.as_bytes())
-                    .map_err(io)?;
-            } else {
-                self.conversations
-                    .insert(conversation.id.as_bytes(), encode(&conversation)?)
-                    .map_err(io)?;
-            }
-        }
-        self.inferences
-            .remove(record.id.as_bytes())
-            .map(drop)
-            .map_err(io)
+    fn delete_inference(
+        &self,
+        record: &InferenceRecord,
+        forget: &mut dyn FnMut(&mut ConversationRecord, &[FeedbackRecord]),
+    ) -> Result<(), StoreError> {
+        self.delete_inference_in_conversation(record, forget)
     }
 
     fn inference_by_completion(
@@ -214,28 +208,8 @@ impl Store for SledStore {
         }
     }
 
-    fn append_turn(
-        &self,
-        conversation_id: &str,
-        inference_id: &str,
-        parent_id: Option<&str>,
-        at: &str,
-    ) -> Result<usize, StoreError> {
-        let mut record =
-            self.conversation(conversation_id)?
-                .unwrap_or_else(|| ConversationRecord {
-                    id: conversation_id.to_string(),
-                    inference_ids: Vec::new(),
-                    parent_id: parent_id.map(String::from),
-                    created_at: at.to_string(),
-                    updated_at: at.to_string(),
-                });
-        record.inference_ids.push(inference_id.to_string());
-        record.updated_at = at.to_string();
-        self.conversations
-            .insert(conversation_id.as_bytes(), encode(&record)?)
-            .map_err(io)?;
-        Ok(record.inference_ids.len() - 1)
+    fn append_turn(&self, turn: &NewTurn<'_>) -> Result<usize, StoreError> {
+        self.append_turn_to_conversation(turn)
     }
 
     fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
@@ -244,6 +218,32 @@ impl Store for SledStore {
             .map_err(io)?
             .map(|v| decode("conversation", &v))
             .transpose()
+    }
+
+    fn update_conversation(
+        &self,
+        id: &str,
+        edit: &mut dyn FnMut(&mut ConversationRecord),
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        self.edit_conversation(id, edit, Changes::default())
+    }
+
+    fn delete_conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        let deleted = self.delete_whole_conversation(id)?;
+        self.flush()?;
+        Ok(deleted)
+    }
+
+    fn list_conversations(
+        &self,
+        scan: &ConversationScan,
+        keep: &dyn Fn(&ConversationRecord) -> bool,
+    ) -> Result<ConversationPage, StoreError> {
+        self.walk_conversations(scan, keep)
+    }
+
+    fn tallies(&self) -> Result<ConversationTallies, StoreError> {
+        self.read_tallies()
     }
 
     fn for_each_conversation(
@@ -275,16 +275,15 @@ impl Store for SledStore {
         &self,
         feedback: &FeedbackRecord,
         idempotency: Option<&str>,
+        review: &mut dyn FnMut(&mut ConversationRecord),
     ) -> Result<(), StoreError> {
         let key = format!("{}/{}", feedback.inference_id, feedback.id);
-        self.feedback
-            .insert(key.as_bytes(), encode(feedback)?)
-            .map_err(io)?;
+        let mut changes = Changes::default();
+        changes.put(Tree::Feedback, key.as_bytes(), encode(feedback)?);
         if let Some(idem) = idempotency {
-            self.idempotency
-                .insert(idem.as_bytes(), key.as_bytes())
-                .map_err(io)?;
+            changes.put(Tree::Idempotency, idem.as_bytes(), key.as_bytes().to_vec());
         }
+        self.edit_conversation(&feedback.conversation_id, review, changes)?;
         self.db.flush().map(drop).map_err(io)
     }
 

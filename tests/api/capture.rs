@@ -287,7 +287,8 @@ async fn an_unchanged_client_gets_one_conversation_and_a_regenerated_turn_branch
 }
 
 /// 200 clients, each holding a three-turn streamed conversation and rating
-/// every answer: everything captured, each conversation threaded in order.
+/// every answer, then an analyst labelling it: everything captured, each
+/// conversation threaded in order, and the stats equal to a count kept here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded() {
     let app = std::sync::Arc::new(spawn_app().await);
@@ -322,6 +323,17 @@ async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded
                 history.push(json!({"role": "assistant", "content": answer}));
                 history.push(json!({"role": "user", "content": format!("Follow-up {t} on alert #{c}")}));
             }
+            // The analyst's verdict, on the last turn.
+            let verdict = analyst_verdict(&app, c);
+            let labelled = app
+                .http
+                .post(app.url("/v1/feedback"))
+                .bearer_auth(&app.analyst_key)
+                .json(&json!({"inference_id": ids[2], "threat_type": verdict.0, "quality_score": verdict.1, "approved_for_training": verdict.2}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(labelled.status(), 201);
             (conversations, ids)
         }));
     }
@@ -343,11 +355,65 @@ async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded
             .unwrap()
             .unwrap();
         assert_eq!(stored.inference_ids, ids, "turns in order");
-        for id in &ids {
+        for (t, id) in ids.iter().enumerate() {
             let r = app.state.store.inference(id).unwrap().expect("captured");
             assert!(r.streamed && r.status == "ok");
-            assert_eq!(app.state.store.feedback_for(id).unwrap().len(), 1);
+            let given = if t == 2 { 2 } else { 1 };
+            assert_eq!(app.state.store.feedback_for(id).unwrap().len(), given);
         }
     }
     assert_eq!(seen.len(), 200);
+
+    // An independent count of what the clients and the analyst sent.
+    let ratings: Vec<usize> = (0..200)
+        .flat_map(|c| (0..3).map(move |t| 1 + (c + t) % 5))
+        .collect();
+    let verdicts: Vec<_> = (0..200).map(|c| analyst_verdict(&app, c)).collect();
+    let approved = verdicts.iter().filter(|v| v.2 == Some(true)).count();
+    let rejected = verdicts.iter().filter(|v| v.2 == Some(false)).count();
+    let quality: Vec<usize> = verdicts.iter().map(|v| v.1).collect();
+    let mut by_type = std::collections::BTreeMap::<String, usize>::new();
+    for v in &verdicts {
+        *by_type.entry(v.0.clone()).or_default() += 1;
+    }
+    let stats: serde_json::Value = app
+        .http
+        .get(app.url("/admin/api/stats"))
+        .bearer_auth(&app.analyst_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mean = |xs: &[usize]| xs.iter().sum::<usize>() as f64 / xs.len() as f64;
+    let close = |key: &str, want: f64| {
+        let got = stats[key].as_f64().unwrap_or(f64::NAN);
+        assert!((got - want).abs() < 1e-9, "{key}: {got} != {want}");
+    };
+    assert_eq!(stats["conversations_total"], 200);
+    assert_eq!(stats["turns_total"], 600);
+    assert_eq!(stats["approved"], approved);
+    assert_eq!(stats["rejected"], rejected);
+    assert_eq!(stats["pending"], 200 - approved - rejected);
+    assert_eq!(
+        stats["high_quality"],
+        quality.iter().filter(|q| **q >= 4).count()
+    );
+    assert_eq!(stats["by_threat_type"], json!(by_type));
+    close("mean_rating", mean(&ratings));
+    close("avg_quality_score", mean(&quality));
+    close(
+        "approval_rate",
+        approved as f64 / (approved + rejected) as f64,
+    );
+    close("feedback_share", 1.0);
+    close("fine_tuned_traffic_share", 0.0);
+}
+
+/// Threat type, quality score and approval the analyst gives client `c`.
+fn analyst_verdict(app: &TestApp, c: usize) -> (String, usize, Option<bool>) {
+    let types = &app.state.config.taxonomy.threat_types;
+    let approval = [Some(true), Some(false), None][c % 3];
+    (types[c % types.len()].clone(), 1 + c % 5, approval)
 }

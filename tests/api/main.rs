@@ -15,4 +15,5 @@ mod durability;
 mod errors;
 mod feedback;
 mod operations;
+mod review;
 mod streaming;

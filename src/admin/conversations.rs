@@ -1,0 +1,174 @@
+//! `/admin/api/conversations` and `/admin/api/stats`: the review side of
+//! the admin API. Handlers parse, check the role, and hand over to
+//! `review`; every write is audited and durable before it is answered.
+
+use super::{blocking, list_envelope};
+use crate::app::AppState;
+use crate::auth::{Caller, Role};
+use crate::ids::now_rfc3339;
+use crate::openai::{ApiError, ApiJson, ApiQuery};
+use crate::review::{
+    BulkAction, ListQuery, ReviewPatch, apply_patch, conversation_detail, conversation_summary,
+};
+use crate::store::{ConversationRecord, SharedStore, StoreError};
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Json;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Most conversations one bulk call may change.
+const MAX_BULK: usize = 1_000;
+
+pub async fn list_conversations(
+    State(app): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let page =
+        blocking(move || crate::review::list_conversations(app.store.as_ref(), query)).await?;
+    let data = page.data.iter().map(conversation_summary).collect();
+    Ok(Json(list_envelope(data, page.next_cursor)))
+}
+
+pub async fn get_conversation(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = app.store.clone();
+    blocking(move || {
+        let c = store.conversation(&id)?.ok_or_else(|| not_found(&id))?;
+        detail(&store, &c)
+    })
+    .await
+    .map(Json)
+}
+
+pub async fn patch_conversation(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<ReviewPatch>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Analyst)?;
+    patch.validate(&app.config.taxonomy)?;
+    let store = app.store.clone();
+    blocking(move || {
+        let at = now_rfc3339();
+        let updated = store
+            .update_conversation(&id, &mut |c| {
+                apply_patch(&mut c.review, &patch, &caller.id, &at)
+            })?
+            .ok_or_else(|| not_found(&id))?;
+        let details =
+            json!({"fields": patch.changed_fields(), "status": updated.review.status.as_str()});
+        crate::audit::record(
+            store.as_ref(),
+            &caller.id,
+            "conversation.update",
+            &id,
+            details,
+        )?;
+        detail(&store, &updated)
+    })
+    .await
+    .map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bulk {
+    ids: Vec<String>,
+    action: BulkAction,
+}
+
+pub async fn bulk_review(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(bulk): ApiJson<Bulk>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Analyst)?;
+    if bulk.ids.is_empty() || bulk.ids.len() > MAX_BULK {
+        return Err(ApiError::invalid(
+            format!("`ids` must hold 1 to {MAX_BULK} conversation ids"),
+            Some("ids"),
+        ));
+    }
+    let store = app.store.clone();
+    blocking(move || {
+        let at = now_rfc3339();
+        let status = bulk.action.status();
+        let (mut updated, mut missing) = (0, Vec::new());
+        for id in &bulk.ids {
+            let changed = store.update_conversation(id, &mut |c| {
+                c.review.status = status;
+                c.review.reviewer = Some(caller.id.to_string());
+                c.review.reviewed_at = Some(at.clone());
+            })?;
+            match changed {
+                Some(_) => updated += 1,
+                None => missing.push(id.clone()),
+            }
+        }
+        let details = json!({"action": status.as_str(), "ids": bulk.ids, "updated": updated});
+        crate::audit::record(
+            store.as_ref(),
+            &caller.id,
+            "conversation.bulk",
+            "conversations",
+            details,
+        )?;
+        Ok::<_, ApiError>(json!({"object": "bulk_result", "updated": updated, "missing": missing}))
+    })
+    .await
+    .map(Json)
+}
+
+pub async fn delete_conversation(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    let store = app.store.clone();
+    blocking(move || {
+        let deleted = store
+            .delete_conversation(&id)?
+            .ok_or_else(|| not_found(&id))?;
+        let details =
+            json!({"turns": deleted.inference_ids.len(), "status": deleted.review.status.as_str()});
+        crate::audit::record(
+            store.as_ref(),
+            &caller.id,
+            "conversation.delete",
+            &id,
+            details,
+        )?;
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+pub async fn get_stats(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let store = app.store.clone();
+    let tallies = blocking(move || store.tallies()).await?;
+    Ok(Json(crate::review::stats(&tallies, &app.config.taxonomy)))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound {
+        message: format!("no conversation with id `{id}`"),
+        param: Some("id".into()),
+        code: "not_found",
+    }
+}
+
+fn detail(store: &SharedStore, c: &ConversationRecord) -> Result<Value, ApiError> {
+    let turns = c
+        .inference_ids
+        .iter()
+        .map(|id| Ok((id.clone(), store.inference(id)?, store.feedback_for(id)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(conversation_detail(c, &turns))
+}

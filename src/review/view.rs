@@ -1,0 +1,79 @@
+//! Conversations as the admin API shows them (ADMIN_API "Conversations").
+
+use crate::feedback::feedback_view;
+use crate::store::{ConversationRecord, FeedbackRecord, InferenceRecord};
+use serde_json::{Value, json};
+
+/// The list entry.
+pub fn conversation_summary(c: &ConversationRecord) -> Value {
+    let r = &c.review;
+    json!({
+        "id": c.id,
+        "object": "conversation",
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "alias": c.alias,
+        "versions": c.versions,
+        "user": c.user,
+        "turns": c.inference_ids.len(),
+        "status": r.status.as_str(),
+        "threat_type": r.threat_type,
+        "severity": r.severity,
+        "quality_score": r.quality_score,
+        "mean_rating": r.mean_rating(),
+        "feedback_count": r.feedback_count,
+        "thumbs": {"up": r.thumbs_up, "down": r.thumbs_down},
+        "reviewer": r.reviewer,
+        "reviewed_at": r.reviewed_at,
+        "parent_id": c.parent_id,
+        "preview": c.preview,
+    })
+}
+
+/// The summary plus notes, correction and every turn with its feedback.
+/// A turn whose record was lost in a crash is listed by id only.
+pub fn conversation_detail(
+    c: &ConversationRecord,
+    turns: &[(String, Option<InferenceRecord>, Vec<FeedbackRecord>)],
+) -> Value {
+    let mut v = conversation_summary(c);
+    v["notes"] = json!(c.review.notes);
+    v["correction"] = json!(c.review.correction);
+    v["turns"] = turns
+        .iter()
+        .map(|(id, record, feedback)| turn(id, record.as_ref(), feedback))
+        .collect();
+    v
+}
+
+fn turn(id: &str, r: Option<&InferenceRecord>, feedback: &[FeedbackRecord]) -> Value {
+    let feedback: Vec<Value> = feedback.iter().map(feedback_view).collect();
+    let Some(r) = r else {
+        return json!({"inference_id": id, "status": "missing", "feedback": feedback});
+    };
+    let first = &r.response["choices"][0];
+    json!({
+        "inference_id": r.id,
+        "completion_id": r.completion_id,
+        "created_at": r.created_at,
+        "alias": r.alias,
+        "version": r.version,
+        "provider_model": r.provider_model,
+        "status": r.status,
+        "http_status": r.http_status,
+        "streamed": r.streamed,
+        "latency_ms": r.latency_ms,
+        "first_byte_ms": r.first_byte_ms,
+        "user": r.user,
+        "tags": r.tags,
+        "request": r.request,
+        "response": {
+            "message": first.get("message"),
+            "finish_reason": first.get("finish_reason"),
+            "usage": r.response.get("usage"),
+            "choices": r.response.get("choices"),
+            "error": r.response.get("error"),
+        },
+        "feedback": feedback,
+    })
+}
