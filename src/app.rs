@@ -141,11 +141,12 @@ impl Application {
         let shutdown = state.shutdown.clone();
         let tasks = TaskTracker::new();
         let flush_every = Duration::from_millis(state.config.capture.flush_every_ms);
-        tasks.spawn(crate::capture::run_writer(
+        tasks.spawn(crate::capture::start_writer(
             exchange_rx,
             state.store.clone(),
             state.redactor.clone(),
             flush_every,
+            state.config.capture.writer_priority,
             shutdown.clone(),
         ));
         tasks.spawn(shrink_limiter(state.clone(), shutdown.clone()));

@@ -1,6 +1,7 @@
 //! Capture: every finished exchange becomes an inference record in the
 //! store, written by a batching worker off the hot path.
 
+mod priority;
 mod record;
 mod redact;
 mod retention;
@@ -10,4 +11,4 @@ mod writer;
 pub use record::{CaptureMeta, build_record};
 pub use redact::Redactor;
 pub use retention::{purge_once, run_retention};
-pub use writer::run_writer;
+pub use writer::start_writer;

@@ -11,8 +11,9 @@ use crate::config::QueueFullPolicy;
 use crate::routing::Route;
 use bytes::Bytes;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -56,6 +57,9 @@ pub struct ExchangeSink {
     tx: mpsc::Sender<Exchange>,
     policy: QueueFullPolicy,
     wait: Duration,
+    /// With `wait`: room for as many parked exchanges as the queue holds;
+    /// past that they are dropped, so memory stays bounded under overload.
+    waiting_room: Arc<Semaphore>,
 }
 
 impl ExchangeSink {
@@ -65,7 +69,16 @@ impl ExchangeSink {
         wait: Duration,
     ) -> (Self, mpsc::Receiver<Exchange>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx, policy, wait }, rx)
+        let waiting_room = Arc::new(Semaphore::new(capacity));
+        (
+            Self {
+                tx,
+                policy,
+                wait,
+                waiting_room,
+            },
+            rx,
+        )
     }
 
     /// Never blocks the caller: a full queue drops the exchange, or with the
@@ -76,11 +89,15 @@ impl ExchangeSink {
             Err(mpsc::error::TrySendError::Full(exchange))
                 if self.policy == QueueFullPolicy::Wait =>
             {
+                let Ok(seat) = self.waiting_room.clone().try_acquire_owned() else {
+                    return dropped("the queue and the waiting room are full");
+                };
                 let (tx, wait) = (self.tx.clone(), self.wait);
                 tokio::spawn(async move {
                     if tx.send_timeout(exchange, wait).await.is_err() {
                         dropped("the queue stayed full");
                     }
+                    drop(seat);
                 });
             }
             Err(mpsc::error::TrySendError::Full(_)) => dropped("the queue is full"),
@@ -89,9 +106,25 @@ impl ExchangeSink {
     }
 }
 
+/// Counts every drop; logs at most once a second (with how many went
+/// since the last line), so an overload does not also flood the log.
 fn dropped(reason: &'static str) {
+    static LAST_LOG_S: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
     metrics::counter!("flywheel_exchange_dropped_total").increment(1);
-    tracing::warn!(reason, "exchange dropped before capture");
+    UNLOGGED.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_LOG_S.load(Ordering::Relaxed);
+    if now > last
+        && LAST_LOG_S
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let count = UNLOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(reason, count, "exchanges dropped before capture");
+    }
 }
 
 #[cfg(test)]
@@ -132,15 +165,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_queue_parks_exchanges_with_the_wait_policy() {
-        let (sink, mut rx) = ExchangeSink::new(1, QueueFullPolicy::Wait, Duration::from_secs(5));
-        (0..3).for_each(|n| sink.submit(exchange(n)));
+    async fn a_full_queue_parks_as_many_exchanges_as_it_holds_with_the_wait_policy() {
+        let (sink, mut rx) = ExchangeSink::new(2, QueueFullPolicy::Wait, Duration::from_secs(5));
+        // Two queued, two parked, the fifth dropped: memory stays bounded.
+        (0..5).for_each(|n| sink.submit(exchange(n)));
         drop(sink);
         let mut got = Vec::new();
         while let Some(e) = rx.recv().await {
             got.push(e.inference_id);
         }
         got.sort();
-        assert_eq!(got, ["inf_0", "inf_1", "inf_2"]);
+        assert_eq!(got, ["inf_0", "inf_1", "inf_2", "inf_3"]);
     }
 }

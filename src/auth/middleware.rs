@@ -63,14 +63,14 @@ pub fn authenticate(
         });
     };
     let hash = hash_key(token);
-    if let Some(admin) = &policy.admin_token_hash {
-        if bool::from(hash.as_bytes().ct_eq(admin.as_bytes())) {
-            return Ok(Caller {
-                id: "admin-token".into(),
-                role: Role::Admin,
-                credential: Credential::AdminToken,
-            });
-        }
+    if let Some(admin) = &policy.admin_token_hash
+        && bool::from(hash.as_bytes().ct_eq(admin.as_bytes()))
+    {
+        return Ok(Caller {
+            id: "admin-token".into(),
+            role: Role::Admin,
+            credential: Credential::AdminToken,
+        });
     }
     if token.starts_with(KEY_PREFIX) {
         return policy

@@ -2,9 +2,17 @@
 //! an inference record and writes them to the store in batches, at least
 //! every `capture.flush_every_ms`, after redacting credentials. On shutdown
 //! it drains the queue first.
+//!
+//! It runs on a thread of its own, by default at background priority
+//! (`SCHED_IDLE` on Linux): parsing, redaction and store writes then only
+//! use CPU the request path leaves over, so capture never shows in the
+//! proxy's latency; under sustained saturation the queue absorbs the
+//! backlog and `capture.on_queue_full` decides what happens past it.
 
+use super::priority::Priority;
 use super::threading::{continuation_key, message_text};
 use super::{Redactor, build_record};
+use crate::config::WriterPriority;
 use crate::exchange::Exchange;
 use crate::ids::now_rfc3339;
 use crate::store::{InferenceRecord, NewTurn, SharedStore, ThreadPoint};
@@ -16,13 +24,57 @@ use tokio_util::sync::CancellationToken;
 /// A batch is written early once it holds this many records.
 const MAX_BATCH: usize = 512;
 
-pub async fn run_writer(
+/// Starts the writer on its own thread; the future completes once it has
+/// drained the queue and stopped.
+pub fn start_writer(
+    rx: mpsc::Receiver<Exchange>,
+    store: SharedStore,
+    redactor: Arc<Redactor>,
+    flush_every: Duration,
+    priority: WriterPriority,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> {
+    let (stopped, on_stop) = tokio::sync::oneshot::channel::<()>();
+    let priority = Priority::new(priority);
+    let writer_priority = priority.clone();
+    let spawned = std::thread::Builder::new()
+        .name("flywheel-capture".into())
+        .spawn(move || {
+            writer_priority.enter();
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(run_writer(rx, store, redactor, flush_every, &writer_priority, shutdown)),
+                Err(e) => tracing::error!(error = %e, "the capture writer could not start; nothing will be captured"),
+            }
+            drop(stopped);
+        });
+    async move {
+        match spawned {
+            Ok(_) => {
+                priority
+                    .watch(flush_every, async {
+                        let _ = on_stop.await;
+                    })
+                    .await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the capture writer thread could not start; nothing will be captured")
+            }
+        }
+    }
+}
+
+async fn run_writer(
     mut rx: mpsc::Receiver<Exchange>,
     store: SharedStore,
     redactor: Arc<Redactor>,
     flush_every: Duration,
+    priority: &Priority,
     shutdown: CancellationToken,
 ) {
+    let capacity = rx.max_capacity();
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(flush_every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -30,79 +82,53 @@ pub async fn run_writer(
         tokio::select! {
             next = rx.recv() => match next {
                 Some(exchange) => {
-                    if let Some(prepared) = prepare(&exchange, &redactor) {
-                        batch.extend(thread_now(&store, prepared).await);
-                    }
-                    // One record at a time, then make way: requests on the
-                    // same worker wait at most one record's parsing, where
-                    // a whole batch at once showed up as p99 stalls.
-                    tokio::task::yield_now().await;
+                    priority.follow(rx.len(), capacity);
+                    batch.extend(prepare(&exchange, &redactor).map(|p| thread_now(&store, p)));
                     if batch.len() >= MAX_BATCH {
-                        write(&store, &mut batch).await;
+                        write(&store, &mut batch);
                     }
                 }
                 None => break,
             },
-            _ = tick.tick() => write(&store, &mut batch).await,
+            _ = tick.tick() => {
+                priority.follow(rx.len(), capacity);
+                write(&store, &mut batch);
+            }
             () = shutdown.cancelled() => break,
         }
     }
     rx.close();
     while let Some(exchange) = rx.recv().await {
-        if let Some(prepared) = prepare(&exchange, &redactor) {
-            batch.extend(thread_now(&store, prepared).await);
-        }
+        batch.extend(prepare(&exchange, &redactor).map(|p| thread_now(&store, p)));
     }
-    write(&store, &mut batch).await;
+    write(&store, &mut batch);
 }
 
-/// Writes and flushes the batch on a blocking thread; on failure the
-/// records are logged as lost (by count, never by content) and counted.
-/// Threads the record at once, on a blocking thread, so a follow-up turn
-/// sent the moment the answer ends already finds its conversation.
-async fn thread_now(store: &SharedStore, p: Prepared) -> Option<InferenceRecord> {
-    let store = store.clone();
-    let id = p.record.id.clone();
-    match tokio::task::spawn_blocking(move || {
-        if let Err(e) = thread(&store, &p.record, p.parent_id.as_deref(), p.continuation) {
-            tracing::error!(error = %e, inference_id = %p.record.id, "could not thread the inference");
-        }
-        p.record
-    })
-    .await
-    {
-        Ok(record) => Some(record),
-        Err(e) => {
-            metrics::counter!("flywheel_capture_lost_total").increment(1);
-            tracing::error!(error = %e, inference_id = %id, "threading task failed");
-            None
-        }
+/// Threads the record at once, so a follow-up turn sent the moment the
+/// answer ends already finds its conversation.
+fn thread_now(store: &SharedStore, p: Prepared) -> InferenceRecord {
+    if let Err(e) = thread(store, &p.record, p.parent_id.as_deref(), p.continuation) {
+        tracing::error!(error = %e, inference_id = %p.record.id, "could not thread the inference");
     }
+    p.record
 }
 
-async fn write(store: &SharedStore, batch: &mut Vec<InferenceRecord>) {
+/// Writes and flushes the batch; on failure the records are logged as
+/// lost (by count, never by content) and counted.
+fn write(store: &SharedStore, batch: &mut Vec<InferenceRecord>) {
     if batch.is_empty() {
         return;
     }
     let records = std::mem::take(batch);
     let count = records.len();
-    let store = store.clone();
-    // Store calls run off the async workers: a sled call that waits on a
-    // concurrent flush would stall every request on the worker.
-    let result = tokio::task::spawn_blocking(move || {
-        store.insert_inferences(&records)?;
-        store.flush()
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => metrics::counter!("flywheel_captured_total").increment(count as u64),
-        Ok(Err(e)) => {
-            metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
-            tracing::error!(error = %e, count, "capture batch could not be stored");
-        }
+    match store
+        .insert_inferences(&records)
+        .and_then(|()| store.flush())
+    {
+        Ok(()) => metrics::counter!("flywheel_captured_total").increment(count as u64),
         Err(e) => {
             metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
-            tracing::error!(error = %e, count, "capture writer task failed");
+            tracing::error!(error = %e, count, "capture batch could not be stored");
         }
     }
 }

@@ -188,6 +188,17 @@ pub struct CaptureConfig {
     /// is purged when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_days: Option<u32>,
+    /// The capture writer's CPU priority.
+    pub writer_priority: WriterPriority,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriterPriority {
+    /// Only CPU the request path leaves over (`SCHED_IDLE` on Linux).
+    Background,
+    /// The same priority as request handling.
+    Normal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -210,6 +221,7 @@ impl Default for CaptureConfig {
             on_queue_full: QueueFullPolicy::Drop,
             queue_wait_ms: 1000,
             retention_days: None,
+            writer_priority: WriterPriority::Background,
         }
     }
 }

@@ -22,13 +22,13 @@ fn check_server(c: &Config) -> Result<(), ConfigError> {
             "must be at least 1024 bytes",
         ));
     }
-    if let Some(name) = &c.server.default_provider {
-        if !c.providers.iter().any(|p| &p.name == name) {
-            return Err(ConfigError::invalid(
-                "server.default_provider",
-                format!("names provider `{name}`, which no [[providers]] entry defines"),
-            ));
-        }
+    if let Some(name) = &c.server.default_provider
+        && !c.providers.iter().any(|p| &p.name == name)
+    {
+        return Err(ConfigError::invalid(
+            "server.default_provider",
+            format!("names provider `{name}`, which no [[providers]] entry defines"),
+        ));
     }
     if c.server.data_dir.as_os_str().is_empty() {
         return Err(ConfigError::invalid("server.data_dir", "must not be empty"));

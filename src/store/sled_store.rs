@@ -35,7 +35,8 @@ pub struct SledStore {
     meta: sled::Tree,
     /// Held while a conversation, its index entries and the tallies change
     /// together; only capture, feedback and review take it, never a request.
-    conversation_lock: std::sync::Mutex<()>,
+    /// Holds the tallies as last committed, once read.
+    conversation_lock: std::sync::Mutex<Option<ConversationTallies>>,
 }
 
 impl SledStore {
@@ -59,7 +60,7 @@ impl SledStore {
             idempotency: tree("feedback_idempotency")?,
             conversation_index: tree("conversation_index")?,
             meta: tree("meta")?,
-            conversation_lock: std::sync::Mutex::new(()),
+            conversation_lock: std::sync::Mutex::new(None),
             db,
         }
         .with_conversation_views()
@@ -156,8 +157,11 @@ impl Store for SledStore {
                 index.insert(c.as_bytes(), r.id.as_bytes());
             }
         }
-        self.inferences.apply_batch(rows).map_err(io)?;
-        self.by_completion.apply_batch(index).map_err(io)
+        // The index first: a completion id may then point at an inference
+        // not written yet (a lookup finds nothing and retries), never the
+        // other way round.
+        self.by_completion.apply_batch(index).map_err(io)?;
+        self.inferences.apply_batch(rows).map_err(io)
     }
 
     fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError> {
@@ -243,7 +247,7 @@ impl Store for SledStore {
     }
 
     fn tallies(&self) -> Result<ConversationTallies, StoreError> {
-        self.read_tallies()
+        self.current_tallies()
     }
 
     fn for_each_conversation(
@@ -322,6 +326,20 @@ impl Store for SledStore {
 mod tests {
     use super::*;
 
+    /// Opens a store just dropped in this process: sled's background
+    /// flusher may hold the directory's lock for a moment after the drop.
+    pub(crate) fn reopen(dir: &Path) -> SledStore {
+        for _ in 0..100 {
+            match SledStore::open(dir) {
+                Err(StoreError::Locked { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                opened => return opened.unwrap(),
+            }
+        }
+        panic!("the store stayed locked after it was dropped");
+    }
+
     fn key(id: &str) -> ApiKeyRecord {
         ApiKeyRecord {
             id: id.into(),
@@ -347,7 +365,7 @@ mod tests {
                 Err(StoreError::NotFound)
             ));
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         let keys = s.keys().unwrap();
         assert_eq!(keys.len(), 2);
         assert!(keys[0].revoked_at.is_some() && keys[1].revoked_at.is_none());

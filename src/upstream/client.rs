@@ -146,12 +146,11 @@ impl Provider {
     fn build(&self, req: &UpstreamRequest<'_>) -> reqwest::RequestBuilder {
         let mut headers = req.headers.clone();
         let key = req.client_key.or(self.key.as_ref());
-        if let Some(key) = key {
-            if let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", key.expose_secret()))
-            {
-                value.set_sensitive(true);
-                headers.insert(header::AUTHORIZATION, value);
-            }
+        if let Some(key) = key
+            && let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", key.expose_secret()))
+        {
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
         }
         let builder = if req.path == CHAT_PATH && req.query.is_none() {
             self.http.request(req.method.clone(), self.chat_url.clone())

@@ -34,7 +34,13 @@ fn serve(config: &std::path::Path) -> Child {
     flywheel()
         .args(["serve", "--config"])
         .arg(config)
-        .stderr(std::process::Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(std::env::temp_dir().join(format!("fw-serve-{}.log", std::process::id())))
+                .unwrap(),
+        )
         .spawn()
         .unwrap()
 }
@@ -109,11 +115,10 @@ async fn sigkill_under_feedback_load_loses_no_acknowledged_feedback() {
                     },
                     _ => break,
                 }
-                if let Ok(r) = http.post(format!("{base}/v1/chat/completions")).bearer_auth(&key).json(&crate::helpers::triage_request(false)).send().await {
-                    if r.status() == 200 {
+                if let Ok(r) = http.post(format!("{base}/v1/chat/completions")).bearer_auth(&key).json(&crate::helpers::triage_request(false)).send().await
+                    && r.status() == 200 {
                         answered.push(r.headers()["x-flywheel-inference-id"].to_str().unwrap().to_string());
                     }
-                }
                 n += 8;
             }
             (acknowledged, answered)

@@ -138,9 +138,20 @@ impl SledStore {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        // The lock guards no data of its own, so a panic elsewhere while it
-        // was held leaves nothing inconsistent behind.
+    /// The tallies as last committed, from memory once read.
+    pub(super) fn current_tallies(&self) -> Result<ConversationTallies, StoreError> {
+        let mut held = self.lock();
+        if let Some(t) = held.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = self.read_tallies()?;
+        *held = Some(t.clone());
+        Ok(t)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ConversationTallies>> {
+        // The cached tallies are only replaced after a commit succeeded, so
+        // a panic elsewhere while the lock was held leaves them correct.
         self.conversation_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -150,7 +161,7 @@ impl SledStore {
         &self,
         turn: &NewTurn<'_>,
     ) -> Result<usize, StoreError> {
-        let _held = self.lock();
+        let mut held = self.lock();
         let before = self.conversation_record(turn.conversation_id)?;
         let mut after = before.clone().unwrap_or_else(|| ConversationRecord {
             id: turn.conversation_id.to_string(),
@@ -180,7 +191,7 @@ impl SledStore {
             after.versions.push(v.to_string());
         }
         after.fine_tuned_turns += u32::from(turn.fine_tuned);
-        self.commit(before.as_ref(), Some(&after), Changes::default())?;
+        self.commit(&mut held, before.as_ref(), Some(&after), Changes::default())?;
         Ok(after.inference_ids.len() - 1)
     }
 
@@ -193,13 +204,13 @@ impl SledStore {
         edit: &mut dyn FnMut(&mut ConversationRecord),
         changes: Changes,
     ) -> Result<Option<ConversationRecord>, StoreError> {
-        let _held = self.lock();
+        let mut held = self.lock();
         let before = self.conversation_record(id)?;
         let after = before.clone().map(|mut c| {
             edit(&mut c);
             c
         });
-        self.commit(before.as_ref(), after.as_ref(), changes)?;
+        self.commit(&mut held, before.as_ref(), after.as_ref(), changes)?;
         Ok(after)
     }
 
@@ -208,7 +219,7 @@ impl SledStore {
         record: &InferenceRecord,
         forget: &mut dyn FnMut(&mut ConversationRecord, &[FeedbackRecord]),
     ) -> Result<(), StoreError> {
-        let _held = self.lock();
+        let mut held = self.lock();
         let mut changes = Changes::default();
         let feedback = self.remove_inference(record, &mut changes)?;
         let before = self.conversation_record(&record.conversation_id)?;
@@ -217,14 +228,14 @@ impl SledStore {
             forget(&mut c, &feedback);
             (!c.inference_ids.is_empty()).then_some(c)
         });
-        self.commit(before.as_ref(), after.as_ref(), changes)
+        self.commit(&mut held, before.as_ref(), after.as_ref(), changes)
     }
 
     pub(super) fn delete_whole_conversation(
         &self,
         id: &str,
     ) -> Result<Option<ConversationRecord>, StoreError> {
-        let _held = self.lock();
+        let mut held = self.lock();
         let Some(before) = self.conversation_record(id)? else {
             return Ok(None);
         };
@@ -237,7 +248,7 @@ impl SledStore {
                 self.remove_inference(&record, &mut changes)?;
             }
         }
-        self.commit(Some(&before), None, changes)?;
+        self.commit(&mut held, Some(&before), None, changes)?;
         Ok(Some(before))
     }
 
@@ -277,13 +288,18 @@ impl SledStore {
     /// read before it moved since.
     fn commit(
         &self,
+        cached: &mut Option<ConversationTallies>,
         before: Option<&ConversationRecord>,
         after: Option<&ConversationRecord>,
         mut changes: Changes,
     ) -> Result<(), StoreError> {
         let id = after.or(before).map(|c| c.id.clone());
+        let mut committed = None;
         if let Some(id) = &id {
-            let mut tallies = self.read_tallies()?;
+            let mut tallies = match cached.take() {
+                Some(t) => t,
+                None => self.read_tallies()?,
+            };
             let old_keys = before.map(index_keys).unwrap_or_default();
             let new_keys = after.map(index_keys).unwrap_or_default();
             if let Some(c) = before {
@@ -303,6 +319,7 @@ impl SledStore {
                 None => changes.remove(Tree::Conversations, id.as_bytes()),
             }
             changes.put(Tree::Meta, TALLIES, encode(&tallies)?);
+            committed = Some(tallies);
         }
         let trees = [
             &self.conversations,
@@ -323,7 +340,11 @@ impl SledStore {
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| StoreError::Io(format!("conversation transaction failed: {e:?}")))
+            .map_err(|e| StoreError::Io(format!("conversation transaction failed: {e:?}")))?;
+        if committed.is_some() {
+            *cached = committed;
+        }
+        Ok(())
     }
 
     pub(super) fn walk_conversations(
@@ -497,7 +518,7 @@ mod tests {
     #[test]
     fn a_store_from_before_the_indexes_gets_them_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = crate::store::sled_store::tests::reopen(dir.path());
         for n in 0..5 {
             let conv = format!("conv_{n}");
             store
@@ -508,7 +529,7 @@ mod tests {
         store.meta.clear().unwrap();
         store.conversation_index.clear().unwrap();
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = crate::store::sled_store::tests::reopen(dir.path());
         assert_eq!(store.tallies().unwrap(), tallies);
         assert_eq!(all_ids(&store, ConversationScan::default()).len(), 5);
     }
