@@ -34,13 +34,8 @@ fn serve(config: &std::path::Path) -> Child {
     flywheel()
         .args(["serve", "--config"])
         .arg(config)
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(std::env::temp_dir().join(format!("fw-serve-{}.log", std::process::id())))
-                .unwrap(),
-        )
+        // Inherited: the test harness shows it when the test fails.
+        .stderr(std::process::Stdio::inherit())
         .spawn()
         .unwrap()
 }
