@@ -58,37 +58,52 @@ done
 metric() { curl -s "127.0.0.1:$proxy_port/metrics" | awk -v m="$1" '$1==m {print int($2)} END {}' | head -1; }
 captured() { local n; n=$(metric flywheel_captured_total); echo "${n:-0}"; }
 
-# Fill: closed-loop load at saturation, 20 s at a time, until the target.
+# Fill: open-loop load at FILL_RATE, 20 s at a time, until the target.
+fill_rate=${FILL_RATE:-2000}
 start=$(date +%s.%N)
 served=0
 while [ "$(captured)" -lt "$target" ] && [ $(( $(date +%s) - ${start%.*} )) -lt "$max_seconds" ]; do
-  out=$(taskset -c 0 "$loadgen" --addr "127.0.0.1:$proxy_port" --body-file bench/request.json --duration 20 --rate 0 --connections 8)
+  out=$(taskset -c 0 "$loadgen" --addr "127.0.0.1:$proxy_port" --body-file bench/request.json --duration 20 --rate "$fill_rate" --connections 8)
   served=$((served + $(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ok"])')))
   echo "served $served, captured $(captured)" >&2
 done
+dropped() { local n; n=$(metric flywheel_exchange_dropped_total); echo "${n:-0}"; }
 # Let the writer catch up with what is queued.
 for _ in $(seq 600); do
-  [ "$(captured)" -ge "$served" ] && break; sleep 0.5
+  [ $(( $(captured) + $(dropped) )) -ge "$served" ] && break; sleep 0.5
 done
 end=$(date +%s.%N)
 total=$(captured)
-dropped=$(metric flywheel_exchange_dropped_total); dropped=${dropped:-0}
+dropped=$(dropped)
 sleep 1
 store_bytes=$(du -sb "$work/data" | cut -f1)
 
 python3 bench/capture_queries.py "127.0.0.1:$proxy_port" "$FLYWHEEL_ADMIN_TOKEN" >"$work/queries.json"
+
+# Saturation with the full store behind it: how fast the proxy serves and
+# how fast capture keeps up when clients send as fast as they can.
+sat_captured=$(captured); sat_dropped=$(dropped); sat_start=$(date +%s.%N)
+sat=$(taskset -c 0 "$loadgen" --addr "127.0.0.1:$proxy_port" --body-file bench/request.json --duration 20 --rate 0 --connections 8)
+sat_served=$(echo "$sat" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ok"])')
+for _ in $(seq 240); do
+  [ $(( $(captured) - sat_captured + $(dropped) - sat_dropped )) -ge "$sat_served" ] && break; sleep 0.5
+done
+sat_end=$(date +%s.%N)
+echo "{\"served\": $sat_served, \"captured\": $(( $(captured) - sat_captured )), \"dropped\": $(( $(dropped) - sat_dropped )), \"seconds\": $(python3 -c "print($sat_end - $sat_start)")}" >"$work/saturation.json"
 rss_kb=$(awk '/VmHWM/{print $2}' /proc/$(pgrep -f "serve --config $work/flywheel.toml" | head -1)/status)
 
 mkdir -p bench/results
-python3 - "$start" "$end" "$served" "$total" "$dropped" "$store_bytes" "$rss_kb" "$work/queries.json" >bench/results/capture.md <<'PY'
+python3 - "$start" "$end" "$served" "$total" "$dropped" "$store_bytes" "$rss_kb" "$work/queries.json" "$fill_rate" "$work/saturation.json" >bench/results/capture.md <<'PY'
 import json, sys
-start, end, served, total, dropped, size, rss, queries = sys.argv[1:]
+start, end, served, total, dropped, size, rss, queries, rate, saturation = sys.argv[1:]
+sat = json.load(open(saturation))
 seconds = float(end) - float(start)
 total, served, dropped, size = int(total), int(served), int(dropped), int(size)
 q = json.load(open(queries))
-print(f"Filled with {total:,} captured inferences ({served:,} requests served, {dropped} dropped) in {seconds:.0f} s.\n")
+print(f"Filled with {total:,} captured inferences ({served:,} requests served at {rate} req/s, {dropped} dropped) in {seconds:.0f} s.\n")
 print("| measure | value |\n|---|---|")
-print(f"| sustained capture throughput (proxy + writer on one core) | {total / seconds:,.0f} inferences/s |")
+print(f"| sustained capture during the fill (proxy + writer on one core) | {total / seconds:,.0f} inferences/s, {dropped} dropped |")
+print(f"| saturation, 20 s closed loop, store full | served {sat['served'] / 20:,.0f} req/s; captured {sat['captured'] / sat['seconds']:,.0f} inferences/s until the queue drained ({sat['seconds']:.0f} s); {sat['dropped']:,} dropped |")
 print(f"| store size | {size / 2**20:,.0f} MiB for {total:,} inferences = {size / total * 1e6 / 2**30:.2f} GiB per million |")
 print(f"| peak RSS of the proxy | {int(rss) / 1024:.0f} MB |")
 print(f"\nLabelled for the filters: {q['labelled']:,} conversations (threat type, severity, quality), {q['approved']:,} approved.\n")

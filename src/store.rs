@@ -135,6 +135,9 @@ pub enum IndexField {
 pub struct ConversationScan {
     /// The index and value to walk; every conversation when `None`.
     pub index: Option<(IndexField, String)>,
+    /// Further exact values a conversation must have, checked against
+    /// their indexes before the conversation itself is read.
+    pub also: Vec<(IndexField, String)>,
     /// Created at or after this RFC 3339 time (seconds, UTC, `Z`).
     pub since: Option<String>,
     /// Created before this time.

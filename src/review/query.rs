@@ -13,7 +13,7 @@ const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 /// Conversations looked at per page: bounds the time of a page whose
 /// filters match little (its cursor then goes on from where it stopped).
-const SCAN_BUDGET: usize = 5_000;
+const SCAN_BUDGET: usize = 2_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,12 +66,10 @@ impl Filters {
             && self.text.as_deref().is_none_or(|t| mentions(c, t))
     }
 
-    /// The index with the fewest entries among the exact filters: a user
-    /// is taken as the most selective (users are not tallied).
-    fn index(&self, tallies: &ConversationTallies) -> Option<(IndexField, String)> {
-        if let Some(user) = &self.user {
-            return Some((IndexField::User, user.clone()));
-        }
+    /// The exact filters, the one with the fewest entries first (a user
+    /// is taken as the most selective: users are not tallied). The first
+    /// is walked, the others checked against their indexes.
+    fn indexes(&self, tallies: &ConversationTallies) -> Vec<(IndexField, String)> {
         let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| {
             map.get(key).copied().unwrap_or(0)
         };
@@ -81,6 +79,9 @@ impl Filters {
             ReviewStatus::Rejected => tallies.rejected,
         };
         let candidates = [
+            self.user
+                .as_ref()
+                .map(|v| (IndexField::User, v.clone(), -1)),
             self.status
                 .map(|s| (IndexField::Status, s.as_str().to_string(), status_count(s))),
             self.threat_type.as_ref().map(|v| {
@@ -105,11 +106,12 @@ impl Filters {
                 )
             }),
         ];
-        candidates
+        let mut found: Vec<_> = candidates.into_iter().flatten().collect();
+        found.sort_by_key(|(_, _, n)| *n);
+        found
             .into_iter()
-            .flatten()
-            .min_by_key(|(_, _, n)| *n)
             .map(|(field, value, _)| (field, value))
+            .collect()
     }
 }
 
@@ -188,8 +190,10 @@ pub fn list_conversations(
     };
     let internal = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
     let tallies = store.tallies().map_err(internal)?;
+    let mut indexes = filters.indexes(&tallies).into_iter();
     let scan = ConversationScan {
-        index: filters.index(&tallies),
+        index: indexes.next(),
+        also: indexes.collect(),
         since,
         until,
         cursor: query.cursor,

@@ -379,14 +379,28 @@ impl SledStore {
         while let Some(entry) = entries.next() {
             let (key, id) = entry.map_err(io)?;
             looked_at += 1;
-            let found = self.conversation_record(&String::from_utf8_lossy(&id))?;
+            let sort = &key[head.len()..];
+            let mut indexed = true;
+            for (field, value) in &scan.also {
+                let mut other = prefix(field.name(), value);
+                other.extend_from_slice(sort);
+                if !self.conversation_index.contains_key(other).map_err(io)? {
+                    indexed = false;
+                    break;
+                }
+            }
+            let found = if indexed {
+                self.conversation_record(&String::from_utf8_lossy(&id))?
+            } else {
+                None
+            };
             if let Some(c) = found.filter(|c| keep(c)) {
                 page.data.push(c);
             }
             let full = page.data.len() >= scan.limit || looked_at >= scan.budget;
             if full {
                 if entries.peek().is_some() {
-                    page.next_cursor = Some(hex::encode(&key[head.len()..]));
+                    page.next_cursor = Some(hex::encode(sort));
                 }
                 break;
             }
@@ -498,6 +512,15 @@ mod tests {
             },
         );
         assert_eq!(approved, ["conv_16", "conv_12", "conv_04", "conv_00"]);
+        let approved_malware = all_ids(
+            &store,
+            ConversationScan {
+                index: Some((IndexField::Status, "approved".into())),
+                also: vec![(IndexField::ThreatType, "malware".into())],
+                ..Default::default()
+            },
+        );
+        assert_eq!(approved_malware, ["conv_16", "conv_12", "conv_00"]);
         let window = all_ids(
             &store,
             ConversationScan {
