@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(window, ["conv_09", "conv_07", "conv_06", "conv_05"]);
         drop(store);
 
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = crate::store::sled_store::tests::reopen(dir.path());
         assert_eq!(store.tallies().unwrap(), tallies);
         assert_eq!(all_ids(&store, ConversationScan::default()), expected);
     }
