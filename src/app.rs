@@ -7,7 +7,7 @@ use crate::capture::Redactor;
 use crate::config::{Config, Secrets};
 use crate::exchange::{self, ExchangeSink};
 use crate::limits::RateLimits;
-use crate::routing::{Routes, RoutingTable};
+use crate::registry::Registry;
 use crate::store::{SharedStore, StoreError};
 use crate::upstream::Upstreams;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -24,13 +24,16 @@ use tokio_util::task::TaskTracker;
 /// (routes, keys) is swapped atomically inside; nothing here is locked.
 pub struct AppState {
     pub config: Arc<Config>,
-    pub routes: Routes,
+    /// Model versions, traffic and the live routing table.
+    pub registry: Registry,
     pub upstreams: Upstreams,
     pub keys: KeyService,
     pub auth: AuthPolicy,
     pub limits: RateLimits,
     pub store: SharedStore,
     pub exchanges: ExchangeSink,
+    /// Copies of live requests for shadow versions.
+    pub mirror: crate::proxy::Mirror,
     /// Applied to every captured record before it is stored.
     pub redactor: Arc<Redactor>,
     pub metrics: PrometheusHandle,
@@ -93,21 +96,24 @@ impl Application {
         );
         let redactor =
             Redactor::new(&config.capture.redact).map_err(|(i, e)| StartError::Redaction(i, e))?;
+        let config = Arc::new(config);
+        let registry = Registry::open(store.clone(), config.clone())?;
         let state = AppState {
-            routes: Routes::new(RoutingTable::from_config(&config)),
+            registry,
             upstreams: Upstreams::new(&config, &secrets).map_err(StartError::Upstream)?,
             limits: RateLimits::new(&config.limits),
             keys,
             auth,
             store,
             exchanges,
+            mirror: crate::proxy::Mirror::default(),
             redactor: Arc::new(redactor),
             metrics: crate::telemetry::metrics_handle(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             shutdown: CancellationToken::new(),
-            config: Arc::new(config),
+            config,
         };
         Ok(Self {
             listener,
@@ -194,6 +200,12 @@ impl Application {
                 Ok(())
             }
         };
+        if tokio::time::timeout(grace, state.mirror.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shadow requests did not finish within the grace period");
+        }
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             tracing::warn!("background services did not stop within the grace period");

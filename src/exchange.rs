@@ -140,6 +140,7 @@ mod tests {
                 version: None,
                 provider: 0,
                 upstream_model: "m".into(),
+                candidate: false,
             },
             streamed: false,
             request: Bytes::new(),

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod limits;
 pub mod openai;
 pub mod proxy;
+pub mod registry;
 pub mod review;
 pub mod routing;
 pub mod server;

@@ -7,11 +7,13 @@ mod models;
 mod passthrough;
 mod relay;
 mod request;
+mod shadow;
 
 pub use chat::chat_completions;
 pub use models::{get_model, list_models};
 pub use passthrough::passthrough;
 pub use request::ChatRequest;
+pub use shadow::Mirror;
 
 use std::sync::Arc;
 

@@ -1,9 +1,14 @@
-//! Which upstream model serves a request: alias → production version →
-//! provider and model; a name that is no alias goes to the default provider
-//! unchanged. The table is swapped atomically, so a request keeps the route
-//! it resolved even if the table changes while it runs.
+//! Which upstream model serves a request: alias → version (by weighted,
+//! sticky assignment over the alias's bucket table, or forced) → provider
+//! and model; a name that is no alias goes to the default provider
+//! unchanged. The table is built from the registry and swapped atomically,
+//! so a request keeps the route it resolved even if the table changes
+//! while it runs.
 
-use crate::config::{Config, ModelType};
+pub mod buckets;
+
+use crate::config::Config;
+use crate::store::{ModelAliasRecord, VersionState};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,23 +16,49 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct Version {
     pub name: Arc<str>,
-    /// Index into the upstream providers, fixed at start-up.
-    pub provider: usize,
+    /// Index into the upstream providers; `None` when the registry names a
+    /// provider the config no longer has (the version cannot serve).
+    pub provider: Option<usize>,
     pub model: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Alias {
     pub name: Arc<str>,
-    pub model_type: ModelType,
+    pub model_type: Arc<str>,
     pub versions: Vec<Version>,
     /// Index into `versions`.
     pub production: usize,
+    /// Owner of each traffic slot (index into `versions`).
+    buckets: Arc<[u8]>,
+    /// The one version owning every slot, when there is no split.
+    sole: Option<usize>,
+    /// Versions that receive a mirrored copy of the traffic.
+    pub shadows: Vec<usize>,
 }
 
 impl Alias {
     pub fn production(&self) -> Option<&Version> {
         self.versions.get(self.production)
+    }
+
+    pub fn version(&self, name: &str) -> Option<&Version> {
+        self.versions.iter().find(|v| &*v.name == name)
+    }
+
+    /// The version a sticky key is assigned to.
+    fn assigned(&self, sticky: &str) -> usize {
+        let owner = match self.sole {
+            Some(v) => v,
+            None => self
+                .buckets
+                .get(buckets::slot(&self.name, sticky))
+                .map_or(self.production, |&o| o as usize),
+        };
+        match self.versions.get(owner) {
+            Some(v) if v.provider.is_some() => owner,
+            _ => self.production,
+        }
     }
 }
 
@@ -38,78 +69,106 @@ pub struct Route {
     pub version: Option<Arc<str>>,
     pub provider: usize,
     pub upstream_model: Arc<str>,
+    /// Assigned by weight to a version that is not production: a failure
+    /// before the first byte may fall back to production.
+    pub candidate: bool,
+}
+
+/// How a request chooses its version.
+#[derive(Debug, Clone, Copy)]
+pub enum Choice<'a> {
+    /// By the alias's weights, sticky on this key.
+    Sticky(&'a str),
+    /// This version, whatever the weights (`x-flywheel-variant`).
+    Forced(&'a str),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RouteError {
+    #[error("alias `{alias}` has no version named `{version}`")]
+    UnknownVersion { alias: String, version: String },
+    #[error("alias `{0}` has no version that can serve: its providers are not configured")]
+    Unroutable(String),
 }
 
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     aliases: HashMap<Arc<str>, Alias>,
-    /// Config order, for listings.
+    /// Config order, then the rest by name, for listings.
     order: Vec<Arc<str>>,
     default_provider: usize,
 }
 
 impl RoutingTable {
-    /// Seeds the table from config. Validation has checked every reference.
-    pub fn from_config(config: &Config) -> Self {
-        let provider_index = |name: &str| {
-            config
-                .providers
-                .iter()
-                .position(|p| p.name == name)
-                .unwrap_or(0)
-        };
+    /// Builds the table from the registry's records; `config` gives the
+    /// providers' indexes and the listing order.
+    pub fn build(config: &Config, records: &[ModelAliasRecord]) -> Self {
+        let provider_index = |name: &str| config.providers.iter().position(|p| p.name == name);
         let mut table = RoutingTable {
-            default_provider: provider_index(&config.default_provider().name),
+            default_provider: provider_index(&config.default_provider().name).unwrap_or(0),
             ..Default::default()
         };
-        for m in &config.models {
-            let versions: Vec<Version> = m
-                .versions
+        let mut sorted: Vec<&ModelAliasRecord> = records.iter().collect();
+        let rank = |r: &ModelAliasRecord| {
+            config
+                .models
                 .iter()
-                .map(|v| Version {
-                    name: v.name.as_str().into(),
-                    provider: provider_index(&v.provider),
-                    model: v.model.as_str().into(),
-                })
-                .collect();
-            let production = m
-                .production_version()
-                .and_then(|p| versions.iter().position(|v| *v.name == *p.name))
-                .unwrap_or(0);
-            let name: Arc<str> = m.name.as_str().into();
-            table.order.push(name.clone());
-            table.aliases.insert(
-                name.clone(),
-                Alias {
-                    name,
-                    model_type: m.model_type,
-                    versions,
-                    production,
-                },
-            );
+                .position(|m| m.name == r.alias)
+                .unwrap_or(usize::MAX)
+        };
+        sorted.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.alias.cmp(&b.alias)));
+        for record in sorted {
+            let alias = alias_from(record, &provider_index);
+            table.order.push(alias.name.clone());
+            table.aliases.insert(alias.name.clone(), alias);
         }
         table
     }
 
-    pub fn resolve(&self, model: &str) -> Route {
-        match self
-            .aliases
-            .get(model)
-            .and_then(|a| Some((a, a.production()?)))
-        {
-            Some((alias, version)) => Route {
-                alias: Some(alias.name.clone()),
-                version: Some(version.name.clone()),
-                provider: version.provider,
-                upstream_model: version.model.clone(),
-            },
-            None => Route {
+    /// The route for `model`: an alias's chosen version, or the default
+    /// provider for any other name.
+    pub fn resolve(&self, model: &str, choice: Choice<'_>) -> Result<Route, RouteError> {
+        let Some(alias) = self.aliases.get(model) else {
+            return Ok(Route {
                 alias: None,
                 version: None,
                 provider: self.default_provider,
                 upstream_model: model.into(),
-            },
-        }
+                candidate: false,
+            });
+        };
+        let index = match choice {
+            Choice::Sticky(key) => alias.assigned(key),
+            Choice::Forced(name) => alias
+                .versions
+                .iter()
+                .position(|v| &*v.name == name)
+                .ok_or_else(|| RouteError::UnknownVersion {
+                    alias: alias.name.to_string(),
+                    version: name.to_string(),
+                })?,
+        };
+        let route = route_to(alias, index)?;
+        Ok(Route {
+            candidate: matches!(choice, Choice::Sticky(_)) && index != alias.production,
+            ..route
+        })
+    }
+
+    /// The alias's production route, for a fallback.
+    pub fn production(&self, alias: &str) -> Option<Route> {
+        let a = self.aliases.get(alias)?;
+        route_to(a, a.production).ok()
+    }
+
+    /// Routes to every shadow version of the alias.
+    pub fn shadows(&self, alias: &str) -> Vec<Route> {
+        self.aliases.get(alias).map_or_else(Vec::new, |a| {
+            a.shadows
+                .iter()
+                .filter_map(|&i| route_to(a, i).ok())
+                .collect()
+        })
     }
 
     pub fn alias(&self, name: &str) -> Option<&Alias> {
@@ -118,6 +177,70 @@ impl RoutingTable {
 
     pub fn aliases(&self) -> impl Iterator<Item = &Alias> {
         self.order.iter().filter_map(|n| self.aliases.get(n))
+    }
+}
+
+fn route_to(alias: &Alias, index: usize) -> Result<Route, RouteError> {
+    let version = alias
+        .versions
+        .get(index)
+        .filter(|v| v.provider.is_some())
+        .ok_or_else(|| RouteError::Unroutable(alias.name.to_string()))?;
+    Ok(Route {
+        alias: Some(alias.name.clone()),
+        version: Some(version.name.clone()),
+        provider: version.provider.unwrap_or_default(),
+        upstream_model: version.model.clone(),
+        candidate: false,
+    })
+}
+
+fn alias_from(record: &ModelAliasRecord, provider_index: &dyn Fn(&str) -> Option<usize>) -> Alias {
+    let versions: Vec<Version> = record
+        .versions
+        .iter()
+        .map(|v| {
+            let provider = provider_index(&v.provider);
+            if provider.is_none() {
+                tracing::error!(alias = %record.alias, version = %v.name, provider = %v.provider,
+                    "the version names a provider that is not configured; it cannot serve");
+            }
+            Version {
+                name: v.name.as_str().into(),
+                provider,
+                model: v.model.as_str().into(),
+            }
+        })
+        .collect();
+    let production = record
+        .versions
+        .iter()
+        .position(|v| v.name == record.production)
+        .unwrap_or(0);
+    let table = buckets::decode(&record.buckets).unwrap_or_else(|| {
+        tracing::error!(alias = %record.alias, "the stored traffic table is unreadable; production serves all traffic");
+        buckets::all_to(production as u8)
+    });
+    let counts = buckets::counts(&table, versions.len());
+    let sole = counts
+        .iter()
+        .position(|&c| c as usize == buckets::SLOTS)
+        .or((counts.iter().sum::<u32>() as usize != buckets::SLOTS).then_some(production));
+    let shadows = record
+        .versions
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.shadow && v.state != VersionState::Retired)
+        .map(|(i, _)| i)
+        .collect();
+    Alias {
+        name: record.alias.as_str().into(),
+        model_type: record.model_type.as_str().into(),
+        versions,
+        production,
+        buckets: table.into(),
+        sole,
+        shadows,
     }
 }
 
@@ -135,57 +258,5 @@ impl Routes {
 
     pub fn replace(&self, table: RoutingTable) {
         self.0.store(Arc::new(table));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config() -> Config {
-        Config::from_toml_str(
-            r#"
-[[providers]]
-name = "a"
-base_url = "http://127.0.0.1:1"
-[[providers]]
-name = "b"
-base_url = "http://127.0.0.1:2"
-[server]
-default_provider = "b"
-[[models]]
-name = "triage"
-model_type = "threat_detection"
-production = "large"
-  [[models.versions]]
-  name = "small"
-  provider = "a"
-  model = "gpt-4o-mini"
-  [[models.versions]]
-  name = "large"
-  provider = "a"
-  model = "gpt-4o"
-"#,
-            "test",
-            Vec::new(),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn aliases_route_to_their_production_version() {
-        let table = RoutingTable::from_config(&config());
-        let r = table.resolve("triage");
-        assert_eq!(r.version.as_deref(), Some("large"));
-        assert_eq!(&*r.upstream_model, "gpt-4o");
-        assert_eq!(r.provider, 0);
-    }
-
-    #[test]
-    fn other_names_pass_through_to_the_default_provider() {
-        let table = RoutingTable::from_config(&config());
-        let r = table.resolve("gpt-4.1");
-        assert!(r.alias.is_none() && r.version.is_none());
-        assert_eq!((&*r.upstream_model, r.provider), ("gpt-4.1", 1));
     }
 }

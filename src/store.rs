@@ -2,9 +2,13 @@
 //! sled type, so another implementation (PostgreSQL for several replicas)
 //! only has to implement this trait.
 
+mod model_records;
 mod records;
 mod sled_store;
 
+pub use model_records::{
+    AlertRecord, ModelAliasRecord, ModelHistoryRecord, ModelVersionRecord, VersionState,
+};
 pub use records::{
     ApiKeyRecord, AuditRecord, ConversationRecord, ConversationTallies, FeedbackRecord,
     HIGH_QUALITY, InferenceRecord, NewTurn, Review, ReviewStatus, ThreadPoint,
@@ -63,6 +67,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         completion_id: &str,
     ) -> Result<Option<InferenceRecord>, StoreError>;
+    /// The shadow versions' answers to a live inference.
+    fn shadows_of(&self, inference_id: &str) -> Result<Vec<InferenceRecord>, StoreError>;
 
     /// Appends a turn, creating the conversation (with its parent) if new;
     /// returns the turn's index.
@@ -111,6 +117,34 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<FeedbackRecord>, StoreError>;
     /// Every feedback on an inference, oldest first.
     fn feedback_for(&self, inference_id: &str) -> Result<Vec<FeedbackRecord>, StoreError>;
+
+    /// Every alias the registry holds.
+    fn model_aliases(&self) -> Result<Vec<ModelAliasRecord>, StoreError>;
+    /// Replaces the alias's record and appends its history entry in one
+    /// atomic step; durable once it returns.
+    fn put_model_alias(
+        &self,
+        record: &ModelAliasRecord,
+        history: &ModelHistoryRecord,
+    ) -> Result<(), StoreError>;
+    /// The alias's changes, newest first, after `cursor` (a history id).
+    fn model_history(
+        &self,
+        alias: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ModelHistoryRecord>, StoreError>;
+
+    /// Creates or replaces an alert; durable once it returns.
+    fn put_alert(&self, alert: &AlertRecord) -> Result<(), StoreError>;
+    fn alert(&self, id: &str) -> Result<Option<AlertRecord>, StoreError>;
+    /// Newest first, after `cursor` (an alert id), those `keep` accepts.
+    fn alerts(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&AlertRecord) -> bool,
+    ) -> Result<Vec<AlertRecord>, StoreError>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;

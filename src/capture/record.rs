@@ -20,6 +20,12 @@ pub struct CaptureMeta {
     pub tags: Vec<(String, String)>,
     /// False with `x-flywheel-no-capture: 1` or `capture.enabled = false`.
     pub enabled: bool,
+    /// The key the version was assigned by; later turns reuse it.
+    pub sticky: Option<String>,
+    /// The candidate that failed before production served this exchange.
+    pub fallback_from: Option<String>,
+    /// Set on a shadow version's exchange: the live inference it mirrors.
+    pub shadow_of: Option<String>,
 }
 
 impl CaptureMeta {
@@ -74,6 +80,8 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
         tags: ex.meta.tags.iter().cloned().collect(),
         conversation_id: ex.meta.conversation_id.clone(),
         created_at,
+        fallback_from: ex.meta.fallback_from.clone(),
+        shadow_of: ex.meta.shadow_of.clone(),
     }
 }
 

@@ -114,6 +114,8 @@ mod tests {
             tags: Default::default(),
             conversation_id: conversation.into(),
             created_at: String::new(),
+            fallback_from: None,
+            shadow_of: None,
         }
     }
 

@@ -107,7 +107,17 @@ async fn run_writer(
 /// Threads the record at once, so a follow-up turn sent the moment the
 /// answer ends already finds its conversation.
 fn thread_now(store: &SharedStore, p: Prepared) -> InferenceRecord {
-    if let Err(e) = thread(store, &p.record, p.parent_id.as_deref(), p.continuation) {
+    // A shadow's answer was never returned: it is no turn of anything.
+    if p.record.shadow_of.is_some() {
+        return p.record;
+    }
+    if let Err(e) = thread(
+        store,
+        &p.record,
+        p.parent_id.as_deref(),
+        p.continuation,
+        p.sticky.as_deref(),
+    ) {
         tracing::error!(error = %e, inference_id = %p.record.id, "could not thread the inference");
     }
     p.record
@@ -139,6 +149,8 @@ struct Prepared {
     parent_id: Option<String>,
     /// The key a follow-up turn will present.
     continuation: Option<String>,
+    /// What the version was assigned by, for the follow-up turns.
+    sticky: Option<String>,
 }
 
 /// The record to store for one exchange, redacted; `None` when capture is
@@ -162,6 +174,7 @@ fn prepare(exchange: &Exchange, redactor: &Redactor) -> Option<Prepared> {
         record,
         parent_id: exchange.meta.parent_id.clone(),
         continuation,
+        sticky: exchange.meta.sticky.clone(),
     })
 }
 
@@ -172,6 +185,7 @@ fn thread(
     record: &InferenceRecord,
     parent_id: Option<&str>,
     continuation: Option<String>,
+    sticky: Option<&str>,
 ) -> Result<(), crate::store::StoreError> {
     let preview = preview(&record.request["messages"]);
     let turn = store.append_turn(&NewTurn {
@@ -191,6 +205,7 @@ fn thread(
         let point = ThreadPoint {
             conversation_id: record.conversation_id.clone(),
             turn,
+            sticky: sticky.map(String::from),
         };
         store.put_thread(&key, &point)?;
     }

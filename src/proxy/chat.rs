@@ -6,18 +6,19 @@ use super::RouteLabels;
 use super::relay::{Pending, relay_stream};
 use super::request::ChatRequest;
 use crate::app::AppState;
-use crate::auth::{Caller, Credential};
+use crate::auth::{Caller, Credential, Role};
 use crate::capture::CaptureMeta;
 use crate::exchange::Outcome;
 use crate::ids::new_id;
 use crate::openai::{ApiError, read_body};
+use crate::routing::{Choice, Route, RouteError};
 use crate::upstream::{CHAT_PATH, Reply, UpstreamRequest, headers};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::time::{Instant, timeout_at};
@@ -31,31 +32,73 @@ pub async fn chat_completions(
     let started = Instant::now();
     let body = read_body(body, app.config.server.max_body_bytes).await?;
     let request = ChatRequest::parse(&body)?;
-    let route = app.routes.load().resolve(&request.model);
-    let provider = app
-        .upstreams
-        .get(route.provider)
-        .ok_or_else(|| ApiError::Internal("route names an unknown provider".into()))?;
-    let client_key = match &caller.credential {
-        Credential::Passthrough(key) => Some(key),
-        _ => None,
+    let thread = resolve_conversation(&app, &request_headers, request.history_key.as_deref());
+    let sticky = sticky_key(&request_headers, &thread, &caller, request.user.as_deref());
+    let forced = forced_variant(&request_headers, &caller)?;
+    // One table for the whole request: a promotion while it runs changes
+    // neither its version nor its fallback.
+    let table = app.registry.table();
+    let choice = match forced {
+        Some(version) => Choice::Forced(version),
+        None => Choice::Sticky(&sticky),
     };
-    let upstream_request = UpstreamRequest {
-        method: Method::POST,
-        path: CHAT_PATH,
-        query: None,
-        headers: headers::outgoing(&request_headers, false, client_key.is_some()),
-        body: request.body_for(&body, &route.upstream_model),
-        client_key,
+    let route = table.resolve(&request.model, choice).map_err(route_error)?;
+    let meta = CaptureMeta {
+        parent_id: thread.parent_id.clone(),
+        sticky: Some(sticky.clone()),
+        ..capture_meta(
+            &request_headers,
+            thread.conversation_id.clone(),
+            request.user.as_deref(),
+            app.config.capture.enabled,
+        )
     };
-    let deadline = started + provider.total_timeout;
+    let inference_id = new_id("inf");
+    if let Some(alias) = &route.alias {
+        let shadows = table.shadows(alias);
+        if !shadows.is_empty() {
+            app.mirror.send(
+                &app,
+                shadows,
+                &request,
+                &body,
+                &request_headers,
+                &inference_id,
+                &meta,
+            );
+        }
+    }
+    let outgoing = Outgoing {
+        app: &app,
+        request: &request,
+        body: &body,
+        headers: &request_headers,
+        caller: &caller,
+        started,
+    };
+    let (route, reply, fallback_from) = match outgoing.send(&route).await {
+        Ok(reply) => (route, Ok(reply), None),
+        Err(error) => match table
+            .production(route.alias.as_deref().unwrap_or(""))
+            .filter(|_| route.candidate && falls_back(&error))
+        {
+            Some(production) => {
+                let failed = route.version.as_deref().unwrap_or("").to_string();
+                tracing::warn!(version = %failed, error = %error, "candidate failed before the first byte; production serves instead");
+                metrics::counter!("flywheel_fallbacks_total",
+                    "alias" => route.alias.as_deref().unwrap_or("").to_string(), "version" => failed.clone())
+                .increment(1);
+                let reply = outgoing.send(&production).await;
+                (production, reply, Some(failed))
+            }
+            None => (route, Err(error), None),
+        },
+    };
     let labels = RouteLabels {
         alias: route.alias.clone(),
         version: route.version.clone(),
     };
-    let (conversation_id, parent_id) =
-        resolve_conversation(&app, &request_headers, request.history_key.as_deref());
-    let inference_id = new_id("inf");
+    let conversation_id = thread.conversation_id;
     let pending = Pending {
         inference_id: inference_id.clone(),
         caller_id: caller.id.clone(),
@@ -65,15 +108,15 @@ pub async fn chat_completions(
         started,
         sink: app.exchanges.clone(),
         meta: CaptureMeta {
-            parent_id,
-            ..capture_meta(
-                &request_headers,
-                conversation_id.clone(),
-                app.config.capture.enabled,
-            )
+            fallback_from,
+            ..meta
         },
     };
-    let reply = match provider.send(upstream_request, deadline).await {
+    let provider = app
+        .upstreams
+        .get(pending.route.provider)
+        .ok_or_else(|| ApiError::Internal("route names an unknown provider".into()))?;
+    let reply = match reply {
         Ok(reply) => reply,
         Err(error) => {
             pending.finish_failed(&error);
@@ -85,6 +128,7 @@ pub async fn chat_completions(
             ));
         }
     };
+    let deadline = started + provider.total_timeout;
     record_first_byte(&labels, started);
     let response = if request.stream {
         let is_sse = reply
@@ -113,6 +157,120 @@ pub async fn chat_completions(
             .unwrap_or_else(IntoResponse::into_response)
     };
     Ok(with_ids(response, &inference_id, &conversation_id, labels))
+}
+
+/// What sending one chat request upstream needs, whichever version serves.
+struct Outgoing<'a> {
+    app: &'a AppState,
+    request: &'a ChatRequest,
+    body: &'a Bytes,
+    headers: &'a HeaderMap,
+    caller: &'a Caller,
+    started: Instant,
+}
+
+impl Outgoing<'_> {
+    /// Sends to the route's provider; a candidate that may fall back gets
+    /// no retries of its own, so production takes over at once.
+    async fn send(&self, route: &Route) -> Result<Reply, ApiError> {
+        let provider = self
+            .app
+            .upstreams
+            .get(route.provider)
+            .ok_or_else(|| ApiError::Internal("route names an unknown provider".into()))?;
+        let client_key = match &self.caller.credential {
+            Credential::Passthrough(key) => Some(key),
+            _ => None,
+        };
+        let upstream_request = UpstreamRequest {
+            method: Method::POST,
+            path: CHAT_PATH,
+            query: None,
+            headers: headers::outgoing(self.headers, false, client_key.is_some()),
+            body: self.request.body_for(self.body, &route.upstream_model),
+            client_key,
+        };
+        let deadline = self.started + provider.total_timeout;
+        let retries = if route.candidate {
+            0
+        } else {
+            provider.max_retries
+        };
+        provider
+            .send_retrying(upstream_request, deadline, retries)
+            .await
+    }
+}
+
+/// A candidate's failure worth trying production for: anything but a
+/// request the upstream judged invalid, which production would refuse too.
+fn falls_back(error: &ApiError) -> bool {
+    match error {
+        ApiError::UpstreamStatus(f) => !matches!(f.status.as_u16(), 400 | 413 | 422),
+        ApiError::UpstreamUnreachable { .. }
+        | ApiError::UpstreamTimeout { .. }
+        | ApiError::UpstreamInvalid { .. } => true,
+        _ => false,
+    }
+}
+
+fn route_error(e: RouteError) -> ApiError {
+    match e {
+        RouteError::UnknownVersion { .. } => ApiError::InvalidRequest {
+            message: e.to_string(),
+            param: Some("x-flywheel-variant".into()),
+            code: Some("unknown_variant"),
+        },
+        RouteError::Unroutable(_) => ApiError::Unavailable(e.to_string()),
+    }
+}
+
+/// `x-flywheel-variant`: a version to force, for analyst and admin keys.
+fn forced_variant<'h>(
+    headers: &'h HeaderMap,
+    caller: &Caller,
+) -> Result<Option<&'h str>, ApiError> {
+    let Some(value) = headers.get("x-flywheel-variant") else {
+        return Ok(None);
+    };
+    caller.require(Role::Analyst).map_err(|_| {
+        ApiError::Forbidden("`x-flywheel-variant` needs an analyst or admin key".into())
+    })?;
+    let name = value.to_str().map(str::trim).unwrap_or("");
+    if name.is_empty() {
+        return Err(ApiError::invalid(
+            "`x-flywheel-variant` must name a version",
+            Some("x-flywheel-variant"),
+        ));
+    }
+    Ok(Some(name))
+}
+
+/// What keeps a request on its version while the weights stand: its
+/// conversation (explicit, or the key its first turn was assigned by when
+/// threaded implicitly), else its end user, else its API key.
+fn sticky_key(
+    headers: &HeaderMap,
+    thread: &Thread,
+    caller: &Caller,
+    body_user: Option<&str>,
+) -> String {
+    if thread.explicit {
+        return format!("conv:{}", thread.conversation_id);
+    }
+    if let Some(inherited) = &thread.sticky {
+        return inherited.clone();
+    }
+    let user = headers
+        .get("x-flywheel-user")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .or(body_user);
+    match user {
+        Some(u) => format!("user:{u}"),
+        None => format!("key:{}", caller.id),
+    }
 }
 
 /// Every answer, failures included, names its inference (for feedback),
@@ -196,6 +354,7 @@ async fn unary_response(
 fn capture_meta(
     headers: &HeaderMap,
     conversation_id: String,
+    body_user: Option<&str>,
     capture_enabled: bool,
 ) -> CaptureMeta {
     let text = |name: &str| {
@@ -209,40 +368,62 @@ fn capture_meta(
         parent_id: None,
         user: text("x-flywheel-user")
             .filter(|u| !u.is_empty())
+            .or(body_user)
             .map(|u| u.chars().take(256).collect()),
         tags: text("x-flywheel-tags")
             .map(CaptureMeta::parse_tags)
             .unwrap_or_default(),
         enabled: capture_enabled && text("x-flywheel-no-capture") != Some("1"),
+        ..CaptureMeta::default()
     }
+}
+
+/// The conversation a request belongs to.
+struct Thread {
+    conversation_id: String,
+    /// Set when this request branches off another conversation.
+    parent_id: Option<String>,
+    /// The client named the conversation (`x-flywheel-conversation-id`).
+    explicit: bool,
+    /// The key the conversation's first turn was assigned its version by.
+    sticky: Option<String>,
 }
 
 /// The conversation of this request and, for a branch, its parent: the
 /// client's explicit id when it sent a usable one; else the conversation
 /// whose latest turn this history continues; else a branch of one that has
 /// moved on since (a regenerated or edited turn); else a new one.
-fn resolve_conversation(
-    app: &AppState,
-    headers: &HeaderMap,
-    history_key: Option<&str>,
-) -> (String, Option<String>) {
+fn resolve_conversation(app: &AppState, headers: &HeaderMap, history_key: Option<&str>) -> Thread {
     let explicit = headers
         .get("x-flywheel-conversation-id")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty() && v.len() <= 128);
     if let Some(id) = explicit {
-        return (id.to_string(), None);
+        return Thread {
+            conversation_id: id.to_string(),
+            parent_id: None,
+            explicit: true,
+            sticky: None,
+        };
     }
     let continued = history_key.and_then(|key| {
         let point = app.store.thread(key).ok()??;
         let conversation = app.store.conversation(&point.conversation_id).ok()??;
         Some((point, conversation.inference_ids.len()))
     });
-    match continued {
-        Some((point, turns)) if point.turn + 1 == turns => (point.conversation_id, None),
-        Some((point, _)) => (new_id("conv"), Some(point.conversation_id)),
-        None => (new_id("conv"), None),
+    let (conversation_id, parent_id, sticky) = match continued {
+        Some((point, turns)) if point.turn + 1 == turns => {
+            (point.conversation_id, None, point.sticky)
+        }
+        Some((point, _)) => (new_id("conv"), Some(point.conversation_id), point.sticky),
+        None => (new_id("conv"), None, None),
+    };
+    Thread {
+        conversation_id,
+        parent_id,
+        explicit: false,
+        sticky,
     }
 }
 

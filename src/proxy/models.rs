@@ -5,7 +5,7 @@
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::openai::ApiError;
-use crate::routing::Alias;
+use crate::store::ModelAliasRecord;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -15,10 +15,11 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub async fn list_models(State(app): State<Arc<AppState>>) -> Json<Value> {
-    let table = app.routes.load();
+    let table = app.registry.table();
     let data: Vec<Value> = table
         .aliases()
-        .map(|a| model_object(a, app.started_unix))
+        .filter_map(|a| app.registry.alias(&a.name))
+        .map(|a| model_object(&a, app.started_unix))
         .collect();
     Json(json!({"object": "list", "data": data}))
 }
@@ -31,33 +32,33 @@ pub async fn get_model(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(alias) = app.routes.load().alias(&id) {
-        return Ok(Json(model_object(alias, app.started_unix)).into_response());
+    if let Some(alias) = app.registry.alias(&id) {
+        return Ok(Json(model_object(&alias, app.started_unix)).into_response());
     }
     super::passthrough(State(app), caller, method, uri, headers, Body::empty()).await
 }
 
-fn model_object(alias: &Alias, created: u64) -> Value {
-    let production = alias.production().map(|v| v.name.clone());
+fn model_object(alias: &ModelAliasRecord, created: u64) -> Value {
     let versions: Vec<Value> = alias
         .versions
         .iter()
         .map(|v| {
-            let state = if Some(&v.name) == production.as_ref() {
-                "production"
-            } else {
-                "candidate"
-            };
-            json!({"name": &*v.name, "model": &*v.model, "state": state})
+            json!({
+                "name": v.name,
+                "model": v.model,
+                "state": v.state.as_str(),
+                "weight": v.weight,
+                "shadow": v.shadow,
+            })
         })
         .collect();
     json!({
-        "id": &*alias.name,
+        "id": alias.alias,
         "object": "model",
         "created": created,
         "owned_by": "flywheel",
         "model_type": alias.model_type,
-        "production": production.as_deref(),
+        "production": alias.production,
         "versions": versions,
     })
 }

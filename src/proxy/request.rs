@@ -17,6 +17,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// The key of the history this request continues, for implicit threading.
     pub history_key: Option<String>,
+    /// OpenAI's `user` field: the end user, when the app names one.
+    pub user: Option<String>,
     /// Where the `model` value (with its quotes) sits in the body.
     model_span: Range<usize>,
 }
@@ -28,6 +30,8 @@ struct View<'a> {
     #[serde(borrow)]
     messages: Option<Vec<Message<'a>>>,
     stream: Option<bool>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
     n: Option<u32>,
     temperature: Option<f64>,
     top_p: Option<f64>,
@@ -95,6 +99,10 @@ impl ChatRequest {
             model,
             stream: view.stream.unwrap_or(false),
             history_key,
+            user: view
+                .user
+                .map(|u| u.trim().chars().take(256).collect::<String>())
+                .filter(|u| !u.is_empty()),
             model_span: start..start + raw_model.get().len(),
         })
     }

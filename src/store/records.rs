@@ -51,6 +51,14 @@ pub struct InferenceRecord {
     pub tags: std::collections::BTreeMap<String, String>,
     pub conversation_id: String,
     pub created_at: String,
+    /// The candidate version that failed before the first byte, when
+    /// production served this inference in its place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<String>,
+    /// For a shadow version's answer: the live inference it mirrors. It
+    /// was never returned and is no turn of the conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_of: Option<String>,
 }
 
 /// A conversation: its turns in order, what the list view shows of it, and
@@ -233,6 +241,10 @@ pub struct ThreadPoint {
     pub conversation_id: String,
     /// Index into the conversation's `inference_ids`.
     pub turn: usize,
+    /// What the conversation's first turn was assigned a version by, so
+    /// its later turns keep that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
 }
 
 /// One piece of feedback on an inference (DESIGN §4.3).

@@ -2,10 +2,12 @@
 //! keys that sort the way queries read them (ids are time-ordered ULIDs).
 
 mod conversations;
+mod models;
 
 use super::{
-    ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
-    ConversationTallies, FeedbackRecord, InferenceRecord, NewTurn, Store, StoreError, ThreadPoint,
+    AlertRecord, ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
+    ConversationTallies, FeedbackRecord, InferenceRecord, ModelAliasRecord, ModelHistoryRecord,
+    NewTurn, Store, StoreError, ThreadPoint,
 };
 use conversations::{Changes, Tree};
 use serde::Serialize;
@@ -21,6 +23,9 @@ pub struct SledStore {
     inferences: sled::Tree,
     /// Upstream completion id → inference id.
     by_completion: sled::Tree,
+    /// `live_inference_id/shadow_inference_id` → nothing: a shadow
+    /// version's answers to each live inference.
+    shadows: sled::Tree,
     conversations: sled::Tree,
     /// Thread key → where it was left (implicit threading).
     threads: sled::Tree,
@@ -33,6 +38,11 @@ pub struct SledStore {
     conversation_index: sled::Tree,
     /// Maintained figures such as the conversation tallies.
     meta: sled::Tree,
+    /// Alias → its registry record (versions, traffic, buckets).
+    model_aliases: sled::Tree,
+    /// `alias␟history_id` → one change to the alias.
+    model_history: sled::Tree,
+    alerts: sled::Tree,
     /// Held while a conversation, its index entries and the tallies change
     /// together; only capture, feedback and review take it, never a request.
     /// Holds the tallies as last committed, once read.
@@ -54,12 +64,16 @@ impl SledStore {
             audit: tree("audit")?,
             inferences: tree("inferences")?,
             by_completion: tree("inferences_by_completion")?,
+            shadows: tree("inference_shadows")?,
             conversations: tree("conversations")?,
             threads: tree("threads")?,
             feedback: tree("feedback")?,
             idempotency: tree("feedback_idempotency")?,
             conversation_index: tree("conversation_index")?,
             meta: tree("meta")?,
+            model_aliases: tree("model_aliases")?,
+            model_history: tree("model_history")?,
+            alerts: tree("alerts")?,
             conversation_lock: std::sync::Mutex::new(None),
             db,
         }
@@ -151,12 +165,16 @@ impl Store for SledStore {
     fn insert_inferences(&self, records: &[InferenceRecord]) -> Result<(), StoreError> {
         let mut rows = sled::Batch::default();
         let mut index = sled::Batch::default();
+        let mut shadows = sled::Batch::default();
         for r in records {
             rows.insert(r.id.as_bytes(), encode(r)?);
-            if let Some(c) = &r.completion_id {
-                index.insert(c.as_bytes(), r.id.as_bytes());
+            match (&r.shadow_of, &r.completion_id) {
+                (Some(live), _) => shadows.insert(format!("{live}/{}", r.id).as_bytes(), &[]),
+                (None, Some(c)) => index.insert(c.as_bytes(), r.id.as_bytes()),
+                (None, None) => {}
             }
         }
+        self.shadows.apply_batch(shadows).map_err(io)?;
         // The index first: a completion id may then point at an inference
         // not written yet (a lookup finds nothing and retries), never the
         // other way round.
@@ -196,6 +214,20 @@ impl Store for SledStore {
         forget: &mut dyn FnMut(&mut ConversationRecord, &[FeedbackRecord]),
     ) -> Result<(), StoreError> {
         self.delete_inference_in_conversation(record, forget)
+    }
+
+    fn shadows_of(&self, inference_id: &str) -> Result<Vec<InferenceRecord>, StoreError> {
+        let mut out = Vec::new();
+        for key in self
+            .shadows
+            .scan_prefix(format!("{inference_id}/").as_bytes())
+            .keys()
+        {
+            let key = key.map_err(io)?;
+            let id = String::from_utf8_lossy(&key[inference_id.len() + 1..]).to_string();
+            out.extend(self.inference(&id)?);
+        }
+        Ok(out)
     }
 
     fn inference_by_completion(
@@ -311,6 +343,44 @@ impl Store for SledStore {
             .values()
             .map(|v| decode("feedback", &v.map_err(io)?))
             .collect()
+    }
+
+    fn model_aliases(&self) -> Result<Vec<ModelAliasRecord>, StoreError> {
+        self.all_model_aliases()
+    }
+
+    fn put_model_alias(
+        &self,
+        record: &ModelAliasRecord,
+        history: &ModelHistoryRecord,
+    ) -> Result<(), StoreError> {
+        self.write_model_alias(record, history)
+    }
+
+    fn model_history(
+        &self,
+        alias: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ModelHistoryRecord>, StoreError> {
+        self.alias_history(alias, cursor, limit)
+    }
+
+    fn put_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {
+        self.write_alert(alert)
+    }
+
+    fn alert(&self, id: &str) -> Result<Option<AlertRecord>, StoreError> {
+        self.read_alert(id)
+    }
+
+    fn alerts(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&AlertRecord) -> bool,
+    ) -> Result<Vec<AlertRecord>, StoreError> {
+        self.list_alerts(cursor, limit, keep)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

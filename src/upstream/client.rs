@@ -29,7 +29,7 @@ pub struct Provider {
     http: reqwest::Client,
     pub first_byte_timeout: Duration,
     pub total_timeout: Duration,
-    max_retries: u32,
+    pub max_retries: u32,
     max_retry_wait: Duration,
 }
 
@@ -94,6 +94,17 @@ impl Provider {
         req: UpstreamRequest<'_>,
         deadline: Instant,
     ) -> Result<Reply, ApiError> {
+        self.send_retrying(req, deadline, self.max_retries).await
+    }
+
+    /// As [`Provider::send`], with at most `max_retries` retries (a
+    /// candidate that can fall back to production gets none).
+    pub async fn send_retrying(
+        &self,
+        req: UpstreamRequest<'_>,
+        deadline: Instant,
+        max_retries: u32,
+    ) -> Result<Reply, ApiError> {
         let mut retries = 0;
         loop {
             let failure = match self.attempt(&req, deadline).await {
@@ -108,7 +119,7 @@ impl Provider {
                 Failure::Timeout | Failure::Other(_) => RetryDecision::GiveUp,
             };
             let wait = match decision {
-                RetryDecision::Retry(hint) if retries < self.max_retries => {
+                RetryDecision::Retry(hint) if retries < max_retries => {
                     hint.unwrap_or_else(|| backoff(retries))
                 }
                 _ => return Err(self.fail(failure, deadline).await),

@@ -1,0 +1,162 @@
+//! Shadow traffic: a copy of each live request of an alias goes to its
+//! shadow versions in the background. Their answers are captured for
+//! comparison and never returned; a shadow can neither slow nor fail the
+//! live request — it runs on its own task, gets no retries, and when too
+//! many shadow requests are already in flight the copy is skipped (and
+//! counted) rather than queued.
+
+use super::request::ChatRequest;
+use crate::app::AppState;
+use crate::capture::CaptureMeta;
+use crate::exchange::{Exchange, Outcome};
+use crate::ids::new_id;
+use crate::routing::Route;
+use crate::upstream::{CHAT_PATH, UpstreamRequest, headers};
+use axum::http::{HeaderMap, Method};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout_at};
+use tokio_util::task::TaskTracker;
+
+/// Shadow requests in flight at once, over every alias.
+const MAX_IN_FLIGHT: usize = 256;
+
+pub struct Mirror {
+    slots: Arc<Semaphore>,
+    /// Awaited at shutdown, so no shadow task outlives the server.
+    tasks: TaskTracker,
+}
+
+impl Default for Mirror {
+    fn default() -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            tasks: TaskTracker::new(),
+        }
+    }
+}
+
+impl Mirror {
+    /// Sends a copy of the live request to each shadow route.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, every argument distinct"
+    )]
+    pub fn send(
+        &self,
+        app: &Arc<AppState>,
+        shadows: Vec<Route>,
+        request: &ChatRequest,
+        body: &Bytes,
+        request_headers: &HeaderMap,
+        live_inference: &str,
+        meta: &CaptureMeta,
+    ) {
+        for route in shadows {
+            let Ok(seat) = self.slots.clone().try_acquire_owned() else {
+                metrics::counter!("flywheel_shadow_skipped_total").increment(1);
+                continue;
+            };
+            let copy = Copy {
+                body: request.body_for(body, &route.upstream_model),
+                original: body.clone(),
+                streamed: request.stream,
+                headers: headers::outgoing(request_headers, false, false),
+                meta: CaptureMeta {
+                    shadow_of: Some(live_inference.to_string()),
+                    ..meta.clone()
+                },
+                route,
+            };
+            let app = app.clone();
+            self.tasks.spawn(async move {
+                copy.run(&app).await;
+                drop(seat);
+            });
+        }
+    }
+
+    /// Waits for the shadow requests in flight.
+    pub async fn drain(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+struct Copy {
+    route: Route,
+    body: Bytes,
+    /// The client's body, as the record of the exchange keeps it.
+    original: Bytes,
+    streamed: bool,
+    headers: HeaderMap,
+    meta: CaptureMeta,
+}
+
+impl Copy {
+    async fn run(self, app: &AppState) {
+        let Some(provider) = app.upstreams.get(self.route.provider) else {
+            return;
+        };
+        let started = Instant::now();
+        let deadline = started + provider.total_timeout;
+        let request = UpstreamRequest {
+            method: Method::POST,
+            path: CHAT_PATH,
+            query: None,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            client_key: None,
+        };
+        let (outcome, status, response, first_byte) =
+            match provider.send_retrying(request, deadline, 0).await {
+                Ok(reply) => {
+                    let first_byte = started.elapsed();
+                    let mut all = BytesMut::from(reply.first.unwrap_or_default().as_ref());
+                    let mut rest = reply.rest;
+                    let mut outcome = Outcome::Ok;
+                    loop {
+                        match timeout_at(deadline, rest.next()).await {
+                            Ok(Some(Ok(chunk))) => all.extend_from_slice(&chunk),
+                            Ok(None) => break,
+                            Ok(Some(Err(_))) | Err(_) => {
+                                outcome = Outcome::Partial;
+                                break;
+                            }
+                        }
+                    }
+                    (
+                        outcome,
+                        reply.status.as_u16(),
+                        all.freeze(),
+                        Some(first_byte),
+                    )
+                }
+                Err(error) => (
+                    Outcome::UpstreamError,
+                    error.status().as_u16(),
+                    crate::openai::error_json(&error.body()),
+                    None,
+                ),
+            };
+        metrics::counter!("flywheel_shadow_requests_total",
+            "version" => self.route.version.as_deref().unwrap_or("").to_string(),
+            "outcome" => outcome.as_str())
+        .increment(1);
+        app.exchanges.submit(Exchange {
+            inference_id: new_id("inf"),
+            caller_id: Arc::from("shadow"),
+            route: self.route,
+            streamed: self.streamed,
+            request: self.original,
+            response,
+            outcome,
+            status,
+            first_byte,
+            total: started.elapsed(),
+            meta: self.meta,
+        });
+    }
+}

@@ -1,0 +1,110 @@
+//! The records behind the model registry (DESIGN §5): each alias with its
+//! versions, traffic and bucket table; the history of every change; alerts.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One alias as the registry keeps it. Replaced whole on every change, with
+/// `revision` one higher, so a writer that read an older revision can be
+/// refused (409).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelAliasRecord {
+    pub alias: String,
+    /// `threat_detection`, `log_analysis` or `triage_priority`.
+    pub model_type: String,
+    pub revision: u64,
+    /// The version serving the alias (and every fallback).
+    pub production: String,
+    /// Earlier production versions, the most recent last; a rollback takes
+    /// the last one back.
+    #[serde(default)]
+    pub previous_production: Vec<String>,
+    pub versions: Vec<ModelVersionRecord>,
+    /// Which version owns each traffic slot, as hex bytes (one byte per
+    /// slot, an index into `versions`). Kept so that a weight change moves
+    /// only the slots it must; see `routing::buckets`.
+    pub buckets: String,
+    pub updated_at: String,
+}
+
+impl ModelAliasRecord {
+    pub fn version(&self, name: &str) -> Option<&ModelVersionRecord> {
+        self.versions.iter().find(|v| v.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionState {
+    Candidate,
+    Production,
+    Retired,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Candidate => "candidate",
+            Self::Production => "production",
+            Self::Retired => "retired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelVersionRecord {
+    pub name: String,
+    /// A configured provider's name.
+    pub provider: String,
+    /// The model name the provider knows.
+    pub model: String,
+    pub state: VersionState,
+    /// `config`, `api` or `job_<id>` (a fine-tuning job).
+    pub origin: String,
+    /// Share of the alias's traffic in percent (0–100, two decimals).
+    pub weight: f64,
+    /// Receives a mirrored copy of the alias's traffic; its answers are
+    /// captured, never returned.
+    pub shadow: bool,
+    pub created_at: String,
+}
+
+/// One change to an alias, kept for its history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelHistoryRecord {
+    pub id: String,
+    pub alias: String,
+    pub at: String,
+    pub actor: String,
+    /// `seed`, `register`, `traffic`, `promote`, `rollback` or `guardrail`.
+    pub action: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// The weights after the change.
+    pub weights: BTreeMap<String, f64>,
+    pub reason: String,
+    /// The alias's revision after the change.
+    pub revision: u64,
+}
+
+/// Something an admin should look at: a guardrail that fired, a metric
+/// under its target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlertRecord {
+    pub id: String,
+    pub at: String,
+    /// e.g. `guardrail`.
+    pub kind: String,
+    pub alias: Option<String>,
+    pub version: Option<String>,
+    pub metric: Option<String>,
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    pub message: String,
+    /// `open` or `acknowledged`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<String>,
+}
