@@ -4,6 +4,7 @@
 
 mod conversations;
 mod keys;
+mod models;
 mod ui;
 
 pub use conversations::{
@@ -11,6 +12,10 @@ pub use conversations::{
     patch_conversation,
 };
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
+pub use models::{
+    get_model, history as model_history, list_models, promote, register_version, rollback,
+    set_traffic,
+};
 pub use ui::{ui_asset, ui_index};
 
 use crate::openai::ApiError;

@@ -12,7 +12,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, delete, get, post, put};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +44,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::get_conversation)
                 .patch(admin::patch_conversation)
                 .delete(admin::delete_conversation),
+        )
+        .route("/admin/api/models", get(admin::list_models))
+        .route("/admin/api/models/{alias}", get(admin::get_model))
+        .route(
+            "/admin/api/models/{alias}/versions",
+            post(admin::register_version),
+        )
+        .route("/admin/api/models/{alias}/traffic", put(admin::set_traffic))
+        .route("/admin/api/models/{alias}/promote", post(admin::promote))
+        .route("/admin/api/models/{alias}/rollback", post(admin::rollback))
+        .route(
+            "/admin/api/models/{alias}/history",
+            get(admin::model_history),
         )
         .route("/admin/api/{*rest}", any(not_found))
         .route_layer(from_fn_with_state(state.clone(), require_analyst));
@@ -193,6 +206,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-flywheel-variant"),
             HeaderName::from_static("x-flywheel-conversation-id"),
             HeaderName::from_static("x-flywheel-feedback-id"),
+            header::ETAG,
             header::RETRY_AFTER,
         ])
 }

@@ -28,6 +28,12 @@ pub enum ApiError {
         param: Option<String>,
         code: &'static str,
     },
+    /// The change conflicts with the resource's current state (409).
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        code: &'static str,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("rate limit of {limit} requests per minute reached for this key; retry in {}s", retry_after_secs(*.retry_after))]
@@ -84,6 +90,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamStatus(f) => f.status,
@@ -104,6 +111,7 @@ impl ApiError {
             ApiError::Forbidden(_) => ("invalid_request_error", Some("insufficient_permissions")),
             ApiError::NotFound { code, .. } => ("invalid_request_error", Some(*code)),
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
+            ApiError::Conflict { code, .. } => ("invalid_request_error", Some(*code)),
             ApiError::PayloadTooLarge { .. } => {
                 ("invalid_request_error", Some("request_too_large"))
             }
@@ -149,6 +157,7 @@ impl ApiError {
             | ApiError::Forbidden(_)
             | ApiError::NotFound { .. }
             | ApiError::MethodNotAllowed(_)
+            | ApiError::Conflict { .. }
             | ApiError::PayloadTooLarge { .. } => Some(false),
             _ => None,
         }
