@@ -21,6 +21,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+pub use faults::parse_fail_rate;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,9 @@ pub struct SimulatorConfig {
     pub token_delay: Duration,
     /// When set, every request must carry `Authorization: Bearer <it>`.
     pub api_key: Option<String>,
+    /// Model → probability (0–1) that a chat completion for it answers 500;
+    /// see `faults` for the per-request header that overrides it.
+    pub fail_rates: HashMap<String, f64>,
 }
 
 /// Shared by every handler of one router.

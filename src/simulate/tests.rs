@@ -409,3 +409,78 @@ async fn embeddings_come_as_floats_or_base64() {
         "input"
     );
 }
+
+/// Statuses of `count` requests for `model` on one router.
+async fn statuses(app: &Router, model: &str, count: usize, headers: &[(&str, &str)]) -> Vec<u16> {
+    let mut body = triage(false);
+    body["model"] = json!(model);
+    let mut statuses = Vec::new();
+    for _ in 0..count {
+        let response = app
+            .clone()
+            .oneshot(post("/v1/chat/completions", &body, headers))
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn a_fail_rate_of_one_fails_only_its_model() {
+    let app = router(SimulatorConfig {
+        fail_rates: HashMap::from([("gpt-4o".to_string(), 1.0)]),
+        ..SimulatorConfig::default()
+    });
+    assert!(
+        statuses(&app, "gpt-4o", 20, &[])
+            .await
+            .iter()
+            .all(|s| *s == 500)
+    );
+    assert!(
+        statuses(&app, "gpt-4o-mini", 20, &[])
+            .await
+            .iter()
+            .all(|s| *s == 200)
+    );
+    let (status, _, body) = send_with(
+        SimulatorConfig {
+            fail_rates: HashMap::from([("gpt-4o".to_string(), 1.0)]),
+            ..SimulatorConfig::default()
+        },
+        post("/v1/chat/completions", &triage(true), &[]),
+    )
+    .await;
+    let error = assert_error(status, &body, 500, "server_error");
+    assert!(error["message"].as_str().unwrap().contains("gpt-4o"));
+
+    // The header does the same per request, and overrides the setting.
+    let plain = router(SimulatorConfig::default());
+    let header = [("x-sim-fail-rate", "sim-triage-small=1, gpt-4o=0")];
+    let small = statuses(&plain, "sim-triage-small", 20, &header).await;
+    assert!(small.iter().all(|s| *s == 500));
+    assert!(
+        statuses(&plain, "sim-triage-large", 20, &header)
+            .await
+            .iter()
+            .all(|s| *s == 200)
+    );
+    assert!(
+        statuses(&app, "gpt-4o", 20, &header)
+            .await
+            .iter()
+            .all(|s| *s == 200)
+    );
+}
+
+#[tokio::test]
+async fn a_fail_rate_of_one_half_fails_about_half() {
+    let app = router(SimulatorConfig::default());
+    let header = [("x-sim-fail-rate", "gpt-4o=0.5")];
+    let outcomes = statuses(&app, "gpt-4o", 400, &header).await;
+    let failed = outcomes.iter().filter(|s| **s == 500).count();
+    assert!(outcomes.iter().all(|s| *s == 500 || *s == 200));
+    // Binomial(400, 0.5) has a standard deviation of 10: 140..=260 is six of them.
+    assert!((140..=260).contains(&failed), "{failed} of 400 failed");
+}
