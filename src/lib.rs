@@ -11,6 +11,7 @@ pub mod auth;
 pub mod capture;
 pub mod config;
 pub mod demo;
+pub mod evaluation;
 pub mod exchange;
 pub mod export;
 pub mod feedback;

@@ -41,6 +41,9 @@ enum Command {
         /// Require `Authorization: Bearer <value of this variable>` on every request.
         #[arg(long)]
         api_key_env: Option<String>,
+        /// Make chat completions for MODEL answer 500 with probability P (0–1); repeatable.
+        #[arg(long = "fail-rate", value_name = "MODEL=P", value_parser = simulate::parse_fail_rate)]
+        fail_rates: Vec<(String, f64)>,
     },
     /// Simulator + proxy + admin UI on loopback with a fresh data directory.
     Demo {
@@ -145,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             token_delay_ms,
             api_key_env,
+            fail_rates,
         } => {
             let api_key = match api_key_env {
                 Some(var) => Some(std::env::var(&var).map_err(|_| {
@@ -161,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let config = SimulatorConfig {
                     token_delay: Duration::from_millis(token_delay_ms),
                     api_key,
+                    fail_rates: fail_rates.into_iter().collect(),
                 };
                 simulate::serve(listener, config, shutdown_signal()).await?;
                 Ok(())

@@ -6,9 +6,13 @@
 //! parse.
 
 mod chat;
+mod dataset;
 mod embeddings;
 mod faults;
+mod files;
+mod lab;
 mod models;
+mod pagination;
 mod request;
 mod rules;
 mod stream;
@@ -16,11 +20,12 @@ mod triage;
 mod wire;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+pub use faults::parse_fail_rate;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -45,6 +50,9 @@ pub struct SimulatorConfig {
     pub token_delay: Duration,
     /// When set, every request must carry `Authorization: Bearer <it>`.
     pub api_key: Option<String>,
+    /// Model → probability (0–1) that a chat completion for it answers 500;
+    /// see `faults` for the per-request header that overrides it.
+    pub fail_rates: HashMap<String, f64>,
 }
 
 /// Shared by every handler of one router.
@@ -53,18 +61,29 @@ struct Sim {
     config: Arc<SimulatorConfig>,
     /// Fault id → failures served so far, for `x-sim-fail-times`.
     failures: Arc<Mutex<HashMap<String, u32>>>,
+    /// Uploaded files, fine-tuning jobs and their models, in memory.
+    lab: Arc<lab::Lab>,
 }
 
 pub fn router(config: SimulatorConfig) -> Router {
     let sim = Sim {
         config: Arc::new(config),
         failures: Arc::default(),
+        lab: Arc::default(),
     };
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/embeddings", post(embeddings::create))
+        .route(
+            "/v1/files",
+            post(files::upload)
+                .get(files::list)
+                .layer(DefaultBodyLimit::max(files::MAX_BYTES)),
+        )
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Layers run outside in, last added first: stamp every response,

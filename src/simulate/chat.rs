@@ -5,7 +5,7 @@
 //! either way, so latency grows with the answer as a model's does.
 
 use super::Sim;
-use super::faults::Pacing;
+use super::faults::{self, Pacing};
 use super::request::{self, ChatRequest};
 use super::stream;
 use super::triage::{classify, is_large};
@@ -47,6 +47,9 @@ pub async fn completions(
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
+    if faults::model_fails(&headers, &sim.config.fail_rates, &request.model) {
+        return faults::model_failure(&request.model);
+    }
     let pacing = Pacing::from_headers(&headers);
     let token_delay = pacing.token_delay.unwrap_or(sim.config.token_delay);
     let completion = Completion::plan(&request);

@@ -11,6 +11,14 @@
 //! | `x-sim-token-delay-ms: N` | per-token delay for this request |
 //! | `x-sim-drop-after: N` | abort the body after N content tokens |
 //! | `x-sim-garbage: 1` | a 200 whose body is not JSON |
+//! | `x-sim-fail-rate: MODEL=P[, MODEL=P]` | a chat completion for MODEL answers 500 (`server_error`) with probability P (0–1) |
+//!
+//! The proxy sends the same client headers to every model version, so a
+//! header fault hits them all alike; `x-sim-fail-rate` (and the
+//! `fail_rates` setting, `--fail-rate MODEL=P`, which the header overrides
+//! model by model) names the model it applies to, so that one version can
+//! be made unreliable while the others are not. It is checked once the
+//! request has named its model, after validation.
 
 use super::Sim;
 use super::wire::ApiError;
@@ -30,6 +38,7 @@ pub const DELAY_MS: &str = "x-sim-delay-ms";
 pub const TOKEN_DELAY_MS: &str = "x-sim-token-delay-ms";
 pub const DROP_AFTER: &str = "x-sim-drop-after";
 pub const GARBAGE: &str = "x-sim-garbage";
+pub const FAIL_RATE: &str = "x-sim-fail-rate";
 
 /// The faults that decide whether a request is answered at all; they apply
 /// to every route, before the handler runs.
@@ -144,6 +153,58 @@ impl Pacing {
     }
 }
 
+/// Parses `MODEL=P`, P a probability from 0 to 1: one `--fail-rate` value
+/// or one entry of the `x-sim-fail-rate` header.
+pub fn parse_fail_rate(text: &str) -> Result<(String, f64), String> {
+    let Some((model, rate)) = text.split_once('=') else {
+        return Err(format!("expected MODEL=P, got `{text}`"));
+    };
+    let model = model.trim();
+    if model.is_empty() {
+        return Err(format!("no model named in `{text}`"));
+    }
+    match rate.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok((model.to_string(), p)),
+        _ => Err(format!(
+            "the rate in `{text}` is not a probability from 0 to 1"
+        )),
+    }
+}
+
+/// The chance that a chat completion for `model` fails: the request's
+/// `x-sim-fail-rate` entry for it if there is one, else the configured rate.
+/// Malformed header entries are ignored, as the other fault headers' are.
+pub fn fail_rate(headers: &HeaderMap, configured: &HashMap<String, f64>, model: &str) -> f64 {
+    let from_header = headers
+        .get_all(FAIL_RATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|entry| parse_fail_rate(entry).ok())
+        .filter(|(m, _)| m == model)
+        .map(|(_, p)| p)
+        .next_back();
+    from_header
+        .or_else(|| configured.get(model).copied())
+        .unwrap_or(0.0)
+}
+
+/// Whether this request for `model` is one of the failures its rate asks for.
+pub fn model_fails(headers: &HeaderMap, configured: &HashMap<String, f64>, model: &str) -> bool {
+    let rate = fail_rate(headers, configured, model);
+    rate > 0.0 && rand::random::<f64>() < rate
+}
+
+/// The answer of a model that failed by its fail rate.
+pub fn model_failure(model: &str) -> Response {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        format!("The server had an error while processing your request to `{model}` (simulated)."),
+    )
+    .into_response()
+}
+
 /// Middleware: the first-byte delay, then a status fault or garbage instead
 /// of the real answer.
 pub async fn inject(State(sim): State<Sim>, request: Request, next: Next) -> Response {
@@ -204,6 +265,31 @@ mod tests {
             let faults = Faults::from_headers(&headers(&[(STATUS, value)]));
             assert_eq!(faults.status.is_some(), fault, "{value}");
         }
+    }
+
+    #[test]
+    fn fail_rates_parse_and_the_header_wins() {
+        assert_eq!(
+            parse_fail_rate(" gpt-4o = 0.25"),
+            Ok(("gpt-4o".into(), 0.25))
+        );
+        for bad in [
+            "gpt-4o",
+            "=0.5",
+            "gpt-4o=1.5",
+            "gpt-4o=-0.1",
+            "gpt-4o=x",
+            "m=NaN",
+        ] {
+            assert!(parse_fail_rate(bad).is_err(), "{bad}");
+        }
+        let configured = HashMap::from([("a".to_string(), 0.5), ("b".to_string(), 0.2)]);
+        let h = headers(&[(FAIL_RATE, "a=1, junk, c=0.3")]);
+        assert_eq!(fail_rate(&h, &configured, "a"), 1.0);
+        assert_eq!(fail_rate(&h, &configured, "b"), 0.2);
+        assert_eq!(fail_rate(&h, &configured, "c"), 0.3);
+        assert_eq!(fail_rate(&HeaderMap::new(), &configured, "d"), 0.0);
+        assert!(!model_fails(&HeaderMap::new(), &configured, "d"));
     }
 
     #[test]
