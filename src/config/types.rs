@@ -289,6 +289,7 @@ pub struct EvaluationConfig {
     pub enabled: bool,
     pub interval_s: u64,
     pub targets: EvaluationTargets,
+    pub extractor: ExtractorConfig,
 }
 
 impl Default for EvaluationConfig {
@@ -297,6 +298,53 @@ impl Default for EvaluationConfig {
             enabled: true,
             interval_s: 86_400,
             targets: EvaluationTargets::default(),
+            extractor: ExtractorConfig::default(),
+        }
+    }
+}
+
+/// How the predicted threat type and severity are read from a model's
+/// answer. The defaults read a JSON verdict and the simulator's
+/// `Threat type: …` / `Severity: …` lines, also as Markdown bullets,
+/// headings or bold; a line that starts with other punctuation (a JSON
+/// object's `{"threat_type": …`) is left to the JSON reader.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtractorConfig {
+    /// The readers tried for each field, first to last, until one yields a
+    /// taxonomy value.
+    pub order: Vec<ExtractorSource>,
+    /// Dotted path of the threat type in a JSON answer (`verdict.threat_type`
+    /// reaches into nested objects).
+    pub json_threat_type_field: String,
+    pub json_severity_field: String,
+    /// The first capture group is the threat type.
+    pub threat_type_regex: String,
+    /// The first capture group is the severity.
+    pub severity_regex: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractorSource {
+    /// The answer as a JSON object, or the first JSON object inside it
+    /// (surrounding prose or a fenced code block).
+    Json,
+    /// The configured regexes over the answer text.
+    Regex,
+}
+
+impl Default for ExtractorConfig {
+    fn default() -> Self {
+        Self {
+            order: vec![ExtractorSource::Json, ExtractorSource::Regex],
+            json_threat_type_field: "threat_type".into(),
+            json_severity_field: "severity".into(),
+            threat_type_regex:
+                r#"(?im)^[ \t>*_#-]*threat[ _-]?type[ \t*_]*:[ \t*_"'`]*([a-z](?:[a-z _-]*[a-z])?)"#
+                    .into(),
+            severity_regex:
+                r#"(?im)^[ \t>*_#-]*severity[ \t*_]*:[ \t*_"'`]*([a-z](?:[a-z _-]*[a-z])?)"#.into(),
         }
     }
 }

@@ -270,5 +270,7 @@ fn check_evaluation(c: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid(key, "must be between 0 and 1"));
         }
     }
-    Ok(())
+    crate::evaluation::extract::Extractor::new(&c.evaluation.extractor, &c.taxonomy)
+        .map(drop)
+        .map_err(|e| ConfigError::invalid(e.key, e.problem))
 }
