@@ -2,19 +2,21 @@
 //! `/admin/api/*` (analyst or admin keys; writes that change models, keys
 //! and datasets need admin).
 
+mod alerts;
 mod conversations;
 mod keys;
 mod models;
 mod ui;
 
+pub use alerts::{acknowledge_alert, list_alerts};
 pub use conversations::{
     bulk_review, delete_conversation, get_conversation, get_stats, list_conversations,
     patch_conversation,
 };
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use models::{
-    get_model, history as model_history, list_models, promote, register_version, rollback,
-    set_traffic,
+    experiment, get_model, history as model_history, list_models, promote, register_version,
+    registry_error, rollback, set_traffic,
 };
 pub use ui::{ui_asset, ui_index};
 

@@ -36,6 +36,8 @@ pub struct AppState {
     pub mirror: crate::proxy::Mirror,
     /// Applied to every captured record before it is stored.
     pub redactor: Arc<Redactor>,
+    /// Reads the threat type and severity an answer states.
+    pub extractor: Arc<crate::evaluation::extract::Extractor>,
     pub metrics: PrometheusHandle,
     pub started_unix: u64,
     /// Cancelled when shutdown begins; every background service watches it.
@@ -52,6 +54,8 @@ pub enum StartError {
     Upstream(String),
     #[error("config key `capture.redact[{0}]`: {1}")]
     Redaction(usize, String),
+    #[error(transparent)]
+    Extractor(#[from] crate::evaluation::extract::ExtractorError),
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
 }
@@ -96,6 +100,10 @@ impl Application {
         );
         let redactor =
             Redactor::new(&config.capture.redact).map_err(|(i, e)| StartError::Redaction(i, e))?;
+        let extractor = crate::evaluation::extract::Extractor::new(
+            &config.evaluation.extractor,
+            &config.taxonomy,
+        )?;
         let config = Arc::new(config);
         let registry = Registry::open(store.clone(), config.clone())?;
         let state = AppState {
@@ -108,6 +116,7 @@ impl Application {
             exchanges,
             mirror: crate::proxy::Mirror::default(),
             redactor: Arc::new(redactor),
+            extractor: Arc::new(extractor),
             metrics: crate::telemetry::metrics_handle(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -156,6 +165,10 @@ impl Application {
             shutdown.clone(),
         ));
         tasks.spawn(shrink_limiter(state.clone(), shutdown.clone()));
+        tasks.spawn(crate::experiment::run_guardrails(
+            state.clone(),
+            shutdown.clone(),
+        ));
         if let Some(days) = state.config.capture.retention_days {
             tasks.spawn(crate::capture::run_retention(
                 state.store.clone(),

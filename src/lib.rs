@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod evaluation;
 pub mod exchange;
+pub mod experiment;
 pub mod export;
 pub mod feedback;
 pub mod health;

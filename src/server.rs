@@ -58,6 +58,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/api/models/{alias}/history",
             get(admin::model_history),
         )
+        .route(
+            "/admin/api/models/{alias}/experiment",
+            get(admin::experiment),
+        )
+        .route("/admin/api/alerts", get(admin::list_alerts))
+        .route("/admin/api/alerts/{id}/ack", post(admin::acknowledge_alert))
         .route("/admin/api/{*rest}", any(not_found))
         .route_layer(from_fn_with_state(state.clone(), require_analyst));
     Router::new()

@@ -7,7 +7,8 @@ mod records;
 mod sled_store;
 
 pub use model_records::{
-    AlertRecord, ModelAliasRecord, ModelHistoryRecord, ModelVersionRecord, VersionState,
+    AlertRecord, ModelAliasRecord, ModelHistoryRecord, ModelVersionRecord, TallyKey, VersionState,
+    VersionTally,
 };
 pub use records::{
     ApiKeyRecord, AuditRecord, ConversationRecord, ConversationTallies, FeedbackRecord,
@@ -44,8 +45,13 @@ pub trait Store: Send + Sync + 'static {
     /// Newest first, starting after `cursor` (an audit id) when given.
     fn audit(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
 
-    /// Writes a batch of inferences and their completion-id index in one go.
-    fn insert_inferences(&self, records: &[InferenceRecord]) -> Result<(), StoreError>;
+    /// Writes a batch of inferences, their completion-id index and what
+    /// they add to the versions' tallies in one atomic step.
+    fn insert_inferences(
+        &self,
+        records: &[InferenceRecord],
+        tallies: &[(TallyKey, VersionTally)],
+    ) -> Result<(), StoreError>;
     fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError>;
     /// Up to `limit` inferences whose ids sort after `after` (when given) and
     /// before `before`, oldest first.
@@ -109,6 +115,7 @@ pub trait Store: Send + Sync + 'static {
         feedback: &FeedbackRecord,
         idempotency: Option<&str>,
         review: &mut dyn FnMut(&mut ConversationRecord),
+        tally: Option<&(TallyKey, VersionTally)>,
     ) -> Result<(), StoreError>;
     /// The feedback an idempotency key produced earlier, if any.
     fn feedback_by_idempotency(
@@ -117,6 +124,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<FeedbackRecord>, StoreError>;
     /// Every feedback on an inference, oldest first.
     fn feedback_for(&self, inference_id: &str) -> Result<Vec<FeedbackRecord>, StoreError>;
+
+    /// The tallies of every version of `alias` that has any.
+    fn version_tallies(&self, alias: &str) -> Result<Vec<(TallyKey, VersionTally)>, StoreError>;
 
     /// Every alias the registry holds.
     fn model_aliases(&self) -> Result<Vec<ModelAliasRecord>, StoreError>;

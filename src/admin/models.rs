@@ -288,3 +288,19 @@ fn version_view(record: &ModelAliasRecord, v: &crate::store::ModelVersionRecord)
         "created_at": v.created_at,
     })
 }
+
+pub async fn experiment(
+    State(app): State<Arc<AppState>>,
+    Path(alias): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = app
+        .registry
+        .alias(&alias)
+        .ok_or_else(|| registry_error(RegistryError::UnknownAlias(alias.clone())))?;
+    let alpha = crate::experiment::config_for(&app, &alias).alpha;
+    let store = app.store.clone();
+    let tallies = blocking(move || store.version_tallies(&alias)).await?;
+    Ok(Json(crate::experiment::experiment_view(
+        &record, &tallies, alpha,
+    )))
+}

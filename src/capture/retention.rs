@@ -163,7 +163,7 @@ mod tests {
             })
             .collect();
         records.push(inference(recent.clone(), "conv_new"));
-        store.insert_inferences(&records).unwrap();
+        store.insert_inferences(&records, &[]).unwrap();
         for r in &records {
             store
                 .append_turn(&crate::store::NewTurn {
@@ -176,11 +176,11 @@ mod tests {
         }
         let f = feedback(&old[7], "conv_labelled", true);
         store
-            .insert_feedback(&f, None, &mut |c| apply_feedback(&mut c.review, &f))
+            .insert_feedback(&f, None, &mut |c| apply_feedback(&mut c.review, &f), None)
             .unwrap();
         let f = feedback(&old[8], "conv_old", false);
         store
-            .insert_feedback(&f, None, &mut |c| apply_feedback(&mut c.review, &f))
+            .insert_feedback(&f, None, &mut |c| apply_feedback(&mut c.review, &f), None)
             .unwrap();
 
         let purged = purge_once(&store, Duration::from_secs(30 * 86_400), now).unwrap();

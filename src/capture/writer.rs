@@ -132,7 +132,7 @@ fn write(store: &SharedStore, batch: &mut Vec<InferenceRecord>) {
     let records = std::mem::take(batch);
     let count = records.len();
     match store
-        .insert_inferences(&records)
+        .insert_inferences(&records, &crate::experiment::tally::of_batch(&records))
         .and_then(|()| store.flush())
     {
         Ok(()) => metrics::counter!("flywheel_captured_total").increment(count as u64),

@@ -144,6 +144,39 @@ pub struct ModelConfig {
     /// The version serving production traffic on first start; the first one otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production: Option<String>,
+    /// When a candidate is stopped automatically.
+    #[serde(default)]
+    pub guardrails: GuardrailConfig,
+}
+
+/// Automatic protection of an alias's traffic: a candidate whose error
+/// rate or negative-feedback rate is significantly worse than
+/// production's (always-valid sequential test at `alpha`) loses its
+/// traffic, with an alert and an audit entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardrailConfig {
+    pub enabled: bool,
+    /// Watch the error rate (errors and fallbacks per request).
+    pub error_rate: bool,
+    /// Watch the share of negative feedback (thumbs down, ratings ≤ 2).
+    pub negative_feedback: bool,
+    /// The false-alarm bound of the sequential test, in (0, 0.5].
+    pub alpha: f64,
+    /// How often candidates are checked.
+    pub check_interval_s: u64,
+}
+
+impl Default for GuardrailConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            error_rate: true,
+            negative_feedback: true,
+            alpha: 0.05,
+            check_interval_s: 10,
+        }
+    }
 }
 
 impl ModelConfig {

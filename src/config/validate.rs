@@ -170,6 +170,19 @@ fn check_models(c: &Config) -> Result<(), ConfigError> {
                 "names no version of this alias",
             ));
         }
+        let g = &m.guardrails;
+        if !(g.alpha > 0.0 && g.alpha <= 0.5) {
+            return Err(ConfigError::invalid(
+                key("guardrails.alpha"),
+                "must be above 0 and at most 0.5",
+            ));
+        }
+        if g.check_interval_s == 0 {
+            return Err(ConfigError::invalid(
+                key("guardrails.check_interval_s"),
+                "must be at least 1",
+            ));
+        }
     }
     Ok(())
 }

@@ -99,8 +99,8 @@ pub async fn submit(
     }
     let record = FeedbackRecord {
         id: new_id("fb"),
-        inference_id: inference.id,
-        conversation_id: inference.conversation_id,
+        inference_id: inference.id.clone(),
+        conversation_id: inference.conversation_id.clone(),
         author: caller.id.to_string(),
         rating: request.rating,
         thumbs: request.thumbs,
@@ -112,12 +112,18 @@ pub async fn submit(
         approved_for_training: request.approved_for_training,
         created_at: now_rfc3339(),
     };
+    let tally = crate::experiment::tally::of_feedback(&inference, &record, &app.extractor);
     let store = app.store.clone();
     let stored = record.clone();
     blocking(move || {
-        store.insert_feedback(&stored, scoped_key.as_deref(), &mut |c| {
-            apply_feedback(&mut c.review, &stored);
-        })
+        store.insert_feedback(
+            &stored,
+            scoped_key.as_deref(),
+            &mut |c| {
+                apply_feedback(&mut c.review, &stored);
+            },
+            tally.as_ref(),
+        )
     })
     .await?;
     metrics::counter!("flywheel_feedback_total").increment(1);

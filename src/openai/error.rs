@@ -30,10 +30,7 @@ pub enum ApiError {
     },
     /// The change conflicts with the resource's current state (409).
     #[error("{message}")]
-    Conflict {
-        message: String,
-        code: &'static str,
-    },
+    Conflict { message: String, code: &'static str },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("rate limit of {limit} requests per minute reached for this key; retry in {}s", retry_after_secs(*.retry_after))]

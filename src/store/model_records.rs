@@ -1,6 +1,7 @@
 //! The records behind the model registry (DESIGN §5): each alias with its
 //! versions, traffic and bucket table; the history of every change; alerts.
 
+use crate::evaluation::online::{LatencyHistogram, MeanStat, Proportion};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -107,4 +108,56 @@ pub struct AlertRecord {
     pub acknowledged_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<String>,
+}
+
+/// Which tally an inference or feedback counts towards: a version of an
+/// alias, live or as a shadow (a shadow's answers were never returned).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TallyKey {
+    pub alias: String,
+    pub version: String,
+    pub shadow: bool,
+}
+
+/// Online experiment figures for one version, kept current as inferences
+/// are captured and feedback arrives, so the experiment view never scans.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct VersionTally {
+    pub requests: u64,
+    /// Requests that did not end well: upstream errors, broken streams,
+    /// and fallbacks to production.
+    pub errors: u64,
+    /// Requests production served after this (candidate) version failed.
+    pub fallbacks: u64,
+    pub cancelled: u64,
+    /// Latency of the requests this version answered.
+    pub latency: LatencyHistogram,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub ratings: MeanStat,
+    /// Thumbs up among thumbs.
+    pub thumbs: Proportion,
+    /// Negative feedback (thumbs down, or a rating of 2 or less) among
+    /// feedback that rated the answer.
+    pub negative: Proportion,
+    /// Answers whose stated threat type matches the analyst's label,
+    /// among labelled answers that state one.
+    pub label_agreement: Proportion,
+}
+
+impl VersionTally {
+    pub fn merge(&mut self, other: &VersionTally) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.fallbacks += other.fallbacks;
+        self.cancelled += other.cancelled;
+        self.latency.merge(&other.latency);
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.ratings.merge(&other.ratings);
+        self.thumbs.merge(&other.thumbs);
+        self.negative.merge(&other.negative);
+        self.label_agreement.merge(&other.label_agreement);
+    }
 }

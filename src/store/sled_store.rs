@@ -3,11 +3,12 @@
 
 mod conversations;
 mod models;
+mod tallies;
 
 use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
     ConversationTallies, FeedbackRecord, InferenceRecord, ModelAliasRecord, ModelHistoryRecord,
-    NewTurn, Store, StoreError, ThreadPoint,
+    NewTurn, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
 };
 use conversations::{Changes, Tree};
 use serde::Serialize;
@@ -43,6 +44,10 @@ pub struct SledStore {
     /// `alias␟history_id` → one change to the alias.
     model_history: sled::Tree,
     alerts: sled::Tree,
+    /// `alias␟version␟live|shadow` → the version's experiment tally.
+    experiment: sled::Tree,
+    /// Held while tallies are read, merged and written.
+    tally_lock: std::sync::Mutex<()>,
     /// Held while a conversation, its index entries and the tallies change
     /// together; only capture, feedback and review take it, never a request.
     /// Holds the tallies as last committed, once read.
@@ -74,6 +79,8 @@ impl SledStore {
             model_aliases: tree("model_aliases")?,
             model_history: tree("model_history")?,
             alerts: tree("alerts")?,
+            experiment: tree("experiment_tallies")?,
+            tally_lock: std::sync::Mutex::new(()),
             conversation_lock: std::sync::Mutex::new(None),
             db,
         }
@@ -162,24 +169,12 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn insert_inferences(&self, records: &[InferenceRecord]) -> Result<(), StoreError> {
-        let mut rows = sled::Batch::default();
-        let mut index = sled::Batch::default();
-        let mut shadows = sled::Batch::default();
-        for r in records {
-            rows.insert(r.id.as_bytes(), encode(r)?);
-            match (&r.shadow_of, &r.completion_id) {
-                (Some(live), _) => shadows.insert(format!("{live}/{}", r.id).as_bytes(), &[]),
-                (None, Some(c)) => index.insert(c.as_bytes(), r.id.as_bytes()),
-                (None, None) => {}
-            }
-        }
-        self.shadows.apply_batch(shadows).map_err(io)?;
-        // The index first: a completion id may then point at an inference
-        // not written yet (a lookup finds nothing and retries), never the
-        // other way round.
-        self.by_completion.apply_batch(index).map_err(io)?;
-        self.inferences.apply_batch(rows).map_err(io)
+    fn insert_inferences(
+        &self,
+        records: &[InferenceRecord],
+        tallies: &[(TallyKey, VersionTally)],
+    ) -> Result<(), StoreError> {
+        self.write_inferences(records, tallies)
     }
 
     fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError> {
@@ -312,9 +307,15 @@ impl Store for SledStore {
         feedback: &FeedbackRecord,
         idempotency: Option<&str>,
         review: &mut dyn FnMut(&mut ConversationRecord),
+        tally: Option<&(TallyKey, VersionTally)>,
     ) -> Result<(), StoreError> {
         let key = format!("{}/{}", feedback.inference_id, feedback.id);
         let mut changes = Changes::default();
+        let _held = self.lock_tallies();
+        if let Some((k, delta)) = tally {
+            let (row, value) = self.tally_row(k, delta)?;
+            changes.put(Tree::Experiment, &row, value);
+        }
         changes.put(Tree::Feedback, key.as_bytes(), encode(feedback)?);
         if let Some(idem) = idempotency {
             changes.put(Tree::Idempotency, idem.as_bytes(), key.as_bytes().to_vec());
@@ -343,6 +344,10 @@ impl Store for SledStore {
             .values()
             .map(|v| decode("feedback", &v.map_err(io)?))
             .collect()
+    }
+
+    fn version_tallies(&self, alias: &str) -> Result<Vec<(TallyKey, VersionTally)>, StoreError> {
+        self.tallies_of(alias)
     }
 
     fn model_aliases(&self) -> Result<Vec<ModelAliasRecord>, StoreError> {

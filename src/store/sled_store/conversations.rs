@@ -33,6 +33,7 @@ pub(super) enum Tree {
     Idempotency,
     Inferences,
     ByCompletion,
+    Experiment,
 }
 
 /// Writes that go into the same transaction as a conversation change.
@@ -329,6 +330,7 @@ impl SledStore {
             &self.idempotency,
             &self.inferences,
             &self.by_completion,
+            &self.experiment,
         ];
         trees[..]
             .transaction(|tx| {

@@ -1,0 +1,140 @@
+//! Guardrails: every `check_interval_s`, each candidate with traffic is
+//! compared with production on the metrics its alias watches; one that is
+//! significantly worse loses its traffic to production at once, through
+//! the registry (so the change is in the history and the audit log, by
+//! `guardrail`), and an alert says why.
+
+use super::report::{MetricComparison, comparisons};
+use crate::app::AppState;
+use crate::config::GuardrailConfig;
+use crate::evaluation::online::Verdict;
+use crate::ids::{new_id, now_rfc3339};
+use crate::registry::{Change, RegistryError, Request};
+use crate::store::{AlertRecord, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The guardrails of an alias: its config's, or the defaults for an alias
+/// the config no longer names.
+pub fn config_for<'a>(app: &'a AppState, alias: &str) -> std::borrow::Cow<'a, GuardrailConfig> {
+    app.config
+        .models
+        .iter()
+        .find(|m| m.name == alias)
+        .map_or_else(
+            || std::borrow::Cow::Owned(GuardrailConfig::default()),
+            |m| std::borrow::Cow::Borrowed(&m.guardrails),
+        )
+}
+
+/// Checks every alias once; returns the alerts raised.
+pub fn check_once(app: &AppState) -> Result<Vec<AlertRecord>, StoreError> {
+    let mut raised = Vec::new();
+    for record in app.registry.aliases() {
+        let guard = config_for(app, &record.alias);
+        if !guard.enabled {
+            continue;
+        }
+        let tallies = app.store.version_tallies(&record.alias)?;
+        let mut stopped: Vec<String> = Vec::new();
+        for c in comparisons(&record, &tallies, guard.alpha) {
+            let live = record.version(&c.candidate).is_some_and(|v| v.weight > 0.0);
+            if c.shadow || !live || stopped.contains(&c.candidate) || !watched(&guard, &c) {
+                continue;
+            }
+            if c.result.verdict != Verdict::Worse {
+                continue;
+            }
+            match stop(app, record.revision, &c) {
+                Ok(alert) => {
+                    stopped.push(c.candidate.clone());
+                    raised.push(alert);
+                }
+                // An admin changed the alias meanwhile: look again next time.
+                Err(RegistryError::RevisionMoved { .. }) => break,
+                Err(RegistryError::Store(e)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(error = %e, alias = %record.alias, "guardrail could not stop the candidate")
+                }
+            }
+        }
+    }
+    Ok(raised)
+}
+
+fn watched(guard: &GuardrailConfig, c: &MetricComparison) -> bool {
+    match c.metric {
+        "error_rate" => guard.error_rate,
+        "negative_feedback_rate" => guard.negative_feedback,
+        _ => false,
+    }
+}
+
+fn stop(app: &AppState, revision: u64, c: &MetricComparison) -> Result<AlertRecord, RegistryError> {
+    let percent =
+        |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{:.1}%", v * 100.0));
+    let message = format!(
+        "{} of `{}` is {} against production `{}`'s {} (always-valid p = {:.4}); its traffic went to production",
+        c.metric,
+        c.candidate,
+        percent(c.candidate_value),
+        c.production,
+        percent(c.production_value),
+        c.result.p_value
+    );
+    let alias = &c.alias;
+    app.registry.change(Request {
+        alias,
+        expected_revision: Some(revision),
+        actor: "guardrail",
+        reason: &message,
+        change: Change::Guardrail {
+            version: c.candidate.clone(),
+        },
+    })?;
+    let alert = AlertRecord {
+        id: new_id("alert"),
+        at: now_rfc3339(),
+        kind: "guardrail".into(),
+        alias: Some(alias.clone()),
+        version: Some(c.candidate.clone()),
+        metric: Some(c.metric.to_string()),
+        value: c.candidate_value,
+        threshold: c.production_value,
+        message: message.clone(),
+        state: "open".into(),
+        acknowledged_by: None,
+        acknowledged_at: None,
+    };
+    app.store.put_alert(&alert)?;
+    tracing::warn!(alias = %alias, version = %c.candidate, metric = c.metric, "guardrail stopped a candidate");
+    metrics::counter!("flywheel_guardrail_stops_total", "alias" => alias.clone(), "metric" => c.metric)
+        .increment(1);
+    Ok(alert)
+}
+
+/// Runs [`check_once`] every interval until shutdown.
+pub async fn run_guardrails(app: Arc<AppState>, shutdown: CancellationToken) {
+    let every = app
+        .config
+        .models
+        .iter()
+        .map(|m| m.guardrails.check_interval_s)
+        .min()
+        .unwrap_or(10);
+    let mut tick = tokio::time::interval(Duration::from_secs(every.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let state = app.clone();
+        match tokio::task::spawn_blocking(move || check_once(&state)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "guardrail check failed"),
+            Err(e) => tracing::error!(error = %e, "guardrail check panicked"),
+        }
+    }
+}
