@@ -184,7 +184,11 @@ pub fn rationale(answer: &str) -> String {
     let lines: Vec<String> = answer
         .lines()
         .filter(|line| !states_label(line))
-        .map(without_label_sentences)
+        // A line that was only label sentences goes; blank lines stay.
+        .filter_map(|line| {
+            let kept = without_label_sentences(line);
+            (kept.trim().is_empty() == line.trim().is_empty()).then_some(kept)
+        })
         .collect();
     lines.join("\n").trim().to_string()
 }
@@ -342,7 +346,7 @@ mod tests {
 
     #[test]
     fn rationale_drops_label_lines_in_their_usual_spellings() {
-        let answer = "**Threat type**: malware\n- severity - high\nthreat_type = x\nThe severity here is debatable.\nSeverity of this is unclear: keep.\nSeverity-based triage applies.";
+        let answer = "**Threat type**: malware\n- severity - high\nthreat_type = x\nSeverity is high. The severity was low!\nThe severity here is debatable.\nSeverity of this is unclear: keep.\nSeverity-based triage applies.";
         assert_eq!(
             rationale(answer),
             "The severity here is debatable.\nSeverity of this is unclear: keep.\nSeverity-based triage applies."

@@ -447,7 +447,7 @@ fn every_rejection_names_its_conversation_and_reason() {
     assert!(
         reasons[0]
             .1
-            .starts_with("message 2 (user) has 2 characters; at least 10"),
+            .starts_with(r#"message 2 (user: "hi") has 2 characters; at least 10"#),
         "{reasons:?}"
     );
     assert!(
@@ -473,7 +473,7 @@ fn a_dpo_rejection_says_which_output_failed() {
     assert!(
         r.rejections[0]
             .reason
-            .starts_with("the preferred output: message 3 (assistant) has 9 characters"),
+            .starts_with(r#"the preferred output: message 3 (assistant: "Too short") has 9"#),
         "{:?}",
         r.rejections
     );

@@ -131,7 +131,7 @@ pub fn check_messages(messages: &[Message], limits: &Limits) -> Result<(), Strin
 
 fn check_length(position: usize, m: &Message, limits: &Limits) -> Result<(), String> {
     let chars = m.content.chars().count();
-    let which = format!("message {position} ({})", m.role);
+    let which = format!("message {position} ({}: {})", m.role, preview(&m.content));
     if chars < limits.min_message_chars {
         return Err(format!(
             "{which} has {chars} characters; at least {} are needed (fine_tuning.min_message_chars)",
@@ -145,6 +145,19 @@ fn check_length(position: usize, m: &Message, limits: &Limits) -> Result<(), Str
         ));
     }
     Ok(())
+}
+
+/// The start of a message, quoted, so a reader finds the one meant: the
+/// numbering counts the system prompt an example may have been given.
+fn preview(content: &str) -> String {
+    const SHOWN: usize = 24;
+    let start: String = content.chars().take(SHOWN).collect();
+    let more = if content.chars().count() > SHOWN {
+        "…"
+    } else {
+        ""
+    };
+    format!("{start:?}{more}")
 }
 
 fn check_tokens(messages: &[Message], limits: &Limits) -> Result<(), String> {
@@ -202,15 +215,15 @@ mod tests {
         let e = check_messages(&short, &l).unwrap_err();
         assert_eq!(
             e,
-            "message 2 (user) has 2 characters; at least 10 are needed (fine_tuning.min_message_chars)"
+            "message 2 (user: \"hi\") has 2 characters; at least 10 are needed (fine_tuning.min_message_chars)"
         );
 
         let mut long = chat();
-        long[2].content = "é".repeat(4001);
+        long[2].content = format!("Threat type: \"x\"{}", "é".repeat(3985));
         let e = check_messages(&long, &l).unwrap_err();
         assert_eq!(
             e,
-            "message 3 (assistant) has 4001 characters; at most 4000 are allowed (fine_tuning.max_message_chars)"
+            r#"message 3 (assistant: "Threat type: \"x\"éééééééé"…) has 4001 characters; at most 4000 are allowed (fine_tuning.max_message_chars)"#
         );
     }
 
