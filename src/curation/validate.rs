@@ -247,6 +247,15 @@ mod tests {
     }
 
     #[test]
+    fn a_chat_counts_its_framing_around_the_text() {
+        assert_eq!(Tokenizer::O200kBase.count("hello world"), 2);
+        assert_eq!(Tokenizer::Cl100kBase.count("hello world"), 2);
+        // 3 framing + 1 for "user" + 2 for the text, then 3 priming the reply.
+        let chat = [Message::new("user", "hello world")];
+        assert_eq!(count_tokens(&chat, Tokenizer::O200kBase), 9);
+    }
+
+    #[test]
     fn the_two_vocabularies_count_differently() {
         // o200k_base has far more tokens for scripts other than Latin.
         let text = [Message::new(
