@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod capture;
 pub mod config;
+pub mod curation;
 pub mod demo;
 pub mod evaluation;
 pub mod exchange;

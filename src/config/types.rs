@@ -1,6 +1,7 @@
 //! The configuration's typed sections and their defaults, in one place.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -302,16 +303,44 @@ pub struct FineTuningConfig {
     pub max_examples: usize,
     pub validation_split: f64,
     pub poll_interval_s: u64,
+    /// Put first in every example whose conversation brought no system message.
+    pub system_prompt: String,
+    /// How an example's target is written: the presets `answer`, `labelled`
+    /// and `json`, or text with `{threat_type}`, `{severity}`, `{answer}`
+    /// and `{rationale}` placeholders.
+    pub answer_template: String,
+    /// Every message of an example must have at least this many characters…
+    pub min_message_chars: usize,
+    /// …and at most this many.
+    pub max_message_chars: usize,
+    /// Tokens one example may have for a base model not in `token_limits`.
+    pub default_token_limit: usize,
+    /// Tokens one example may have, by base model; the longest name that
+    /// starts the base model's name applies, so snapshots find their family.
+    pub token_limits: BTreeMap<String, usize>,
 }
 
 impl Default for FineTuningConfig {
     fn default() -> Self {
+        let token_limits = [
+            ("gpt-4o-mini", 65_536),
+            ("gpt-4o", 65_536),
+            ("gpt-3.5-turbo", 16_385),
+        ];
         Self {
             enabled: true,
             min_examples: 50,
             max_examples: 1000,
             validation_split: 0.2,
             poll_interval_s: 30,
+            system_prompt: "You are a security analyst. For each alert, state its threat type and severity, then explain the evidence for them.".into(),
+            answer_template: "labelled".into(),
+            min_message_chars: 10,
+            max_message_chars: 4000,
+            default_token_limit: 16_385,
+            token_limits: token_limits
+                .map(|(model, tokens)| (model.to_string(), tokens))
+                .into(),
         }
     }
 }

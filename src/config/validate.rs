@@ -260,6 +260,50 @@ fn check_fine_tuning(c: &Config) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    check_examples(f)
+}
+
+/// What curation needs to build examples at all.
+fn check_examples(f: &crate::config::FineTuningConfig) -> Result<(), ConfigError> {
+    crate::curation::AnswerTemplate::parse(&f.answer_template)
+        .map_err(|e| ConfigError::invalid("fine_tuning.answer_template", e.to_string()))?;
+    if f.min_message_chars == 0 {
+        return Err(ConfigError::invalid(
+            "fine_tuning.min_message_chars",
+            "must be at least 1",
+        ));
+    }
+    if f.max_message_chars < f.min_message_chars {
+        return Err(ConfigError::invalid(
+            "fine_tuning.max_message_chars",
+            format!(
+                "{} is below min_message_chars ({})",
+                f.max_message_chars, f.min_message_chars
+            ),
+        ));
+    }
+    let prompt = f.system_prompt.chars().count();
+    if !(f.min_message_chars..=f.max_message_chars).contains(&prompt) {
+        return Err(ConfigError::invalid(
+            "fine_tuning.system_prompt",
+            format!(
+                "has {prompt} characters; every message of an example needs {} to {}",
+                f.min_message_chars, f.max_message_chars
+            ),
+        ));
+    }
+    if f.default_token_limit == 0 {
+        return Err(ConfigError::invalid(
+            "fine_tuning.default_token_limit",
+            "must be at least 1",
+        ));
+    }
+    if let Some((model, _)) = f.token_limits.iter().find(|(_, tokens)| **tokens == 0) {
+        return Err(ConfigError::invalid(
+            format!("fine_tuning.token_limits.{model}"),
+            "must be at least 1",
+        ));
+    }
     Ok(())
 }
 
@@ -286,4 +330,53 @@ fn check_evaluation(c: &Config) -> Result<(), ConfigError> {
     crate::evaluation::extract::Extractor::new(&c.evaluation.extractor, &c.taxonomy)
         .map(drop)
         .map_err(|e| ConfigError::invalid(e.key, e.problem))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const MINIMAL: &str = r#"
+[[providers]]
+name = "sim"
+base_url = "http://127.0.0.1:9"
+
+[[models]]
+name = "triage"
+model_type = "threat_detection"
+  [[models.versions]]
+  name = "base"
+  provider = "sim"
+  model = "gpt-4o-mini"
+"#;
+
+    fn error(extra: &str) -> String {
+        Config::from_toml_str(&format!("{MINIMAL}\n[fine_tuning]\n{extra}\n"), "t", [])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn fine_tuning_example_settings_are_checked() {
+        let e = error(r#"answer_template = "labeled""#);
+        assert!(
+            e.contains("fine_tuning.answer_template") && e.contains("preset"),
+            "{e}"
+        );
+        let e = error(r#"answer_template = "{threat_type}: {verdict}""#);
+        assert!(
+            e.contains("fine_tuning.answer_template") && e.contains("`{verdict}`"),
+            "{e}"
+        );
+        let e = error("min_message_chars = 20\nmax_message_chars = 10");
+        assert!(e.contains("fine_tuning.max_message_chars"), "{e}");
+        let e = error(r#"system_prompt = "Hi""#);
+        assert!(
+            e.contains("fine_tuning.system_prompt") && e.contains("2 characters"),
+            "{e}"
+        );
+        let e = error("[fine_tuning.token_limits]\ngpt-4o = 0");
+        assert!(e.contains("fine_tuning.token_limits.gpt-4o"), "{e}");
+        assert!(Config::from_toml_str(MINIMAL, "t", []).is_ok());
+    }
 }

@@ -1,0 +1,37 @@
+//! Curation: turning reviewed conversations into fine-tuning datasets.
+//!
+//! Plain functions over the store's records — the caller reads the
+//! candidates and passes them in; nothing here does I/O. A candidate
+//! becomes one example (`example`): its last turn's request messages and
+//! that turn's answer, an analyst's correction in place of the answer, the
+//! system prompt policy applied and the target written through the answer
+//! template (`template`); labels go only into the target, never into the
+//! input. Examples are checked against the message and token limits
+//! (`validate`), near-verbatim duplicates dropped, the rest split into
+//! train and validation stratified by threat type (`split`) and written as
+//! OpenAI chat (SFT) or preference (DPO) JSONL (`format`). `build` ties it
+//! together into a [`DatasetBuild`], whose report serialises to the
+//! `POST /datasets` answer. `signals` gives list filters the same view of
+//! each conversation's quality.
+
+mod build;
+mod example;
+mod format;
+mod signals;
+mod split;
+mod template;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use build::{
+    BuildOptions, Counts, Coverage, DatasetBuild, DatasetFile, DatasetReport, Rejection,
+    build_dataset,
+};
+pub use example::{Candidate, Example, Message, build_example};
+pub use format::{DatasetFormat, Line, dpo_line, sft_line};
+pub use signals::{QualitySignals, normalised_hash, quality_signals};
+pub use split::{Split, stratified_split};
+pub use template::{AnswerTemplate, Labels, TemplateError, rationale};
+pub use validate::{Limits, Tokenizer, check_messages, count_tokens, token_limit};

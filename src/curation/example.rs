@@ -1,0 +1,315 @@
+//! One conversation made into one training example: the messages of its
+//! last turn's request, that turn's answer (or the analyst's correction of
+//! it) as the target, and the system prompt policy.
+
+use super::template::{AnswerTemplate, Labels};
+use crate::store::{ConversationRecord, FeedbackRecord, InferenceRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A conversation offered for a dataset, with its turns in order, each
+/// with the feedback given on it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub conversation: ConversationRecord,
+    pub turns: Vec<(InferenceRecord, Vec<FeedbackRecord>)>,
+}
+
+/// A chat message as training data carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
+    }
+}
+
+/// What a conversation teaches, before a format writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub conversation_id: String,
+    pub threat_type: Option<String>,
+    pub severity: Option<String>,
+    /// The messages before the answer, the system message first.
+    pub input: Vec<Message>,
+    /// The answer as the model gave it, if it gave one.
+    pub answer: Option<String>,
+    pub correction: Option<String>,
+    /// What the model should say: the correction, else the answer, written
+    /// through the answer template. Labels appear here and only here.
+    pub target: String,
+}
+
+/// Builds the example of `candidate`, or says why it cannot be one.
+/// Without a system message of its own, `system_prompt` goes first.
+pub fn build_example(
+    candidate: &Candidate,
+    system_prompt: &str,
+    template: &AnswerTemplate,
+) -> Result<Example, String> {
+    let (turn, _) = candidate
+        .turns
+        .last()
+        .ok_or("the conversation has no turns")?;
+    let mut input = request_messages(turn)?;
+    if !input.iter().any(|m| m.role == "system") {
+        input.insert(0, Message::new("system", system_prompt));
+    }
+    let answer = answer_text(turn)?;
+    let correction = correction(candidate);
+    let source = match (&correction, complete_answer(turn, answer.as_deref())) {
+        (Some(c), _) => c.clone(),
+        (None, Ok(a)) => a.to_string(),
+        (None, Err(why)) => return Err(why),
+    };
+    let review = &candidate.conversation.review;
+    let labels = Labels {
+        threat_type: review.threat_type.as_deref(),
+        severity: review.severity.as_deref(),
+    };
+    Ok(Example {
+        conversation_id: candidate.conversation.id.clone(),
+        threat_type: review.threat_type.clone(),
+        severity: review.severity.clone(),
+        target: template.render(labels, &source)?,
+        input,
+        answer,
+        correction,
+    })
+}
+
+/// The request's messages; tool use and non-text content are refused, as
+/// examples carry text messages only.
+fn request_messages(turn: &InferenceRecord) -> Result<Vec<Message>, String> {
+    let Some(messages) = turn.request["messages"].as_array() else {
+        return Err("its last turn's request has no messages".into());
+    };
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message(m).map_err(|why| format!("request message {}: {why}", i + 1)))
+        .collect()
+}
+
+fn message(m: &Value) -> Result<Message, String> {
+    let role = match m["role"].as_str() {
+        // Newer clients send the system prompt as `developer`.
+        Some("system" | "developer") => "system",
+        Some(role @ ("user" | "assistant")) => role,
+        Some(role @ ("tool" | "function")) => {
+            return Err(format!(
+                "is a {role} message; examples carry text messages only"
+            ));
+        }
+        Some(other) => return Err(format!("has the unknown role \"{other}\"")),
+        None => return Err("has no role".into()),
+    };
+    if m.get("tool_calls").is_some_and(|c| !c.is_null()) {
+        return Err("calls tools; examples carry text messages only".into());
+    }
+    let content = text(&m["content"]).ok_or("has no text content (images or audio?)")?;
+    Ok(Message::new(role, &content))
+}
+
+/// A string, or the text parts of a content array.
+fn text(content: &Value) -> Option<String> {
+    if let Some(s) = content.as_str() {
+        return Some(s.to_string());
+    }
+    let parts = content.as_array()?;
+    parts
+        .iter()
+        .map(|p| (p["type"] == "text").then(|| p["text"].as_str()).flatten())
+        .collect::<Option<Vec<_>>>()
+        .map(|texts| texts.concat())
+}
+
+/// The first choice's text, if the turn has one.
+fn answer_text(turn: &InferenceRecord) -> Result<Option<String>, String> {
+    let message = &turn.response["choices"][0]["message"];
+    if message.get("tool_calls").is_some_and(|c| !c.is_null()) {
+        return Err("its last answer calls tools; examples carry text messages only".into());
+    }
+    Ok(message["content"]
+        .as_str()
+        .filter(|s| !s.trim().is_empty())
+        .map(String::from))
+}
+
+/// The first choice's finish reason.
+pub(super) fn finish_reason(turn: &InferenceRecord) -> Option<&str> {
+    turn.response["choices"][0]["finish_reason"].as_str()
+}
+
+/// The answer if the model finished it; otherwise why it cannot be a target.
+fn complete_answer<'a>(turn: &InferenceRecord, answer: Option<&'a str>) -> Result<&'a str, String> {
+    if turn.status != "ok" {
+        return Err(format!(
+            "its last turn ended with status \"{}\" and no analyst corrected it",
+            turn.status
+        ));
+    }
+    let answer = answer.ok_or("its last turn has no answer text and no analyst corrected it")?;
+    match finish_reason(turn) {
+        Some("stop") => Ok(answer),
+        Some(other) => Err(format!(
+            "its last answer stopped with finish_reason \"{other}\" (not a complete answer) and no analyst corrected it"
+        )),
+        None => Err("its last answer has no finish_reason and no analyst corrected it".into()),
+    }
+}
+
+/// The review's correction, else the newest correction in feedback on the
+/// last turn (feedback on earlier turns corrects answers that are not this
+/// example's target).
+pub(super) fn correction(candidate: &Candidate) -> Option<String> {
+    let given = |c: &Option<String>| {
+        c.as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(String::from)
+    };
+    given(&candidate.conversation.review.correction).or_else(|| {
+        let (_, feedback) = candidate.turns.last()?;
+        feedback
+            .iter()
+            .filter(|f| given(&f.correction).is_some())
+            .max_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)))
+            .and_then(|f| given(&f.correction))
+    })
+}
+
+/// The last turn's request messages and answer as far as they are text,
+/// for signals that must not fail on what an example would refuse.
+pub(super) fn lenient_text(candidate: &Candidate) -> Vec<Message> {
+    let Some((turn, _)) = candidate.turns.last() else {
+        return Vec::new();
+    };
+    let mut messages: Vec<Message> = turn.request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| message(m).ok())
+        .collect();
+    let answer = correction(candidate).or_else(|| answer_text(turn).ok().flatten());
+    if let Some(answer) = answer {
+        messages.push(Message::new("assistant", &answer));
+    }
+    messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::curation::tests::{candidate, feedback, with_answer};
+
+    fn labelled() -> AnswerTemplate {
+        AnswerTemplate::parse("labelled").unwrap()
+    }
+
+    #[test]
+    fn the_configured_prompt_goes_first_when_the_conversation_has_none() {
+        let ex = build_example(
+            &candidate("conv_1", "malware"),
+            "Be an analyst.",
+            &labelled(),
+        )
+        .unwrap();
+        assert_eq!(ex.input[0], Message::new("system", "Be an analyst."));
+        assert_eq!(ex.input[1].role, "user");
+    }
+
+    #[test]
+    fn the_conversations_own_system_message_is_kept() {
+        let mut c = candidate("conv_1", "malware");
+        c.turns[0].0.request["messages"] = serde_json::json!([
+            {"role": "developer", "content": "Our own triage prompt."},
+            {"role": "user", "content": [{"type": "text", "text": "Alert: "}, {"type": "text", "text": "evil.exe ran"}]},
+        ]);
+        let ex = build_example(&c, "Be an analyst.", &labelled()).unwrap();
+        assert_eq!(
+            ex.input,
+            [
+                Message::new("system", "Our own triage prompt."),
+                Message::new("user", "Alert: evil.exe ran")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_last_turn_is_the_example_and_a_correction_replaces_its_answer() {
+        let mut c = candidate("conv_1", "malware");
+        let mut second = c.turns[0].clone();
+        second.0.request["messages"] = serde_json::json!([
+            {"role": "user", "content": "first question here"},
+            {"role": "assistant", "content": "first answer given"},
+            {"role": "user", "content": "and the follow-up?"},
+        ]);
+        with_answer(&mut second.0, "The model's answer.", "stop");
+        second.1 = vec![
+            feedback("fb_1", "2026-01-01T00:00:01Z", Some("older correction")),
+            feedback("fb_2", "2026-01-01T00:00:02Z", Some("newest correction")),
+            feedback("fb_3", "2026-01-01T00:00:03Z", None),
+        ];
+        c.turns.push(second);
+        let ex = build_example(&c, "Be an analyst.", &AnswerTemplate::Answer).unwrap();
+        assert_eq!(ex.input.len(), 4);
+        assert_eq!(ex.answer.as_deref(), Some("The model's answer."));
+        assert_eq!(ex.target, "newest correction");
+
+        c.conversation.review.correction = Some("the review's correction".into());
+        let ex = build_example(&c, "Be an analyst.", &AnswerTemplate::Answer).unwrap();
+        assert_eq!(ex.target, "the review's correction");
+    }
+
+    #[test]
+    fn incomplete_answers_are_refused_unless_corrected() {
+        let mut c = candidate("conv_1", "malware");
+        with_answer(&mut c.turns[0].0, "Threat type: mal", "length");
+        let e = build_example(&c, "p", &labelled()).unwrap_err();
+        assert!(e.contains("finish_reason \"length\""), "{e}");
+
+        c.turns[0].0.status = "upstream_error".into();
+        let e = build_example(&c, "p", &labelled()).unwrap_err();
+        assert!(e.contains("status \"upstream_error\""), "{e}");
+
+        c.conversation.review.correction = Some("Threat type: malware\nIt is.".into());
+        let ex = build_example(&c, "p", &labelled()).unwrap();
+        assert!(ex.target.ends_with("It is."), "{}", ex.target);
+    }
+
+    #[test]
+    fn tool_use_and_images_are_refused_with_the_message_named() {
+        let mut c = candidate("conv_1", "malware");
+        c.turns[0].0.request["messages"] = serde_json::json!([
+            {"role": "user", "content": "look this up please"},
+            {"role": "tool", "content": "result", "tool_call_id": "t"},
+        ]);
+        let e = build_example(&c, "p", &labelled()).unwrap_err();
+        assert_eq!(
+            e,
+            "request message 2: is a tool message; examples carry text messages only"
+        );
+
+        c.turns[0].0.request["messages"] = serde_json::json!([
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+        ]);
+        let e = build_example(&c, "p", &labelled()).unwrap_err();
+        assert!(
+            e.starts_with("request message 1: has no text content"),
+            "{e}"
+        );
+
+        c.turns.clear();
+        assert_eq!(
+            build_example(&c, "p", &labelled()).unwrap_err(),
+            "the conversation has no turns"
+        );
+    }
+}

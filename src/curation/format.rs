@@ -1,0 +1,180 @@
+//! The JSONL lines OpenAI's fine-tuning reads: chat examples for
+//! supervised fine-tuning, and preference pairs for DPO built from
+//! analysts' corrections (the correction preferred over the model's
+//! original answer).
+
+use super::example::{Example, Message};
+use super::signals::normalised_hash;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    /// `{"messages": [...]}`.
+    Sft,
+    /// `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`.
+    Dpo,
+}
+
+/// One example as its format writes it, with what must be checked of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// The JSONL line, without its newline.
+    pub json: String,
+    /// Each chat the line trains on, with a name for it in reasons (empty
+    /// when the line has only one): SFT has one, DPO the input followed by
+    /// either output.
+    pub chats: Vec<(&'static str, Vec<Message>)>,
+    /// [`normalised_hash`] of the input and the target, for dropping
+    /// near-verbatim duplicates.
+    pub hash: String,
+}
+
+impl DatasetFormat {
+    pub fn line(self, example: &Example) -> Result<Line, String> {
+        match self {
+            Self::Sft => sft_line(example),
+            Self::Dpo => dpo_line(example),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SftLine<'a> {
+    messages: &'a [Message],
+}
+
+/// The input followed by the target as the assistant's message.
+pub fn sft_line(example: &Example) -> Result<Line, String> {
+    let mut messages = example.input.clone();
+    messages.push(Message::new("assistant", &example.target));
+    Ok(Line {
+        json: to_json(&SftLine {
+            messages: &messages,
+        })?,
+        hash: normalised_hash(&messages),
+        chats: vec![("", messages)],
+    })
+}
+
+#[derive(Serialize)]
+struct DpoLine<'a> {
+    input: SftLine<'a>,
+    preferred_output: [&'a Message; 1],
+    non_preferred_output: [&'a Message; 1],
+}
+
+/// The correction preferred over the original answer, both verbatim; a
+/// conversation without a correction has no preference to teach.
+pub fn dpo_line(example: &Example) -> Result<Line, String> {
+    let correction = example
+        .correction
+        .as_deref()
+        .ok_or("has no analyst correction, so there is no preferred answer for a DPO dataset")?;
+    let answer = example
+        .answer
+        .as_deref()
+        .ok_or("its last turn has no answer for the correction to be preferred over")?;
+    let preferred = Message::new("assistant", correction);
+    let rejected = Message::new("assistant", answer);
+    let with = |output: &Message| [example.input.clone(), vec![output.clone()]].concat();
+    let hash = normalised_hash(&with(&preferred));
+    if hash == normalised_hash(&with(&rejected)) {
+        return Err(
+            "its correction is the same text as the answer, so there is no preference to learn"
+                .into(),
+        );
+    }
+    let json = to_json(&DpoLine {
+        input: SftLine {
+            messages: &example.input,
+        },
+        preferred_output: [&preferred],
+        non_preferred_output: [&rejected],
+    })?;
+    Ok(Line {
+        json,
+        hash,
+        chats: vec![
+            ("the preferred output", with(&preferred)),
+            ("the non-preferred output", with(&rejected)),
+        ],
+    })
+}
+
+fn to_json(line: &impl Serialize) -> Result<String, String> {
+    serde_json::to_string(line).map_err(|e| format!("cannot be written as JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn example() -> Example {
+        Example {
+            conversation_id: "conv_1".into(),
+            threat_type: Some("malware".into()),
+            severity: Some("high".into()),
+            input: vec![
+                Message::new("system", "You are a security analyst."),
+                Message::new("user", "Alert: \"evil.exe\"\nran"),
+            ],
+            answer: Some("Threat type: benign".into()),
+            correction: Some("Threat type: malware".into()),
+            target: "Threat type: malware\nSeverity: high".into(),
+        }
+    }
+
+    #[test]
+    fn sft_is_the_input_then_the_target() {
+        let line = sft_line(&example()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line.json).unwrap();
+        assert_eq!(
+            v,
+            json!({"messages": [
+                {"role": "system", "content": "You are a security analyst."},
+                {"role": "user", "content": "Alert: \"evil.exe\"\nran"},
+                {"role": "assistant", "content": "Threat type: malware\nSeverity: high"},
+            ]})
+        );
+        assert!(!line.json.contains('\n'));
+        assert_eq!(line.chats.len(), 1);
+    }
+
+    #[test]
+    fn dpo_prefers_the_correction_over_the_answer() {
+        let line = dpo_line(&example()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line.json).unwrap();
+        assert_eq!(v["input"]["messages"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            v["preferred_output"],
+            json!([{"role": "assistant", "content": "Threat type: malware"}])
+        );
+        assert_eq!(
+            v["non_preferred_output"],
+            json!([{"role": "assistant", "content": "Threat type: benign"}])
+        );
+        assert_eq!(
+            line.chats[1].1.last().unwrap().content,
+            "Threat type: benign"
+        );
+    }
+
+    #[test]
+    fn dpo_needs_a_correction_that_differs_from_the_answer() {
+        let mut ex = example();
+        ex.correction = None;
+        let e = dpo_line(&ex).unwrap_err();
+        assert_eq!(
+            e,
+            "has no analyst correction, so there is no preferred answer for a DPO dataset"
+        );
+        ex.correction = Some("threat type:   BENIGN".into());
+        let e = dpo_line(&ex).unwrap_err();
+        assert!(e.contains("same text as the answer"), "{e}");
+        ex.answer = None;
+        let e = dpo_line(&ex).unwrap_err();
+        assert!(e.contains("no answer"), "{e}");
+    }
+}

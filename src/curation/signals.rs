@@ -1,0 +1,155 @@
+//! Quality signals per conversation, for list filters and the dataset
+//! report: did the model finish its answer, how long is it, is it a
+//! near-verbatim duplicate of another, is it labelled, rated, corrected,
+//! did the upstream fail.
+
+use super::example::{Candidate, Message, correction, finish_reason, lenient_text};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QualitySignals {
+    pub conversation_id: String,
+    /// The last turn ended with status `ok` and finish_reason `stop`.
+    pub complete_answer: bool,
+    /// Characters of the last turn's answer as the model gave it.
+    pub answer_chars: usize,
+    /// [`normalised_hash`] of the last turn's messages and its answer (the
+    /// correction, when there is one).
+    pub text_hash: String,
+    /// The conversation (smallest id among those given) this one repeats.
+    pub duplicate_of: Option<String>,
+    pub has_labels: bool,
+    pub has_rating: bool,
+    pub has_correction: bool,
+    /// Some turn failed upstream.
+    pub upstream_error: bool,
+}
+
+/// The signals of each candidate, in order; duplicates are found among
+/// the candidates given.
+pub fn quality_signals(candidates: &[Candidate]) -> Vec<QualitySignals> {
+    let mut signals: Vec<QualitySignals> = candidates.iter().map(signals_of).collect();
+    let mut first: HashMap<String, String> = HashMap::new();
+    for s in &signals {
+        let id = first
+            .entry(s.text_hash.clone())
+            .or_insert_with(|| s.conversation_id.clone());
+        if s.conversation_id < *id {
+            id.clone_from(&s.conversation_id);
+        }
+    }
+    for s in &mut signals {
+        s.duplicate_of = first
+            .get(&s.text_hash)
+            .filter(|id| **id != s.conversation_id)
+            .cloned();
+    }
+    signals
+}
+
+fn signals_of(c: &Candidate) -> QualitySignals {
+    let review = &c.conversation.review;
+    let last = c.turns.last().map(|(turn, _)| turn);
+    let answer_chars = last
+        .and_then(|t| t.response["choices"][0]["message"]["content"].as_str())
+        .map_or(0, |a| a.chars().count());
+    QualitySignals {
+        conversation_id: c.conversation.id.clone(),
+        complete_answer: last.is_some_and(|t| t.status == "ok" && finish_reason(t) == Some("stop")),
+        answer_chars,
+        text_hash: normalised_hash(&lenient_text(c)),
+        duplicate_of: None,
+        has_labels: review.threat_type.is_some() || review.severity.is_some(),
+        has_rating: review.rating_count > 0
+            || c.turns
+                .iter()
+                .flat_map(|(_, f)| f)
+                .any(|f| f.rating.is_some()),
+        has_correction: correction(c).is_some(),
+        upstream_error: c.turns.iter().any(|(t, _)| t.status == "upstream_error"),
+    }
+}
+
+/// SHA-256 (hex) of the messages' roles and texts, lower-cased with
+/// whitespace runs collapsed, so copies differing only in case or spacing
+/// hash alike.
+pub fn normalised_hash(messages: &[Message]) -> String {
+    let mut hasher = Sha256::new();
+    for m in messages {
+        // Length-prefixed, so no text can pass for a boundary between
+        // role and content or between messages.
+        for part in [m.role.clone(), normalise(&m.content)] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn normalise(text: &str) -> String {
+    text.split_whitespace()
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::curation::tests::{candidate, feedback, with_answer};
+
+    #[test]
+    fn copies_differing_in_case_and_spacing_hash_alike() {
+        let a = [Message::new("user", "Alert:  EVIL.exe\n ran")];
+        let b = [Message::new("user", "alert: evil.exe ran")];
+        let c = [Message::new("assistant", "alert: evil.exe ran")];
+        assert_eq!(normalised_hash(&a), normalised_hash(&b));
+        assert_ne!(normalised_hash(&b), normalised_hash(&c));
+        assert_eq!(normalised_hash(&a).len(), 64);
+    }
+
+    #[test]
+    fn signals_describe_each_conversation() {
+        let mut ok = candidate("conv_2", "malware");
+        ok.turns[0].1.push(feedback(
+            "fb_1",
+            "2026-01-01T00:00:00Z",
+            Some("A better answer."),
+        ));
+        ok.turns[0].1[0].rating = Some(4);
+        let mut cut = candidate("conv_3", "phishing");
+        with_answer(&mut cut.turns[0].0, "Threat ty", "length");
+        cut.conversation.review.threat_type = None;
+        cut.conversation.review.severity = None;
+        let mut failed = candidate("conv_4", "malware");
+        failed.turns[0].0.status = "upstream_error".into();
+
+        let s = quality_signals(&[ok, cut, failed]);
+        assert!(s[0].complete_answer && s[0].has_labels && s[0].has_rating && s[0].has_correction);
+        assert!(!s[0].upstream_error);
+        assert!(!s[1].complete_answer && !s[1].has_labels && !s[1].has_rating);
+        assert_eq!(s[1].answer_chars, 9);
+        assert!(s[2].upstream_error && !s[2].complete_answer);
+        let json = serde_json::to_value(&s[1]).unwrap();
+        assert_eq!(json["complete_answer"], false);
+        assert_eq!(json["duplicate_of"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn duplicates_point_at_the_oldest_copy() {
+        let a = candidate("conv_9", "malware");
+        let mut a = a;
+        a.turns[0].0.request["messages"][0]["content"] =
+            "Alert: evil.exe ran on host-7 from a temp folder".into();
+        let mut b = candidate("conv_5", "malware");
+        b.turns[0].0.request["messages"][0]["content"] =
+            "ALERT: EVIL.EXE   ran on host-7\nfrom a temp folder".into();
+        let c = candidate("conv_7", "phishing");
+        let s = quality_signals(&[a, b, c]);
+        assert_eq!(s[0].duplicate_of.as_deref(), Some("conv_5"));
+        assert_eq!(s[1].duplicate_of, None);
+        assert_eq!(s[2].duplicate_of, None);
+    }
+}
