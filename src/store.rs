@@ -7,8 +7,8 @@ mod records;
 mod sled_store;
 
 pub use model_records::{
-    AlertRecord, ModelAliasRecord, ModelHistoryRecord, ModelVersionRecord, TallyKey, VersionState,
-    VersionTally,
+    AlertRecord, DatasetRecord, DatasetSplit, ModelAliasRecord, ModelHistoryRecord,
+    ModelVersionRecord, TallyKey, VersionState, VersionTally,
 };
 pub use records::{
     ApiKeyRecord, AuditRecord, ConversationRecord, ConversationTallies, FeedbackRecord,
@@ -155,6 +155,24 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         keep: &dyn Fn(&AlertRecord) -> bool,
     ) -> Result<Vec<AlertRecord>, StoreError>;
+
+    /// Stores a dataset snapshot with its two JSONL files in one atomic,
+    /// durable step.
+    fn insert_dataset(
+        &self,
+        record: &DatasetRecord,
+        train: &[u8],
+        validation: &[u8],
+    ) -> Result<(), StoreError>;
+    fn dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
+    /// Newest first, after `cursor` (a dataset id).
+    fn datasets(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DatasetRecord>, StoreError>;
+    /// One JSONL file of a dataset.
+    fn dataset_file(&self, id: &str, split: DatasetSplit) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;

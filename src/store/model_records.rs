@@ -161,3 +161,44 @@ impl VersionTally {
         self.label_agreement.merge(&other.label_agreement);
     }
 }
+
+/// An immutable dataset snapshot (DESIGN §5): how it was built and what
+/// its report said. The JSONL files are stored beside it, by split.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatasetRecord {
+    pub id: String,
+    pub name: String,
+    /// `sft` or `dpo`.
+    pub format: String,
+    pub created_at: String,
+    /// The key id of whoever built it.
+    pub created_by: String,
+    /// The filter it was built from, as given.
+    pub filter: serde_json::Value,
+    /// The alias whose base model the examples were checked against.
+    pub alias: Option<String>,
+    pub base_model: Option<String>,
+    pub validation_split: f64,
+    /// The build report: content hash, readiness, problems, counts,
+    /// classes, coverage and every rejection with its reason.
+    pub report: serde_json::Value,
+    /// The conversations in each split, in file order.
+    pub train_ids: Vec<String>,
+    pub validation_ids: Vec<String>,
+}
+
+/// Which file of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetSplit {
+    Train,
+    Validation,
+}
+
+impl DatasetSplit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Validation => "validation",
+        }
+    }
+}

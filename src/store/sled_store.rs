@@ -2,13 +2,15 @@
 //! keys that sort the way queries read them (ids are time-ordered ULIDs).
 
 mod conversations;
+mod datasets;
 mod models;
 mod tallies;
 
 use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
-    ConversationTallies, FeedbackRecord, InferenceRecord, ModelAliasRecord, ModelHistoryRecord,
-    NewTurn, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
+    ConversationTallies, DatasetRecord, DatasetSplit, FeedbackRecord, InferenceRecord,
+    ModelAliasRecord, ModelHistoryRecord, NewTurn, Store, StoreError, TallyKey, ThreadPoint,
+    VersionTally,
 };
 use conversations::{Changes, Tree};
 use serde::Serialize;
@@ -46,6 +48,9 @@ pub struct SledStore {
     alerts: sled::Tree,
     /// `alias␟version␟live|shadow` → the version's experiment tally.
     experiment: sled::Tree,
+    datasets: sled::Tree,
+    /// `dataset_id/train|validation` → the JSONL file.
+    dataset_files: sled::Tree,
     /// Held while tallies are read, merged and written.
     tally_lock: std::sync::Mutex<()>,
     /// Held while a conversation, its index entries and the tallies change
@@ -80,6 +85,8 @@ impl SledStore {
             model_history: tree("model_history")?,
             alerts: tree("alerts")?,
             experiment: tree("experiment_tallies")?,
+            datasets: tree("datasets")?,
+            dataset_files: tree("dataset_files")?,
             tally_lock: std::sync::Mutex::new(()),
             conversation_lock: std::sync::Mutex::new(None),
             db,
@@ -386,6 +393,31 @@ impl Store for SledStore {
         keep: &dyn Fn(&AlertRecord) -> bool,
     ) -> Result<Vec<AlertRecord>, StoreError> {
         self.list_alerts(cursor, limit, keep)
+    }
+
+    fn insert_dataset(
+        &self,
+        record: &DatasetRecord,
+        train: &[u8],
+        validation: &[u8],
+    ) -> Result<(), StoreError> {
+        self.write_dataset(record, train, validation)
+    }
+
+    fn dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
+        self.read_dataset(id)
+    }
+
+    fn datasets(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DatasetRecord>, StoreError> {
+        self.list_datasets(cursor, limit)
+    }
+
+    fn dataset_file(&self, id: &str, split: DatasetSplit) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_dataset_file(id, split)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
