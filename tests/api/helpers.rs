@@ -182,7 +182,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     // while sled's flusher lets go.
     let mut app = Application::build(config.clone(), secrets.clone(), listener);
     for _ in 0..100 {
-        if !matches!(app, Err(flywheel::app::StartError::Store(flywheel::store::StoreError::Locked { .. }))) {
+        if !matches!(
+            app,
+            Err(flywheel::app::StartError::Store(
+                flywheel::store::StoreError::Locked { .. }
+            ))
+        ) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
