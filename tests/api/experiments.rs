@@ -73,15 +73,15 @@ async fn request_with_feedback(app: &TestApp, i: usize) {
         json!({"inference_id": inference, "rating": 1 + i % 5}),
     )
     .await;
-    if i % 2 == 0 {
-        let thumbs = if i % 3 == 0 { "down" } else { "up" };
+    if i.is_multiple_of(2) {
+        let thumbs = if i.is_multiple_of(3) { "down" } else { "up" };
         feedback(
             &app.client_key,
             json!({"inference_id": inference, "thumbs": thumbs}),
         )
         .await;
     }
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         let label = LABELS[(i / 4) % 3];
         feedback(
             &app.analyst_key,
