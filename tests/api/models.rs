@@ -602,4 +602,27 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
         1,
         "a shadow is no turn"
     );
+    // Deleting the conversation deletes the shadow's answer too.
+    let shadow_id = shadows[0]["inference_id"].as_str().unwrap().to_string();
+    let deleted = app
+        .http
+        .delete(app.url(&format!("/admin/api/conversations/{conversation}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(app.state.store.inference(&shadow_id).unwrap().is_none());
+    assert!(
+        app.state
+            .store
+            .shadows_of(
+                &detail["turns"][0]["inference_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            )
+            .unwrap()
+            .is_empty()
+    );
 }
