@@ -616,12 +616,7 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
     assert!(
         app.state
             .store
-            .shadows_of(
-                &detail["turns"][0]["inference_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            )
+            .shadows_of(detail["turns"][0]["inference_id"].as_str().unwrap())
             .unwrap()
             .is_empty()
     );
