@@ -5,6 +5,7 @@
 mod alerts;
 mod conversations;
 mod keys;
+mod me;
 mod models;
 mod ui;
 
@@ -14,6 +15,7 @@ pub use conversations::{
     patch_conversation,
 };
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
+pub use me::me;
 pub use models::{
     experiment, get_model, history as model_history, list_models, promote, register_version,
     registry_error, rollback, set_traffic,

@@ -265,3 +265,54 @@ async fn rate_limits_answer_429_with_retry_headers() {
         .unwrap();
     assert_eq!(other.status(), 200);
 }
+
+#[tokio::test]
+async fn me_names_the_role_and_the_taxonomy() {
+    let app = spawn_app().await;
+    let get_me = |key: String| {
+        let request = app.http.get(app.url("/admin/api/me")).bearer_auth(key);
+        async move { request.send().await.unwrap() }
+    };
+    let admin: Value = get_me(ADMIN_TOKEN.to_string()).await.json().await.unwrap();
+    assert_eq!(admin["role"], "admin");
+    assert_eq!(admin["object"], "caller");
+    assert!(
+        admin["taxonomy"]["threat_types"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("malware"))
+    );
+    assert_eq!(admin["taxonomy"]["severities"][4], "critical");
+    assert_eq!(admin["evaluation_targets"]["accuracy"], 0.9);
+
+    let mut keys = Vec::new();
+    for role in ["analyst", "client"] {
+        let created: Value = app
+            .http
+            .post(app.url("/admin/api/keys"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": role, "role": role}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.push((
+            created["key"].as_str().unwrap().to_string(),
+            created["id"].clone(),
+        ));
+    }
+    let analyst: Value = get_me(keys[0].0.clone()).await.json().await.unwrap();
+    assert_eq!(
+        (&analyst["role"], &analyst["id"]),
+        (&json!("analyst"), &keys[0].1)
+    );
+    let (status, error) = error_of(get_me(keys[1].0.clone()).await).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (403, Some("insufficient_permissions"))
+    );
+    let (status, _) = error_of(app.http.get(app.url("/admin/api/me")).send().await.unwrap()).await;
+    assert_eq!(status, 401);
+}
