@@ -1,0 +1,328 @@
+// The admin UI end to end: the real binary and simulator, traffic sent
+// through the proxy, headless Chromium clicking and typing like an
+// analyst and an admin, and the admin API asked afterwards what really
+// changed. Screenshots of every page go to test-artifacts/screenshots/.
+
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { startStack, adminApi, chat } from './harness.mjs';
+import { launchBrowser, watch, shot } from './browser.mjs';
+
+const ALERTS = [
+  'Endpoint alert: LSASS memory read by rundll32.exe comsvcs.dll MiniDump on host FIN-WS-014',
+  'Defender alert: powershell -enc downloading payload from 185.220.101.4, then scheduled task created',
+  'Email gateway: user clicked link to micros0ft-login.example in message "Password expiry"',
+  'Alert: vssadmin delete shadows /all /quiet followed by mass file renames to .locked',
+  'Alert: PsExec service installed on 12 hosts from admin workstation within 3 minutes',
+  'Alert: outbound DNS TXT queries at high rate to random subdomains of cdn-sync.example',
+  'Alert: new local admin account "svc_backup2" created on DC-02 outside change window',
+  'Alert: nightly backup job ran robocopy to the NAS as scheduled, signed binary',
+];
+const XSS = 'Suspicious mail body: <img src=x onerror=window.__xss=1> and <script>window.__xss=1</script> end';
+
+let stack, api, analystApi, browser, page, problems;
+
+describe('admin UI', { timeout: 240000 }, () => {
+  before(async () => {
+    stack = await startStack({ client: 'client', analyst: 'analyst' });
+    api = adminApi(stack.url, stack.admin);
+    analystApi = adminApi(stack.url, stack.keys.analyst);
+    // Newest first in the queue: the XSS one last, the LSASS alert on top.
+    await chat(stack.url, stack.keys.client, XSS, { user: 'mallory' });
+    for (const [i, text] of [...ALERTS.entries()].reverse()) await chat(stack.url, stack.keys.client, text, { user: `analyst-${i % 3}` });
+    // Capture is off the hot path: wait until every conversation is stored.
+    for (let i = 0; i < 100; i++) {
+      const list = await api('/conversations?limit=50');
+      if (list.body.data.length === ALERTS.length + 1) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    browser = await launchBrowser();
+    page = await browser.context.newPage();
+    problems = watch(page);
+  });
+
+  after(async () => {
+    await browser?.close();
+    await stack?.stop();
+  });
+
+  test('the page keeps its strict CSP and signs in with an admin key', async () => {
+    const res = await page.goto(`${stack.url}/admin/`);
+    assert.match(res.headers()['content-security-policy'], /script-src 'self'/);
+    await page.locator('#signin-key').waitFor();
+    await shot(page, '01-sign-in');
+    await page.fill('#signin-key', 'fw-not-a-real-key');
+    await page.click('#signin-form button');
+    await page.getByText('That key is not valid').waitFor();
+    await page.fill('#signin-key', stack.admin);
+    await page.click('#signin-form button');
+    await page.locator('#who-role', { hasText: 'admin' }).waitFor();
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('flywheel.key')), stack.admin);
+    assert.deepEqual(await page.locator('#nav a').allTextContents(),
+      ['Overview', 'Review', 'Datasets', 'Fine-tuning', 'Models', 'Performance', 'Keys', 'Audit log']);
+  });
+
+  test('overview shows the funnel, no evaluation yet, and traffic by version', async () => {
+    await page.goto(`${stack.url}/admin/#/overview`);
+    const total = page.locator('.tile-total .tile-value');
+    await total.waitFor();
+    assert.equal(await total.textContent(), String(ALERTS.length + 1));
+    await page.getByText('No evaluation yet.').waitFor();
+    await page.locator('.traffic', { hasText: 'triage' }).getByText('100 %').waitFor();
+    await page.getByText('No open alerts.').waitFor();
+    await shot(page, '02-overview');
+  });
+
+  test('a captured XSS payload is shown as text and never runs', async () => {
+    await page.goto(`${stack.url}/admin/#/review`);
+    await page.locator('.queue-item').first().waitFor();
+    await page.keyboard.press('/');
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'review-search');
+    await page.keyboard.type('onerror');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelectorAll('.queue-item').length === 1);
+    const text = page.locator('.msg-user .msg-text', { hasText: '<img src=x onerror=window.__xss=1>' });
+    await text.waitFor();
+    assert.match(await text.textContent(), /<script>window\.__xss=1<\/script>/);
+    assert.equal(await page.locator('.conversation img, .conversation script, .queue img').count(), 0);
+    assert.equal(await page.evaluate(() => window.__xss), undefined);
+    await shot(page, '03-review-xss-as-text');
+  });
+
+  test('an analyst triages with the keyboard: label, score, approve, reject, bulk', async () => {
+    await page.goto(`${stack.url}/admin/#/review?status=pending`);
+    await page.locator('.queue-item.selected').waitFor();
+    await page.locator('.conversation').waitFor();
+    const firstId = await page.locator('.queue-item.selected').getAttribute('data-id');
+    await page.selectOption('.label-form select[name=threat_type]', 'credential_access');
+    await page.selectOption('.label-form select[name=severity]', 'high');
+    await page.fill('.label-form textarea[name=notes]', 'LSASS dump via comsvcs: classic credential theft.');
+    await page.locator('body').click({ position: { x: 5, y: 5 } });
+    await page.keyboard.press('4');
+    await page.locator('.score.on', { hasText: '4' }).waitFor();
+    await shot(page, '04-review-labelling');
+    await page.keyboard.press('a');
+    await page.waitForFunction((id) => document.querySelector('.queue-item.selected')?.dataset.id !== id, firstId);
+    const first = (await api(`/conversations/${firstId}`)).body;
+    assert.equal(first.status, 'approved');
+    assert.equal(first.threat_type, 'credential_access');
+    assert.equal(first.severity, 'high');
+    assert.equal(first.quality_score, 4);
+    assert.equal(first.notes, 'LSASS dump via comsvcs: classic credential theft.');
+    assert.equal(await page.locator(`.queue-item[data-id="${firstId}"] .badge`, { hasText: 'approved' }).count(), 1);
+
+    // Next one: label by the form, score 5 and approve with the keyboard.
+    const secondId = await page.locator('.queue-item.selected').getAttribute('data-id');
+    await page.locator('.conversation').waitFor();
+    await page.selectOption('.label-form select[name=threat_type]', 'malware');
+    await page.selectOption('.label-form select[name=severity]', 'critical');
+    await page.locator('body').click({ position: { x: 5, y: 5 } });
+    await page.keyboard.press('5');
+    await page.locator('.score.on', { hasText: '5' }).waitFor();
+    await page.keyboard.press('a');
+    await page.waitForFunction((id) => document.querySelector('.queue-item.selected')?.dataset.id !== id, secondId);
+
+    // k goes back, j forward; r rejects.
+    await page.keyboard.press('k');
+    await page.waitForFunction((id) => document.querySelector('.queue-item.selected')?.dataset.id === id, secondId);
+    await page.keyboard.press('j');
+    const thirdId = await page.locator('.queue-item.selected').getAttribute('data-id');
+    assert.notEqual(thirdId, secondId);
+    await page.locator(`.conversation[data-id="${thirdId}"]`).waitFor();
+    await page.keyboard.press('r');
+    await page.waitForFunction((id) => document.querySelector('.queue-item.selected')?.dataset.id !== id, thirdId);
+    assert.equal((await api(`/conversations/${thirdId}`)).body.status, 'rejected');
+    const second = (await api(`/conversations/${secondId}`)).body;
+    assert.deepEqual([second.status, second.threat_type, second.severity, second.quality_score], ['approved', 'malware', 'critical', 5]);
+
+    // Bulk: x selects the current one and the next, then approve both.
+    const picked = [];
+    for (let i = 0; i < 2; i++) {
+      await page.locator('.conversation').waitFor();
+      picked.push(await page.locator('.queue-item.selected').getAttribute('data-id'));
+      await page.keyboard.press('x');
+      await page.keyboard.press('j');
+    }
+    await page.getByText('2 selected').waitFor();
+    await page.click('[data-test=bulk-approve]');
+    await page.getByText('2 conversations approved').waitFor();
+    for (const id of picked) assert.equal((await api(`/conversations/${id}`)).body.status, 'approved');
+
+    await page.keyboard.press('?');
+    await page.locator('#help[open]').waitFor();
+    await shot(page, '05-keyboard-help', { fullPage: false });
+    await page.keyboard.press('Escape');
+
+    const stats = (await api('/stats')).body;
+    assert.equal(stats.approved, 4);
+    assert.equal(stats.rejected, 1);
+    assert.equal(stats.high_quality, 2);
+  });
+
+  test('filters narrow the queue and a conversation opens on its own page', async () => {
+    await page.goto(`${stack.url}/admin/#/review?status=approved&min_quality=4`);
+    await page.waitForFunction(() => document.querySelectorAll('.queue-item').length === 2);
+    await page.goto(`${stack.url}/admin/#/review?status=any&threat_type=malware`);
+    await page.waitForFunction(() => document.querySelectorAll('.queue-item').length === 1);
+    const id = await page.locator('.queue-item').first().getAttribute('data-id');
+    await page.goto(`${stack.url}/admin/#/conversations/${id}`);
+    await page.locator('.turn .msg-answer').waitFor();
+    await page.locator('.turn-meta', { hasText: 'base' }).waitFor();
+    await shot(page, '06-conversation');
+  });
+
+  test('models: register, traffic with If-Match and a 409 in words, promote, roll back, history', async () => {
+    await page.goto(`${stack.url}/admin/#/models/triage`);
+    await page.locator('.traffic-editor').waitFor();
+    await page.fill('form.form-row input[name=name]', 'cand1');
+    await page.fill('form.form-row input[name=model]', 'gpt-4o-mini-2024-07-18');
+    await page.click('form.form-row button[type=submit]');
+    await page.locator('tr[data-version=cand1]').waitFor();
+
+    await page.fill('input[data-version=base]', '90');
+    await page.fill('input[data-version=cand1]', '10');
+    await page.fill('input[name=reason]', 'canary 10 % on cand1');
+    await page.click('[data-test=save-traffic]');
+    await page.getByText('Traffic saved.').waitFor();
+    let alias = (await api('/models/triage')).body;
+    assert.deepEqual(Object.fromEntries(alias.versions.map((v) => [v.name, v.weight])), { base: 90, cand1: 10 });
+
+    // Someone else changes the alias while this page is open: a 409, in words.
+    await page.locator('tr[data-version=cand1]').waitFor();
+    const moved = await api('/models/triage/traffic', { method: 'PUT', body: { weights: { base: 80, cand1: 20 }, reason: 'another admin' } });
+    assert.equal(moved.status, 200);
+    await page.fill('input[data-version=base]', '50');
+    await page.fill('input[data-version=cand1]', '50');
+    await page.fill('input[name=reason]', 'half and half');
+    await page.click('[data-test=save-traffic]');
+    await page.locator('.inline-error', { hasText: 'Someone changed this alias after you opened it' }).waitFor();
+    await shot(page, '07-models-conflict');
+    alias = (await api('/models/triage')).body;
+    assert.deepEqual(Object.fromEntries(alias.versions.map((v) => [v.name, v.weight])), { base: 80, cand1: 20 });
+
+    await page.reload();
+    await page.click('[data-test=promote-cand1]');
+    await page.locator('#ask[open]').waitFor();
+    await page.click('#ask-ok');
+    assert.ok(await page.locator('#ask[open]').isVisible(), 'a reason is required');
+    await page.fill('#ask-reason', 'cand1 better on the canary');
+    await page.click('#ask-ok');
+    await page.getByText('cand1 is production.').waitFor();
+    alias = (await api('/models/triage')).body;
+    assert.equal(alias.production, 'cand1');
+
+    await page.locator('.page-head', { hasText: 'cand1' }).waitFor();
+    await page.click('[data-test=rollback]');
+    await page.fill('#ask-reason', 'analysts report worse severities');
+    await page.click('#ask-ok');
+    await page.getByText('Rolled back: base is production.').waitFor();
+    alias = (await api('/models/triage')).body;
+    assert.equal(alias.production, 'base');
+    const history = (await api('/models/triage/history')).body.data;
+    assert.deepEqual(history.slice(0, 4).map((h) => h.action), ['rollback', 'promote', 'traffic', 'traffic']);
+    assert.equal(history[0].reason, 'analysts report worse severities');
+    await page.locator('.card', { hasText: 'History' }).getByText('analysts report worse severities').waitFor();
+    await page.locator('.card', { hasText: 'Online experiment' }).locator('td', { hasText: /^base/ }).first().waitFor();
+    await shot(page, '08-model-alias');
+    await page.goto(`${stack.url}/admin/#/models`);
+    await page.locator('.card-title a', { hasText: 'triage' }).waitFor();
+    await shot(page, '09-models');
+  });
+
+  test('keys and the audit log (admin)', async () => {
+    await page.goto(`${stack.url}/admin/#/keys`);
+    await page.fill('form.form-row input[name=name]', 'night shift');
+    await page.selectOption('form.form-row select[name=role]', 'analyst');
+    await page.click('form.form-row button[type=submit]');
+    const key = await page.locator('[data-test=new-key]').textContent();
+    assert.match(key, /^fw-/);
+    const me = await adminApi(stack.url, key)('/me');
+    assert.equal(me.body.role, 'analyst');
+    await page.locator('td', { hasText: 'night shift' }).waitFor();
+    await shot(page, '10-keys');
+    await page.goto(`${stack.url}/admin/#/audit`);
+    await page.locator('td .badge', { hasText: 'model.rollback' }).first().waitFor();
+    await shot(page, '11-audit');
+  });
+
+  test('pages whose backend is not there yet say so in words', async () => {
+    for (const [hash, name] of [['#/datasets', '12-datasets'], ['#/jobs', '13-fine-tuning'], ['#/performance', '14-performance']]) {
+      await page.goto(`${stack.url}/admin/${hash}`);
+      await page.locator('.card').first().waitFor();
+      await page.waitForFunction(() => !document.querySelector('.state-loading'));
+      await shot(page, name);
+    }
+  });
+
+  test('a narrow screen stacks the queue above the conversation', async () => {
+    const narrow = await browser.context.newPage();
+    const narrowProblems = watch(narrow);
+    await narrow.setViewportSize({ width: 390, height: 844 });
+    await narrow.goto(`${stack.url}/admin/`);
+    await narrow.fill('#signin-key', stack.admin);
+    await narrow.click('#signin-form button');
+    await narrow.locator('.tile-total').waitFor();
+    await shot(narrow, '15-narrow-overview');
+    await narrow.goto(`${stack.url}/admin/#/review?status=any`);
+    await narrow.locator('.conversation').waitFor();
+    const list = await narrow.locator('.list-pane').boundingBox();
+    const detail = await narrow.locator('.detail').boundingBox();
+    assert.ok(detail.y >= list.y + list.height - 1, 'the conversation is below the list');
+    assert.ok(list.width <= 390 && detail.width <= 390);
+    const overflow = await narrow.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `no sideways scrolling (${overflow}px too wide)`);
+    await shot(narrow, '16-narrow-review');
+    await narrow.close();
+    assert.deepEqual(narrowProblems, []);
+  });
+
+  test('an analyst sees no admin controls and the API refuses them when forced', async () => {
+    const a = await browser.context.newPage();
+    const aProblems = watch(a);
+    await a.goto(`${stack.url}/admin/`);
+    await a.fill('#signin-key', stack.keys.analyst);
+    await a.click('#signin-form button');
+    await a.locator('#who-role', { hasText: 'analyst' }).waitFor();
+    assert.deepEqual(await a.locator('#nav a').allTextContents(), ['Overview', 'Review', 'Datasets', 'Fine-tuning', 'Models', 'Performance']);
+    await a.goto(`${stack.url}/admin/#/models/triage`);
+    await a.locator('.traffic-editor').waitFor();
+    assert.ok(await a.locator('[data-test=save-traffic]').isDisabled());
+    assert.ok(await a.locator('[data-test=rollback]').isDisabled());
+    assert.ok(await a.locator('[data-test=promote-cand1]').isDisabled());
+    assert.ok(await a.locator('input[data-version=base]').isDisabled());
+    assert.equal(await a.getByText('Register a version').count(), 0);
+    await shot(a, '17-analyst-models');
+    await a.goto(`${stack.url}/admin/#/keys`);
+    await a.getByText('This page needs an admin key.').waitFor();
+    // Reviewing is theirs to do.
+    await a.goto(`${stack.url}/admin/#/review?status=pending`);
+    await a.locator('.conversation').waitFor();
+    const id = await a.locator('.queue-item.selected').getAttribute('data-id');
+    await a.locator('body').click({ position: { x: 5, y: 5 } });
+    await a.keyboard.press('3');
+    await a.locator('.score.on', { hasText: '3' }).waitFor();
+    assert.equal((await api(`/conversations/${id}`)).body.quality_score, 3);
+    await a.close();
+    assert.deepEqual(aProblems, []);
+
+    const forced = [
+      ['/models/triage/traffic', { method: 'PUT', body: { weights: { base: 100 }, reason: 'forced' } }],
+      ['/models/triage/promote', { method: 'POST', body: { version: 'cand1', reason: 'forced' } }],
+      ['/models/triage/rollback', { method: 'POST', body: { reason: 'forced' } }],
+      ['/models/triage/versions', { method: 'POST', body: { name: 'sneaky', provider: 'sim', model: 'x' } }],
+      ['/keys', { method: 'POST', body: { name: 'sneaky', role: 'admin' } }],
+      ['/keys', {}],
+      [`/conversations/${id}`, { method: 'DELETE' }],
+    ];
+    for (const [path, options] of forced) {
+      const r = await analystApi(path, options);
+      assert.equal(r.status, 403, `${options.method || 'GET'} ${path} as analyst`);
+      assert.equal(r.body.error.code, 'insufficient_permissions');
+    }
+    assert.equal((await api('/models/triage')).body.production, 'base');
+  });
+
+  test('nothing on any page raised a script error or a CSP violation', () => {
+    assert.deepEqual(problems, []);
+  });
+});
