@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Flywheel's whole test suite, from a fresh clone: installs what the tests need
-# (a Python venv at .venv with the official openai SDK), builds the binary, runs
-# the Rust unit and integration tests, then the openai SDK compatibility suite
-# against the real binary. Stops at the first stage that fails.
+# (a Python venv at .venv with the official openai SDK; Debian's chromium and
+# playwright-core for the browser tests), builds the binary, runs the Rust unit
+# and integration tests, the openai SDK compatibility suite against the real
+# binary, then the admin UI end to end in headless Chromium. Stops at the
+# first stage that fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,5 +50,34 @@ fi
 
 stage "openai SDK compatibility suite against target/debug/flywheel (process logs in test-artifacts/)"
 FLYWHEEL_BIN="$(pwd)/target/debug/flywheel" .venv/bin/python -m pytest -q tests/python
+
+stage "Chromium and playwright-core for the admin UI tests (tests/browser)"
+# The browser is Debian's chromium, never a build downloaded by a tool.
+CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
+if [ ! -x "$CHROMIUM_PATH" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "$CHROMIUM_PATH is missing; installing Debian's chromium" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "error: $CHROMIUM_PATH not found; install chromium (Debian: apt-get install chromium) or set CHROMIUM_PATH" >&2
+    exit 1
+  fi
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    echo "error: node and npm are needed for the browser tests (Debian: apt-get install nodejs npm)" >&2
+    exit 1
+  fi
+fi
+(cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+"$CHROMIUM_PATH" --version 2>/dev/null | grep -v '^$' || true
+
+stage "admin UI end to end in headless Chromium (screenshots in test-artifacts/screenshots/)"
+(cd tests/browser && CHROMIUM_PATH="$CHROMIUM_PATH" FLYWHEEL_BIN="$(pwd)/../../target/debug/flywheel" \
+  node --test --test-concurrency=1 --test-timeout=240000)
 
 stage "all tests passed"

@@ -41,7 +41,7 @@ export function clear(el) { el.replaceChildren(); return el; }
 
 // ---- formatting ----
 export const dash = '—';
-export function pct(x, digits = 1) { return x == null || Number.isNaN(x) ? dash : `${(x * 100).toFixed(digits)} %`; }
+export function pct(x, digits = 1) { return x == null || Number.isNaN(x) ? dash : `${(x * 100).toFixed(digits)}\u00a0%`; }
 export function num(x, digits) {
   if (x == null || Number.isNaN(x)) return dash;
   if (digits !== undefined) return Number(x).toFixed(digits);

@@ -265,13 +265,13 @@ describe('admin UI', { timeout: 240000 }, () => {
     await shot(narrow, '15-narrow-overview');
     await narrow.goto(`${stack.url}/admin/#/review?status=any`);
     await narrow.locator('.conversation').waitFor();
+    await shot(narrow, '16-narrow-review');
     const list = await narrow.locator('.list-pane').boundingBox();
     const detail = await narrow.locator('.detail').boundingBox();
     assert.ok(detail.y >= list.y + list.height - 1, 'the conversation is below the list');
-    assert.ok(list.width <= 390 && detail.width <= 390);
+    assert.ok(list.width <= 390 && detail.width <= 390, `list ${list.width}px, conversation ${detail.width}px wide`);
     const overflow = await narrow.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `no sideways scrolling (${overflow}px too wide)`);
-    await shot(narrow, '16-narrow-review');
     await narrow.close();
     assert.deepEqual(narrowProblems, []);
   });
