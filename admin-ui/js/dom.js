@@ -115,7 +115,9 @@ export function button(label, onclick, kind = '', attrs = {}) {
 // ---- toasts ----
 export function toast(message, kind = 'info') {
   const t = h('div', { class: `toast toast-${kind}`, role: kind === 'error' ? 'alert' : 'status' }, message);
-  document.getElementById('toasts').append(t);
+  const box = document.getElementById('toasts');
+  box.append(t);
+  while (box.children.length > 3) box.firstElementChild.remove();
   setTimeout(() => t.remove(), kind === 'error' ? 8000 : 3500);
 }
 

@@ -43,5 +43,7 @@ export function watch(page) {
 
 export async function shot(page, name, { fullPage = true } = {}) {
   mkdirSync(join(ARTIFACTS, 'screenshots'), { recursive: true });
+  // Toasts fade by themselves; a picture of the page should not hold them.
+  await page.evaluate(() => document.getElementById('toasts')?.replaceChildren());
   await page.screenshot({ path: join(ARTIFACTS, 'screenshots', `${name}.png`), fullPage });
 }

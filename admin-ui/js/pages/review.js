@@ -234,7 +234,7 @@ export function conversationView(ctx, initial, { onChange, onDone }) {
   function renderHead() {
     head.replaceChildren(
       h('div', { class: 'conv-title' }, statusBadge(conv.status), h('code', { class: 'conv-id' }, conv.id)),
-      h('div', { class: 'muted small' }, `${conv.alias} · ${(conv.versions || []).join(', ')} · ${conv.turns?.length ?? 0} turns · ${conv.user || 'no user'} · ${when(conv.created_at)}`,
+      h('div', { class: 'muted small' }, `${conv.alias} · ${(conv.versions || []).join(', ')} · ${conv.turns?.length ?? 0} turn${conv.turns?.length === 1 ? '' : 's'} · ${conv.user || 'no user'} · ${when(conv.created_at)}`,
         conv.reviewer ? ` · reviewed by ${conv.reviewer}` : '', conv.parent_id ? ` · branched from ${conv.parent_id}` : ''));
     scores.replaceChildren(...[1, 2, 3, 4, 5].map((n) => h('button', { type: 'button', class: `score${conv.quality_score === n ? ' on' : ''}`, 'aria-pressed': String(conv.quality_score === n), title: `Quality ${n} (key ${n})`, onclick: () => score(n) }, String(n))));
   }
@@ -268,7 +268,8 @@ export function conversationView(ctx, initial, { onChange, onDone }) {
   }
   async function score(n) { await patch({ quality_score: n }, `Quality ${n}.`); }
   async function decide(to) {
-    const ok = await patch({ ...formChanges(), status: to }, to === 'approved' ? 'Approved for training.' : 'Rejected.');
+    const ok = await patch({ ...formChanges(), status: to });
+    if (ok) toast(to === 'approved' ? 'Approved for training.' : 'Rejected.', to === 'approved' ? 'good' : 'info');
     if (ok) onDone();
   }
 
