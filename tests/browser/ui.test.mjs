@@ -33,8 +33,10 @@ const MORE = [
 ].map(([what, why], i) => `Alert (${why}): ${what} host SRV-${String(i + 20).padStart(3, '0')}, first seen today`);
 const XSS = 'Suspicious mail body: <img src=x onerror=window.__xss=1> and <script>window.__xss=1</script> end';
 
-const TOTAL = ALERTS.length + MORE.length + 1;
+const TOTAL = ALERTS.length + MORE.length + 3;
 let dataset, job;
+/** The traffic of the versions with some (a fine-tuned one may sit at 0). */
+const weights = (alias) => Object.fromEntries(alias.versions.filter((v) => v.weight > 0).map((v) => [v.name, v.weight]));
 let stack, api, analystApi, browser, page, problems;
 
 describe('admin UI', { timeout: 240000 }, () => {
@@ -44,6 +46,10 @@ describe('admin UI', { timeout: 240000 }, () => {
     analystApi = adminApi(stack.url, stack.keys.analyst);
     // Newest first in the queue: the XSS one last, the LSASS alert on top.
     await chat(stack.url, stack.keys.client, XSS, { user: 'mallory' });
+    // A copy of an alert already sent and a message too short to teach
+    // anything: the dataset report must name both reasons.
+    await chat(stack.url, stack.keys.client, ALERTS[7], { user: 'analyst-9' });
+    await chat(stack.url, stack.keys.client, 'ok thanks', { user: 'analyst-9' });
     for (const [i, text] of MORE.entries()) await chat(stack.url, stack.keys.client, text, { user: `analyst-${i % 3}` });
     for (const [i, text] of [...ALERTS.entries()].reverse()) await chat(stack.url, stack.keys.client, text, { user: `analyst-${i % 3}` });
     // Capture is off the hot path: wait until every conversation is stored.
@@ -210,6 +216,8 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.locator('.badge', { hasText: 'ready for training' }).waitFor();
     await page.locator('.tile', { hasText: 'train' }).first().waitFor();
     assert.equal(await page.locator('.tile', { hasText: /^train/ }).locator('.tile-value').textContent(), String(dataset.counts.train));
+    assert.ok(dataset.rejections.length >= 2, JSON.stringify(dataset.rejections));
+    assert.ok(dataset.rejections.some((r) => /duplicate/.test(r.reason)), 'the copy is named');
     for (const r of dataset.rejections) await page.locator('td', { hasText: r.reason }).first().waitFor();
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('[data-test=download-train]')]);
     const { readFile } = await import('node:fs/promises');
@@ -255,7 +263,7 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.click('[data-test=save-traffic]');
     await page.getByText('Traffic saved.').waitFor();
     let alias = (await api('/models/triage')).body;
-    assert.deepEqual(Object.fromEntries(alias.versions.map((v) => [v.name, v.weight])), { base: 90, cand1: 10 });
+    assert.deepEqual(weights(alias), { base: 90, cand1: 10 });
 
     // Someone else changes the alias while this page is open: a 409, in words.
     await page.locator('tr[data-version=cand1]').waitFor();
@@ -268,7 +276,7 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.locator('.inline-error', { hasText: 'Someone changed this alias after you opened it' }).waitFor();
     await shot(page, '07-models-conflict');
     alias = (await api('/models/triage')).body;
-    assert.deepEqual(Object.fromEntries(alias.versions.map((v) => [v.name, v.weight])), { base: 80, cand1: 20 });
+    assert.deepEqual(weights(alias), { base: 80, cand1: 20 });
 
     await page.reload();
     await page.click('[data-test=promote-cand1]');

@@ -2,7 +2,7 @@
 // validation report (every rejection with its reason), download the JSONL.
 
 import { api, qs, isMissingRoute, session } from '../api.js';
-import { h, clear, card, table, badge, button, empty, errorBox, toast, when, ago, num, words, dash, field, select, kv, pager } from '../dom.js';
+import { h, add, clear, card, table, badge, button, empty, errorBox, toast, when, ago, num, words, dash, field, select, kv, pager } from '../dom.js';
 
 export async function render(ctx) {
   if (ctx.parts[1]) return one(ctx, ctx.parts[1]);
@@ -28,6 +28,18 @@ export async function render(ctx) {
       { label: 'Created', cell: (d) => h('span', { title: when(d.created_at) }, ago(d.created_at)) },
     ], items), wrap.lastChild);
   }, { emptyText: 'No dataset built yet.' }));
+}
+
+function byType(d) {
+  const rows = Object.entries(d.by_threat_type || {}).sort((a, b) => b[1] - a[1]);
+  const labelled = rows.reduce((n, r) => n + r[1], 0);
+  const accepted = d.counts?.accepted ?? labelled;
+  if (accepted > labelled) rows.push([null, accepted - labelled]);
+  if (!rows.length) return empty('No example.');
+  return table([
+    { label: 'Threat type', cell: (r) => r[0] === null ? h('span', { class: 'muted' }, 'no threat type label') : words(r[0]) },
+    { label: 'Examples', class: 'num', cell: (r) => num(r[1]) },
+  ], rows);
 }
 
 function readyBadge(d) { return d.ready_for_training ? badge('ready for training', 'good') : badge('not ready', 'bad'); }
@@ -91,17 +103,15 @@ async function one(ctx, id) {
     card('Snapshot', kv([['Id', h('code', null, d.id)], ['Format', d.format], ['Created', when(d.created_at)], ['Content hash', h('code', null, d.content_hash || dash)],
       ['Coverage', d.coverage ? `${d.coverage.covered} of ${d.coverage.total} threat types${d.coverage.missing?.length ? ` (missing ${d.coverage.missing.map(words).join(', ')})` : ''}` : dash]]),
       d.problems?.length ? h('div', { class: 'problems' }, h('h3', null, 'Problems'), h('ul', null, d.problems.map((p) => h('li', null, typeof p === 'string' ? p : p.message || JSON.stringify(p))))) : null),
-    card('By threat type', Object.keys(d.by_threat_type || {}).length ? table([
-      { label: 'Threat type', cell: (r) => words(r[0]) }, { label: 'Examples', class: 'num', cell: (r) => num(r[1]) }],
-    Object.entries(d.by_threat_type).sort((a, b) => b[1] - a[1])) : empty('No example.'))));
+    card('By threat type', byType(d))));
   const rejections = d.rejections || [];
   const rejEl = h('div');
   const PAGE = 50;
   const showRejections = (n) => {
-    rejEl.replaceChildren(table([
+    add(clear(rejEl), [table([
       { label: 'Conversation', cell: (r) => h('a', { href: `#/conversations/${encodeURIComponent(r.conversation_id)}` }, r.conversation_id) },
       { label: 'Reason', cell: (r) => r.reason },
-    ], rejections.slice(0, n)), n < rejections.length ? button(`Show more (${rejections.length - n} left)`, () => showRejections(n + PAGE)) : null);
+    ], rejections.slice(0, n)), n < rejections.length ? button(`Show more (${rejections.length - n} left)`, () => showRejections(n + PAGE)) : null]);
   };
   if (rejections.length) showRejections(PAGE); else rejEl.append(empty('Every candidate was accepted.'));
   page.append(card(`Rejections (${rejections.length})`, rejEl));
