@@ -132,20 +132,25 @@ fn mentions(c: &ConversationRecord, needle: &str) -> bool {
 }
 
 /// RFC 3339 (any offset, fractional seconds allowed) or a bare date,
-/// normalised to the stored form (`2026-11-25T09:00:00Z`).
-fn parse_time(name: &str, value: &str) -> Result<String, ApiError> {
+/// normalised to the stored form (`2026-11-25T09:00:00Z`); `None` when it
+/// is neither.
+pub fn normalise_time(value: &str) -> Option<String> {
     let full = if value.len() == 10 {
         format!("{value}T00:00:00Z")
     } else {
         value.to_string()
     };
-    let parsed = humantime::parse_rfc3339_weak(&full).map_err(|_| {
+    let parsed = humantime::parse_rfc3339_weak(&full).ok()?;
+    Some(humantime::format_rfc3339_seconds(parsed).to_string())
+}
+
+fn parse_time(name: &str, value: &str) -> Result<String, ApiError> {
+    normalise_time(value).ok_or_else(|| {
         ApiError::invalid(
             format!("`{name}` must be an RFC 3339 time or a date (YYYY-MM-DD), got `{value}`"),
             Some(name),
         )
-    })?;
-    Ok(humantime::format_rfc3339_seconds(parsed).to_string())
+    })
 }
 
 /// One page of conversations matching `query`, newest first.

@@ -11,6 +11,7 @@ mod auth;
 mod capture;
 mod chat;
 mod cli;
+mod datasets;
 mod durability;
 mod errors;
 mod feedback;
