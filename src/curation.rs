@@ -34,7 +34,7 @@ pub use build::{
 };
 pub use example::{Candidate, Example, Message, build_example};
 pub use format::{DatasetFormat, Line, dpo_line, sft_line};
-pub use signals::{QualitySignals, normalised_hash, quality_signals};
+pub use signals::{QualitySignals, normalised_hash, quality_signals, turn_signals};
 pub use snapshot::{
     DatasetError, DatasetFilter, DatasetRequest, MAX_CANDIDATES, candidates, create_dataset,
     dataset_view,

@@ -19,4 +19,5 @@ mod feedback;
 mod models;
 mod operations;
 mod review;
+mod signals;
 mod streaming;

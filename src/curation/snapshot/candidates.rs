@@ -54,9 +54,17 @@ fn query(filter: &DatasetFilter, cursor: Option<String>) -> ListQuery {
         alias: filter.alias.clone(),
         since: filter.since.clone(),
         until: filter.until.clone(),
+        complete: filter.complete,
+        has_labels: filter.has_labels,
+        has_rating: filter.has_rating,
+        duplicate: filter.duplicate,
+        upstream_error: filter.upstream_error,
+        min_answer_chars: filter.min_answer_chars,
         cursor,
         limit: Some(PAGE),
-        ..ListQuery::default()
+        q: None,
+        version: None,
+        user: None,
     }
 }
 

@@ -50,6 +50,19 @@ pub struct DatasetFilter {
     /// Created before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    // The quality signals, as `GET /conversations` filters on them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub complete: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_labels: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_rating: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_answer_chars: Option<u32>,
 }
 
 fn invalid(message: String, param: &str) -> DatasetError {
