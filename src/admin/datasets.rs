@@ -33,7 +33,6 @@ pub async fn post_dataset(
             &request,
             &caller.id,
         )
-        .map_err(dataset_error)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(dataset_view(&record))).into_response())
@@ -116,12 +115,16 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// The one place a dataset failure becomes an API error.
-pub fn dataset_error(e: DatasetError) -> ApiError {
-    match e {
-        DatasetError::Invalid { message, param } => ApiError::invalid(message, Some(&param)),
-        e @ DatasetError::UnknownAlias(_) => ApiError::invalid(e.to_string(), Some("filter.alias")),
-        e @ DatasetError::TooManyCandidates => ApiError::invalid(e.to_string(), Some("filter")),
-        e @ DatasetError::Template(_) => ApiError::Internal(e.to_string()),
-        DatasetError::Store(e) => e.into(),
+impl From<DatasetError> for ApiError {
+    fn from(e: DatasetError) -> Self {
+        match e {
+            DatasetError::Invalid { message, param } => ApiError::invalid(message, Some(&param)),
+            e @ DatasetError::UnknownAlias(_) => {
+                ApiError::invalid(e.to_string(), Some("filter.alias"))
+            }
+            e @ DatasetError::TooManyCandidates => ApiError::invalid(e.to_string(), Some("filter")),
+            e @ DatasetError::Template(_) => ApiError::Internal(e.to_string()),
+            DatasetError::Store(e) => e.into(),
+        }
     }
 }

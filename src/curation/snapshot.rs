@@ -93,14 +93,13 @@ fn base_model(
     registry: &Registry,
     request: &DatasetRequest,
 ) -> Result<(String, String), DatasetError> {
-    let name = match &request.filter.alias {
-        Some(a) => a.clone(),
-        None => config
-            .models
-            .first()
-            .map(|m| m.name.clone())
-            .ok_or_else(|| DatasetError::UnknownAlias(String::new()))?,
-    };
+    // Config validation guarantees at least one alias.
+    let name = request
+        .filter
+        .alias
+        .clone()
+        .or_else(|| config.models.first().map(|m| m.name.clone()))
+        .unwrap_or_default();
     let alias = registry
         .alias(&name)
         .ok_or_else(|| DatasetError::UnknownAlias(name.clone()))?;

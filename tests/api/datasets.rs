@@ -454,6 +454,15 @@ async fn too_few_examples_make_a_snapshot_that_is_not_ready() {
             .any(|p| p.contains("9 short of the minimum of 12")),
         "{problems:?}"
     );
+    // A base model named in the request is the one checked against.
+    let body = json!({"name": "small", "format": "sft", "base_model": "gpt-4o", "filter": {"alias": "triage"}});
+    let (status, named) = build(&app, &body).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        (named["alias"].clone(), named["base_model"].clone()),
+        (json!("triage"), json!("gpt-4o"))
+    );
+    assert_eq!(named["content_hash"], ds["content_hash"]);
     // Nothing approved in this window: an empty snapshot, still a snapshot.
     let (status, empty) = build(
         &app,
