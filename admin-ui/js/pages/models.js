@@ -79,7 +79,10 @@ function conflictWords(e) {
   if (e instanceof ApiError && e.status === 409 && e.code === 'conflict') {
     return `Conflict: ${e.message} Someone changed this alias after you opened it — reload to see the current state, then try again.`;
   }
-  if (e instanceof ApiError && e.code === 'promotion_gated') return `Promotion refused by evaluation gating: ${e.message}`;
+  if (e instanceof ApiError && e.code === 'promotion_gated') {
+    const failing = (e.details.failing || []).map((f) => `${words(f.metric)} ${pct(f.value)} (needs ${f.against === 'production' ? 'to beat production at' : ''} ${pct(f.target)})`);
+    return `Promotion refused by evaluation gating: ${e.message}${failing.length ? ` — ${failing.join('; ')}` : ''}`;
+  }
   return e.message;
 }
 

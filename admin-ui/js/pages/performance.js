@@ -146,7 +146,7 @@ function sideBySide(ev, va, vb) {
       { label: `${vb} F1`, class: 'num', cell: (l) => pct(B.per_class?.[l]?.f1) },
       { label: 'Support', class: 'num', cell: (l) => num(A.per_class?.[l]?.support ?? B.per_class?.[l]?.support) },
     ], labels) : null,
-    cmp ? h('p', null, `McNemar's test on the examples where they disagree: p = ${cmp.mcnemar_p == null ? dash : num(cmp.mcnemar_p, 4)}.`) : null,
+    cmp ? h('p', null, `On ${cmp.n ?? '?'} examples: only ${cmp.versions[0]} right on ${cmp.only_a_correct ?? '?'}, only ${cmp.versions[1]} right on ${cmp.only_b_correct ?? '?'}; McNemar's ${cmp.exact ? 'exact ' : ''}test p = ${cmp.mcnemar_p == null ? dash : num(cmp.mcnemar_p, 4)}.`) : null,
     cmp && cmp.disagreements?.length ? table([
       { label: 'Conversation', cell: (d) => h('a', { href: `#/conversations/${encodeURIComponent(d.conversation_id)}` }, d.conversation_id) },
       { label: 'Expected', cell: (d) => words(d.expected) },
@@ -157,12 +157,18 @@ function sideBySide(ev, va, vb) {
 
 function confusion(c) {
   if (!c || !c.labels?.length) return empty('No confusion matrix.');
+  const width = Math.max(c.labels.length, ...c.matrix.map((r) => r.length));
+  const cols = Array.from({ length: width }, (_, j) => c.labels[j] ?? 'none');
+  const rows = c.matrix.map((r, i) => [c.labels[i] ?? 'none', r]);
   const max = Math.max(1, ...c.matrix.flat());
   return h('div', { class: 'table-wrap' }, h('table', { class: 'confusion' },
-    h('thead', null, h('tr', null, h('th', { class: 'corner' }, 'labelled ↓ / predicted →'), c.labels.map((l) => h('th', { scope: 'col' }, words(l))))),
-    h('tbody', null, c.matrix.map((row, i) => h('tr', null, h('th', { scope: 'row' }, words(c.labels[i])), row.map((n, j) => {
-      const td = h('td', { class: i === j ? 'diag' : 'off', title: `${n} labelled ${c.labels[i]}, predicted ${c.labels[j]}` }, String(n));
+    h('thead', null, h('tr', null, h('th', { class: 'corner' }, 'labelled ↓ / predicted →'), cols.map((l) => h('th', { scope: 'col' }, words(l))))),
+    h('tbody', null, rows.map(([label, row]) => h('tr', null, h('th', { scope: 'row' }, words(label)), cols.map((col, j) => {
+      const n = row[j] ?? 0;
+      const td = h('td', { class: label === col ? 'diag' : 'off', title: `${n} labelled ${label}, predicted ${col}` }, String(n));
       if (n > 0) td.style.setProperty('--heat', (0.15 + 0.85 * (n / max)).toFixed(2));
+      else td.classList.add('zero');
+      if (n / max > 0.55) td.classList.add('hot');
       return td;
     }))))));
 }

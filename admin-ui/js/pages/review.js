@@ -5,7 +5,11 @@
 import { api, qs } from '../api.js';
 import { h, clear, add, badge, statusBadge, button, field, select, loading, empty, errorBox, toast, when, ago, ms, num, words, dash } from '../dom.js';
 
-const FILTERS = ['q', 'status', 'threat_type', 'severity', 'min_quality', 'alias', 'version', 'user', 'since', 'until'];
+const FILTERS = ['q', 'status', 'threat_type', 'severity', 'min_quality', 'signal', 'alias', 'version', 'user', 'since', 'until'];
+// Quality signals the conversation list filters on, one at a time.
+const SIGNALS = [['', 'Any'], ['complete:true', 'complete answer'], ['complete:false', 'incomplete answer'],
+  ['has_labels:false', 'unlabelled'], ['has_rating:true', 'rated'], ['duplicate:true', 'duplicates'], ['duplicate:false', 'no duplicates'],
+  ['upstream_error:true', 'upstream errors']];
 
 export async function render(ctx) {
   if (ctx.parts[0] === 'conversations' && ctx.parts[1]) return single(ctx, ctx.parts[1]);
@@ -46,6 +50,7 @@ function filterForm(s, aliases) {
     field('Threat type', select('threat_type', [['', 'Any'], ...tax.threat_types], f.threat_type)),
     field('Severity', select('severity', [['', 'Any'], ...tax.severities], f.severity)),
     field('Min quality', select('min_quality', [['', 'Any'], ['1', '1+'], ['2', '2+'], ['3', '3+'], ['4', '4+'], ['5', '5']], f.min_quality)),
+    field('Signal', select('signal', SIGNALS, f.signal)),
     field('Alias', select('alias', [['', 'Any'], ...aliases.map((a) => [a, a])], f.alias)),
     field('Version', h('input', { name: 'version', value: f.version, placeholder: 'any', size: 8 })),
     field('User', h('input', { name: 'user', value: f.user, placeholder: 'any', size: 10 })),
@@ -67,6 +72,11 @@ function filterForm(s, aliases) {
 function apiFilters(f) {
   const q = { ...f };
   if (q.status === 'any') q.status = '';
+  if (q.signal) {
+    const [name, value] = q.signal.split(':');
+    q[name] = value;
+  }
+  delete q.signal;
   return q;
 }
 
@@ -108,9 +118,9 @@ function item(s, c, i) {
         c.threat_type ? badge(words(c.threat_type), 'info') : null,
         c.severity ? statusBadge(c.severity) : null,
         c.quality_score ? h('span', { class: 'quality', title: 'quality score' }, `Q${c.quality_score}`) : null,
-        h('span', { class: 'spacer' }), h('span', { class: 'muted small', title: when(c.created_at) }, ago(c.created_at))),
+        c.signals?.duplicate_of ? badge('duplicate', 'warn') : null),
       h('div', { class: 'queue-preview' }, c.preview || dash),
-      h('div', { class: 'queue-meta muted small' }, `${c.alias} · ${(c.versions || []).join(', ')} · ${c.turns} turn${c.turns === 1 ? '' : 's'}${c.user ? ` · ${c.user}` : ''}`)));
+      h('div', { class: 'queue-meta muted small', title: when(c.created_at) }, `${ago(c.created_at)} · ${c.alias} · ${(c.versions || []).join(', ')} · ${c.turns} turn${c.turns === 1 ? '' : 's'}${c.user ? ` · ${c.user}` : ''}`)));
   return li;
 }
 
@@ -126,10 +136,10 @@ function renderBulk(s) {
       if (e.target.checked) s.items.forEach((c) => s.checked.add(c.id)); else s.checked.clear();
       s.items.forEach((_, i) => refreshItem(s, i)); renderBulk(s);
     } });
-  s.bulkEl.replaceChildren(all, h('span', { class: 'bulk-count' }, n ? `${n} selected` : 'Select all'),
+  s.bulkEl.replaceChildren(all, h('span', { class: 'bulk-count' }, n ? `${n} selected` : 'Select all shown'),
     h('span', { class: 'spacer' }),
-    button('Approve selected', () => bulk(s, 'approve'), 'good small', { disabled: n === 0, 'data-test': 'bulk-approve' }),
-    button('Reject selected', () => bulk(s, 'reject'), 'bad small', { disabled: n === 0, 'data-test': 'bulk-reject' }));
+    button('Approve', () => bulk(s, 'approve'), 'good small', { disabled: n === 0, title: 'Approve the selected conversations', 'data-test': 'bulk-approve' }),
+    button('Reject', () => bulk(s, 'reject'), 'bad small', { disabled: n === 0, title: 'Reject the selected conversations', 'data-test': 'bulk-reject' }));
 }
 
 async function bulk(s, action) {
@@ -235,7 +245,8 @@ export function conversationView(ctx, initial, { onChange, onDone }) {
     head.replaceChildren(
       h('div', { class: 'conv-title' }, statusBadge(conv.status), h('code', { class: 'conv-id' }, conv.id)),
       h('div', { class: 'muted small' }, `${conv.alias} · ${(conv.versions || []).join(', ')} · ${conv.turns?.length ?? 0} turn${conv.turns?.length === 1 ? '' : 's'} · ${conv.user || 'no user'} · ${when(conv.created_at)}`,
-        conv.reviewer ? ` · reviewed by ${conv.reviewer}` : '', conv.parent_id ? ` · branched from ${conv.parent_id}` : ''));
+        conv.reviewer ? ` · reviewed by ${conv.reviewer}` : '', conv.parent_id ? ` · branched from ${conv.parent_id}` : ''),
+      signalsLine(conv.signals));
     scores.replaceChildren(...[1, 2, 3, 4, 5].map((n) => h('button', { type: 'button', class: `score${conv.quality_score === n ? ' on' : ''}`, 'aria-pressed': String(conv.quality_score === n), title: `Quality ${n} (key ${n})`, onclick: () => score(n) }, String(n))));
   }
 
@@ -285,6 +296,15 @@ export function conversationView(ctx, initial, { onChange, onDone }) {
   form.addEventListener('submit', (e) => { e.preventDefault(); save(); });
   add(el, [head, form, status, h('div', { class: 'turns' }, (conv.turns || []).map((t, i) => turnView(t, i)))]);
   return { el, decide, score, get id() { return conv.id; } };
+}
+
+function signalsLine(sig) {
+  if (!sig) return null;
+  const items = [];
+  if (sig.duplicate_of) items.push(h('span', null, badge('duplicate', 'warn'), ' of ', h('a', { href: `#/conversations/${encodeURIComponent(sig.duplicate_of)}` }, sig.duplicate_of)));
+  if (sig.complete_answer === false) items.push(badge('incomplete answer', 'warn'));
+  if (sig.upstream_error) items.push(badge('upstream error', 'bad'));
+  return items.length ? h('div', { class: 'signals' }, items) : null;
 }
 
 function turnView(t, i) {
