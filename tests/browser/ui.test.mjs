@@ -290,7 +290,7 @@ describe('admin UI', { timeout: 240000 }, () => {
     await shot(page, '14-evaluation');
 
     await page.goto(`${stack.url}/admin/#/performance?alias=triage`);
-    await page.locator('figure.chart-figure svg polyline').first().waitFor();
+    await page.locator('figure.chart-figure svg circle').first().waitFor();
     const perf = (await api('/performance?alias=triage')).body.data;
     assert.ok(perf.length >= 2);
     assert.ok(await page.locator('figure.chart-figure').count() >= 1);

@@ -34,7 +34,8 @@ export async function render(ctx) {
       if (!m.has(p.version)) m.set(p.version, []);
       m.get(p.version).push({ at: p.at, y: p.score });
     }
-    charts.replaceChildren(h('div', { class: 'charts' }, [...byMetric].map(([metric, versions]) => lineChart({
+    const order = (m) => (HEADLINE.indexOf(m) + 1 || 99);
+    charts.replaceChildren(h('div', { class: 'charts' }, [...byMetric].sort((a, b) => order(a[0]) - order(b[0])).map(([metric, versions]) => lineChart({
       title: words(metric), target: targets[metric], format: (v) => `${Math.round(v * 100)}%`,
       series: [...versions].map(([name, points]) => ({ name, points })),
     }))));
@@ -129,7 +130,9 @@ function metricCell(value, target) {
 
 function sideBySide(ev, va, vb) {
   const A = ev.results[va], B = ev.results[vb];
-  const labels = [...new Set([...Object.keys(A.per_class || {}), ...Object.keys(B.per_class || {})])];
+  // Threat types neither labelled nor predicted in this run say nothing.
+  const seen = (r, l) => r.per_class?.[l] && (r.per_class[l].support > 0 || r.per_class[l].f1 != null);
+  const labels = [...new Set([...Object.keys(A.per_class || {}), ...Object.keys(B.per_class || {})])].filter((l) => seen(A, l) || seen(B, l));
   const delta = (x, y) => (x == null || y == null ? dash : `${y - x >= 0 ? '+' : ''}${((y - x) * 100).toFixed(1)} pts`);
   const cmp = ev.comparison && ev.comparison.versions?.includes(va) && ev.comparison.versions?.includes(vb) ? ev.comparison : null;
   return h('div', null,
