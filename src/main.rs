@@ -44,6 +44,9 @@ enum Command {
         /// Make chat completions for MODEL answer 500 with probability P (0–1); repeatable.
         #[arg(long = "fail-rate", value_name = "MODEL=P", value_parser = simulate::parse_fail_rate)]
         fail_rates: Vec<(String, f64)>,
+        /// How long a fine-tuning job spends in each status, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        job_step_ms: u64,
     },
     /// Simulator + proxy + admin UI on loopback with a fresh data directory.
     Demo {
@@ -149,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token_delay_ms,
             api_key_env,
             fail_rates,
+            job_step_ms,
         } => {
             let api_key = match api_key_env {
                 Some(var) => Some(std::env::var(&var).map_err(|_| {
@@ -166,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     token_delay: Duration::from_millis(token_delay_ms),
                     api_key,
                     fail_rates: fail_rates.into_iter().collect(),
+                    job_step: Duration::from_millis(job_step_ms),
                 };
                 simulate::serve(listener, config, shutdown_signal()).await?;
                 Ok(())

@@ -13,4 +13,4 @@ pub use checks::{MAX_CORRECTION, MAX_NOTES, check_score, check_taxonomy, check_t
 pub use edit::{BulkAction, ReviewPatch, apply_feedback, apply_patch, forget_feedback};
 pub use query::{ListQuery, list_conversations};
 pub use stats::stats;
-pub use view::{conversation_detail, conversation_summary};
+pub use view::{TurnRecords, conversation_detail, conversation_summary};

@@ -89,10 +89,28 @@ pub struct TestApp {
     pub analyst_key: String,
     pub http: reqwest::Client,
     pub server: JoinHandle<std::io::Result<()>>,
-    _data: tempfile::TempDir,
+    pub data_dir: std::path::PathBuf,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
+    /// Shuts the server down as SIGTERM would and waits until the store
+    /// is flushed and released.
+    /// The data directory comes back, still alive, for a restart.
+    pub async fn stop(self) -> (std::path::PathBuf, Option<tempfile::TempDir>) {
+        let TestApp {
+            state,
+            server,
+            data_dir,
+            _data,
+            ..
+        } = self;
+        state.shutdown.cancel();
+        server.await.unwrap().unwrap();
+        drop(state);
+        (data_dir, _data)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -117,6 +135,8 @@ pub struct Options {
     pub limits: String,
     /// Serve against this upstream instead of a fresh simulator.
     pub upstream: Option<SocketAddr>,
+    /// Use this data directory (kept afterwards) instead of a fresh one.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -130,6 +150,7 @@ impl Default for Options {
             extra: String::new(),
             limits: "[limits]\nrequests_per_minute = 60000\nburst = 10000".into(),
             upstream: None,
+            data_dir: None,
         }
     }
 }
@@ -143,14 +164,37 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         Some(addr) => addr,
         None => spawn_simulator(options.simulator.clone()).await,
     };
-    let data = tempfile::tempdir().unwrap();
-    let toml = config_toml(upstream, data.path(), &options);
+    let (data, data_dir) = match &options.data_dir {
+        Some(dir) => (None, dir.clone()),
+        None => {
+            let temp = tempfile::tempdir().unwrap();
+            let dir = temp.path().to_path_buf();
+            (Some(temp), dir)
+        }
+    };
+    let toml = config_toml(upstream, &data_dir, &options);
     let config = Config::from_toml_str(&toml, "test", Vec::new()).unwrap();
     let env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
     let mut secrets = Secrets::resolve(&config, |v| env.get(v).map(|s| s.to_string()));
     secrets.admin_token = Some(SecretString::from(ADMIN_TOKEN));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::build(config, secrets, listener).unwrap();
+    // A store just released by a stopped app may stay locked a moment
+    // while sled's flusher lets go.
+    let mut app = Application::build(config.clone(), secrets.clone(), listener);
+    for _ in 0..100 {
+        if !matches!(
+            app,
+            Err(flywheel::app::StartError::Store(
+                flywheel::store::StoreError::Locked { .. }
+            ))
+        ) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        app = Application::build(config.clone(), secrets.clone(), listener);
+    }
+    let app = app.unwrap();
     let addr = app.local_addr().unwrap();
     let state = app.state();
     let client_key = state
@@ -175,6 +219,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .build()
             .unwrap(),
         server,
+        data_dir,
         _data: data,
     }
 }

@@ -34,6 +34,7 @@ pub(super) enum Tree {
     Inferences,
     ByCompletion,
     Experiment,
+    Shadows,
 }
 
 /// Writes that go into the same transaction as a conversation change.
@@ -272,6 +273,13 @@ impl SledStore {
         if let Some(c) = &record.completion_id {
             changes.remove(Tree::ByCompletion, c.as_bytes());
         }
+        // The shadow versions' answers to it go with it.
+        let prefix = format!("{}/", record.id);
+        for key in self.shadows.scan_prefix(prefix.as_bytes()).keys() {
+            let key = key.map_err(io)?;
+            changes.remove(Tree::Inferences, &key[prefix.len()..]);
+            changes.remove(Tree::Shadows, &key);
+        }
         changes.remove(Tree::Inferences, record.id.as_bytes());
         Ok(feedback)
     }
@@ -331,6 +339,7 @@ impl SledStore {
             &self.inferences,
             &self.by_completion,
             &self.experiment,
+            &self.shadows,
         ];
         trees[..]
             .transaction(|tx| {
