@@ -1,9 +1,10 @@
 //! The admin side: the embedded web UI at `/admin/` and the admin API under
 //! `/admin/api/*` (analyst or admin keys; writes that change models, keys
-//! and datasets need admin).
+//! datasets and fine-tuning jobs need admin).
 
 mod alerts;
 mod conversations;
+mod fine_tuning;
 mod keys;
 mod models;
 mod ui;
@@ -12,6 +13,9 @@ pub use alerts::{acknowledge_alert, list_alerts};
 pub use conversations::{
     bulk_review, delete_conversation, get_conversation, get_stats, list_conversations,
     patch_conversation,
+};
+pub use fine_tuning::{
+    cancel as cancel_job, create as create_job, get as get_job, list as list_jobs,
 };
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use models::{
