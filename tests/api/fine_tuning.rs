@@ -4,6 +4,7 @@
 //! cancel, and the checks on creation.
 
 mod failures;
+mod methods;
 mod restart;
 
 use crate::helpers::*;

@@ -268,3 +268,45 @@ async fn jobs_list_newest_first_with_a_cursor() {
     assert_eq!(rest["data"][0]["id"], ids[0]);
     assert_eq!(rest["has_more"], false);
 }
+
+#[tokio::test]
+async fn an_unreachable_provider_is_tried_again_rather_than_failing_the_job() {
+    let sim = spawn_simulator(simulator(FAST_STEP)).await;
+    let extra = "\n[[providers]]\nname = \"down\"\nbase_url = \"http://127.0.0.1:1/v1\"\nfine_tuning = true\n";
+    let mut opts = options(sim, "");
+    opts.extra.push_str(extra);
+    let app = spawn_app_with(opts).await;
+    let dataset = stored_dataset(&app, "sft", true, &sft_jsonl(24), "").await;
+    let id = create_job(
+        &app,
+        json!({"alias": "triage", "dataset_id": dataset, "provider": "down"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warned = loop {
+        let job = job(&app, &id).await;
+        let warns: Vec<Value> = job["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["level"] == "warn")
+            .cloned()
+            .collect();
+        if warns.len() >= 2 {
+            break (job, warns);
+        }
+        assert!(Instant::now() < deadline, "no retries noted: {job:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (job, warns) = warned;
+    assert_eq!(job["status"], "preparing", "{job:#}");
+    assert!(job["error"].is_null());
+    let message = warns[1]["message"].as_str().unwrap();
+    assert!(
+        message.contains("could not be reached") && message.contains("(2 of 10)"),
+        "{message}"
+    );
+}
