@@ -122,6 +122,7 @@ pub fn job_view(job: &FineTuneJobRecord) -> Value {
         "object": "fine_tuning.job",
         "id": job.id,
         "alias": job.alias,
+        "model_type": job.model_type,
         "dataset_id": job.dataset_id,
         "provider": job.provider,
         "base_model": job.base_model,

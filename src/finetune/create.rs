@@ -62,7 +62,8 @@ pub fn create_job(app: &AppState, new: NewJob, actor: &str) -> Result<FineTuneJo
         .or_else(|| production.map(|v| v.model.clone()))
         .ok_or_else(|| invalid("name the `base_model` to fine-tune", "base_model"))?;
     check_settings(&new)?;
-    let record = job_record(new, dataset, provider, base_model, method, actor);
+    let mut record = job_record(new, dataset, provider, base_model, method, actor);
+    record.model_type = alias.model_type.clone();
     app.store.put_job(&record)?;
     crate::audit::record(
         app.store.as_ref(),
@@ -94,6 +95,7 @@ fn job_record(
     FineTuneJobRecord {
         id: new_id("job"),
         alias: new.alias,
+        model_type: String::new(),
         dataset_id: dataset.id.clone(),
         provider,
         base_model,

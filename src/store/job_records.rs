@@ -81,6 +81,9 @@ pub struct Attempts {
 pub struct FineTuneJobRecord {
     pub id: String,
     pub alias: String,
+    /// The alias's model type when the job was created.
+    #[serde(default)]
+    pub model_type: String,
     pub dataset_id: String,
     /// A configured provider with `fine_tuning = true`.
     pub provider: String,

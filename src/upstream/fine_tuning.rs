@@ -70,7 +70,7 @@ fn message_of(body: &Value) -> String {
         Some(message) => message.to_string(),
         None => match body {
             Value::String(text) => text.chars().take(500).collect(),
-            other => other.to_string(),
+            other => other.to_string().chars().take(500).collect(),
         },
     }
 }

@@ -344,6 +344,7 @@ async fn chats_become_a_fine_tuned_candidate_that_serves_its_canary_share() {
         (&json!("sim"), &json!("gpt-4o-mini"))
     );
     assert_eq!(created["method"], "supervised");
+    assert_eq!(created["model_type"], "threat_detection");
     let id = created["id"].as_str().unwrap();
     assert!(id.starts_with("job_"), "{id}");
 

@@ -69,6 +69,7 @@ mod tests {
         FineTuneJobRecord {
             id: id.into(),
             alias: "triage".into(),
+            model_type: "threat_detection".into(),
             dataset_id: "ds_1".into(),
             provider: "sim".into(),
             base_model: "gpt-4o-mini".into(),
