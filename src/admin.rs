@@ -1,9 +1,10 @@
 //! The admin side: the embedded web UI at `/admin/` and the admin API under
-//! `/admin/api/*` (analyst or admin keys; writes that change models, keys
+//! `/admin/api/*` (analyst or admin keys; writes that change models, keys,
 //! datasets and fine-tuning jobs need admin).
 
 mod alerts;
 mod conversations;
+mod datasets;
 mod fine_tuning;
 mod keys;
 mod models;
@@ -14,6 +15,7 @@ pub use conversations::{
     bulk_review, delete_conversation, get_conversation, get_stats, list_conversations,
     patch_conversation,
 };
+pub use datasets::{get_dataset, list_datasets, post_dataset, train_file, validation_file};
 pub use fine_tuning::{
     cancel as cancel_job, create as create_job, get as get_job, list as list_jobs,
 };

@@ -27,6 +27,7 @@ pub fn conversation_summary(c: &ConversationRecord) -> Value {
         "reviewed_at": r.reviewed_at,
         "parent_id": c.parent_id,
         "preview": c.preview,
+        "signals": super::signals_view(c),
     })
 }
 
