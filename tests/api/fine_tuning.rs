@@ -1,6 +1,6 @@
 //! Fine-tuning jobs over real HTTP against the real simulator, whose jobs
-//! really train on the uploaded JSONL: the whole loop from chats to a
-//! served candidate, restarts mid-job, provider failures at each stage,
+//! really train on the uploaded JSONL: the whole loop from chats through
+//! review and the datasets API to a served candidate, restarts mid-job, provider failures at each stage,
 //! cancel, and the checks on creation.
 
 mod failures;
@@ -214,10 +214,10 @@ pub async fn stored_dataset(
     id
 }
 
-/// Sixty chats through the proxy, each labelled and then approved in bulk.
-async fn reviewed_conversations(app: &TestApp) {
+/// `n` chats through the proxy, each labelled and then approved in bulk.
+pub async fn reviewed_conversations(app: &TestApp, n: usize) {
     let mut labelled = Vec::new();
-    for i in 0..60 {
+    for i in 0..n {
         let (text, threat, severity) = alert(i);
         let response = app
             .post(
@@ -264,70 +264,29 @@ async fn reviewed_conversations(app: &TestApp) {
         .await
         .unwrap();
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["updated"], 60, "{body}");
+    assert_eq!(body["updated"], n, "{body}");
 }
 
-/// The approved conversations built into a snapshot through curation,
-/// as the datasets API does.
+/// A snapshot of the approved conversations, built by the datasets API.
 async fn dataset_from_approved(app: &TestApp) -> (String, Value) {
-    use flywheel::curation::{BuildOptions, Candidate, DatasetFormat, build_dataset};
-    use flywheel::store::ReviewStatus;
-    let state = app.state.clone();
-    tokio::task::spawn_blocking(move || {
-        let store = state.store.as_ref();
-        let mut candidates = Vec::new();
-        store
-            .for_each_conversation(&mut |conversation| {
-                if conversation.review.status == ReviewStatus::Approved {
-                    let mut turns = Vec::new();
-                    for id in &conversation.inference_ids {
-                        turns.push((store.inference(id)?.unwrap(), store.feedback_for(id)?));
-                    }
-                    candidates.push(Candidate {
-                        conversation,
-                        turns,
-                    });
-                }
-                Ok(())
-            })
-            .unwrap();
-        let options =
-            BuildOptions::from_config(&state.config, DatasetFormat::Sft, "gpt-4o-mini", None)
-                .unwrap();
-        let build = build_dataset(&candidates, &options);
-        let report = serde_json::to_value(&build.report).unwrap();
-        let record = DatasetRecord {
-            id: flywheel::ids::new_id("ds"),
-            name: "approved triage".into(),
-            format: "sft".into(),
-            created_at: flywheel::ids::now_rfc3339(),
-            created_by: "test".into(),
-            filter: json!({"status": "approved"}),
-            alias: Some("triage".into()),
-            base_model: Some("gpt-4o-mini".into()),
-            validation_split: options.validation_split,
-            report: report.clone(),
-            train_ids: build.train.conversation_ids,
-            validation_ids: build.validation.conversation_ids,
-        };
-        store
-            .insert_dataset(
-                &record,
-                build.train.jsonl.as_bytes(),
-                build.validation.jsonl.as_bytes(),
-            )
-            .unwrap();
-        (record.id, report)
-    })
-    .await
-    .unwrap()
+    let body = json!({"name": "approved triage", "format": "sft", "filter": {"status": "approved", "alias": "triage"}});
+    let response = admin(
+        app,
+        reqwest::Method::POST,
+        "/admin/api/datasets",
+        Some(body),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let report: Value = response.json().await.unwrap();
+    (report["id"].as_str().unwrap().to_string(), report)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chats_become_a_fine_tuned_candidate_that_serves_its_canary_share() {
     let sim = spawn_simulator(simulator(FAST_STEP)).await;
     let app = spawn_app_with(options(sim, "canary_weight = 50")).await;
-    reviewed_conversations(&app).await;
+    reviewed_conversations(&app, 60).await;
     let (dataset, report) = dataset_from_approved(&app).await;
     assert_eq!(report["ready_for_training"], true, "{report:#}");
     assert_eq!(report["counts"]["accepted"], 60, "{report:#}");
