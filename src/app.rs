@@ -173,6 +173,12 @@ impl Application {
             shutdown.clone(),
         ));
         tasks.spawn(crate::finetune::run_poller(state.clone(), shutdown.clone()));
+        if state.config.fine_tuning.continuous.enabled {
+            tasks.spawn(crate::finetune::run_continuous(
+                state.clone(),
+                shutdown.clone(),
+            ));
+        }
         if let Some(days) = state.config.capture.retention_days {
             tasks.spawn(crate::capture::run_retention(
                 state.store.clone(),

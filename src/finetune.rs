@@ -5,7 +5,9 @@
 //! events), cancelled on request (`cancel`), and on success registered as
 //! a candidate version of the alias, optionally with a canary share of its
 //! traffic (`register`). What the provider reports is folded into the job
-//! record by plain functions (`sync`).
+//! record by plain functions (`sync`). Continuous learning
+//! (`continuous`, off by default) builds datasets and starts jobs by
+//! itself as approved conversations accumulate.
 //!
 //! Every step that reaches the provider is marked in the stored record
 //! before it is tried, so a process that stopped at any point resumes the
@@ -13,6 +15,7 @@
 //! a submission by the job's `metadata.flywheel_job_id`.
 
 mod cancel;
+mod continuous;
 mod create;
 mod poller;
 mod register;
@@ -20,6 +23,7 @@ mod step;
 mod sync;
 
 pub use cancel::cancel_job;
+pub use continuous::run_continuous;
 pub use create::{NewJob, create_job};
 pub use poller::{Outcome, run_poller, try_step_once};
 

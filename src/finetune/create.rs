@@ -64,6 +64,7 @@ pub fn create_job(app: &AppState, new: NewJob, actor: &str) -> Result<FineTuneJo
     check_settings(&new)?;
     let mut record = job_record(new, dataset, provider, base_model, method, actor);
     record.model_type = alias.model_type.clone();
+    record.approved_at_start = Some(app.store.tallies()?.approved);
     app.store.put_job(&record)?;
     crate::audit::record(
         app.store.as_ref(),
@@ -118,6 +119,7 @@ fn job_record(
         }],
         metrics: None,
         created_at: at,
+        approved_at_start: None,
         created_by: actor.to_string(),
         finished_at: None,
         last_provider_event: None,

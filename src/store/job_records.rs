@@ -111,6 +111,10 @@ pub struct FineTuneJobRecord {
     /// The provider's latest training metrics (step, losses, accuracies).
     pub metrics: Option<Value>,
     pub created_at: String,
+    /// The approved-conversation total when the job was created, from
+    /// which continuous learning counts the approvals since.
+    #[serde(default)]
+    pub approved_at_start: Option<i64>,
     /// The key id (or service) that started the job.
     pub created_by: String,
     pub finished_at: Option<String>,

@@ -3,6 +3,7 @@
 //! review and the datasets API to a served candidate, restarts mid-job, provider failures at each stage,
 //! cancel, and the checks on creation.
 
+mod continuous;
 mod failures;
 mod methods;
 mod restart;
@@ -216,8 +217,13 @@ pub async fn stored_dataset(
 
 /// `n` chats through the proxy, each labelled and then approved in bulk.
 pub async fn reviewed_conversations(app: &TestApp, n: usize) {
+    reviewed_conversations_from(app, 0, n).await;
+}
+
+/// As [`reviewed_conversations`], with alerts `first..first + n`.
+pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) {
     let mut labelled = Vec::new();
-    for i in 0..n {
+    for i in first..first + n {
         let (text, threat, severity) = alert(i);
         let response = app
             .post(

@@ -88,6 +88,7 @@ mod tests {
             events: Vec::new(),
             metrics: None,
             created_at: "2026-01-01T00:00:00Z".into(),
+            approved_at_start: None,
             created_by: "key_1".into(),
             finished_at: None,
             last_provider_event: None,
