@@ -40,6 +40,8 @@ pub async fn cancel_job(
     note(&mut job, "info", format!("Cancelled by {actor}"));
     finish(&mut job, JobStatus::Cancelled);
     save(app, &job).await?;
+    metrics::counter!("flywheel_fine_tuning_jobs_finished_total", "status" => "cancelled")
+        .increment(1);
     let (store, target) = (app.store.clone(), job.id.clone());
     let actor = actor.to_string();
     tokio::task::spawn_blocking(move || {

@@ -40,6 +40,8 @@ pub async fn try_step_once(app: &Arc<AppState>) -> Result<Outcome, StoreError> {
         match step(app, job).await {
             Ok(after) if after.status.is_final() => {
                 tracing::info!(job = %after.id, status = after.status.as_str(), "fine-tuning job ended");
+                metrics::counter!("flywheel_fine_tuning_jobs_finished_total", "status" => after.status.as_str())
+                    .increment(1);
                 outcome.finished += 1;
             }
             Ok(_) => {}
