@@ -1,8 +1,8 @@
 //! One step of one job, whatever its status needs next: while `preparing`,
 //! upload the files and submit; afterwards, follow the provider's status
 //! and events until the job ends, registering the model on success.
-//! Each call to the provider is marked in the stored record first (see
-//! the module above) and its result stored as soon as it arrives.
+//! Each call to the provider is marked in the stored record first (why:
+//! see `finetune`) and its result stored as soon as it arrives.
 
 use super::register::register_model;
 use super::sync::{
