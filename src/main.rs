@@ -53,6 +53,10 @@ enum Command {
     Demo {
         #[arg(long, default_value_t = 25)]
         token_delay_ms: u64,
+        /// How many real alerts to send through the proxy at start (rated,
+        /// two in three labelled and approved); 0 starts empty.
+        #[arg(long, default_value_t = 200)]
+        seed: usize,
     },
     /// Create, list or revoke API keys (the server must not be running).
     Keys {
@@ -200,11 +204,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Demo { token_delay_ms } => {
+        Command::Demo {
+            token_delay_ms,
+            seed,
+        } => {
             let config = load_config(&cli.config)?;
             runtime()?.block_on(flywheel::demo::run(
                 config,
                 Duration::from_millis(token_delay_ms),
+                seed,
             ))?;
             Ok(())
         }

@@ -224,7 +224,7 @@ fn a_store_held_by_a_server_is_reported_plainly() {
 async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
     use std::io::BufRead;
     let mut demo = flywheel()
-        .args(["demo", "--token-delay-ms", "0"])
+        .args(["demo", "--token-delay-ms", "0", "--seed", "75"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -291,6 +291,50 @@ async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(keys.status(), 200);
+
+    // The seed: 75 real alerts through the proxy, two in three reviewed
+    // and approved, split 80/20 between the versions.
+    let stats_url = admin.replace("/admin/", "/admin/api/stats");
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..900 {
+        stats = http
+            .get(&stats_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["approved"] == 50 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(stats["approved"], 50, "{stats}");
+    assert_eq!(
+        stats["conversations_total"], 76,
+        "the seed and the chat above"
+    );
+    let experiment: serde_json::Value = http
+        .get(admin.replace("/admin/", "/admin/api/models/triage/experiment"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let served: Vec<u64> = experiment["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["requests"].as_u64().unwrap())
+        .collect();
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "both versions served: {experiment}"
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &demo.id().to_string()])
