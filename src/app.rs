@@ -40,6 +40,8 @@ pub struct AppState {
     pub extractor: Arc<crate::evaluation::extract::Extractor>,
     pub metrics: PrometheusHandle,
     pub started_unix: u64,
+    /// Fine-tuning jobs: the lock their changes take, the poller's wake-up.
+    pub jobs: crate::finetune::Jobs,
     /// Cancelled when shutdown begins; every background service watches it.
     pub shutdown: CancellationToken,
 }
@@ -121,6 +123,7 @@ impl Application {
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            jobs: crate::finetune::Jobs::default(),
             shutdown: CancellationToken::new(),
             config,
         };
@@ -169,6 +172,13 @@ impl Application {
             state.clone(),
             shutdown.clone(),
         ));
+        tasks.spawn(crate::finetune::run_poller(state.clone(), shutdown.clone()));
+        if state.config.fine_tuning.continuous.enabled {
+            tasks.spawn(crate::finetune::run_continuous(
+                state.clone(),
+                shutdown.clone(),
+            ));
+        }
         if let Some(days) = state.config.capture.retention_days {
             tasks.spawn(crate::capture::run_retention(
                 state.store.clone(),

@@ -76,6 +76,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/api/datasets/{id}/validation.jsonl",
             get(admin::validation_file),
         )
+        .route(
+            "/admin/api/fine-tuning/jobs",
+            post(admin::create_job).get(admin::list_jobs),
+        )
+        .route("/admin/api/fine-tuning/jobs/{id}", get(admin::get_job))
+        .route(
+            "/admin/api/fine-tuning/jobs/{id}/cancel",
+            post(admin::cancel_job),
+        )
         .route("/admin/api/alerts", get(admin::list_alerts))
         .route("/admin/api/alerts/{id}/ack", post(admin::acknowledge_alert))
         .route("/admin/api/{*rest}", any(not_found))

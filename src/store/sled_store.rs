@@ -3,14 +3,15 @@
 
 mod conversations;
 mod datasets;
+mod jobs;
 mod models;
 mod tallies;
 
 use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
-    ConversationTallies, DatasetRecord, DatasetSplit, FeedbackRecord, InferenceRecord,
-    ModelAliasRecord, ModelHistoryRecord, NewTurn, Store, StoreError, TallyKey, ThreadPoint,
-    VersionTally,
+    ConversationTallies, DatasetRecord, DatasetSplit, FeedbackRecord, FineTuneJobRecord,
+    InferenceRecord, ModelAliasRecord, ModelHistoryRecord, NewTurn, Store, StoreError, TallyKey,
+    ThreadPoint, VersionTally,
 };
 use conversations::{Changes, Tree};
 use serde::Serialize;
@@ -51,6 +52,9 @@ pub struct SledStore {
     datasets: sled::Tree,
     /// `dataset_id/train|validation` → the JSONL file.
     dataset_files: sled::Tree,
+    fine_tuning_jobs: sled::Tree,
+    /// Ids of the fine-tuning jobs not finished yet → nothing.
+    jobs_in_flight: sled::Tree,
     /// Held while tallies are read, merged and written.
     tally_lock: std::sync::Mutex<()>,
     /// Held while a conversation, its index entries and the tallies change
@@ -87,6 +91,8 @@ impl SledStore {
             experiment: tree("experiment_tallies")?,
             datasets: tree("datasets")?,
             dataset_files: tree("dataset_files")?,
+            fine_tuning_jobs: tree("fine_tuning_jobs")?,
+            jobs_in_flight: tree("fine_tuning_jobs_in_flight")?,
             tally_lock: std::sync::Mutex::new(()),
             conversation_lock: std::sync::Mutex::new(None),
             db,
@@ -418,6 +424,26 @@ impl Store for SledStore {
 
     fn dataset_file(&self, id: &str, split: DatasetSplit) -> Result<Option<Vec<u8>>, StoreError> {
         self.read_dataset_file(id, split)
+    }
+
+    fn put_job(&self, record: &FineTuneJobRecord) -> Result<(), StoreError> {
+        self.write_job(record)
+    }
+
+    fn job(&self, id: &str) -> Result<Option<FineTuneJobRecord>, StoreError> {
+        self.read_job(id)
+    }
+
+    fn jobs(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FineTuneJobRecord>, StoreError> {
+        self.list_jobs(cursor, limit)
+    }
+
+    fn jobs_in_flight(&self) -> Result<Vec<FineTuneJobRecord>, StoreError> {
+        self.jobs_not_finished()
     }
 
     fn flush(&self) -> Result<(), StoreError> {

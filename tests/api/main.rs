@@ -16,6 +16,7 @@ mod durability;
 mod errors;
 mod experiments;
 mod feedback;
+mod fine_tuning;
 mod models;
 mod operations;
 mod review;
