@@ -111,7 +111,7 @@ export async function startStack(keys = {}) {
   };
   try {
     const simPort = await freePort();
-    const sim = launch('simulator', ['simulate', '--listen', `127.0.0.1:${simPort}`, '--job-step-ms', '300']);
+    const sim = launch('simulator', ['simulate', '--listen', `127.0.0.1:${simPort}`, '--job-step-ms', '1000']);
     children.push(sim);
     await waitReady(sim, `http://127.0.0.1:${simPort}/v1/models`, 'simulator');
 

@@ -258,8 +258,24 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.locator('[data-test=registered-version]', { hasText: job.registered_version }).waitFor();
     await page.locator('.event').first().waitFor();
     await shot(page, '13-fine-tuning-job');
+  });
+
+  test('fine-tuning: a second job is cancelled while it runs', async (t) => {
+    if (!dataset || (await api('/fine-tuning/jobs')).status === 404) { t.skip('this build has no fine-tuning jobs route (or no dataset) yet'); return; }
+    await page.goto(`${stack.url}/admin/#/jobs?dataset=${dataset.id}`);
+    await page.fill('input[name=suffix]', 'cancelled');
+    await page.click('[data-test=start-job]');
+    await page.waitForURL(/#\/jobs\/job_/);
+    const id = decodeURIComponent(page.url().split('#/jobs/')[1]);
+    await page.click('[data-test=cancel-job]');
+    await page.locator('[data-test=job-status]', { hasText: 'cancelled' }).waitFor();
+    const cancelled = (await api(`/fine-tuning/jobs/${id}`)).body;
+    assert.equal(cancelled.status, 'cancelled');
+    assert.equal(cancelled.registered_version, null);
+    assert.equal(await page.locator('[data-test=cancel-job]').count(), 0, 'no cancel button on a finished job');
     await page.goto(`${stack.url}/admin/#/jobs`);
     await page.locator('td', { hasText: job.id }).waitFor();
+    await page.locator('td', { hasText: id }).waitFor();
     await shot(page, '13-fine-tuning');
   });
 
