@@ -410,6 +410,10 @@ describe('admin UI', { timeout: 240000 }, () => {
     assert.equal(me.body.role, 'analyst');
     await page.locator('td', { hasText: 'night shift' }).waitFor();
     await shot(page, '10-keys');
+    page.once('dialog', (d) => d.accept());
+    await page.locator('tr', { hasText: 'night shift' }).getByRole('button', { name: 'Revoke' }).click();
+    await page.locator('tr', { hasText: 'night shift' }).getByText(/^revoked/).waitFor();
+    assert.equal((await adminApi(stack.url, key)('/me')).status, 401, 'a revoked key is refused');
     await page.goto(`${stack.url}/admin/#/audit`);
     await page.locator('td .badge', { hasText: 'model.rollback' }).first().waitFor();
     await shot(page, '11-audit');

@@ -11,11 +11,14 @@ export async function render(ctx) {
   el.append(pager((cursor) => api(`/audit${qs({ cursor, limit: 50 })}`), (items, wrap) => {
     if (!items.length) return;
     wrap.insertBefore(table([
-      { label: 'When', cell: (a) => h('span', { title: when(a.at) }, ago(a.at)) },
-      { label: 'Actor', cell: (a) => h('code', null, a.actor) },
-      { label: 'Action', cell: (a) => badge(a.action, 'neutral') },
-      { label: 'Target', cell: (a) => a.target ? h('code', null, a.target) : dash },
-      { label: 'Details', cell: (a) => h('span', { class: 'details' }, a.details == null ? dash : typeof a.details === 'string' ? a.details : JSON.stringify(a.details)) },
+      { label: 'When', class: 'nowrap', cell: (a) => h('span', { title: when(a.at) }, ago(a.at)) },
+      { label: 'Actor', class: 'nowrap', cell: (a) => h('code', null, a.actor) },
+      { label: 'Action', class: 'nowrap', cell: (a) => badge(a.action, 'neutral') },
+      { label: 'Target', class: 'nowrap', cell: (a) => a.target ? h('code', null, a.target) : dash },
+      { label: 'Details', cell: (a) => {
+        const text = a.details == null ? dash : typeof a.details === 'string' ? a.details : JSON.stringify(a.details);
+        return h('span', { class: 'details clamp', title: text }, text);
+      } },
     ], items), wrap.lastChild);
   }, { emptyText: 'Nothing has been changed yet.' }));
 }
