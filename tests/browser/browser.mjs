@@ -41,7 +41,25 @@ export function watch(page) {
   return problems;
 }
 
+/** Text nodes that say "null", "undefined" or "[object Object]": a value
+ * put on the page without being formatted. */
+export async function strayValues(page) {
+  return page.evaluate(() => {
+    const bad = [];
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      if (/^(null|undefined|NaN)$|\[object Object\]/.test(n.textContent.trim())) bad.push(n.textContent.trim());
+    }
+    return bad;
+  });
+}
+
+/** What `shot` found printed unformatted, by screenshot. */
+export const strays = [];
+
 export async function shot(page, name, { fullPage = true } = {}) {
+  const bad = await strayValues(page);
+  if (bad.length) strays.push(`${name}: ${bad.join(', ')}`);
   mkdirSync(join(ARTIFACTS, 'screenshots'), { recursive: true });
   // Toasts fade by themselves; a picture of the page should not hold them.
   await page.evaluate(() => document.getElementById('toasts')?.replaceChildren());

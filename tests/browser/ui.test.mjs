@@ -6,7 +6,7 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { startStack, adminApi, chat } from './harness.mjs';
-import { launchBrowser, watch, shot } from './browser.mjs';
+import { launchBrowser, watch, shot, strays } from './browser.mjs';
 
 const ALERTS = [
   'Endpoint alert: LSASS memory read by rundll32.exe comsvcs.dll MiniDump on host FIN-WS-014',
@@ -496,7 +496,8 @@ describe('admin UI', { timeout: 240000 }, () => {
     assert.equal((await api('/models/triage')).body.production, 'base');
   });
 
-  test('nothing on any page raised a script error or a CSP violation', () => {
+  test('nothing on any page raised a script error or a CSP violation, or printed a raw null', () => {
+    assert.deepEqual(strays, [], 'no page prints null, undefined or [object Object]');
     assert.deepEqual(problems, []);
   });
 });

@@ -242,11 +242,11 @@ export function conversationView(ctx, initial, { onChange, onDone }) {
   const status = h('div', { class: 'decision' });
 
   function renderHead() {
-    head.replaceChildren(
+    add(clear(head), [
       h('div', { class: 'conv-title' }, statusBadge(conv.status), h('code', { class: 'conv-id' }, conv.id)),
       h('div', { class: 'muted small' }, `${conv.alias} · ${(conv.versions || []).join(', ')} · ${conv.turns?.length ?? 0} turn${conv.turns?.length === 1 ? '' : 's'} · ${conv.user || 'no user'} · ${when(conv.created_at)}`,
         conv.reviewer ? ` · reviewed by ${conv.reviewer}` : '', conv.parent_id ? ` · branched from ${conv.parent_id}` : ''),
-      signalsLine(conv.signals));
+      signalsLine(conv.signals)]);
     scores.replaceChildren(...[1, 2, 3, 4, 5].map((n) => h('button', { type: 'button', class: `score${conv.quality_score === n ? ' on' : ''}`, 'aria-pressed': String(conv.quality_score === n), title: `Quality ${n} (key ${n})`, onclick: () => score(n) }, String(n))));
   }
 
