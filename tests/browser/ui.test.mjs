@@ -468,6 +468,19 @@ describe('admin UI', { timeout: 240000 }, () => {
     await shot(a, '17-analyst-models');
     await a.goto(`${stack.url}/admin/#/keys`);
     await a.getByText('This page needs an admin key.').waitFor();
+    await a.goto(`${stack.url}/admin/#/datasets`);
+    await a.getByText('Building datasets needs an admin key').waitFor();
+    assert.equal(await a.locator('[data-test=build]').count(), 0);
+    await a.goto(`${stack.url}/admin/#/jobs`);
+    await a.getByText('Starting and cancelling jobs needs an admin key').waitFor();
+    assert.equal(await a.locator('[data-test=start-job]').count(), 0);
+    if (job) {
+      await a.goto(`${stack.url}/admin/#/jobs/${job.id}`);
+      await a.locator('[data-test=job-status]').waitFor();
+    }
+    await a.goto(`${stack.url}/admin/#/performance`);
+    await a.locator('.card').first().waitFor();
+    assert.equal(await a.getByText('Run an evaluation').count(), 0);
     // Reviewing is theirs to do.
     await a.goto(`${stack.url}/admin/#/review?status=any`);
     await a.locator('.conversation').waitFor();
@@ -488,6 +501,10 @@ describe('admin UI', { timeout: 240000 }, () => {
       ['/keys', {}],
       [`/conversations/${id}`, { method: 'DELETE' }],
     ];
+    // Routes this build has: an analyst is refused, not merely hidden from.
+    if (dataset) forced.push(['/datasets', { method: 'POST', body: { name: 'sneaky', format: 'sft' } }]);
+    if (job) forced.push(['/fine-tuning/jobs', { method: 'POST', body: { alias: 'triage', dataset_id: dataset.id } }]);
+    if ((await api('/evaluations')).status !== 404) forced.push(['/evaluations', { method: 'POST', body: { alias: 'triage', versions: ['base'], dataset_id: dataset?.id ?? 'ds_x' } }]);
     for (const [path, options] of forced) {
       const r = await analystApi(path, options);
       assert.equal(r.status, 403, `${options.method || 'GET'} ${path} as analyst`);
