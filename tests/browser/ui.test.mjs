@@ -201,6 +201,19 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.goto(`${stack.url}/admin/#/review?status=any&signal=duplicate:true`);
     await page.waitForFunction(() => document.querySelectorAll('.queue-item').length === 1);
     await page.locator('.conversation .signals', { hasText: 'duplicate' }).waitFor();
+    // Cursor paging: pages of 5, "Load more", and j past the end loads the next page.
+    await page.goto(`${stack.url}/admin/#/review?status=any&limit=5`);
+    await page.waitForFunction(() => document.querySelectorAll('.queue-item').length === 5);
+    await page.click('[data-test=load-more]');
+    await page.waitForFunction(() => document.querySelectorAll('.queue-item').length === 10);
+    await page.locator('.queue-item').nth(9).click();
+    await page.locator('.queue-item.selected[data-index="9"]').waitFor();
+    await page.locator('.conversation').waitFor();
+    await page.keyboard.press('j');
+    await page.waitForFunction(() => document.querySelectorAll('.queue-item').length === 15);
+    await page.locator('.queue-item.selected[data-index="10"]').waitFor();
+    const seen = await page.locator('.queue-item').evaluateAll((els) => els.map((e) => e.dataset.id));
+    assert.equal(new Set(seen).size, 15, 'no conversation twice across pages');
     await page.goto(`${stack.url}/admin/#/conversations/${id}`);
     await page.locator('.turn .msg-answer').waitFor();
     await page.locator('.turn-meta', { hasText: 'base' }).waitFor();

@@ -21,6 +21,7 @@ export async function render(ctx) {
     listEl: h('ol', { class: 'queue', 'aria-label': 'Conversations' }), moreEl: h('div', { class: 'pager' }),
     detailEl: h('section', { class: 'detail', 'aria-label': 'Conversation' }), countEl: h('span', { class: 'muted' }),
     bulkEl: h('div', { class: 'bulk' }), detail: null, loadingMore: null,
+    pageSize: Math.max(1, Math.min(500, Number(ctx.query.get('limit')) || 50)),
   };
   const models = await api('/models').catch(() => ({ data: [] }));
   if (!ctx.alive()) return;
@@ -85,7 +86,7 @@ async function loadMore(s) {
   s.moreEl.replaceChildren(loading());
   s.loadingMore = (async () => {
     try {
-      const page = await api(`/conversations${qs({ ...apiFilters(s.filters), cursor: s.cursor, limit: 50 })}`);
+      const page = await api(`/conversations${qs({ ...apiFilters(s.filters), cursor: s.cursor, limit: s.pageSize })}`);
       const start = s.items.length;
       s.items.push(...page.data);
       page.data.forEach((c, i) => s.listEl.append(item(s, c, start + i)));
