@@ -5,9 +5,10 @@ import { api, qs, isMissingRoute } from '../api.js';
 import { h, card, pct, num, empty, errorBox, loading, statusBadge, badge, button, toast, ago, words, clear } from '../dom.js';
 
 export async function render(ctx) {
-  const page = h('div', { class: 'page' }, h('div', { class: 'page-head' }, h('h1', null, 'Overview')));
   const stats = await api('/stats');
   if (!ctx.alive()) return;
+  const page = h('div', { class: 'page' }, h('div', { class: 'page-head' }, h('h1', null, 'Overview'), h('span', { class: 'spacer' }),
+    stats.pending ? h('a', { class: 'btn btn-primary', href: '#/review?status=pending' }, `Review ${num(stats.pending)} pending`) : h('span', { class: 'muted' }, 'Nothing waits for review.')));
   page.append(h('div', { class: 'tiles' },
     tile('Conversations', num(stats.conversations_total), `${num(stats.pending)} waiting for review`, 'tile-total'),
     tile('Approved for training', num(stats.approved), `approval rate ${pct(stats.approval_rate)}`, 'tile-approved'),
@@ -25,7 +26,7 @@ export async function render(ctx) {
     card('Success metrics', metrics),
     card('Open alerts', alerts),
     card('Traffic by version', traffic),
-    card('Labels', labels(stats, coverage)),
+    card('Labels by threat type', labels(stats, coverage)),
   ));
   clear(ctx.root).append(page);
 
