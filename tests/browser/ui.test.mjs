@@ -328,6 +328,13 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.locator('.card', { hasText: 'Success metrics' }).locator('td', { hasText: 'accuracy' }).first().waitFor();
     assert.equal(await page.getByText('No evaluation yet.').count(), 0);
     await shot(page, '02-overview-with-evaluation');
+    // Runs under their targets raise alerts; acknowledging one takes it off the list.
+    const open = (await api('/alerts?state=open')).body.data;
+    if (open.length) {
+      await page.locator('.alert-item').first().getByRole('button', { name: 'Acknowledge' }).click();
+      await page.getByText('Alert acknowledged.').waitFor();
+      assert.equal((await api('/alerts?state=open')).body.data.length, open.length - 1);
+    }
   });
 
   test('models: register, traffic with If-Match and a 409 in words, promote, roll back, history', async () => {
