@@ -2,7 +2,7 @@
 // open alerts and where traffic goes.
 
 import { api, qs, isMissingRoute } from '../api.js';
-import { h, card, pct, num, empty, errorBox, loading, statusBadge, badge, button, toast, ago, words, clear } from '../dom.js';
+import { h, add, card, pct, num, empty, errorBox, loading, statusBadge, badge, button, toast, ago, words, clear } from '../dom.js';
 
 export async function render(ctx) {
   const stats = await api('/stats');
@@ -91,7 +91,9 @@ async function openAlerts(el) {
   try {
     const list = await api(`/alerts${qs({ state: 'open' })}`);
     if (list.data.length === 0) { el.replaceChildren(empty('No open alerts.')); return; }
-    el.replaceChildren(h('ul', { class: 'alert-list' }, list.data.map((a) => {
+    const SHOWN = 5;
+    const more = list.data.length - SHOWN;
+    add(clear(el), [h('ul', { class: 'alert-list' }, list.data.slice(0, SHOWN).map((a) => {
       const li = h('li', { class: 'alert-item' },
         h('div', null, statusBadge(a.state), ' ', h('strong', null, `${a.alias} · ${a.version}`), ' ', h('span', { class: 'muted' }, ago(a.at))),
         h('div', null, a.message),
@@ -99,7 +101,7 @@ async function openAlerts(el) {
           try { await api(`/alerts/${encodeURIComponent(a.id)}/ack`, { method: 'POST' }); li.remove(); toast('Alert acknowledged.', 'good'); } catch (e) { toast(e.message, 'error'); }
         }, 'small'));
       return li;
-    })));
+    })), more > 0 || list.has_more ? h('p', { class: 'muted' }, more > 0 ? `and ${more}${list.has_more ? '+' : ''} more open alerts.` : 'and more open alerts.') : null]);
   } catch (e) { el.replaceChildren(errorBox(e)); }
 }
 
