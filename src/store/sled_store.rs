@@ -3,14 +3,15 @@
 
 mod conversations;
 mod datasets;
+mod evaluations;
 mod models;
 mod tallies;
 
 use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
-    ConversationTallies, DatasetRecord, DatasetSplit, FeedbackRecord, InferenceRecord,
-    ModelAliasRecord, ModelHistoryRecord, NewTurn, Store, StoreError, TallyKey, ThreadPoint,
-    VersionTally,
+    ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord, ExampleResult,
+    FeedbackRecord, InferenceRecord, ModelAliasRecord, ModelHistoryRecord, NewTurn,
+    PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
 };
 use conversations::{Changes, Tree};
 use serde::Serialize;
@@ -51,6 +52,12 @@ pub struct SledStore {
     datasets: sled::Tree,
     /// `dataset_id/train|validation` → the JSONL file.
     dataset_files: sled::Tree,
+    /// Evaluation runs by id.
+    evaluations: sled::Tree,
+    /// Each example's result in each run (see `evaluations`).
+    evaluation_examples: sled::Tree,
+    /// Model-performance figures by alias, oldest first.
+    performance: sled::Tree,
     /// Held while tallies are read, merged and written.
     tally_lock: std::sync::Mutex<()>,
     /// Held while a conversation, its index entries and the tallies change
@@ -87,6 +94,9 @@ impl SledStore {
             experiment: tree("experiment_tallies")?,
             datasets: tree("datasets")?,
             dataset_files: tree("dataset_files")?,
+            evaluations: tree("evaluations")?,
+            evaluation_examples: tree("evaluation_examples")?,
+            performance: tree("model_performance")?,
             tally_lock: std::sync::Mutex::new(()),
             conversation_lock: std::sync::Mutex::new(None),
             db,
@@ -418,6 +428,47 @@ impl Store for SledStore {
 
     fn dataset_file(&self, id: &str, split: DatasetSplit) -> Result<Option<Vec<u8>>, StoreError> {
         self.read_dataset_file(id, split)
+    }
+
+    fn put_evaluation(&self, record: &EvaluationRecord) -> Result<(), StoreError> {
+        self.write_evaluation(record)
+    }
+
+    fn evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError> {
+        self.read_evaluation(id)
+    }
+
+    fn evaluations(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&EvaluationRecord) -> bool,
+    ) -> Result<Vec<EvaluationRecord>, StoreError> {
+        self.list_evaluations(cursor, limit, keep)
+    }
+
+    fn put_example_result(
+        &self,
+        result: &ExampleResult,
+        progress: &EvaluationRecord,
+    ) -> Result<(), StoreError> {
+        self.write_example_result(result, progress)
+    }
+
+    fn example_results(&self, evaluation_id: &str) -> Result<Vec<ExampleResult>, StoreError> {
+        self.read_example_results(evaluation_id)
+    }
+
+    fn finish_evaluation(
+        &self,
+        record: &EvaluationRecord,
+        performance: &[PerformanceRecord],
+    ) -> Result<(), StoreError> {
+        self.write_finished_evaluation(record, performance)
+    }
+
+    fn performance(&self, alias: &str) -> Result<Vec<PerformanceRecord>, StoreError> {
+        self.read_performance(alias)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
