@@ -48,6 +48,8 @@ pub(crate) fn candidate(id: &str, threat_type: &str) -> Candidate {
         tags: Default::default(),
         conversation_id: id.into(),
         created_at: "2026-01-01T00:00:00Z".into(),
+        fallback_from: None,
+        shadow_of: None,
     };
     let answer = format!(
         "Threat type: {threat_type}\nSeverity: high\nRationale: The alert mentions 'evil.exe', an indicator of {threat_type}."
