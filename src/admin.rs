@@ -1,9 +1,10 @@
 //! The admin side: the embedded web UI at `/admin/` and the admin API under
-//! `/admin/api/*` (analyst or admin keys; writes that change models, keys
-//! and datasets need admin).
+//! `/admin/api/*` (analyst or admin keys; writes that change models, keys,
+//! datasets and evaluations need admin).
 
 mod alerts;
 mod conversations;
+mod evaluations;
 mod keys;
 mod models;
 mod ui;
@@ -12,6 +13,9 @@ pub use alerts::{acknowledge_alert, list_alerts};
 pub use conversations::{
     bulk_review, delete_conversation, get_conversation, get_stats, list_conversations,
     patch_conversation,
+};
+pub use evaluations::{
+    create_evaluation, evaluation_examples, get_evaluation, list_evaluations, performance,
 };
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use models::{

@@ -89,7 +89,8 @@ pub struct TestApp {
     pub analyst_key: String,
     pub http: reqwest::Client,
     pub server: JoinHandle<std::io::Result<()>>,
-    _data: tempfile::TempDir,
+    /// `None` when the test brought its own data directory.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -117,6 +118,9 @@ pub struct Options {
     pub limits: String,
     /// Serve against this upstream instead of a fresh simulator.
     pub upstream: Option<SocketAddr>,
+    /// Keep the store here instead of in a fresh temporary directory, so
+    /// a test can stop the app and start it again on the same data.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -130,6 +134,7 @@ impl Default for Options {
             extra: String::new(),
             limits: "[limits]\nrequests_per_minute = 60000\nburst = 10000".into(),
             upstream: None,
+            data_dir: None,
         }
     }
 }
@@ -143,14 +148,21 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         Some(addr) => addr,
         None => spawn_simulator(options.simulator.clone()).await,
     };
-    let data = tempfile::tempdir().unwrap();
-    let toml = config_toml(upstream, data.path(), &options);
+    let data = match &options.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().unwrap()),
+    };
+    let dir = options
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| data.as_ref().unwrap().path().to_path_buf());
+    let toml = config_toml(upstream, &dir, &options);
     let config = Config::from_toml_str(&toml, "test", Vec::new()).unwrap();
     let env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
     let mut secrets = Secrets::resolve(&config, |v| env.get(v).map(|s| s.to_string()));
     secrets.admin_token = Some(SecretString::from(ADMIN_TOKEN));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::build(config, secrets, listener).unwrap();
+    let app = build_retrying(config, secrets, listener).await;
     let addr = app.local_addr().unwrap();
     let state = app.state();
     let client_key = state
@@ -177,6 +189,24 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         server,
         _data: data,
     }
+}
+
+/// Builds the app; a store just dropped in this process may keep its
+/// lock for a moment (sled's background flusher), so a lock is retried.
+async fn build_retrying(config: Config, secrets: Secrets, listener: TcpListener) -> Application {
+    let mut listener = Some(listener);
+    for _ in 0..100 {
+        let store = match flywheel::store::open(&config.server.data_dir) {
+            Err(flywheel::store::StoreError::Locked { .. }) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            opened => opened.unwrap(),
+        };
+        return Application::build_with_store(config, secrets, listener.take().unwrap(), store)
+            .unwrap();
+    }
+    panic!("the data directory stayed locked");
 }
 
 pub fn triage_request(stream: bool) -> serde_json::Value {

@@ -13,6 +13,8 @@ mod chat;
 mod cli;
 mod durability;
 mod errors;
+mod evaluation_fixtures;
+mod evaluations;
 mod feedback;
 mod operations;
 mod review;
