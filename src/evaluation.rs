@@ -5,9 +5,10 @@
 //! with the predictions read from the answers by `extract`. Over the store
 //! and the upstreams: offline evaluation runs (`run`) and the service that
 //! runs them (`runner`), scheduled runs (`schedule`), alerts after a run
-//! (`watch`) and their webhook (`notify`).
+//! (`watch`) and their webhook (`notify`), and promotion gating (`gate`).
 
 pub mod extract;
+pub mod gate;
 pub mod metrics;
 pub mod notify;
 pub mod online;

@@ -364,6 +364,12 @@ pub struct EvaluationConfig {
     pub webhook_attempts: u32,
     /// The wait before the first retry; each further one doubles it.
     pub webhook_backoff_ms: u64,
+    /// Refuse a promotion unless the candidate's latest evaluation meets
+    /// the targets.
+    pub gate_promotion: bool,
+    /// With `gate_promotion`, the candidate's accuracy must also be above
+    /// production's on the same dataset.
+    pub require_beats_production: bool,
 }
 
 impl Default for EvaluationConfig {
@@ -378,6 +384,8 @@ impl Default for EvaluationConfig {
             webhook_url: None,
             webhook_attempts: 5,
             webhook_backoff_ms: 500,
+            gate_promotion: false,
+            require_beats_production: false,
         }
     }
 }

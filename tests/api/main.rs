@@ -16,6 +16,7 @@ mod errors;
 mod evaluation_fixtures;
 mod evaluations;
 mod feedback;
+mod gating;
 mod operations;
 mod review;
 mod streaming;
