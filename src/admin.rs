@@ -4,6 +4,7 @@
 
 mod alerts;
 mod conversations;
+mod datasets;
 mod evaluations;
 mod keys;
 mod models;
@@ -14,6 +15,7 @@ pub use conversations::{
     bulk_review, delete_conversation, get_conversation, get_stats, list_conversations,
     patch_conversation,
 };
+pub use datasets::{get_dataset, list_datasets, post_dataset, train_file, validation_file};
 pub use evaluations::{
     create_evaluation, evaluation_examples, get_evaluation, list_evaluations, performance,
 };

@@ -1,6 +1,9 @@
 //! `flywheel demo`: the simulator and the proxy on loopback, a fresh data
 //! directory, a client key and an admin token — everything needed to point
-//! a chat app at Flywheel and look around.
+//! a chat app at Flywheel and look around — plus, unless `--seed 0`, real
+//! alerts sent through it so the admin UI has conversations to show.
+
+mod seed;
 
 use crate::app::{Application, StartError};
 use crate::auth::Role;
@@ -29,7 +32,11 @@ pub enum DemoError {
 
 /// Runs until SIGINT/SIGTERM. Every provider of `config` is pointed at the
 /// simulator; the data directory lives only as long as the demo.
-pub async fn run(mut config: Config, token_delay: Duration) -> Result<(), DemoError> {
+pub async fn run(
+    mut config: Config,
+    token_delay: Duration,
+    seed_count: usize,
+) -> Result<(), DemoError> {
     let data = tempfile::Builder::new()
         .prefix("flywheel-demo-")
         .tempdir()
@@ -70,10 +77,25 @@ pub async fn run(mut config: Config, token_delay: Duration) -> Result<(), DemoEr
         },
         async move { sim_shutdown.cancelled().await },
     ));
+    let analyst = state
+        .keys
+        .create("demo analyst", Role::Analyst, "demo")
+        .map_err(StartError::from)?;
     print_banner(addr, sim_addr, &client.key, &admin_token);
+    let seeding = tokio::spawn(seed::seed(
+        state.clone(),
+        addr,
+        seed::Callers {
+            client_key: client.key.clone(),
+            analyst_key: analyst.key,
+        },
+        seed_count,
+    ));
     app.run_until_stopped(crate::app::shutdown_signal())
         .await
         .map_err(DemoError::Run)?;
+    seeding.abort();
+    let _ = seeding.await;
     let _ = simulator.await;
     drop(data);
     Ok(())

@@ -1,7 +1,8 @@
 //! `flywheel export`: conversations with their turns and feedback as JSON
-//! lines, read straight from the store (no server needed).
+//! lines, or one dataset snapshot's JSONL, read straight from the store
+//! (no server needed).
 
-use crate::store::{ConversationRecord, Store, StoreError};
+use crate::store::{ConversationRecord, DatasetSplit, Store, StoreError};
 use serde_json::{Value, json};
 use std::io::Write;
 
@@ -11,6 +12,48 @@ pub enum ExportError {
     Store(#[from] StoreError),
     #[error("cannot write the export: {0}")]
     Write(#[from] std::io::Error),
+    #[error("no dataset with id `{0}` in this store")]
+    UnknownDataset(String),
+}
+
+/// Which file of a dataset to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitChoice {
+    Train,
+    Validation,
+    /// The training lines, then the validation lines.
+    All,
+}
+
+impl SplitChoice {
+    fn splits(self) -> &'static [DatasetSplit] {
+        match self {
+            Self::Train => &[DatasetSplit::Train],
+            Self::Validation => &[DatasetSplit::Validation],
+            Self::All => &[DatasetSplit::Train, DatasetSplit::Validation],
+        }
+    }
+}
+
+/// Writes the chosen files of dataset `id` as stored; returns how many
+/// lines.
+pub fn export_dataset(
+    store: &dyn Store,
+    id: &str,
+    choice: SplitChoice,
+    out: &mut dyn Write,
+) -> Result<usize, ExportError> {
+    if store.dataset(id)?.is_none() {
+        return Err(ExportError::UnknownDataset(id.to_string()));
+    }
+    let mut lines = 0;
+    for split in choice.splits() {
+        let file = store.dataset_file(id, *split)?.unwrap_or_default();
+        lines += file.iter().filter(|b| **b == b'\n').count();
+        out.write_all(&file)?;
+    }
+    out.flush()?;
+    Ok(lines)
 }
 
 /// Writes one line per conversation; returns how many.

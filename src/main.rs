@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use flywheel::app::{Application, shutdown_signal};
 use flywheel::auth::{KeyService, Role};
 use flywheel::config::{Config, Secrets};
+use flywheel::export::{ExportError, SplitChoice};
 use flywheel::simulate::{self, SimulatorConfig};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -44,21 +45,34 @@ enum Command {
         /// Make chat completions for MODEL answer 500 with probability P (0–1); repeatable.
         #[arg(long = "fail-rate", value_name = "MODEL=P", value_parser = simulate::parse_fail_rate)]
         fail_rates: Vec<(String, f64)>,
+        /// How long a fine-tuning job spends in each status, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        job_step_ms: u64,
     },
     /// Simulator + proxy + admin UI on loopback with a fresh data directory.
     Demo {
         #[arg(long, default_value_t = 25)]
         token_delay_ms: u64,
+        /// How many real alerts to send through the proxy at start (rated,
+        /// two in three labelled and approved); 0 starts empty.
+        #[arg(long, default_value_t = 200)]
+        seed: usize,
     },
     /// Create, list or revoke API keys (the server must not be running).
     Keys {
         #[command(subcommand)]
         action: KeysAction,
     },
-    /// Write conversations with their turns and feedback as JSONL (the server must not be running).
+    /// Write conversations with their turns and feedback, or one dataset's files, as JSONL (the server must not be running).
     Export {
         #[arg(long)]
         out: PathBuf,
+        /// Export this dataset snapshot's JSONL instead of the conversations.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Which of the dataset's files (with --dataset).
+        #[arg(long, value_enum, default_value_t = SplitArg::Train, requires = "dataset")]
+        split: SplitArg,
     },
     /// Validate the config and print it as it takes effect (secrets masked).
     CheckConfig,
@@ -77,6 +91,23 @@ enum KeysAction {
     Revoke {
         id: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Train,
+    Validation,
+    All,
+}
+
+impl From<SplitArg> for SplitChoice {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::Train => Self::Train,
+            SplitArg::Validation => Self::Validation,
+            SplitArg::All => Self::All,
+        }
+    }
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -149,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token_delay_ms,
             api_key_env,
             fail_rates,
+            job_step_ms,
         } => {
             let api_key = match api_key_env {
                 Some(var) => Some(std::env::var(&var).map_err(|_| {
@@ -166,30 +198,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     token_delay: Duration::from_millis(token_delay_ms),
                     api_key,
                     fail_rates: fail_rates.into_iter().collect(),
+                    job_step: Duration::from_millis(job_step_ms),
                 };
                 simulate::serve(listener, config, shutdown_signal()).await?;
                 Ok(())
             })
         }
-        Command::Demo { token_delay_ms } => {
+        Command::Demo {
+            token_delay_ms,
+            seed,
+        } => {
             let config = load_config(&cli.config)?;
             runtime()?.block_on(flywheel::demo::run(
                 config,
                 Duration::from_millis(token_delay_ms),
+                seed,
             ))?;
             Ok(())
         }
         Command::Keys { action } => keys(&load_config(&cli.config)?, action),
-        Command::Export { out } => {
-            let config = load_config(&cli.config)?;
-            let store = flywheel::store::open(&config.server.data_dir)?;
-            let file = std::fs::File::create(&out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
-            let mut writer = std::io::BufWriter::new(file);
-            let count = flywheel::export::export_conversations(store.as_ref(), &mut writer)?;
-            eprintln!("exported {count} conversations to {}", out.display());
-            Ok(())
-        }
+        Command::Export {
+            out,
+            dataset,
+            split,
+        } => export(&load_config(&cli.config)?, &out, dataset.as_deref(), split),
         Command::CheckConfig => {
             let config = load_config(&cli.config)?;
             let mut out = std::io::stdout().lock();
@@ -205,6 +237,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn export(
+    config: &Config,
+    out: &std::path::Path,
+    dataset: Option<&str>,
+    split: SplitArg,
+) -> anyhow::Result<()> {
+    let store = flywheel::store::open(&config.server.data_dir)?;
+    // A dataset id is checked before the output file is created, so a
+    // mistyped id leaves nothing behind.
+    if let Some(id) = dataset
+        && store.dataset(id)?.is_none()
+    {
+        eprintln!("error: {}", ExportError::UnknownDataset(id.to_string()));
+        return Err(anyhow::Error::new(Exit(2)));
+    }
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    match dataset {
+        Some(id) => {
+            let store = store.as_ref();
+            let lines = flywheel::export::export_dataset(store, id, split.into(), &mut writer)?;
+            eprintln!(
+                "exported {lines} lines of dataset {id} to {}",
+                out.display()
+            );
+        }
+        None => {
+            let count = flywheel::export::export_conversations(store.as_ref(), &mut writer)?;
+            eprintln!("exported {count} conversations to {}", out.display());
+        }
+    }
+    Ok(())
 }
 
 fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {

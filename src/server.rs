@@ -63,6 +63,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::experiment),
         )
         .route(
+            "/admin/api/datasets",
+            post(admin::post_dataset).get(admin::list_datasets),
+        )
+        .route("/admin/api/datasets/{id}", get(admin::get_dataset))
+        .route(
+            "/admin/api/datasets/{id}/train.jsonl",
+            get(admin::train_file),
+        )
+        .route(
+            "/admin/api/datasets/{id}/validation.jsonl",
+            get(admin::validation_file),
+        )
+        .route(
             "/admin/api/evaluations",
             post(admin::create_evaluation).get(admin::list_evaluations),
         )

@@ -6,17 +6,24 @@
 //! parse.
 
 mod chat;
+mod classifier;
 mod dataset;
 mod embeddings;
 mod faults;
 mod files;
+mod fine_tuning;
+mod job_request;
+mod jobs;
 mod lab;
 mod models;
 mod pagination;
 mod request;
 mod rules;
 mod stream;
+mod targets;
+mod training;
 mod triage;
+mod tuned;
 mod wire;
 
 use axum::Router;
@@ -43,7 +50,7 @@ pub const MODELS: &[&str] = &[
     "sim-triage-large",
 ];
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SimulatorConfig {
     /// Pause before each generated token, streamed or not, so latency grows
     /// with the answer as a real model's does.
@@ -53,7 +60,24 @@ pub struct SimulatorConfig {
     /// Model → probability (0–1) that a chat completion for it answers 500;
     /// see `faults` for the per-request header that overrides it.
     pub fail_rates: HashMap<String, f64>,
+    /// How long a fine-tuning job spends in each status (validating_files,
+    /// queued, running) before it moves on.
+    pub job_step: Duration,
 }
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            token_delay: Duration::ZERO,
+            api_key: None,
+            fail_rates: HashMap::new(),
+            job_step: DEFAULT_JOB_STEP,
+        }
+    }
+}
+
+/// Long enough to watch a job move, short enough for a demo.
+pub const DEFAULT_JOB_STEP: Duration = Duration::from_millis(1000);
 
 /// Shared by every handler of one router.
 #[derive(Clone)]
@@ -67,9 +91,9 @@ struct Sim {
 
 pub fn router(config: SimulatorConfig) -> Router {
     let sim = Sim {
-        config: Arc::new(config),
         failures: Arc::default(),
-        lab: Arc::default(),
+        lab: Arc::new(lab::Lab::new(config.job_step)),
+        config: Arc::new(config),
     };
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
@@ -84,6 +108,20 @@ pub fn router(config: SimulatorConfig) -> Router {
         )
         .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
         .route("/v1/files/{id}/content", get(files::content))
+        .route(
+            "/v1/fine_tuning/jobs",
+            post(fine_tuning::create).get(fine_tuning::list),
+        )
+        .route("/v1/fine_tuning/jobs/{id}", get(fine_tuning::retrieve))
+        .route("/v1/fine_tuning/jobs/{id}/events", get(fine_tuning::events))
+        .route(
+            "/v1/fine_tuning/jobs/{id}/cancel",
+            post(fine_tuning::cancel),
+        )
+        .route(
+            "/v1/fine_tuning/jobs/{id}/checkpoints",
+            get(fine_tuning::checkpoints),
+        )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Layers run outside in, last added first: stamp every response,
@@ -189,5 +227,7 @@ fn redact(key: &str) -> String {
     format!("{head}***{tail}")
 }
 
+#[cfg(test)]
+mod accuracy;
 #[cfg(test)]
 mod tests;

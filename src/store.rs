@@ -13,8 +13,8 @@ pub use model_records::{
     ModelVersionRecord, TallyKey, VersionState, VersionTally,
 };
 pub use records::{
-    ApiKeyRecord, AuditRecord, ConversationRecord, ConversationTallies, FeedbackRecord,
-    HIGH_QUALITY, InferenceRecord, NewTurn, Review, ReviewStatus, ThreadPoint,
+    ApiKeyRecord, AuditRecord, ConversationRecord, ConversationSignals, ConversationTallies,
+    FeedbackRecord, HIGH_QUALITY, InferenceRecord, NewTurn, Review, ReviewStatus, ThreadPoint,
 };
 pub use sled_store::SledStore;
 

@@ -8,7 +8,8 @@ use crate::auth::{Caller, Role};
 use crate::ids::now_rfc3339;
 use crate::openai::{ApiError, ApiJson, ApiQuery};
 use crate::review::{
-    BulkAction, ListQuery, ReviewPatch, apply_patch, conversation_detail, conversation_summary,
+    BulkAction, ListQuery, ReviewPatch, TurnRecords, apply_patch, conversation_detail,
+    conversation_summary,
 };
 use crate::store::{ConversationRecord, SharedStore, StoreError};
 use axum::Extension;
@@ -168,7 +169,14 @@ fn detail(store: &SharedStore, c: &ConversationRecord) -> Result<Value, ApiError
     let turns = c
         .inference_ids
         .iter()
-        .map(|id| Ok((id.clone(), store.inference(id)?, store.feedback_for(id)?)))
+        .map(|id| {
+            Ok(TurnRecords {
+                inference_id: id.clone(),
+                inference: store.inference(id)?,
+                feedback: store.feedback_for(id)?,
+                shadows: store.shadows_of(id)?,
+            })
+        })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(conversation_detail(c, &turns))
 }

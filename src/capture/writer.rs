@@ -200,6 +200,7 @@ fn thread(
         // OpenAI names fine-tuned models `ft:<base>:…`; compatible
         // providers (and the simulator) follow it.
         fine_tuned: record.provider_model.starts_with("ft:"),
+        signals: crate::curation::turn_signals(record),
     })?;
     if let Some(key) = continuation {
         let point = ThreadPoint {

@@ -185,20 +185,26 @@ pub(super) fn correction(candidate: &Candidate) -> Option<String> {
     })
 }
 
-/// The last turn's request messages and answer as far as they are text,
-/// for signals that must not fail on what an example would refuse.
+/// The last turn's request messages and answer (the correction, when
+/// there is one) as far as they are text, for signals that must not fail
+/// on what an example would refuse.
 pub(super) fn lenient_text(candidate: &Candidate) -> Vec<Message> {
     let Some((turn, _)) = candidate.turns.last() else {
         return Vec::new();
     };
+    turn_text(turn, correction(candidate))
+}
+
+/// One turn's request messages and `answer` (its own when `None`), as far
+/// as they are text.
+pub(super) fn turn_text(turn: &InferenceRecord, answer: Option<String>) -> Vec<Message> {
     let mut messages: Vec<Message> = turn.request["messages"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|m| message(m).ok())
         .collect();
-    let answer = correction(candidate).or_else(|| answer_text(turn).ok().flatten());
-    if let Some(answer) = answer {
+    if let Some(answer) = answer.or_else(|| answer_text(turn).ok().flatten()) {
         messages.push(Message::new("assistant", &answer));
     }
     messages

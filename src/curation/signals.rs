@@ -3,7 +3,8 @@
 //! near-verbatim duplicate of another, is it labelled, rated, corrected,
 //! did the upstream fail.
 
-use super::example::{Candidate, Message, correction, finish_reason, lenient_text};
+use super::example::{Candidate, Message, correction, finish_reason, lenient_text, turn_text};
+use crate::store::{ConversationSignals, InferenceRecord};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -72,6 +73,23 @@ fn signals_of(c: &Candidate) -> QualitySignals {
     }
 }
 
+/// What one turn says of its conversation, as the store keeps it when the
+/// turn is appended: the same completeness, length and text hash as
+/// [`quality_signals`] gives before any correction (the store finds the
+/// duplicate).
+pub fn turn_signals(turn: &InferenceRecord) -> ConversationSignals {
+    let answer_chars = turn.response["choices"][0]["message"]["content"]
+        .as_str()
+        .map_or(0, |a| a.chars().count());
+    ConversationSignals {
+        complete_answer: turn.status == "ok" && finish_reason(turn) == Some("stop"),
+        answer_chars: u32::try_from(answer_chars).unwrap_or(u32::MAX),
+        upstream_error: turn.status == "upstream_error",
+        text_hash: Some(normalised_hash(&turn_text(turn, None))),
+        duplicate_of: None,
+    }
+}
+
 /// SHA-256 (hex) of the messages' roles and texts, lower-cased with
 /// whitespace runs collapsed, so copies differing only in case or spacing
 /// hash alike.
@@ -135,6 +153,21 @@ mod tests {
         let json = serde_json::to_value(&s[1]).unwrap();
         assert_eq!(json["complete_answer"], false);
         assert_eq!(json["duplicate_of"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_turn_gives_the_signals_its_conversation_would() {
+        let mut c = candidate("conv_2", "malware");
+        let turn = turn_signals(&c.turns[0].0);
+        let whole = &quality_signals(std::slice::from_ref(&c))[0];
+        assert!(turn.complete_answer && !turn.upstream_error);
+        assert_eq!(turn.answer_chars as usize, whole.answer_chars);
+        assert_eq!(turn.text_hash.as_deref(), Some(whole.text_hash.as_str()));
+        with_answer(&mut c.turns[0].0, "Threat ty", "length");
+        c.turns[0].0.status = "upstream_error".into();
+        let cut = turn_signals(&c.turns[0].0);
+        assert!(!cut.complete_answer && cut.upstream_error);
+        assert_eq!(cut.answer_chars, 9);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `GET /admin/api/conversations`: filters turned into one index walk plus
-//! a check of the remaining filters on each conversation met.
+//! a check of the remaining filters (quality signals among them) on each
+//! conversation met.
 
+use super::SignalFilter;
 use crate::openai::ApiError;
 use crate::store::{
     ConversationPage, ConversationRecord, ConversationScan, ConversationTallies, IndexField,
@@ -28,6 +30,12 @@ pub struct ListQuery {
     pub since: Option<String>,
     pub until: Option<String>,
     pub q: Option<String>,
+    pub complete: Option<bool>,
+    pub has_labels: Option<bool>,
+    pub has_rating: Option<bool>,
+    pub duplicate: Option<bool>,
+    pub upstream_error: Option<bool>,
+    pub min_answer_chars: Option<u32>,
     pub cursor: Option<String>,
     pub limit: Option<usize>,
 }
@@ -43,6 +51,7 @@ struct Filters {
     user: Option<String>,
     /// Lower-cased.
     text: Option<String>,
+    signals: SignalFilter,
 }
 
 impl Filters {
@@ -64,6 +73,7 @@ impl Filters {
                 .min_quality
                 .is_none_or(|m| r.quality_score.is_some_and(|q| q >= m))
             && self.text.as_deref().is_none_or(|t| mentions(c, t))
+            && self.signals.keep(c)
     }
 
     /// The exact filters, the one with the fewest entries first (a user
@@ -132,20 +142,25 @@ fn mentions(c: &ConversationRecord, needle: &str) -> bool {
 }
 
 /// RFC 3339 (any offset, fractional seconds allowed) or a bare date,
-/// normalised to the stored form (`2026-11-25T09:00:00Z`).
-fn parse_time(name: &str, value: &str) -> Result<String, ApiError> {
+/// normalised to the stored form (`2026-11-25T09:00:00Z`); `None` when it
+/// is neither.
+pub fn normalise_time(value: &str) -> Option<String> {
     let full = if value.len() == 10 {
         format!("{value}T00:00:00Z")
     } else {
         value.to_string()
     };
-    let parsed = humantime::parse_rfc3339_weak(&full).map_err(|_| {
+    let parsed = humantime::parse_rfc3339_weak(&full).ok()?;
+    Some(humantime::format_rfc3339_seconds(parsed).to_string())
+}
+
+fn parse_time(name: &str, value: &str) -> Result<String, ApiError> {
+    normalise_time(value).ok_or_else(|| {
         ApiError::invalid(
             format!("`{name}` must be an RFC 3339 time or a date (YYYY-MM-DD), got `{value}`"),
             Some(name),
         )
-    })?;
-    Ok(humantime::format_rfc3339_seconds(parsed).to_string())
+    })
 }
 
 /// One page of conversations matching `query`, newest first.
@@ -187,6 +202,14 @@ pub fn list_conversations(
         version: query.version,
         user: query.user,
         text: query.q.map(|q| q.to_lowercase()).filter(|q| !q.is_empty()),
+        signals: SignalFilter {
+            complete: query.complete,
+            has_labels: query.has_labels,
+            has_rating: query.has_rating,
+            duplicate: query.duplicate,
+            upstream_error: query.upstream_error,
+            min_answer_chars: query.min_answer_chars,
+        },
     };
     let internal = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
     let tallies = store.tallies().map_err(internal)?;

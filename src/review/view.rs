@@ -27,30 +27,41 @@ pub fn conversation_summary(c: &ConversationRecord) -> Value {
         "reviewed_at": r.reviewed_at,
         "parent_id": c.parent_id,
         "preview": c.preview,
+        "signals": super::signals_view(c),
     })
+}
+
+/// One turn as stored: its inference (absent if lost in a crash), its
+/// feedback, and the shadow versions' answers to it.
+pub struct TurnRecords {
+    pub inference_id: String,
+    pub inference: Option<InferenceRecord>,
+    pub feedback: Vec<FeedbackRecord>,
+    pub shadows: Vec<InferenceRecord>,
 }
 
 /// The summary plus notes, correction and every turn with its feedback.
 /// A turn whose record was lost in a crash is listed by id only.
-pub fn conversation_detail(
-    c: &ConversationRecord,
-    turns: &[(String, Option<InferenceRecord>, Vec<FeedbackRecord>)],
-) -> Value {
+pub fn conversation_detail(c: &ConversationRecord, turns: &[TurnRecords]) -> Value {
     let mut v = conversation_summary(c);
     v["notes"] = json!(c.review.notes);
     v["correction"] = json!(c.review.correction);
-    v["turns"] = turns
-        .iter()
-        .map(|(id, record, feedback)| turn(id, record.as_ref(), feedback))
-        .collect();
+    v["turns"] = turns.iter().map(turn).collect();
     v
 }
 
-fn turn(id: &str, r: Option<&InferenceRecord>, feedback: &[FeedbackRecord]) -> Value {
-    let feedback: Vec<Value> = feedback.iter().map(feedback_view).collect();
-    let Some(r) = r else {
-        return json!({"inference_id": id, "status": "missing", "feedback": feedback});
+fn turn(t: &TurnRecords) -> Value {
+    let feedback: Vec<Value> = t.feedback.iter().map(feedback_view).collect();
+    let Some(r) = &t.inference else {
+        return json!({"inference_id": t.inference_id, "status": "missing", "feedback": feedback});
     };
+    let mut v = inference_view(r);
+    v["feedback"] = json!(feedback);
+    v["shadows"] = t.shadows.iter().map(inference_view).collect();
+    v
+}
+
+fn inference_view(r: &InferenceRecord) -> Value {
     let first = &r.response["choices"][0];
     json!({
         "inference_id": r.id,
@@ -74,6 +85,6 @@ fn turn(id: &str, r: Option<&InferenceRecord>, feedback: &[FeedbackRecord]) -> V
             "choices": r.response.get("choices"),
             "error": r.response.get("error"),
         },
-        "feedback": feedback,
+        "fallback_from": r.fallback_from,
     })
 }

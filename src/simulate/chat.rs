@@ -5,10 +5,12 @@
 //! either way, so latency grows with the answer as a model's does.
 
 use super::Sim;
+use super::dataset;
 use super::faults::{self, Pacing};
 use super::request::{self, ChatRequest};
 use super::stream;
 use super::triage::{classify, is_large};
+use super::tuned::{Said, Tuned};
 use super::wire::{self, ApiError};
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -43,16 +45,25 @@ pub async fn completions(
             .into_response();
         }
     };
-    let request = match request::parse(&body) {
+    // Only names of the fine-tuned kind touch the lab, so the base models'
+    // hot path takes no lock.
+    let lookup = |model: &str| {
+        model
+            .starts_with("ft:")
+            .then(|| sim.lab.state().model(model))
+            .flatten()
+    };
+    let request = match request::parse_for(&body, &|model| lookup(model).is_some()) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
+    let tuned = lookup(&request.model);
     if faults::model_fails(&headers, &sim.config.fail_rates, &request.model) {
         return faults::model_failure(&request.model);
     }
     let pacing = Pacing::from_headers(&headers);
     let token_delay = pacing.token_delay.unwrap_or(sim.config.token_delay);
-    let completion = Completion::plan(&request);
+    let completion = Completion::plan(&request, tuned.as_deref());
     if request.stream {
         stream::respond(completion, token_delay, pacing.drop_after)
     } else {
@@ -96,7 +107,8 @@ impl Reply {
 }
 
 impl Completion {
-    pub fn plan(request: &ChatRequest) -> Self {
+    /// The answer of the base model `request` names, or of `tuned`.
+    pub fn plan(request: &ChatRequest, tuned: Option<&Tuned>) -> Self {
         let alert = request
             .messages
             .iter()
@@ -104,7 +116,17 @@ impl Completion {
             .find(|m| m["role"] == "user")
             .map(text_of)
             .unwrap_or_default();
-        let verdict = classify(&alert, is_large(&request.model));
+        let verdict = match tuned {
+            Some(model) => model.answer(&dataset::prompt_of(request.messages.iter()), &alert),
+            None => {
+                let verdict = classify(&alert, is_large(&request.model));
+                Said {
+                    threat_type: verdict.threat_type.to_string(),
+                    severity: verdict.severity.to_string(),
+                    text: verdict.answer(),
+                }
+            }
+        };
         let limit = request.max_tokens.unwrap_or(usize::MAX);
         let choices = (0..request.n)
             .map(|_| {
@@ -126,7 +148,7 @@ impl Completion {
                             (tokens, false) => (reply(tokens), "length"),
                         }
                     }
-                    None => match truncate(tokenize(&verdict.answer()), limit) {
+                    None => match truncate(tokenize(&verdict.text), limit) {
                         (tokens, true) => (Reply::Text(tokens), "stop"),
                         (tokens, false) => (Reply::Text(tokens), "length"),
                     },
@@ -298,7 +320,7 @@ mod tests {
     use super::*;
 
     fn plan(body: Value) -> Completion {
-        Completion::plan(&request::parse(body.to_string().as_bytes()).unwrap())
+        Completion::plan(&request::parse(body.to_string().as_bytes()).unwrap(), None)
     }
 
     #[test]

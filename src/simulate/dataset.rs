@@ -2,8 +2,10 @@
 //! example (`{"messages":[…]}` with at least one assistant message) or a DPO
 //! example (`{"input":{"messages":[…]},"preferred_output":[…],
 //! "non_preferred_output":[…]}`). An upload is checked line by line so the
-//! error can name the line.
+//! error can name the line; a job reads the same lines as [`Example`]s.
 
+use super::chat::{text_of, tokenize};
+use super::targets::{self, Target};
 use serde_json::Value;
 
 /// The two shapes of a training example, which are also the two methods.
@@ -11,6 +13,28 @@ use serde_json::Value;
 pub enum Shape {
     Supervised,
     Dpo,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Supervised => "supervised",
+            Shape::Dpo => "dpo",
+        }
+    }
+}
+
+/// One example as the trainer sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// The text of every message that is not the model's: what the model
+    /// is asked to judge.
+    pub prompt: String,
+    /// What the example's (last) assistant message says, when it states a
+    /// threat type.
+    pub target: Option<Target>,
+    /// Tokens in the whole example, answer included, as billing counts them.
+    pub tokens: usize,
 }
 
 /// The lines that carry data, numbered from 1 as editors number them.
@@ -37,6 +61,26 @@ pub fn check(bytes: &[u8]) -> Result<(), String> {
         return Err("Invalid file format for fine-tuning: the file has no examples.".into());
     }
     Ok(())
+}
+
+/// Reads a training file as examples of `method`'s shape.
+pub fn examples(bytes: &[u8], method: Shape) -> Result<Vec<Example>, String> {
+    check(bytes)?;
+    let text = std::str::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text")?;
+    lines(text)
+        .map(|(number, line)| {
+            let value: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            match (shape_of(&value)?, method) {
+                (Shape::Supervised, Shape::Supervised) => Ok(supervised(&value)),
+                (Shape::Dpo, Shape::Dpo) => Ok(dpo(&value)),
+                (found, _) => Err(format!(
+                    "line {number} is a {} example, but the job's method is {}",
+                    found.name(),
+                    method.name()
+                )),
+            }
+        })
+        .collect()
 }
 
 /// The shape of one line, or why it is neither.
@@ -87,9 +131,53 @@ fn message_list<'v>(value: &'v Value, field: &str) -> Result<&'v Vec<Value>, Str
     Ok(messages)
 }
 
+/// What a model is asked: the text of every message that is not its own.
+pub fn prompt_of<'m>(messages: impl Iterator<Item = &'m Value>) -> String {
+    messages
+        .filter(|m| m["role"] != "assistant")
+        .map(text_of)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn tokens_of<'m>(messages: impl Iterator<Item = &'m Value>) -> usize {
+    messages.map(|m| tokenize(&text_of(m)).len()).sum()
+}
+
+fn supervised(value: &Value) -> Example {
+    let messages = value["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let answer = messages.iter().rev().find(|m| m["role"] == "assistant");
+    Example {
+        prompt: prompt_of(messages.iter()),
+        target: answer.and_then(|m| targets::parse(&text_of(m))),
+        tokens: tokens_of(messages.iter()),
+    }
+}
+
+/// A DPO example teaches the preferred answer.
+fn dpo(value: &Value) -> Example {
+    let input = value["input"]["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let preferred = value["preferred_output"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    Example {
+        prompt: prompt_of(input.iter()),
+        target: preferred.last().and_then(|m| targets::parse(&text_of(m))),
+        tokens: tokens_of(input.iter().chain(preferred)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const SFT: &str = r#"{"messages":[{"role":"system","content":"Triage."},{"role":"user","content":"mimikatz on DC01"},{"role":"assistant","content":"Threat type: credential_access\nSeverity: high\nRationale: x"}]}"#;
     const DPO: &str = r#"{"input":{"messages":[{"role":"user","content":"whoami /all"}]},"preferred_output":[{"role":"assistant","content":"{\"threat_type\":\"discovery\",\"severity\":\"low\"}"}],"non_preferred_output":[{"role":"assistant","content":"Threat type: benign"}]}"#;
@@ -116,5 +204,32 @@ mod tests {
         }
         assert!(check(b"\n  \n").unwrap_err().contains("no examples"));
         assert!(check(&[0xff, 0xfe]).unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn examples_take_the_prompt_and_the_last_answer() {
+        let sft = examples(SFT.as_bytes(), Shape::Supervised).unwrap();
+        assert_eq!(sft[0].prompt, "Triage.\nmimikatz on DC01");
+        let target = sft[0].target.clone().unwrap();
+        assert_eq!(target.threat_type, "credential_access");
+        assert!(!target.json);
+        assert_eq!(sft[0].tokens, 1 + 3 + 7);
+
+        let dpo = examples(DPO.as_bytes(), Shape::Dpo).unwrap();
+        assert_eq!(dpo[0].prompt, "whoami /all");
+        let target = dpo[0].target.clone().unwrap();
+        assert_eq!(
+            (target.threat_type.as_str(), target.json),
+            ("discovery", true)
+        );
+
+        let error = examples(DPO.as_bytes(), Shape::Supervised).unwrap_err();
+        assert_eq!(
+            error,
+            "line 1 is a dpo example, but the job's method is supervised"
+        );
+        let no_target = json!({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "no idea"}]});
+        let parsed = examples(no_target.to_string().as_bytes(), Shape::Supervised).unwrap();
+        assert_eq!(parsed[0].target, None);
     }
 }

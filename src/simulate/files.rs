@@ -7,6 +7,7 @@ use super::Sim;
 use super::dataset;
 use super::lab::StoredFile;
 use super::pagination::PageRequest;
+use super::training::Trained;
 use super::wire::{self, ApiError};
 use axum::Json;
 use axum::body::Bytes;
@@ -46,6 +47,29 @@ pub fn object(file: &StoredFile) -> Value {
         "purpose": file.purpose,
         "status": "processed",
     })
+}
+
+/// A finished run's step metrics as CSV, the result file OpenAI attaches
+/// to a succeeded job (purpose `fine-tune-results`).
+pub fn results_file(run: &Trained, created_at: u64) -> StoredFile {
+    let mut csv = String::from("step,train_loss,train_accuracy,valid_loss,valid_accuracy\n");
+    for m in &run.metrics {
+        let (valid_loss, valid_accuracy) =
+            m.valid.map_or((String::new(), String::new()), |(l, a)| {
+                (format!("{l:.6}"), format!("{a:.6}"))
+            });
+        csv.push_str(&format!(
+            "{},{:.6},{:.6},{valid_loss},{valid_accuracy}\n",
+            m.step, m.train_loss, m.train_accuracy
+        ));
+    }
+    StoredFile {
+        id: format!("file-{}", ulid::Ulid::new()),
+        filename: "step_metrics.csv".into(),
+        purpose: "fine-tune-results".into(),
+        created_at,
+        bytes: Bytes::from(csv),
+    }
 }
 
 /// The 404 for a file id the simulator does not hold, worded as OpenAI's.

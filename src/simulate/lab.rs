@@ -1,9 +1,19 @@
-//! The simulator's fine-tuning state — uploaded files, and (see
-//! `fine_tuning`) jobs and the models they made — kept in memory behind the
-//! router's shared state. It lives as long as the router: a restarted
-//! simulator starts empty, as a fresh provider account would.
+//! The simulator's fine-tuning state — uploaded files, fine-tuning jobs and
+//! the models they made — kept in memory behind the router's shared state.
+//! It lives as long as the router: a restarted simulator starts empty, as a
+//! fresh provider account would.
+//!
+//! Jobs move with time rather than with requests: every access first takes
+//! the status steps that have fallen due (see `jobs`), so whoever looks —
+//! a poll, a model listing, a chat with the new model — sees the world as
+//! the schedule made it, and a deletion or a cancel lands after the steps
+//! that came before it.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use super::jobs::{Job, Outputs};
+use super::tuned::Tuned;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// One uploaded file, with its bytes.
 #[derive(Debug, Clone)]
@@ -19,25 +29,60 @@ pub struct StoredFile {
 pub struct LabState {
     /// In upload order.
     pub files: Vec<StoredFile>,
+    /// In creation order.
+    pub jobs: Vec<Job>,
+    /// Fine-tuned models, in the order their jobs succeeded.
+    pub models: Vec<Arc<Tuned>>,
 }
 
 impl LabState {
     pub fn file(&self, id: &str) -> Option<&StoredFile> {
         self.files.iter().find(|f| f.id == id)
     }
+
+    pub fn job_mut(&mut self, id: &str) -> Option<&mut Job> {
+        self.jobs.iter_mut().find(|j| j.id == id)
+    }
+
+    pub fn model(&self, name: &str) -> Option<Arc<Tuned>> {
+        self.models.iter().find(|m| m.name == name).cloned()
+    }
+
+    fn advance(&mut self, now: Instant) {
+        let LabState {
+            files,
+            jobs,
+            models,
+        } = self;
+        let mut outputs = Outputs { files, models };
+        for job in jobs.iter_mut() {
+            job.advance(now, &mut outputs);
+        }
+    }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lab {
     state: Mutex<LabState>,
+    /// How long a job spends in each status.
+    pub job_step: Duration,
 }
 
 impl Lab {
-    /// The state, locked. Handlers hold it only while they read or change
-    /// it, never across an await.
+    pub fn new(job_step: Duration) -> Self {
+        Self {
+            state: Mutex::default(),
+            job_step,
+        }
+    }
+
+    /// The state, locked and brought up to date. Handlers hold it only
+    /// while they read or change it, never across an await.
     pub fn state(&self) -> MutexGuard<'_, LabState> {
         // A poisoned lock only means a handler panicked mid-change; the
         // collections themselves are still whole.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.advance(Instant::now());
+        state
     }
 }

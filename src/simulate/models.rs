@@ -1,11 +1,14 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: the base models the simulator
-//! serves, in OpenAI's model-object shape.
+//! serves and the models its fine-tuning jobs made, in OpenAI's model-object
+//! shape.
 
-use super::MODELS;
+use super::jobs::ORGANIZATION;
+use super::tuned::Tuned;
 use super::wire::{self, ApiError};
+use super::{MODELS, Sim};
 use axum::Json;
-use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
 /// A fixed date, so listings are byte-for-byte stable across runs.
@@ -15,18 +18,29 @@ fn object(id: &str) -> Value {
     json!({"id": id, "object": "model", "created": CREATED, "owned_by": "flywheel-simulator"})
 }
 
-pub async fn list() -> Json<Value> {
-    let data: Vec<Value> = MODELS.iter().map(|m| object(m)).collect();
+/// A fine-tuned model belongs to the organisation its name carries.
+fn tuned_object(model: &Tuned) -> Value {
+    json!({"id": model.name, "object": "model", "created": model.created, "owned_by": ORGANIZATION})
+}
+
+pub async fn list(State(sim): State<Sim>) -> Json<Value> {
+    let mut data: Vec<Value> = MODELS.iter().map(|m| object(m)).collect();
+    data.extend(sim.lab.state().models.iter().map(|m| tuned_object(m)));
     Json(json!({"object": "list", "data": data}))
 }
 
-pub async fn retrieve(id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn retrieve(
+    State(sim): State<Sim>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     // A rejected path (say, invalid percent-encoding) still answers in the
     // error envelope rather than axum's plain text.
     let Path(id) = id.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     if MODELS.contains(&id.as_str()) {
-        Ok(Json(object(&id)))
-    } else {
-        Err(wire::model_not_found(&id))
+        return Ok(Json(object(&id)));
+    }
+    match sim.lab.state().model(&id) {
+        Some(model) => Ok(Json(tuned_object(&model))),
+        None => Err(wire::model_not_found(&id)),
     }
 }

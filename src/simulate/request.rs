@@ -33,7 +33,14 @@ pub struct ChatRequest {
     pub tool: Option<String>,
 }
 
+/// Parses a request for one of the base models only.
+#[cfg(test)]
 pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    parse_for(body, &|_| false)
+}
+
+/// Parses a request for a base model or one `tuned` says exists.
+pub fn parse_for(body: &[u8], tuned: &dyn Fn(&str) -> bool) -> Result<ChatRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|_| {
         ApiError::invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you \
@@ -62,7 +69,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     };
     let tools = tools(&request)?;
     let tool = tool_to_call(&request, &tools, &messages)?;
-    if !MODELS.contains(&model.as_str()) {
+    if !MODELS.contains(&model.as_str()) && !tuned(&model) {
         return Err(wire::model_not_found(&model));
     }
     Ok(ChatRequest {

@@ -144,7 +144,7 @@ mod tests {
 
     fn chunks(body: Value) -> (Vec<Value>, Vec<Event>) {
         let request = request::parse(body.to_string().as_bytes()).unwrap();
-        let events = events(&Completion::plan(&request));
+        let events = events(&Completion::plan(&request, None));
         let json = events
             .iter()
             .filter_map(|e| {

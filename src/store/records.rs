@@ -86,6 +86,29 @@ pub struct ConversationRecord {
     pub fine_tuned_turns: u32,
     #[serde(default)]
     pub review: Review,
+    /// What its turns say of its quality, kept here so a listing filters
+    /// on it without reading inferences. Absent (all unset) on
+    /// conversations stored before signals existed.
+    #[serde(default)]
+    pub signals: ConversationSignals,
+}
+
+/// Quality signals from a conversation's inferences (labels and ratings
+/// are read from its review).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ConversationSignals {
+    /// The last turn ended with status `ok` and finish_reason `stop`.
+    pub complete_answer: bool,
+    /// Characters of the last turn's answer.
+    pub answer_chars: u32,
+    /// Some turn failed upstream.
+    pub upstream_error: bool,
+    /// The normalised hash of the last turn's messages and answer.
+    pub text_hash: Option<String>,
+    /// The oldest conversation with the same `text_hash`, set when this
+    /// turn was stored; `None` when this one is that conversation.
+    pub duplicate_of: Option<String>,
 }
 
 /// Where a conversation stands with its reviewers.
@@ -156,6 +179,9 @@ pub struct NewTurn<'a> {
     /// The start of the first user message; used when the conversation is new.
     pub preview: &'a str,
     pub fine_tuned: bool,
+    /// The turn's signals; the store keeps `upstream_error` once set and
+    /// works out `duplicate_of`.
+    pub signals: ConversationSignals,
 }
 
 /// Dashboard counts over every conversation, kept current with each change

@@ -198,6 +198,13 @@ fn a_store_held_by_a_server_is_reported_plainly() {
         .arg(&path)
         .output()
         .unwrap();
+    let export = flywheel()
+        .args(["export", "--dataset", "ds_1", "--out"])
+        .arg(dir.path().join("ds.jsonl"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     server.kill().unwrap();
     server.wait().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -206,6 +213,9 @@ fn a_store_held_by_a_server_is_reported_plainly() {
         message.contains("in use") && message.contains("/admin/api/keys"),
         "{message}"
     );
+    assert_eq!(export.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&export.stderr);
+    assert!(message.contains("in use"), "{message}");
 }
 
 /// The demo as a user runs it: read the banner, chat with the printed key,
@@ -214,7 +224,7 @@ fn a_store_held_by_a_server_is_reported_plainly() {
 async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
     use std::io::BufRead;
     let mut demo = flywheel()
-        .args(["demo", "--token-delay-ms", "0"])
+        .args(["demo", "--token-delay-ms", "0", "--seed", "75"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -281,6 +291,50 @@ async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(keys.status(), 200);
+
+    // The seed: 75 real alerts through the proxy, two in three reviewed
+    // and approved, split 80/20 between the versions.
+    let stats_url = admin.replace("/admin/", "/admin/api/stats");
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..900 {
+        stats = http
+            .get(&stats_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["approved"] == 50 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(stats["approved"], 50, "{stats}");
+    assert_eq!(
+        stats["conversations_total"], 76,
+        "the seed and the chat above"
+    );
+    let experiment: serde_json::Value = http
+        .get(admin.replace("/admin/", "/admin/api/models/triage/experiment"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let served: Vec<u64> = experiment["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["requests"].as_u64().unwrap())
+        .collect();
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "both versions served: {experiment}"
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &demo.id().to_string()])
@@ -425,4 +479,67 @@ async fn export_writes_conversations_with_turns_and_feedback() {
         turns[0]["response"]["choices"][0]["message"]["content"],
         answer
     );
+}
+
+/// A snapshot written straight into a store, then exported by the binary
+/// without a server: each split, both, and an unknown id.
+#[test]
+fn export_writes_a_datasets_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "");
+    let train = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\",\"content\":\"b\"}]}\n".repeat(3);
+    let validation = "{\"messages\":[{\"role\":\"user\",\"content\":\"c\"},{\"role\":\"assistant\",\"content\":\"d\"}]}\n";
+    {
+        let store = flywheel::store::open(&dir.path().join("data")).unwrap();
+        let record = flywheel::store::DatasetRecord {
+            id: "ds_01TEST".into(),
+            name: "cli".into(),
+            format: "sft".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            created_by: "test".into(),
+            filter: serde_json::json!({"status": "approved"}),
+            alias: Some("triage".into()),
+            base_model: Some("gpt-4o-mini".into()),
+            validation_split: 0.2,
+            report: serde_json::json!({}),
+            train_ids: vec!["conv_1".into(), "conv_2".into(), "conv_3".into()],
+            validation_ids: vec!["conv_4".into()],
+        };
+        store
+            .insert_dataset(&record, train.as_bytes(), validation.as_bytes())
+            .unwrap();
+    }
+    let export = |extra: &[&str]| {
+        let out_file = dir.path().join("ds.jsonl");
+        let _ = std::fs::remove_file(&out_file);
+        let out = flywheel()
+            .args(["export", "--out"])
+            .arg(&out_file)
+            .args(extra)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = std::fs::read_to_string(&out_file).ok();
+        (out, text)
+    };
+    let (out, text) = export(&["--dataset", "ds_01TEST"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.unwrap(), train);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 lines"));
+    let (_, text) = export(&["--dataset", "ds_01TEST", "--split", "validation"]);
+    assert_eq!(text.unwrap(), validation);
+    let (_, text) = export(&["--dataset", "ds_01TEST", "--split", "all"]);
+    assert_eq!(text.unwrap(), format!("{train}{validation}"));
+
+    let (out, text) = export(&["--dataset", "ds_nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`ds_nope`"));
+    assert_eq!(text, None, "nothing is written for an unknown id");
+    let (out, _) = export(&["--split", "all"]);
+    assert_eq!(out.status.code(), Some(2), "--split needs --dataset");
 }

@@ -89,11 +89,28 @@ pub struct TestApp {
     pub analyst_key: String,
     pub http: reqwest::Client,
     pub server: JoinHandle<std::io::Result<()>>,
-    /// `None` when the test brought its own data directory.
+    pub data_dir: std::path::PathBuf,
     _data: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
+    /// Shuts the server down as SIGTERM would and waits until the store
+    /// is flushed and released.
+    /// The data directory comes back, still alive, for a restart.
+    pub async fn stop(self) -> (std::path::PathBuf, Option<tempfile::TempDir>) {
+        let TestApp {
+            state,
+            server,
+            data_dir,
+            _data,
+            ..
+        } = self;
+        state.shutdown.cancel();
+        server.await.unwrap().unwrap();
+        drop(state);
+        (data_dir, _data)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -118,8 +135,7 @@ pub struct Options {
     pub limits: String,
     /// Serve against this upstream instead of a fresh simulator.
     pub upstream: Option<SocketAddr>,
-    /// Keep the store here instead of in a fresh temporary directory, so
-    /// a test can stop the app and start it again on the same data.
+    /// Use this data directory (kept afterwards) instead of a fresh one.
     pub data_dir: Option<std::path::PathBuf>,
 }
 
@@ -148,21 +164,37 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         Some(addr) => addr,
         None => spawn_simulator(options.simulator.clone()).await,
     };
-    let data = match &options.data_dir {
-        Some(_) => None,
-        None => Some(tempfile::tempdir().unwrap()),
+    let (data, data_dir) = match &options.data_dir {
+        Some(dir) => (None, dir.clone()),
+        None => {
+            let temp = tempfile::tempdir().unwrap();
+            let dir = temp.path().to_path_buf();
+            (Some(temp), dir)
+        }
     };
-    let dir = options
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| data.as_ref().unwrap().path().to_path_buf());
-    let toml = config_toml(upstream, &dir, &options);
+    let toml = config_toml(upstream, &data_dir, &options);
     let config = Config::from_toml_str(&toml, "test", Vec::new()).unwrap();
     let env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
     let mut secrets = Secrets::resolve(&config, |v| env.get(v).map(|s| s.to_string()));
     secrets.admin_token = Some(SecretString::from(ADMIN_TOKEN));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = build_retrying(config, secrets, listener).await;
+    // A store just released by a stopped app may stay locked a moment
+    // while sled's flusher lets go.
+    let mut app = Application::build(config.clone(), secrets.clone(), listener);
+    for _ in 0..100 {
+        if !matches!(
+            app,
+            Err(flywheel::app::StartError::Store(
+                flywheel::store::StoreError::Locked { .. }
+            ))
+        ) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        app = Application::build(config.clone(), secrets.clone(), listener);
+    }
+    let app = app.unwrap();
     let addr = app.local_addr().unwrap();
     let state = app.state();
     let client_key = state
@@ -187,26 +219,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .build()
             .unwrap(),
         server,
+        data_dir,
         _data: data,
     }
-}
-
-/// Builds the app; a store just dropped in this process may keep its
-/// lock for a moment (sled's background flusher), so a lock is retried.
-async fn build_retrying(config: Config, secrets: Secrets, listener: TcpListener) -> Application {
-    let mut listener = Some(listener);
-    for _ in 0..100 {
-        let store = match flywheel::store::open(&config.server.data_dir) {
-            Err(flywheel::store::StoreError::Locked { .. }) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            opened => opened.unwrap(),
-        };
-        return Application::build_with_store(config, secrets, listener.take().unwrap(), store)
-            .unwrap();
-    }
-    panic!("the data directory stayed locked");
 }
 
 pub fn triage_request(stream: bool) -> serde_json::Value {

@@ -27,6 +27,7 @@ pub(crate) fn candidate(id: &str, threat_type: &str) -> Candidate {
             severity: Some("high".into()),
             ..Review::default()
         },
+        signals: Default::default(),
     };
     let mut turn = InferenceRecord {
         id: format!("inf_{id}"),

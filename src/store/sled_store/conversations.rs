@@ -11,13 +11,15 @@
 
 use super::{SledStore, decode, encode, io};
 use crate::store::{
-    ConversationPage, ConversationRecord, ConversationScan, ConversationTallies, FeedbackRecord,
-    IndexField, InferenceRecord, NewTurn, StoreError,
+    ConversationPage, ConversationRecord, ConversationScan, ConversationSignals,
+    ConversationTallies, FeedbackRecord, IndexField, InferenceRecord, NewTurn, StoreError,
 };
 use sled::Transactional;
 use std::collections::BTreeSet;
 
 const SEP: u8 = 0x1f;
+/// The index of normalised text hashes, for finding duplicates.
+const TEXT: &str = "text";
 const TALLIES: &[u8] = b"conversation_tallies";
 /// Present once the indexes and tallies cover every conversation; a store
 /// written before they existed gets them built once, at open.
@@ -34,6 +36,7 @@ pub(super) enum Tree {
     Inferences,
     ByCompletion,
     Experiment,
+    Shadows,
 }
 
 /// Writes that go into the same transaction as a conversation change.
@@ -92,6 +95,15 @@ fn index_keys(c: &ConversationRecord) -> BTreeSet<Vec<u8>> {
         (IndexField::Severity.name(), r.severity.as_deref()),
         (IndexField::Alias.name(), c.alias.as_deref()),
         (IndexField::User.name(), c.user.as_deref()),
+        // The first conversation stored with a text owns its entry; later
+        // copies point at it (`duplicate_of`) and own none.
+        (
+            TEXT,
+            c.signals
+                .text_hash
+                .as_deref()
+                .filter(|_| c.signals.duplicate_of.is_none()),
+        ),
     ];
     let versions = c
         .versions
@@ -176,6 +188,7 @@ impl SledStore {
             preview: turn.preview.to_string(),
             fine_tuned_turns: 0,
             review: Default::default(),
+            signals: ConversationSignals::default(),
         });
         after.inference_ids.push(turn.inference_id.to_string());
         after.updated_at = turn.at.to_string();
@@ -192,8 +205,31 @@ impl SledStore {
             after.versions.push(v.to_string());
         }
         after.fine_tuned_turns += u32::from(turn.fine_tuned);
+        let upstream_error = after.signals.upstream_error || turn.signals.upstream_error;
+        after.signals = ConversationSignals {
+            upstream_error,
+            duplicate_of: self.text_owner(&after.id, turn.signals.text_hash.as_deref())?,
+            ..turn.signals.clone()
+        };
         self.commit(&mut held, before.as_ref(), Some(&after), Changes::default())?;
         Ok(after.inference_ids.len() - 1)
+    }
+
+    /// The other conversation that owns `hash` in the text index, if any.
+    /// The caller holds the lock, so no owner can appear meanwhile.
+    fn text_owner(&self, id: &str, hash: Option<&str>) -> Result<Option<String>, StoreError> {
+        let Some(hash) = hash else {
+            return Ok(None);
+        };
+        let first = self
+            .conversation_index
+            .scan_prefix(prefix(TEXT, hash))
+            .next();
+        let owner = first
+            .transpose()
+            .map_err(io)?
+            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned());
+        Ok(owner.filter(|o| o != id))
     }
 
     /// Applies `edit` to the conversation and writes it with `changes`; the
@@ -272,6 +308,13 @@ impl SledStore {
         if let Some(c) = &record.completion_id {
             changes.remove(Tree::ByCompletion, c.as_bytes());
         }
+        // The shadow versions' answers to it go with it.
+        let prefix = format!("{}/", record.id);
+        for key in self.shadows.scan_prefix(prefix.as_bytes()).keys() {
+            let key = key.map_err(io)?;
+            changes.remove(Tree::Inferences, &key[prefix.len()..]);
+            changes.remove(Tree::Shadows, &key);
+        }
         changes.remove(Tree::Inferences, record.id.as_bytes());
         Ok(feedback)
     }
@@ -331,6 +374,7 @@ impl SledStore {
             &self.inferences,
             &self.by_completion,
             &self.experiment,
+            &self.shadows,
         ];
         trees[..]
             .transaction(|tx| {
@@ -557,5 +601,56 @@ mod tests {
         let store = crate::store::sled_store::tests::reopen(dir.path());
         assert_eq!(store.tallies().unwrap(), tallies);
         assert_eq!(all_ids(&store, ConversationScan::default()).len(), 5);
+    }
+
+    #[test]
+    fn the_first_conversation_with_a_text_owns_it_until_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let with_hash = |conv: &'static str, inference: &'static str, hash: &str, failed: bool| {
+            let signals = ConversationSignals {
+                complete_answer: !failed,
+                answer_chars: 40,
+                upstream_error: failed,
+                text_hash: Some(hash.to_string()),
+                duplicate_of: None,
+            };
+            store
+                .append_turn(&NewTurn {
+                    signals,
+                    ..turn(conv, inference, "2026-01-01T00:00:00Z")
+                })
+                .unwrap();
+            store.conversation(conv).unwrap().unwrap().signals
+        };
+        assert_eq!(
+            with_hash("conv_1", "inf_10", "aa", false).duplicate_of,
+            None
+        );
+        let copy = with_hash("conv_2", "inf_20", "aa", true);
+        assert_eq!(copy.duplicate_of.as_deref(), Some("conv_1"));
+        assert!(copy.upstream_error && !copy.complete_answer);
+        // A later turn moves conv_2 to a text of its own; the failure stays.
+        let moved = with_hash("conv_2", "inf_21", "bb", false);
+        assert_eq!(moved.duplicate_of, None);
+        assert!(moved.upstream_error && moved.complete_answer);
+        assert_eq!(
+            with_hash("conv_3", "inf_30", "bb", false)
+                .duplicate_of
+                .as_deref(),
+            Some("conv_2")
+        );
+        // Once the owner is deleted, the next copy owns the text.
+        store.delete_conversation("conv_1").unwrap();
+        assert_eq!(
+            with_hash("conv_4", "inf_40", "aa", false).duplicate_of,
+            None
+        );
+        assert_eq!(
+            with_hash("conv_5", "inf_50", "aa", false)
+                .duplicate_of
+                .as_deref(),
+            Some("conv_4")
+        );
     }
 }

@@ -1,0 +1,579 @@
+//! Dataset snapshots over HTTP: conversations captured through the proxy,
+//! labelled and approved through the review API, built into SFT and DPO
+//! files whose every line is held to OpenAI's fine-tuning format.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const THREATS: [&str; 3] = ["malware", "phishing", "credential_access"];
+
+/// An app whose builds are ready from 12 examples.
+async fn app() -> TestApp {
+    spawn_app_with(Options {
+        extra: "[fine_tuning]\nmin_examples = 12".into(),
+        ..Options::default()
+    })
+    .await
+}
+
+/// One single-turn conversation about `alert`; its id.
+async fn converse(app: &TestApp, alert: &str, extra: Value) -> String {
+    let mut body = json!({"model": "triage", "messages": [{"role": "user", "content": alert}]});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let response = app.post("/v1/chat/completions", &body).await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-flywheel-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    response.text().await.unwrap();
+    id
+}
+
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    key: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> reqwest::Response {
+    let request = app.http.request(method, app.url(path)).bearer_auth(key);
+    let request = match body {
+        Some(b) => request.json(b),
+        None => request,
+    };
+    request.send().await.unwrap()
+}
+
+async fn get_json(app: &TestApp, path: &str) -> Value {
+    let response = send(app, reqwest::Method::GET, &app.analyst_key, path, None).await;
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+/// Waits until the capture writer has stored every conversation in `ids`
+/// with its turn (the turn's record follows its conversation).
+async fn captured(app: &TestApp, ids: &[String]) {
+    for _ in 0..200 {
+        let mut all = true;
+        for id in ids {
+            let path = format!("/admin/api/conversations/{id}");
+            let r = send(app, reqwest::Method::GET, &app.analyst_key, &path, None).await;
+            all &=
+                r.status() == 200 && r.json::<Value>().await.unwrap()["turns"][0]["status"] == "ok";
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the conversations were not captured");
+}
+
+async fn label(app: &TestApp, id: &str, patch: Value) {
+    let path = format!("/admin/api/conversations/{id}");
+    let r = send(
+        app,
+        reqwest::Method::PATCH,
+        &app.analyst_key,
+        &path,
+        Some(&patch),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+async fn approve(app: &TestApp, ids: &[String]) {
+    let body = json!({"ids": ids, "action": "approve"});
+    let r = send(
+        app,
+        reqwest::Method::POST,
+        &app.analyst_key,
+        "/admin/api/conversations/bulk",
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(r["updated"], ids.len());
+}
+
+async fn build(app: &TestApp, body: &Value) -> (u16, Value) {
+    let r = send(
+        app,
+        reqwest::Method::POST,
+        ADMIN_TOKEN,
+        "/admin/api/datasets",
+        Some(body),
+    )
+    .await;
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// `n` labelled conversations on distinct alerts, threat types in turn.
+async fn labelled(app: &TestApp, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let alert =
+            format!("Endpoint alert #{i}: rundll32 loaded an unsigned DLL from %TEMP% on WS-{i}");
+        ids.push(converse(app, &alert, json!({})).await);
+    }
+    captured(app, &ids).await;
+    for (i, id) in ids.iter().enumerate() {
+        let patch = json!({"threat_type": THREATS[i % 3], "severity": "high", "quality_score": 4});
+        label(app, id, patch).await;
+    }
+    ids
+}
+
+/// A download: its content type and body.
+async fn file(app: &TestApp, id: &str, name: &str) -> (String, String) {
+    let r = send(
+        app,
+        reqwest::Method::GET,
+        &app.analyst_key,
+        &format!("/admin/api/datasets/{id}/{name}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{name}");
+    let kind = r.headers()["content-type"].to_str().unwrap().to_string();
+    (kind, r.text().await.unwrap())
+}
+
+// A strict checker of OpenAI's chat fine-tuning format, written here so
+// the files are held to what the provider accepts, not to what we wrote.
+
+fn check_message(m: &Value, roles: &[&str]) -> Result<(), String> {
+    let obj = m.as_object().ok_or("a message is not an object")?;
+    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    if !keys.is_subset(&BTreeSet::from(["role", "content", "weight"])) {
+        return Err(format!("a message has the fields {keys:?}"));
+    }
+    let role = obj["role"].as_str().ok_or("a message has no role string")?;
+    if !roles.contains(&role) {
+        return Err(format!("role {role} is not allowed here"));
+    }
+    match obj.get("content") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(()),
+        _ => Err("a message's content is not a non-empty string".into()),
+    }
+}
+
+fn check_chat(messages: &Value) -> Result<&Vec<Value>, String> {
+    let messages = messages.as_array().ok_or("messages is not an array")?;
+    if messages.is_empty() {
+        return Err("messages is empty".into());
+    }
+    for m in messages {
+        check_message(m, &["system", "user", "assistant"])?;
+    }
+    Ok(messages)
+}
+
+fn only_keys(v: &Value, want: &[&str]) -> Result<(), String> {
+    let have: BTreeSet<&str> = v
+        .as_object()
+        .ok_or("not an object")?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    (have == want.iter().copied().collect())
+        .then_some(())
+        .ok_or(format!("fields {have:?}, want {want:?}"))
+}
+
+fn check_sft(line: &str) -> Result<(), String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    only_keys(&v, &["messages"])?;
+    let messages = check_chat(&v["messages"])?;
+    if messages.last().map(|m| &m["role"]) != Some(&json!("assistant")) {
+        return Err("the last message is not the assistant's".into());
+    }
+    if messages[0]["role"] != "system" {
+        return Err("no system message first".into());
+    }
+    Ok(())
+}
+
+fn check_dpo(line: &str) -> Result<(), String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    only_keys(&v, &["input", "preferred_output", "non_preferred_output"])?;
+    only_keys(&v["input"], &["messages"])?;
+    let input = check_chat(&v["input"]["messages"])?;
+    if input.last().map(|m| &m["role"]) == Some(&json!("assistant")) {
+        return Err("the input ends with an answer".into());
+    }
+    for key in ["preferred_output", "non_preferred_output"] {
+        let out = v[key].as_array().ok_or(format!("{key} is not an array"))?;
+        if out.len() != 1 {
+            return Err(format!("{key} has {} messages, not one", out.len()));
+        }
+        check_message(&out[0], &["assistant"])?;
+    }
+    if v["preferred_output"] == v["non_preferred_output"] {
+        return Err("both outputs are the same".into());
+    }
+    Ok(())
+}
+
+/// Every line passes `check`, the file ends in a newline; the line count.
+fn check_jsonl(text: &str, check: fn(&str) -> Result<(), String>) -> usize {
+    assert!(text.is_empty() || text.ends_with('\n'), "no final newline");
+    for (i, line) in text.lines().enumerate() {
+        if let Err(e) = check(line) {
+            panic!("line {}: {e}: {line}", i + 1);
+        }
+    }
+    text.lines().count()
+}
+
+#[tokio::test]
+async fn a_dataset_is_built_from_approved_conversations_and_downloaded() {
+    let app = app().await;
+    let mut ids = labelled(&app, 15).await;
+    // A copy of the first alert, labelled alike, is dropped as a duplicate;
+    // a truncated answer is rejected; a pending conversation is no candidate.
+    let copy = converse(
+        &app,
+        "Endpoint alert #0: rundll32 loaded an unsigned DLL from %TEMP% on WS-0",
+        json!({}),
+    )
+    .await;
+    let cut = converse(
+        &app,
+        "Endpoint alert: a long PowerShell command line on WS-99",
+        json!({"max_tokens": 3}),
+    )
+    .await;
+    let pending = converse(
+        &app,
+        "Endpoint alert: certutil -urlcache on WS-77",
+        json!({}),
+    )
+    .await;
+    captured(&app, &[copy.clone(), cut.clone(), pending]).await;
+    label(
+        &app,
+        &copy,
+        json!({"threat_type": "malware", "severity": "high", "quality_score": 4}),
+    )
+    .await;
+    label(
+        &app,
+        &cut,
+        json!({"threat_type": "phishing", "severity": "low"}),
+    )
+    .await;
+    ids.extend([copy.clone(), cut.clone()]);
+    approve(&app, &ids).await;
+
+    let request = json!({"name": "triage-sft", "format": "sft", "filter": {"min_quality": 1}, "validation_split": 0.2});
+    let (status, ds) = build(&app, &json!({"name": "triage-sft", "format": "sft"})).await;
+    assert_eq!(status, 201, "{ds}");
+    assert!(ds["id"].as_str().unwrap().starts_with("ds_"));
+    assert_eq!(ds["object"], "dataset");
+    assert_eq!(ds["format"], "sft");
+    assert_eq!(ds["alias"], "triage");
+    assert_eq!(ds["base_model"], "gpt-4o-mini");
+    assert_eq!(ds["filter"]["status"], "approved");
+    assert_eq!(ds["created_by"], "admin-token", "{ds}");
+    let counts = &ds["counts"];
+    assert_eq!(counts["candidates"], 17, "{ds}");
+    assert_eq!(counts["accepted"], 15);
+    assert_eq!(counts["rejected"], 1);
+    assert_eq!(counts["duplicates"], 1);
+    assert_eq!(
+        counts["train"].as_u64().unwrap() + counts["validation"].as_u64().unwrap(),
+        15
+    );
+    assert_eq!(
+        ds["by_threat_type"],
+        json!({"credential_access": 5, "malware": 5, "phishing": 5})
+    );
+    assert_eq!(ds["coverage"]["covered"], 3);
+    assert_eq!(ds["coverage"]["total"], 16);
+    assert!(
+        ds["coverage"]["missing"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ransomware"))
+    );
+    let rejections = ds["rejections"].as_array().unwrap();
+    let reason = |id: &str| {
+        rejections
+            .iter()
+            .find(|r| r["conversation_id"] == id)
+            .map(|r| r["reason"].as_str().unwrap().to_string())
+    };
+    assert!(
+        reason(&cut).unwrap().contains("finish_reason \"length\""),
+        "{rejections:?}"
+    );
+    assert!(reason(&copy).unwrap().contains(&ids[0]), "{rejections:?}");
+    assert_eq!(ds["ready_for_training"], true, "{ds}");
+    assert_eq!(ds["problems"], json!([]));
+    assert_eq!(ds["content_hash"].as_str().unwrap().len(), 64);
+
+    // The same input builds the same files; a new snapshot all the same.
+    let (status, again) = build(&app, &request).await;
+    assert_eq!(status, 201);
+    assert_ne!(again["id"], ds["id"]);
+    assert_eq!(again["content_hash"], ds["content_hash"]);
+
+    let id = ds["id"].as_str().unwrap();
+    let (kind, train) = file(&app, id, "train.jsonl").await;
+    assert_eq!(kind, "application/jsonl");
+    assert_eq!(
+        check_jsonl(&train, check_sft) as u64,
+        counts["train"].as_u64().unwrap()
+    );
+    let (_, validation) = file(&app, id, "validation.jsonl").await;
+    assert_eq!(
+        check_jsonl(&validation, check_sft) as u64,
+        counts["validation"].as_u64().unwrap()
+    );
+    assert!(
+        counts["validation"].as_u64().unwrap() >= 3,
+        "each class gives validation examples"
+    );
+
+    // Reads for analysts: the snapshot as built, and the list newest first.
+    assert_eq!(
+        get_json(&app, &format!("/admin/api/datasets/{id}")).await,
+        ds
+    );
+    let list = get_json(&app, "/admin/api/datasets?limit=1").await;
+    assert_eq!(list["data"][0]["id"], again["id"]);
+    assert_eq!(list["has_more"], true);
+    let cursor = list["next_cursor"].as_str().unwrap();
+    let rest = get_json(
+        &app,
+        &format!("/admin/api/datasets?limit=1&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(rest["data"][0]["id"], ds["id"]);
+    assert_eq!(rest["has_more"], false);
+
+    let audit = get_json(&app, "/admin/api/audit").await;
+    let created = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "dataset.create")
+        .count();
+    assert_eq!(created, 2);
+}
+
+#[tokio::test]
+async fn unknown_datasets_are_404() {
+    let app = app().await;
+    for path in ["", "/train.jsonl", "/validation.jsonl"] {
+        let r = send(
+            &app,
+            reqwest::Method::GET,
+            &app.analyst_key,
+            &format!("/admin/api/datasets/ds_nope{path}"),
+            None,
+        )
+        .await;
+        let (status, error) = error_of(r).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(error["code"], "not_found");
+    }
+}
+
+#[tokio::test]
+async fn dpo_datasets_prefer_the_analysts_corrections() {
+    let app = app().await;
+    let ids = labelled(&app, 14).await;
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        let correction = format!(
+            "Threat type: {}. Severity: high. The DLL in %TEMP% on WS-{i} is a loader; isolate the host.",
+            THREATS[i % 3]
+        );
+        label(&app, id, json!({"correction": correction})).await;
+    }
+    approve(&app, &ids).await;
+    let (status, ds) = build(
+        &app,
+        &json!({"name": "prefs", "format": "dpo", "filter": {"threat_types": THREATS}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{ds}");
+    assert_eq!(ds["counts"]["accepted"], 13, "{ds}");
+    let reason = ds["rejections"][0]["reason"].as_str().unwrap();
+    assert_eq!(ds["rejections"][0]["conversation_id"], ids[0].as_str());
+    assert!(reason.contains("no analyst correction"), "{reason}");
+    let id = ds["id"].as_str().unwrap();
+    let (_, train) = file(&app, id, "train.jsonl").await;
+    let (_, validation) = file(&app, id, "validation.jsonl").await;
+    assert_eq!(
+        check_jsonl(&train, check_dpo) + check_jsonl(&validation, check_dpo),
+        13
+    );
+    let line: Value = serde_json::from_str(train.lines().next().unwrap()).unwrap();
+    assert!(
+        line["preferred_output"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("isolate the host")
+    );
+
+    // One threat type only: the filter walks that type's conversations.
+    let (_, one) = build(
+        &app,
+        &json!({"name": "malware", "format": "dpo", "filter": {"threat_types": ["malware"]}}),
+    )
+    .await;
+    assert_eq!(one["counts"]["candidates"], 5, "{one}");
+    assert_eq!(one["by_threat_type"], json!({"malware": 4}));
+}
+
+#[tokio::test]
+async fn too_few_examples_make_a_snapshot_that_is_not_ready() {
+    let app = app().await;
+    let ids = labelled(&app, 3).await;
+    approve(&app, &ids).await;
+    let (status, ds) = build(&app, &json!({"name": "small", "format": "sft"})).await;
+    assert_eq!(status, 201);
+    assert_eq!(ds["ready_for_training"], false);
+    let problems: Vec<&str> = ds["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("9 short of the minimum of 12")),
+        "{problems:?}"
+    );
+    // A base model named in the request is the one checked against.
+    let body = json!({"name": "small", "format": "sft", "base_model": "gpt-4o", "filter": {"alias": "triage"}});
+    let (status, named) = build(&app, &body).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        (named["alias"].clone(), named["base_model"].clone()),
+        (json!("triage"), json!("gpt-4o"))
+    );
+    assert_eq!(named["content_hash"], ds["content_hash"]);
+    // Nothing approved in this window: an empty snapshot, still a snapshot.
+    let (status, empty) = build(
+        &app,
+        &json!({"name": "none", "format": "sft", "filter": {"until": "2000-01-01"}}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(empty["counts"]["candidates"], 0);
+    assert_eq!(empty["ready_for_training"], false);
+}
+
+#[tokio::test]
+async fn bad_requests_name_their_field_and_analysts_cannot_build() {
+    let app = app().await;
+    let cases = [
+        (json!({"name": "x", "format": "xml"}), "format"),
+        (json!({"format": "sft"}), "name"),
+        (json!({"name": " ", "format": "sft"}), "name"),
+        (
+            json!({"name": "x", "format": "sft", "validation_split": 0}),
+            "validation_split",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "validation_split": 1.5}),
+            "validation_split",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"since": "yesterday"}}),
+            "filter.since",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"until": "2026-13-01"}}),
+            "filter.until",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"since": "2026-02-01", "until": "2026-01-01"}}),
+            "filter.since",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"threat_types": ["aliens"]}}),
+            "filter.threat_types",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"threat_types": []}}),
+            "filter.threat_types",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"severities": ["dire"]}}),
+            "filter.severities",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"status": "maybe"}}),
+            "filter.status",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"min_quality": 9}}),
+            "filter.min_quality",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"alias": "nope"}}),
+            "filter.alias",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "filter": {"colour": "red"}}),
+            "filter",
+        ),
+        (
+            json!({"name": "x", "format": "sft", "base_model": ""}),
+            "base_model",
+        ),
+    ];
+    for (body, param) in cases {
+        let r = send(
+            &app,
+            reqwest::Method::POST,
+            ADMIN_TOKEN,
+            "/admin/api/datasets",
+            Some(&body),
+        )
+        .await;
+        let (status, error) = error_of(r).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert!(
+            error["param"].as_str().unwrap_or("").starts_with(param),
+            "{body}: {error}"
+        );
+        assert_eq!(error["type"], "invalid_request_error");
+    }
+    let body = json!({"name": "x", "format": "sft"});
+    for key in [&app.analyst_key, &app.client_key] {
+        let r = send(
+            &app,
+            reqwest::Method::POST,
+            key,
+            "/admin/api/datasets",
+            Some(&body),
+        )
+        .await;
+        assert_eq!(error_of(r).await.0, 403);
+    }
+    let r = send(
+        &app,
+        reqwest::Method::GET,
+        &app.analyst_key,
+        "/admin/api/datasets?limit=0",
+        None,
+    )
+    .await;
+    assert_eq!(error_of(r).await.1["param"], "limit");
+    assert_eq!(
+        get_json(&app, "/admin/api/datasets").await["data"],
+        json!([])
+    );
+}

@@ -1,0 +1,189 @@
+//! Quality signals over HTTP: kept on each conversation as its turns are
+//! captured, shown in its summary, and filtered on by the conversation
+//! list and by dataset builds.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn chat(app: &TestApp, body: Value) -> (String, String) {
+    let response = app.post("/v1/chat/completions", &body).await;
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+    let ids = (
+        header("x-flywheel-conversation-id"),
+        header("x-flywheel-inference-id"),
+    );
+    response.text().await.unwrap();
+    ids
+}
+
+fn alert(text: &str) -> Value {
+    json!({"model": "triage", "messages": [{"role": "user", "content": text}]})
+}
+
+async fn list(app: &TestApp, query: &str) -> Vec<Value> {
+    let response = app
+        .http
+        .get(app.url(&format!("/admin/api/conversations?{query}")))
+        .bearer_auth(&app.analyst_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{query}");
+    let page: Value = response.json().await.unwrap();
+    page["data"].as_array().unwrap().clone()
+}
+
+async fn ids(app: &TestApp, query: &str) -> Vec<String> {
+    let mut ids: Vec<String> = list(app, query)
+        .await
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn signals_are_kept_per_conversation_and_filter_lists_and_datasets() {
+    let app = spawn_app().await;
+    let text = "Endpoint alert: mshta.exe fetched a remote HTA on WS-12";
+    let (first, first_inference) = chat(&app, alert(text)).await;
+    // The same alert again, differing only in case and spacing.
+    let (copy, _) = chat(
+        &app,
+        alert("endpoint ALERT:  mshta.exe fetched a remote HTA on ws-12"),
+    )
+    .await;
+    let mut cut_body = alert("Endpoint alert: vssadmin delete shadows on FS-2");
+    cut_body["max_tokens"] = json!(3);
+    let (cut, _) = chat(&app, cut_body).await;
+    let failed = app
+        .post("/v1/chat/completions", &json!({"model": "broken", "messages": [{"role": "user", "content": "Endpoint alert: anything"}]}))
+        .await;
+    assert_eq!(failed.status(), 502);
+    let failed = failed.headers()["x-flywheel-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..200 {
+        if list(&app, "").await.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let patch = json!({"threat_type": "execution", "severity": "medium"});
+    let r = app
+        .http
+        .patch(app.url(&format!("/admin/api/conversations/{first}")))
+        .bearer_auth(&app.analyst_key)
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rated = app
+        .http
+        .post(app.url("/v1/feedback"))
+        .bearer_auth(&app.client_key)
+        .json(&json!({"inference_id": first_inference, "rating": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rated.status(), 201);
+
+    let all = list(&app, "").await;
+    let of = |id: &str| all.iter().find(|c| c["id"] == id).unwrap()["signals"].clone();
+    let s = of(&first);
+    assert_eq!(s["complete_answer"], true);
+    assert!(s["answer_chars"].as_u64().unwrap() > 20);
+    assert_eq!(s["duplicate_of"], Value::Null);
+    assert_eq!(
+        (s["has_labels"].clone(), s["has_rating"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(of(&copy)["duplicate_of"], first.as_str());
+    assert_eq!(of(&cut)["complete_answer"], false);
+    assert_eq!(of(&failed)["upstream_error"], true);
+    let detail: Value = app
+        .http
+        .get(app.url(&format!("/admin/api/conversations/{copy}")))
+        .bearer_auth(&app.analyst_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["signals"]["duplicate_of"], first.as_str());
+
+    let sorted = |mut v: Vec<&String>| {
+        v.sort();
+        v.into_iter().cloned().collect::<Vec<String>>()
+    };
+    assert_eq!(
+        ids(&app, "complete=true").await,
+        sorted(vec![&first, &copy])
+    );
+    assert_eq!(
+        ids(&app, "complete=false").await,
+        sorted(vec![&cut, &failed])
+    );
+    assert_eq!(ids(&app, "duplicate=true").await, vec![copy.clone()]);
+    assert_eq!(
+        ids(&app, "duplicate=false&complete=true").await,
+        vec![first.clone()]
+    );
+    assert_eq!(ids(&app, "has_labels=true").await, vec![first.clone()]);
+    assert_eq!(ids(&app, "has_rating=true").await, vec![first.clone()]);
+    assert_eq!(ids(&app, "upstream_error=true").await, vec![failed.clone()]);
+    let cut_chars = of(&cut)["answer_chars"].as_u64().unwrap();
+    assert!(cut_chars < s["answer_chars"].as_u64().unwrap());
+    assert_eq!(
+        ids(&app, &format!("min_answer_chars={}", cut_chars + 1)).await,
+        sorted(vec![&first, &copy])
+    );
+    let bad = app
+        .http
+        .get(app.url("/admin/api/conversations?complete=maybe"))
+        .bearer_auth(&app.analyst_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(bad).await.0, 400);
+
+    // The same filters choose a dataset's candidates.
+    let body = json!({"ids": [&first, &copy, &cut], "action": "approve"});
+    let r = app
+        .http
+        .post(app.url("/admin/api/conversations/bulk"))
+        .bearer_auth(&app.analyst_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (filter, candidates) in [
+        (json!({}), 3),
+        (json!({"complete": true}), 2),
+        (json!({"complete": true, "duplicate": false}), 1),
+        (json!({"has_labels": false}), 2),
+        (
+            json!({"min_answer_chars": cut_chars + 1, "has_rating": true}),
+            1,
+        ),
+    ] {
+        let r = app
+            .http
+            .post(app.url("/admin/api/datasets"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": "signals", "format": "sft", "filter": filter}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let ds: Value = r.json().await.unwrap();
+        assert_eq!(ds["counts"]["candidates"], candidates, "{filter}: {ds}");
+        assert_eq!(ds["filter"]["status"], "approved");
+    }
+}
