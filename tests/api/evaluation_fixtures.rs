@@ -1,15 +1,13 @@
 //! A labelled dataset for the evaluation tests: alerts asked through the
-//! proxy of the `large` version, each conversation labelled by an analyst
-//! over the review API (with the large model's verdict, except a few the
-//! analyst corrects), and the snapshot written with `store.insert_dataset`
-//! (the datasets admin API is not in this tree yet). A small webhook
-//! receiver stands in for Slack.
+//! proxy of the `large` version, each conversation labelled and approved by
+//! an analyst over the review API (with the large model's verdict, except a
+//! few the analyst corrects), and the snapshot built by
+//! `POST /admin/api/datasets`. A small webhook receiver stands in for Slack.
 
 use crate::helpers::*;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use flywheel::store::DatasetRecord;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -34,16 +32,24 @@ pub const ALERTS: &[&str] = &[
     "Scheduled task created to run updater.exe at every logon",
     "whoami /all and net group \"domain admins\" run by a help-desk account",
     "powershell -enc SQBFAFgA run from winword.exe",
+    "Registry Run key added for C:\\Users\\Public\\svc.exe",
+    "Beacon to a command and control domain every 60 seconds over HTTPS",
+    "Token impersonation to SYSTEM via a named pipe by print.exe",
+    "Event log cleared with wevtutil cl Security",
+    "Phishing email with a link to a fake Microsoft 365 login page",
+    "Mimikatz sekurlsa::logonpasswords executed on DC-01",
 ];
 
 /// Conversations the analyst labels otherwise than the large model said.
 const CORRECTED: &[usize] = &[3, 9];
-/// The first this many go to the train split, the rest are held out.
-pub const TRAIN: usize = 4;
+/// What `fine_tuning` needs for these alerts to make a ready dataset.
+pub const READY: &str = "[fine_tuning]\nmin_examples = 10\n";
 
 pub struct Labelled {
     pub dataset_id: String,
-    pub conversation_ids: Vec<String>,
+    pub train_ids: Vec<String>,
+    /// The held-out split.
+    pub validation_ids: Vec<String>,
 }
 
 fn field(answer: &str, name: &str) -> String {
@@ -98,42 +104,36 @@ pub async fn admin(
     request.send().await.unwrap()
 }
 
+/// Waits until the capture writer has stored the conversation with its
+/// turn (the turn's record follows its conversation), then labels it.
 async fn label(app: &TestApp, id: &str, threat_type: &str, severity: &str) {
+    let path = format!("/admin/api/conversations/{id}");
+    let mut captured = false;
     for _ in 0..200 {
-        let response = admin(
-            app,
-            reqwest::Method::PATCH,
-            &format!("/admin/api/conversations/{id}"),
-            Some(json!({"threat_type": threat_type, "severity": severity, "status": "approved"})),
-        )
-        .await;
-        if response.status() == 200 {
-            return;
+        let response = admin(app, reqwest::Method::GET, &path, None).await;
+        if response.status() == 200
+            && response.json::<Value>().await.unwrap()["turns"][0]["status"] == "ok"
+        {
+            captured = true;
+            break;
         }
-        // Capture is off the hot path: the conversation appears shortly.
-        assert_eq!(response.status(), 404);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("conversation {id} was never captured");
+    assert!(captured, "conversation {id} was never captured");
+    let patch = json!({"threat_type": threat_type, "severity": severity, "status": "approved"});
+    let response = admin(app, reqwest::Method::PATCH, &path, Some(patch)).await;
+    assert_eq!(response.status(), 200);
 }
 
-fn line(alert: &str, target: &str) -> String {
-    json!({"messages": [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": alert},
-        {"role": "assistant", "content": target},
-    ]})
-    .to_string()
-}
-
-/// Asks, labels and snapshots [`ALERTS`]. Every target in the files says
-/// `benign`/`low`, which no review label is: a score read from the
-/// targets instead of the reviews would show at once.
+/// Asks, labels and approves [`ALERTS`], then builds a snapshot of the
+/// approved conversations with a third held out for validation.
 pub async fn labelled_dataset(app: &TestApp) -> Labelled {
-    let mut ids = Vec::new();
-    let mut lines = Vec::new();
-    for (i, alert) in ALERTS.iter().enumerate() {
-        let (id, threat, severity) = ask_large(app, alert).await;
+    let mut asked = Vec::new();
+    for alert in ALERTS {
+        asked.push(ask_large(app, alert).await);
+    }
+    // Asked first, labelled after: the capture writer catches up meanwhile.
+    for (i, (id, threat, severity)) in asked.into_iter().enumerate() {
         let (threat, severity) = if CORRECTED.contains(&i) {
             let other = if threat == "execution" {
                 "discovery"
@@ -145,31 +145,28 @@ pub async fn labelled_dataset(app: &TestApp) -> Labelled {
             (threat, severity)
         };
         label(app, &id, &threat, &severity).await;
-        lines.push(line(alert, "Threat type: benign\nSeverity: low"));
-        ids.push(id);
     }
-    let record = DatasetRecord {
-        id: flywheel::ids::new_id("ds"),
-        name: "evaluation fixture".into(),
-        format: "sft".into(),
-        created_at: flywheel::ids::now_rfc3339(),
-        created_by: "test".into(),
-        filter: json!({"status": "approved"}),
-        alias: Some("triage".into()),
-        base_model: Some("gpt-4o-mini".into()),
-        validation_split: 0.7,
-        report: json!({"ready_for_training": true}),
-        train_ids: ids[..TRAIN].to_vec(),
-        validation_ids: ids[TRAIN..].to_vec(),
-    };
-    let file = |part: &[String]| format!("{}\n", part.join("\n")).into_bytes();
-    app.state
-        .store
-        .insert_dataset(&record, &file(&lines[..TRAIN]), &file(&lines[TRAIN..]))
-        .unwrap();
+    let response = admin(
+        app,
+        reqwest::Method::POST,
+        "/admin/api/datasets",
+        Some(json!({"name": "evaluation fixture", "format": "sft",
+            "filter": {"status": "approved", "alias": "triage"}, "validation_split": 0.35})),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let built: Value = response.json().await.unwrap();
+    assert_eq!(built["ready_for_training"], true, "{built}");
+    let id = built["id"].as_str().unwrap().to_string();
+    let record = app.state.store.dataset(&id).unwrap().unwrap();
+    assert_eq!(
+        record.train_ids.len() + record.validation_ids.len(),
+        ALERTS.len()
+    );
     Labelled {
-        dataset_id: record.id,
-        conversation_ids: ids,
+        dataset_id: id,
+        train_ids: record.train_ids,
+        validation_ids: record.validation_ids,
     }
 }
 
