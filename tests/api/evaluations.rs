@@ -40,7 +40,7 @@ fn share(part: usize, whole: usize) -> Option<f64> {
 }
 
 /// The admin API's definitions, computed from the per-example results.
-fn recompute(results: &[&Value]) -> Value {
+pub fn recompute(results: &[&Value]) -> Value {
     let label = |r: &Value, k: &str| r[k].as_str().map(String::from);
     let pairs: Vec<(String, Option<String>)> = results
         .iter()

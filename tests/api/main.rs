@@ -14,6 +14,7 @@ mod cli;
 mod datasets;
 mod durability;
 mod errors;
+mod evaluation_finetune;
 mod evaluation_fixtures;
 mod evaluations;
 mod experiments;
