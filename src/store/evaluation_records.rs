@@ -46,7 +46,8 @@ impl EvaluationRecord {
 pub struct ExampleResult {
     pub evaluation_id: String,
     pub version: String,
-    /// The example's position among the evaluation's examples.
+    /// The example's line among the split's lines (train first for
+    /// `all`), fixed for the dataset.
     pub index: u64,
     pub conversation_id: String,
     /// The conversation's review labels.

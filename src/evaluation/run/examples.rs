@@ -10,6 +10,10 @@ use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
+    /// The line's place among the split's lines (train first for `all`):
+    /// fixed for the dataset, so a resumed run finds its results by it
+    /// even if a label changed meanwhile.
+    pub position: u64,
     pub conversation_id: String,
     /// What the model is asked: the line's messages up to the answer.
     pub messages: Vec<Value>,
@@ -32,7 +36,7 @@ pub fn load_examples(
         "validation" => &[DatasetSplit::Validation],
         _ => &[DatasetSplit::Train, DatasetSplit::Validation],
     };
-    let (mut examples, mut skipped) = (Vec::new(), 0);
+    let (mut examples, mut skipped, mut position) = (Vec::new(), 0, 0);
     for &s in splits {
         let ids = match s {
             DatasetSplit::Train => &record.train_ids,
@@ -40,10 +44,11 @@ pub fn load_examples(
         };
         let file = store.dataset_file(dataset_id, s)?.unwrap_or_default();
         for (id, messages) in ids.iter().zip(prompts(dataset_id, &file, ids.len())?) {
-            match labelled(store, id, messages)? {
+            match labelled(store, id, messages, position)? {
                 Some(example) => examples.push(example),
                 None => skipped += 1,
             }
+            position += 1;
         }
     }
     Ok((examples, skipped))
@@ -92,12 +97,14 @@ fn labelled(
     store: &dyn Store,
     conversation_id: &str,
     messages: Vec<Value>,
+    position: u64,
 ) -> Result<Option<Example>, EvalError> {
     let Some(conversation) = store.conversation(conversation_id)? else {
         return Ok(None);
     };
     let review = conversation.review;
     Ok(review.threat_type.map(|threat_type| Example {
+        position,
         conversation_id: conversation_id.to_string(),
         messages,
         threat_type,
@@ -123,6 +130,55 @@ mod tests {
         let dpo = json!({"input": {"messages": [{"role": "user", "content": "u"}]}});
         assert_eq!(prompt(&dpo).unwrap().len(), 1);
         assert!(prompt(&json!({"messages": []})).is_none());
+    }
+
+    #[test]
+    fn a_line_without_a_label_is_skipped_and_the_others_keep_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let ids: Vec<String> = (0..3).map(|i| format!("conv_{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let inference = format!("inf_{i}");
+            store
+                .append_turn(&crate::store::NewTurn {
+                    conversation_id: id,
+                    inference_id: &inference,
+                    at: "2026-01-01T00:00:00Z",
+                    ..Default::default()
+                })
+                .unwrap();
+            if i != 1 {
+                store
+                    .update_conversation(id, &mut |c| {
+                        c.review.threat_type = Some("malware".into());
+                    })
+                    .unwrap();
+            }
+        }
+        let line =
+            r#"{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}"#;
+        let file = format!("{line}\n{line}\n{line}\n");
+        let record = crate::store::DatasetRecord {
+            id: "ds_1".into(),
+            name: "n".into(),
+            format: "sft".into(),
+            created_at: "t".into(),
+            created_by: "t".into(),
+            filter: Value::Null,
+            alias: None,
+            base_model: None,
+            validation_split: 1.0,
+            report: Value::Null,
+            train_ids: Vec::new(),
+            validation_ids: ids,
+        };
+        store.insert_dataset(&record, b"", file.as_bytes()).unwrap();
+        let (examples, skipped) = load_examples(store.as_ref(), "ds_1", "validation").unwrap();
+        assert_eq!(skipped, 1);
+        let positions: Vec<u64> = examples.iter().map(|e| e.position).collect();
+        assert_eq!(positions, [0, 2]);
+        assert_eq!(examples[1].conversation_id, "conv_2");
+        assert_eq!(examples[1].messages.len(), 1, "the answer is left out");
     }
 
     #[test]

@@ -47,24 +47,14 @@ pub async fn execute(
     run.status = "running".into();
     run.started_at.get_or_insert_with(now_rfc3339);
     run.total = (examples.len() * run.versions.len()) as u64;
-    run.done = answered.len() as u64;
+    let todo = unanswered(&routes, &examples, &answered);
+    run.done = run.total.saturating_sub(todo.len() as u64);
     save(app, &run).await?;
-    let todo: Vec<(Route, u64, Example)> = routes
-        .iter()
-        .flat_map(|route| {
-            let version = version_of(route);
-            let answered = &answered;
-            examples.iter().enumerate().filter_map(move |(i, example)| {
-                let key = (version.clone(), i as u64);
-                (!answered.contains(&key)).then(|| (route.clone(), i as u64, example.clone()))
-            })
-        })
-        .collect();
     let run_id = run.id.clone();
     let mut answers = futures_util::stream::iter(todo)
-        .map(|(route, i, example)| {
+        .map(|(route, example)| {
             let (app, id) = (app.clone(), run_id.clone());
-            async move { answer(&app, &id, &route, i, &example).await }
+            async move { answer(&app, &id, &route, &example).await }
         })
         .buffer_unordered(app.config.evaluation.concurrency.max(1));
     loop {
@@ -80,6 +70,24 @@ pub async fn execute(
         blocking(move || Ok(store.put_example_result(&result, &progress)?)).await?;
     }
     finish(app, run).await
+}
+
+/// Every (version, example) without a stored result.
+fn unanswered(
+    routes: &[Route],
+    examples: &[Example],
+    answered: &HashSet<(String, u64)>,
+) -> Vec<(Route, Example)> {
+    routes
+        .iter()
+        .flat_map(|route| {
+            let version = version_of(route);
+            examples.iter().filter_map(move |example| {
+                let key = (version.clone(), example.position);
+                (!answered.contains(&key)).then(|| (route.clone(), example.clone()))
+            })
+        })
+        .collect()
 }
 
 /// Each version's route, straight to its provider.
@@ -103,7 +111,6 @@ async fn answer(
     app: &AppState,
     evaluation_id: &str,
     route: &Route,
-    index: u64,
     example: &Example,
 ) -> ExampleResult {
     let reply = ask(app, route, &example.messages).await;
@@ -114,7 +121,7 @@ async fn answer(
     ExampleResult {
         evaluation_id: evaluation_id.to_string(),
         version: version_of(route),
-        index,
+        index: example.position,
         conversation_id: example.conversation_id.clone(),
         expected_threat_type: example.threat_type.clone(),
         expected_severity: example.severity.clone(),
