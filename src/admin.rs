@@ -1,11 +1,12 @@
 //! The admin side: the embedded web UI at `/admin/` and the admin API under
 //! `/admin/api/*` (analyst or admin keys; writes that change models, keys,
-//! datasets and evaluations need admin).
+//! datasets, fine-tuning jobs and evaluations need admin).
 
 mod alerts;
 mod conversations;
 mod datasets;
 mod evaluations;
+mod fine_tuning;
 mod keys;
 mod models;
 mod ui;
@@ -18,6 +19,9 @@ pub use conversations::{
 pub use datasets::{get_dataset, list_datasets, post_dataset, train_file, validation_file};
 pub use evaluations::{
     create_evaluation, evaluation_examples, get_evaluation, list_evaluations, performance,
+};
+pub use fine_tuning::{
+    cancel as cancel_job, create as create_job, get as get_job, list as list_jobs,
 };
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use models::{

@@ -44,6 +44,8 @@ pub struct AppState {
     pub alert_hook: crate::evaluation::AlertHook,
     pub metrics: PrometheusHandle,
     pub started_unix: u64,
+    /// Fine-tuning jobs: the lock their changes take, the poller's wake-up.
+    pub jobs: crate::finetune::Jobs,
     /// Cancelled when shutdown begins; every background service watches it.
     pub shutdown: CancellationToken,
 }
@@ -129,6 +131,7 @@ impl Application {
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            jobs: crate::finetune::Jobs::default(),
             shutdown: CancellationToken::new(),
             config,
         };
@@ -177,6 +180,13 @@ impl Application {
             state.clone(),
             shutdown.clone(),
         ));
+        tasks.spawn(crate::finetune::run_poller(state.clone(), shutdown.clone()));
+        if state.config.fine_tuning.continuous.enabled {
+            tasks.spawn(crate::finetune::run_continuous(
+                state.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(crate::evaluation::runner::run_evaluations(
             state.clone(),
             shutdown.clone(),

@@ -17,6 +17,7 @@ pub mod exchange;
 pub mod experiment;
 pub mod export;
 pub mod feedback;
+pub mod finetune;
 pub mod health;
 pub mod ids;
 pub mod limits;

@@ -76,6 +76,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::validation_file),
         )
         .route(
+            "/admin/api/fine-tuning/jobs",
+            post(admin::create_job).get(admin::list_jobs),
+        )
+        .route("/admin/api/fine-tuning/jobs/{id}", get(admin::get_job))
+        .route(
+            "/admin/api/fine-tuning/jobs/{id}/cancel",
+            post(admin::cancel_job),
+        )
+        .route(
             "/admin/api/evaluations",
             post(admin::create_evaluation).get(admin::list_evaluations),
         )

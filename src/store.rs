@@ -3,11 +3,15 @@
 //! only has to implement this trait.
 
 mod evaluation_records;
+mod job_records;
 mod model_records;
 mod records;
 mod sled_store;
 
 pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};
+pub use job_records::{
+    Attempts, FineTuneJobRecord, Hyperparameters, JobEvent, JobStatus, ProviderFiles,
+};
 pub use model_records::{
     AlertRecord, DatasetRecord, DatasetSplit, ModelAliasRecord, ModelHistoryRecord,
     ModelVersionRecord, TallyKey, VersionState, VersionTally,
@@ -175,6 +179,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<DatasetRecord>, StoreError>;
     /// One JSONL file of a dataset.
     fn dataset_file(&self, id: &str, split: DatasetSplit) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Creates or replaces a fine-tuning job; durable once it returns.
+    fn put_job(&self, record: &FineTuneJobRecord) -> Result<(), StoreError>;
+    fn job(&self, id: &str) -> Result<Option<FineTuneJobRecord>, StoreError>;
+    /// Newest first, after `cursor` (a job id).
+    fn jobs(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FineTuneJobRecord>, StoreError>;
+    /// Every job not finished yet, oldest first.
+    fn jobs_in_flight(&self) -> Result<Vec<FineTuneJobRecord>, StoreError>;
 
     /// Creates or replaces an evaluation run; durable once it returns.
     fn put_evaluation(&self, record: &EvaluationRecord) -> Result<(), StoreError>;

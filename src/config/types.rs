@@ -318,6 +318,33 @@ pub struct FineTuningConfig {
     /// Tokens one example may have, by base model; the longest name that
     /// starts the base model's name applies, so snapshots find their family.
     pub token_limits: BTreeMap<String, usize>,
+    /// Percent of the alias's traffic a fine-tuned model gets, taken from
+    /// production, as soon as its job succeeds; 0 registers it without
+    /// traffic.
+    pub canary_weight: f64,
+    /// Jobs started automatically as approved conversations accumulate.
+    pub continuous: ContinuousConfig,
+}
+
+/// Continuous learning: once `min_new_approved` conversations were
+/// approved since an alias's last job, a dataset is built and a job
+/// started for it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContinuousConfig {
+    pub enabled: bool,
+    pub min_new_approved: u64,
+    pub check_interval_s: u64,
+}
+
+impl Default for ContinuousConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            min_new_approved: 100,
+            check_interval_s: 3600,
+        }
+    }
 }
 
 impl Default for FineTuningConfig {
@@ -341,6 +368,8 @@ impl Default for FineTuningConfig {
             token_limits: token_limits
                 .map(|(model, tokens)| (model.to_string(), tokens))
                 .into(),
+            canary_weight: 0.0,
+            continuous: ContinuousConfig::default(),
         }
     }
 }

@@ -260,6 +260,24 @@ fn check_fine_tuning(c: &Config) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    if !(0.0..100.0).contains(&f.canary_weight) {
+        return Err(ConfigError::invalid(
+            "fine_tuning.canary_weight",
+            "must be a percentage of at least 0 and below 100",
+        ));
+    }
+    if f.continuous.min_new_approved == 0 {
+        return Err(ConfigError::invalid(
+            "fine_tuning.continuous.min_new_approved",
+            "must be at least 1",
+        ));
+    }
+    if f.continuous.check_interval_s == 0 {
+        return Err(ConfigError::invalid(
+            "fine_tuning.continuous.check_interval_s",
+            "must be at least 1",
+        ));
+    }
     check_examples(f)
 }
 
@@ -418,6 +436,10 @@ model_type = "threat_detection"
         );
         let e = error("[fine_tuning.token_limits]\ngpt-4o = 0");
         assert!(e.contains("fine_tuning.token_limits.gpt-4o"), "{e}");
+        let e = error("canary_weight = 100");
+        assert!(e.contains("fine_tuning.canary_weight"), "{e}");
+        let e = error("[fine_tuning.continuous]\nmin_new_approved = 0");
+        assert!(e.contains("fine_tuning.continuous.min_new_approved"), "{e}");
         assert!(Config::from_toml_str(MINIMAL, "t", []).is_ok());
     }
 }

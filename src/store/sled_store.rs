@@ -4,14 +4,15 @@
 mod conversations;
 mod datasets;
 mod evaluations;
+mod jobs;
 mod models;
 mod tallies;
 
 use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
     ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord, ExampleResult,
-    FeedbackRecord, InferenceRecord, ModelAliasRecord, ModelHistoryRecord, NewTurn,
-    PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
+    FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord, ModelHistoryRecord,
+    NewTurn, PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
 };
 use conversations::{Changes, Tree};
 use serde::Serialize;
@@ -52,6 +53,9 @@ pub struct SledStore {
     datasets: sled::Tree,
     /// `dataset_id/train|validation` → the JSONL file.
     dataset_files: sled::Tree,
+    fine_tuning_jobs: sled::Tree,
+    /// Ids of the fine-tuning jobs not finished yet → nothing.
+    jobs_in_flight: sled::Tree,
     /// Evaluation runs by id.
     evaluations: sled::Tree,
     /// Each example's result in each run (see `evaluations`).
@@ -94,6 +98,8 @@ impl SledStore {
             experiment: tree("experiment_tallies")?,
             datasets: tree("datasets")?,
             dataset_files: tree("dataset_files")?,
+            fine_tuning_jobs: tree("fine_tuning_jobs")?,
+            jobs_in_flight: tree("fine_tuning_jobs_in_flight")?,
             evaluations: tree("evaluations")?,
             evaluation_examples: tree("evaluation_examples")?,
             performance: tree("model_performance")?,
@@ -428,6 +434,26 @@ impl Store for SledStore {
 
     fn dataset_file(&self, id: &str, split: DatasetSplit) -> Result<Option<Vec<u8>>, StoreError> {
         self.read_dataset_file(id, split)
+    }
+
+    fn put_job(&self, record: &FineTuneJobRecord) -> Result<(), StoreError> {
+        self.write_job(record)
+    }
+
+    fn job(&self, id: &str) -> Result<Option<FineTuneJobRecord>, StoreError> {
+        self.read_job(id)
+    }
+
+    fn jobs(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FineTuneJobRecord>, StoreError> {
+        self.list_jobs(cursor, limit)
+    }
+
+    fn jobs_in_flight(&self) -> Result<Vec<FineTuneJobRecord>, StoreError> {
+        self.jobs_not_finished()
     }
 
     fn put_evaluation(&self, record: &EvaluationRecord) -> Result<(), StoreError> {

@@ -154,6 +154,26 @@ impl Provider {
         Ok((status, headers, into_stream(response)))
     }
 
+    /// A request to `path` under the base URL carrying our provider key,
+    /// bounded by the provider's whole-request timeout; for the files and
+    /// fine-tuning calls, which are not relayed to a client.
+    pub(super) fn authorized(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self
+            .http
+            .request(method, self.url(path, None))
+            .timeout(self.total_timeout);
+        match &self.key {
+            Some(key) => match HeaderValue::try_from(format!("Bearer {}", key.expose_secret())) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    builder.header(header::AUTHORIZATION, value)
+                }
+                Err(_) => builder,
+            },
+            None => builder,
+        }
+    }
+
     fn build(&self, req: &UpstreamRequest<'_>) -> reqwest::RequestBuilder {
         let mut headers = req.headers.clone();
         let key = req.client_key.or(self.key.as_ref());
@@ -282,6 +302,10 @@ impl Upstreams {
 
     pub fn get(&self, index: usize) -> Option<&Provider> {
         self.providers.get(index)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| &*p.name == name)
     }
 
     pub fn default_provider(&self) -> Option<&Provider> {

@@ -218,18 +218,38 @@ fn a_store_held_by_a_server_is_reported_plainly() {
     assert!(message.contains("in use"), "{message}");
 }
 
+/// A child process killed if the test fails before it stops it.
+struct Reaped(Option<std::process::Child>);
+
+impl Reaped {
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The demo as a user runs it: read the banner, chat with the printed key,
 /// reach the admin page and API, then stop it with SIGTERM.
 #[tokio::test]
 async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
     use std::io::BufRead;
-    let mut demo = flywheel()
-        .args(["demo", "--token-delay-ms", "0", "--seed", "75"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = demo.stdout.take().unwrap();
+    let mut demo = Reaped(Some(
+        flywheel()
+            .args(["demo", "--token-delay-ms", "0", "--seed", "75"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let stdout = demo.child().stdout.take().unwrap();
     let banner = tokio::task::spawn_blocking(move || {
         let mut lines = std::io::BufReader::new(stdout).lines();
         let mut banner = Vec::new();
@@ -337,11 +357,12 @@ async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
     );
 
     let killed = Command::new("kill")
-        .args(["-TERM", &demo.id().to_string()])
+        .args(["-TERM", &demo.child().id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || demo.wait())
+    let mut child = demo.0.take().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();

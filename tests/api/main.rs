@@ -19,6 +19,7 @@ mod evaluation_fixtures;
 mod evaluations;
 mod experiments;
 mod feedback;
+mod fine_tuning;
 mod gating;
 mod models;
 mod operations;

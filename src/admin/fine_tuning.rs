@@ -1,0 +1,200 @@
+//! `/admin/api/fine-tuning/jobs…`: start a job from a dataset (admin),
+//! list and read jobs with their events (analyst or admin), cancel one
+//! (admin). The work is in `finetune`; these only map requests and errors.
+
+use super::{blocking, list_envelope};
+use crate::app::AppState;
+use crate::auth::{Caller, Role};
+use crate::finetune::{JobError, NewJob, cancel_job, create_job};
+use crate::openai::{ApiError, ApiJson, ApiQuery, UpstreamFailure};
+use crate::store::{FineTuneJobRecord, Hyperparameters};
+use crate::upstream::FineTuningError;
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    alias: String,
+    dataset_id: String,
+    provider: Option<String>,
+    base_model: Option<String>,
+    suffix: Option<String>,
+    seed: Option<u64>,
+    method: Option<String>,
+    hyperparameters: Option<HyperparameterFields>,
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HyperparameterFields {
+    n_epochs: Option<u32>,
+    batch_size: Option<u32>,
+    learning_rate_multiplier: Option<f64>,
+}
+
+pub async fn create(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<CreateJob>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let hyperparameters = body
+        .hyperparameters
+        .map_or_else(Hyperparameters::default, |h| Hyperparameters {
+            n_epochs: h.n_epochs,
+            batch_size: h.batch_size,
+            learning_rate_multiplier: h.learning_rate_multiplier,
+        });
+    let new = NewJob {
+        alias: body.alias,
+        dataset_id: body.dataset_id,
+        provider: body.provider,
+        base_model: body.base_model,
+        suffix: body.suffix,
+        seed: body.seed,
+        method: body.method,
+        hyperparameters,
+        metadata: body.metadata.unwrap_or_default(),
+    };
+    let actor = caller.id.to_string();
+    let job = blocking(move || create_job(&app, new, &actor).map_err(job_error)).await?;
+    Ok((StatusCode::CREATED, Json(job_view(&job))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    State(app): State<Arc<AppState>>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let store = app.store.clone();
+    let jobs = blocking(move || store.jobs(page.cursor.as_deref(), limit + 1)).await?;
+    let next_cursor = (jobs.len() > limit).then(|| jobs[limit - 1].id.clone());
+    let data = jobs.iter().take(limit).map(job_view).collect();
+    Ok(Json(list_envelope(data, next_cursor)))
+}
+
+pub async fn get(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = app.store.clone();
+    let lookup = id.clone();
+    let job = blocking(move || store.job(&lookup)).await?;
+    job.map(|j| Json(job_view(&j)))
+        .ok_or_else(|| job_error(not_found(&id)))
+}
+
+pub async fn cancel(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let job = cancel_job(&app, &id, &caller.id).await.map_err(job_error)?;
+    Ok(Json(job_view(&job)))
+}
+
+fn not_found(id: &str) -> JobError {
+    JobError::NotFound {
+        message: format!("no fine-tuning job with id `{id}`"),
+        param: "id",
+    }
+}
+
+/// ADMIN_API's job object.
+pub fn job_view(job: &FineTuneJobRecord) -> Value {
+    json!({
+        "object": "fine_tuning.job",
+        "id": job.id,
+        "alias": job.alias,
+        "model_type": job.model_type,
+        "dataset_id": job.dataset_id,
+        "provider": job.provider,
+        "base_model": job.base_model,
+        "method": job.method,
+        "hyperparameters": job.hyperparameters,
+        "suffix": job.suffix,
+        "seed": job.seed,
+        "metadata": job.metadata,
+        "status": job.status.as_str(),
+        "provider_job_id": job.provider_job_id,
+        "provider_file_ids": job.provider_files,
+        "trained_tokens": job.trained_tokens,
+        "fine_tuned_model": job.fine_tuned_model,
+        "registered_version": job.registered_version,
+        "error": job.error,
+        "events": job.events,
+        "metrics": job.metrics,
+        "created_at": job.created_at,
+        "created_by": job.created_by,
+        "finished_at": job.finished_at,
+    })
+}
+
+pub fn job_error(e: JobError) -> ApiError {
+    match e {
+        e @ JobError::Disabled => ApiError::InvalidRequest {
+            message: e.to_string(),
+            param: None,
+            code: Some("fine_tuning_disabled"),
+        },
+        JobError::NotFound { message, param } => ApiError::NotFound {
+            message,
+            param: Some(param.into()),
+            code: "not_found",
+        },
+        e @ JobError::NotReady { .. } => ApiError::InvalidRequest {
+            message: e.to_string(),
+            param: Some("dataset_id".into()),
+            code: Some("not_ready"),
+        },
+        JobError::Invalid { message, param } => ApiError::invalid(message, Some(param)),
+        JobError::Conflict(message) => ApiError::Conflict {
+            message,
+            code: "conflict",
+        },
+        JobError::Provider(e) => provider_error(e),
+        JobError::Registry(e) => super::registry_error(e),
+        JobError::Store(e) => e.into(),
+    }
+}
+
+/// A provider's error answer goes back with its status and error object.
+fn provider_error(e: FineTuningError) -> ApiError {
+    match e {
+        FineTuningError::Status { status, .. } => {
+            let error = match e.provider_error() {
+                object @ Value::Object(_) => object,
+                other => {
+                    json!({"message": e.to_string(), "type": "api_error", "param": null, "code": null, "body": other})
+                }
+            };
+            ApiError::UpstreamStatus(Box::new(UpstreamFailure {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                body: json!({ "error": error }).to_string().into(),
+                headers: HeaderMap::new(),
+            }))
+        }
+        FineTuningError::Transport { provider, detail } => {
+            ApiError::UpstreamUnreachable { provider, detail }
+        }
+        FineTuningError::Invalid { provider, detail } => {
+            ApiError::UpstreamInvalid { provider, detail }
+        }
+    }
+}

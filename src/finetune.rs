@@ -1,0 +1,107 @@
+//! Fine-tuning jobs: created from a dataset snapshot for an alias
+//! (`create`), carried through their lifecycle by a poller
+//! (`poller`: each `fine_tuning.poll_interval_s`, one `step` per job in
+//! flight — upload the files, submit, follow the provider's status and
+//! events), cancelled on request (`cancel`), and on success registered as
+//! a candidate version of the alias, optionally with a canary share of its
+//! traffic (`register`). What the provider reports is folded into the job
+//! record by plain functions (`sync`). Continuous learning
+//! (`continuous`, off by default) builds datasets and starts jobs by
+//! itself as approved conversations accumulate.
+//!
+//! Every step that reaches the provider is marked in the stored record
+//! before it is tried, so a process that stopped at any point resumes the
+//! job without doing it twice: an upload is looked for by its file name,
+//! a submission by the job's `metadata.flywheel_job_id`.
+
+mod cancel;
+mod continuous;
+mod create;
+mod poller;
+mod register;
+mod step;
+mod sync;
+
+pub use cancel::cancel_job;
+pub use continuous::run_continuous;
+pub use create::{NewJob, create_job};
+pub use poller::{Outcome, run_poller, try_step_once};
+
+use crate::app::AppState;
+use crate::registry::RegistryError;
+use crate::store::{FineTuneJobRecord, StoreError};
+use crate::upstream::FineTuningError;
+use std::sync::Arc;
+use tokio::sync::{Mutex, MutexGuard, Notify};
+
+/// The metadata key that ties a provider's job to ours.
+pub const JOB_ID_KEY: &str = "flywheel_job_id";
+
+/// Shared by the admin handlers and the poller.
+#[derive(Default)]
+pub struct Jobs {
+    /// Held while one job changes (a poller step, a cancel), so that a
+    /// cancel never races a submission.
+    lock: Mutex<()>,
+    /// Wakes the poller early, when a job was created.
+    wake: Notify,
+}
+
+impl Jobs {
+    async fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// Asks the poller to look at the jobs now rather than at its next tick.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("fine-tuning is disabled (`fine_tuning.enabled = false`)")]
+    Disabled,
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        param: &'static str,
+    },
+    #[error("dataset `{dataset}` is not ready for training: {problems}")]
+    NotReady { dataset: String, problems: String },
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        param: &'static str,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Provider(#[from] FineTuningError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(message: impl Into<String>, param: &'static str) -> JobError {
+    JobError::Invalid {
+        message: message.into(),
+        param,
+    }
+}
+
+/// Stores the job off the async workers; durable once it returns.
+async fn save(app: &Arc<AppState>, job: &FineTuneJobRecord) -> Result<(), StoreError> {
+    let (store, job) = (app.store.clone(), job.clone());
+    tokio::task::spawn_blocking(move || store.put_job(&job))
+        .await
+        .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+}
+
+async fn load(app: &Arc<AppState>, id: &str) -> Result<Option<FineTuneJobRecord>, StoreError> {
+    let (store, id) = (app.store.clone(), id.to_string());
+    tokio::task::spawn_blocking(move || store.job(&id))
+        .await
+        .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+}

@@ -1,0 +1,59 @@
+//! Cancelling a job: at the provider first when it was submitted (or may
+//! have been), then in the record, audited.
+
+use super::step::find_job;
+use super::sync::{finish, note};
+use super::{JobError, load, save};
+use crate::app::AppState;
+use crate::store::{FineTuneJobRecord, JobStatus};
+use std::sync::Arc;
+
+pub async fn cancel_job(
+    app: &Arc<AppState>,
+    id: &str,
+    actor: &str,
+) -> Result<FineTuneJobRecord, JobError> {
+    let _held = app.jobs.lock().await;
+    let mut job = load(app, id).await?.ok_or_else(|| JobError::NotFound {
+        message: format!("no fine-tuning job with id `{id}`"),
+        param: "id",
+    })?;
+    if job.status.is_final() {
+        return Err(JobError::Conflict(format!(
+            "job `{id}` has already {} and cannot be cancelled",
+            job.status.as_str()
+        )));
+    }
+    if let Some(provider) = app.upstreams.by_name(&job.provider) {
+        // A submission that may have reached the provider is looked for,
+        // so that no job is left running there.
+        if job.provider_job_id.is_none()
+            && job.attempts.submit
+            && let Some(remote) = find_job(provider, &job.id).await?
+        {
+            job.provider_job_id = Some(remote.id);
+        }
+        if let Some(remote_id) = job.provider_job_id.clone() {
+            provider.cancel_job(&remote_id).await?;
+        }
+    }
+    note(&mut job, "info", format!("Cancelled by {actor}"));
+    finish(&mut job, JobStatus::Cancelled);
+    save(app, &job).await?;
+    metrics::counter!("flywheel_fine_tuning_jobs_finished_total", "status" => "cancelled")
+        .increment(1);
+    let (store, target) = (app.store.clone(), job.id.clone());
+    let actor = actor.to_string();
+    tokio::task::spawn_blocking(move || {
+        crate::audit::record(
+            store.as_ref(),
+            &actor,
+            "fine_tuning.job.cancel",
+            &target,
+            serde_json::Value::Null,
+        )
+    })
+    .await
+    .map_err(|e| crate::store::StoreError::Io(format!("store task failed: {e}")))??;
+    Ok(job)
+}

@@ -1,0 +1,99 @@
+//! Continuous learning: once enough conversations were approved, a
+//! dataset is built and a job started without anyone asking, audited by
+//! `continuous-learning`; no further job until as many approvals again.
+
+use super::*;
+use reqwest::Method;
+
+const CONTINUOUS: &str =
+    "\n[fine_tuning.continuous]\nenabled = true\nmin_new_approved = 30\ncheck_interval_s = 1\n";
+
+async fn jobs(app: &TestApp) -> Vec<Value> {
+    let list: Value = admin(app, Method::GET, "/admin/api/fine-tuning/jobs", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    list["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enough_approvals_start_a_job_by_themselves() {
+    let sim = spawn_simulator(simulator(FAST_STEP)).await;
+    let app = spawn_app_with(options(sim, CONTINUOUS)).await;
+    reviewed_conversations(&app, 29).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(jobs(&app).await.is_empty(), "started below the threshold");
+
+    reviewed_conversations_from(&app, 29, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let started = loop {
+        if let Some(job) = jobs(&app).await.into_iter().next() {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "no job was started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(started["created_by"], "continuous-learning");
+    let done = until_finished(&app, started["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert!(done["registered_version"].is_string());
+
+    let path = format!(
+        "/admin/api/datasets/{}",
+        done["dataset_id"].as_str().unwrap()
+    );
+    let dataset: Value = admin(&app, Method::GET, &path, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dataset["created_by"], "continuous-learning");
+    assert_eq!(dataset["counts"]["accepted"], 30, "{dataset:#}");
+
+    let audit: Value = admin(&app, Method::GET, "/admin/api/audit?limit=200", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let by_service: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["actor"] == "continuous-learning")
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "dataset.create",
+        "fine_tuning.job.create",
+        "fine_tuning.continuous.start",
+    ] {
+        assert!(
+            by_service.contains(&action),
+            "{action} not in {by_service:?}"
+        );
+    }
+    let start = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "fine_tuning.continuous.start")
+        .unwrap();
+    assert_eq!(start["details"]["approved_since"], 30);
+    // The tallies count approvals over every alias: the alias with no
+    // conversations of its own got a dataset that was not ready, and a skip.
+    let skip = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "fine_tuning.continuous.skip")
+        .unwrap();
+    assert_eq!(skip["target"], "broken", "{skip:#}");
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        jobs(&app).await.len(),
+        1,
+        "a second job without new approvals"
+    );
+}

@@ -1,0 +1,87 @@
+//! A restart mid-job: the job resumes from its stored record, and a
+//! submission or upload that may have happened just before the process
+//! stopped is found at the provider rather than made again.
+
+use super::*;
+use flywheel::store::JobStatus;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_resumes_after_a_restart_without_a_second_submission() {
+    let sim = spawn_simulator(simulator(Duration::from_millis(700))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..options(sim, "")
+    };
+    let app = spawn_app_with(opts()).await;
+    let dataset = stored_dataset(&app, "sft", true, &sft_jsonl(24), &sft_jsonl(6)).await;
+    let id = create_job(
+        &app,
+        json!({"alias": "triage", "dataset_id": dataset, "suffix": "resume"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while job(&app, &id).await["provider_job_id"].is_null() {
+        assert!(Instant::now() < deadline, "the job was not submitted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+
+    // The worst moment to stop: the submission and the validation upload
+    // were sent, but their answers never stored.
+    let store = reopen(dir.path()).await;
+    let mut record = store.job(&id).unwrap().unwrap();
+    assert!(record.attempts.submit && record.attempts.validation_upload);
+    record.provider_job_id = None;
+    record.provider_files.validation_file = None;
+    record.status = JobStatus::Preparing;
+    store.put_job(&record).unwrap();
+    drop(store);
+
+    let app = spawn_app_with(opts()).await;
+    let done = until_finished(&app, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert!(
+        done["registered_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("ft-resume-")
+    );
+    assert_eq!(submissions(&app, &id).await.len(), 1, "submitted twice");
+    let files = at_simulator(&app, "/files?purpose=fine-tune").await;
+    let uploads = files["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["filename"].as_str().unwrap().contains(&id))
+        .count();
+    assert_eq!(uploads, 2, "{files:#}");
+    let messages: Vec<&str> = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Found the job submitted before")),
+        "{messages:#?}"
+    );
+}
+
+/// Opens the store a stopped app released (sled may hold its lock a moment).
+async fn reopen(dir: &std::path::Path) -> flywheel::store::SharedStore {
+    for _ in 0..200 {
+        match flywheel::store::open(dir) {
+            Err(flywheel::store::StoreError::Locked { .. }) => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+    panic!("the store stayed locked");
+}
