@@ -112,16 +112,9 @@ async fn a_simulated_fine_tune_is_scored_against_its_base_on_the_held_out_split(
     let run = evaluate(&app, &data.dataset_id, &["base", "tuned"]).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     let id = run["id"].as_str().unwrap();
-    let page: Value = admin(
-        &app,
-        Method::GET,
-        &format!("/admin/api/evaluations/{id}/examples"),
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let page: Value = app
+        .admin_get(&format!("/admin/api/evaluations/{id}/examples"))
+        .await;
     let results = page["data"].as_array().unwrap();
     assert_eq!(results.len(), 2 * data.validation_ids.len());
     for version in ["base", "tuned"] {
@@ -148,11 +141,7 @@ async fn a_simulated_fine_tune_is_scored_against_its_base_on_the_held_out_split(
     assert!(run["comparison"]["mcnemar_p"].as_f64().is_some());
 
     // Traffic the fine-tuned model serves shows in the stats.
-    let before: Value = admin(&app, Method::GET, "/admin/api/stats", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let before: Value = app.admin_get("/admin/api/stats").await;
     let response = app
         .http
         .post(app.url("/v1/chat/completions"))
@@ -165,11 +154,7 @@ async fn a_simulated_fine_tune_is_scored_against_its_base_on_the_held_out_split(
     assert_eq!(response.status(), 200);
     let turns = before["turns_total"].as_i64().unwrap() + 1;
     for _ in 0..200 {
-        let stats: Value = admin(&app, Method::GET, "/admin/api/stats", None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let stats: Value = app.admin_get("/admin/api/stats").await;
         if stats["turns_total"] == turns {
             assert_eq!(before["fine_tuned_traffic_share"], 0.0);
             assert!(

@@ -236,16 +236,9 @@ async fn two_versions_are_scored_on_a_held_out_split_as_an_independent_count_say
         .map(|p| &p["evaluation_id"])
         .collect();
     assert_eq!(order, [&json!(id), &again["id"]]);
-    let listed: Value = admin(
-        &app,
-        Method::GET,
-        "/admin/api/evaluations?alias=triage&version=base",
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let listed: Value = app
+        .admin_get("/admin/api/evaluations?alias=triage&version=base")
+        .await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
 
     // Evaluation requests go straight to the provider: nothing captured.
@@ -297,11 +290,7 @@ async fn a_metric_under_its_target_raises_an_alert_that_reaches_the_webhook() {
     let run = evaluate(&app, &data.dataset_id, &["base"]).await;
     assert_eq!(run["targets"]["accuracy"]["met"], false);
 
-    let alerts: Value = admin(&app, Method::GET, "/admin/api/alerts?state=open", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let alerts: Value = app.admin_get("/admin/api/alerts?state=open").await;
     let alert = alerts["data"]
         .as_array()
         .unwrap()
@@ -480,16 +469,7 @@ async fn production_and_its_candidates_with_traffic_are_evaluated_on_schedule() 
     assert_eq!(traffic.status(), 200);
     let mut scheduled = None;
     for _ in 0..200 {
-        let listed: Value = admin(
-            &app,
-            Method::GET,
-            "/admin/api/evaluations?alias=triage",
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+        let listed: Value = app.admin_get("/admin/api/evaluations?alias=triage").await;
         scheduled = listed["data"]
             .as_array()
             .unwrap()
@@ -506,15 +486,8 @@ async fn production_and_its_candidates_with_traffic_are_evaluated_on_schedule() 
     assert_eq!(run["versions"], json!(["base", "large"]));
     assert_eq!(run["dataset_id"], json!(data.dataset_id));
     assert_eq!(run["split"], "validation");
-    let performance: Value = admin(
-        &app,
-        Method::GET,
-        "/admin/api/performance?alias=triage&metric=accuracy",
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let performance: Value = app
+        .admin_get("/admin/api/performance?alias=triage&metric=accuracy")
+        .await;
     assert!(performance["data"].as_array().unwrap().len() >= 2);
 }
