@@ -10,18 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn admin_get(app: &TestApp, path: &str) -> Value {
-    let response = app
-        .http
-        .get(app.url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.json().await.unwrap()
-}
-
 async fn put_traffic(app: &TestApp, alias: &str, weights: Value) {
     let response = app
         .http
@@ -173,10 +161,13 @@ async fn every_conversation(app: &TestApp) -> Vec<Value> {
             Some(c) => format!("/admin/api/conversations?limit=500&cursor={c}"),
             None => "/admin/api/conversations?limit=500".into(),
         };
-        let page = admin_get(app, &path).await;
+        let page = app.admin_get(&path).await;
         for summary in page["data"].as_array().unwrap() {
             let id = summary["id"].as_str().unwrap();
-            out.push(admin_get(app, &format!("/admin/api/conversations/{id}")).await);
+            out.push(
+                app.admin_get(&format!("/admin/api/conversations/{id}"))
+                    .await,
+            );
         }
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
@@ -211,7 +202,7 @@ async fn experiment_figures_equal_a_count_from_the_captured_records() {
         }
     }
     assert_eq!(counts.values().map(|c| c.requests).sum::<u64>(), 240);
-    let experiment = admin_get(&app, "/admin/api/models/triage/experiment").await;
+    let experiment = app.admin_get("/admin/api/models/triage/experiment").await;
     for (name, mut c) in counts {
         let v = experiment["versions"]
             .as_array()
@@ -325,7 +316,7 @@ production = "base"
 
     let mut alert = Value::Null;
     for _ in 0..100 {
-        let alerts = admin_get(&app, "/admin/api/alerts?state=open").await;
+        let alerts = app.admin_get("/admin/api/alerts?state=open").await;
         if let Some(a) = alerts["data"]
             .as_array()
             .unwrap()
@@ -342,7 +333,7 @@ production = "base"
         (alert["alias"].as_str(), alert["metric"].as_str()),
         (Some("guarded"), Some("error_rate"))
     );
-    let alias = admin_get(&app, "/admin/api/models/guarded").await;
+    let alias = app.admin_get("/admin/api/models/guarded").await;
     let weight = |name: &str| {
         alias["versions"]
             .as_array()
@@ -354,10 +345,10 @@ production = "base"
             .unwrap()
     };
     assert_eq!((weight("base"), weight("candidate")), (100.0, 0.0));
-    let history = admin_get(&app, "/admin/api/models/guarded/history").await;
+    let history = app.admin_get("/admin/api/models/guarded/history").await;
     assert_eq!(history["data"][0]["action"], "guardrail");
     assert_eq!(history["data"][0]["actor"], "guardrail");
-    let audit = admin_get(&app, "/admin/api/audit").await;
+    let audit = app.admin_get("/admin/api/audit").await;
     assert!(
         audit["data"]
             .as_array()

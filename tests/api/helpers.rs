@@ -115,6 +115,19 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// GET an admin route with the bootstrap admin token; asserts a 200.
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
     /// POST JSON to the proxy with the client key.
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.http

@@ -12,18 +12,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-async fn admin_get(app: &TestApp, path: &str) -> Value {
-    let response = app
-        .http
-        .get(app.url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.json().await.unwrap()
-}
-
 async fn admin_send(
     app: &TestApp,
     method: reqwest::Method,
@@ -111,7 +99,9 @@ async fn weights_split_traffic_and_threaded_conversations_keep_their_version() {
     for (conversation, versions) in &conversations {
         assert!(versions.iter().all(|v| v == &versions[0]), "{versions:?}");
         seen_versions.insert(versions[0].clone());
-        let detail = admin_get(&app, &format!("/admin/api/conversations/{conversation}")).await;
+        let detail = app
+            .admin_get(&format!("/admin/api/conversations/{conversation}"))
+            .await;
         assert_eq!(
             detail["turns"].as_array().unwrap().len(),
             3,
@@ -322,7 +312,7 @@ async fn versions_weights_and_history_survive_a_restart() {
         ..Options::default()
     })
     .await;
-    let alias = admin_get(&app, "/admin/api/models/triage").await;
+    let alias = app.admin_get("/admin/api/models/triage").await;
     let weights: BTreeMap<String, f64> = alias["versions"]
         .as_array()
         .unwrap()
@@ -343,7 +333,7 @@ async fn versions_weights_and_history_survive_a_restart() {
         ])
     );
     assert_eq!(alias["revision"], 3);
-    let history = admin_get(&app, "/admin/api/models/triage/history").await;
+    let history = app.admin_get("/admin/api/models/triage/history").await;
     let actions: Vec<&str> = history["data"]
         .as_array()
         .unwrap()
@@ -417,29 +407,28 @@ async fn registry_changes_are_checked_and_guarded_by_role_and_revision() {
             .0,
         403
     );
-    let (status, e) = error_of(
-        put(
-            ADMIN_TOKEN.into(),
-            "1",
+    for (body, param) in [
+        (
             json!({"weights": {"base": 90, "large": 5}, "reason": "x"}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!((status, e["param"].as_str()), (400, Some("weights")));
-    let (status, e) = error_of(
-        put(
-            ADMIN_TOKEN.into(),
-            "1",
+            "weights",
+        ),
+        (
             json!({"weights": {"base": 90, "nope": 10}, "reason": "x"}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!((status, e["param"].as_str()), (400, Some("weights.nope")));
-    let (status, e) =
-        error_of(put(ADMIN_TOKEN.into(), "1", json!({"weights": {"base": 100}})).await).await;
-    assert_eq!((status, e["param"].as_str()), (400, Some("reason")));
+            "weights.nope",
+        ),
+        (
+            json!({"weights": {"base": 99.995, "large": 0.005}, "reason": "x"}),
+            "weights.base",
+        ),
+        (json!({"weights": {"base": 100}}), "reason"),
+        (
+            json!({"weights": {"base": 100}, "shadow": ["base"], "reason": "x"}),
+            "shadow",
+        ),
+    ] {
+        let (status, e) = error_of(put(ADMIN_TOKEN.into(), "1", body.clone()).await).await;
+        assert_eq!((status, e["param"].as_str()), (400, Some(param)), "{body}");
+    }
     assert_eq!(
         put(ADMIN_TOKEN.into(), "\"1\"", good.clone())
             .await
@@ -501,7 +490,7 @@ async fn registry_changes_are_checked_and_guarded_by_role_and_revision() {
         "large"
     );
 
-    let audit = admin_get(&app, "/admin/api/audit").await;
+    let audit = app.admin_get("/admin/api/audit").await;
     assert!(
         audit["data"]
             .as_array()
@@ -548,7 +537,9 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
         )
         .await;
     assert_eq!(rated.status(), 201);
-    let detail = admin_get(&app, &format!("/admin/api/conversations/{conversation}")).await;
+    let detail = app
+        .admin_get(&format!("/admin/api/conversations/{conversation}"))
+        .await;
     assert_eq!(detail["turns"][0]["fallback_from"], "large");
     assert_eq!(detail["turns"][0]["version"], "base");
 
@@ -596,7 +587,9 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
     }
     assert_eq!(shadows[0]["version"], "large", "{shadows}");
     assert_eq!(shadows[0]["provider_model"], "gpt-4o");
-    let detail = admin_get(&app, &format!("/admin/api/conversations/{conversation}")).await;
+    let detail = app
+        .admin_get(&format!("/admin/api/conversations/{conversation}"))
+        .await;
     assert_eq!(
         detail["turns"].as_array().unwrap().len(),
         1,
