@@ -1,10 +1,11 @@
 //! The admin side: the embedded web UI at `/admin/` and the admin API under
 //! `/admin/api/*` (analyst or admin keys; writes that change models, keys,
-//! datasets and fine-tuning jobs need admin).
+//! datasets, fine-tuning jobs and evaluations need admin).
 
 mod alerts;
 mod conversations;
 mod datasets;
+mod evaluations;
 mod fine_tuning;
 mod keys;
 mod me;
@@ -17,6 +18,9 @@ pub use conversations::{
     patch_conversation,
 };
 pub use datasets::{get_dataset, list_datasets, post_dataset, train_file, validation_file};
+pub use evaluations::{
+    create_evaluation, evaluation_examples, get_evaluation, list_evaluations, performance,
+};
 pub use fine_tuning::{
     cancel as cancel_job, create as create_job, get as get_job, list as list_jobs,
 };

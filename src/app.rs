@@ -38,6 +38,10 @@ pub struct AppState {
     pub redactor: Arc<Redactor>,
     /// Reads the threat type and severity an answer states.
     pub extractor: Arc<crate::evaluation::extract::Extractor>,
+    /// Woken when an evaluation is queued.
+    pub evaluation_runner: crate::evaluation::Runner,
+    /// Sends evaluation alerts to the webhook, when one is configured.
+    pub alert_hook: crate::evaluation::AlertHook,
     pub metrics: PrometheusHandle,
     pub started_unix: u64,
     /// Fine-tuning jobs: the lock their changes take, the poller's wake-up.
@@ -106,6 +110,8 @@ impl Application {
             &config.evaluation.extractor,
             &config.taxonomy,
         )?;
+        let alert_hook =
+            crate::evaluation::AlertHook::new(&config.evaluation).map_err(StartError::Upstream)?;
         let config = Arc::new(config);
         let registry = Registry::open(store.clone(), config.clone())?;
         let state = AppState {
@@ -119,6 +125,8 @@ impl Application {
             mirror: crate::proxy::Mirror::default(),
             redactor: Arc::new(redactor),
             extractor: Arc::new(extractor),
+            evaluation_runner: crate::evaluation::Runner::default(),
+            alert_hook,
             metrics: crate::telemetry::metrics_handle(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -178,6 +186,17 @@ impl Application {
                 state.clone(),
                 shutdown.clone(),
             ));
+        }
+        tasks.spawn(crate::evaluation::runner::run_evaluations(
+            state.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::evaluation::schedule::run_schedule(
+            state.clone(),
+            shutdown.clone(),
+        ));
+        if let Some(delivery) = state.alert_hook.take_delivery() {
+            tasks.spawn(delivery.run(shutdown.clone()));
         }
         if let Some(days) = state.config.capture.retention_days {
             tasks.spawn(crate::capture::run_retention(

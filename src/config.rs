@@ -50,13 +50,44 @@ impl Config {
     }
 
     /// The effective configuration as TOML, for `check-config`. Secrets are
-    /// never in it: only the names of the variables that hold them.
+    /// never in it: only the names of the variables that hold them. A
+    /// webhook URL carries its credential in the path (Slack's do), so only
+    /// its scheme and host are shown.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut shown = self.clone();
+        if let Some(url) = &mut shown.evaluation.webhook_url {
+            *url = masked_url(url);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// `https://hooks.slack.com/services/T/B/x` → `https://hooks.slack.com/***`.
+fn masked_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or(host);
+    format!("{scheme}://{host}/***")
 }
 
 /// Validation guarantees at least one provider; this only keeps
 /// `default_provider` total without a panic path.
 static FALLBACK_PROVIDER: std::sync::LazyLock<ProviderConfig> =
     std::sync::LazyLock::new(ProviderConfig::placeholder);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_config_shows_a_webhook_url_without_its_credential() {
+        assert_eq!(
+            masked_url("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/***"
+        );
+        assert_eq!(
+            masked_url("http://user:pw@127.0.0.1:9/hook?t=1"),
+            "http://127.0.0.1:9/***"
+        );
+    }
+}

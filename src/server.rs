@@ -85,6 +85,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/api/fine-tuning/jobs/{id}/cancel",
             post(admin::cancel_job),
         )
+        .route(
+            "/admin/api/evaluations",
+            post(admin::create_evaluation).get(admin::list_evaluations),
+        )
+        .route("/admin/api/evaluations/{id}", get(admin::get_evaluation))
+        .route(
+            "/admin/api/evaluations/{id}/examples",
+            get(admin::evaluation_examples),
+        )
+        .route("/admin/api/performance", get(admin::performance))
         .route("/admin/api/alerts", get(admin::list_alerts))
         .route("/admin/api/alerts/{id}/ack", post(admin::acknowledge_alert))
         .route("/admin/api/{*rest}", any(not_found))

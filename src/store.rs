@@ -2,11 +2,13 @@
 //! sled type, so another implementation (PostgreSQL for several replicas)
 //! only has to implement this trait.
 
+mod evaluation_records;
 mod job_records;
 mod model_records;
 mod records;
 mod sled_store;
 
+pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};
 pub use job_records::{
     Attempts, FineTuneJobRecord, Hyperparameters, JobEvent, JobStatus, ProviderFiles,
 };
@@ -189,6 +191,35 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<FineTuneJobRecord>, StoreError>;
     /// Every job not finished yet, oldest first.
     fn jobs_in_flight(&self) -> Result<Vec<FineTuneJobRecord>, StoreError>;
+
+    /// Creates or replaces an evaluation run; durable once it returns.
+    fn put_evaluation(&self, record: &EvaluationRecord) -> Result<(), StoreError>;
+    fn evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError>;
+    /// Newest first, after `cursor` (an evaluation id), those `keep` accepts.
+    fn evaluations(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&EvaluationRecord) -> bool,
+    ) -> Result<Vec<EvaluationRecord>, StoreError>;
+    /// Stores one example's result with the run's new progress in one
+    /// atomic step (made durable by the next flush).
+    fn put_example_result(
+        &self,
+        result: &ExampleResult,
+        progress: &EvaluationRecord,
+    ) -> Result<(), StoreError>;
+    /// Every result of a run, by version, then example.
+    fn example_results(&self, evaluation_id: &str) -> Result<Vec<ExampleResult>, StoreError>;
+    /// Stores the finished run with its performance figures in one atomic,
+    /// durable step.
+    fn finish_evaluation(
+        &self,
+        record: &EvaluationRecord,
+        performance: &[PerformanceRecord],
+    ) -> Result<(), StoreError>;
+    /// The alias's performance figures, oldest first.
+    fn performance(&self, alias: &str) -> Result<Vec<PerformanceRecord>, StoreError>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;

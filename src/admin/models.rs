@@ -1,11 +1,13 @@
 //! `/admin/api/models…`: the registry's versions, traffic, promotion,
 //! rollback and history. Reads are for analysts and admins, changes for
 //! admins; every change names a reason, may carry `If-Match: <revision>`
-//! (409 when the alias moved since), and is audited by the registry.
+//! (409 when the alias moved since), and is audited by the registry. With
+//! `evaluation.gate_promotion`, a promotion must pass `evaluation::gate`.
 
 use super::{blocking, list_envelope};
 use crate::app::AppState;
 use crate::auth::{Caller, Role};
+use crate::evaluation::gate::Gated;
 use crate::openai::{ApiError, ApiJson, ApiQuery};
 use crate::registry::{Change, ChangeError, RegistryError, Request};
 use crate::store::ModelAliasRecord;
@@ -113,12 +115,36 @@ pub async fn promote(
     ApiJson(body): ApiJson<Promotion>,
 ) -> Result<Response, ApiError> {
     let reason = checked_reason(body.reason.as_deref())?;
+    caller.require(Role::Admin)?;
+    gate(&app, &alias, &body.version).await?;
     let change = Change::Promote {
         version: body.version,
         weights: body.weights,
     };
     let record = change_alias(&app, &caller, &alias, &headers, reason, change).await?;
     Ok(with_etag(&record))
+}
+
+/// Refuses the promotion when evaluation gating is on and the version's
+/// latest evaluation does not pass.
+async fn gate(app: &Arc<AppState>, alias: &str, version: &str) -> Result<(), ApiError> {
+    let (state, alias, version) = (app.clone(), alias.to_string(), version.to_string());
+    blocking(move || {
+        crate::evaluation::gate::check(
+            state.store.as_ref(),
+            &state.config.evaluation,
+            &alias,
+            &version,
+        )
+        .map_err(|e| match e {
+            Gated::Refused { message, failing } => ApiError::PromotionGated {
+                message,
+                failing: json!(failing),
+            },
+            Gated::Store(e) => e.into(),
+        })
+    })
+    .await
 }
 
 #[derive(Deserialize)]

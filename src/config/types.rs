@@ -377,10 +377,28 @@ impl Default for FineTuningConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvaluationConfig {
+    /// Scheduled evaluations; runs asked for through the API happen anyway.
     pub enabled: bool,
     pub interval_s: u64,
     pub targets: EvaluationTargets,
     pub extractor: ExtractorConfig,
+    /// Requests an evaluation has in flight towards the upstreams at once.
+    pub concurrency: usize,
+    /// A metric that fell by more than this since the version's previous
+    /// run raises an alert, as one under its target does.
+    pub alert_drop: f64,
+    /// Where evaluation alerts are POSTed as Slack-compatible JSON.
+    pub webhook_url: Option<String>,
+    /// Attempts per alert before the webhook gives up on it.
+    pub webhook_attempts: u32,
+    /// The wait before the first retry; each further one doubles it.
+    pub webhook_backoff_ms: u64,
+    /// Refuse a promotion unless the candidate's latest evaluation meets
+    /// the targets.
+    pub gate_promotion: bool,
+    /// With `gate_promotion`, the candidate's accuracy must also be above
+    /// production's on the same dataset.
+    pub require_beats_production: bool,
 }
 
 impl Default for EvaluationConfig {
@@ -390,6 +408,13 @@ impl Default for EvaluationConfig {
             interval_s: 86_400,
             targets: EvaluationTargets::default(),
             extractor: ExtractorConfig::default(),
+            concurrency: 4,
+            alert_drop: 0.05,
+            webhook_url: None,
+            webhook_attempts: 5,
+            webhook_backoff_ms: 500,
+            gate_promotion: false,
+            require_beats_production: false,
         }
     }
 }

@@ -345,9 +345,50 @@ fn check_evaluation(c: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid(key, "must be between 0 and 1"));
         }
     }
+    check_evaluation_runs(c)?;
     crate::evaluation::extract::Extractor::new(&c.evaluation.extractor, &c.taxonomy)
         .map(drop)
         .map_err(|e| ConfigError::invalid(e.key, e.problem))
+}
+
+fn check_evaluation_runs(c: &Config) -> Result<(), ConfigError> {
+    let e = &c.evaluation;
+    if e.concurrency == 0 {
+        return Err(ConfigError::invalid(
+            "evaluation.concurrency",
+            "must be at least 1",
+        ));
+    }
+    if !(0.0..=1.0).contains(&e.alert_drop) {
+        return Err(ConfigError::invalid(
+            "evaluation.alert_drop",
+            "must be between 0 and 1",
+        ));
+    }
+    if e.webhook_attempts == 0 {
+        return Err(ConfigError::invalid(
+            "evaluation.webhook_attempts",
+            "must be at least 1",
+        ));
+    }
+    if let Some(url) = &e.webhook_url {
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(_) => {
+                return Err(ConfigError::invalid(
+                    "evaluation.webhook_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            Err(err) => {
+                return Err(ConfigError::invalid(
+                    "evaluation.webhook_url",
+                    format!("`{url}` is not a URL: {err}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -31,6 +31,13 @@ pub enum ApiError {
     /// The change conflicts with the resource's current state (409).
     #[error("{message}")]
     Conflict { message: String, code: &'static str },
+    /// A promotion evaluation gating refuses (409 `promotion_gated`);
+    /// `failing` goes into the error object beside the usual fields.
+    #[error("{message}")]
+    PromotionGated {
+        message: String,
+        failing: serde_json::Value,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("rate limit of {limit} requests per minute reached for this key; retry in {}s", retry_after_secs(*.retry_after))]
@@ -87,7 +94,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::PromotionGated { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamStatus(f) => f.status,
@@ -109,6 +116,7 @@ impl ApiError {
             ApiError::NotFound { code, .. } => ("invalid_request_error", Some(*code)),
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             ApiError::Conflict { code, .. } => ("invalid_request_error", Some(*code)),
+            ApiError::PromotionGated { .. } => ("invalid_request_error", Some("promotion_gated")),
             ApiError::PayloadTooLarge { .. } => {
                 ("invalid_request_error", Some("request_too_large"))
             }
@@ -155,6 +163,7 @@ impl ApiError {
             | ApiError::NotFound { .. }
             | ApiError::MethodNotAllowed(_)
             | ApiError::Conflict { .. }
+            | ApiError::PromotionGated { .. }
             | ApiError::PayloadTooLarge { .. } => Some(false),
             _ => None,
         }
@@ -183,6 +192,15 @@ pub fn error_json(body: &ErrorBody) -> Bytes {
         .unwrap_or_else(|_| Bytes::from_static(br#"{"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#))
 }
 
+/// `{"error": body}` with the gate's `failing` metrics inside the error.
+fn gated_json(body: &ErrorBody, failing: &serde_json::Value) -> Bytes {
+    let mut error = serde_json::to_value(body).unwrap_or_default();
+    if let Some(object) = error.as_object_mut() {
+        object.insert("failing".into(), failing.clone());
+    }
+    Bytes::from(serde_json::json!({ "error": error }).to_string())
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -193,6 +211,9 @@ impl IntoResponse for ApiError {
         };
         let (body, mut headers) = match self {
             ApiError::UpstreamStatus(f) => (f.body, f.headers),
+            ApiError::PromotionGated { ref failing, .. } => {
+                (gated_json(&self.body(), failing), HeaderMap::new())
+            }
             ref other => (error_json(&other.body()), HeaderMap::new()),
         };
         headers.insert(

@@ -3,15 +3,16 @@
 
 mod conversations;
 mod datasets;
+mod evaluations;
 mod jobs;
 mod models;
 mod tallies;
 
 use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
-    ConversationTallies, DatasetRecord, DatasetSplit, FeedbackRecord, FineTuneJobRecord,
-    InferenceRecord, ModelAliasRecord, ModelHistoryRecord, NewTurn, Store, StoreError, TallyKey,
-    ThreadPoint, VersionTally,
+    ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord, ExampleResult,
+    FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord, ModelHistoryRecord,
+    NewTurn, PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
 };
 use conversations::{Changes, Tree};
 use serde::Serialize;
@@ -55,6 +56,12 @@ pub struct SledStore {
     fine_tuning_jobs: sled::Tree,
     /// Ids of the fine-tuning jobs not finished yet → nothing.
     jobs_in_flight: sled::Tree,
+    /// Evaluation runs by id.
+    evaluations: sled::Tree,
+    /// Each example's result in each run (see `evaluations`).
+    evaluation_examples: sled::Tree,
+    /// Model-performance figures by alias, oldest first.
+    performance: sled::Tree,
     /// Held while tallies are read, merged and written.
     tally_lock: std::sync::Mutex<()>,
     /// Held while a conversation, its index entries and the tallies change
@@ -93,6 +100,9 @@ impl SledStore {
             dataset_files: tree("dataset_files")?,
             fine_tuning_jobs: tree("fine_tuning_jobs")?,
             jobs_in_flight: tree("fine_tuning_jobs_in_flight")?,
+            evaluations: tree("evaluations")?,
+            evaluation_examples: tree("evaluation_examples")?,
+            performance: tree("model_performance")?,
             tally_lock: std::sync::Mutex::new(()),
             conversation_lock: std::sync::Mutex::new(None),
             db,
@@ -444,6 +454,47 @@ impl Store for SledStore {
 
     fn jobs_in_flight(&self) -> Result<Vec<FineTuneJobRecord>, StoreError> {
         self.jobs_not_finished()
+    }
+
+    fn put_evaluation(&self, record: &EvaluationRecord) -> Result<(), StoreError> {
+        self.write_evaluation(record)
+    }
+
+    fn evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError> {
+        self.read_evaluation(id)
+    }
+
+    fn evaluations(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&EvaluationRecord) -> bool,
+    ) -> Result<Vec<EvaluationRecord>, StoreError> {
+        self.list_evaluations(cursor, limit, keep)
+    }
+
+    fn put_example_result(
+        &self,
+        result: &ExampleResult,
+        progress: &EvaluationRecord,
+    ) -> Result<(), StoreError> {
+        self.write_example_result(result, progress)
+    }
+
+    fn example_results(&self, evaluation_id: &str) -> Result<Vec<ExampleResult>, StoreError> {
+        self.read_example_results(evaluation_id)
+    }
+
+    fn finish_evaluation(
+        &self,
+        record: &EvaluationRecord,
+        performance: &[PerformanceRecord],
+    ) -> Result<(), StoreError> {
+        self.write_finished_evaluation(record, performance)
+    }
+
+    fn performance(&self, alias: &str) -> Result<Vec<PerformanceRecord>, StoreError> {
+        self.read_performance(alias)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -1,0 +1,97 @@
+//! Scheduled evaluations: every `evaluation.interval_s` (when
+//! `evaluation.enabled`), each alias's production version and its
+//! candidates with traffic are evaluated on the validation split of the
+//! alias's newest ready dataset, so `/admin/api/performance` shows their
+//! metrics over time. An alias whose previous run is still pending is
+//! left for the next tick.
+
+use super::run::{EvalError, NewEvaluation, create};
+use crate::app::AppState;
+use crate::store::{DatasetRecord, ModelAliasRecord, StoreError, VersionState};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Datasets looked at for an alias's newest ready one.
+const LOOK_AT: usize = 500;
+
+/// Queues one run per alias that can have one; returns their ids.
+pub fn try_step_once(app: &AppState) -> Result<Vec<String>, StoreError> {
+    let mut queued = Vec::new();
+    let datasets = app.store.datasets(None, LOOK_AT)?;
+    for alias in app.registry.aliases() {
+        let busy = !app
+            .store
+            .evaluations(None, 1, &|r| r.alias == alias.alias && r.is_pending())?
+            .is_empty();
+        let Some(dataset) = newest_ready(&datasets, &alias.alias) else {
+            continue;
+        };
+        if busy {
+            continue;
+        }
+        let new = NewEvaluation {
+            alias: alias.alias.clone(),
+            versions: scheduled_versions(&alias),
+            dataset_id: dataset.id.clone(),
+            split: Some("validation".into()),
+        };
+        match create(app, new, "scheduler") {
+            Ok(run) => queued.push(run.id),
+            Err(EvalError::Store(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(alias = %alias.alias, error = %e, "scheduled evaluation not queued")
+            }
+        }
+    }
+    Ok(queued)
+}
+
+/// Datasets are listed newest first.
+fn newest_ready<'a>(datasets: &'a [DatasetRecord], alias: &str) -> Option<&'a DatasetRecord> {
+    datasets.iter().find(|d| {
+        d.alias.as_deref() == Some(alias)
+            && d.report["ready_for_training"] == true
+            && !d.validation_ids.is_empty()
+    })
+}
+
+/// Production first, then every candidate that serves live traffic.
+fn scheduled_versions(alias: &ModelAliasRecord) -> Vec<String> {
+    let candidates = alias
+        .versions
+        .iter()
+        .filter(|v| {
+            v.state == VersionState::Candidate && v.weight > 0.0 && v.name != alias.production
+        })
+        .map(|v| v.name.clone());
+    std::iter::once(alias.production.clone())
+        .chain(candidates)
+        .collect()
+}
+
+/// Runs [`try_step_once`] every interval until shutdown; the first run
+/// is one interval after start, not at start.
+pub async fn run_schedule(app: Arc<AppState>, shutdown: CancellationToken) {
+    if !app.config.evaluation.enabled {
+        return;
+    }
+    let every = Duration::from_secs(app.config.evaluation.interval_s.max(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let state = app.clone();
+        match tokio::task::spawn_blocking(move || try_step_once(&state)).await {
+            Ok(Ok(queued)) if !queued.is_empty() => {
+                tracing::info!(?queued, "scheduled evaluations queued")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "scheduling evaluations failed"),
+            Err(e) => tracing::error!(error = %e, "scheduling evaluations panicked"),
+        }
+    }
+}
