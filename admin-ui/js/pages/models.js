@@ -63,11 +63,11 @@ async function alias(ctx, name) {
 
   api(`/models/${encodeURIComponent(name)}/experiment`).then((x) => experiment.replaceChildren(experimentView(x)), (e) => experiment.replaceChildren(errorBox(e)));
   const historyRows = (items) => table([
-    { label: 'When', cell: (r) => h('span', { title: when(r.at) }, ago(r.at)) },
+    { label: 'When', class: 'nowrap', cell: (r) => h('span', { title: when(r.at) }, ago(r.at)) },
     { label: 'Action', cell: (r) => badge(r.action, r.action === 'rollback' || r.action === 'guardrail' ? 'bad' : r.action === 'promote' ? 'good' : 'neutral') },
-    { label: 'By', cell: (r) => r.actor },
+    { label: 'By', class: 'nowrap', cell: (r) => r.actor },
     { label: 'Change', cell: (r) => r.from || r.to ? `${r.from ?? dash} → ${r.to ?? dash}` : dash },
-    { label: 'Weights', cell: (r) => r.weights ? Object.entries(r.weights).map(([k, v]) => `${k} ${v} %`).join(', ') : dash },
+    { label: 'Traffic after', cell: (r) => r.weights ? Object.entries(r.weights).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v} %`).join(', ') || dash : dash },
     { label: 'Reason', cell: (r) => r.reason || dash },
   ], items);
   api(`/models/${encodeURIComponent(name)}/history${qs({ limit: 20 })}`).then((page1) => {
