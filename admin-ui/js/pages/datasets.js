@@ -58,7 +58,7 @@ function buildForm(ctx, aliases) {
   const sevs = checks(tax.severities, 'severities');
   const err = h('div', { class: 'inline-error', role: 'alert' });
   const form = h('form', { class: 'stack' },
-    h('div', { class: 'form-row' }, field('Name', name), field('Format', format), field('Min quality', minQ), field('Alias', alias), field('From', since), field('Until', until), field('Validation share', split, '0–0.5')),
+    h('div', { class: 'form-row' }, field('Name', name), field('Format', format), field('Min quality', minQ), field('Alias', alias), field('From', since), field('Until', until), field('Validation share (0–0.5)', split)),
     h('p', { class: 'muted small' }, 'Only approved conversations are used. Leave the boxes empty for every threat type and severity.'),
     field('Threat types', types), field('Severities', sevs),
     h('div', { class: 'row' }, h('button', { type: 'submit', class: 'btn btn-primary', 'data-test': 'build' }, 'Build snapshot'), err));
