@@ -309,7 +309,7 @@ function signalsLine(sig) {
 }
 
 function turnView(t, i) {
-  if (t.status === 'missing') return h('article', { class: 'turn' }, h('p', { class: 'muted' }, `Turn ${i + 1} was lost before it was written (${t.inference_id}).`));
+  if (t.status === 'missing') return h('article', { class: 'turn' }, h('p', { class: 'muted' }, `Turn ${i + 1} is not in the store: still being written, or lost in a crash (${t.inference_id}).`));
   const usage = t.response?.usage;
   const meta = h('div', { class: 'turn-meta' },
     h('strong', null, `Turn ${i + 1}`), ' ', badge(t.version || dash, 'info'), ' ',
