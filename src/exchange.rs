@@ -75,6 +75,15 @@ impl InFlight {
     pub fn count(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Waits until every exchange handed over so far is stored (or
+    /// `within` passes): what was answered before is then all readable.
+    pub async fn settled(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 #[derive(Clone)]
