@@ -169,6 +169,7 @@ impl Application {
         let flush_every = Duration::from_millis(state.config.capture.flush_every_ms);
         tasks.spawn(crate::capture::start_writer(
             exchange_rx,
+            state.exchanges.in_flight(),
             state.store.clone(),
             state.redactor.clone(),
             flush_every,

@@ -52,9 +52,44 @@ pub struct Exchange {
     pub meta: CaptureMeta,
 }
 
+/// How many exchanges were handed to capture and are not stored yet
+/// (queued, parked, or in the writer's current batch). Feedback on an
+/// inference that is not stored yet waits while this is above zero.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` exchanges were stored, or will never be.
+    pub fn done(&self, n: usize) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n as u64))
+            });
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every exchange handed over so far is stored (or
+    /// `within` passes): what was answered before is then all readable.
+    pub async fn settled(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ExchangeSink {
     tx: mpsc::Sender<Exchange>,
+    in_flight: InFlight,
     policy: QueueFullPolicy,
     wait: Duration,
     /// With `wait`: room for as many parked exchanges as the queue holds;
@@ -73,6 +108,7 @@ impl ExchangeSink {
         (
             Self {
                 tx,
+                in_flight: InFlight::default(),
                 policy,
                 wait,
                 waiting_room,
@@ -84,25 +120,36 @@ impl ExchangeSink {
     /// Never blocks the caller: a full queue drops the exchange, or with the
     /// `wait` policy parks it in a task until there is room.
     pub fn submit(&self, exchange: Exchange) {
+        self.in_flight.add();
+        let drop_one = |reason| {
+            self.in_flight.done(1);
+            dropped(reason);
+        };
         match self.tx.try_send(exchange) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(exchange))
                 if self.policy == QueueFullPolicy::Wait =>
             {
                 let Ok(seat) = self.waiting_room.clone().try_acquire_owned() else {
-                    return dropped("the queue and the waiting room are full");
+                    return drop_one("the queue and the waiting room are full");
                 };
-                let (tx, wait) = (self.tx.clone(), self.wait);
+                let (tx, wait, in_flight) = (self.tx.clone(), self.wait, self.in_flight.clone());
                 tokio::spawn(async move {
                     if tx.send_timeout(exchange, wait).await.is_err() {
+                        in_flight.done(1);
                         dropped("the queue stayed full");
                     }
                     drop(seat);
                 });
             }
-            Err(mpsc::error::TrySendError::Full(_)) => dropped("the queue is full"),
-            Err(mpsc::error::TrySendError::Closed(_)) => dropped("the writer has stopped"),
+            Err(mpsc::error::TrySendError::Full(_)) => drop_one("the queue is full"),
+            Err(mpsc::error::TrySendError::Closed(_)) => drop_one("the writer has stopped"),
         }
+    }
+
+    /// The count of exchanges on their way to the store.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
     }
 }
 

@@ -19,12 +19,18 @@ use std::sync::Arc;
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 
+/// How long a build waits for capture to store what is in flight.
+const CAPTURE_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn post_dataset(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(request): ApiJson<DatasetRequest>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
+    // Turns answered a moment ago may still be on their way to the store;
+    // the snapshot should hold them.
+    app.exchanges.in_flight().settled(CAPTURE_SETTLE).await;
     let record = blocking(move || {
         create_dataset(
             app.store.as_ref(),

@@ -13,7 +13,7 @@ use super::priority::Priority;
 use super::threading::{continuation_key, message_text};
 use super::{Redactor, build_record};
 use crate::config::WriterPriority;
-use crate::exchange::Exchange;
+use crate::exchange::{Exchange, InFlight};
 use crate::ids::now_rfc3339;
 use crate::store::{InferenceRecord, NewTurn, SharedStore, ThreadPoint};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ const MAX_BATCH: usize = 512;
 /// drained the queue and stopped.
 pub fn start_writer(
     rx: mpsc::Receiver<Exchange>,
+    in_flight: InFlight,
     store: SharedStore,
     redactor: Arc<Redactor>,
     flush_every: Duration,
@@ -45,7 +46,7 @@ pub fn start_writer(
                 .enable_time()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(run_writer(rx, store, redactor, flush_every, &writer_priority, shutdown)),
+                Ok(runtime) => runtime.block_on(run_writer(Writer { store, redactor, in_flight }, rx, flush_every, &writer_priority, shutdown)),
                 Err(e) => tracing::error!(error = %e, "the capture writer could not start; nothing will be captured"),
             }
             drop(stopped);
@@ -66,10 +67,33 @@ pub fn start_writer(
     }
 }
 
-async fn run_writer(
-    mut rx: mpsc::Receiver<Exchange>,
+/// Where the writer's records go, and the count it keeps current.
+struct Writer {
     store: SharedStore,
     redactor: Arc<Redactor>,
+    in_flight: InFlight,
+}
+
+impl Writer {
+    /// Adds the exchange's record to the batch; one that is not captured
+    /// is done with at once.
+    fn take(&self, exchange: &Exchange, batch: &mut Vec<InferenceRecord>) {
+        match prepare(exchange, &self.redactor) {
+            Some(p) => batch.push(thread_now(&self.store, p)),
+            None => self.in_flight.done(1),
+        }
+    }
+
+    fn write(&self, batch: &mut Vec<InferenceRecord>) {
+        let count = batch.len();
+        write(&self.store, batch);
+        self.in_flight.done(count);
+    }
+}
+
+async fn run_writer(
+    writer: Writer,
+    mut rx: mpsc::Receiver<Exchange>,
     flush_every: Duration,
     priority: &Priority,
     shutdown: CancellationToken,
@@ -83,25 +107,25 @@ async fn run_writer(
             next = rx.recv() => match next {
                 Some(exchange) => {
                     priority.follow(rx.len(), capacity);
-                    batch.extend(prepare(&exchange, &redactor).map(|p| thread_now(&store, p)));
+                    writer.take(&exchange, &mut batch);
                     if batch.len() >= MAX_BATCH {
-                        write(&store, &mut batch);
+                        writer.write(&mut batch);
                     }
                 }
                 None => break,
             },
             _ = tick.tick() => {
                 priority.follow(rx.len(), capacity);
-                write(&store, &mut batch);
+                writer.write(&mut batch);
             }
             () = shutdown.cancelled() => break,
         }
     }
     rx.close();
     while let Some(exchange) = rx.recv().await {
-        batch.extend(prepare(&exchange, &redactor).map(|p| thread_now(&store, p)));
+        writer.take(&exchange, &mut batch);
     }
-    write(&store, &mut batch);
+    writer.write(&mut batch);
 }
 
 /// Threads the record at once, so a follow-up turn sent the moment the

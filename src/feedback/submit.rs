@@ -130,13 +130,19 @@ pub async fn submit(
     Ok(record)
 }
 
-/// How many capture flush intervals a lookup waits for an inference that
-/// may still be on its way to the store.
+/// How many capture flush intervals a lookup always waits for an inference
+/// that may still be on its way to the store.
 const LOOKUP_ATTEMPTS: usize = 10;
+
+/// How long a lookup goes on waiting while capture still has exchanges on
+/// their way to the store (a busy machine can hold the writer back).
+const LOOKUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The inference by either id. Capture writes in batches, so one that
 /// finished a moment ago may not be stored yet: look again each flush
-/// interval, a bounded number of times.
+/// interval — at least ten times, and on while capture has exchanges in
+/// flight, up to [`LOOKUP_PATIENCE`]; an id nothing is on its way for is a
+/// 404 soon.
 async fn find_inference(
     app: &AppState,
     request: &FeedbackRequest,
@@ -151,11 +157,17 @@ async fn find_inference(
         })
     };
     let interval = Duration::from_millis(app.config.capture.flush_every_ms.max(10));
-    for _ in 0..LOOKUP_ATTEMPTS {
+    let in_flight = app.exchanges.in_flight();
+    let started = tokio::time::Instant::now();
+    let mut attempts = 0;
+    while attempts < LOOKUP_ATTEMPTS
+        || (in_flight.count() > 0 && started.elapsed() < LOOKUP_PATIENCE)
+    {
         if let Some(found) = lookup().await? {
             return Ok(found);
         }
         tokio::time::sleep(interval).await;
+        attempts += 1;
     }
     lookup().await?.ok_or_else(|| {
         let (param, id) = match (&request.inference_id, &request.completion_id) {

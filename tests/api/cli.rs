@@ -427,22 +427,38 @@ async fn export_writes_conversations_with_turns_and_feedback() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let mut messages = serde_json::json!([{"role": "user", "content": "Endpoint alert: schtasks /create /tn updater on WS-3"}]);
-    let first: serde_json::Value = http
+    let first = http
         .post(format!("{base}/v1/chat/completions"))
         .json(&serde_json::json!({"model": "triage", "messages": messages}))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let conversation = first.headers()["x-flywheel-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let first: serde_json::Value = first.json().await.unwrap();
     let answer = first["choices"][0]["message"]["content"].clone();
     let history = messages.as_array_mut().unwrap();
     history.push(serde_json::json!({"role": "assistant", "content": answer}));
     history.push(serde_json::json!({"role": "user", "content": "Is it persistence?"}));
-    // The first turn's thread key is recorded as soon as the capture writer
-    // sees the finished exchange; leave it a moment.
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // The first turn is threaded before its record is written: once the
+    // record shows in its conversation, the follow-up will find it.
+    for _ in 0..300 {
+        let detail = http
+            .get(format!("{base}/admin/api/conversations/{conversation}"))
+            .bearer_auth(&analyst)
+            .send()
+            .await
+            .unwrap();
+        if detail.status() == 200 {
+            let detail: serde_json::Value = detail.json().await.unwrap();
+            if detail["turns"][0]["status"] == "ok" {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let second = http
         .post(format!("{base}/v1/chat/completions"))
         .json(&serde_json::json!({"model": "triage", "messages": messages}))

@@ -192,8 +192,14 @@ async fn experiment_figures_equal_a_count_from_the_captured_records() {
             async move { request_with_feedback(&app, i).await }
         })
         .await;
-    // Failed requests get no feedback to wait on: give capture a flush.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Failed requests get no feedback to wait on: wait until capture has
+    // stored every one.
+    for _ in 0..600 {
+        if app.admin_get("/admin/api/stats").await["turns_total"] == 240 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let mut counts = BTreeMap::<String, Count>::new();
     for conversation in every_conversation(&app).await {
