@@ -82,6 +82,7 @@ impl Writer {
             Some(p) => batch.push(thread_now(&self.store, p)),
             None => self.in_flight.done(1),
         }
+        self.in_flight.settle();
     }
 
     fn write(&self, batch: &mut Vec<InferenceRecord>) {

@@ -32,7 +32,7 @@ pub async fn chat_completions(
     let started = Instant::now();
     let body = read_body(body, app.config.server.max_body_bytes).await?;
     let request = ChatRequest::parse(&body)?;
-    let thread = resolve_conversation(&app, &request_headers, request.history_key.as_deref());
+    let thread = resolve_conversation(&app, &request_headers, request.history_key.as_deref()).await;
     let sticky = sticky_key(&request_headers, &thread, &caller, request.user.as_deref());
     let forced = forced_variant(&request_headers, &caller)?;
     // One table for the whole request: a promotion while it runs changes
@@ -378,6 +378,9 @@ fn capture_meta(
     }
 }
 
+/// The longest a follow-up turn waits for its predecessor to be threaded.
+const FOLLOW_UP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The conversation a request belongs to.
 struct Thread {
     conversation_id: String,
@@ -393,7 +396,11 @@ struct Thread {
 /// client's explicit id when it sent a usable one; else the conversation
 /// whose latest turn this history continues; else a branch of one that has
 /// moved on since (a regenerated or edited turn); else a new one.
-fn resolve_conversation(app: &AppState, headers: &HeaderMap, history_key: Option<&str>) -> Thread {
+async fn resolve_conversation(
+    app: &AppState,
+    headers: &HeaderMap,
+    history_key: Option<&str>,
+) -> Thread {
     let explicit = headers
         .get("x-flywheel-conversation-id")
         .and_then(|v| v.to_str().ok())
@@ -407,11 +414,23 @@ fn resolve_conversation(app: &AppState, headers: &HeaderMap, history_key: Option
             sticky: None,
         };
     }
-    let continued = history_key.and_then(|key| {
+    let lookup = |key: &str| {
         let point = app.store.thread(key).ok()??;
         let conversation = app.store.conversation(&point.conversation_id).ok()??;
         Some((point, conversation.inference_ids.len()))
-    });
+    };
+    let mut continued = history_key.and_then(lookup);
+    if let (None, Some(key)) = (&continued, history_key) {
+        // The answer this history ends with may have left a moment ago,
+        // its exchange not threaded yet (a tool loop, a scripted client):
+        // wait for capture to settle what was handed over before this
+        // request arrived — usually a millisecond — and look once more.
+        let in_flight = app.exchanges.in_flight();
+        in_flight
+            .settled_past(in_flight.submitted(), FOLLOW_UP_PATIENCE)
+            .await;
+        continued = lookup(key);
+    }
     let (conversation_id, parent_id, sticky) = match continued {
         Some((point, turns)) if point.turn + 1 == turns => {
             (point.conversation_id, None, point.sticky)
