@@ -70,6 +70,10 @@ struct Relay {
     /// Taken when the exchange is finished; still here on drop means the
     /// client went away first.
     pending: Option<Pending>,
+    /// Set once nothing more may be sent (the upstream ended, or an error
+    /// event went out). Not set by `[DONE]`: the upstream body is still
+    /// read to its end, so its connection goes back to the pool.
+    ended: bool,
     provider: Arc<str>,
     timeout_s: u64,
 }
@@ -78,6 +82,12 @@ impl Relay {
     fn forward(&mut self, chunk: Bytes) -> Bytes {
         self.boundary.observe(&chunk);
         self.copy.extend_from_slice(&chunk);
+        // The stream is complete with its `[DONE]` event: hand the
+        // exchange to capture before the client can read it and send the
+        // next turn, which then finds this one threaded.
+        if ends_with_done(&chunk) {
+            self.finish(Outcome::Ok);
+        }
         chunk
     }
 
@@ -96,6 +106,7 @@ impl Relay {
         let event = sse::error_event(&self.boundary, &error.body());
         let event = self.forward(event);
         self.finish(Outcome::Partial);
+        self.ended = true;
         event
     }
 }
@@ -136,6 +147,7 @@ pub fn relay_stream(
             .as_secs(),
         provider,
         pending: Some(pending),
+        ended: false,
     };
     let stream = futures_util::stream::unfold(relay, next_chunk);
     let mut response = Response::new(Body::from_stream(stream));
@@ -145,18 +157,28 @@ pub fn relay_stream(
 }
 
 async fn next_chunk(mut relay: Relay) -> Option<(Result<Bytes, std::io::Error>, Relay)> {
-    relay.pending.as_ref()?;
+    if relay.ended {
+        return None;
+    }
     if let Some(first) = relay.first.take() {
         let chunk = relay.forward(first);
         return Some((Ok(chunk), relay));
     }
-    match timeout_at(relay.deadline, relay.rest.next()).await {
+    let next = timeout_at(relay.deadline, relay.rest.next()).await;
+    // After `[DONE]` the client has the whole answer: whatever the
+    // upstream does with the rest of its body is no failure of the stream.
+    if relay.pending.is_none() && !matches!(next, Ok(Some(Ok(_)))) {
+        relay.ended = true;
+        return None;
+    }
+    match next {
         Ok(Some(Ok(chunk))) => {
             let chunk = relay.forward(chunk);
             Some((Ok(chunk), relay))
         }
         Ok(None) => {
             relay.finish(Outcome::Ok);
+            relay.ended = true;
             None
         }
         Ok(Some(Err(e))) => {
@@ -177,4 +199,13 @@ async fn next_chunk(mut relay: Relay) -> Option<(Result<Bytes, std::io::Error>, 
             Some((Ok(event), relay))
         }
     }
+}
+
+/// Whether a chunk ends with the `data: [DONE]` event.
+fn ends_with_done(chunk: &[u8]) -> bool {
+    let end = chunk
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    chunk[..end].ends_with(b"data: [DONE]") || chunk[..end].ends_with(b"data:[DONE]")
 }

@@ -417,3 +417,45 @@ fn analyst_verdict(app: &TestApp, c: usize) -> (String, usize, Option<bool>) {
     let approval = [Some(true), Some(false), None][c % 3];
     (types[c % types.len()].clone(), 1 + c % 5, approval)
 }
+
+/// A streamed answer, then the next turn sent the moment `[DONE]` is read,
+/// fifty times: every follow-up continues its conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_sent_as_soon_as_a_stream_ends_stays_in_its_conversation() {
+    let app = spawn_app().await;
+    for i in 0..50 {
+        let mut messages =
+            json!([{"role": "user", "content": format!("Alert {i}: wmic shadowcopy delete")}]);
+        let first = app
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "triage", "stream": true, "messages": messages}),
+            )
+            .await;
+        let conversation = first.headers()["x-flywheel-conversation-id"].clone();
+        let body = first.text().await.unwrap();
+        let answer: String = sse_data(&body)
+            .iter()
+            .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect();
+        let history = messages.as_array_mut().unwrap();
+        history.push(json!({"role": "assistant", "content": answer}));
+        history.push(json!({"role": "user", "content": "Contain it?"}));
+        let second = app
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "triage", "messages": messages}),
+            )
+            .await;
+        assert_eq!(
+            second.headers()["x-flywheel-conversation-id"],
+            conversation,
+            "turn {i}"
+        );
+    }
+}
