@@ -79,26 +79,22 @@ pub fn export_conversations(store: &dyn Store, out: &mut dyn Write) -> Result<us
 }
 
 fn conversation_line(store: &dyn Store, c: &ConversationRecord) -> Result<Value, StoreError> {
-    let mut turns = Vec::new();
-    for id in &c.inference_ids {
-        // A turn whose record was lost in a crash (at most the last flush
-        // interval) is skipped rather than failing the export.
-        let Some(r) = store.inference(id)? else {
-            continue;
-        };
-        let feedback = store.feedback_for(id)?;
-        turns.push(json!({
-            "inference_id": r.id,
-            "completion_id": r.completion_id,
-            "created_at": r.created_at,
-            "alias": r.alias,
-            "version": r.version,
-            "status": r.status,
-            "request": r.request,
-            "response": r.response,
-            "feedback": feedback,
-        }));
-    }
+    let turns: Vec<Value> = crate::review::stored_turns(store, c)?
+        .into_iter()
+        .map(|(r, feedback)| {
+            json!({
+                "inference_id": r.id,
+                "completion_id": r.completion_id,
+                "created_at": r.created_at,
+                "alias": r.alias,
+                "version": r.version,
+                "status": r.status,
+                "request": r.request,
+                "response": r.response,
+                "feedback": feedback,
+            })
+        })
+        .collect();
     Ok(json!({
         "conversation_id": c.id,
         "parent_id": c.parent_id,

@@ -15,4 +15,4 @@ pub use edit::{BulkAction, ReviewPatch, apply_feedback, apply_patch, forget_feed
 pub use query::{ListQuery, list_conversations, normalise_time};
 pub use signals::{SignalFilter, has_labels, has_rating, signals_view};
 pub use stats::stats;
-pub use view::{TurnRecords, conversation_detail, conversation_summary};
+pub use view::{TurnRecords, conversation_detail, conversation_summary, stored_turns};

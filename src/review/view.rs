@@ -1,7 +1,7 @@
 //! Conversations as the admin API shows them (ADMIN_API "Conversations").
 
 use crate::feedback::feedback_view;
-use crate::store::{ConversationRecord, FeedbackRecord, InferenceRecord};
+use crate::store::{ConversationRecord, FeedbackRecord, InferenceRecord, Store, StoreError};
 use serde_json::{Value, json};
 
 /// The list entry.
@@ -29,6 +29,22 @@ pub fn conversation_summary(c: &ConversationRecord) -> Value {
         "preview": c.preview,
         "signals": super::signals_view(c),
     })
+}
+
+/// The conversation's turns that are in the store, in order, each with
+/// its feedback. A turn whose record was lost in a crash (at most the last
+/// flush interval) is left out.
+pub fn stored_turns(
+    store: &dyn Store,
+    c: &ConversationRecord,
+) -> Result<Vec<(InferenceRecord, Vec<FeedbackRecord>)>, StoreError> {
+    let mut turns = Vec::with_capacity(c.inference_ids.len());
+    for id in &c.inference_ids {
+        if let Some(record) = store.inference(id)? {
+            turns.push((record, store.feedback_for(id)?));
+        }
+    }
+    Ok(turns)
 }
 
 /// One turn as stored: its inference (absent if lost in a crash), its

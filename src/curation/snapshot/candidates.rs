@@ -89,12 +89,7 @@ fn with_turns(
     store: &dyn Store,
     conversation: ConversationRecord,
 ) -> Result<Candidate, DatasetError> {
-    let mut turns = Vec::with_capacity(conversation.inference_ids.len());
-    for id in &conversation.inference_ids {
-        if let Some(record) = store.inference(id)? {
-            turns.push((record, store.feedback_for(id)?));
-        }
-    }
+    let turns = crate::review::stored_turns(store, &conversation)?;
     Ok(Candidate {
         conversation,
         turns,
