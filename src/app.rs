@@ -32,6 +32,9 @@ pub struct AppState {
     pub limits: RateLimits,
     pub store: SharedStore,
     pub exchanges: ExchangeSink,
+    /// Turns answered a moment ago, for their follow-ups to thread onto
+    /// before the capture writer has stored them.
+    pub recent: Arc<crate::capture::RecentThreads>,
     /// Copies of live requests for shadow versions.
     pub mirror: crate::proxy::Mirror,
     /// Applied to every captured record before it is stored.
@@ -122,6 +125,11 @@ impl Application {
             auth,
             store,
             exchanges,
+            // Above what capture can hold unwritten: its queue, as many
+            // parked with the `wait` policy, and the writer's held batch.
+            recent: Arc::new(crate::capture::RecentThreads::new(
+                4 * config.capture.queue_capacity,
+            )),
             mirror: crate::proxy::Mirror::default(),
             redactor: Arc::new(redactor),
             extractor: Arc::new(extractor),
@@ -168,12 +176,15 @@ impl Application {
         let tasks = TaskTracker::new();
         let flush_every = Duration::from_millis(state.config.capture.flush_every_ms);
         tasks.spawn(crate::capture::start_writer(
+            crate::capture::WriterSetup {
+                store: state.store.clone(),
+                redactor: state.redactor.clone(),
+                in_flight: state.exchanges.in_flight(),
+                flush_every,
+                priority: state.config.capture.writer_priority,
+                max_pending: state.config.capture.queue_capacity,
+            },
             exchange_rx,
-            state.exchanges.in_flight(),
-            state.store.clone(),
-            state.redactor.clone(),
-            flush_every,
-            state.config.capture.writer_priority,
             shutdown.clone(),
         ));
         tasks.spawn(shrink_limiter(state.clone(), shutdown.clone()));

@@ -1,14 +1,17 @@
 //! Capture: every finished exchange becomes an inference record in the
 //! store, written by a batching worker off the hot path.
 
+pub mod answer;
 mod priority;
+mod recent;
 mod record;
 mod redact;
 mod retention;
 pub mod threading;
 mod writer;
 
+pub use recent::{RecentThreads, Registration};
 pub use record::{CaptureMeta, build_record};
 pub use redact::Redactor;
 pub use retention::{purge_once, run_retention};
-pub use writer::start_writer;
+pub use writer::{WriterSetup, start_writer};

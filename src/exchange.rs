@@ -52,71 +52,28 @@ pub struct Exchange {
     pub meta: CaptureMeta,
 }
 
-/// Where capture stands with the exchanges handed to it: how many are not
-/// stored yet (feedback on one of those waits), and how many have been
-/// threaded into their conversations (a follow-up turn sent the moment its
-/// answer arrived waits until its predecessor is). Lock-free counters.
+/// How many exchanges handed to capture are not durably stored yet (nor
+/// dropped): feedback on one of those, or a dataset built right after a
+/// review, waits for them. A lock-free counter.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Counts>);
-
-#[derive(Default)]
-struct Counts {
-    /// Handed over and not stored yet (nor dropped).
-    pending: AtomicU64,
-    /// Handed over, ever.
-    submitted: AtomicU64,
-    /// Threaded, skipped or dropped, ever: done with as far as a
-    /// follow-up turn is concerned.
-    settled: AtomicU64,
-    settled_changed: tokio::sync::Notify,
-}
+pub struct InFlight(Arc<AtomicU64>);
 
 impl InFlight {
     fn add(&self) {
-        self.0.pending.fetch_add(1, Ordering::Relaxed);
-        self.0.submitted.fetch_add(1, Ordering::Release);
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `n` exchanges were stored, or will never be.
     pub fn done(&self, n: usize) {
         let _ = self
             .0
-            .pending
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                 Some(v.saturating_sub(n as u64))
             });
     }
 
-    /// One exchange was threaded into its conversation (or will never be).
-    pub fn settle(&self) {
-        self.0.settled.fetch_add(1, Ordering::Release);
-        self.0.settled_changed.notify_waiters();
-    }
-
     pub fn count(&self) -> u64 {
-        self.0.pending.load(Ordering::Relaxed)
-    }
-
-    /// Exchanges handed over so far: what a request arriving now may
-    /// follow on.
-    pub fn submitted(&self) -> u64 {
-        self.0.submitted.load(Ordering::Acquire)
-    }
-
-    /// Waits until `mark` exchanges have settled, or `within` passes.
-    /// Capture takes exchanges in the order they were handed over, so
-    /// every exchange handed over before `mark` was read is then threaded.
-    pub async fn settled_past(&self, mark: u64, within: Duration) {
-        let wait = async {
-            loop {
-                let changed = self.0.settled_changed.notified();
-                if self.0.settled.load(Ordering::Acquire) >= mark {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        let _ = tokio::time::timeout(within, wait).await;
+        self.0.load(Ordering::Relaxed)
     }
 
     /// Waits until every exchange handed over so far is stored (or
@@ -166,7 +123,6 @@ impl ExchangeSink {
         self.in_flight.add();
         let drop_one = |reason| {
             self.in_flight.done(1);
-            self.in_flight.settle();
             dropped(reason);
         };
         match self.tx.try_send(exchange) {
@@ -181,7 +137,6 @@ impl ExchangeSink {
                 tokio::spawn(async move {
                     if tx.send_timeout(exchange, wait).await.is_err() {
                         in_flight.done(1);
-                        in_flight.settle();
                         dropped("the queue stayed full");
                     }
                     drop(seat);
@@ -269,34 +224,5 @@ mod tests {
         }
         got.sort();
         assert_eq!(got, ["inf_0", "inf_1", "inf_2", "inf_3"]);
-    }
-
-    #[tokio::test]
-    async fn a_follow_up_waits_only_for_what_was_handed_over_before_it() {
-        let (sink, mut rx) = ExchangeSink::new(8, QueueFullPolicy::Drop, Duration::from_secs(1));
-        let in_flight = sink.in_flight();
-        sink.submit(exchange(0));
-        sink.submit(exchange(1));
-        let mark = in_flight.submitted();
-        assert_eq!((mark, in_flight.count()), (2, 2));
-        let waiter = {
-            let in_flight = in_flight.clone();
-            tokio::spawn(async move {
-                in_flight.settled_past(mark, Duration::from_secs(10)).await;
-            })
-        };
-        sink.submit(exchange(2));
-        for _ in 0..2 {
-            rx.recv().await.unwrap();
-            in_flight.settle();
-        }
-        tokio::time::timeout(Duration::from_secs(1), waiter)
-            .await
-            .expect("the waiter saw both settle")
-            .unwrap();
-        // Nothing more settles: the wait gives up at its bound.
-        let started = tokio::time::Instant::now();
-        in_flight.settled_past(3, Duration::from_millis(50)).await;
-        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 }

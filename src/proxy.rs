@@ -8,6 +8,7 @@ mod passthrough;
 mod relay;
 mod request;
 mod shadow;
+mod thread;
 
 pub use chat::chat_completions;
 pub use models::{get_model, list_models};

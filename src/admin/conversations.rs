@@ -38,9 +38,17 @@ pub async fn get_conversation(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let store = app.store.clone();
+    let recent = app.recent.clone();
     blocking(move || {
-        let c = store.conversation(&id)?.ok_or_else(|| not_found(&id))?;
-        detail(&store, &c)
+        let Some(c) = store.conversation(&id)? else {
+            return Err(if recent.turns(&id).is_some() {
+                being_written(&id)
+            } else {
+                not_found(&id)
+            });
+        };
+        let registered = recent.turns_from(&id, 0);
+        detail(&store, &c, &registered)
     })
     .await
     .map(Json)
@@ -71,7 +79,7 @@ pub async fn patch_conversation(
             &id,
             details,
         )?;
-        detail(&store, &updated)
+        detail(&store, &updated, &[])
     })
     .await
     .map(Json)
@@ -165,7 +173,27 @@ fn not_found(id: &str) -> ApiError {
     }
 }
 
-fn detail(store: &SharedStore, c: &ConversationRecord) -> Result<Value, ApiError> {
+/// A conversation answered a moment ago whose first turn the capture
+/// writer has not stored yet.
+fn being_written(id: &str) -> ApiError {
+    ApiError::NotFound {
+        message: format!(
+            "conversation `{id}` was answered a moment ago and is still being written; retry shortly"
+        ),
+        param: Some("id".into()),
+        code: "not_found",
+    }
+}
+
+/// The stored conversation with its turns. `registered` are its turns
+/// answered a moment ago (turn, inference id): those the capture writer
+/// has not stored yet show as `writing` — never as `missing`, which
+/// means lost in a crash.
+fn detail(
+    store: &SharedStore,
+    c: &ConversationRecord,
+    registered: &[(usize, String)],
+) -> Result<Value, ApiError> {
     let turns = c
         .inference_ids
         .iter()
@@ -178,5 +206,22 @@ fn detail(store: &SharedStore, c: &ConversationRecord) -> Result<Value, ApiError
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(conversation_detail(c, &turns))
+    let mut view = conversation_detail(c, &turns);
+    let writing = |id: &str| json!({"inference_id": id, "status": "writing", "feedback": []});
+    if let Some(shown) = view["turns"].as_array_mut() {
+        for turn in shown.iter_mut() {
+            let id = turn["inference_id"].as_str().unwrap_or("").to_string();
+            if turn["status"] == "missing" && registered.iter().any(|(_, r)| *r == id) {
+                *turn = writing(&id);
+            }
+        }
+        let stored = c.inference_ids.len();
+        shown.extend(
+            registered
+                .iter()
+                .filter(|(turn, _)| *turn >= stored)
+                .map(|(_, id)| writing(id)),
+        );
+    }
+    Ok(view)
 }

@@ -5,6 +5,7 @@
 use super::RouteLabels;
 use super::relay::{Pending, relay_stream};
 use super::request::ChatRequest;
+use super::thread::{self, Thread, TurnThreading};
 use crate::app::AppState;
 use crate::auth::{Caller, Credential, Role};
 use crate::capture::CaptureMeta;
@@ -32,9 +33,15 @@ pub async fn chat_completions(
     let started = Instant::now();
     let body = read_body(body, app.config.server.max_body_bytes).await?;
     let request = ChatRequest::parse(&body)?;
-    let thread = resolve_conversation(&app, &request_headers, request.history_key.as_deref()).await;
-    let sticky = sticky_key(&request_headers, &thread, &caller, request.user.as_deref());
+    let explicit = thread::explicit_conversation(&request_headers)?;
     let forced = forced_variant(&request_headers, &caller)?;
+    let thread = thread::resolve(
+        explicit,
+        request.history_key.as_deref(),
+        &app.recent,
+        &app.store,
+    );
+    let sticky = sticky_key(&request_headers, &thread, &caller, request.user.as_deref());
     // One table for the whole request: a promotion while it runs changes
     // neither its version nor its fallback.
     let table = app.registry.table();
@@ -98,6 +105,11 @@ pub async fn chat_completions(
         alias: route.alias.clone(),
         version: route.version.clone(),
     };
+    let threading = meta.enabled.then(|| TurnThreading {
+        prefix: request.thread_prefix.clone(),
+        turn: thread.turn,
+        recent: app.recent.clone(),
+    });
     let conversation_id = thread.conversation_id;
     let pending = Pending {
         inference_id: inference_id.clone(),
@@ -111,6 +123,7 @@ pub async fn chat_completions(
             fallback_from,
             ..meta
         },
+        threading,
     };
     let provider = app
         .upstreams
@@ -375,74 +388,6 @@ fn capture_meta(
             .unwrap_or_default(),
         enabled: capture_enabled && text("x-flywheel-no-capture") != Some("1"),
         ..CaptureMeta::default()
-    }
-}
-
-/// The longest a follow-up turn waits for its predecessor to be threaded.
-const FOLLOW_UP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// The conversation a request belongs to.
-struct Thread {
-    conversation_id: String,
-    /// Set when this request branches off another conversation.
-    parent_id: Option<String>,
-    /// The client named the conversation (`x-flywheel-conversation-id`).
-    explicit: bool,
-    /// The key the conversation's first turn was assigned its version by.
-    sticky: Option<String>,
-}
-
-/// The conversation of this request and, for a branch, its parent: the
-/// client's explicit id when it sent a usable one; else the conversation
-/// whose latest turn this history continues; else a branch of one that has
-/// moved on since (a regenerated or edited turn); else a new one.
-async fn resolve_conversation(
-    app: &AppState,
-    headers: &HeaderMap,
-    history_key: Option<&str>,
-) -> Thread {
-    let explicit = headers
-        .get("x-flywheel-conversation-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128);
-    if let Some(id) = explicit {
-        return Thread {
-            conversation_id: id.to_string(),
-            parent_id: None,
-            explicit: true,
-            sticky: None,
-        };
-    }
-    let lookup = |key: &str| {
-        let point = app.store.thread(key).ok()??;
-        let conversation = app.store.conversation(&point.conversation_id).ok()??;
-        Some((point, conversation.inference_ids.len()))
-    };
-    let mut continued = history_key.and_then(lookup);
-    if let (None, Some(key)) = (&continued, history_key) {
-        // The answer this history ends with may have left a moment ago,
-        // its exchange not threaded yet (a tool loop, a scripted client):
-        // wait for capture to settle what was handed over before this
-        // request arrived — usually a millisecond — and look once more.
-        let in_flight = app.exchanges.in_flight();
-        in_flight
-            .settled_past(in_flight.submitted(), FOLLOW_UP_PATIENCE)
-            .await;
-        continued = lookup(key);
-    }
-    let (conversation_id, parent_id, sticky) = match continued {
-        Some((point, turns)) if point.turn + 1 == turns => {
-            (point.conversation_id, None, point.sticky)
-        }
-        Some((point, _)) => (new_id("conv"), Some(point.conversation_id), point.sticky),
-        None => (new_id("conv"), None, None),
-    };
-    Thread {
-        conversation_id,
-        parent_id,
-        explicit: false,
-        sticky,
     }
 }
 

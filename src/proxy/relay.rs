@@ -2,6 +2,7 @@
 //! moment it arrives, a copy is kept for the exchange record, and a failure
 //! after the 200 ends the stream with an SSE error event.
 
+use super::thread::TurnThreading;
 use crate::capture::CaptureMeta;
 use crate::exchange::{Exchange, ExchangeSink, Outcome};
 use crate::openai::{ApiError, sse};
@@ -26,17 +27,30 @@ pub struct Pending {
     pub started: Instant,
     pub sink: ExchangeSink,
     pub meta: CaptureMeta,
+    /// Set when the exchange is captured: registers the turn for its
+    /// follow-up as it completes.
+    pub threading: Option<TurnThreading>,
 }
 
 impl Pending {
     pub fn finish(
-        self,
+        mut self,
         outcome: Outcome,
         status: u16,
         response: Bytes,
         first_byte: Option<Duration>,
     ) {
         let total = self.started.elapsed();
+        if let Some(threading) = self.threading.take() {
+            let answered = (outcome == Outcome::Ok && (200..300).contains(&status))
+                .then_some((&response[..], self.streamed));
+            self.meta.continuation = threading.complete(
+                &self.meta.conversation_id,
+                &self.inference_id,
+                self.meta.sticky.as_deref(),
+                answered,
+            );
+        }
         self.sink.submit(Exchange {
             inference_id: self.inference_id,
             caller_id: self.caller_id,

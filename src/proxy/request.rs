@@ -2,7 +2,8 @@
 //! whether it streams, and that its shape is sound. The body itself is
 //! forwarded as received, with only the model name spliced in.
 
-use crate::capture::threading;
+use crate::capture::threading::{ThreadHasher, message_text};
+use crate::capture::answer::calls_of;
 use crate::openai::{ApiError, parse_json};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -17,6 +18,9 @@ pub struct ChatRequest {
     pub stream: bool,
     /// The key of the history this request continues, for implicit threading.
     pub history_key: Option<String>,
+    /// Every message hashed: the answer completes the key a follow-up of
+    /// this request will present.
+    pub thread_prefix: ThreadHasher,
     /// OpenAI's `user` field: the end user, when the app names one.
     pub user: Option<String>,
     /// Where the `model` value (with its quotes) sits in the body.
@@ -52,6 +56,12 @@ struct Message<'a> {
     role: Cow<'a, str>,
     #[serde(borrow, default)]
     content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    function_call: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_call_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -94,11 +104,12 @@ impl ChatRequest {
         check_messages(view.messages.as_deref())?;
         check_ranges(&view)?;
         let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
-        let history_key = view.messages.as_deref().and_then(history_key);
+        let (history_key, thread_prefix) = thread_keys(view.messages.as_deref().unwrap_or(&[]));
         Ok(Self {
             model,
             stream: view.stream.unwrap_or(false),
             history_key,
+            thread_prefix,
             user: view
                 .user
                 .map(|u| u.trim().chars().take(256).collect::<String>())
@@ -122,21 +133,43 @@ impl ChatRequest {
     }
 }
 
-/// The history key over (role, text) of the messages; text parsing happens
-/// only for requests that continue a conversation.
-fn history_key(messages: &[Message<'_>]) -> Option<String> {
-    messages.iter().rposition(|m| m.role == "assistant")?;
-    let texts: Vec<(String, String)> = messages
-        .iter()
-        .map(|m| {
-            let content = m
-                .content
-                .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
-                .unwrap_or(serde_json::Value::Null);
-            (m.role.to_string(), threading::message_text(&content))
-        })
-        .collect();
-    threading::history_key(&texts)
+/// The key of the history the request continues (its messages up to the
+/// last assistant message; none for a first turn) and the running key over
+/// all of its messages.
+fn thread_keys(messages: &[Message<'_>]) -> (Option<String>, ThreadHasher) {
+    let last_assistant = messages.iter().rposition(|m| m.role == "assistant");
+    let mut hasher = ThreadHasher::default();
+    let mut history = None;
+    for (i, m) in messages.iter().enumerate() {
+        let calls = if m.role == "assistant" {
+            calls_of(m.tool_calls.map(RawValue::get), m.function_call.map(RawValue::get))
+        } else {
+            Vec::new()
+        };
+        hasher.add(&m.role, &content_text(m.content), &calls, m.tool_call_id.as_deref());
+        if Some(i) == last_assistant {
+            history = Some(hasher.key());
+        }
+    }
+    (history, hasher)
+}
+
+/// A message's text, read from its raw JSON: a string without escapes is
+/// borrowed; text that does not decode (a lone surrogate) counts as written.
+fn content_text<'a>(content: Option<&'a RawValue>) -> Cow<'a, str> {
+    let Some(raw) = content.map(RawValue::get) else {
+        return Cow::Borrowed("");
+    };
+    match raw.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<&str>(raw)
+            .map(Cow::Borrowed)
+            .or_else(|_| serde_json::from_str::<String>(raw).map(Cow::Owned))
+            .unwrap_or(Cow::Borrowed(raw)),
+        Some(b'[') => serde_json::from_str::<serde_json::Value>(raw)
+            .map(|v| Cow::Owned(message_text(&v)))
+            .unwrap_or(Cow::Borrowed(raw)),
+        _ => Cow::Borrowed(""),
+    }
 }
 
 fn check_messages(messages: Option<&[Message<'_>]>) -> Result<(), ApiError> {

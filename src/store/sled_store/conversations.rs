@@ -176,6 +176,14 @@ impl SledStore {
     ) -> Result<usize, StoreError> {
         let mut held = self.lock();
         let before = self.conversation_record(turn.conversation_id)?;
+        // A batch retried after a failed flush threads its turns again.
+        if let Some(index) = before.as_ref().and_then(|c| {
+            c.inference_ids
+                .iter()
+                .position(|id| id == turn.inference_id)
+        }) {
+            return Ok(index);
+        }
         let mut after = before.clone().unwrap_or_else(|| ConversationRecord {
             id: turn.conversation_id.to_string(),
             inference_ids: Vec::new(),
