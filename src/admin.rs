@@ -38,10 +38,20 @@ use crate::openai::ApiError;
 async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-        .map_err(Into::into)
+    match tokio::time::timeout(crate::store::CALL_LIMIT, tokio::task::spawn_blocking(f)).await {
+        Ok(joined) => joined
+            .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+            .map_err(Into::into),
+        Err(_) => Err(store_too_slow()),
+    }
+}
+
+/// A store call that outlived [`crate::store::CALL_LIMIT`].
+pub(crate) fn store_too_slow() -> ApiError {
+    ApiError::Unavailable(format!(
+        "the store did not answer within {} s; retry shortly",
+        crate::store::CALL_LIMIT.as_secs()
+    ))
 }
 
 /// The OpenAI list envelope the admin API uses for every listing.

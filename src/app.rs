@@ -166,7 +166,6 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
         let Self {
             listener,
             state,
@@ -226,24 +225,19 @@ impl Application {
             }
         });
 
-        let listener = listener.tap_io(|tcp| {
-            // Without it, a kept-alive response written in two parts waits
-            // for the client's delayed ACK (~40 ms).
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = crate::server::router(state.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let graceful = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { graceful.cancelled().await })
-                .await
-        });
+        let router = crate::server::router(state.clone());
+        let limits = crate::server::ConnectionLimits::from_config(&state.config.server);
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            router,
+            limits,
+            shutdown.clone(),
+        ));
         let abort = server.abort_handle();
         shutdown.cancelled().await;
         tracing::info!("shutting down: no new connections; waiting for in-flight requests");
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
-        let served = match tokio::time::timeout(grace, server).await {
+        match tokio::time::timeout(grace, server).await {
             Ok(joined) => joined.map_err(std::io::Error::other)?,
             Err(_) => {
                 tracing::warn!(
@@ -251,9 +245,8 @@ impl Application {
                     "in-flight requests outlived the grace period; closing them"
                 );
                 abort.abort();
-                Ok(())
             }
-        };
+        }
         if tokio::time::timeout(grace, state.mirror.drain())
             .await
             .is_err()
@@ -265,14 +258,15 @@ impl Application {
             tracing::warn!("background services did not stop within the grace period");
         }
         let store = state.store.clone();
-        let flushed = tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .map_err(std::io::Error::other)?;
-        if let Err(e) = flushed {
-            tracing::error!(error = %e, "store flush at shutdown failed");
+        match tokio::time::timeout(grace, tokio::task::spawn_blocking(move || store.flush())).await
+        {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "store flush at shutdown failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "store flush at shutdown failed"),
+            Err(_) => tracing::error!(?grace, "store flush at shutdown did not finish in time"),
         }
         tracing::info!("stopped");
-        served
+        Ok(())
     }
 }
 

@@ -2,6 +2,7 @@
 //! store, written by a batching worker off the hot path.
 
 pub mod answer;
+mod lenient;
 mod priority;
 mod recent;
 mod record;

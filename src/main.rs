@@ -158,12 +158,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Stops the runtime without waiting on blocking calls that may never
+/// return (a store stuck on a failed disk): shutdown has already waited
+/// for everything that can finish.
+fn stop(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             let config = load_config(&cli.config)?;
             let secrets = Secrets::resolve(&config, |v| std::env::var(v).ok());
-            runtime()?.block_on(async move {
+            let runtime = runtime()?;
+            let served = runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| {
@@ -173,7 +181,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!(addr = %app.local_addr()?, "flywheel is serving");
                 app.run_until_stopped(shutdown_signal()).await?;
                 Ok(())
-            })
+            });
+            stop(runtime);
+            served
         }
         Command::Simulate {
             listen,
@@ -209,12 +219,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
         } => {
             let config = load_config(&cli.config)?;
-            runtime()?.block_on(flywheel::demo::run(
+            let runtime = runtime()?;
+            let ran = runtime.block_on(flywheel::demo::run(
                 config,
                 Duration::from_millis(token_delay_ms),
                 seed,
-            ))?;
-            Ok(())
+            ));
+            stop(runtime);
+            Ok(ran?)
         }
         Command::Keys { action } => keys(&load_config(&cli.config)?, action),
         Command::Export {

@@ -1,5 +1,10 @@
 //! The route table and the middleware around it: request ids, CORS, request
-//! metrics and logs, authentication and rate limits.
+//! metrics and logs, authentication and rate limits. `connections` accepts
+//! the connections and holds each to its limits.
+
+mod connections;
+
+pub use connections::{BodyTimedOut, ConnectionLimits, serve};
 
 use crate::admin;
 use crate::app::AppState;
@@ -17,9 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let client_api = Router::new()
@@ -112,8 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(observe))
         .layer(cors(&state.config.server.cors_allow_origins))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(UlidRequestId))
+        .layer(from_fn(request_id))
         .with_state(state)
 }
 
@@ -193,9 +194,9 @@ async fn observe(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.0.to_str().ok())
         .unwrap_or("")
         .to_string();
     let response = next.run(req).await;
@@ -262,14 +263,53 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
-/// `req_` + a ULID, the same form as every other Flywheel id.
-#[derive(Clone, Copy)]
-struct UlidRequestId;
+/// The request's id, as the client sees it in `x-request-id`.
+#[derive(Clone)]
+struct RequestId(HeaderValue);
 
-impl MakeRequestId for UlidRequestId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::try_from(crate::ids::new_id("req"))
-            .ok()
-            .map(RequestId::new)
+/// Gives every request an id: the client's `x-request-id` when it sent
+/// one (echoed back and forwarded upstream as is), else `req_` + a ULID,
+/// the form of every Flywheel id. Upstream, a generated id travels as the
+/// same 128 bits written as a UUID: servers such as llama.cpp's reject
+/// any other form.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = match req.headers().get("x-request-id") {
+        Some(theirs) => theirs.clone(),
+        None => {
+            let ulid = ulid::Ulid::new();
+            if let Ok(upstream) = HeaderValue::try_from(uuid_form(ulid.0)) {
+                req.headers_mut().insert("x-request-id", upstream);
+            }
+            HeaderValue::try_from(format!("req_{ulid}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+        }
+    };
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(req).await;
+    response.headers_mut().insert("x-request-id", id);
+    response
+}
+
+/// 128 bits as a UUID: `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+fn uuid_form(bits: u128) -> String {
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_generated_request_id_goes_upstream_as_a_uuid() {
+        assert_eq!(
+            super::uuid_form(0x0190_f2a4_5b6c_7d8e_9fa0_b1c2_d3e4_f506),
+            "0190f2a4-5b6c-7d8e-9fa0-b1c2d3e4f506"
+        );
     }
 }

@@ -6,6 +6,7 @@ mod evaluation_records;
 mod job_records;
 mod model_records;
 mod records;
+mod resilient;
 mod sled_store;
 
 pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};
@@ -20,6 +21,7 @@ pub use records::{
     ApiKeyRecord, AuditRecord, ConversationRecord, ConversationSignals, ConversationTallies,
     FeedbackRecord, HIGH_QUALITY, InferenceRecord, NewTurn, Review, ReviewStatus, ThreadPoint,
 };
+pub use resilient::Resilient;
 pub use sled_store::SledStore;
 
 use std::path::Path;
@@ -37,7 +39,15 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("not found")]
     NotFound,
+    /// The store cannot serve this now (it failed and is recovering, or a
+    /// call did not finish in time); retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
+
+/// The longest a request waits for a store call before it is answered
+/// 503 `unavailable`; the call itself goes on on its blocking thread.
+pub const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Everything Flywheel keeps. Methods are synchronous and short; callers on
 /// the request path keep results in memory rather than calling per request.
@@ -269,7 +279,16 @@ pub struct ConversationPage {
 
 pub type SharedStore = Arc<dyn Store>;
 
-/// Opens the default store in `dir`.
+/// Opens the default store in `dir`, recovering by itself from I/O
+/// failures (see [`Resilient`]).
 pub fn open(dir: &Path) -> Result<SharedStore, StoreError> {
-    Ok(Arc::new(SledStore::open(dir)?))
+    let backend = SledStore::open(dir)?;
+    let reopen_dir = dir.to_path_buf();
+    let reopen: resilient::Reopen =
+        Box::new(move || Ok(Arc::new(SledStore::open(&reopen_dir)?) as Arc<dyn Store>));
+    Ok(Arc::new(Resilient::new(
+        Arc::new(backend),
+        dir.to_path_buf(),
+        reopen,
+    )))
 }

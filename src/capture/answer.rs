@@ -117,7 +117,9 @@ pub fn from_stream(body: &[u8]) -> Option<AnswerKey> {
                 if let Some(name) = function.name {
                     entry.1 = name.into_owned();
                 }
-                entry.2.push_str(function.arguments.as_deref().unwrap_or(""));
+                entry
+                    .2
+                    .push_str(function.arguments.as_deref().unwrap_or(""));
             }
         }
     }
@@ -197,7 +199,10 @@ mod tests {
             "finish_reason":"tool_calls"}]}"#;
         let a = from_body(body).unwrap();
         assert_eq!(a.text, "");
-        assert_eq!(a.calls, [CallKey::new("call_1", "lookup", "{\"host\":\"FS01\"}")]);
+        assert_eq!(
+            a.calls,
+            [CallKey::new("call_1", "lookup", "{\"host\":\"FS01\"}")]
+        );
     }
 
     #[test]
@@ -218,7 +223,10 @@ mod tests {
 
     #[test]
     fn a_stream_without_choices_has_no_answer() {
-        assert_eq!(from_stream(b"data: {\"error\":{\"message\":\"x\"}}\n\n"), None);
+        assert_eq!(
+            from_stream(b"data: {\"error\":{\"message\":\"x\"}}\n\n"),
+            None
+        );
         assert_eq!(from_body(b"not json"), None);
     }
 }

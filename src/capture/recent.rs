@@ -157,10 +157,7 @@ mod tests {
         assert_eq!(p.sticky.as_deref(), Some("user:a"));
         assert_eq!(r.turns("c1"), Some(2));
         assert_eq!(r.point("k1"), None);
-        assert_eq!(
-            r.turns_from("c1", 1),
-            [(1, "inf_c1_1".to_string())]
-        );
+        assert_eq!(r.turns_from("c1", 1), [(1, "inf_c1_1".to_string())]);
     }
 
     #[test]

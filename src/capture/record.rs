@@ -2,6 +2,7 @@
 //! request's messages and parameters, and the answer reassembled from a
 //! unary body or from the stream's deltas.
 
+use super::lenient;
 use crate::exchange::{Exchange, Outcome};
 use crate::store::InferenceRecord;
 use eventsource_stream::Eventsource;
@@ -47,7 +48,13 @@ impl CaptureMeta {
 }
 
 pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
-    let request: Value = serde_json::from_slice(&ex.request).unwrap_or(Value::Null);
+    let (request, omitted) = match lenient::parse(&ex.request) {
+        Some(parsed) => (parsed.value, parsed.omitted),
+        None => (Value::Null, vec![".".to_string()]),
+    };
+    if !omitted.is_empty() {
+        metrics::counter!("flywheel_capture_incomplete_total").increment(1);
+    }
     let messages = request.get("messages").cloned().unwrap_or(Value::Null);
     let params: Map<String, Value> = request
         .as_object()
@@ -71,7 +78,12 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
         alias: ex.route.alias.as_deref().map(String::from),
         version: ex.route.version.as_deref().map(String::from),
         provider_model: ex.route.upstream_model.to_string(),
-        request: json!({"messages": messages, "params": params}),
+        request: if omitted.is_empty() {
+            json!({"messages": messages, "params": params})
+        } else {
+            // The turn says exactly what it could not hold, and why.
+            json!({"messages": messages, "params": params, "omitted": omitted, "omitted_reason": lenient::TOO_DEEP})
+        },
         response: json!({"choices": answer.choices, "usage": answer.usage, "error": answer.error}),
         streamed: ex.streamed,
         status: ex.outcome.as_str().to_string(),
@@ -99,9 +111,8 @@ struct Answer {
 
 impl Answer {
     fn error(body: &[u8]) -> Self {
-        let error = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v.get("error").cloned())
+        let error = lenient::parse(body)
+            .and_then(|v| v.value.get("error").cloned())
             .unwrap_or(Value::Null);
         Self {
             error,
@@ -110,7 +121,7 @@ impl Answer {
     }
 
     fn from_body(body: &[u8]) -> Self {
-        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        let Some(v) = lenient::parse(body).map(|p| p.value) else {
             return Self::default();
         };
         let choices = v["choices"]
@@ -144,7 +155,7 @@ impl Answer {
         let mut answer = Self::default();
         let mut choices: std::collections::BTreeMap<u64, Choice> = Default::default();
         for event in events.into_iter().flatten() {
-            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+            let Some(chunk) = lenient::parse(event.data.as_bytes()).map(|p| p.value) else {
                 continue;
             };
             if chunk.get("error").is_some() {

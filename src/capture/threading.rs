@@ -212,7 +212,10 @@ mod tests {
             messages.iter().for_each(|(r, t)| h.add(r, t, &[], None));
             h.key()
         };
-        assert_ne!(key(&[("user", "ab"), ("user", "")]), key(&[("user", "a"), ("user", "b")]));
+        assert_ne!(
+            key(&[("user", "ab"), ("user", "")]),
+            key(&[("user", "a"), ("user", "b")])
+        );
     }
 
     #[test]

@@ -238,7 +238,10 @@ impl Writer {
         if !self.records.is_empty() {
             let count = self.records.len();
             metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
-            tracing::error!(count, "captured records the store refused until shutdown are lost");
+            tracing::error!(
+                count,
+                "captured records the store refused until shutdown are lost"
+            );
             self.in_flight.done(count);
         }
     }
@@ -274,10 +277,7 @@ fn store_batch(
         thread(store, record, threading)?;
     }
     if !to_insert.is_empty() {
-        store.insert_inferences(
-            to_insert,
-            &crate::experiment::tally::of_batch(to_insert),
-        )?;
+        store.insert_inferences(to_insert, &crate::experiment::tally::of_batch(to_insert))?;
     }
     store.flush()
 }

@@ -39,6 +39,19 @@ pub struct ServerConfig {
     pub shutdown_grace_s: u64,
     /// Origins allowed by CORS for browser clients; `["*"]` allows any.
     pub cors_allow_origins: Vec<String>,
+    /// A request head must arrive within this long of its first byte.
+    pub header_read_timeout_s: u64,
+    /// How long a connection may wait for its next request (and a new
+    /// one for its first) before it is closed.
+    pub idle_timeout_s: u64,
+    /// A request body must arrive in full within this long of its head
+    /// (408 otherwise). Raise it for large uploads over slow links.
+    pub body_read_timeout_s: u64,
+    /// Open connections at most; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// The largest request head (request line and headers) accepted; a
+    /// larger one is answered 431. At least 8192.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +63,11 @@ impl Default for ServerConfig {
             default_provider: None,
             shutdown_grace_s: 30,
             cors_allow_origins: vec!["*".into()],
+            header_read_timeout_s: 10,
+            idle_timeout_s: 60,
+            body_read_timeout_s: 30,
+            max_connections: 4096,
+            max_header_bytes: 64 * 1024,
         }
     }
 }

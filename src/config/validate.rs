@@ -33,6 +33,30 @@ fn check_server(c: &Config) -> Result<(), ConfigError> {
     if c.server.data_dir.as_os_str().is_empty() {
         return Err(ConfigError::invalid("server.data_dir", "must not be empty"));
     }
+    for (key, value) in [
+        (
+            "server.header_read_timeout_s",
+            c.server.header_read_timeout_s,
+        ),
+        ("server.idle_timeout_s", c.server.idle_timeout_s),
+        ("server.body_read_timeout_s", c.server.body_read_timeout_s),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::invalid(key, "must be at least 1 second"));
+        }
+    }
+    if c.server.max_connections == 0 {
+        return Err(ConfigError::invalid(
+            "server.max_connections",
+            "must be at least 1",
+        ));
+    }
+    if c.server.max_header_bytes < 8192 {
+        return Err(ConfigError::invalid(
+            "server.max_header_bytes",
+            "must be at least 8192 bytes",
+        ));
+    }
     Ok(())
 }
 

@@ -186,10 +186,12 @@ async fn find_inference(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-        .map_err(|e| ApiError::Internal(e.to_string()))
+    match tokio::time::timeout(crate::store::CALL_LIMIT, tokio::task::spawn_blocking(f)).await {
+        Ok(joined) => joined
+            .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+            .map_err(Into::into),
+        Err(_) => Err(crate::admin::store_too_slow()),
+    }
 }
 
 /// The feedback as the API returns it.

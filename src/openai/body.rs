@@ -14,10 +14,26 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
             ApiError::PayloadTooLarge { limit }
+        } else if let Some(timeout) = body_timeout(&e) {
+            ApiError::RequestTimeout(timeout.to_string())
         } else {
             ApiError::invalid(format!("could not read the request body: {e}"), None)
         }
     })
+}
+
+/// The body-read timeout behind a body error, if that is what it was.
+fn body_timeout<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a crate::server::BodyTimedOut> {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if let Some(timeout) = e.downcast_ref::<crate::server::BodyTimedOut>() {
+            return Some(timeout);
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// Parses JSON; the error names the path of the field that is wrong.

@@ -40,6 +40,9 @@ pub enum ApiError {
     },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The client did not send its request in time (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("rate limit of {limit} requests per minute reached for this key; retry in {}s", retry_after_secs(*.retry_after))]
     RateLimited { limit: u32, retry_after: Duration },
 
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } | ApiError::PromotionGated { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamStatus(f) => f.status,
             ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamInvalid { .. } => {
@@ -120,6 +124,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 ("invalid_request_error", Some("request_too_large"))
             }
+            ApiError::RequestTimeout(_) => ("invalid_request_error", Some("request_timeout")),
             ApiError::RateLimited { .. } => ("requests", Some("rate_limit_exceeded")),
             ApiError::UpstreamStatus(_) => ("api_error", None),
             ApiError::UpstreamUnreachable { .. } => ("api_error", Some("upstream_unreachable")),
@@ -244,6 +249,7 @@ impl From<crate::store::StoreError> for ApiError {
                 param: None,
                 code: "not_found",
             },
+            crate::store::StoreError::Unavailable(why) => ApiError::Unavailable(why),
             other => ApiError::Internal(other.to_string()),
         }
     }

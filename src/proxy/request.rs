@@ -2,8 +2,8 @@
 //! whether it streams, and that its shape is sound. The body itself is
 //! forwarded as received, with only the model name spliced in.
 
-use crate::capture::threading::{ThreadHasher, message_text};
 use crate::capture::answer::calls_of;
+use crate::capture::threading::{ThreadHasher, message_text};
 use crate::openai::{ApiError, parse_json};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -142,11 +142,19 @@ fn thread_keys(messages: &[Message<'_>]) -> (Option<String>, ThreadHasher) {
     let mut history = None;
     for (i, m) in messages.iter().enumerate() {
         let calls = if m.role == "assistant" {
-            calls_of(m.tool_calls.map(RawValue::get), m.function_call.map(RawValue::get))
+            calls_of(
+                m.tool_calls.map(RawValue::get),
+                m.function_call.map(RawValue::get),
+            )
         } else {
             Vec::new()
         };
-        hasher.add(&m.role, &content_text(m.content), &calls, m.tool_call_id.as_deref());
+        hasher.add(
+            &m.role,
+            &content_text(m.content),
+            &calls,
+            m.tool_call_id.as_deref(),
+        );
         if Some(i) == last_assistant {
             history = Some(hasher.key());
         }

@@ -84,12 +84,7 @@ pub fn resolve(
         Some((point, turns)) if point.turn + 1 == turns => {
             (point.conversation_id, None, point.sticky, turns)
         }
-        Some((point, _)) => (
-            new_id("conv"),
-            Some(point.conversation_id),
-            point.sticky,
-            0,
-        ),
+        Some((point, _)) => (new_id("conv"), Some(point.conversation_id), point.sticky, 0),
         None => (new_id("conv"), None, None, 0),
     };
     Thread {

@@ -31,6 +31,7 @@ pub fn config_toml(upstream: SocketAddr, data_dir: &std::path::Path, options: &O
         provider_extra,
         extra,
         limits,
+        server_extra,
         ..
     } = options;
     format!(
@@ -40,6 +41,7 @@ listen = "127.0.0.1:0"
 data_dir = "{data}"
 max_body_bytes = 65536
 shutdown_grace_s = 10
+{server_extra}
 
 {limits}
 
@@ -146,6 +148,8 @@ pub struct Options {
     pub extra: String,
     /// The `[limits]` section.
     pub limits: String,
+    /// More keys of the `[server]` section.
+    pub server_extra: String,
     /// Serve against this upstream instead of a fresh simulator.
     pub upstream: Option<SocketAddr>,
     /// Use this data directory (kept afterwards) instead of a fresh one.
@@ -162,6 +166,7 @@ impl Default for Options {
             provider_extra: String::new(),
             extra: String::new(),
             limits: "[limits]\nrequests_per_minute = 60000\nburst = 10000".into(),
+            server_extra: String::new(),
             upstream: None,
             data_dir: None,
         }
@@ -269,4 +274,24 @@ pub async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
         assert!(error.get(key).is_some(), "error lacks `{key}`: {body}");
     }
     (status, error)
+}
+
+/// Polls `check` until it gives a value, failing the test with `label`
+/// once `within` has passed without one.
+pub async fn eventually<T, F, Fut>(label: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {label}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

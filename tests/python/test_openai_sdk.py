@@ -12,6 +12,7 @@ import uuid
 import httpx
 import openai
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
 
 ALERT = "Endpoint alert: LSASS memory dumped by rundll32.exe via comsvcs.dll MiniDump on host WS-042."
 MESSAGES = [
@@ -230,6 +231,59 @@ def test_a_tool_result_turn_gets_a_text_answer(proxy):
     assert completion.choices[0].finish_reason == "stop"
     assert completion.choices[0].message.tool_calls in (None, [])
     assert "Threat type:" in completion.choices[0].message.content
+
+
+def admin_conversation(proxy, conversation: str, turns: int, within: float = 10.0) -> dict:
+    """The conversation as the admin API shows it once it holds `turns`
+    stored turns; fails with what it last saw when that takes too long."""
+    deadline = time.monotonic() + within
+    last = None
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{proxy.url}/admin/api/conversations/{conversation}",
+                             headers={"Authorization": f"Bearer {proxy.admin_token}"})
+        last = response.text
+        if response.status_code == 200:
+            body = response.json()
+            if sum(1 for t in body["turns"] if t["status"] == "ok") >= turns:
+                return body
+        time.sleep(0.05)
+    raise AssertionError(f"conversation {conversation} never had {turns} stored turns: {last}")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_tool_call_loop_stays_in_one_conversation(proxy, streamed):
+    """An agent loop as SDK users write it: the answer's own message object
+    appended, each tool call answered by a tool message, next request at
+    once — every step continues the first step's conversation."""
+    c = client(proxy)
+    messages = [MESSAGES[0], {"role": "user", "content": f"{ALERT} (ticket {uuid.uuid4()})"}]
+    conversations, tool_steps = [], 0
+    for step in range(4):
+        if streamed:
+            raw = c.chat.completions.with_raw_response.create(
+                model="triage", messages=messages, tools=TOOLS, stream=True)
+            conversations.append(raw.headers["x-flywheel-conversation-id"])
+            state = ChatCompletionStreamState(input_tools=TOOLS)
+            for chunk in raw.parse():
+                state.handle_chunk(chunk)
+            message = state.get_final_completion().choices[0].message
+        else:
+            raw = c.chat.completions.with_raw_response.create(model="triage", messages=messages, tools=TOOLS)
+            conversations.append(raw.headers["x-flywheel-conversation-id"])
+            message = raw.parse().choices[0].message
+        messages.append(message)
+        if message.tool_calls:
+            tool_steps += 1
+            for call in message.tool_calls:
+                messages.append({"role": "tool", "tool_call_id": call.id,
+                                 "content": json.dumps({"isolated": True, "step": step})})
+        else:
+            messages.append({"role": "user", "content": "Isolate the next host as well."})
+    assert tool_steps >= 2, "the loop made tool calls"
+    assert len(set(conversations)) == 1, conversations
+    stored = admin_conversation(proxy, conversations[0], turns=4)
+    assert len(stored["turns"]) == 4
+    assert stored["turns"][0]["response"]["message"]["tool_calls"]
 
 
 # --- n > 1 ------------------------------------------------------------------------
