@@ -166,6 +166,13 @@ async fn find_inference(
         if let Some(found) = lookup().await? {
             return Ok(found);
         }
+        // A failed store holds capture back: the inference may be on its
+        // way, and the feedback could not be stored anyway.
+        if !app.store.is_healthy() {
+            return Err(ApiError::Unavailable(
+                "the store cannot take writes now (see /readyz); retry shortly".into(),
+            ));
+        }
         tokio::time::sleep(interval).await;
         attempts += 1;
     }

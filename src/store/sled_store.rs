@@ -63,11 +63,11 @@ pub struct SledStore {
     /// Model-performance figures by alias, oldest first.
     performance: sled::Tree,
     /// Held while tallies are read, merged and written.
-    tally_lock: std::sync::Mutex<()>,
+    tally_lock: parking_lot::Mutex<()>,
     /// Held while a conversation, its index entries and the tallies change
     /// together; only capture, feedback and review take it, never a request.
     /// Holds the tallies as last committed, once read.
-    conversation_lock: std::sync::Mutex<Option<ConversationTallies>>,
+    conversation_lock: parking_lot::Mutex<Option<ConversationTallies>>,
 }
 
 impl SledStore {
@@ -103,8 +103,8 @@ impl SledStore {
             evaluations: tree("evaluations")?,
             evaluation_examples: tree("evaluation_examples")?,
             performance: tree("model_performance")?,
-            tally_lock: std::sync::Mutex::new(()),
-            conversation_lock: std::sync::Mutex::new(None),
+            tally_lock: parking_lot::Mutex::new(()),
+            conversation_lock: parking_lot::Mutex::new(None),
             db,
         }
         .with_conversation_views()
@@ -124,6 +124,16 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
         }
         _ => StoreError::Io(format!("cannot open {}: {e}", dir.display())),
     }
+}
+
+/// The longest a store call waits for one of the store's locks.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn busy(what: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the store's {what} stayed locked for {} s; retry shortly",
+        LOCK_WAIT.as_secs()
+    ))
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -334,7 +344,7 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         let key = format!("{}/{}", feedback.inference_id, feedback.id);
         let mut changes = Changes::default();
-        let _held = self.lock_tallies();
+        let _held = self.lock_tallies()?;
         if let Some((k, delta)) = tally {
             let (row, value) = self.tally_row(k, delta)?;
             changes.put(Tree::Experiment, &row, value);

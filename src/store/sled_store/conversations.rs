@@ -9,11 +9,12 @@
 //! conversation with that value in creation order; `created_at` is RFC 3339
 //! with seconds, fixed width, so it sorts as text.
 
-use super::{SledStore, decode, encode, io};
+use super::{LOCK_WAIT, SledStore, busy, decode, encode, io};
 use crate::store::{
     ConversationPage, ConversationRecord, ConversationScan, ConversationSignals,
     ConversationTallies, FeedbackRecord, IndexField, InferenceRecord, NewTurn, StoreError,
 };
+use parking_lot::MutexGuard;
 use sled::Transactional;
 use std::collections::BTreeSet;
 
@@ -153,7 +154,7 @@ impl SledStore {
 
     /// The tallies as last committed, from memory once read.
     pub(super) fn current_tallies(&self) -> Result<ConversationTallies, StoreError> {
-        let mut held = self.lock();
+        let mut held = self.lock()?;
         if let Some(t) = held.as_ref() {
             return Ok(t.clone());
         }
@@ -162,19 +163,19 @@ impl SledStore {
         Ok(t)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ConversationTallies>> {
-        // The cached tallies are only replaced after a commit succeeded, so
-        // a panic elsewhere while the lock was held leaves them correct.
+    /// Waits for the lock at most [`LOCK_WAIT`]: a store stuck on a
+    /// failing disk gives an error, not a thread that waits for ever.
+    fn lock(&self) -> Result<MutexGuard<'_, Option<ConversationTallies>>, StoreError> {
         self.conversation_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .try_lock_for(LOCK_WAIT)
+            .ok_or_else(|| busy("conversations"))
     }
 
     pub(super) fn append_turn_to_conversation(
         &self,
         turn: &NewTurn<'_>,
     ) -> Result<usize, StoreError> {
-        let mut held = self.lock();
+        let mut held = self.lock()?;
         let before = self.conversation_record(turn.conversation_id)?;
         // A batch retried after a failed flush threads its turns again.
         if let Some(index) = before.as_ref().and_then(|c| {
@@ -249,7 +250,7 @@ impl SledStore {
         edit: &mut dyn FnMut(&mut ConversationRecord),
         changes: Changes,
     ) -> Result<Option<ConversationRecord>, StoreError> {
-        let mut held = self.lock();
+        let mut held = self.lock()?;
         let before = self.conversation_record(id)?;
         let after = before.clone().map(|mut c| {
             edit(&mut c);
@@ -264,7 +265,7 @@ impl SledStore {
         record: &InferenceRecord,
         forget: &mut dyn FnMut(&mut ConversationRecord, &[FeedbackRecord]),
     ) -> Result<(), StoreError> {
-        let mut held = self.lock();
+        let mut held = self.lock()?;
         let mut changes = Changes::default();
         let feedback = self.remove_inference(record, &mut changes)?;
         let before = self.conversation_record(&record.conversation_id)?;
@@ -280,7 +281,7 @@ impl SledStore {
         &self,
         id: &str,
     ) -> Result<Option<ConversationRecord>, StoreError> {
-        let mut held = self.lock();
+        let mut held = self.lock()?;
         let Some(before) = self.conversation_record(id)? else {
             return Ok(None);
         };

@@ -3,10 +3,11 @@
 //! same transaction as the records it counts, so the figures always agree
 //! with what is stored.
 
+use super::{LOCK_WAIT, busy};
 use super::{SledStore, decode, encode, io};
 use crate::store::{InferenceRecord, StoreError, TallyKey, VersionTally};
+use parking_lot::MutexGuard;
 use sled::Transactional;
-use std::sync::{MutexGuard, PoisonError};
 
 const SEP: u8 = 0x1f;
 
@@ -26,10 +27,11 @@ fn tally_key(key: &TallyKey) -> Vec<u8> {
 }
 
 impl SledStore {
-    pub(super) fn lock_tallies(&self) -> MutexGuard<'_, ()> {
+    /// Waits for the lock at most [`LOCK_WAIT`], like every store lock.
+    pub(super) fn lock_tallies(&self) -> Result<MutexGuard<'_, ()>, StoreError> {
         self.tally_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .try_lock_for(LOCK_WAIT)
+            .ok_or_else(|| busy("tallies"))
     }
 
     /// The stored tallies plus `deltas`, as (key, value) rows to write.
@@ -63,7 +65,7 @@ impl SledStore {
         records: &[InferenceRecord],
         deltas: &[(TallyKey, VersionTally)],
     ) -> Result<(), StoreError> {
-        let _held = self.lock_tallies();
+        let _held = self.lock_tallies()?;
         let tallies = self.merged_tallies(deltas)?;
         let rows = records
             .iter()
