@@ -201,3 +201,42 @@ async fn a_full_disk_is_survived_and_the_store_recovers_without_a_restart() {
         "shutdown completes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_completes_while_the_store_is_failing() {
+    let Some(disk) = SmallDisk::mount(24) else {
+        return;
+    };
+    let app = spawn_app_with(Options {
+        data_dir: Some(disk.path().join("data")),
+        ..Options::default()
+    })
+    .await;
+    let _filler = disk.fill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "the full disk never refused feedback"
+        );
+        if chat_and_rate(&app, n).await.0 == 503 {
+            break;
+        }
+    }
+    // Chats answered now are held by capture, which cannot store them.
+    for n in 0..20 {
+        let mut request = triage_request(false);
+        request["messages"][1]["content"] = json!(format!("held #{n}"));
+        assert_eq!(
+            app.post("/v1/chat/completions", &request).await.status(),
+            200
+        );
+    }
+    let started = Instant::now();
+    let (_dir, _temp) = app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
