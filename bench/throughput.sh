@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Proxy throughput beside nginx, in one run: wrk sends the same chat
+# completion through nginx (a keep-alive reverse proxy) and through
+# Flywheel (default config, capture on) to a static upstream — nginx
+# answering a canned completion — and straight to that upstream, at 1, 8
+# and 32 connections. The proxy under test gets core 1 to itself; wrk and
+# the upstream share core 0.
+#
+#   bench/throughput.sh              # 15 s per point (about 3 minutes)
+#   DURATION=5 bench/throughput.sh   # shorter
+#
+# Prints a Markdown table and writes bench/results/throughput.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+duration=${DURATION:-15}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+for tool in wrk nginx; do
+  command -v $tool >/dev/null || { apt-get update -q && apt-get install -y -q wrk nginx-light; }
+done
+cargo build --release --bin flywheel -q
+flywheel=$root/target/release/flywheel
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+upstream_port=$(free_port); nginx_port=$(free_port); proxy_port=$(free_port)
+
+answer=$(tr -d '\n' < bench/upstream-answer.json)
+cat >"$work/upstream.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/upstream.pid;
+error_log $work/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/upstream-body;
+    server {
+        listen 127.0.0.1:$upstream_port;
+        keepalive_requests 1000000;
+        client_body_buffer_size 64k;
+        location / {
+            default_type application/json;
+            return 200 '$answer';
+        }
+    }
+}
+CONF
+sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$upstream_port#" bench/nginx.conf >"$work/nginx.conf"
+cat >"$work/flywheel.toml" <<TOML
+[server]
+listen = "127.0.0.1:$proxy_port"
+data_dir = "$work/data"
+[auth]
+allow_anonymous_clients = true
+[limits]
+requests_per_minute = 0
+[[providers]]
+name = "upstream"
+base_url = "http://127.0.0.1:$upstream_port/v1"
+[[models]]
+name = "triage"
+model_type = "threat_detection"
+  [[models.versions]]
+  name = "base"
+  provider = "upstream"
+  model = "gpt-4o-mini"
+TOML
+
+taskset -c 0 nginx -c "$work/upstream.conf" &
+taskset -c 1 nginx -c "$work/nginx.conf" &
+RUST_LOG=warn taskset -c 1 "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
+proxy_pid=$!
+for port in $upstream_port $nginx_port $proxy_port; do
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+cat >"$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$root/bench/request.json")
+wrk.body = f:read("*a")
+f:close()
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %.3f %.3f %.3f %d\n", summary.requests, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, summary.duration / 1e6, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+
+metric() { curl -s "127.0.0.1:$proxy_port/metrics" | awk -v m="$1" '$1==m {print int($2)}' | head -1; }
+# CPU ticks of the capture writer thread (comm is cut to 15 characters).
+writer_ticks() {
+  for t in /proc/$proxy_pid/task/*; do
+    if [ "$(cat "$t/comm")" = "flywheel-captur" ]; then awk '{print $14+$15}' "$t/stat"; return; fi
+  done
+  echo 0
+}
+run() { # name port connections
+  taskset -c 0 wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" | awk -v n="$1" -v c="$3" '/^RESULT/ {print n, c, $2, $3, $4, $5, $6}'
+}
+# Warm up every path once.
+for port in $upstream_port $nginx_port $proxy_port; do
+  taskset -c 0 wrk -t1 -c8 -d2s -s "$work/post.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null
+done
+captured_before=$(metric flywheel_captured_total); writer_before=$(writer_ticks)
+: >"$work/results.txt"
+for c in 1 8 32; do
+  run direct $upstream_port $c >>"$work/results.txt"
+  run nginx $nginx_port $c >>"$work/results.txt"
+  run flywheel $proxy_port $c >>"$work/results.txt"
+done
+# Let capture finish what it holds, then read its figures.
+for _ in $(seq 120); do
+  served=$(awk '$1=="flywheel" {s+=$3} END {print s}' "$work/results.txt")
+  done_=$(( $(metric flywheel_captured_total) + $(metric flywheel_exchange_dropped_total || echo 0) - captured_before ))
+  [ "$done_" -ge "$served" ] && break; sleep 0.5
+done
+captured=$(( $(metric flywheel_captured_total) - captured_before ))
+dropped=$(metric flywheel_exchange_dropped_total); dropped=${dropped:-0}
+writer=$(( $(writer_ticks) - writer_before ))
+threads=$(ls /proc/$proxy_pid/task | wc -l)
+rss_kb=$(awk '/VmHWM/{print $2}' /proc/$proxy_pid/status)
+
+mkdir -p bench/results
+python3 - "$work/results.txt" "$captured" "$dropped" "$writer" "$(getconf CLK_TCK)" "$threads" "$rss_kb" "$duration" <<'PY' | tee bench/results/throughput.md
+import sys
+path, captured, dropped, writer, hz, threads, rss, duration = sys.argv[1:]
+rows = {}
+for line in open(path):
+    name, c, requests, p50, p99, seconds, errors = line.split()
+    rows[(name, int(c))] = (int(requests) / float(seconds), float(p50), float(p99), int(errors))
+print(f"{duration} s per point; the proxy under test alone on core 1, wrk and the static upstream on core 0.\n")
+print("| connections | direct req/s | nginx req/s | Flywheel req/s | Flywheel ÷ nginx | p50 direct / nginx / Flywheel (ms) | added p50 nginx / Flywheel (ms) | p99 nginx / Flywheel (ms) | errors |")
+print("|---|---|---|---|---|---|---|---|---|")
+for c in (1, 8, 32):
+    d, n, f = rows[("direct", c)], rows[("nginx", c)], rows[("flywheel", c)]
+    print(f"| {c} | {d[0]:,.0f} | {n[0]:,.0f} | {f[0]:,.0f} | {f[0] / n[0]:.2f} | {d[1]:.3f} / {n[1]:.3f} / {f[1]:.3f} | "
+          f"{n[1] - d[1]:+.3f} / {f[1] - d[1]:+.3f} | {n[2]:.3f} / {f[2]:.3f} | {d[3] + n[3] + f[3]} |")
+captured, writer, hz = int(captured), int(writer), int(hz)
+per = writer / hz / captured * 1e6 if captured else float("nan")
+print(f"\nCapture during the run: {captured:,} inferences stored, {dropped} dropped; capture writer thread {per:.1f} µs CPU per inference; "
+      f"{threads} threads in the process at the end; peak RSS {int(rss) / 1024:.0f} MB.")
+PY
