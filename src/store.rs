@@ -18,8 +18,9 @@ pub use model_records::{
     ModelVersionRecord, TallyKey, VersionState, VersionTally,
 };
 pub use records::{
-    ApiKeyRecord, AuditRecord, ConversationRecord, ConversationSignals, ConversationTallies,
-    FeedbackRecord, HIGH_QUALITY, InferenceRecord, NewTurn, Review, ReviewStatus, ThreadPoint,
+    ApiKeyRecord, AuditRecord, CapturedTurn, ConversationRecord, ConversationSignals,
+    ConversationTallies, FeedbackRecord, HIGH_QUALITY, InferenceRecord, Position, Review,
+    ReviewStatus, ThreadPoint,
 };
 pub use resilient::Resilient;
 pub use sled_store::SledStore;
@@ -61,13 +62,13 @@ pub trait Store: Send + Sync + 'static {
     /// Newest first, starting after `cursor` (an audit id) when given.
     fn audit(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
 
-    /// Writes a batch of inferences, their completion-id index and what
-    /// they add to the versions' tallies in one atomic step.
-    fn insert_inferences(
-        &self,
-        records: &[InferenceRecord],
-        tallies: &[(TallyKey, VersionTally)],
-    ) -> Result<(), StoreError>;
+    /// Stores a capture batch in one atomic step: each turn threaded into
+    /// its conversation (created, with its parent, when new; `turn` set on
+    /// the record), the records, what they add to the versions' tallies
+    /// and the lookups a follow-up or feedback by completion id needs.
+    /// Turns already stored (a batch retried after a failed flush) are
+    /// skipped, so nothing counts twice.
+    fn store_captured(&self, batch: &mut [CapturedTurn]) -> Result<(), StoreError>;
     fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError>;
     /// Up to `limit` inferences whose ids sort after `after` (when given) and
     /// before `before`, oldest first.
@@ -92,9 +93,6 @@ pub trait Store: Send + Sync + 'static {
     /// The shadow versions' answers to a live inference.
     fn shadows_of(&self, inference_id: &str) -> Result<Vec<InferenceRecord>, StoreError>;
 
-    /// Appends a turn, creating the conversation (with its parent) if new;
-    /// returns the turn's index.
-    fn append_turn(&self, turn: &NewTurn<'_>) -> Result<usize, StoreError>;
     fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError>;
     /// Changes a conversation, its indexes and the tallies in one atomic
     /// step; `None` when there is no such conversation.
@@ -120,8 +118,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         visit: &mut dyn FnMut(ConversationRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+    /// Where the turn that left continuation key `key` (hex) sits.
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError>;
-    fn put_thread(&self, key: &str, point: &ThreadPoint) -> Result<(), StoreError>;
 
     /// Stores feedback, applies it to its conversation through `review`
     /// (in the same atomic step) and, with an idempotency key, remembers
@@ -252,11 +250,9 @@ pub enum IndexField {
 /// What a conversation listing walks.
 #[derive(Debug, Clone, Default)]
 pub struct ConversationScan {
-    /// The index and value to walk; every conversation when `None`.
+    /// The index and value to walk; every conversation when `None`. The
+    /// other filters are the `keep` function's to check.
     pub index: Option<(IndexField, String)>,
-    /// Further exact values a conversation must have, checked against
-    /// their indexes before the conversation itself is read.
-    pub also: Vec<(IndexField, String)>,
     /// Created at or after this RFC 3339 time (seconds, UTC, `Z`).
     pub since: Option<String>,
     /// Created before this time.

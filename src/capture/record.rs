@@ -97,6 +97,8 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
         created_at,
         fallback_from: ex.meta.fallback_from.clone(),
         shadow_of: ex.meta.shadow_of.clone(),
+        turn: None,
+        sticky: ex.meta.sticky.clone(),
     }
 }
 

@@ -116,6 +116,8 @@ mod tests {
             created_at: String::new(),
             fallback_from: None,
             shadow_of: None,
+            turn: None,
+            sticky: None,
         }
     }
 
@@ -163,17 +165,11 @@ mod tests {
             })
             .collect();
         records.push(inference(recent.clone(), "conv_new"));
-        store.insert_inferences(&records, &[]).unwrap();
-        for r in &records {
-            store
-                .append_turn(&crate::store::NewTurn {
-                    conversation_id: &r.conversation_id,
-                    inference_id: &r.id,
-                    at: "2026-01-01T00:00:00Z",
-                    ..Default::default()
-                })
-                .unwrap();
-        }
+        let mut batch: Vec<crate::store::CapturedTurn> = records
+            .into_iter()
+            .map(crate::store::CapturedTurn::plain)
+            .collect();
+        store.store_captured(&mut batch).unwrap();
         let f = feedback(&old[7], "conv_labelled", true);
         store
             .insert_feedback(&f, None, &mut |c| apply_feedback(&mut c.review, &f), None)

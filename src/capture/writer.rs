@@ -20,7 +20,7 @@ use super::{Redactor, build_record};
 use crate::config::WriterPriority;
 use crate::exchange::{Exchange, InFlight};
 use crate::ids::now_rfc3339;
-use crate::store::{InferenceRecord, NewTurn, SharedStore, StoreError, ThreadPoint};
+use crate::store::{CapturedTurn, InferenceRecord, SharedStore, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -94,8 +94,8 @@ struct Writer {
     redactor: Arc<Redactor>,
     in_flight: InFlight,
     max_pending: usize,
-    records: Vec<InferenceRecord>,
-    threads: Vec<Threading>,
+    /// Taken from the queue, not durably stored yet.
+    held: Vec<CapturedTurn>,
     failures: Failures,
 }
 
@@ -147,8 +147,7 @@ impl Writer {
             redactor: setup.redactor,
             in_flight: setup.in_flight,
             max_pending: setup.max_pending.max(MAX_BATCH),
-            records: Vec::new(),
-            threads: Vec::new(),
+            held: Vec::new(),
             failures: Failures::default(),
         }
     }
@@ -164,13 +163,13 @@ impl Writer {
         let mut tick = tokio::time::interval(flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let room = self.records.len() < self.max_pending;
+            let room = self.held.len() < self.max_pending;
             tokio::select! {
                 next = rx.recv(), if room => match next {
                     Some(exchange) => {
                         priority.follow(rx.len(), capacity);
                         self.take(&exchange);
-                        if self.records.len() >= MAX_BATCH && self.failures.may_try() {
+                        if self.held.len() >= MAX_BATCH && self.failures.may_try() {
                             self.write();
                         }
                     }
@@ -196,30 +195,29 @@ impl Writer {
     /// is done with at once.
     fn take(&mut self, exchange: &Exchange) {
         match prepare(exchange, &self.redactor) {
-            Some((record, threading)) => {
-                self.records.push(record);
-                self.threads.push(threading);
-            }
+            Some(turn) => self.held.push(turn),
             None => self.in_flight.done(1),
         }
     }
 
     /// Stores what is held; on failure keeps it for the next attempt.
     fn write(&mut self) {
-        if self.records.is_empty() {
+        if self.held.is_empty() {
             return;
         }
-        let retry = self.failures.count > 0;
-        match store_batch(&self.store, &self.records, &self.threads, retry) {
+        let stored = self
+            .store
+            .store_captured(&mut self.held)
+            .and_then(|()| self.store.flush());
+        match stored {
             Ok(()) => {
-                let count = self.records.len();
+                let count = self.held.len();
                 metrics::counter!("flywheel_captured_total").increment(count as u64);
                 self.in_flight.done(count);
-                self.records.clear();
-                self.threads.clear();
+                self.held.clear();
                 self.failures.recovered();
             }
-            Err(e) => self.failures.failed(&e, self.records.len()),
+            Err(e) => self.failures.failed(&e, self.held.len()),
         }
     }
 
@@ -230,13 +228,13 @@ impl Writer {
         self.failures.next_try = None;
         loop {
             self.write();
-            if self.records.is_empty() || Instant::now() >= deadline {
+            if self.held.is_empty() || Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if !self.records.is_empty() {
-            let count = self.records.len();
+        if !self.held.is_empty() {
+            let count = self.held.len();
             metrics::counter!("flywheel_capture_lost_total").increment(count as u64);
             tracing::error!(
                 count,
@@ -247,54 +245,9 @@ impl Writer {
     }
 }
 
-/// Writes the records (with their tallies), threads each into its
-/// conversation and flushes. After a failed attempt (`retry`) the records
-/// the store already holds are skipped, so their tallies count once;
-/// threading a turn twice is a no-op in the store.
-fn store_batch(
-    store: &SharedStore,
-    records: &[InferenceRecord],
-    threads: &[Threading],
-    retry: bool,
-) -> Result<(), StoreError> {
-    let unstored: Vec<InferenceRecord>;
-    let to_insert = if retry {
-        unstored = records
-            .iter()
-            .filter_map(|r| match store.inference(&r.id) {
-                Ok(Some(_)) => None,
-                Ok(None) => Some(Ok(r.clone())),
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<_, _>>()?;
-        &unstored[..]
-    } else {
-        records
-    };
-    // Turns first: feedback waits for an inference's record, and must then
-    // find the inference in its conversation.
-    for (record, threading) in records.iter().zip(threads) {
-        thread(store, record, threading)?;
-    }
-    if !to_insert.is_empty() {
-        store.insert_inferences(to_insert, &crate::experiment::tally::of_batch(to_insert))?;
-    }
-    store.flush()
-}
-
-/// What threading a record needs beyond the record.
-struct Threading {
-    parent_id: Option<String>,
-    /// The key a follow-up turn will present.
-    continuation: Option<String>,
-    /// What the version was assigned by, for the follow-up turns.
-    sticky: Option<String>,
-    preview: String,
-}
-
-/// The record to store for one exchange, redacted; `None` when capture is
+/// The turn to store for one exchange, redacted; `None` when capture is
 /// off for it (its tokens are still counted).
-fn prepare(exchange: &Exchange, redactor: &Redactor) -> Option<(InferenceRecord, Threading)> {
+fn prepare(exchange: &Exchange, redactor: &Redactor) -> Option<CapturedTurn> {
     let mut record = build_record(exchange, now_rfc3339());
     count_tokens(&record);
     if !exchange.meta.enabled {
@@ -303,49 +256,14 @@ fn prepare(exchange: &Exchange, redactor: &Redactor) -> Option<(InferenceRecord,
     // Nothing reaches the store before redaction.
     redactor.redact_value(&mut record.request);
     redactor.redact_value(&mut record.response);
-    let threading = Threading {
+    Some(CapturedTurn {
         parent_id: exchange.meta.parent_id.clone(),
         continuation: exchange.meta.continuation.clone(),
-        sticky: exchange.meta.sticky.clone(),
         preview: preview(&record.request["messages"]),
-    };
-    Some((record, threading))
-}
-
-/// Appends the inference to its conversation and leaves the key a
-/// follow-up turn will present.
-fn thread(
-    store: &SharedStore,
-    record: &InferenceRecord,
-    threading: &Threading,
-) -> Result<(), StoreError> {
-    // A shadow's answer was never returned: it is no turn of anything.
-    if record.shadow_of.is_some() {
-        return Ok(());
-    }
-    let turn = store.append_turn(&NewTurn {
-        conversation_id: &record.conversation_id,
-        inference_id: &record.id,
-        parent_id: threading.parent_id.as_deref(),
-        at: &record.created_at,
-        alias: record.alias.as_deref(),
-        version: record.version.as_deref(),
-        user: record.user.as_deref(),
-        preview: &threading.preview,
-        // OpenAI names fine-tuned models `ft:<base>:…`; compatible
-        // providers (and the simulator) follow it.
-        fine_tuned: record.provider_model.starts_with("ft:"),
-        signals: crate::curation::turn_signals(record),
-    })?;
-    if let Some(key) = &threading.continuation {
-        let point = ThreadPoint {
-            conversation_id: record.conversation_id.clone(),
-            turn,
-            sticky: threading.sticky.clone(),
-        };
-        store.put_thread(key, &point)?;
-    }
-    Ok(())
+        signals: crate::curation::turn_signals(&record),
+        tally: crate::experiment::tally::of_inference(&record),
+        record,
+    })
 }
 
 /// How much of the first user message a conversation's summary keeps.

@@ -76,10 +76,10 @@ impl Filters {
             && self.signals.keep(c)
     }
 
-    /// The exact filters, the one with the fewest entries first (a user
-    /// is taken as the most selective: users are not tallied). The first
-    /// is walked, the others checked against their indexes.
-    fn indexes(&self, tallies: &ConversationTallies) -> Vec<(IndexField, String)> {
+    /// The exact filter with the fewest conversations (a user is taken as
+    /// the most selective: users are not tallied): the index walked; every
+    /// filter is checked on each conversation met.
+    fn index(&self, tallies: &ConversationTallies) -> Option<(IndexField, String)> {
         let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| {
             map.get(key).copied().unwrap_or(0)
         };
@@ -116,12 +116,11 @@ impl Filters {
                 )
             }),
         ];
-        let mut found: Vec<_> = candidates.into_iter().flatten().collect();
-        found.sort_by_key(|(_, _, n)| *n);
-        found
+        candidates
             .into_iter()
+            .flatten()
+            .min_by_key(|(_, _, n)| *n)
             .map(|(field, value, _)| (field, value))
-            .collect()
     }
 }
 
@@ -213,10 +212,8 @@ pub fn list_conversations(
     };
     let internal = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
     let tallies = store.tallies().map_err(internal)?;
-    let mut indexes = filters.indexes(&tallies).into_iter();
     let scan = ConversationScan {
-        index: indexes.next(),
-        also: indexes.collect(),
+        index: filters.index(&tallies),
         since,
         until,
         cursor: query.cursor,

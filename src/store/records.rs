@@ -1,4 +1,6 @@
-//! The records the store keeps, serialised as JSON values in their trees.
+//! The records the store keeps. Each backend chooses their encoding (the
+//! sled store writes them as compressed JSON); every field added later
+//! reads as its default from an older record.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -59,6 +61,13 @@ pub struct InferenceRecord {
     /// was never returned and is no turn of the conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_of: Option<String>,
+    /// Its index among its conversation's turns, set by the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<usize>,
+    /// What its conversation's first turn was assigned a version by, so a
+    /// follow-up threaded onto it keeps that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
 }
 
 /// A conversation: its turns in order, what the list view shows of it, and
@@ -91,6 +100,33 @@ pub struct ConversationRecord {
     /// conversations stored before signals existed.
     #[serde(default)]
     pub signals: ConversationSignals,
+    /// Where it sits in listings (newest first), set by the store when it
+    /// is first stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+}
+
+/// A conversation's place in the listing order: the capture batch that
+/// first stored it and its index in that batch.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position(pub u64, pub u32);
+
+/// One captured exchange for [`crate::store::Store::store_captured`]:
+/// its record, redacted, and what threading it needs.
+#[derive(Debug, Clone)]
+pub struct CapturedTurn {
+    pub record: InferenceRecord,
+    /// Set when a new conversation branches off another.
+    pub parent_id: Option<String>,
+    /// The key a follow-up of this turn will present (hex).
+    pub continuation: Option<String>,
+    /// The start of the first user message, for a new conversation.
+    pub preview: String,
+    /// The turn's quality signals; the store keeps `upstream_error` once
+    /// set and works out `duplicate_of`.
+    pub signals: ConversationSignals,
+    /// What the record adds to its version's experiment tally.
+    pub tally: Option<(crate::store::TallyKey, crate::store::VersionTally)>,
 }
 
 /// Quality signals from a conversation's inferences (labels and ratings
@@ -166,22 +202,49 @@ impl Review {
     }
 }
 
-/// A turn to append to its conversation, with what the summary needs.
-#[derive(Debug, Clone, Default)]
-pub struct NewTurn<'a> {
-    pub conversation_id: &'a str,
-    pub inference_id: &'a str,
-    pub parent_id: Option<&'a str>,
-    pub at: &'a str,
-    pub alias: Option<&'a str>,
-    pub version: Option<&'a str>,
-    pub user: Option<&'a str>,
-    /// The start of the first user message; used when the conversation is new.
-    pub preview: &'a str,
-    pub fine_tuned: bool,
-    /// The turn's signals; the store keeps `upstream_error` once set and
-    /// works out `duplicate_of`.
-    pub signals: ConversationSignals,
+#[cfg(test)]
+impl InferenceRecord {
+    /// A bare successful turn of `conversation`, for tests.
+    pub fn bare(id: &str, conversation: &str) -> Self {
+        Self {
+            id: id.into(),
+            completion_id: None,
+            alias: None,
+            version: None,
+            provider_model: "m".into(),
+            request: serde_json::Value::Null,
+            response: serde_json::Value::Null,
+            streamed: false,
+            status: "ok".into(),
+            http_status: 200,
+            latency_ms: 1.0,
+            first_byte_ms: None,
+            key_id: "k".into(),
+            user: None,
+            tags: Default::default(),
+            conversation_id: conversation.into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            fallback_from: None,
+            shadow_of: None,
+            turn: None,
+            sticky: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl CapturedTurn {
+    /// The record as capture hands it over, without threading keys.
+    pub fn plain(record: InferenceRecord) -> Self {
+        Self {
+            record,
+            parent_id: None,
+            continuation: None,
+            preview: String::new(),
+            signals: ConversationSignals::default(),
+            tally: None,
+        }
+    }
 }
 
 /// Dashboard counts over every conversation, kept current with each change

@@ -9,10 +9,10 @@
 //! committed before the failure is lost; no restart is needed.
 
 use super::{
-    AlertRecord, ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
-    ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord, ExampleResult,
-    FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord, ModelHistoryRecord,
-    NewTurn, PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
+    AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationPage, ConversationRecord,
+    ConversationScan, ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord,
+    ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord,
+    ModelHistoryRecord, PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
 };
 use arc_swap::ArcSwapOption;
 use std::io::Write;
@@ -202,12 +202,8 @@ impl Store for Resilient {
     fn audit(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         self.read(|s| s.audit(cursor, limit))
     }
-    fn insert_inferences(
-        &self,
-        records: &[InferenceRecord],
-        tallies: &[(TallyKey, VersionTally)],
-    ) -> Result<(), StoreError> {
-        self.write(|s| s.insert_inferences(records, tallies))
+    fn store_captured(&self, batch: &mut [CapturedTurn]) -> Result<(), StoreError> {
+        self.write(|s| s.store_captured(batch))
     }
     fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError> {
         self.read(|s| s.inference(id))
@@ -235,9 +231,6 @@ impl Store for Resilient {
     }
     fn shadows_of(&self, inference_id: &str) -> Result<Vec<InferenceRecord>, StoreError> {
         self.read(|s| s.shadows_of(inference_id))
-    }
-    fn append_turn(&self, turn: &NewTurn<'_>) -> Result<usize, StoreError> {
-        self.write(|s| s.append_turn(turn))
     }
     fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
         self.read(|s| s.conversation(id))
@@ -270,9 +263,6 @@ impl Store for Resilient {
     }
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError> {
         self.read(|s| s.thread(key))
-    }
-    fn put_thread(&self, key: &str, point: &ThreadPoint) -> Result<(), StoreError> {
-        self.write(|s| s.put_thread(key, point))
     }
     fn insert_feedback(
         &self,

@@ -1,47 +1,72 @@
-//! The embedded sled implementation of [`Store`]: one tree per record kind,
-//! keys that sort the way queries read them (ids are time-ordered ULIDs).
+//! The embedded sled implementation of [`Store`].
+//!
+//! What capture writes at a high rate is laid out for sled's strength,
+//! appending in key order, and against its cost, a page rewrite per small
+//! entry at a random place: an inference is one compressed record under
+//! its 16-byte ULID (`codec`); a conversation one compressed record under
+//! its slot (its own ULID, or for a client-named conversation its first
+//! inference's, found through `conversation_slots`); listings are blocks
+//! of entries per capture batch (`postings`); lookups by random keys
+//! (follow-ups' history keys, completion ids, text hashes) are sorted runs
+//! (`runs`). A capture batch is one transaction. The rest — keys, audit,
+//! feedback, registry, datasets, jobs, evaluations — is small and written
+//! as JSON, one tree per record kind.
+//!
+//! A store written before this layout is migrated in place when it is
+//! first opened (`migrate`).
 
+mod capture;
+mod codec;
 mod conversations;
 mod datasets;
 mod evaluations;
 mod jobs;
+mod migrate;
 mod models;
+mod postings;
+mod runs;
 mod tallies;
 
 use super::{
-    AlertRecord, ApiKeyRecord, AuditRecord, ConversationPage, ConversationRecord, ConversationScan,
-    ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord, ExampleResult,
-    FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord, ModelHistoryRecord,
-    NewTurn, PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
+    AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationPage, ConversationRecord,
+    ConversationScan, ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord,
+    ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord,
+    ModelHistoryRecord, PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
 };
 use conversations::{Changes, Tree};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+/// sled's page cache: the working set is recent records; memory must stay
+/// flat however much is stored.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 pub struct SledStore {
     db: sled::Db,
     keys: sled::Tree,
     audit: sled::Tree,
+    /// Inference id key (`codec::id_key`) → compressed record.
     inferences: sled::Tree,
-    /// Upstream completion id → inference id.
-    by_completion: sled::Tree,
     /// `live_inference_id/shadow_inference_id` → nothing: a shadow
     /// version's answers to each live inference.
     shadows: sled::Tree,
+    /// Conversation slot → compressed record.
     conversations: sled::Tree,
-    /// Thread key → where it was left (implicit threading).
-    threads: sled::Tree,
+    /// A client-named conversation's id → its slot.
+    slots: sled::Tree,
+    /// Listing blocks (see `postings`).
+    postings: sled::Tree,
+    /// Lookups by history key, completion id and text hash.
+    runs: Arc<runs::Runs>,
     /// `inference_id/feedback_id` → feedback.
     feedback: sled::Tree,
     /// Idempotency key → `inference_id/feedback_id`.
     idempotency: sled::Tree,
-    /// `field␟value␟created_at␟conversation_id` → conversation id, one
-    /// entry per indexed field of each conversation (see `conversations`).
-    conversation_index: sled::Tree,
-    /// Maintained figures such as the conversation tallies.
+    /// Maintained figures such as the conversation tallies; the layout
+    /// version.
     meta: sled::Tree,
     /// Alias → its registry record (versions, traffic, buckets).
     model_aliases: sled::Tree,
@@ -64,10 +89,12 @@ pub struct SledStore {
     performance: sled::Tree,
     /// Held while tallies are read, merged and written.
     tally_lock: parking_lot::Mutex<()>,
-    /// Held while a conversation, its index entries and the tallies change
+    /// Held while a conversation, its listings and the tallies change
     /// together; only capture, feedback and review take it, never a request.
     /// Holds the tallies as last committed, once read.
     conversation_lock: parking_lot::Mutex<Option<ConversationTallies>>,
+    /// The last capture batch id handed out (see `postings`).
+    last_batch: AtomicU64,
 }
 
 impl SledStore {
@@ -80,17 +107,17 @@ impl SledStore {
             .open()
             .map_err(|e| open_error(dir, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(io);
-        Self {
+        let store = Self {
             keys: tree("keys")?,
             audit: tree("audit")?,
-            inferences: tree("inferences")?,
-            by_completion: tree("inferences_by_completion")?,
+            inferences: tree("inference_records")?,
             shadows: tree("inference_shadows")?,
-            conversations: tree("conversations")?,
-            threads: tree("threads")?,
+            conversations: tree("conversation_records")?,
+            slots: tree("conversation_slots")?,
+            postings: tree("conversation_postings")?,
+            runs: runs::Runs::open(&db)?,
             feedback: tree("feedback")?,
             idempotency: tree("feedback_idempotency")?,
-            conversation_index: tree("conversation_index")?,
             meta: tree("meta")?,
             model_aliases: tree("model_aliases")?,
             model_history: tree("model_history")?,
@@ -105,9 +132,32 @@ impl SledStore {
             performance: tree("model_performance")?,
             tally_lock: parking_lot::Mutex::new(()),
             conversation_lock: parking_lot::Mutex::new(None),
+            last_batch: AtomicU64::new(0),
             db,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// A capture batch id after every one handed out before: its time in
+    /// milliseconds, shifted, plus a sequence within the millisecond.
+    fn next_batch(&self) -> u64 {
+        let now = postings::batch_at(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        );
+        let mut last = self.last_batch.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last_batch
+                .compare_exchange(last, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
         }
-        .with_conversation_views()
     }
 }
 
@@ -202,20 +252,12 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn insert_inferences(
-        &self,
-        records: &[InferenceRecord],
-        tallies: &[(TallyKey, VersionTally)],
-    ) -> Result<(), StoreError> {
-        self.write_inferences(records, tallies)
+    fn store_captured(&self, batch: &mut [CapturedTurn]) -> Result<(), StoreError> {
+        self.write_captured(batch)
     }
 
     fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError> {
-        self.inferences
-            .get(id.as_bytes())
-            .map_err(io)?
-            .map(|v| decode("inference", &v))
-            .transpose()
+        self.inference_at(&codec::id_key(id))
     }
 
     fn inferences_between(
@@ -226,13 +268,13 @@ impl Store for SledStore {
     ) -> Result<Vec<InferenceRecord>, StoreError> {
         use std::ops::Bound;
         let lower = match after {
-            Some(a) => Bound::Excluded(a.as_bytes().to_vec()),
+            Some(a) => Bound::Excluded(codec::id_key(a)),
             None => Bound::Unbounded,
         };
         self.inferences
-            .range((lower, Bound::Excluded(before.as_bytes().to_vec())))
+            .range((lower, Bound::Excluded(codec::id_key(before))))
             .take(limit)
-            .map(|kv| decode("inference", &kv.map_err(io)?.1))
+            .map(|kv| codec::decode("inference", &kv.map_err(io)?.1))
             .collect()
     }
 
@@ -262,26 +304,17 @@ impl Store for SledStore {
         &self,
         completion_id: &str,
     ) -> Result<Option<InferenceRecord>, StoreError> {
-        match self
-            .by_completion
-            .get(completion_id.as_bytes())
-            .map_err(io)?
-        {
-            Some(id) => self.inference(&String::from_utf8_lossy(&id)),
-            None => Ok(None),
-        }
-    }
-
-    fn append_turn(&self, turn: &NewTurn<'_>) -> Result<usize, StoreError> {
-        self.append_turn_to_conversation(turn)
+        let key = capture::hashed(completion_id);
+        let Some(at) = self.runs.get(runs::Kind::Completion, &key)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .inference_at(&at)?
+            .filter(|r| r.completion_id.as_deref() == Some(completion_id)))
     }
 
     fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
-        self.conversations
-            .get(id.as_bytes())
-            .map_err(io)?
-            .map(|v| decode("conversation", &v))
-            .transpose()
+        self.conversation_record(id)
     }
 
     fn update_conversation(
@@ -315,24 +348,25 @@ impl Store for SledStore {
         visit: &mut dyn FnMut(ConversationRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         for value in self.conversations.iter().values() {
-            visit(decode("conversation", &value.map_err(io)?)?)?;
+            visit(codec::decode("conversation", &value.map_err(io)?)?)?;
         }
         Ok(())
     }
 
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError> {
-        self.threads
-            .get(key.as_bytes())
-            .map_err(io)?
-            .map(|v| decode("thread", &v))
-            .transpose()
-    }
-
-    fn put_thread(&self, key: &str, point: &ThreadPoint) -> Result<(), StoreError> {
-        self.threads
-            .insert(key.as_bytes(), encode(point)?)
-            .map(drop)
-            .map_err(io)
+        let Some(key) = capture::thread_key(key) else {
+            return Ok(None);
+        };
+        let Some(at) = self.runs.get(runs::Kind::Thread, &key)? else {
+            return Ok(None);
+        };
+        Ok(self.inference_at(&at)?.and_then(|r| {
+            Some(ThreadPoint {
+                turn: r.turn?,
+                conversation_id: r.conversation_id,
+                sticky: r.sticky,
+            })
+        }))
     }
 
     fn insert_feedback(
@@ -511,8 +545,11 @@ impl Store for SledStore {
         self.db.flush().map(drop).map_err(io)
     }
 
+    /// sled reports a failure on the write that meets it, and
+    /// [`super::Resilient`] keeps track from there: an open sled store is
+    /// healthy.
     fn is_healthy(&self) -> bool {
-        self.db.size_on_disk().is_ok()
+        true
     }
 }
 

@@ -28,3 +28,4 @@ mod operations;
 mod review;
 mod signals;
 mod streaming;
+mod upgrade;

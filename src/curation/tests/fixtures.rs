@@ -28,6 +28,7 @@ pub(crate) fn candidate(id: &str, threat_type: &str) -> Candidate {
             ..Review::default()
         },
         signals: Default::default(),
+        position: None,
     };
     let mut turn = InferenceRecord {
         id: format!("inf_{id}"),
@@ -51,6 +52,8 @@ pub(crate) fn candidate(id: &str, threat_type: &str) -> Candidate {
         created_at: "2026-01-01T00:00:00Z".into(),
         fallback_from: None,
         shadow_of: None,
+        turn: None,
+        sticky: None,
     };
     let answer = format!(
         "Threat type: {threat_type}\nSeverity: high\nRationale: The alert mentions 'evil.exe', an indicator of {threat_type}."

@@ -138,14 +138,9 @@ mod tests {
         let store = crate::store::open(dir.path()).unwrap();
         let ids: Vec<String> = (0..3).map(|i| format!("conv_{i}")).collect();
         for (i, id) in ids.iter().enumerate() {
-            let inference = format!("inf_{i}");
+            let inference = crate::store::InferenceRecord::bare(&format!("inf_{i}"), id);
             store
-                .append_turn(&crate::store::NewTurn {
-                    conversation_id: id,
-                    inference_id: &inference,
-                    at: "2026-01-01T00:00:00Z",
-                    ..Default::default()
-                })
+                .store_captured(&mut [crate::store::CapturedTurn::plain(inference)])
                 .unwrap();
             if i != 1 {
                 store

@@ -1,43 +1,34 @@
-//! Conversations with their secondary indexes and tallies. Every change to
-//! a conversation goes through [`SledStore::edit_conversation`] (or a
-//! sibling), which works out the index entries and tally deltas from the
-//! record before and after, and writes them with the record in one sled
-//! transaction: a crash leaves all of them or none.
-//!
-//! Index keys are `field␟value␟created_at␟id` (␟ = 0x1F, which no HTTP
-//! header value or generated id holds), so one prefix range walks every
-//! conversation with that value in creation order; `created_at` is RFC 3339
-//! with seconds, fixed width, so it sorts as text.
+//! Conversations with their listings and tallies. Every change to a
+//! conversation goes through [`SledStore::commit`], which works out the
+//! listing entries and tally deltas from the record before and after and
+//! writes them with the record in one sled transaction: a crash leaves all
+//! of them or none.
 
-use super::{LOCK_WAIT, SledStore, busy, decode, encode, io};
+use super::postings::{self, Entry, Posting};
+use super::{LOCK_WAIT, SledStore, busy, codec, decode, encode, io};
 use crate::store::{
-    ConversationPage, ConversationRecord, ConversationScan, ConversationSignals,
-    ConversationTallies, FeedbackRecord, IndexField, InferenceRecord, NewTurn, StoreError,
+    ConversationPage, ConversationRecord, ConversationScan, ConversationTallies, FeedbackRecord,
+    InferenceRecord, Position, StoreError,
 };
 use parking_lot::MutexGuard;
 use sled::Transactional;
-use std::collections::BTreeSet;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-const SEP: u8 = 0x1f;
-/// The index of normalised text hashes, for finding duplicates.
-const TEXT: &str = "text";
-const TALLIES: &[u8] = b"conversation_tallies";
-/// Present once the indexes and tallies cover every conversation; a store
-/// written before they existed gets them built once, at open.
-const VIEWS_BUILT: &[u8] = b"conversation_views_v1";
+pub(super) const TALLIES: &[u8] = b"conversation_tallies";
 
-/// The trees one conversation change may touch, in transaction order.
+/// The trees a conversation change may touch, in transaction order.
 #[derive(Clone, Copy)]
 pub(super) enum Tree {
     Conversations,
-    Index,
+    Slots,
+    Postings,
     Meta,
     Feedback,
     Idempotency,
     Inferences,
-    ByCompletion,
     Experiment,
     Shadows,
+    RunLog,
 }
 
 /// Writes that go into the same transaction as a conversation change.
@@ -45,6 +36,11 @@ pub(super) enum Tree {
 pub(super) struct Changes {
     puts: Vec<(Tree, Vec<u8>, Vec<u8>)>,
     removes: Vec<(Tree, Vec<u8>)>,
+    /// Listing entries added (`true`) or removed, by block.
+    listings: Vec<(Vec<u8>, Entry, bool)>,
+    /// Slots of new conversations whose listings a capture batch writes
+    /// as whole blocks.
+    listed: Vec<Vec<u8>>,
 }
 
 impl Changes {
@@ -52,99 +48,50 @@ impl Changes {
         self.puts.push((tree, key.to_vec(), value));
     }
 
-    fn remove(&mut self, tree: Tree, key: &[u8]) {
+    pub(super) fn remove(&mut self, tree: Tree, key: &[u8]) {
         self.removes.push((tree, key.to_vec()));
     }
-}
 
-impl IndexField {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Status => "status",
-            Self::ThreatType => "threat_type",
-            Self::Severity => "severity",
-            Self::Alias => "alias",
-            Self::Version => "version",
-            Self::User => "user",
+    fn listing(&mut self, posting: &Posting, position: Position, entry: Entry, add: bool) {
+        self.listings
+            .push((postings::block_key(posting, position.0), entry, add));
+    }
+
+    /// The listing changes between a conversation's two states (none for
+    /// one whose listings the capture batch writes whole).
+    pub(super) fn relist(
+        &mut self,
+        before: Option<&ConversationRecord>,
+        after: Option<&ConversationRecord>,
+        slot: &[u8],
+    ) {
+        let Some(current) = after.or(before) else {
+            return;
+        };
+        let Some(position) = current.position else {
+            return;
+        };
+        if self.listed.iter().any(|s| s == slot) {
+            return;
+        }
+        let old = before.map(postings::postings).unwrap_or_default();
+        let new = after.map(postings::postings).unwrap_or_default();
+        let entry = Entry::new(position, postings::created_ms(current, slot), slot);
+        for p in old.difference(&new) {
+            self.listing(p, position, entry.clone(), false);
+        }
+        for p in new.difference(&old) {
+            self.listing(p, position, entry.clone(), true);
         }
     }
-}
 
-fn prefix(field: &str, value: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(field.len() + value.len() + 2);
-    key.extend_from_slice(field.as_bytes());
-    key.push(SEP);
-    key.extend_from_slice(value.as_bytes());
-    key.push(SEP);
-    key
-}
-
-fn sort_key(c: &ConversationRecord) -> Vec<u8> {
-    let mut key = c.created_at.as_bytes().to_vec();
-    key.push(SEP);
-    key.extend_from_slice(c.id.as_bytes());
-    key
-}
-
-/// Every index entry a conversation has; `all` lists every conversation.
-fn index_keys(c: &ConversationRecord) -> BTreeSet<Vec<u8>> {
-    let r = &c.review;
-    let fields = [
-        ("all", Some("")),
-        (IndexField::Status.name(), Some(r.status.as_str())),
-        (IndexField::ThreatType.name(), r.threat_type.as_deref()),
-        (IndexField::Severity.name(), r.severity.as_deref()),
-        (IndexField::Alias.name(), c.alias.as_deref()),
-        (IndexField::User.name(), c.user.as_deref()),
-        // The first conversation stored with a text owns its entry; later
-        // copies point at it (`duplicate_of`) and own none.
-        (
-            TEXT,
-            c.signals
-                .text_hash
-                .as_deref()
-                .filter(|_| c.signals.duplicate_of.is_none()),
-        ),
-    ];
-    let versions = c
-        .versions
-        .iter()
-        .map(|v| (IndexField::Version.name(), Some(v.as_str())));
-    let sort = sort_key(c);
-    fields
-        .into_iter()
-        .chain(versions)
-        .filter_map(|(field, value)| {
-            let mut key = prefix(field, value?);
-            key.extend_from_slice(&sort);
-            Some(key)
-        })
-        .collect()
+    /// Marks a conversation whose listing blocks are written whole.
+    pub(super) fn listed_whole(&mut self, slot: &[u8]) {
+        self.listed.push(slot.to_vec());
+    }
 }
 
 impl SledStore {
-    /// Builds the indexes and tallies for a store written before they
-    /// existed, once.
-    pub(super) fn with_conversation_views(self) -> Result<Self, StoreError> {
-        if self.meta.contains_key(VIEWS_BUILT).map_err(io)? {
-            return Ok(self);
-        }
-        let mut tallies = ConversationTallies::default();
-        for value in self.conversations.iter().values() {
-            let c: ConversationRecord = decode("conversation", &value.map_err(io)?)?;
-            tallies.count(&c, 1);
-            for key in index_keys(&c) {
-                self.conversation_index
-                    .insert(key, c.id.as_bytes())
-                    .map_err(io)?;
-            }
-        }
-        self.meta.insert(TALLIES, encode(&tallies)?).map_err(io)?;
-        self.meta.insert(VIEWS_BUILT, b"1".to_vec()).map_err(io)?;
-        self.db.flush().map_err(io)?;
-        Ok(self)
-    }
-
     pub(super) fn read_tallies(&self) -> Result<ConversationTallies, StoreError> {
         self.meta.get(TALLIES).map_err(io)?.map_or_else(
             || Ok(ConversationTallies::default()),
@@ -165,80 +112,52 @@ impl SledStore {
 
     /// Waits for the lock at most [`LOCK_WAIT`]: a store stuck on a
     /// failing disk gives an error, not a thread that waits for ever.
-    fn lock(&self) -> Result<MutexGuard<'_, Option<ConversationTallies>>, StoreError> {
+    pub(super) fn lock(&self) -> Result<MutexGuard<'_, Option<ConversationTallies>>, StoreError> {
         self.conversation_lock
             .try_lock_for(LOCK_WAIT)
             .ok_or_else(|| busy("conversations"))
     }
 
-    pub(super) fn append_turn_to_conversation(
-        &self,
-        turn: &NewTurn<'_>,
-    ) -> Result<usize, StoreError> {
-        let mut held = self.lock()?;
-        let before = self.conversation_record(turn.conversation_id)?;
-        // A batch retried after a failed flush threads its turns again.
-        if let Some(index) = before.as_ref().and_then(|c| {
-            c.inference_ids
-                .iter()
-                .position(|id| id == turn.inference_id)
-        }) {
-            return Ok(index);
+    /// Where a conversation's record is kept: its own ULID for a generated
+    /// id, else the slot its first turn gave it.
+    pub(super) fn slot_of(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(ulid) = codec::ulid_of(id) {
+            return Ok(Some(codec::ulid_key(ulid)));
         }
-        let mut after = before.clone().unwrap_or_else(|| ConversationRecord {
-            id: turn.conversation_id.to_string(),
-            inference_ids: Vec::new(),
-            parent_id: turn.parent_id.map(String::from),
-            created_at: turn.at.to_string(),
-            updated_at: turn.at.to_string(),
-            alias: None,
-            versions: Vec::new(),
-            user: None,
-            preview: turn.preview.to_string(),
-            fine_tuned_turns: 0,
-            review: Default::default(),
-            signals: ConversationSignals::default(),
-        });
-        after.inference_ids.push(turn.inference_id.to_string());
-        after.updated_at = turn.at.to_string();
-        if after.alias.is_none() {
-            after.alias = turn.alias.map(String::from);
-        }
-        if after.user.is_none() {
-            after.user = turn.user.map(String::from);
-        }
-        if let Some(v) = turn
-            .version
-            .filter(|v| !after.versions.iter().any(|x| x == v))
-        {
-            after.versions.push(v.to_string());
-        }
-        after.fine_tuned_turns += u32::from(turn.fine_tuned);
-        let upstream_error = after.signals.upstream_error || turn.signals.upstream_error;
-        after.signals = ConversationSignals {
-            upstream_error,
-            duplicate_of: self.text_owner(&after.id, turn.signals.text_hash.as_deref())?,
-            ..turn.signals.clone()
-        };
-        self.commit(&mut held, before.as_ref(), Some(&after), Changes::default())?;
-        Ok(after.inference_ids.len() - 1)
+        Ok(self
+            .slots
+            .get(id.as_bytes())
+            .map_err(io)?
+            .map(|v| v.to_vec()))
     }
 
-    /// The other conversation that owns `hash` in the text index, if any.
-    /// The caller holds the lock, so no owner can appear meanwhile.
-    fn text_owner(&self, id: &str, hash: Option<&str>) -> Result<Option<String>, StoreError> {
-        let Some(hash) = hash else {
+    pub(super) fn conversation_record(
+        &self,
+        id: &str,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        let Some(slot) = self.slot_of(id)? else {
             return Ok(None);
         };
-        let first = self
-            .conversation_index
-            .scan_prefix(prefix(TEXT, hash))
-            .next();
-        let owner = first
-            .transpose()
+        self.conversation_at(&slot)
+    }
+
+    pub(super) fn conversation_at(
+        &self,
+        slot: &[u8],
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        self.conversations
+            .get(slot)
             .map_err(io)?
-            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned());
-        Ok(owner.filter(|o| o != id))
+            .map(|v| codec::decode("conversation", &v))
+            .transpose()
+    }
+
+    pub(super) fn inference_at(&self, key: &[u8]) -> Result<Option<InferenceRecord>, StoreError> {
+        self.inferences
+            .get(key)
+            .map_err(io)?
+            .map(|v| codec::decode("inference", &v))
+            .transpose()
     }
 
     /// Applies `edit` to the conversation and writes it with `changes`; the
@@ -251,12 +170,21 @@ impl SledStore {
         changes: Changes,
     ) -> Result<Option<ConversationRecord>, StoreError> {
         let mut held = self.lock()?;
-        let before = self.conversation_record(id)?;
+        let slot = self.slot_of(id)?;
+        let before = match &slot {
+            Some(slot) => self.conversation_at(slot)?,
+            None => None,
+        };
         let after = before.clone().map(|mut c| {
             edit(&mut c);
             c
         });
-        self.commit(&mut held, before.as_ref(), after.as_ref(), changes)?;
+        let slot = slot.unwrap_or_default();
+        self.commit(
+            &mut held,
+            &[(slot, before.as_ref(), after.as_ref())],
+            changes,
+        )?;
         Ok(after)
     }
 
@@ -268,13 +196,21 @@ impl SledStore {
         let mut held = self.lock()?;
         let mut changes = Changes::default();
         let feedback = self.remove_inference(record, &mut changes)?;
-        let before = self.conversation_record(&record.conversation_id)?;
+        let slot = self.slot_of(&record.conversation_id)?.unwrap_or_default();
+        let before = self.conversation_at(&slot)?;
         let after = before.clone().and_then(|mut c| {
             c.inference_ids.retain(|id| *id != record.id);
             forget(&mut c, &feedback);
             (!c.inference_ids.is_empty()).then_some(c)
         });
-        self.commit(&mut held, before.as_ref(), after.as_ref(), changes)
+        if after.is_none() && codec::ulid_of(&record.conversation_id).is_none() {
+            changes.remove(Tree::Slots, record.conversation_id.as_bytes());
+        }
+        self.commit(
+            &mut held,
+            &[(slot, before.as_ref(), after.as_ref())],
+            changes,
+        )
     }
 
     pub(super) fn delete_whole_conversation(
@@ -282,24 +218,34 @@ impl SledStore {
         id: &str,
     ) -> Result<Option<ConversationRecord>, StoreError> {
         let mut held = self.lock()?;
-        let Some(before) = self.conversation_record(id)? else {
+        let Some(slot) = self.slot_of(id)? else {
+            return Ok(None);
+        };
+        let Some(before) = self.conversation_at(&slot)? else {
             return Ok(None);
         };
         let mut changes = Changes::default();
         // A turn lost in a crash before its batch was written has nothing
         // left to remove.
         for inference_id in &before.inference_ids {
-            if let Some(bytes) = self.inferences.get(inference_id.as_bytes()).map_err(io)? {
-                let record: InferenceRecord = decode("inference", &bytes)?;
+            if let Some(record) = self.inference(inference_id)? {
                 self.remove_inference(&record, &mut changes)?;
             }
         }
-        self.commit(&mut held, Some(&before), None, changes)?;
+        if codec::ulid_of(id).is_none() {
+            changes.remove(Tree::Slots, id.as_bytes());
+        }
+        self.commit(&mut held, &[(slot, Some(&before), None)], changes)?;
         Ok(Some(before))
     }
 
-    /// Queues the removal of an inference, its completion-id entry and its
-    /// feedback; returns the feedback that goes.
+    fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError> {
+        self.inference_at(&codec::id_key(id))
+    }
+
+    /// Queues the removal of an inference and its feedback (and of its
+    /// shadows' answers); returns the feedback that goes. Its lookups by
+    /// history key or completion id find nothing once it is gone.
     fn remove_inference(
         &self,
         record: &InferenceRecord,
@@ -314,76 +260,76 @@ impl SledStore {
             feedback.push(decode("feedback", &value)?);
             changes.remove(Tree::Feedback, &key);
         }
-        if let Some(c) = &record.completion_id {
-            changes.remove(Tree::ByCompletion, c.as_bytes());
-        }
-        // The shadow versions' answers to it go with it.
         let prefix = format!("{}/", record.id);
         for key in self.shadows.scan_prefix(prefix.as_bytes()).keys() {
             let key = key.map_err(io)?;
-            changes.remove(Tree::Inferences, &key[prefix.len()..]);
+            let shadow = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            changes.remove(Tree::Inferences, &codec::id_key(&shadow));
             changes.remove(Tree::Shadows, &key);
         }
-        changes.remove(Tree::Inferences, record.id.as_bytes());
+        changes.remove(Tree::Inferences, &codec::id_key(&record.id));
         Ok(feedback)
     }
 
-    fn conversation_record(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
-        self.conversations
-            .get(id.as_bytes())
-            .map_err(io)?
-            .map(|v| decode("conversation", &v))
-            .transpose()
-    }
-
-    /// Writes the conversation's new state, its index and tally deltas and
-    /// `changes` in one transaction. The caller holds the lock, so nothing
-    /// read before it moved since.
-    fn commit(
+    /// Writes the conversations' new states (`(slot, before, after)`),
+    /// their listing and tally deltas and `changes` in one transaction.
+    /// The caller holds the lock, so nothing read before it moved since.
+    pub(super) fn commit(
         &self,
         cached: &mut Option<ConversationTallies>,
-        before: Option<&ConversationRecord>,
-        after: Option<&ConversationRecord>,
+        conversations: &[(
+            Vec<u8>,
+            Option<&ConversationRecord>,
+            Option<&ConversationRecord>,
+        )],
         mut changes: Changes,
     ) -> Result<(), StoreError> {
-        let id = after.or(before).map(|c| c.id.clone());
-        let mut committed = None;
-        if let Some(id) = &id {
-            let mut tallies = match cached.take() {
-                Some(t) => t,
-                None => self.read_tallies()?,
-            };
-            let old_keys = before.map(index_keys).unwrap_or_default();
-            let new_keys = after.map(index_keys).unwrap_or_default();
+        let mut tallies = match cached.take() {
+            Some(t) => t,
+            None => self.read_tallies()?,
+        };
+        let mut touched = false;
+        for (slot, before, after) in conversations {
+            if before.is_none() && after.is_none() {
+                continue;
+            }
+            touched = true;
             if let Some(c) = before {
                 tallies.count(c, -1);
             }
             if let Some(c) = after {
                 tallies.count(c, 1);
             }
-            for key in old_keys.difference(&new_keys) {
-                changes.remove(Tree::Index, key);
-            }
-            for key in new_keys.difference(&old_keys) {
-                changes.put(Tree::Index, key, id.as_bytes().to_vec());
-            }
+            changes.relist(*before, *after, slot);
             match after {
-                Some(c) => changes.put(Tree::Conversations, id.as_bytes(), encode(c)?),
-                None => changes.remove(Tree::Conversations, id.as_bytes()),
+                Some(c) => changes.put(Tree::Conversations, slot, codec::encode(c)?),
+                None => changes.remove(Tree::Conversations, slot),
             }
-            changes.put(Tree::Meta, TALLIES, encode(&tallies)?);
-            committed = Some(tallies);
         }
+        if touched {
+            changes.put(Tree::Meta, TALLIES, encode(&tallies)?);
+        }
+        let result = self.apply(&changes);
+        // The cached tallies are those last committed: on failure, read
+        // them again next time.
+        if result.is_ok() && touched {
+            *cached = Some(tallies);
+        }
+        result
+    }
+
+    fn apply(&self, changes: &Changes) -> Result<(), StoreError> {
         let trees = [
             &self.conversations,
-            &self.conversation_index,
+            &self.slots,
+            &self.postings,
             &self.meta,
             &self.feedback,
             &self.idempotency,
             &self.inferences,
-            &self.by_completion,
             &self.experiment,
             &self.shadows,
+            self.runs.log_tree(),
         ];
         trees[..]
             .transaction(|tx| {
@@ -393,13 +339,13 @@ impl SledStore {
                 for (tree, key) in &changes.removes {
                     tx[*tree as usize].remove(key.as_slice())?;
                 }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                let postings = &tx[Tree::Postings as usize];
+                for (block, entry, add) in &changes.listings {
+                    edit_listing(postings, block, entry, *add)?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| StoreError::Io(format!("conversation transaction failed: {e:?}")))?;
-        if committed.is_some() {
-            *cached = committed;
-        }
-        Ok(())
+            .map_err(|e| StoreError::Io(format!("conversation transaction failed: {e:?}")))
     }
 
     pub(super) fn walk_conversations(
@@ -407,87 +353,135 @@ impl SledStore {
         scan: &ConversationScan,
         keep: &dyn Fn(&ConversationRecord) -> bool,
     ) -> Result<ConversationPage, StoreError> {
-        let head = match &scan.index {
-            Some((field, value)) => prefix(field.name(), value),
-            None => prefix("all", ""),
+        let posting = match &scan.index {
+            Some((field, value)) => (postings::field_byte(*field), value.clone()),
+            None => postings::all(),
         };
-        let with_head = |tail: &[u8]| [head.as_slice(), tail].concat();
-        let lower = with_head(scan.since.as_deref().unwrap_or("").as_bytes());
+        let head = postings::prefix(&posting);
+        let since = scan.since.as_deref().map(millis).transpose()?;
+        let until = scan.until.as_deref().map(millis).transpose()?;
+        let cursor = match &scan.cursor {
+            Some(c) => Some(postings::parse_cursor(c).ok_or(StoreError::NotFound)?),
+            None => None,
+        };
+        // Blocks are read newest first, from the cursor's batch, or from
+        // the last that can hold a conversation created before `until`: a
+        // conversation is listed by the batch that stored its first turn,
+        // at most one request's length after it was created.
         let mut upper = head.clone();
-        // One past the separator: just after every key with this head.
-        if let Some(last) = upper.last_mut() {
-            *last += 1;
-        }
-        if let Some(until) = &scan.until {
-            upper = upper.min(with_head(until.as_bytes()));
-        }
-        if let Some(cursor) = &scan.cursor {
-            let at = hex::decode(cursor).map_err(|_| StoreError::NotFound)?;
-            upper = upper.min(with_head(&at));
+        match (cursor, until) {
+            (Some(c), _) => upper.extend_from_slice(&(c.0 + 1).to_be_bytes()),
+            (None, Some(u)) => upper.extend_from_slice(
+                &postings::batch_at(u.saturating_add(LISTING_MARGIN_MS)).to_be_bytes(),
+            ),
+            (None, None) => upper.push(0xff),
         }
         let mut page = ConversationPage::default();
-        if lower >= upper {
-            return Ok(page);
-        }
-        let mut entries = self.conversation_index.range(lower..upper).rev().peekable();
         let mut looked_at = 0;
-        while let Some(entry) = entries.next() {
-            let (key, id) = entry.map_err(io)?;
-            looked_at += 1;
-            let sort = &key[head.len()..];
-            let mut indexed = true;
-            for (field, value) in &scan.also {
-                let mut other = prefix(field.name(), value);
-                other.extend_from_slice(sort);
-                if !self.conversation_index.contains_key(other).map_err(io)? {
-                    indexed = false;
-                    break;
-                }
-            }
-            let found = if indexed {
-                self.conversation_record(&String::from_utf8_lossy(&id))?
-            } else {
-                None
-            };
-            if let Some(c) = found.filter(|c| keep(c)) {
-                page.data.push(c);
-            }
-            let full = page.data.len() >= scan.limit || looked_at >= scan.budget;
-            if full {
-                if entries.peek().is_some() {
-                    page.next_cursor = Some(hex::encode(sort));
-                }
+        let mut last: Option<Position> = None;
+        'blocks: for block in self.postings.range(head.clone()..upper).rev() {
+            let (key, value) = block.map_err(io)?;
+            let batch = postings::batch_of(&key);
+            if since.is_some_and(|s| postings::batch_millis(batch) < s) {
                 break;
+            }
+            for entry in postings::decode_block(&value).into_iter().rev() {
+                let position = Position(batch, entry.index);
+                if cursor.is_some_and(|c| position >= c) {
+                    continue;
+                }
+                if since.is_some_and(|s| entry.created_ms < s)
+                    || until.is_some_and(|u| entry.created_ms >= u)
+                {
+                    continue;
+                }
+                if page.data.len() >= scan.limit || looked_at >= scan.budget {
+                    page.next_cursor = last.map(postings::cursor);
+                    break 'blocks;
+                }
+                looked_at += 1;
+                last = Some(position);
+                if let Some(c) = self.conversation_at(&entry.slot)?.filter(|c| keep(c)) {
+                    page.data.push(c);
+                }
             }
         }
         Ok(page)
     }
 }
 
+/// How long after its creation a conversation may still be stored (its
+/// first request's whole length): a listing bounded by `until` reads back
+/// this far beyond it.
+const LISTING_MARGIN_MS: u64 = 3_600_000;
+
+fn millis(rfc3339: &str) -> Result<u64, StoreError> {
+    humantime::parse_rfc3339(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .ok_or(StoreError::NotFound)
+}
+
+/// Adds or removes one listing entry, inside a transaction.
+fn edit_listing(
+    postings: &TransactionalTree,
+    block: &[u8],
+    entry: &Entry,
+    add: bool,
+) -> Result<(), ConflictableTransactionError<()>> {
+    let current = postings.get(block)?;
+    let edited = postings::edit_block(current.as_deref(), entry, add);
+    if edited.is_empty() {
+        postings.remove(block)?;
+    } else {
+        postings.insert(block, edited)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ReviewStatus, Store};
+    use crate::store::{CapturedTurn, ConversationSignals, IndexField, ReviewStatus, Store};
+    use std::time::{Duration, SystemTime};
 
-    fn turn<'a>(conversation: &'a str, inference: &'a str, at: &'a str) -> NewTurn<'a> {
-        NewTurn {
-            conversation_id: conversation,
-            inference_id: inference,
-            at,
-            alias: Some("triage"),
-            version: Some(if inference.ends_with('0') {
+    /// An RFC 3339 time `seconds` after a minute ago: the capture times a
+    /// live store sees.
+    fn at(seconds: u64) -> String {
+        let base = SystemTime::now() - Duration::from_secs(60);
+        humantime::format_rfc3339_seconds(base + Duration::from_secs(seconds)).to_string()
+    }
+
+    fn turn(conversation: &str, inference: &str, at: &str) -> CapturedTurn {
+        let mut record = InferenceRecord::bare(inference, conversation);
+        record.created_at = at.into();
+        record.alias = Some("triage".into());
+        record.version = Some(
+            if inference.ends_with('0') {
                 "base"
             } else {
                 "large"
-            }),
-            user: Some(if conversation.ends_with('1') {
+            }
+            .into(),
+        );
+        record.user = Some(
+            if conversation.ends_with('1') {
                 "ana"
             } else {
                 "bob"
-            }),
-            preview: "alert",
-            ..Default::default()
+            }
+            .into(),
+        );
+        CapturedTurn {
+            preview: "alert".into(),
+            ..CapturedTurn::plain(record)
         }
+    }
+
+    fn capture(store: &SledStore, turns: Vec<CapturedTurn>) {
+        let mut turns = turns;
+        store.store_captured(&mut turns).unwrap();
     }
 
     fn recount(store: &SledStore) -> ConversationTallies {
@@ -519,16 +513,19 @@ mod tests {
     }
 
     #[test]
-    fn indexes_and_tallies_follow_every_change_and_survive_reopen() {
+    fn listings_and_tallies_follow_every_change_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        for n in 0..20 {
+        for n in 0..20u64 {
             let conv = format!("conv_{n:02}");
-            let at = format!("2026-01-01T00:00:{n:02}Z");
-            for t in 0..(n % 3 + 1) {
-                store
-                    .append_turn(&turn(&conv, &format!("inf_{n:02}{t}"), &at))
-                    .unwrap();
+            // Several turns of a conversation, in one batch or in several.
+            let turns: Vec<CapturedTurn> = (0..(n % 3 + 1))
+                .map(|t| turn(&conv, &format!("inf_{n:02}{t}"), &at(n)))
+                .collect();
+            if n % 2 == 0 {
+                capture(&store, turns);
+            } else {
+                turns.into_iter().for_each(|t| capture(&store, vec![t]));
             }
         }
         for n in (0..20).step_by(4) {
@@ -551,6 +548,15 @@ mod tests {
         assert_eq!(tallies, recount(&store));
         assert_eq!((tallies.conversations, tallies.approved), (19, 4));
         assert_eq!(tallies.by_threat_type["malware"], 3);
+        assert_eq!(
+            store
+                .conversation("conv_05")
+                .unwrap()
+                .unwrap()
+                .inference_ids
+                .len(),
+            3
+        );
 
         let every = all_ids(&store, ConversationScan::default());
         let expected: Vec<String> = (0..20)
@@ -567,21 +573,32 @@ mod tests {
             },
         );
         assert_eq!(approved, ["conv_16", "conv_12", "conv_04", "conv_00"]);
-        let approved_malware = all_ids(
+        let malware = all_ids(
             &store,
             ConversationScan {
-                index: Some((IndexField::Status, "approved".into())),
-                also: vec![(IndexField::ThreatType, "malware".into())],
+                index: Some((IndexField::ThreatType, "malware".into())),
                 ..Default::default()
             },
         );
-        assert_eq!(approved_malware, ["conv_16", "conv_12", "conv_00"]);
+        assert_eq!(malware, ["conv_16", "conv_12", "conv_00"]);
+        let large = all_ids(
+            &store,
+            ConversationScan {
+                index: Some((IndexField::Version, "large".into())),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            large.len(),
+            12,
+            "every conversation with a second turn but the deleted one: {large:?}"
+        );
         let window = all_ids(
             &store,
             ConversationScan {
                 index: Some((IndexField::User, "bob".into())),
-                since: Some("2026-01-01T00:00:05Z".into()),
-                until: Some("2026-01-01T00:00:10Z".into()),
+                since: Some(at(5)),
+                until: Some(at(10)),
                 ..Default::default()
             },
         );
@@ -591,45 +608,88 @@ mod tests {
         let store = crate::store::sled_store::tests::reopen(dir.path());
         assert_eq!(store.tallies().unwrap(), tallies);
         assert_eq!(all_ids(&store, ConversationScan::default()), expected);
+        // Conversations go on in order after a reopen.
+        capture(&store, vec![turn("conv_20", "inf_200", &at(20))]);
+        assert_eq!(all_ids(&store, ConversationScan::default())[0], "conv_20");
     }
 
     #[test]
-    fn a_store_from_before_the_indexes_gets_them_at_open() {
+    fn a_retried_batch_counts_and_threads_nothing_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::sled_store::tests::reopen(dir.path());
-        for n in 0..5 {
-            let conv = format!("conv_{n}");
-            store
-                .append_turn(&turn(&conv, &format!("inf_{n}0"), "2026-01-01T00:00:00Z"))
-                .unwrap();
-        }
-        let tallies = store.tallies().unwrap();
-        store.meta.clear().unwrap();
-        store.conversation_index.clear().unwrap();
-        drop(store);
-        let store = crate::store::sled_store::tests::reopen(dir.path());
-        assert_eq!(store.tallies().unwrap(), tallies);
-        assert_eq!(all_ids(&store, ConversationScan::default()).len(), 5);
+        let store = SledStore::open(dir.path()).unwrap();
+        let conv = crate::ids::new_id("conv");
+        let mut batch = vec![
+            turn(&conv, &crate::ids::new_id("inf"), &at(0)),
+            turn(&conv, &crate::ids::new_id("inf"), &at(1)),
+        ];
+        store.store_captured(&mut batch).unwrap();
+        let before = store.tallies().unwrap();
+        store.store_captured(&mut batch).unwrap();
+        assert_eq!(store.tallies().unwrap(), before);
+        let c = store.conversation(&conv).unwrap().unwrap();
+        assert_eq!(c.inference_ids.len(), 2);
+        assert_eq!(
+            store.inference(&c.inference_ids[1]).unwrap().unwrap().turn,
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn follow_ups_and_completion_ids_find_their_inference() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let conv = crate::ids::new_id("conv");
+        let inference = crate::ids::new_id("inf");
+        let mut t = turn(&conv, &inference, &at(0));
+        t.continuation = Some("00112233445566778899aabbccddeeff".into());
+        t.record.sticky = Some("user:ana".into());
+        t.record.completion_id = Some("chatcmpl-abc".into());
+        capture(&store, vec![t]);
+        let point = store
+            .thread("00112233445566778899aabbccddeeff")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (point.conversation_id.as_str(), point.turn),
+            (conv.as_str(), 0)
+        );
+        assert_eq!(point.sticky.as_deref(), Some("user:ana"));
+        assert_eq!(
+            store.thread("ffffffffffffffffffffffffffffffff").unwrap(),
+            None
+        );
+        assert_eq!(store.thread("not hex").unwrap(), None);
+        let found = store
+            .inference_by_completion("chatcmpl-abc")
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.id, inference);
+        assert_eq!(
+            store.inference_by_completion("chatcmpl-other").unwrap(),
+            None
+        );
+        store.delete_conversation(&conv).unwrap();
+        assert_eq!(store.inference_by_completion("chatcmpl-abc").unwrap(), None);
+        assert_eq!(
+            store.thread("00112233445566778899aabbccddeeff").unwrap(),
+            None
+        );
     }
 
     #[test]
     fn the_first_conversation_with_a_text_owns_it_until_it_goes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let with_hash = |conv: &'static str, inference: &'static str, hash: &str, failed: bool| {
-            let signals = ConversationSignals {
+        let with_hash = |conv: &str, inference: &str, hash: &str, failed: bool| {
+            let mut t = turn(conv, inference, &at(0));
+            t.signals = ConversationSignals {
                 complete_answer: !failed,
                 answer_chars: 40,
                 upstream_error: failed,
                 text_hash: Some(hash.to_string()),
                 duplicate_of: None,
             };
-            store
-                .append_turn(&NewTurn {
-                    signals,
-                    ..turn(conv, inference, "2026-01-01T00:00:00Z")
-                })
-                .unwrap();
+            capture(&store, vec![t]);
             store.conversation(conv).unwrap().unwrap().signals
         };
         assert_eq!(

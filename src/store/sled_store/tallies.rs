@@ -5,9 +5,8 @@
 
 use super::{LOCK_WAIT, busy};
 use super::{SledStore, decode, encode, io};
-use crate::store::{InferenceRecord, StoreError, TallyKey, VersionTally};
+use crate::store::{StoreError, TallyKey, VersionTally};
 use parking_lot::MutexGuard;
-use sled::Transactional;
 
 const SEP: u8 = 0x1f;
 
@@ -58,44 +57,6 @@ impl SledStore {
             .into_iter()
             .map(|(k, t)| Ok((k, encode(&t)?)))
             .collect()
-    }
-
-    pub(super) fn write_inferences(
-        &self,
-        records: &[InferenceRecord],
-        deltas: &[(TallyKey, VersionTally)],
-    ) -> Result<(), StoreError> {
-        let _held = self.lock_tallies()?;
-        let tallies = self.merged_tallies(deltas)?;
-        let rows = records
-            .iter()
-            .map(|r| Ok((r.id.as_bytes().to_vec(), encode(r)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        (
-            &self.inferences,
-            &self.by_completion,
-            &self.shadows,
-            &self.experiment,
-        )
-            .transaction(|(inferences, by_completion, shadows, experiment)| {
-                for ((id, row), r) in rows.iter().zip(records) {
-                    inferences.insert(id.as_slice(), row.as_slice())?;
-                    match (&r.shadow_of, &r.completion_id) {
-                        (Some(live), _) => {
-                            shadows.insert(format!("{live}/{}", r.id).as_bytes(), &[])?;
-                        }
-                        (None, Some(c)) => {
-                            by_completion.insert(c.as_bytes(), id.as_slice())?;
-                        }
-                        (None, None) => {}
-                    }
-                }
-                for (k, v) in &tallies {
-                    experiment.insert(k.as_slice(), v.as_slice())?;
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| StoreError::Io(format!("capture transaction failed: {e:?}")))
     }
 
     pub(super) fn tallies_of(

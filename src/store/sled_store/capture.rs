@@ -1,0 +1,256 @@
+//! A capture batch, stored in one transaction: every turn appended to its
+//! conversation (new conversations get their slot, position and listing
+//! blocks, one block per listed value for the whole batch), the records,
+//! the versions' tallies, and the batch's lookup pairs — history key and
+//! completion id to the inference, text hash to the conversation that
+//! owns the text — logged for the runs.
+
+use super::conversations::{Changes, Tree};
+use super::postings::{self, Entry, Posting};
+use super::runs::{self, Kind, Runs};
+use super::{SledStore, codec};
+use crate::store::{
+    CapturedTurn, ConversationRecord, ConversationSignals, Position, StoreError, TallyKey,
+    VersionTally,
+};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+
+/// A lookup key for any text: the first 16 bytes of its SHA-256.
+pub fn hashed(text: &str) -> runs::Key {
+    let digest = Sha256::digest(text.as_bytes());
+    let mut key = [0u8; runs::KEY];
+    key.copy_from_slice(&digest[..runs::KEY]);
+    key
+}
+
+/// A continuation key (32 hex digits) as lookup key bytes.
+pub fn thread_key(hex_key: &str) -> Option<runs::Key> {
+    hex::decode(hex_key).ok()?.try_into().ok()
+}
+
+/// A lookup value: a 17-byte store key.
+fn value_of(key: &[u8]) -> Option<runs::Value> {
+    key.try_into().ok()
+}
+
+/// A conversation this batch changes.
+struct Touched {
+    slot: Vec<u8>,
+    before: Option<ConversationRecord>,
+    after: ConversationRecord,
+}
+
+impl SledStore {
+    pub(super) fn write_captured(&self, batch: &mut [CapturedTurn]) -> Result<(), StoreError> {
+        // The tally lock first, as feedback takes them.
+        let _tallies = self.lock_tallies()?;
+        let mut held = self.lock()?;
+        let mut fresh = Vec::with_capacity(batch.len());
+        for (i, turn) in batch.iter().enumerate() {
+            // A batch retried after a failed flush: what was stored stays.
+            if !self
+                .inferences
+                .contains_key(codec::id_key(&turn.record.id))
+                .map_err(super::io)?
+            {
+                fresh.push(i);
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let batch_id = self.next_batch();
+        let mut touched: Vec<Touched> = Vec::new();
+        let mut by_id: HashMap<String, usize> = HashMap::new();
+        let mut owners: HashMap<String, Option<String>> = HashMap::new();
+        let mut pairs: Vec<(Kind, runs::Key, runs::Value)> = Vec::new();
+        let mut changes = Changes::default();
+        let mut deltas: Vec<(TallyKey, VersionTally)> = Vec::new();
+        for i in fresh {
+            let turn = &mut batch[i];
+            let key = codec::id_key(&turn.record.id);
+            if let Some(live) = &turn.record.shadow_of {
+                // A shadow's answer was never returned: no turn of anything.
+                let index = format!("{live}/{}", turn.record.id);
+                changes.put(Tree::Shadows, index.as_bytes(), Vec::new());
+            } else {
+                let at = match by_id.get(&turn.record.conversation_id) {
+                    Some(at) => *at,
+                    None => {
+                        let loaded = self.load_or_create(turn)?;
+                        touched.push(loaded);
+                        by_id.insert(turn.record.conversation_id.clone(), touched.len() - 1);
+                        touched.len() - 1
+                    }
+                };
+                let conversation = &mut touched[at];
+                let index = append(&mut conversation.after, turn);
+                turn.record.turn = Some(index);
+                let duplicate = self.text_owner(turn, conversation, &mut owners, &mut pairs)?;
+                conversation.after.signals = ConversationSignals {
+                    upstream_error: conversation.after.signals.upstream_error
+                        || turn.signals.upstream_error,
+                    duplicate_of: duplicate,
+                    ..turn.signals.clone()
+                };
+                if let (Some(k), Some(v)) = (
+                    turn.continuation.as_deref().and_then(thread_key),
+                    value_of(&key),
+                ) {
+                    pairs.push((Kind::Thread, k, v));
+                }
+            }
+            if let (Some(completion), Some(v)) = (&turn.record.completion_id, value_of(&key)) {
+                pairs.push((Kind::Completion, hashed(completion), v));
+            }
+            changes.put(Tree::Inferences, &key, codec::encode(&turn.record)?);
+            deltas.extend(turn.tally.clone());
+        }
+        self.list_new(batch_id, &mut touched, &mut changes);
+        for (row, value) in self.merged_tallies(&deltas)? {
+            changes.put(Tree::Experiment, &row, value);
+        }
+        let log = Runs::log_entries(batch_id, &pairs);
+        for (k, v) in &log {
+            changes.put(Tree::RunLog, k, v.clone());
+        }
+        let states: Vec<_> = touched
+            .iter()
+            .map(|t| (t.slot.clone(), t.before.as_ref(), Some(&t.after)))
+            .collect();
+        self.commit(&mut held, &states, changes)?;
+        self.runs.committed(&log, &pairs)
+    }
+
+    /// The conversation a turn goes to, as stored, or a new one (with its
+    /// slot, remembered for a client-named id).
+    fn load_or_create(&self, turn: &CapturedTurn) -> Result<Touched, StoreError> {
+        let id = &turn.record.conversation_id;
+        if let Some(slot) = self.slot_of(id)?
+            && let Some(before) = self.conversation_at(&slot)?
+        {
+            return Ok(Touched {
+                slot,
+                after: before.clone(),
+                before: Some(before),
+            });
+        }
+        let slot = match codec::ulid_of(id) {
+            Some(ulid) => codec::ulid_key(ulid),
+            // A client's own id: the slot of its first turn, so listings
+            // keep creation order.
+            None => codec::ulid_of(&turn.record.id)
+                .map_or_else(|| codec::ulid_key(ulid::Ulid::new()), codec::ulid_key),
+        };
+        Ok(Touched {
+            slot,
+            before: None,
+            after: ConversationRecord {
+                id: id.clone(),
+                inference_ids: Vec::new(),
+                parent_id: turn.parent_id.clone(),
+                created_at: turn.record.created_at.clone(),
+                updated_at: turn.record.created_at.clone(),
+                alias: None,
+                versions: Vec::new(),
+                user: None,
+                preview: turn.preview.clone(),
+                fine_tuned_turns: 0,
+                review: Default::default(),
+                signals: ConversationSignals::default(),
+                position: None,
+            },
+        })
+    }
+
+    /// The conversation that owns the turn's text, when another one does;
+    /// else this one becomes its owner. A pair found for the text is only
+    /// believed while its conversation still holds that text, first.
+    fn text_owner(
+        &self,
+        turn: &CapturedTurn,
+        conversation: &Touched,
+        owners: &mut HashMap<String, Option<String>>,
+        pairs: &mut Vec<(Kind, runs::Key, runs::Value)>,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(text) = turn.signals.text_hash.as_deref() else {
+            return Ok(None);
+        };
+        let this = &conversation.after.id;
+        let owner = match owners.get(text) {
+            Some(owner) => owner.clone(),
+            None => {
+                let key = hashed(text);
+                let found = match self.runs.get(Kind::Text, &key)? {
+                    Some(slot) => self.conversation_at(&slot)?.filter(|c| {
+                        c.signals.text_hash.as_deref() == Some(text)
+                            && c.signals.duplicate_of.is_none()
+                    }),
+                    None => None,
+                };
+                let owner = found.map(|c| c.id);
+                if owner.is_none()
+                    && let Some(slot) = value_of(&conversation.slot)
+                {
+                    pairs.push((Kind::Text, key, slot));
+                }
+                owners.insert(
+                    text.to_string(),
+                    Some(owner.clone().unwrap_or_else(|| this.clone())),
+                );
+                owner
+            }
+        };
+        Ok(owner.filter(|o| o != this))
+    }
+
+    /// Gives the batch's new conversations their positions and writes their
+    /// listings as one block per value.
+    fn list_new(&self, batch_id: u64, touched: &mut [Touched], changes: &mut Changes) {
+        let mut blocks: BTreeMap<Posting, Vec<Entry>> = BTreeMap::new();
+        let new = touched.iter_mut().filter(|t| t.before.is_none());
+        for (index, t) in (0u32..).zip(new) {
+            let position = Position(batch_id, index);
+            t.after.position = Some(position);
+            let entry = Entry::new(position, postings::created_ms(&t.after, &t.slot), &t.slot);
+            for p in postings::postings(&t.after) {
+                blocks.entry(p).or_default().push(entry.clone());
+            }
+            changes.listed_whole(&t.slot);
+            if codec::ulid_of(&t.after.id).is_none() {
+                changes.put(Tree::Slots, t.after.id.as_bytes(), t.slot.clone());
+            }
+        }
+        for (posting, entries) in blocks {
+            changes.put(
+                Tree::Postings,
+                &postings::block_key(&posting, batch_id),
+                postings::encode_block(&entries),
+            );
+        }
+    }
+}
+
+/// Appends the turn to the conversation; its index there.
+fn append(c: &mut ConversationRecord, turn: &CapturedTurn) -> usize {
+    let r = &turn.record;
+    if let Some(at) = c.inference_ids.iter().position(|id| *id == r.id) {
+        return at;
+    }
+    c.inference_ids.push(r.id.clone());
+    c.updated_at = r.created_at.clone();
+    if c.alias.is_none() {
+        c.alias = r.alias.clone();
+    }
+    if c.user.is_none() {
+        c.user = r.user.clone();
+    }
+    if let Some(v) = r.version.as_ref().filter(|v| !c.versions.contains(v)) {
+        c.versions.push(v.clone());
+    }
+    // OpenAI names fine-tuned models `ft:<base>:…`; compatible providers
+    // (and the simulator) follow it.
+    c.fine_tuned_turns += u32::from(r.provider_model.starts_with("ft:"));
+    c.inference_ids.len() - 1
+}

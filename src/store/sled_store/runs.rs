@@ -1,0 +1,669 @@
+//! Point lookups by random keys — the history key a follow-up presents, an
+//! upstream completion id, the hash of a conversation's text — without a
+//! random write per inference. sled pays for a small entry at a random
+//! place in a tree with a page rewrite, far more than for the entry, so
+//! these pairs are kept like a small log-structured merge tree inside sled:
+//!
+//! - each capture batch appends its pairs as one log entry (written in the
+//!   batch's own transaction, so they are exactly as durable as it), and
+//!   they stay in memory, `pending`;
+//! - past [`RUN_PAIRS`] pending pairs of a kind, they are sorted and written
+//!   as a *run*: fixed-width pairs in chunks of [`CHUNK_PAIRS`], with a
+//!   header holding the count and a Bloom filter; the log entries go in the
+//!   same transaction;
+//! - eight runs of one size tier are merged into one of the next, on a
+//!   background thread, so a lookup reads few runs;
+//! - a lookup checks `pending`, then the runs newest first, skipping those
+//!   whose filter says the key is absent: a chunk seek and a binary search.
+//!
+//! A key looked up gets the value written last (a merged run ranks as the
+//! newest of its inputs).
+
+use crate::store::StoreError;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub const KEY: usize = 16;
+pub const VALUE: usize = 17;
+const PAIR: usize = KEY + VALUE;
+/// Pending pairs of a kind that make a run.
+const RUN_PAIRS: usize = 32_768;
+/// Pairs per sled value in a run.
+const CHUNK_PAIRS: usize = 256;
+/// Runs of one tier merged at once.
+const FANOUT: usize = 8;
+/// Filter bits per pair (about 1 % false positives with 7 probes).
+const BLOOM_BITS_PER_PAIR: usize = 10;
+const BLOOM_PROBES: u64 = 7;
+
+pub type Key = [u8; KEY];
+pub type Value = [u8; VALUE];
+
+/// What a pair maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Continuation key → the inference that left it.
+    Thread,
+    /// Hash of an upstream completion id → its inference.
+    Completion,
+    /// Normalised text hash → the conversation that owns the text.
+    Text,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Thread, Kind::Completion, Kind::Text];
+
+    fn byte(self) -> u8 {
+        match self {
+            Kind::Thread => b'T',
+            Kind::Completion => b'C',
+            Kind::Text => b'X',
+        }
+    }
+}
+
+/// One run: its place in recency order and what it holds.
+struct Run {
+    kind: Kind,
+    /// Newer runs rank higher; a merged run takes its newest input's rank
+    /// and the next generation.
+    rank: u64,
+    generation: u16,
+    count: u64,
+    bloom: Vec<u8>,
+}
+
+impl Run {
+    fn id(&self) -> [u8; 11] {
+        let mut id = [0u8; 11];
+        id[0] = self.kind.byte();
+        id[1..9].copy_from_slice(&self.rank.to_be_bytes());
+        id[9..11].copy_from_slice(&self.generation.to_be_bytes());
+        id
+    }
+
+    fn tier(&self) -> u32 {
+        let mut tier = 0;
+        let mut size = RUN_PAIRS as u64;
+        while self.count > size * FANOUT as u64 / 2 {
+            size *= FANOUT as u64;
+            tier += 1;
+        }
+        tier
+    }
+
+    fn may_hold(&self, key: &Key) -> bool {
+        bloom_contains(&self.bloom, key)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<Kind, HashMap<Key, Value>>,
+    /// Log entries holding the pending pairs, by kind.
+    logged: HashMap<Kind, Vec<Vec<u8>>>,
+    /// Pairs being written as a run: still found by lookups meanwhile.
+    flushing: HashMap<Kind, Arc<HashMap<Key, Value>>>,
+    /// Every run, newest first within a kind.
+    runs: Vec<Arc<Run>>,
+    next_rank: u64,
+    merging: bool,
+}
+
+pub struct Runs {
+    /// `[kind][rank 8][generation 2][first key 16]` → packed pairs.
+    chunks: sled::Tree,
+    /// `[kind][rank 8][generation 2]` → `[count u64 LE][bloom]`.
+    headers: sled::Tree,
+    /// `[kind][batch 8]` → packed pairs not yet in a run.
+    log: sled::Tree,
+    state: Mutex<State>,
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl Runs {
+    /// Loads the runs' headers and the pending pairs from the log; drops
+    /// what an interrupted merge left behind.
+    pub fn open(db: &sled::Db) -> Result<Arc<Self>, StoreError> {
+        let runs = Self {
+            chunks: db.open_tree("index_run_chunks").map_err(io)?,
+            headers: db.open_tree("index_run_headers").map_err(io)?,
+            log: db.open_tree("index_log").map_err(io)?,
+            state: Mutex::new(State::default()),
+        };
+        let mut state = State::default();
+        for entry in runs.headers.iter() {
+            let (id, header) = entry.map_err(io)?;
+            let run = parse_header(&id, &header)?;
+            state.next_rank = state.next_rank.max(run.rank + 1);
+            state.runs.push(Arc::new(run));
+        }
+        state
+            .runs
+            .sort_by_key(|r| std::cmp::Reverse((r.rank, r.generation)));
+        for entry in runs.log.iter() {
+            let (key, pairs) = entry.map_err(io)?;
+            let kind = kind_of(key.first().copied())?;
+            let pending = state.pending.entry(kind).or_default();
+            for pair in pairs.chunks_exact(PAIR) {
+                let (k, v) = split_pair(pair);
+                pending.insert(k, v);
+            }
+            state.logged.entry(kind).or_default().push(key.to_vec());
+        }
+        runs.drop_orphan_chunks(&state)?;
+        *runs.state.lock() = state;
+        Ok(Arc::new(runs))
+    }
+
+    /// Chunks of a run whose header never got written (a merge cut short).
+    fn drop_orphan_chunks(&self, state: &State) -> Result<(), StoreError> {
+        let live: std::collections::HashSet<[u8; 11]> = state.runs.iter().map(|r| r.id()).collect();
+        let mut orphans = sled::Batch::default();
+        for key in self.chunks.iter().keys() {
+            let key = key.map_err(io)?;
+            let id: [u8; 11] = key[..11.min(key.len())].try_into().unwrap_or([0; 11]);
+            if !live.contains(&id) {
+                orphans.remove(key);
+            }
+        }
+        self.chunks.apply_batch(orphans).map_err(io)
+    }
+
+    /// The log entries for a batch's new pairs, to write in the batch's
+    /// transaction: `(tree key, packed pairs)` per kind.
+    pub fn log_entries(batch: u64, pairs: &[(Kind, Key, Value)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        Kind::ALL
+            .iter()
+            .filter_map(|kind| {
+                let mut packed = Vec::new();
+                for (k, key, value) in pairs.iter().filter(|p| p.0 == *kind) {
+                    debug_assert_eq!(k, kind);
+                    packed.extend_from_slice(key);
+                    packed.extend_from_slice(value);
+                }
+                (!packed.is_empty()).then(|| {
+                    let mut log_key = vec![kind.byte()];
+                    log_key.extend_from_slice(&batch.to_be_bytes());
+                    (log_key, packed)
+                })
+            })
+            .collect()
+    }
+
+    pub fn log_tree(&self) -> &sled::Tree {
+        &self.log
+    }
+
+    /// Makes a committed batch's pairs visible; writes a run once a kind
+    /// has enough pending.
+    pub fn committed(
+        self: &Arc<Self>,
+        log: &[(Vec<u8>, Vec<u8>)],
+        pairs: &[(Kind, Key, Value)],
+    ) -> Result<(), StoreError> {
+        let full: Vec<Kind> = {
+            let mut state = self.state.lock();
+            for (kind, key, value) in pairs {
+                state.pending.entry(*kind).or_default().insert(*key, *value);
+            }
+            for (log_key, _) in log {
+                let kind = kind_of(log_key.first().copied())?;
+                state.logged.entry(kind).or_default().push(log_key.clone());
+            }
+            Kind::ALL
+                .into_iter()
+                .filter(|k| state.pending.get(k).is_some_and(|p| p.len() >= RUN_PAIRS))
+                .collect()
+        };
+        for kind in full {
+            self.write_run(kind)?;
+        }
+        self.maybe_merge();
+        Ok(())
+    }
+
+    /// The value last written for `key`.
+    pub fn get(&self, kind: Kind, key: &Key) -> Result<Option<Value>, StoreError> {
+        let runs: Vec<Arc<Run>> = {
+            let state = self.state.lock();
+            if let Some(v) = state.pending.get(&kind).and_then(|p| p.get(key)) {
+                return Ok(Some(*v));
+            }
+            if let Some(v) = state.flushing.get(&kind).and_then(|p| p.get(key)) {
+                return Ok(Some(*v));
+            }
+            state
+                .runs
+                .iter()
+                .filter(|r| r.kind == kind)
+                .cloned()
+                .collect()
+        };
+        for run in runs.iter().filter(|r| r.may_hold(key)) {
+            if let Some(v) = self.find_in_run(run, key)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    fn find_in_run(&self, run: &Run, key: &Key) -> Result<Option<Value>, StoreError> {
+        let id = run.id();
+        let mut upper = id.to_vec();
+        upper.extend_from_slice(key);
+        let Some(entry) = self.chunks.range(id.to_vec()..=upper).next_back() else {
+            return Ok(None);
+        };
+        let (_, chunk) = entry.map_err(io)?;
+        Ok(search(&chunk, key))
+    }
+
+    /// Writes a kind's pending pairs as a new run and drops their log
+    /// entries, in one transaction.
+    fn write_run(&self, kind: Kind) -> Result<(), StoreError> {
+        let (pairs, logged, rank) = {
+            let mut state = self.state.lock();
+            let pending = state.pending.remove(&kind).unwrap_or_default();
+            let logged = state.logged.remove(&kind).unwrap_or_default();
+            let rank = state.next_rank;
+            state.next_rank += 1;
+            let pending = Arc::new(pending);
+            state.flushing.insert(kind, pending.clone());
+            (pending, logged, rank)
+        };
+        let mut sorted: Vec<(Key, Value)> = pairs.iter().map(|(k, v)| (*k, *v)).collect();
+        sorted.sort_unstable_by_key(|(k, _)| *k);
+        let run = Run {
+            kind,
+            rank,
+            generation: 0,
+            count: sorted.len() as u64,
+            bloom: bloom_of(sorted.iter().map(|(k, _)| k), sorted.len()),
+        };
+        let written = self.store_run(&run, &sorted, &logged, &[]);
+        let mut state = self.state.lock();
+        state.flushing.remove(&kind);
+        match written {
+            Ok(()) => {
+                state.runs.insert(0, Arc::new(run));
+                state
+                    .runs
+                    .sort_by_key(|r| std::cmp::Reverse((r.rank, r.generation)));
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing was lost: the pairs go back to pending, their
+                // log entries stay.
+                let pending = state.pending.entry(kind).or_default();
+                for (k, v) in sorted {
+                    pending.entry(k).or_insert(v);
+                }
+                state.logged.entry(kind).or_default().extend(logged);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a run's chunks, then in one transaction its header, the
+    /// removal of `logged` log entries and of the `replaced` runs' headers.
+    fn store_run(
+        &self,
+        run: &Run,
+        sorted: &[(Key, Value)],
+        logged: &[Vec<u8>],
+        replaced: &[[u8; 11]],
+    ) -> Result<(), StoreError> {
+        let id = run.id();
+        let mut chunks = sled::Batch::default();
+        for chunk in sorted.chunks(CHUNK_PAIRS) {
+            let mut key = id.to_vec();
+            key.extend_from_slice(&chunk[0].0);
+            let mut packed = Vec::with_capacity(chunk.len() * PAIR);
+            for (k, v) in chunk {
+                packed.extend_from_slice(k);
+                packed.extend_from_slice(v);
+            }
+            chunks.insert(key, packed);
+        }
+        self.chunks.apply_batch(chunks).map_err(io)?;
+        let mut header = run.count.to_le_bytes().to_vec();
+        header.extend_from_slice(&run.bloom);
+        use sled::Transactional;
+        (&self.headers, &self.log)
+            .transaction(|(headers, log)| {
+                headers.insert(&id[..], header.as_slice())?;
+                for old in replaced {
+                    headers.remove(&old[..])?;
+                }
+                for key in logged {
+                    log.remove(key.as_slice())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Io(format!("index run transaction failed: {e:?}")))
+    }
+
+    /// Starts a merge on a background thread when some tier holds
+    /// [`FANOUT`] runs and none is running.
+    fn maybe_merge(self: &Arc<Self>) {
+        let picked = {
+            let mut state = self.state.lock();
+            if state.merging {
+                return;
+            }
+            let picked = pick_merge(&state.runs);
+            if picked.is_some() {
+                state.merging = true;
+            }
+            picked
+        };
+        let Some(inputs) = picked else { return };
+        let runs = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("flywheel-index".into())
+            .spawn(move || {
+                if let Err(e) = runs.merge(&inputs) {
+                    tracing::error!(error = %e, "merging index runs failed; lookups stay correct, only slower");
+                }
+                runs.state.lock().merging = false;
+                runs.maybe_merge();
+            });
+        if spawned.is_err() {
+            self.state.lock().merging = false;
+        }
+    }
+
+    /// Merges `inputs` (one kind, newest first) into one run that ranks
+    /// as the newest of them; for a key in several, the newest value wins.
+    fn merge(&self, inputs: &[Arc<Run>]) -> Result<(), StoreError> {
+        let Some(newest) = inputs.first() else {
+            return Ok(());
+        };
+        let mut merged: std::collections::BTreeMap<Key, Value> = Default::default();
+        for run in inputs.iter().rev() {
+            for chunk in self.chunks.scan_prefix(run.id()).values() {
+                for pair in chunk.map_err(io)?.chunks_exact(PAIR) {
+                    let (k, v) = split_pair(pair);
+                    merged.insert(k, v);
+                }
+            }
+        }
+        let sorted: Vec<(Key, Value)> = merged.into_iter().collect();
+        let run = Run {
+            kind: newest.kind,
+            rank: newest.rank,
+            generation: newest.generation.saturating_add(1),
+            count: sorted.len() as u64,
+            bloom: bloom_of(sorted.iter().map(|(k, _)| k), sorted.len()),
+        };
+        let replaced: Vec<[u8; 11]> = inputs.iter().map(|r| r.id()).collect();
+        self.store_run(&run, &sorted, &[], &replaced)?;
+        {
+            let mut state = self.state.lock();
+            state
+                .runs
+                .retain(|r| !inputs.iter().any(|i| Arc::ptr_eq(i, r)));
+            state.runs.push(Arc::new(run));
+            state
+                .runs
+                .sort_by_key(|r| std::cmp::Reverse((r.rank, r.generation)));
+        }
+        let mut gone = sled::Batch::default();
+        for id in &replaced {
+            for key in self.chunks.scan_prefix(id).keys() {
+                gone.remove(key.map_err(io)?);
+            }
+        }
+        self.chunks.apply_batch(gone).map_err(io)
+    }
+
+    /// Forgets every run and pending pair (a migration starting over).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        for tree in [&self.chunks, &self.headers, &self.log] {
+            tree.clear().map_err(io)?;
+        }
+        *self.state.lock() = State::default();
+        Ok(())
+    }
+
+    /// Writes every pending pair into runs (used once a migration has fed
+    /// everything in, so nothing is left in the log).
+    pub fn flush_all(self: &Arc<Self>) -> Result<(), StoreError> {
+        for kind in Kind::ALL {
+            let has = self
+                .state
+                .lock()
+                .pending
+                .get(&kind)
+                .is_some_and(|p| !p.is_empty());
+            if has {
+                self.write_run(kind)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The oldest [`FANOUT`] runs of the lowest tier that has that many.
+fn pick_merge(runs: &[Arc<Run>]) -> Option<Vec<Arc<Run>>> {
+    for kind in Kind::ALL {
+        let mut tiers: std::collections::BTreeMap<u32, Vec<Arc<Run>>> = Default::default();
+        for run in runs.iter().filter(|r| r.kind == kind) {
+            tiers.entry(run.tier()).or_default().push(run.clone());
+        }
+        for (_, same) in tiers {
+            if same.len() >= FANOUT {
+                // `runs` is newest first: take the oldest, keep the order.
+                return Some(same[same.len() - FANOUT..].to_vec());
+            }
+        }
+    }
+    None
+}
+
+fn kind_of(byte: Option<u8>) -> Result<Kind, StoreError> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| Some(k.byte()) == byte)
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "index run",
+            detail: "unknown kind".into(),
+        })
+}
+
+fn parse_header(id: &[u8], header: &[u8]) -> Result<Run, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        what: "index run header",
+        detail: format!("{} bytes", header.len()),
+    };
+    if id.len() != 11 || header.len() < 8 {
+        return Err(corrupt());
+    }
+    let kind = kind_of(id.first().copied())?;
+    let rank = u64::from_be_bytes(id[1..9].try_into().map_err(|_| corrupt())?);
+    let generation = u16::from_be_bytes(id[9..11].try_into().map_err(|_| corrupt())?);
+    let count = u64::from_le_bytes(header[..8].try_into().map_err(|_| corrupt())?);
+    Ok(Run {
+        kind,
+        rank,
+        generation,
+        count,
+        bloom: header[8..].to_vec(),
+    })
+}
+
+fn split_pair(pair: &[u8]) -> (Key, Value) {
+    let mut key = [0u8; KEY];
+    let mut value = [0u8; VALUE];
+    key.copy_from_slice(&pair[..KEY]);
+    value.copy_from_slice(&pair[KEY..PAIR]);
+    (key, value)
+}
+
+/// Binary search of a chunk's fixed-width, sorted pairs.
+fn search(chunk: &[u8], key: &Key) -> Option<Value> {
+    let n = chunk.len() / PAIR;
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let at = &chunk[mid * PAIR..mid * PAIR + KEY];
+        match at.cmp(key.as_slice()) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Some(split_pair(&chunk[mid * PAIR..]).1),
+        }
+    }
+    None
+}
+
+/// Probe positions: the keys are hashes already, so two halves of one
+/// give the double-hashing pair.
+fn probes(key: &Key, bits: u64) -> impl Iterator<Item = u64> {
+    let h1 = u64::from_le_bytes(key[..8].try_into().unwrap_or([0; 8]));
+    let h2 = u64::from_le_bytes(key[8..].try_into().unwrap_or([0; 8])) | 1;
+    (0..BLOOM_PROBES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
+}
+
+fn bloom_of<'a>(keys: impl Iterator<Item = &'a Key>, count: usize) -> Vec<u8> {
+    let bits = (count * BLOOM_BITS_PER_PAIR).max(64).next_multiple_of(8);
+    let mut bloom = vec![0u8; bits / 8];
+    for key in keys {
+        for p in probes(key, bits as u64) {
+            bloom[(p / 8) as usize] |= 1 << (p % 8);
+        }
+    }
+    bloom
+}
+
+fn bloom_contains(bloom: &[u8], key: &Key) -> bool {
+    let bits = (bloom.len() * 8) as u64;
+    bits > 0 && probes(key, bits).all(|p| bloom[(p / 8) as usize] & (1 << (p % 8)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u64) -> Key {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(n.to_le_bytes());
+        let mut k = [0u8; KEY];
+        k.copy_from_slice(&digest[..KEY]);
+        k
+    }
+
+    fn value(n: u64) -> Value {
+        let mut v = [0u8; VALUE];
+        v[1..9].copy_from_slice(&n.to_be_bytes());
+        v
+    }
+
+    fn feed(runs: &Arc<Runs>, from: u64, to: u64, batch: u64, version: u64) {
+        let pairs: Vec<(Kind, Key, Value)> = (from..to)
+            .map(|n| (Kind::Thread, key(n), value(n + version)))
+            .collect();
+        let log = Runs::log_entries(batch, &pairs);
+        for (k, v) in &log {
+            runs.log_tree().insert(k.as_slice(), v.as_slice()).unwrap();
+        }
+        runs.committed(&log, &pairs).unwrap();
+    }
+
+    #[test]
+    fn pairs_are_found_pending_in_runs_and_after_a_reopen_newest_value_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .temporary(false)
+            .open()
+            .unwrap();
+        let runs = Runs::open(&db).unwrap();
+        // Enough for a few runs, then the same keys again with new values.
+        let total = (RUN_PAIRS * 3 + 3_000) as u64;
+        for (batch, start) in (0..total).step_by(1000).enumerate() {
+            feed(&runs, start, (start + 1000).min(total), batch as u64, 0);
+        }
+        feed(&runs, 0, 10, 9_999, 1_000_000);
+        assert_eq!(
+            runs.get(Kind::Thread, &key(5)).unwrap(),
+            Some(value(5 + 1_000_000))
+        );
+        assert_eq!(runs.get(Kind::Thread, &key(20)).unwrap(), Some(value(20)));
+        assert_eq!(
+            runs.get(Kind::Thread, &key(total - 1)).unwrap(),
+            Some(value(total - 1))
+        );
+        assert_eq!(runs.get(Kind::Thread, &key(total + 5)).unwrap(), None);
+        assert_eq!(
+            runs.get(Kind::Completion, &key(20)).unwrap(),
+            None,
+            "kinds are apart"
+        );
+        assert!(runs.state.lock().runs.len() >= 3);
+        drop(runs);
+        let runs = Runs::open(&db).unwrap();
+        for n in [0, 5, 20, RUN_PAIRS as u64, total - 1] {
+            let expected = if n < 10 {
+                value(n + 1_000_000)
+            } else {
+                value(n)
+            };
+            assert_eq!(
+                runs.get(Kind::Thread, &key(n)).unwrap(),
+                Some(expected),
+                "key {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn eight_runs_of_a_tier_merge_into_one_that_answers_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let runs = Runs::open(&db).unwrap();
+        let per_run = RUN_PAIRS as u64;
+        for r in 0..FANOUT as u64 {
+            feed(&runs, r * per_run, (r + 1) * per_run, r, 0);
+        }
+        // A newer value for a key of the oldest run, in a ninth run's pending.
+        feed(&runs, 3, 4, 100, 7);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while runs.state.lock().runs.len() > 1 || runs.state.lock().merging {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the merge never finished"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(runs.get(Kind::Thread, &key(3)).unwrap(), Some(value(3 + 7)));
+        for n in [0, per_run, 5 * per_run + 17, 8 * per_run - 1] {
+            assert_eq!(
+                runs.get(Kind::Thread, &key(n)).unwrap(),
+                Some(value(n)),
+                "key {n}"
+            );
+        }
+        let chunks = runs.chunks.len();
+        assert_eq!(
+            chunks,
+            (8 * per_run as usize).div_ceil(CHUNK_PAIRS),
+            "old chunks removed"
+        );
+    }
+
+    #[test]
+    fn the_filter_has_no_false_negatives_and_few_false_positives() {
+        let keys: Vec<Key> = (0..10_000).map(key).collect();
+        let bloom = bloom_of(keys.iter(), keys.len());
+        assert!(keys.iter().all(|k| bloom_contains(&bloom, k)));
+        let false_positives = (10_000..20_000)
+            .filter(|n| bloom_contains(&bloom, &key(*n)))
+            .count();
+        assert!(false_positives < 300, "{false_positives} of 10,000");
+    }
+}

@@ -1,0 +1,129 @@
+//! Upgrading keeps everything: a data directory written by the release
+//! before the compressed layout (`tests/fixtures/store-v1.tar.gz`, made by
+//! `tests/fixtures/make_store_v1.py` with that release's binary) opens,
+//! is migrated in place, and the admin API shows exactly what that
+//! release showed of it; its conversations go on threading and taking
+//! feedback.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+fn fixture() -> (tempfile::TempDir, Value) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(root.join("store-v1.tar.gz"))
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .expect("tar runs");
+    assert!(status.success(), "the fixture unpacks");
+    let views = std::fs::read_to_string(root.join("store-v1-views.json")).unwrap();
+    (dir, serde_json::from_str(&views).unwrap())
+}
+
+#[tokio::test]
+async fn a_store_from_the_previous_release_is_migrated_with_nothing_lost() {
+    let (dir, before) = fixture();
+    let app = spawn_app_with(Options {
+        data_dir: Some(dir.path().join("data")),
+        ..Options::default()
+    })
+    .await;
+    let conversations = app.admin_get("/admin/api/conversations?limit=500").await;
+    assert_eq!(
+        conversations["data"], before["conversations"],
+        "the list, in order"
+    );
+    for (id, detail) in before["details"].as_object().unwrap() {
+        let now = app
+            .admin_get(&format!("/admin/api/conversations/{id}"))
+            .await;
+        assert_eq!(&now, detail, "conversation {id}");
+    }
+    assert_eq!(app.admin_get("/admin/api/stats").await, before["stats"]);
+    assert_eq!(
+        app.admin_get("/admin/api/datasets").await["data"],
+        before["datasets"]
+    );
+    let dataset = before["datasets"][0]["id"].as_str().unwrap();
+    let train = app
+        .http
+        .get(app.url(&format!("/admin/api/datasets/{dataset}/train.jsonl")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(train, before["train_jsonl"].as_str().unwrap());
+    assert_eq!(
+        app.admin_get("/admin/api/fine-tuning/jobs").await["data"],
+        before["jobs"]
+    );
+    let evaluation = before["evaluation"]["id"].as_str().unwrap();
+    assert_eq!(
+        app.admin_get(&format!("/admin/api/evaluations/{evaluation}"))
+            .await,
+        before["evaluation"]
+    );
+    let models = app.admin_get("/admin/api/models").await;
+    let triage = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["alias"] == "triage");
+    assert_eq!(triage, before["models"].as_array().unwrap().first());
+    let keys = app.admin_get("/admin/api/keys").await;
+    for key in before["keys"].as_array().unwrap() {
+        assert!(
+            keys["data"].as_array().unwrap().contains(key),
+            "key {}",
+            key["id"]
+        );
+    }
+
+    // A migrated conversation goes on: the follow-up of its last turn
+    // threads onto it, with the client key of the old release.
+    let (id, detail) = before["details"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(id, d)| d["turns"].as_array().unwrap().len() == 2 && !id.starts_with("ticket-"))
+        .expect("a two-turn conversation in the fixture");
+    let last = &detail["turns"][1];
+    let mut messages = last["request"]["messages"].as_array().unwrap().clone();
+    messages.push(last["response"]["message"].clone());
+    messages.push(json!({"role": "user", "content": "And the next step?"}));
+    let client_key = before["client_key"].as_str().unwrap();
+    let follow_up = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(client_key)
+        .json(&json!({"model": "triage", "messages": messages}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow_up.status(), 200);
+    assert_eq!(
+        follow_up.headers()["x-flywheel-conversation-id"],
+        id.as_str()
+    );
+    // Feedback by a migrated inference's completion id.
+    let completion = last["completion_id"].as_str().unwrap();
+    let rated = app
+        .http
+        .post(app.url("/v1/feedback"))
+        .bearer_auth(before["analyst_key"].as_str().unwrap())
+        .json(&json!({"completion_id": completion, "rating": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rated.status(), 201);
+    let rated: Value = rated.json().await.unwrap();
+    assert_eq!(rated["inference_id"], last["inference_id"]);
+    drop(dir);
+}
