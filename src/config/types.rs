@@ -305,9 +305,10 @@ pub struct FineTuningConfig {
     pub poll_interval_s: u64,
     /// Put first in every example whose conversation brought no system message.
     pub system_prompt: String,
-    /// How an example's target is written: the presets `answer`, `labelled`
-    /// and `json`, or text with `{threat_type}`, `{severity}`, `{answer}`
-    /// and `{rationale}` placeholders.
+    /// How an example's target is written: the presets `answer` (the
+    /// default: the correction or the answer verbatim, in the app's own
+    /// format), `labelled` and `json`, or text with `{threat_type}`,
+    /// `{severity}`, `{answer}` and `{rationale}` placeholders.
     pub answer_template: String,
     /// Every message of an example must have at least this many characters…
     pub min_message_chars: usize,
@@ -361,7 +362,7 @@ impl Default for FineTuningConfig {
             validation_split: 0.2,
             poll_interval_s: 30,
             system_prompt: "You are a security analyst. For each alert, state its threat type and severity, then explain the evidence for them.".into(),
-            answer_template: "labelled".into(),
+            answer_template: "answer".into(),
             min_message_chars: 10,
             max_message_chars: 4000,
             default_token_limit: 16_385,
