@@ -54,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/admin/api/models/{alias}/traffic", put(admin::set_traffic))
         .route("/admin/api/models/{alias}/promote", post(admin::promote))
+        .route("/admin/api/models/{alias}/gate", get(admin::promotion_gate))
         .route("/admin/api/models/{alias}/rollback", post(admin::rollback))
         .route(
             "/admin/api/models/{alias}/history",

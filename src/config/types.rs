@@ -394,12 +394,37 @@ pub struct EvaluationConfig {
     pub webhook_attempts: u32,
     /// The wait before the first retry; each further one doubles it.
     pub webhook_backoff_ms: u64,
-    /// Refuse a promotion unless the candidate's latest evaluation meets
-    /// the targets.
+    /// With `enabled`, refuse a promotion unless the candidate's latest
+    /// evaluation passes `promotion_requires` (an admin may force it).
     pub gate_promotion: bool,
-    /// With `gate_promotion`, the candidate's accuracy must also be above
-    /// production's on the same dataset.
-    pub require_beats_production: bool,
+    /// What a candidate's latest evaluation must show to be promoted.
+    pub promotion_requires: PromotionRule,
+}
+
+/// What gating asks of a candidate's latest evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionRule {
+    /// Higher accuracy than production on the same dataset and split, and
+    /// no lower macro-F1.
+    BeatsProduction,
+    /// Every configured target met.
+    MeetsTargets,
+    /// Either of the two.
+    Either,
+    /// Both.
+    Both,
+}
+
+impl PromotionRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BeatsProduction => "beats_production",
+            Self::MeetsTargets => "meets_targets",
+            Self::Either => "either",
+            Self::Both => "both",
+        }
+    }
 }
 
 impl Default for EvaluationConfig {
@@ -414,8 +439,8 @@ impl Default for EvaluationConfig {
             webhook_url: None,
             webhook_attempts: 5,
             webhook_backoff_ms: 500,
-            gate_promotion: false,
-            require_beats_production: false,
+            gate_promotion: true,
+            promotion_requires: PromotionRule::BeatsProduction,
         }
     }
 }
