@@ -39,6 +39,17 @@ pub struct ServerConfig {
     pub shutdown_grace_s: u64,
     /// Origins allowed by CORS for browser clients; `["*"]` allows any.
     pub cors_allow_origins: Vec<String>,
+    /// The level of the one log line each request gets.
+    pub request_log: RequestLog,
+}
+
+/// The level of the per-request log line: `info` for a server, `debug`
+/// where the lines would drown what a person reads (the demo's terminal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestLog {
+    Info,
+    Debug,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +61,7 @@ impl Default for ServerConfig {
             default_provider: None,
             shutdown_grace_s: 30,
             cors_allow_origins: vec!["*".into()],
+            request_log: RequestLog::Info,
         }
     }
 }
