@@ -182,7 +182,7 @@ async fn gate(
     }
     Err(ApiError::PromotionGated {
         message: format!(
-            "promotion gated: {}; an admin may promote anyway with \"force\": true and a reason",
+            "promotion gated: {} An admin may promote anyway with \"force\": true and a reason.",
             verdict.message
         ),
         failing: json!(verdict.failing),

@@ -124,13 +124,13 @@ pub fn verdict(
         failing: Vec::new(),
     };
     if version == production {
-        v.message = format!("`{version}` is already production");
+        v.message = format!("`{version}` is already production.");
         return Ok(v);
     }
     let Some(latest) = latest_succeeded(store, alias, version, None)? else {
         v.allowed = !gated;
         v.message = format!(
-            "`{version}` has no succeeded evaluation; run one against {production} with POST /admin/api/evaluations"
+            "`{version}` has no succeeded evaluation; run one against {production} with POST /admin/api/evaluations."
         );
         return Ok(v);
     };
@@ -188,7 +188,7 @@ fn describe(v: &Verdict, rule: PromotionRule, passes: bool, run: &str) -> String
     };
     if passes {
         return format!(
-            "`{}`'s latest evaluation ({run}) passes: it needed {needs}",
+            "`{}`'s latest evaluation ({run}) passes: it needed {needs}.",
             v.version
         );
     }
@@ -198,7 +198,7 @@ fn describe(v: &Verdict, rule: PromotionRule, passes: bool, run: &str) -> String
         .map(|f| format!("{} against {}", f.metric, f.against))
         .collect();
     format!(
-        "`{}`'s latest evaluation ({run}) does not pass: it needs {needs} (failing: {})",
+        "`{}`'s latest evaluation ({run}) does not pass: it needs {needs} (failing: {}).",
         v.version,
         if names.is_empty() {
             "no figures to compare".to_string()
