@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Flywheel's whole test suite, from a fresh clone: installs what the tests need
-# (a Python venv at .venv with the official openai SDK; Debian's chromium and
-# playwright-core for the browser tests), builds the binary, runs the Rust unit
+# (a Python venv at .venv with the official openai SDK; curl and jq for the
+# README's steps; Debian's chromium and playwright-core for the browser
+# tests), builds the binary, runs the Rust unit
 # and integration tests, the openai SDK compatibility suite against the real
 # binary, then the admin UI end to end in headless Chromium. Stops at the
 # first stage that fails.
@@ -33,6 +34,20 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade -r tests/python/requirements.txt
 .venv/bin/python -c 'import openai, httpx, pytest; print(f"openai {openai.__version__}, httpx {httpx.__version__}, pytest {pytest.__version__}")'
+
+stage "curl and jq for the README's steps (tests/api/demo.rs runs them)"
+for tool in curl jq; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "$tool is missing; installing it" >&2
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+    else
+      echo "error: $tool not found; install it (Debian: apt-get install $tool)" >&2
+      exit 1
+    fi
+  fi
+done
 
 stage "cargo fmt --check and clippy"
 cargo fmt --check

@@ -27,8 +27,8 @@ pub use fine_tuning::{
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use me::me;
 pub use models::{
-    experiment, get_model, history as model_history, list_models, promote, register_version,
-    registry_error, rollback, set_traffic,
+    experiment, get_model, history as model_history, list_models, promote, promotion_gate,
+    register_version, registry_error, rollback, set_traffic,
 };
 pub use ui::{ui_asset, ui_index};
 

@@ -2,16 +2,26 @@
 //! directory, a client key and an admin token — everything needed to point
 //! a chat app at Flywheel and look around — plus, unless `--seed 0`, real
 //! alerts sent through it so the admin UI has conversations to show.
+//!
+//! The terminal is for the person trying it: the addresses, keys and a
+//! `curl` that works at once (seeding has keys of its own, exempt from rate
+//! limits), one progress line while seeding, then the banner again with
+//! the next things to try. Per-request logs go to debug level, so they do
+//! not scroll it all away.
 
+mod banner;
 mod seed;
 
 use crate::app::{Application, StartError};
 use crate::auth::Role;
-use crate::config::{Config, Secrets};
+use crate::config::{Config, RequestLog, Secrets};
 use crate::simulate::{self, SimulatorConfig};
+use banner::Banner;
 use secrecy::SecretString;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -29,6 +39,9 @@ pub enum DemoError {
     #[error("{0}")]
     Run(std::io::Error),
 }
+
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs until SIGINT/SIGTERM. Every provider of `config` is pointed at the
 /// simulator; the data directory lives only as long as the demo.
@@ -49,11 +62,17 @@ pub async fn run(
     }
     config.server.data_dir = data.path().to_path_buf();
     config.auth.allow_anonymous_clients = true;
+    config.server.request_log = RequestLog::Debug;
 
-    let listener = match bind(config.server.listen).await {
-        Ok(l) => l,
-        // Another service on the usual port should not spoil the demo.
-        Err(_) => bind(SocketAddr::new(config.server.listen.ip(), 0)).await?,
+    let wanted = config.server.listen;
+    let (listener, busy_port) = match bind(wanted).await {
+        Ok(l) => (l, None),
+        // Another service on the usual port should not spoil the demo; the
+        // banner says where it went instead.
+        Err(_) => (
+            bind(SocketAddr::new(wanted.ip(), 0)).await?,
+            Some(wanted.port()),
+        ),
     };
     let admin_token = crate::auth::new_secret_token();
     let secrets = Secrets {
@@ -63,10 +82,19 @@ pub async fn run(
     let app = Application::build(config, secrets, listener)?;
     let addr = app.local_addr().map_err(DemoError::Run)?;
     let state = app.state();
-    let client = state
-        .keys
-        .create("demo client", Role::Client, "demo")
-        .map_err(StartError::from)?;
+    let create = |name: &str, role: Role| {
+        state
+            .keys
+            .create(name, role, "demo")
+            .map_err(StartError::from)
+    };
+    let client = create("demo client", Role::Client)?;
+    // The seed's own keys: what it sends never counts against the client
+    // key the banner prints, and no limit slows it.
+    let seeder = create("demo seeder", Role::Client)?;
+    let analyst = create("demo analyst", Role::Analyst)?;
+    state.limits.exempt(&seeder.id);
+    state.limits.exempt(&analyst.id);
 
     let sim_shutdown = state.shutdown.clone();
     let simulator = tokio::spawn(simulate::serve(
@@ -77,28 +105,100 @@ pub async fn run(
         },
         async move { sim_shutdown.cancelled().await },
     ));
-    let analyst = state
-        .keys
-        .create("demo analyst", Role::Analyst, "demo")
-        .map_err(StartError::from)?;
-    print_banner(addr, sim_addr, &client.key, &admin_token);
-    let seeding = tokio::spawn(seed::seed(
+    let banner = Banner {
+        proxy: addr,
+        simulator: sim_addr,
+        client_key: client.key,
+        admin_token,
+        busy_port,
+    };
+    say(&banner.starting(seed_count));
+    let callers = seed::Callers {
+        client_key: seeder.key,
+        analyst_key: analyst.key,
+    };
+    let newcomer = tokio::spawn(seed_then_greet(
         state.clone(),
         addr,
-        seed::Callers {
-            client_key: client.key.clone(),
-            analyst_key: analyst.key,
-        },
+        callers,
         seed_count,
+        banner,
     ));
     app.run_until_stopped(crate::app::shutdown_signal())
         .await
         .map_err(DemoError::Run)?;
-    seeding.abort();
-    let _ = seeding.await;
+    newcomer.abort();
+    let _ = newcomer.await;
     let _ = simulator.await;
     drop(data);
     Ok(())
+}
+
+/// Seeds with a progress line, then prints the banner with what to try.
+async fn seed_then_greet(
+    app: Arc<crate::app::AppState>,
+    proxy: SocketAddr,
+    callers: seed::Callers,
+    count: usize,
+    banner: Banner,
+) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let seeding = tokio::spawn(seed::seed(app, proxy, callers, count, done.clone()));
+    let mut progress = Progress::new(count);
+    let seeded = loop {
+        if seeding.is_finished() {
+            break seeding.await.unwrap_or_default();
+        }
+        progress.show(done.load(Ordering::Relaxed));
+        tokio::time::sleep(PROGRESS_EVERY).await;
+    };
+    progress.show(done.load(Ordering::Relaxed));
+    progress.finish();
+    say(&banner.ready(&seeded));
+}
+
+/// The one line that says how far seeding is: redrawn in place on a
+/// terminal, a line per quarter when the output is a file or a pipe.
+struct Progress {
+    total: usize,
+    terminal: bool,
+    /// What was last shown (count, or quarter for a pipe).
+    shown: Option<usize>,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            terminal: std::io::stdout().is_terminal(),
+            shown: None,
+        }
+    }
+
+    fn show(&mut self, done: usize) {
+        if self.total == 0 {
+            return;
+        }
+        let line = format!("  seeding: {done}/{} conversations", self.total);
+        if self.terminal {
+            if self.shown != Some(done) {
+                self.shown = Some(done);
+                say(&format!("\r{line}"));
+            }
+            return;
+        }
+        let quarter = done * 4 / self.total;
+        if self.shown != Some(quarter) {
+            self.shown = Some(quarter);
+            say(&format!("{line}\n"));
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal && self.total > 0 {
+            say("\n");
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
@@ -110,19 +210,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
         })
 }
 
-fn print_banner(proxy: SocketAddr, simulator: SocketAddr, client_key: &str, admin_token: &str) {
-    let text = format!(
-        "\nFlywheel demo is running (Ctrl-C stops it; its data is thrown away).\n\n\
-         \x20 OpenAI base URL   http://{proxy}/v1\n\
-         \x20 Admin UI          http://{proxy}/admin/\n\
-         \x20 Simulator         http://{simulator}/v1  (the stand-in provider)\n\
-         \x20 Client key        {client_key}\n\
-         \x20 Admin token       {admin_token}\n\n\
-         Try it:\n\
-         \x20 curl -s http://{proxy}/v1/chat/completions \\\n\
-         \x20   -H 'Authorization: Bearer {client_key}' -H 'Content-Type: application/json' \\\n\
-         \x20   -d '{{\"model\":\"triage\",\"messages\":[{{\"role\":\"user\",\"content\":\"Endpoint alert: LSASS memory read by rundll32.exe comsvcs.dll MiniDump\"}}]}}'\n\n"
-    );
+/// Writes to the terminal (stdout) at once.
+fn say(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();

@@ -3,11 +3,13 @@
 
 use crate::config::LimitsConfig;
 use crate::openai::ApiError;
+use arc_swap::ArcSwap;
 use axum::http::{HeaderMap, HeaderValue};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,10 @@ type Limiter = RateLimiter<
 
 pub struct RateLimits {
     limiter: Option<Limiter>,
+    /// Keys no limit applies to: the demo's own seeding traffic, which
+    /// must not queue behind (or use up) the limits a person trying the
+    /// demo meets. Read lock-free on every request.
+    exempt: ArcSwap<HashSet<Arc<str>>>,
     per_minute: u32,
     burst: u32,
     /// Time for one request's worth of capacity to come back.
@@ -45,17 +51,31 @@ impl RateLimits {
         });
         Self {
             limiter,
+            exempt: ArcSwap::default(),
             per_minute: config.requests_per_minute,
             burst: burst.get(),
             interval: Duration::from_secs(60) / config.requests_per_minute.max(1),
         }
     }
 
-    /// Takes one request from `key`'s bucket: `Ok(None)` when limits are off.
+    /// Exempts the key with id `key` from limits from now on.
+    pub fn exempt(&self, key: &str) {
+        self.exempt.rcu(|current| {
+            let mut next = HashSet::clone(current);
+            next.insert(Arc::from(key));
+            next
+        });
+    }
+
+    /// Takes one request from `key`'s bucket: `Ok(None)` when limits are
+    /// off or do not apply to the key.
     pub fn check(&self, key: &Arc<str>) -> Result<Option<Allowance>, ApiError> {
         let Some(limiter) = &self.limiter else {
             return Ok(None);
         };
+        if self.exempt.load().contains(key) {
+            return Ok(None);
+        }
         match limiter.check_key(key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -129,6 +149,22 @@ mod tests {
         }
         let other: Arc<str> = "other".into();
         assert!(limits.check(&other).is_ok());
+    }
+
+    #[test]
+    fn an_exempt_key_is_never_limited_and_others_still_are() {
+        let limits = RateLimits::new(&LimitsConfig {
+            requests_per_minute: 60,
+            burst: 1,
+        });
+        limits.exempt("seeder");
+        let seeder: Arc<str> = "seeder".into();
+        for _ in 0..100 {
+            assert!(limits.check(&seeder).unwrap().is_none());
+        }
+        let person: Arc<str> = "person".into();
+        assert!(limits.check(&person).unwrap().is_some());
+        assert!(limits.check(&person).is_err());
     }
 
     #[test]

@@ -130,7 +130,11 @@ impl Registry {
         let at = now_rfc3339();
         let applied = transition::apply(current, &request.change, &providers, &at)?;
         let action = request.change.action();
-        let history = history_entry(
+        let forced = match &request.change {
+            Change::Promote { forced, .. } => forced.clone(),
+            _ => None,
+        };
+        let mut history = history_entry(
             &applied.record,
             action,
             applied.from.clone(),
@@ -138,6 +142,7 @@ impl Registry {
             request.actor,
             request.reason,
         );
+        history.forced = forced.is_some();
         self.store.put_model_alias(&applied.record, &history)?;
         records.insert(applied.record.alias.clone(), applied.record.clone());
         let all: Vec<ModelAliasRecord> = records.values().cloned().collect();
@@ -150,18 +155,28 @@ impl Registry {
             revision = applied.record.revision,
             "model registry changed"
         );
+        let mut details = serde_json::json!({
+            "from": applied.from,
+            "to": applied.to,
+            "weights": history.weights,
+            "reason": request.reason,
+            "revision": applied.record.revision,
+        });
+        // A promotion past the gate is audited as what it is, with the
+        // refusal the admin overrode.
+        let audited = match forced {
+            Some(gate) => {
+                details["gate"] = gate;
+                format!("model.{action}.forced")
+            }
+            None => format!("model.{action}"),
+        };
         crate::audit::record(
             self.store.as_ref(),
             request.actor,
-            &format!("model.{action}"),
+            &audited,
             request.alias,
-            serde_json::json!({
-                "from": applied.from,
-                "to": applied.to,
-                "weights": history.weights,
-                "reason": request.reason,
-                "revision": applied.record.revision,
-            }),
+            details,
         )?;
         Ok(applied.record)
     }
@@ -204,6 +219,7 @@ fn history_entry(
         weights: weights_of(record),
         reason: reason.to_string(),
         revision: record.revision,
+        forced: false,
     }
 }
 

@@ -9,6 +9,7 @@ pub use connections::{BodyTimedOut, ConnectionLimits, serve};
 use crate::admin;
 use crate::app::AppState;
 use crate::auth::{Role, authenticate};
+use crate::config::RequestLog;
 use crate::health;
 use crate::openai::{ApiError, BodyLimit};
 use crate::proxy::{self, RouteLabels};
@@ -56,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/admin/api/models/{alias}/traffic", put(admin::set_traffic))
         .route("/admin/api/models/{alias}/promote", post(admin::promote))
+        .route("/admin/api/models/{alias}/gate", get(admin::promotion_gate))
         .route("/admin/api/models/{alias}/rollback", post(admin::rollback))
         .route(
             "/admin/api/models/{alias}/history",
@@ -112,7 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/{*path}", get(admin::ui_asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn(observe))
+        .layer(from_fn_with_state(state.config.server.request_log, observe))
         .layer(cors(&state.config.server.cors_allow_origins))
         .layer(from_fn(request_id))
         .with_state(state)
@@ -185,8 +187,8 @@ async fn apply_feedback_header(
 }
 
 /// Request count and latency by route, status, alias and version, and one
-/// log line per request — never with message contents.
-async fn observe(req: Request, next: Next) -> Response {
+/// log line per request at `level` — never with message contents.
+async fn observe(State(level): State<RequestLog>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let route = req
@@ -216,12 +218,22 @@ async fn observe(req: Request, next: Next) -> Response {
     metrics::histogram!("flywheel_request_duration_seconds",
         "route" => route.clone(), "alias" => alias.clone(), "version" => version.clone())
     .record(elapsed.as_secs_f64());
-    tracing::info!(
-        %method, %route, status, alias, version, request_id,
-        ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
+    let ms = rounded_ms(elapsed);
+    match level {
+        RequestLog::Info => tracing::info!(
+            %method, %route, status, alias, version, request_id, ms, "request"
+        ),
+        RequestLog::Debug => tracing::debug!(
+            %method, %route, status, alias, version, request_id, ms, "request"
+        ),
+    }
     response
+}
+
+/// Milliseconds to one decimal: enough to read a latency, and a log line
+/// shows `ms=1.3` rather than every digit of a float.
+fn rounded_ms(elapsed: std::time::Duration) -> f64 {
+    (elapsed.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -305,11 +317,25 @@ fn uuid_form(bits: u128) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::rounded_ms;
+    use std::time::Duration;
+
     #[test]
     fn a_generated_request_id_goes_upstream_as_a_uuid() {
         assert_eq!(
             super::uuid_form(0x0190_f2a4_5b6c_7d8e_9fa0_b1c2_d3e4_f506),
             "0190f2a4-5b6c-7d8e-9fa0-b1c2d3e4f506"
+        );
+    }
+
+    #[test]
+    fn durations_are_logged_as_milliseconds_to_one_decimal() {
+        assert_eq!(rounded_ms(Duration::from_nanos(1_282_431)), 1.3);
+        assert_eq!(rounded_ms(Duration::from_micros(40)), 0.0);
+        assert_eq!(rounded_ms(Duration::from_millis(1500)), 1500.0);
+        assert_eq!(
+            format!("{}", rounded_ms(Duration::from_nanos(1_282_431))),
+            "1.3"
         );
     }
 }

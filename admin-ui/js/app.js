@@ -12,10 +12,12 @@ import * as models from './pages/models.js';
 import * as performance from './pages/performance.js';
 import * as keys from './pages/keys.js';
 import * as audit from './pages/audit.js';
+import * as improve from './pages/improve.js';
 
 const PAGES = [
   { path: 'overview', label: 'Overview', page: overview },
   { path: 'review', label: 'Review', page: review },
+  { path: 'improve', page: improve, hidden: true },
   { path: 'conversations', page: review, hidden: true },
   { path: 'datasets', label: 'Datasets', page: datasets },
   { path: 'jobs', label: 'Fine-tuning', page: jobs },
@@ -50,7 +52,7 @@ async function route() {
   const seq = ++state.seq;
   for (const a of document.querySelectorAll('#nav a')) {
     const target = a.dataset.path;
-    const on = target === name || (name === 'conversations' && target === 'review') || (name === 'evaluations' && target === 'performance');
+    const on = target === name || (name === 'conversations' && target === 'review') || (name === 'evaluations' && target === 'performance') || (name === 'improve' && target === 'overview');
     a.classList.toggle('active', on);
     if (on) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
@@ -60,7 +62,7 @@ async function route() {
       errorBox(new ApiError(entry ? 403 : 404, { message: entry ? 'This page needs an admin key.' : 'There is no such page.' }))));
     return;
   }
-  document.title = `${entry.label || name[0].toUpperCase() + name.slice(1)} · Flywheel`;
+  document.title = `${entry.label || { improve: 'Improve the model' }[name] || name[0].toUpperCase() + name.slice(1)} · Flywheel`;
   view.append(loading());
   const ctx = {
     root: view, parts, query, me: state.me, isAdmin: state.me.role === 'admin', navigate,

@@ -129,7 +129,7 @@ impl From<DatasetError> for ApiError {
                 ApiError::invalid(e.to_string(), Some("filter.alias"))
             }
             e @ DatasetError::TooManyCandidates => ApiError::invalid(e.to_string(), Some("filter")),
-            e @ DatasetError::Template(_) => ApiError::Internal(e.to_string()),
+            e @ DatasetError::Options(_) => ApiError::Internal(e.to_string()),
             DatasetError::Store(e) => e.into(),
         }
     }

@@ -2,12 +2,14 @@
 //! rollback and history. Reads are for analysts and admins, changes for
 //! admins; every change names a reason, may carry `If-Match: <revision>`
 //! (409 when the alias moved since), and is audited by the registry. With
-//! `evaluation.gate_promotion`, a promotion must pass `evaluation::gate`.
+//! evaluation gating (on by default), a promotion must pass
+//! `evaluation::gate` unless an admin forces it, which is audited as a
+//! forced promotion; `…/gate?version=` says where a version stands.
 
 use super::{blocking, list_envelope};
 use crate::app::AppState;
 use crate::auth::{Caller, Role};
-use crate::evaluation::gate::Gated;
+use crate::evaluation::gate::Verdict;
 use crate::openai::{ApiError, ApiJson, ApiQuery};
 use crate::registry::{Change, ChangeError, RegistryError, Request};
 use crate::store::ModelAliasRecord;
@@ -105,6 +107,8 @@ pub struct Promotion {
     version: String,
     weights: Option<BTreeMap<String, f64>>,
     reason: Option<String>,
+    /// Promote even though gating refuses; the reason says why.
+    force: Option<bool>,
 }
 
 pub async fn promote(
@@ -116,35 +120,107 @@ pub async fn promote(
 ) -> Result<Response, ApiError> {
     let reason = checked_reason(body.reason.as_deref())?;
     caller.require(Role::Admin)?;
-    gate(&app, &alias, &body.version).await?;
+    let forced = gate(&app, &alias, &body.version, body.force.unwrap_or(false)).await?;
     let change = Change::Promote {
         version: body.version,
         weights: body.weights,
+        forced,
     };
     let record = change_alias(&app, &caller, &alias, &headers, reason, change).await?;
     Ok(with_etag(&record))
 }
 
-/// Refuses the promotion when evaluation gating is on and the version's
-/// latest evaluation does not pass.
-async fn gate(app: &Arc<AppState>, alias: &str, version: &str) -> Result<(), ApiError> {
+/// The gate's verdict on promoting `version` of `alias`, or `None` when
+/// there is nothing to judge (an unknown alias or version, which the
+/// change itself refuses with the right error).
+async fn verdict_on(
+    app: &Arc<AppState>,
+    alias: &str,
+    version: &str,
+) -> Result<Option<Verdict>, ApiError> {
+    let Some(record) = app.registry.alias(alias) else {
+        return Ok(None);
+    };
+    if record.version(version).is_none() {
+        return Ok(None);
+    }
     let (state, alias, version) = (app.clone(), alias.to_string(), version.to_string());
     blocking(move || {
-        crate::evaluation::gate::check(
+        crate::evaluation::gate::verdict(
             state.store.as_ref(),
             &state.config.evaluation,
             &alias,
             &version,
+            &record.production,
         )
-        .map_err(|e| match e {
-            Gated::Refused { message, failing } => ApiError::PromotionGated {
-                message,
-                failing: json!(failing),
-            },
-            Gated::Store(e) => e.into(),
-        })
+        .map(Some)
+        .map_err(ApiError::from)
     })
     .await
+}
+
+/// Refuses the promotion when gating does, unless `force`; a forced
+/// promotion past a refusal returns what was overridden, for the audit.
+async fn gate(
+    app: &Arc<AppState>,
+    alias: &str,
+    version: &str,
+    force: bool,
+) -> Result<Option<Value>, ApiError> {
+    let Some(verdict) = verdict_on(app, alias, version).await? else {
+        return Ok(None);
+    };
+    if verdict.allowed {
+        return Ok(None);
+    }
+    if force {
+        return Ok(Some(json!({
+            "message": verdict.message,
+            "requires": verdict.requires,
+            "failing": verdict.failing,
+        })));
+    }
+    Err(ApiError::PromotionGated {
+        message: format!(
+            "promotion gated: {} An admin may promote anyway with \"force\": true and a reason.",
+            verdict.message
+        ),
+        failing: json!(verdict.failing),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateQuery {
+    version: Option<String>,
+}
+
+/// `GET /admin/api/models/{alias}/gate?version=`: where a version stands
+/// for promotion, with the figures to decide on.
+pub async fn promotion_gate(
+    State(app): State<Arc<AppState>>,
+    Path(alias): Path<String>,
+    ApiQuery(query): ApiQuery<GateQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let record = app
+        .registry
+        .alias(&alias)
+        .ok_or_else(|| registry_error(RegistryError::UnknownAlias(alias.clone())))?;
+    let version = query.version.ok_or_else(|| {
+        ApiError::invalid("`version` names the version to judge", Some("version"))
+    })?;
+    if record.version(&version).is_none() {
+        return Err(ApiError::invalid(
+            format!("alias `{alias}` has no version named `{version}`"),
+            Some("version"),
+        ));
+    }
+    let verdict = verdict_on(&app, &alias, &version)
+        .await?
+        .ok_or_else(|| registry_error(RegistryError::UnknownAlias(alias.clone())))?;
+    let mut body = json!(verdict);
+    body["object"] = json!("promotion_gate");
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]

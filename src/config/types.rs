@@ -52,6 +52,17 @@ pub struct ServerConfig {
     /// The largest request head (request line and headers) accepted; a
     /// larger one is answered 431. At least 8192.
     pub max_header_bytes: usize,
+    /// The level of the one log line each request gets.
+    pub request_log: RequestLog,
+}
+
+/// The level of the per-request log line: `info` for a server, `debug`
+/// where the lines would drown what a person reads (the demo's terminal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestLog {
+    Info,
+    Debug,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +79,7 @@ impl Default for ServerConfig {
             body_read_timeout_s: 30,
             max_connections: 4096,
             max_header_bytes: 64 * 1024,
+            request_log: RequestLog::Info,
         }
     }
 }
@@ -323,9 +335,10 @@ pub struct FineTuningConfig {
     pub poll_interval_s: u64,
     /// Put first in every example whose conversation brought no system message.
     pub system_prompt: String,
-    /// How an example's target is written: the presets `answer`, `labelled`
-    /// and `json`, or text with `{threat_type}`, `{severity}`, `{answer}`
-    /// and `{rationale}` placeholders.
+    /// How an example's target is written: the presets `answer` (the
+    /// default: the correction or the answer verbatim, in the app's own
+    /// format), `labelled` and `json`, or text with `{threat_type}`,
+    /// `{severity}`, `{answer}` and `{rationale}` placeholders.
     pub answer_template: String,
     /// Every message of an example must have at least this many characters…
     pub min_message_chars: usize,
@@ -379,7 +392,7 @@ impl Default for FineTuningConfig {
             validation_split: 0.2,
             poll_interval_s: 30,
             system_prompt: "You are a security analyst. For each alert, state its threat type and severity, then explain the evidence for them.".into(),
-            answer_template: "labelled".into(),
+            answer_template: "answer".into(),
             min_message_chars: 10,
             max_message_chars: 4000,
             default_token_limit: 16_385,
@@ -411,12 +424,37 @@ pub struct EvaluationConfig {
     pub webhook_attempts: u32,
     /// The wait before the first retry; each further one doubles it.
     pub webhook_backoff_ms: u64,
-    /// Refuse a promotion unless the candidate's latest evaluation meets
-    /// the targets.
+    /// With `enabled`, refuse a promotion unless the candidate's latest
+    /// evaluation passes `promotion_requires` (an admin may force it).
     pub gate_promotion: bool,
-    /// With `gate_promotion`, the candidate's accuracy must also be above
-    /// production's on the same dataset.
-    pub require_beats_production: bool,
+    /// What a candidate's latest evaluation must show to be promoted.
+    pub promotion_requires: PromotionRule,
+}
+
+/// What gating asks of a candidate's latest evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionRule {
+    /// Higher accuracy than production on the same dataset and split, and
+    /// no lower macro-F1.
+    BeatsProduction,
+    /// Every configured target met.
+    MeetsTargets,
+    /// Either of the two.
+    Either,
+    /// Both.
+    Both,
+}
+
+impl PromotionRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BeatsProduction => "beats_production",
+            Self::MeetsTargets => "meets_targets",
+            Self::Either => "either",
+            Self::Both => "both",
+        }
+    }
 }
 
 impl Default for EvaluationConfig {
@@ -431,8 +469,8 @@ impl Default for EvaluationConfig {
             webhook_url: None,
             webhook_attempts: 5,
             webhook_backoff_ms: 500,
-            gate_promotion: false,
-            require_beats_production: false,
+            gate_promotion: true,
+            promotion_requires: PromotionRule::BeatsProduction,
         }
     }
 }

@@ -9,6 +9,7 @@ use super::split::stratified_split;
 use super::template::{AnswerTemplate, TemplateError};
 use super::validate::{Limits, check_messages};
 use crate::config::{Config, TaxonomyConfig};
+use crate::evaluation::extract::{Extractor, ExtractorError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -23,27 +24,41 @@ pub struct BuildOptions {
     pub validation_split: f64,
     pub system_prompt: String,
     pub template: AnswerTemplate,
+    /// Reads what an answer says, to refuse answers the labels contradict.
+    pub extractor: Extractor,
     pub limits: Limits,
     pub min_examples: usize,
     pub max_examples: usize,
     pub taxonomy: TaxonomyConfig,
 }
 
+/// A setting the build cannot use. Start-up validation rejects both, so
+/// a running server never meets them.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("fine_tuning.answer_template is invalid: {0}")]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Extractor(#[from] ExtractorError),
+}
+
 impl BuildOptions {
-    /// The options `[fine_tuning]` and `[taxonomy]` give for `base_model`;
-    /// a request's own `validation_split` wins over the configured one.
+    /// The options `[fine_tuning]`, `[taxonomy]` and
+    /// `[evaluation.extractor]` give for `base_model`; a request's own
+    /// `validation_split` wins over the configured one.
     pub fn from_config(
         config: &Config,
         format: DatasetFormat,
         base_model: &str,
         validation_split: Option<f64>,
-    ) -> Result<Self, TemplateError> {
+    ) -> Result<Self, OptionsError> {
         let f = &config.fine_tuning;
         Ok(Self {
             format,
             validation_split: validation_split.unwrap_or(f.validation_split),
             system_prompt: f.system_prompt.clone(),
             template: AnswerTemplate::parse(&f.answer_template)?,
+            extractor: Extractor::new(&config.evaluation.extractor, &config.taxonomy)?,
             limits: Limits::from_config(f, base_model),
             min_examples: f.min_examples,
             max_examples: f.max_examples,
@@ -175,7 +190,12 @@ fn sort_out(candidates: &[Candidate], options: &BuildOptions) -> (Vec<Accepted>,
 
 /// The candidate's example and line, or why it cannot be one.
 fn accept(c: &Candidate, options: &BuildOptions) -> Result<Accepted, String> {
-    let example = build_example(c, &options.system_prompt, &options.template)?;
+    let example = build_example(
+        c,
+        &options.system_prompt,
+        &options.template,
+        &options.extractor,
+    )?;
     let line = options.format.line(&example)?;
     for (name, chat) in &line.chats {
         check_messages(chat, &options.limits).map_err(|why| match *name {

@@ -1,8 +1,11 @@
 //! One conversation made into one training example: the messages of its
 //! last turn's request, that turn's answer (or the analyst's correction of
-//! it) as the target, and the system prompt policy.
+//! it) as the target, and the system prompt policy. An answer the
+//! analyst's labels contradict is never a target: without a correction
+//! the conversation is refused.
 
 use super::template::{AnswerTemplate, Labels};
+use crate::evaluation::extract::Extractor;
 use crate::store::{ConversationRecord, FeedbackRecord, InferenceRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -47,12 +50,18 @@ pub struct Example {
     pub target: String,
 }
 
+/// Why a conversation whose answer says otherwise than its analyst's
+/// labels, and that nobody corrected, is no example.
+pub const LABELS_DISAGREE: &str = "labels disagree with the answer; add a correction";
+
 /// Builds the example of `candidate`, or says why it cannot be one.
-/// Without a system message of its own, `system_prompt` goes first.
+/// Without a system message of its own, `system_prompt` goes first; what
+/// an answer says of its threat type and severity is read by `extractor`.
 pub fn build_example(
     candidate: &Candidate,
     system_prompt: &str,
     template: &AnswerTemplate,
+    extractor: &Extractor,
 ) -> Result<Example, String> {
     let (turn, _) = candidate
         .turns
@@ -64,15 +73,18 @@ pub fn build_example(
     }
     let answer = answer_text(turn)?;
     let correction = correction(candidate);
-    let source = match (&correction, complete_answer(turn, answer.as_deref())) {
-        (Some(c), _) => c.clone(),
-        (None, Ok(a)) => a.to_string(),
-        (None, Err(why)) => return Err(why),
-    };
     let review = &candidate.conversation.review;
     let labels = Labels {
         threat_type: review.threat_type.as_deref(),
         severity: review.severity.as_deref(),
+    };
+    let source = match (&correction, complete_answer(turn, answer.as_deref())) {
+        (Some(c), _) => c.clone(),
+        // The analyst said the answer is wrong but gave no right one:
+        // training on it would teach what they rejected.
+        (None, Ok(a)) if contradicts(labels, a, extractor) => return Err(LABELS_DISAGREE.into()),
+        (None, Ok(a)) => a.to_string(),
+        (None, Err(why)) => return Err(why),
     };
     Ok(Example {
         conversation_id: candidate.conversation.id.clone(),
@@ -83,6 +95,14 @@ pub fn build_example(
         answer,
         correction,
     })
+}
+
+/// Whether `answer` states a threat type or severity other than the
+/// labels (an answer that states none contradicts nothing).
+fn contradicts(labels: Labels<'_>, answer: &str, extractor: &Extractor) -> bool {
+    let stated = extractor.extract(answer);
+    let differs = |label: Option<&str>, said: Option<String>| matches!((label, said), (Some(label), Some(said)) if label != said);
+    differs(labels.threat_type, stated.threat_type) || differs(labels.severity, stated.severity)
 }
 
 /// The request's messages; tool use and non-text content are refused, as
@@ -213,7 +233,7 @@ pub(super) fn turn_text(turn: &InferenceRecord, answer: Option<String>) -> Vec<M
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::curation::tests::{candidate, feedback, with_answer};
+    use crate::curation::tests::{candidate, extractor, feedback, with_answer};
 
     fn labelled() -> AnswerTemplate {
         AnswerTemplate::parse("labelled").unwrap()
@@ -225,6 +245,7 @@ mod tests {
             &candidate("conv_1", "malware"),
             "Be an analyst.",
             &labelled(),
+            &extractor(),
         )
         .unwrap();
         assert_eq!(ex.input[0], Message::new("system", "Be an analyst."));
@@ -238,7 +259,7 @@ mod tests {
             {"role": "developer", "content": "Our own triage prompt."},
             {"role": "user", "content": [{"type": "text", "text": "Alert: "}, {"type": "text", "text": "evil.exe ran"}]},
         ]);
-        let ex = build_example(&c, "Be an analyst.", &labelled()).unwrap();
+        let ex = build_example(&c, "Be an analyst.", &labelled(), &extractor()).unwrap();
         assert_eq!(
             ex.input,
             [
@@ -264,13 +285,15 @@ mod tests {
             feedback("fb_3", "2026-01-01T00:00:03Z", None),
         ];
         c.turns.push(second);
-        let ex = build_example(&c, "Be an analyst.", &AnswerTemplate::Answer).unwrap();
+        let ex =
+            build_example(&c, "Be an analyst.", &AnswerTemplate::Answer, &extractor()).unwrap();
         assert_eq!(ex.input.len(), 4);
         assert_eq!(ex.answer.as_deref(), Some("The model's answer."));
         assert_eq!(ex.target, "newest correction");
 
         c.conversation.review.correction = Some("the review's correction".into());
-        let ex = build_example(&c, "Be an analyst.", &AnswerTemplate::Answer).unwrap();
+        let ex =
+            build_example(&c, "Be an analyst.", &AnswerTemplate::Answer, &extractor()).unwrap();
         assert_eq!(ex.target, "the review's correction");
     }
 
@@ -278,15 +301,15 @@ mod tests {
     fn incomplete_answers_are_refused_unless_corrected() {
         let mut c = candidate("conv_1", "malware");
         with_answer(&mut c.turns[0].0, "Threat type: mal", "length");
-        let e = build_example(&c, "p", &labelled()).unwrap_err();
+        let e = build_example(&c, "p", &labelled(), &extractor()).unwrap_err();
         assert!(e.contains("finish_reason \"length\""), "{e}");
 
         c.turns[0].0.status = "upstream_error".into();
-        let e = build_example(&c, "p", &labelled()).unwrap_err();
+        let e = build_example(&c, "p", &labelled(), &extractor()).unwrap_err();
         assert!(e.contains("status \"upstream_error\""), "{e}");
 
         c.conversation.review.correction = Some("Threat type: malware\nIt is.".into());
-        let ex = build_example(&c, "p", &labelled()).unwrap();
+        let ex = build_example(&c, "p", &labelled(), &extractor()).unwrap();
         assert!(ex.target.ends_with("It is."), "{}", ex.target);
     }
 
@@ -297,7 +320,7 @@ mod tests {
             {"role": "user", "content": "look this up please"},
             {"role": "tool", "content": "result", "tool_call_id": "t"},
         ]);
-        let e = build_example(&c, "p", &labelled()).unwrap_err();
+        let e = build_example(&c, "p", &labelled(), &extractor()).unwrap_err();
         assert_eq!(
             e,
             "request message 2: is a tool message; examples carry text messages only"
@@ -306,7 +329,7 @@ mod tests {
         c.turns[0].0.request["messages"] = serde_json::json!([
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
         ]);
-        let e = build_example(&c, "p", &labelled()).unwrap_err();
+        let e = build_example(&c, "p", &labelled(), &extractor()).unwrap_err();
         assert!(
             e.starts_with("request message 1: has no text content"),
             "{e}"
@@ -314,8 +337,56 @@ mod tests {
 
         c.turns.clear();
         assert_eq!(
-            build_example(&c, "p", &labelled()).unwrap_err(),
+            build_example(&c, "p", &labelled(), &extractor()).unwrap_err(),
             "the conversation has no turns"
         );
+    }
+
+    /// The app asked for a JSON verdict and got one.
+    const JSON_ANSWER: &str = r#"{"threat_type": "malware", "severity": "high", "rationale": "evil.exe ran from a temp folder"}"#;
+
+    #[test]
+    fn by_default_a_json_answer_is_the_target_verbatim() {
+        let mut c = candidate("conv_1", "malware");
+        with_answer(&mut c.turns[0].0, JSON_ANSWER, "stop");
+        let ex = build_example(&c, "p", &AnswerTemplate::Answer, &extractor()).unwrap();
+        assert_eq!(ex.target, JSON_ANSWER);
+        let verdict: serde_json::Value = serde_json::from_str(&ex.target).unwrap();
+        assert_eq!(verdict["threat_type"], "malware");
+    }
+
+    #[test]
+    fn labels_that_contradict_the_answer_need_a_correction() {
+        let mut c = candidate("conv_1", "phishing");
+        with_answer(&mut c.turns[0].0, JSON_ANSWER, "stop");
+        for template in [AnswerTemplate::Answer, labelled(), AnswerTemplate::Json] {
+            let e = build_example(&c, "p", &template, &extractor()).unwrap_err();
+            assert_eq!(e, LABELS_DISAGREE);
+        }
+        assert_eq!(
+            LABELS_DISAGREE,
+            "labels disagree with the answer; add a correction"
+        );
+        // A severity the answer does not share contradicts it too.
+        let mut c = candidate("conv_2", "malware");
+        c.conversation.review.severity = Some("low".into());
+        let e = build_example(&c, "p", &AnswerTemplate::Answer, &extractor()).unwrap_err();
+        assert_eq!(e, LABELS_DISAGREE);
+        // An answer that states no threat type contradicts no label.
+        with_answer(&mut c.turns[0].0, "I cannot tell from this alone.", "stop");
+        c.conversation.review.severity = Some("high".into());
+        let ex = build_example(&c, "p", &AnswerTemplate::Answer, &extractor()).unwrap();
+        assert_eq!(ex.target, "I cannot tell from this alone.");
+    }
+
+    #[test]
+    fn a_correction_is_the_target_verbatim_whatever_the_answer_said() {
+        let mut c = candidate("conv_1", "phishing");
+        with_answer(&mut c.turns[0].0, JSON_ANSWER, "stop");
+        let correction = r#"{"threat_type": "phishing", "severity": "high", "rationale": "the macro came from a mail attachment"}"#;
+        c.conversation.review.correction = Some(correction.into());
+        let ex = build_example(&c, "p", &AnswerTemplate::Answer, &extractor()).unwrap();
+        assert_eq!(ex.target, correction);
+        assert_eq!(ex.answer.as_deref(), Some(JSON_ANSWER));
     }
 }

@@ -1,7 +1,8 @@
 //! The JSONL lines OpenAI's fine-tuning reads: chat examples for
 //! supervised fine-tuning, and preference pairs for DPO built from
-//! analysts' corrections (the correction preferred over the model's
-//! original answer).
+//! analysts' corrections (the target — the correction, verbatim unless a
+//! template preset rewrites it — preferred over the model's original
+//! answer, verbatim).
 
 use super::example::{Example, Message};
 use super::signals::normalised_hash;
@@ -64,18 +65,20 @@ struct DpoLine<'a> {
     non_preferred_output: [&'a Message; 1],
 }
 
-/// The correction preferred over the original answer, both verbatim; a
-/// conversation without a correction has no preference to teach.
+/// The target (the correction, as the SFT line would teach it) preferred
+/// over the original answer, verbatim; a conversation without a correction
+/// has no preference to teach.
 pub fn dpo_line(example: &Example) -> Result<Line, String> {
-    let correction = example
-        .correction
-        .as_deref()
-        .ok_or("has no analyst correction, so there is no preferred answer for a DPO dataset")?;
+    if example.correction.is_none() {
+        return Err(
+            "has no analyst correction, so there is no preferred answer for a DPO dataset".into(),
+        );
+    }
     let answer = example
         .answer
         .as_deref()
         .ok_or("its last turn has no answer for the correction to be preferred over")?;
-    let preferred = Message::new("assistant", correction);
+    let preferred = Message::new("assistant", &example.target);
     let rejected = Message::new("assistant", answer);
     let with = |output: &Message| [example.input.clone(), vec![output.clone()]].concat();
     let hash = normalised_hash(&with(&preferred));
@@ -122,13 +125,15 @@ mod tests {
             ],
             answer: Some("Threat type: benign".into()),
             correction: Some("Threat type: malware".into()),
-            target: "Threat type: malware\nSeverity: high".into(),
+            target: "Threat type: malware".into(),
         }
     }
 
     #[test]
     fn sft_is_the_input_then_the_target() {
-        let line = sft_line(&example()).unwrap();
+        let mut example = example();
+        example.target = "Threat type: malware\nSeverity: high".into();
+        let line = sft_line(&example).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line.json).unwrap();
         assert_eq!(
             v,
@@ -140,6 +145,18 @@ mod tests {
         );
         assert!(!line.json.contains('\n'));
         assert_eq!(line.chats.len(), 1);
+    }
+
+    #[test]
+    fn dpo_prefers_the_target_as_written_over_the_answer() {
+        let mut ex = example();
+        ex.target = "Threat type: malware\nSeverity: high\nA preset wrote this.".into();
+        let v: serde_json::Value = serde_json::from_str(&dpo_line(&ex).unwrap().json).unwrap();
+        assert_eq!(v["preferred_output"][0]["content"], ex.target.as_str());
+        assert_eq!(
+            v["non_preferred_output"][0]["content"],
+            "Threat type: benign"
+        );
     }
 
     #[test]
@@ -171,6 +188,7 @@ mod tests {
             "has no analyst correction, so there is no preferred answer for a DPO dataset"
         );
         ex.correction = Some("threat type:   BENIGN".into());
+        ex.target = "threat type:   BENIGN".into();
         let e = dpo_line(&ex).unwrap_err();
         assert!(e.contains("same text as the answer"), "{e}");
         ex.answer = None;

@@ -9,9 +9,8 @@ mod request;
 pub use candidates::{MAX_CANDIDATES, candidates};
 pub use request::{DatasetFilter, DatasetRequest};
 
-use super::build::{BuildOptions, build_dataset};
+use super::build::{BuildOptions, OptionsError, build_dataset};
 use super::format::DatasetFormat;
-use super::template::TemplateError;
 use crate::config::Config;
 use crate::ids::{new_id, now_rfc3339};
 use crate::registry::Registry;
@@ -29,8 +28,8 @@ pub enum DatasetError {
         "the filter matches more than {MAX_CANDIDATES} conversations; narrow it (e.g. with since/until)"
     )]
     TooManyCandidates,
-    #[error("fine_tuning.answer_template is invalid: {0}")]
-    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Options(#[from] OptionsError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -4,7 +4,7 @@
 mod fixtures;
 mod openai_format;
 
-pub(crate) use fixtures::{candidate, feedback, many, options, with_answer};
+pub(crate) use fixtures::{candidate, extractor, feedback, many, options, with_answer};
 use openai_format::{check_dpo_line, check_jsonl, check_sft_line};
 
 use super::*;

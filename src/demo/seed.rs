@@ -1,7 +1,8 @@
 //! Demo traffic: real endpoint alerts (SigmaHQ detection rules, DRL 1.1,
 //! see NOTICE) sent through the proxy over HTTP like a chat app would,
 //! with an 80/20 split between the two versions, analysts' ratings, and an
-//! analyst's labels and approvals (the alerts' own rule-derived labels),
+//! analyst's labels and approvals (the alerts' own rule-derived labels,
+//! with the answer the model should have given wherever it said otherwise),
 //! so every page of the admin UI has something to show and a dataset can
 //! be built at once.
 
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const ALERTS: &str = include_str!("alerts.jsonl");
@@ -33,11 +35,27 @@ pub struct Callers {
     pub analyst_key: String,
 }
 
+/// What seeding did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seeded {
+    /// Conversations sent through the proxy.
+    pub sent: usize,
+    pub approved: usize,
+    pub failed: usize,
+}
+
 /// Sends `count` alerts through the proxy at `proxy`, rates and reviews
-/// them. Failures are logged; the demo goes on without its seed.
-pub async fn seed(app: Arc<AppState>, proxy: SocketAddr, callers: Callers, count: usize) {
+/// them, counting each conversation finished in `done`. Failures are
+/// logged; the demo goes on without its seed.
+pub async fn seed(
+    app: Arc<AppState>,
+    proxy: SocketAddr,
+    callers: Callers,
+    count: usize,
+    done: Arc<AtomicUsize>,
+) -> Seeded {
     if count == 0 {
-        return;
+        return Seeded::default();
     }
     if let Err(e) = split_traffic(&app) {
         tracing::warn!(error = %e, "demo: could not set the 80/20 split");
@@ -51,7 +69,7 @@ pub async fn seed(app: Arc<AppState>, proxy: SocketAddr, callers: Callers, count
         .timeout(Duration::from_secs(60))
         .build()
     else {
-        return;
+        return Seeded::default();
     };
     let seeder = Arc::new(Seeder {
         http,
@@ -62,28 +80,43 @@ pub async fn seed(app: Arc<AppState>, proxy: SocketAddr, callers: Callers, count
     let total = alerts.len();
     let results: Vec<_> = futures_util::stream::iter(alerts.into_iter().enumerate())
         .map(|(i, alert)| {
-            let seeder = seeder.clone();
-            async move { seeder.one(i, &alert).await }
+            let (seeder, done) = (seeder.clone(), done.clone());
+            async move {
+                let result = seeder.one(i, &alert).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                result
+            }
         })
         .buffer_unordered(8)
         .collect()
         .await;
     let mut approved = Vec::new();
+    let mut failed = 0;
     for result in results {
         match result {
             Ok(Some(conversation)) => approved.push(conversation),
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "demo: one seeded conversation failed"),
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(error = %e, "demo: one seeded conversation failed");
+            }
         }
     }
+    let mut seeded = Seeded {
+        sent: total,
+        approved: approved.len(),
+        failed,
+    };
     if let Err(e) = seeder.approve(&approved).await {
+        seeded.approved = 0;
         tracing::warn!(error = %e, "demo: could not approve the reviewed conversations");
     }
-    tracing::info!(
+    tracing::debug!(
         conversations = total,
-        approved = approved.len(),
+        approved = seeded.approved,
         "demo: seeded"
     );
+    seeded
 }
 
 fn split_traffic(app: &AppState) -> Result<(), crate::registry::RegistryError> {
@@ -115,7 +148,8 @@ struct Seeder {
 
 impl Seeder {
     /// Posts as a well-behaved client: a 429 is waited out as its
-    /// `retry-after-ms` says (the demo's keys have the usual rate limits).
+    /// `retry-after-ms` says (the seed's keys are exempt from limits, but
+    /// a client that meets one should still wait, not fail).
     async fn post(
         &self,
         key: &str,
@@ -155,8 +189,9 @@ impl Seeder {
     }
 
     /// One conversation: the alert, an answer, a rating; two in three are
-    /// reviewed by the analyst (labels, quality, a correction where the
-    /// answer was wrong) and returned for approval.
+    /// reviewed by the analyst (labels, quality, and where the answer said
+    /// another threat type or severity, the answer it should have given)
+    /// and returned for approval.
     async fn one(&self, i: usize, alert: &Alert) -> Result<Option<String>, reqwest::Error> {
         let messages = json!([
             {"role": "system", "content": SYSTEM_PROMPT},
@@ -190,6 +225,7 @@ impl Seeder {
             .unwrap_or("");
         let stated = self.extractor.extract(answer);
         let right = stated.threat_type.as_deref() == Some(alert.threat_type.as_str());
+        let agrees = right && stated.severity.as_deref() == Some(alert.severity.as_str());
         let rating = if right { 4 + i % 2 } else { 1 + i % 2 };
         let thumbs = if right { "up" } else { "down" };
         self.post(
@@ -207,7 +243,9 @@ impl Seeder {
             "severity": alert.severity,
             "quality_score": if right { 4 } else { 3 },
         });
-        if !right {
+        // Labels that contradict the answer need the right answer beside
+        // them, or the conversation teaches what the analyst rejected.
+        if !agrees {
             review["correction"] = json!(format!(
                 "Threat type: {}\nSeverity: {}\nRationale: {}",
                 alert.threat_type,

@@ -22,6 +22,9 @@ pub enum Change {
     Promote {
         version: String,
         weights: Option<BTreeMap<String, f64>>,
+        /// The gate's refusal an admin overrode, for the audit log; `None`
+        /// for a promotion the gate allowed.
+        forced: Option<serde_json::Value>,
     },
     Rollback,
     /// A guardrail takes the candidate's traffic away (to production).
@@ -107,7 +110,9 @@ pub fn apply(
             }
             (None, None)
         }
-        Change::Promote { version, weights } => promote(&mut next, version, weights.as_ref())?,
+        Change::Promote {
+            version, weights, ..
+        } => promote(&mut next, version, weights.as_ref())?,
         Change::Rollback => rollback(&mut next)?,
         Change::Guardrail { version } => guardrail(&mut next, version)?,
     };
@@ -433,6 +438,7 @@ mod tests {
             &Change::Promote {
                 version: "large".into(),
                 weights: None,
+                forced: None,
             },
             &providers(),
             "t2",
@@ -474,6 +480,7 @@ mod tests {
             &Change::Promote {
                 version: "large".into(),
                 weights: Some(weights(&[("large", 90.0), ("base", 10.0)])),
+                forced: None,
             },
             &providers(),
             "t1",

@@ -109,13 +109,7 @@ impl Reply {
 impl Completion {
     /// The answer of the base model `request` names, or of `tuned`.
     pub fn plan(request: &ChatRequest, tuned: Option<&Tuned>) -> Self {
-        let alert = request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m["role"] == "user")
-            .map(text_of)
-            .unwrap_or_default();
+        let alert = dataset::alert_of(request.messages.iter());
         let verdict = match tuned {
             Some(model) => model.answer(&dataset::prompt_of(request.messages.iter()), &alert),
             None => {

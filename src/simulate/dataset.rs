@@ -30,6 +30,8 @@ pub struct Example {
     /// The text of every message that is not the model's: what the model
     /// is asked to judge.
     pub prompt: String,
+    /// The last user message: what the base model's rules read.
+    pub alert: String,
     /// What the example's (last) assistant message says, when it states a
     /// threat type.
     pub target: Option<Target>,
@@ -140,6 +142,15 @@ pub fn prompt_of<'m>(messages: impl Iterator<Item = &'m Value>) -> String {
         .join("\n")
 }
 
+/// The text of the last user message, as the base models read it.
+pub fn alert_of<'m>(messages: impl DoubleEndedIterator<Item = &'m Value>) -> String {
+    messages
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(text_of)
+        .unwrap_or_default()
+}
+
 fn tokens_of<'m>(messages: impl Iterator<Item = &'m Value>) -> usize {
     messages.map(|m| tokenize(&text_of(m)).len()).sum()
 }
@@ -152,6 +163,7 @@ fn supervised(value: &Value) -> Example {
     let answer = messages.iter().rev().find(|m| m["role"] == "assistant");
     Example {
         prompt: prompt_of(messages.iter()),
+        alert: alert_of(messages.iter()),
         target: answer.and_then(|m| targets::parse(&text_of(m))),
         tokens: tokens_of(messages.iter()),
     }
@@ -169,6 +181,7 @@ fn dpo(value: &Value) -> Example {
         .unwrap_or(&[]);
     Example {
         prompt: prompt_of(input.iter()),
+        alert: alert_of(input.iter()),
         target: preferred.last().and_then(|m| targets::parse(&text_of(m))),
         tokens: tokens_of(input.iter().chain(preferred)),
     }
@@ -210,6 +223,7 @@ mod tests {
     fn examples_take_the_prompt_and_the_last_answer() {
         let sft = examples(SFT.as_bytes(), Shape::Supervised).unwrap();
         assert_eq!(sft[0].prompt, "Triage.\nmimikatz on DC01");
+        assert_eq!(sft[0].alert, "mimikatz on DC01");
         let target = sft[0].target.clone().unwrap();
         assert_eq!(target.threat_type, "credential_access");
         assert!(!target.json);
@@ -217,6 +231,7 @@ mod tests {
 
         let dpo = examples(DPO.as_bytes(), Shape::Dpo).unwrap();
         assert_eq!(dpo[0].prompt, "whoami /all");
+        assert_eq!(dpo[0].alert, "whoami /all");
         let target = dpo[0].target.clone().unwrap();
         assert_eq!(
             (target.threat_type.as_str(), target.json),

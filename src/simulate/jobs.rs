@@ -223,7 +223,12 @@ impl Job {
             Some(Err(why)) => return self.reject(at, "validation_file", &why),
         };
         let resolved = self.resolve(training.len());
-        match training::train(&training, &validation, resolved.settings) {
+        match training::train(
+            &training,
+            &validation,
+            resolved.settings,
+            &self.request.model,
+        ) {
             Ok(run) => {
                 if run.skipped > 0 {
                     let message = format!(

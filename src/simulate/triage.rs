@@ -31,30 +31,44 @@ pub fn is_large(model: &str) -> bool {
 impl Verdict {
     /// The answer as the model says it.
     pub fn answer(&self) -> String {
-        let first = if self.indicators.is_empty() {
-            "No known indicator matched, so the activity stays suspicious until an analyst reviews it."
-                .to_string()
+        format!(
+            "Threat type: {}\nSeverity: {}\nRationale: {} {}",
+            self.threat_type,
+            self.severity,
+            self.threat_sentence(),
+            self.severity_sentence()
+        )
+    }
+
+    /// Why this threat type: the indicators that matched.
+    pub fn threat_sentence(&self) -> String {
+        if self.indicators.is_empty() {
+            return "No known indicator matched, so the activity stays suspicious until an analyst reviews it."
+                .to_string();
+        }
+        let named: Vec<String> = self
+            .indicators
+            .iter()
+            .take(NAMED)
+            .map(|i| format!("'{i}'"))
+            .collect();
+        let what = if named.len() == 1 {
+            "an indicator"
         } else {
-            let named: Vec<String> = self
-                .indicators
-                .iter()
-                .take(NAMED)
-                .map(|i| format!("'{i}'"))
-                .collect();
-            let what = if named.len() == 1 {
-                "an indicator"
-            } else {
-                "indicators"
-            };
-            format!(
-                "The alert mentions {}, {what} of {}.",
-                named.join(", "),
-                self.threat_type.replace('_', " ")
-            )
+            "indicators"
         };
         format!(
-            "Threat type: {}\nSeverity: {}\nRationale: {first} Severity is {} because {}.",
-            self.threat_type, self.severity, self.severity, self.severity_reason
+            "The alert mentions {}, {what} of {}.",
+            named.join(", "),
+            self.threat_type.replace('_', " ")
+        )
+    }
+
+    /// Why this severity.
+    pub fn severity_sentence(&self) -> String {
+        format!(
+            "Severity is {} because {}.",
+            self.severity, self.severity_reason
         )
     }
 }

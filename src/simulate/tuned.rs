@@ -1,11 +1,12 @@
-//! A fine-tuned model: the classifiers a job trained, answering chat
-//! completions in the format its training answers used (the simulator's
-//! `Threat type: …` text, or JSON) with a rationale naming the words that
-//! weighed most. When none of the prompt's words were seen in training it
-//! has learned nothing about the prompt, so the base model's rules decide,
-//! and the rationale says so.
+//! A fine-tuned model: its base model's keyword rules with the adapters a
+//! job trained on top (see `classifier`), answering chat completions in
+//! the format its training answers used (the simulator's `Threat type: …`
+//! text, or JSON). Where the adapters keep the base's answer, it answers
+//! as its base would, rationale and all; where the examples taught it
+//! otherwise, the rationale names the words that weighed most and what
+//! the base would have said.
 
-use super::classifier::{NaiveBayes, features};
+use super::classifier::{Adapter, Input, features};
 use super::training::Trained;
 use super::triage::{classify, is_large};
 use serde_json::Value;
@@ -15,8 +16,8 @@ pub struct Tuned {
     pub name: String,
     pub base: String,
     pub created: u64,
-    threat: NaiveBayes,
-    severity: Option<NaiveBayes>,
+    threat: Adapter,
+    severity: Adapter,
     json: bool,
     examples: usize,
 }
@@ -52,44 +53,45 @@ impl Tuned {
     pub fn answer(&self, prompt: &str, alert: &str) -> Said {
         let x = features(prompt);
         let base = classify(alert, is_large(&self.base));
-        let Some(threat) = self.threat.predict(&x) else {
-            let rules = base.answer();
-            let why = rules.split_once("Rationale: ").map_or("", |(_, why)| why);
-            let rationale = format!(
-                "None of the alert's words were seen in fine-tuning, so {}'s rules decided. {why}",
-                self.base
-            );
-            return self.say(base.threat_type, base.severity, &rationale);
-        };
-        let named: Vec<String> = threat.strongest.iter().map(|f| format!("'{f}'")).collect();
-        let evidence = if named.is_empty() {
-            format!("the words it knows weigh most for {}", threat.label)
-        } else {
-            format!(
-                "{} point most strongly to {}",
-                named.join(", "),
-                threat.label
-            )
-        };
-        let (severity, severity_reason) = match self.severity.as_ref().and_then(|m| m.predict(&x)) {
-            Some(s) => {
-                let reason = format!(
-                    "as in the examples most like it ({} sure)",
-                    percent(s.probability)
-                );
-                (s.label, reason)
-            }
-            None => (
-                base.severity.to_string(),
-                format!("by {}'s rules", self.base),
-            ),
-        };
-        let rationale = format!(
-            "Learned from {} fine-tuning examples: {evidence} ({} sure). Severity is {severity} {severity_reason}.",
-            self.examples,
-            percent(threat.probability)
+        let threat = self.threat.predict(&Input::new(&x, base.threat_type));
+        let severity = self.severity.predict(&Input::new(&x, base.severity));
+        let (threat_type, severity_label) = (
+            threat
+                .as_ref()
+                .map_or(base.threat_type, |p| p.label.as_str()),
+            severity
+                .as_ref()
+                .map_or(base.severity, |p| p.label.as_str()),
         );
-        self.say(&threat.label, &severity, &rationale)
+        let threat_sentence = match &threat {
+            Some(p) if !p.agrees_with_base => {
+                let named: Vec<String> = p.strongest.iter().map(|f| format!("'{f}'")).collect();
+                let evidence = if named.is_empty() {
+                    "the words it shares with them".to_string()
+                } else {
+                    named.join(", ")
+                };
+                format!(
+                    "Learned from {} fine-tuning examples: {evidence} point to {} ({} sure), where {}'s rules said {}.",
+                    self.examples,
+                    p.label,
+                    percent(p.probability),
+                    self.base,
+                    base.threat_type
+                )
+            }
+            // The examples kept the base's verdict: so does its reason.
+            _ => base.threat_sentence(),
+        };
+        let severity_sentence = match &severity {
+            Some(p) if !p.agrees_with_base => format!(
+                "Severity is {severity_label}, as in the fine-tuning examples most like it ({} sure).",
+                percent(p.probability)
+            ),
+            _ => base.severity_sentence(),
+        };
+        let rationale = format!("{threat_sentence} {severity_sentence}");
+        self.say(threat_type, severity_label, &rationale)
     }
 
     fn say(&self, threat_type: &str, severity: &str, rationale: &str) -> Said {
@@ -123,11 +125,12 @@ mod tests {
         let examples: Vec<Example> = (0..10)
             .flat_map(|i| {
                 [
-                    ("zorblax beacon seen", "command_and_control", "critical"),
-                    ("quux listing of shares", "discovery", "low"),
+                    ("zorblax pinged", "command_and_control", "critical"),
+                    ("quux frobnicated the shares", "discovery", "low"),
                 ]
                 .map(|(text, threat, severity)| Example {
                     prompt: format!("{text} on host{i}"),
+                    alert: format!("{text} on host{i}"),
                     target: Some(Target {
                         threat_type: threat.into(),
                         severity: Some(severity.into()),
@@ -138,7 +141,7 @@ mod tests {
             })
             .collect();
         let settings = Settings {
-            n_epochs: 1,
+            n_epochs: 3,
             batch_size: 4,
             learning_rate_multiplier: 1.0,
             seed: 3,
@@ -147,32 +150,38 @@ mod tests {
             "ft:gpt-4o-mini:o::x",
             "gpt-4o-mini",
             0,
-            train(&examples, &[], settings).unwrap(),
+            train(&examples, &[], settings, "gpt-4o-mini").unwrap(),
         )
     }
 
     #[test]
     fn it_answers_with_what_it_learned_in_the_examples_format() {
-        let said = tuned(false).answer("zorblax on WS-9", "zorblax on WS-9");
+        let alert = "zorblax pinged on WS-9";
+        let said = tuned(false).answer(alert, alert);
         assert_eq!(
             (said.threat_type.as_str(), said.severity.as_str()),
             ("command_and_control", "critical")
         );
         assert!(
             said.text.starts_with(
-                "Threat type: command_and_control\nSeverity: critical\nRationale: Learned from 20"
+                "Threat type: command_and_control\nSeverity: critical\nRationale: Learned from 20 fine-tuning examples: 'zorblax'"
             ),
             "{}",
             said.text
         );
-        assert!(said.text.contains("'zorblax'"), "{}", said.text);
+        assert!(
+            said.text
+                .contains("where gpt-4o-mini's rules said suspicious_activity"),
+            "{}",
+            said.text
+        );
         let target = targets::parse(&said.text).unwrap();
         assert_eq!(
             (target.threat_type.as_str(), target.json),
             ("command_and_control", false)
         );
 
-        let said = tuned(true).answer("quux", "quux");
+        let said = tuned(true).answer("quux frobnicated", "quux frobnicated");
         let value: Value = serde_json::from_str(&said.text).unwrap();
         assert_eq!(value["threat_type"], "discovery");
         assert_eq!(value["severity"], "low");
@@ -180,11 +189,9 @@ mod tests {
     }
 
     #[test]
-    fn unseen_words_fall_back_to_the_base_rules() {
-        let alert = "mimikatz sekurlsa::logonpasswords";
+    fn where_nothing_it_learned_applies_it_answers_as_its_base() {
+        let alert = "mimikatz sekurlsa::logonpasswords on DC01";
         let said = tuned(false).answer(alert, alert);
-        let base = classify(alert, false);
-        assert_eq!(said.threat_type, base.threat_type);
-        assert!(said.text.contains("None of the alert's words were seen in fine-tuning, so gpt-4o-mini's rules decided."), "{}", said.text);
+        assert_eq!(said.text, classify(alert, false).answer());
     }
 }

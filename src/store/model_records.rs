@@ -86,6 +86,9 @@ pub struct ModelHistoryRecord {
     pub reason: String,
     /// The alias's revision after the change.
     pub revision: u64,
+    /// A promotion an admin forced past evaluation gating.
+    #[serde(default)]
+    pub forced: bool,
 }
 
 /// Something an admin should look at: a guardrail that fired, a metric

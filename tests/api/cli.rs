@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-fn flywheel() -> Command {
+pub(crate) fn flywheel() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flywheel"))
 }
 
@@ -219,10 +219,10 @@ fn a_store_held_by_a_server_is_reported_plainly() {
 }
 
 /// A child process killed if the test fails before it stops it.
-struct Reaped(Option<std::process::Child>);
+pub(crate) struct Reaped(pub(crate) Option<std::process::Child>);
 
 impl Reaped {
-    fn child(&mut self) -> &mut std::process::Child {
+    pub(crate) fn child(&mut self) -> &mut std::process::Child {
         self.0.as_mut().unwrap()
     }
 }

@@ -116,6 +116,17 @@ async fn build(app: &TestApp, body: &Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// The analyst's review of the `i`th alert: threat types in turn, none of
+/// them what the model said, so each comes with the answer it should have
+/// given (an answer the labels contradict is never trained on as it is).
+fn review(i: usize) -> Value {
+    let threat = THREATS[i % 3];
+    let correction = format!(
+        "Threat type: {threat}\nSeverity: high\nRationale: the unsigned DLL rundll32 loaded from %TEMP% on WS-{i} is {threat}."
+    );
+    json!({"threat_type": threat, "severity": "high", "quality_score": 4, "correction": correction})
+}
+
 /// `n` labelled conversations on distinct alerts, threat types in turn.
 async fn labelled(app: &TestApp, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -126,8 +137,7 @@ async fn labelled(app: &TestApp, n: usize) -> Vec<String> {
     }
     captured(app, &ids).await;
     for (i, id) in ids.iter().enumerate() {
-        let patch = json!({"threat_type": THREATS[i % 3], "severity": "high", "quality_score": 4});
-        label(app, id, patch).await;
+        label(app, id, review(i)).await;
     }
     ids
 }
@@ -171,20 +181,32 @@ async fn a_dataset_is_built_from_approved_conversations_and_downloaded() {
         json!({}),
     )
     .await;
-    captured(&app, &[copy.clone(), cut.clone(), pending]).await;
-    label(
+    let uncorrected = converse(
         &app,
-        &copy,
-        json!({"threat_type": "malware", "severity": "high", "quality_score": 4}),
+        "Endpoint alert: mimikatz sekurlsa::logonpasswords on DC-01",
+        json!({}),
     )
     .await;
+    captured(
+        &app,
+        &[copy.clone(), cut.clone(), pending, uncorrected.clone()],
+    )
+    .await;
+    label(&app, &copy, review(0)).await;
     label(
         &app,
         &cut,
         json!({"threat_type": "phishing", "severity": "low"}),
     )
     .await;
-    ids.extend([copy.clone(), cut.clone()]);
+    // The analyst disagrees with the answer but gives no right one.
+    label(
+        &app,
+        &uncorrected,
+        json!({"threat_type": "discovery", "severity": "low"}),
+    )
+    .await;
+    ids.extend([copy.clone(), cut.clone(), uncorrected.clone()]);
     approve(&app, &ids).await;
 
     let request = json!({"name": "triage-sft", "format": "sft", "filter": {"min_quality": 1}, "validation_split": 0.2});
@@ -198,9 +220,9 @@ async fn a_dataset_is_built_from_approved_conversations_and_downloaded() {
     assert_eq!(ds["filter"]["status"], "approved");
     assert_eq!(ds["created_by"], "admin-token", "{ds}");
     let counts = &ds["counts"];
-    assert_eq!(counts["candidates"], 17, "{ds}");
+    assert_eq!(counts["candidates"], 18, "{ds}");
     assert_eq!(counts["accepted"], 15);
-    assert_eq!(counts["rejected"], 1);
+    assert_eq!(counts["rejected"], 2);
     assert_eq!(counts["duplicates"], 1);
     assert_eq!(
         counts["train"].as_u64().unwrap() + counts["validation"].as_u64().unwrap(),
@@ -230,6 +252,10 @@ async fn a_dataset_is_built_from_approved_conversations_and_downloaded() {
         "{rejections:?}"
     );
     assert!(reason(&copy).unwrap().contains(&ids[0]), "{rejections:?}");
+    assert_eq!(
+        reason(&uncorrected).as_deref(),
+        Some("labels disagree with the answer; add a correction")
+    );
     assert_eq!(ds["ready_for_training"], true, "{ds}");
     assert_eq!(ds["problems"], json!([]));
     assert_eq!(ds["content_hash"].as_str().unwrap().len(), 64);
@@ -306,6 +332,8 @@ async fn unknown_datasets_are_404() {
 async fn dpo_datasets_prefer_the_analysts_corrections() {
     let app = app().await;
     let ids = labelled(&app, 14).await;
+    // The first keeps its labels but loses its correction.
+    label(&app, &ids[0], json!({"correction": null})).await;
     for (i, id) in ids.iter().enumerate().skip(1) {
         let correction = format!(
             "Threat type: {}. Severity: high. The DLL in %TEMP% on WS-{i} is a loader; isolate the host.",
@@ -323,7 +351,7 @@ async fn dpo_datasets_prefer_the_analysts_corrections() {
     assert_eq!(ds["counts"]["accepted"], 13, "{ds}");
     let reason = ds["rejections"][0]["reason"].as_str().unwrap();
     assert_eq!(ds["rejections"][0]["conversation_id"], ids[0].as_str());
-    assert!(reason.contains("no analyst correction"), "{reason}");
+    assert!(reason.contains("add a correction"), "{reason}");
     let id = ds["id"].as_str().unwrap();
     let (_, train) = file(&app, id, "train.jsonl").await;
     let (_, validation) = file(&app, id, "validation.jsonl").await;

@@ -1,7 +1,7 @@
 //! A labelled dataset for the evaluation tests: alerts asked through the
 //! proxy of the `large` version, each conversation labelled and approved by
 //! an analyst over the review API (with the large model's verdict, except a
-//! few the analyst corrects), and the snapshot built by
+//! few the analyst labels otherwise and corrects), and the snapshot built by
 //! `POST /admin/api/datasets`. A small webhook receiver stands in for Slack.
 
 use crate::helpers::*;
@@ -105,8 +105,10 @@ pub async fn admin(
 }
 
 /// Waits until the capture writer has stored the conversation with its
-/// turn (the turn's record follows its conversation), then labels it.
-async fn label(app: &TestApp, id: &str, threat_type: &str, severity: &str) {
+/// turn (the turn's record follows its conversation), then labels it
+/// (with the answer it should have given, when the labels say otherwise
+/// than the model).
+async fn label(app: &TestApp, id: &str, threat_type: &str, severity: &str, corrected: bool) {
     let path = format!("/admin/api/conversations/{id}");
     let mut captured = false;
     for _ in 0..200 {
@@ -120,7 +122,12 @@ async fn label(app: &TestApp, id: &str, threat_type: &str, severity: &str) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(captured, "conversation {id} was never captured");
-    let patch = json!({"threat_type": threat_type, "severity": severity, "status": "approved"});
+    let mut patch = json!({"threat_type": threat_type, "severity": severity, "status": "approved"});
+    if corrected {
+        patch["correction"] = json!(format!(
+            "Threat type: {threat_type}\nSeverity: {severity}\nRationale: as the analyst found."
+        ));
+    }
     let response = admin(app, reqwest::Method::PATCH, &path, Some(patch)).await;
     assert_eq!(response.status(), 200);
 }
@@ -134,7 +141,8 @@ pub async fn labelled_dataset(app: &TestApp) -> Labelled {
     }
     // Asked first, labelled after: the capture writer catches up meanwhile.
     for (i, (id, threat, severity)) in asked.into_iter().enumerate() {
-        let (threat, severity) = if CORRECTED.contains(&i) {
+        let corrected = CORRECTED.contains(&i);
+        let (threat, severity) = if corrected {
             let other = if threat == "execution" {
                 "discovery"
             } else {
@@ -144,7 +152,7 @@ pub async fn labelled_dataset(app: &TestApp) -> Labelled {
         } else {
             (threat, severity)
         };
-        label(app, &id, &threat, &severity).await;
+        label(app, &id, &threat, &severity, corrected).await;
     }
     let response = admin(
         app,

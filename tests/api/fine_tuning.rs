@@ -220,7 +220,22 @@ pub async fn reviewed_conversations(app: &TestApp, n: usize) {
     reviewed_conversations_from(app, 0, n).await;
 }
 
-/// As [`reviewed_conversations`], with alerts `first..first + n`.
+/// What an answer in the simulator's format states: its `Threat type:`
+/// and `Severity:` lines.
+fn stated(answer: &str) -> (Option<&str>, Option<&str>) {
+    let field = |name: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    (field("Threat type:"), field("Severity:"))
+}
+
+/// As [`reviewed_conversations`], with alerts `first..first + n`. Where
+/// the model said otherwise than the label, the analyst also writes the
+/// answer it should have given, as a reviewer must for the conversation to
+/// be trained on.
 pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) {
     let mut labelled = Vec::new();
     for i in first..first + n {
@@ -236,9 +251,17 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
             .to_str()
             .unwrap()
             .to_string();
-        labelled.push((id, threat, severity));
+        let body: Value = response.json().await.unwrap();
+        let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+        let mut review = json!({"threat_type": threat, "severity": severity, "quality_score": 5});
+        if stated(answer) != (Some(threat), Some(severity)) {
+            review["correction"] = json!(format!(
+                "Threat type: {threat}\nSeverity: {severity}\nRationale: {text}"
+            ));
+        }
+        labelled.push((id, review));
     }
-    for (id, threat, severity) in &labelled {
+    for (id, review) in &labelled {
         // Capture is off the hot path: the conversation appears shortly.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -246,7 +269,7 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
                 .http
                 .patch(app.url(&format!("/admin/api/conversations/{id}")))
                 .bearer_auth(&app.analyst_key)
-                .json(&json!({"threat_type": threat, "severity": severity, "quality_score": 5}))
+                .json(review)
                 .send()
                 .await
                 .unwrap();
@@ -260,7 +283,7 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let ids: Vec<&str> = labelled.iter().map(|(id, _, _)| id.as_str()).collect();
+    let ids: Vec<&str> = labelled.iter().map(|(id, _)| id.as_str()).collect();
     let response = app
         .http
         .post(app.url("/admin/api/conversations/bulk"))

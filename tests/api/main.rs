@@ -12,6 +12,7 @@ mod capture;
 mod chat;
 mod cli;
 mod datasets;
+mod demo;
 mod durability;
 mod errors;
 mod evaluation_finetune;

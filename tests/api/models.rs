@@ -194,8 +194,10 @@ async fn promote_and_rollback_under_streaming_load_fail_no_request() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     for (path, body, after) in [
         (
+            // No evaluation ran here, so gating would refuse: an admin
+            // forces it, as one may.
             "promote",
-            json!({"version": "large", "reason": "better on the eval set"}),
+            json!({"version": "large", "reason": "better on the eval set", "force": true}),
             "large",
         ),
         (

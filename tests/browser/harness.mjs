@@ -134,6 +134,50 @@ export async function startStack(keys = {}) {
   }
 }
 
+/** Starts `flywheel demo` as a newcomer runs it (its own config, its
+ * defaults), on a free port instead of the usual one, and waits until its
+ * terminal says it is ready; the addresses and keys are read from what it
+ * printed. */
+export async function startDemo({ timeoutMs = 180000 } = {}) {
+  if (!existsSync(BIN)) throw new Error(`flywheel binary not found at ${BIN}: run \`cargo build --bin flywheel\` or set FLYWHEEL_BIN`);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const port = await freePort();
+  const env = childEnv();
+  env.FLYWHEEL__SERVER__LISTEN = `127.0.0.1:${port}`;
+  delete env.FLYWHEEL_ADMIN_TOKEN;
+  const log = openSync(join(ARTIFACTS, 'browser-demo.log'), 'w');
+  const child = spawn(BIN, ['demo'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', log] });
+  let out = '';
+  const stop = async () => {
+    if (child.exitCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10000);
+    await exited;
+    clearTimeout(timer);
+  };
+  const ready = new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error(`the demo was not ready within ${timeoutMs} ms; it printed:\n${out}`)), timeoutMs);
+    child.stdout.on('data', (chunk) => {
+      out += chunk;
+      if (/Flywheel demo is ready[\s\S]*promotes it if it is better/.test(out)) { clearTimeout(timer); ok(); }
+    });
+    child.once('exit', (code) => { clearTimeout(timer); fail(new Error(`the demo exited with ${code}; it printed:\n${out}`)); });
+  });
+  try {
+    await ready;
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  const field = (label) => {
+    const line = out.split('\n').find((l) => l.trim().startsWith(label));
+    if (!line) throw new Error(`no ${label} in what the demo printed:\n${out}`);
+    return line.trim().split(/\s+/).pop();
+  };
+  return { url: field('OpenAI base URL').replace(/\/v1$/, ''), admin: field('Admin token'), client: field('Client key'), printed: () => out, stop };
+}
+
 /** A small admin API client for assertions from the test. */
 export function adminApi(url, key) {
   return async (path, { method = 'GET', body, headers = {} } = {}) => {

@@ -365,16 +365,28 @@ describe('admin UI', { timeout: 240000 }, () => {
     alias = (await api('/models/triage')).body;
     assert.deepEqual(weights(alias), { base: 80, cand1: 20 });
 
+    // cand1 was never evaluated: gating refuses it, and says so beside
+    // the button; forcing it is a second, deliberate step with a reason.
     await page.reload();
+    await page.locator('[data-test=verdict-cand1] [data-allowed=false]').waitFor();
+    assert.match(await page.locator('[data-test=verdict-cand1]').textContent(), /no evaluation/);
+    assert.ok(await page.locator('[data-test=force-cand1]').isHidden(), 'no override before a refusal');
     await page.click('[data-test=promote-cand1]');
+    await page.locator('.inline-error', { hasText: 'Promotion refused by evaluation gating' }).waitFor();
+    assert.equal((await api('/models/triage')).body.production, 'base', 'nothing promoted yet');
+    await page.click('[data-test=force-cand1]');
     await page.locator('#ask[open]').waitFor();
+    assert.match(await page.locator('#ask-text').textContent(), /audit log records it as a forced promotion/);
     await page.click('#ask-ok');
     assert.ok(await page.locator('#ask[open]').isVisible(), 'a reason is required');
     await page.fill('#ask-reason', 'cand1 better on the canary');
     await page.click('#ask-ok');
-    await page.getByText('cand1 is production.').waitFor();
+    await page.getByText('cand1 is production (forced past gating).').waitFor();
     alias = (await api('/models/triage')).body;
     assert.equal(alias.production, 'cand1');
+    const forcedEntry = (await api('/audit?limit=5')).body.data.find((e) => e.action.startsWith('model.promote'));
+    assert.equal(forcedEntry.action, 'model.promote.forced');
+    assert.equal(forcedEntry.details.reason, 'cand1 better on the canary');
 
     await page.locator('.page-head', { hasText: 'cand1' }).waitFor();
     await page.click('[data-test=rollback]');
@@ -385,7 +397,9 @@ describe('admin UI', { timeout: 240000 }, () => {
     assert.equal(alias.production, 'base');
     const history = (await api('/models/triage/history')).body.data;
     assert.deepEqual(history.slice(0, 4).map((h) => h.action), ['rollback', 'promote', 'traffic', 'traffic']);
+    assert.equal(history[1].forced, true);
     assert.equal(history[0].reason, 'analysts report worse severities');
+    await page.locator('.card', { hasText: 'History' }).getByText('promote (forced)').waitFor();
     await page.locator('.card', { hasText: 'History' }).getByText('analysts report worse severities').waitFor();
     await page.locator('.card', { hasText: 'Online experiment' }).locator('td', { hasText: /^base/ }).first().waitFor();
     await shot(page, '08-model-alias');
@@ -395,15 +409,23 @@ describe('admin UI', { timeout: 240000 }, () => {
   });
 
 
-  test('the fine-tuned version is promoted, then rolled back', async () => {
+  test('the fine-tuned version, no better than base here, is promoted past the gate, then rolled back', async () => {
     assert.ok(job, 'the fine-tuning test made a version');
     const version = job.registered_version;
     await page.goto(`${stack.url}/admin/#/models/triage`);
     await page.locator(`tr[data-version="${version}"]`).waitFor();
+    // Base answered every labelled example it is scored on as its labels
+    // say (answers the labels contradict were not trained on), so the
+    // fine-tune cannot beat it: the verdict beside the button says so, with
+    // the figures and McNemar's p of the run that scored both.
+    const verdict = page.locator(`[data-test="verdict-${version}"]`);
+    await verdict.locator('[data-allowed=false]').waitFor();
+    assert.match(await verdict.textContent(), /does not beat base.*accuracy .* vs .*McNemar p = /);
     await page.click(`[data-test="promote-${version}"]`);
+    await page.click(`[data-test="force-${version}"]`);
     await page.fill('#ask-reason', 'fine-tuned on the reviewed queue');
     await page.click('#ask-ok');
-    await page.getByText(`${version} is production.`).waitFor();
+    await page.getByText(`${version} is production (forced past gating).`).waitFor();
     assert.equal((await api('/models/triage')).body.production, version);
     const answered = await chat(stack.url, stack.keys.client, 'Alert: mimikatz sekurlsa::logonpasswords run on host SRV-099', { user: 'after-promotion' });
     assert.equal(answered.variant, version, 'the promoted version serves at once');

@@ -1,8 +1,10 @@
 // Models: every alias with its versions; one alias's traffic editor
-// (If-Match on the alias revision), promotion, rollback with a reason,
-// the online experiment and the history.
+// (If-Match on the alias revision), promotion — beside each candidate's
+// button, what evaluation gating says of it (against production, with
+// McNemar's p), and overriding a refusal only as a second, deliberate
+// step — rollback with a reason, the online experiment and the history.
 
-import { api, qs, ApiError } from '../api.js';
+import { api, qs, ApiError, isMissingRoute } from '../api.js';
 import { h, clear, card, table, badge, statusBadge, button, empty, errorBox, loading, toast, askReason, when, ago, num, pct, ms, interval, words, dash, field, kv } from '../dom.js';
 
 export async function render(ctx) {
@@ -64,7 +66,7 @@ async function alias(ctx, name) {
   api(`/models/${encodeURIComponent(name)}/experiment`).then((x) => experiment.replaceChildren(experimentView(x)), (e) => experiment.replaceChildren(errorBox(e)));
   const historyRows = (items) => table([
     { label: 'When', class: 'nowrap', cell: (r) => h('span', { title: when(r.at) }, ago(r.at)) },
-    { label: 'Action', cell: (r) => badge(r.action, r.action === 'rollback' || r.action === 'guardrail' ? 'bad' : r.action === 'promote' ? 'good' : 'neutral') },
+    { label: 'Action', cell: (r) => r.forced ? badge(`${r.action} (forced)`, 'bad') : badge(r.action, r.action === 'rollback' || r.action === 'guardrail' ? 'bad' : r.action === 'promote' ? 'good' : 'neutral') },
     { label: 'By', class: 'nowrap', cell: (r) => r.actor },
     { label: 'Change', cell: (r) => r.from || r.to ? `${r.from ?? dash} → ${r.to ?? dash}` : dash },
     { label: 'Traffic after', cell: (r) => r.weights ? Object.entries(r.weights).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v} %`).join(', ') || dash : dash },
@@ -105,14 +107,55 @@ function trafficEditor(ctx, m, reload) {
     return v;
   });
   sum();
+  // What gating says of each candidate, fetched once the table is shown.
+  const gates = new Map();
+  const verdictCells = new Map();
+  const forceRows = new Map();
+  const verdictCell = (v) => {
+    if (v.state === 'production') return h('span', { class: 'muted' }, dash);
+    const cell = h('span', { class: 'muted small', 'data-test': `verdict-${v.name}` }, '…');
+    verdictCells.set(v.name, cell);
+    return cell;
+  };
+  const forced = (v) => async () => {
+    const gate = gates.get(v.name);
+    const r = await askReason(`Force ${v.name} into production`,
+      `Evaluation gating refuses this promotion.${gate ? ` ${gate.message}` : ''} Forcing it makes ${v.name} production of ${m.alias} all the same; the audit log records it as a forced promotion, with your reason.`, 'Force the promotion');
+    if (!r) return;
+    try {
+      const res = await api(`/models/${encodeURIComponent(m.alias)}/promote`, { method: 'POST', body: { version: v.name, reason: r, force: true }, headers: { 'If-Match': String(m.revision) } });
+      toast(`${res.production} is production (forced past gating).`, 'good');
+      reload();
+    } catch (e) { errorEl.textContent = conflictWords(e); toast(conflictWords(e), 'error'); }
+  };
+  const refuse = (v, message) => {
+    errorEl.textContent = message;
+    forceRows.get(v.name)?.removeAttribute('hidden');
+    toast(message, 'error');
+  };
   const promote = (v) => async () => {
+    errorEl.textContent = '';
+    const gate = gates.get(v.name);
+    // A refusal is shown first; forcing it is a separate button.
+    if (gate && !gate.allowed) { refuse(v, `Promotion refused by evaluation gating: ${gate.message}`); return; }
     const r = await askReason(`Promote ${v.name}`, `${v.name} becomes production of ${m.alias} at 100 % of traffic; ${m.production} is retired and kept for rollback.`, 'Promote');
     if (!r) return;
     try {
       const res = await api(`/models/${encodeURIComponent(m.alias)}/promote`, { method: 'POST', body: { version: v.name, reason: r }, headers: { 'If-Match': String(m.revision) } });
       toast(`${res.production} is production.`, 'good');
       reload();
-    } catch (e) { errorEl.textContent = conflictWords(e); toast(conflictWords(e), 'error'); }
+    } catch (e) {
+      if (e instanceof ApiError && e.code === 'promotion_gated') refuse(v, conflictWords(e));
+      else { errorEl.textContent = conflictWords(e); toast(conflictWords(e), 'error'); }
+    }
+  };
+  const actions = (v) => {
+    if (v.state === 'production') return h('span', { class: 'muted' }, 'production');
+    const force = button('Promote anyway…', forced(v), 'bad small', { hidden: true, disabled: !ctx.isAdmin, title: 'Promote past evaluation gating (audited as forced)', 'data-test': `force-${v.name}` });
+    forceRows.set(v.name, force);
+    return h('span', { class: 'row' },
+      button('Promote', promote(v), 'primary small', { disabled: !ctx.isAdmin, title: ctx.isAdmin ? `Make ${v.name} production` : 'Needs an admin key', 'data-test': `promote-${v.name}` }),
+      force);
   };
   const tbl = table([
     { label: 'Version', cell: (v) => h('strong', null, v.name) },
@@ -121,9 +164,15 @@ function trafficEditor(ctx, m, reload) {
     { label: 'Origin', cell: (v) => v.origin?.startsWith('job_') ? h('a', { href: `#/jobs/${encodeURIComponent(v.origin)}` }, v.origin) : v.origin },
     { label: 'Weight %', cell: (v) => inputs.get(v.name) },
     { label: 'Shadow', cell: (v) => shadows.get(v.name) },
-    { label: '', cell: (v) => v.state === 'production' ? h('span', { class: 'muted' }, 'production') :
-      button('Promote', promote(v), 'primary small', { disabled: !ctx.isAdmin, title: ctx.isAdmin ? `Make ${v.name} production` : 'Needs an admin key', 'data-test': `promote-${v.name}` }) },
+    { label: 'Evaluation vs production', cell: verdictCell },
+    { label: '', cell: actions },
   ], rows, { rowAttrs: (v) => ({ dataset: { version: v.name } }) });
+  for (const [name, cell] of verdictCells) {
+    api(`/models/${encodeURIComponent(m.alias)}/gate${qs({ version: name })}`).then((gate) => {
+      gates.set(name, gate);
+      cell.replaceChildren(compactVerdict(gate));
+    }, (e) => cell.replaceChildren(isMissingRoute(e) ? 'not available' : e.message));
+  }
   const save = button('Save traffic', async () => {
     errorEl.textContent = '';
     const weights = {};
@@ -140,6 +189,17 @@ function trafficEditor(ctx, m, reload) {
     h('div', { class: 'row' }, h('span', null, 'Total: ', total), reason, save),
     ctx.isAdmin ? null : h('p', { class: 'muted' }, 'Changing traffic, promoting and rolling back need an admin key.'),
     errorEl);
+}
+
+/** A candidate's gate verdict in a table cell: the badge, the figures
+ * against production and McNemar's p; the whole message on hover. */
+function compactVerdict(gate) {
+  const a = gate.candidate, b = gate.production_figures;
+  const kind = !gate.gated ? 'neutral' : gate.allowed ? 'good' : 'bad';
+  const label = !a ? 'no evaluation' : gate.beats_production ? `beats ${gate.production}` : gate.allowed ? 'passes' : `does not beat ${gate.production}`;
+  const figures = a ? ` accuracy ${pct(a.accuracy)} vs ${pct(b?.accuracy)}, macro-F1 ${pct(a.macro_f1)} vs ${pct(b?.macro_f1)}${gate.mcnemar_p != null ? `, McNemar p = ${num(gate.mcnemar_p, 3)}` : ''}` : '';
+  return h('span', { title: gate.message, 'data-allowed': String(gate.allowed) }, badge(label, kind), figures,
+    gate.gated && !gate.allowed ? h('span', { class: 'muted' }, ' · promotion gated') : '');
 }
 
 function experimentView(x) {

@@ -1,5 +1,7 @@
-// Overview: the review funnel, the success metrics against their targets,
-// open alerts and where traffic goes.
+// Overview: the review funnel, the way to a better model (the guided
+// path from approved conversations to a promoted fine-tune), the success
+// metrics against their targets — production's accuracy beside what it
+// replaced — open alerts and where traffic goes.
 
 import { api, qs, isMissingRoute } from '../api.js';
 import { h, add, card, pct, num, empty, errorBox, loading, statusBadge, badge, button, toast, ago, words, clear } from '../dom.js';
@@ -18,6 +20,7 @@ export async function render(ctx) {
     tile('Fine-tuned traffic', pct(stats.fine_tuned_traffic_share), `${num(stats.turns_total ?? 0)} turns captured`, 'tile-ft'),
   ));
 
+  page.append(improveCard(ctx, stats));
   const metrics = h('div', null, loading());
   const alerts = h('div', null, loading());
   const traffic = h('div', null, loading());
@@ -33,6 +36,17 @@ export async function render(ctx) {
   successMetrics(ctx, metrics);
   openAlerts(alerts);
   trafficByVersion(traffic);
+}
+
+/** The entry to the guided path: what there is to learn from, and one
+ * button. */
+function improveCard(ctx, stats) {
+  return card('Improve the model',
+    h('div', { class: 'row' },
+      h('p', { class: 'spacer' }, `${num(stats.approved)} approved conversations can teach the model. `,
+        'Build a dataset of them, fine-tune production\'s model on it, evaluate the result against production and promote it if it is better — one step after another.'),
+      h('a', { class: `btn ${stats.approved ? 'btn-primary' : ''}`, href: '#/improve', 'data-test': 'improve' }, 'Improve the model →')),
+    ctx.isAdmin ? null : h('p', { class: 'muted small' }, 'Each step needs an admin key; you can follow them.'));
 }
 
 function tile(label, value, sub, cls) {
@@ -59,26 +73,39 @@ function bar(label, value, share) {
 async function successMetrics(ctx, el) {
   const targets = ctx.me.evaluation_targets || {};
   try {
-    const list = await api(`/evaluations${qs({ limit: 20 })}`);
+    const [list, models] = await Promise.all([api(`/evaluations${qs({ limit: 20 })}`), api('/models')]);
     const done = (list.data || []).find((e) => e.status === 'succeeded');
     if (!done) { el.replaceChildren(noEvaluation(targets)); return; }
     const full = await api(`/evaluations/${encodeURIComponent(done.id)}`);
+    const production = models.data.find((m) => m.alias === full.alias)?.production;
     const rows = [];
     for (const [version, r] of Object.entries(full.results || {})) {
       for (const metric of ['accuracy', 'precision_high_severity', 'recall_critical']) {
         const target = targets[metric];
         const value = r[metric];
         const met = value != null && target != null && value >= target;
-        rows.push(h('tr', null, h('td', null, version), h('td', null, words(metric)), h('td', { class: 'num' }, pct(value)),
+        rows.push(h('tr', { dataset: { version, metric } }, h('td', null, version, version === production ? h('span', { class: 'muted small' }, ' (production)') : ''), h('td', null, words(metric)), h('td', { class: 'num' }, pct(value)),
           h('td', { class: 'num' }, pct(target, 0)), h('td', null, value == null ? badge('no data', 'neutral') : badge(met ? 'met' : 'below target', met ? 'good' : 'bad'))));
       }
     }
     el.replaceChildren(h('p', { class: 'muted' }, `From evaluation `, h('a', { href: `#/evaluations/${encodeURIComponent(full.id)}` }, full.id), ` on ${full.alias}.`),
+      productionLine(full, production),
       h('div', { class: 'table-wrap' }, h('table', { class: 'table' }, h('thead', null, h('tr', null, ['Version', 'Metric', 'Score', 'Target', ''].map((t) => h('th', null, t)))), h('tbody', null, rows))));
   } catch (e) {
     if (isMissingRoute(e)) el.replaceChildren(noEvaluation(targets));
     else el.replaceChildren(errorBox(e));
   }
+}
+
+/** Production's accuracy in the newest evaluation, beside every other
+ * version the same run scored. */
+function productionLine(ev, production) {
+  const mine = ev.results?.[production];
+  if (!mine) return null;
+  const others = Object.entries(ev.results).filter(([v]) => v !== production);
+  return h('p', { 'data-test': 'production-accuracy', 'data-version': production, 'data-accuracy': String(mine.accuracy ?? '') },
+    'Production ', h('strong', null, production), `: accuracy ${pct(mine.accuracy)}`,
+    others.length ? `, against ${others.map(([v, r]) => `${v} ${pct(r.accuracy)}`).join(', ')} on the same ${num(mine.n)} examples.` : '.');
 }
 
 function noEvaluation(targets) {

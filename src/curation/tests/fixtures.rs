@@ -1,8 +1,9 @@
 //! Candidates and options for the curation tests: approved, labelled
 //! one-turn conversations in the simulator's answer format.
 
-use crate::config::{FineTuningConfig, TaxonomyConfig};
+use crate::config::{ExtractorConfig, FineTuningConfig, TaxonomyConfig};
 use crate::curation::{AnswerTemplate, BuildOptions, Candidate, DatasetFormat, Limits};
+use crate::evaluation::extract::Extractor;
 use crate::store::{ConversationRecord, FeedbackRecord, InferenceRecord, Review, ReviewStatus};
 use serde_json::{Value, json};
 
@@ -92,13 +93,19 @@ pub(crate) fn feedback(id: &str, at: &str, correction: Option<&str>) -> Feedback
     }
 }
 
+/// The default extractor over the default taxonomy.
+pub(crate) fn extractor() -> Extractor {
+    Extractor::new(&ExtractorConfig::default(), &TaxonomyConfig::default()).unwrap()
+}
+
 pub(crate) fn options(format: DatasetFormat) -> BuildOptions {
     let f = FineTuningConfig::default();
     BuildOptions {
         format,
         validation_split: 0.2,
         system_prompt: f.system_prompt.clone(),
-        template: AnswerTemplate::parse("labelled").unwrap(),
+        template: AnswerTemplate::parse(&f.answer_template).unwrap(),
+        extractor: extractor(),
         limits: Limits::from_config(&f, "gpt-4o-mini-2024-07-18"),
         min_examples: 10,
         max_examples: 100,

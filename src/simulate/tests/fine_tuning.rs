@@ -19,11 +19,11 @@ fn teaching_file() -> String {
     for i in 0..12 {
         for (alert, threat, severity) in [
             (
-                "zorblax beacon from host",
+                "zorblax pinged from host",
                 "command_and_control",
                 "critical",
             ),
-            ("quuxdump of the sam hive", "credential_access", "high"),
+            ("quuxdump of the vault file", "credential_access", "high"),
         ] {
             lines.push(
                 json!({"messages": [
@@ -266,9 +266,12 @@ async fn a_job_runs_to_success_and_reports_honest_metrics() {
     assert_eq!(metrics[0]["data"]["total_steps"], 24);
     let first = metrics[0]["data"]["train_loss"].as_f64().unwrap();
     let last = metrics[23]["data"]["train_loss"].as_f64().unwrap();
+    // The first batch meets the base model, whose rules know none of the
+    // examples' words: its head start of 2 votes goes to the wrong answer,
+    // and each of the sixteen threat types has a floor of 0.1.
     assert!(
-        (first - 2f64.ln()).abs() < 1e-9,
-        "a blank model is unsure: {first}"
+        (first - (3.6f64 / 0.1).ln()).abs() < 1e-9,
+        "the base is sure and wrong: {first}"
     );
     assert!(last < first / 2.0, "{first} → {last}");
     assert_eq!(metrics[23]["data"]["train_accuracy"], 1.0);
@@ -567,16 +570,10 @@ async fn end_to_end_upload_train_poll_and_chat_with_the_new_model() {
         .collect();
     assert_eq!(streamed, tuned);
 
-    // Words it never saw (not even the system prompt it was trained
-    // with): the base rules decide, and it says so.
-    let bare = json!({"model": model, "messages": [{"role": "user", "content": "mimikatz"}]});
-    let (_, unseen) = call_json(&app, post("/v1/chat/completions", &bare, &[])).await;
-    let unseen = unseen["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(
-        unseen.starts_with("Threat type: credential_access"),
-        "{unseen}"
-    );
-    assert!(unseen.contains("rules decided"), "{unseen}");
+    // Where nothing it learned applies, it is its base, word for word.
+    let base = answer_of(&app, "gpt-4o-mini", "mimikatz on DC01").await;
+    assert!(base.starts_with("Threat type: credential_access"), "{base}");
+    assert_eq!(answer_of(&app, model, "mimikatz on DC01").await, base);
 }
 
 #[tokio::test]
@@ -584,7 +581,7 @@ async fn a_dpo_job_learns_the_preferred_answers_and_answers_in_json() {
     let app = fast();
     let lines: Vec<String> = (0..10)
         .flat_map(|i| {
-            [("plimbus scan of subnet", "discovery", "low"), ("vexor wipe of disks", "impact", "critical")].map(
+            [("plimbus sweep of subnet", "discovery", "low"), ("vexor spread to disks", "impact", "critical")].map(
                 |(alert, threat, severity)| {
                     let preferred = format!("{{\"threat_type\": \"{threat}\", \"severity\": \"{severity}\"}}");
                     json!({
@@ -631,7 +628,12 @@ async fn a_dpo_job_learns_the_preferred_answers_and_answers_in_json() {
 
     let model = done["fine_tuned_model"].as_str().unwrap();
     assert!(model.starts_with("ft:gpt-4o:flywheel-sim::"), "{model}");
-    let answer = answer_of(&app, model, "vexor spotted on FS01").await;
+    let base = answer_of(&app, "gpt-4o", "vexor spread to disks of FS01").await;
+    assert!(
+        base.starts_with("Threat type: suspicious_activity"),
+        "{base}"
+    );
+    let answer = answer_of(&app, model, "vexor spread to disks of FS01").await;
     let answer: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(
         (&answer["threat_type"], &answer["severity"]),
