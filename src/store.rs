@@ -19,7 +19,7 @@ pub use model_records::{
 };
 pub use records::{
     ApiKeyRecord, AuditRecord, CapturedTurn, ConversationRecord, ConversationSignals,
-    ConversationTallies, FeedbackRecord, HIGH_QUALITY, InferenceRecord, Position, Review,
+    ConversationTallies, FeedbackRecord, HIGH_QUALITY, InferenceRecord, Opening, Position, Review,
     ReviewStatus, ThreadPoint,
 };
 pub use resilient::Resilient;

@@ -55,16 +55,14 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
     if !omitted.is_empty() {
         metrics::counter!("flywheel_capture_incomplete_total").increment(1);
     }
-    let messages = request.get("messages").cloned().unwrap_or(Value::Null);
-    let params: Map<String, Value> = request
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(k, _)| k.as_str() != "messages" && k.as_str() != "model")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let (messages, params) = match request {
+        Value::Object(mut fields) => {
+            let messages = fields.remove("messages").unwrap_or(Value::Null);
+            fields.remove("model");
+            (messages, fields)
+        }
+        _ => (Value::Null, Map::new()),
+    };
     let answer = if ex.outcome == Outcome::UpstreamError {
         Answer::error(&ex.response)
     } else if ex.streamed {
@@ -99,6 +97,7 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
         shadow_of: ex.meta.shadow_of.clone(),
         turn: None,
         sticky: ex.meta.sticky.clone(),
+        opens: None,
     }
 }
 
@@ -123,21 +122,25 @@ impl Answer {
     }
 
     fn from_body(body: &[u8]) -> Self {
-        let Some(v) = lenient::parse(body).map(|p| p.value) else {
+        let Some(Value::Object(mut v)) = lenient::parse(body).map(|p| p.value) else {
             return Self::default();
         };
-        let choices = v["choices"]
-            .as_array()
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| json!({"index": c["index"], "message": c["message"], "finish_reason": c["finish_reason"]}))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let take =
+            |c: &mut Value, field: &str| c.get_mut(field).map(Value::take).unwrap_or(Value::Null);
+        let choices = match v.remove("choices") {
+            Some(Value::Array(cs)) => cs
+                .into_iter()
+                .map(|mut c| {
+                    json!({"index": take(&mut c, "index"), "message": take(&mut c, "message"),
+                        "finish_reason": take(&mut c, "finish_reason")})
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         Self {
-            completion_id: v["id"].as_str().map(String::from),
+            completion_id: v.get("id").and_then(Value::as_str).map(String::from),
             choices,
-            usage: v["usage"].clone(),
+            usage: v.remove("usage").unwrap_or(Value::Null),
             error: Value::Null,
         }
     }

@@ -118,6 +118,7 @@ mod tests {
             shadow_of: None,
             turn: None,
             sticky: None,
+            opens: None,
         }
     }
 

@@ -15,7 +15,6 @@
 //! a follow-up turn finds its predecessor in [`super::RecentThreads`].
 
 use super::priority::Priority;
-use super::threading::message_text;
 use super::{Redactor, build_record};
 use crate::config::WriterPriority;
 use crate::exchange::{Exchange, InFlight};
@@ -259,31 +258,11 @@ fn prepare(exchange: &Exchange, redactor: &Redactor) -> Option<CapturedTurn> {
     Some(CapturedTurn {
         parent_id: exchange.meta.parent_id.clone(),
         continuation: exchange.meta.continuation.clone(),
-        preview: preview(&record.request["messages"]),
+        preview: record.preview(),
         signals: crate::curation::turn_signals(&record),
         tally: crate::experiment::tally::of_inference(&record),
         record,
     })
-}
-
-/// How much of the first user message a conversation's summary keeps.
-const PREVIEW_CHARS: usize = 280;
-
-/// The start of the first user message, on one line.
-fn preview(messages: &serde_json::Value) -> String {
-    let first_user = messages
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["role"] == "user"))
-        .map(|m| message_text(&m["content"]))
-        .unwrap_or_default();
-    first_user
-        .split_whitespace()
-        .flat_map(|word| [" ", word])
-        .skip(1)
-        .collect::<String>()
-        .chars()
-        .take(PREVIEW_CHARS)
-        .collect()
 }
 
 fn count_tokens(record: &InferenceRecord) {
@@ -295,5 +274,155 @@ fn count_tokens(record: &InferenceRecord) {
             metrics::counter!("flywheel_tokens_total", "alias" => alias.clone(), "version" => version.clone(), "kind" => kind)
                 .increment(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::Outcome;
+    use crate::routing::Route;
+    use bytes::Bytes;
+    use std::time::Instant;
+
+    /// Capture's cost per inference, stage by stage, on this machine:
+    /// `cargo test --release --lib capture_cost -- --ignored --nocapture`.
+    /// Exchanges like the benchmark's (bench/request.json's shape, a real
+    /// alert each, a triage answer), each a new conversation.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn capture_cost() {
+        let alerts: Vec<serde_json::Value> = include_str!("../demo/alerts.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let n = 20_000;
+        let exchanges: Vec<Exchange> = (0..n)
+            .map(|i| {
+                let alert = &alerts[i % alerts.len()];
+                let request = serde_json::json!({"model": "triage", "messages": [
+                    {"role": "system", "content": "You are a SOC analyst. Classify the alert: give the threat type, the severity and a short rationale."},
+                    {"role": "user", "content": format!("{} Host WS-{i}.", alert["alert"].as_str().unwrap())}]});
+                let response = serde_json::json!({"id": format!("chatcmpl-{i:016x}"), "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Threat type: {}\nSeverity: {}\nRationale: {} seen on WS-{i}.", alert["threat_type"].as_str().unwrap(), alert["severity"].as_str().unwrap(), alert["title"].as_str().unwrap()), "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 118, "completion_tokens": 61, "total_tokens": 179}});
+                let inference_id = crate::ids::new_id("inf");
+                // As the proxy names a new conversation: after its first turn.
+                let conversation_id = format!("conv_{}", &inference_id[4..]);
+                Exchange {
+                    inference_id,
+                    caller_id: "key_1".into(),
+                    route: Route {
+                        alias: Some("triage".into()),
+                        version: Some("base".into()),
+                        provider: 0,
+                        upstream_model: "gpt-4o-mini".into(),
+                        candidate: false,
+                    },
+                    streamed: false,
+                    request: Bytes::from(request.to_string()),
+                    response: Bytes::from(response.to_string()),
+                    outcome: Outcome::Ok,
+                    status: 200,
+                    first_byte: Some(std::time::Duration::from_millis(3)),
+                    total: std::time::Duration::from_millis(9),
+                    meta: crate::capture::CaptureMeta {
+                        conversation_id,
+                        enabled: true,
+                        sticky: Some("key:key_1".into()),
+                        continuation: Some(format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15)),
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect();
+        let redactor = Redactor::new(&["credentials".to_string()]).unwrap();
+        let stage = |name: &str, f: &mut dyn FnMut()| {
+            let cpu = thread_cpu_ns();
+            f();
+            println!(
+                "  {name}: {:.1} µs CPU per inference",
+                (thread_cpu_ns() - cpu) as f64 / 1e3 / n as f64
+            );
+        };
+        let mut records: Vec<crate::store::InferenceRecord> = Vec::new();
+        stage("build_record", &mut || {
+            records = exchanges
+                .iter()
+                .map(|e| build_record(e, now_rfc3339()))
+                .collect();
+        });
+        stage("count_tokens", &mut || {
+            records.iter().for_each(count_tokens)
+        });
+        stage("redact", &mut || {
+            for r in &mut records {
+                redactor.redact_value(&mut r.request);
+                redactor.redact_value(&mut r.response);
+            }
+        });
+        stage("preview", &mut || {
+            records.iter().for_each(|r| drop(r.preview()));
+        });
+        stage("turn_signals", &mut || {
+            records
+                .iter()
+                .for_each(|r| drop(crate::curation::turn_signals(r)));
+        });
+        stage("tally", &mut || {
+            records
+                .iter()
+                .for_each(|r| drop(crate::experiment::tally::of_inference(r)));
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let (wall, cpu) = (Instant::now(), thread_cpu_ns());
+        let mut turns: Vec<CapturedTurn> = exchanges
+            .iter()
+            .filter_map(|e| prepare(e, &redactor))
+            .collect();
+        let prepared = (wall.elapsed(), thread_cpu_ns() - cpu);
+        let (wall, cpu) = (Instant::now(), thread_cpu_ns());
+        for batch in turns.chunks_mut(MAX_BATCH) {
+            store.store_captured(batch).unwrap();
+        }
+        let stored = (wall.elapsed(), thread_cpu_ns() - cpu);
+        let (wall, cpu) = (Instant::now(), thread_cpu_ns());
+        store.flush().unwrap();
+        let flushed = (wall.elapsed(), thread_cpu_ns() - cpu);
+        let size = du(dir.path());
+        let per = |(wall, cpu): (std::time::Duration, u64)| {
+            format!(
+                "{:.1} µs CPU ({:.1} wall)",
+                cpu as f64 / 1e3 / n as f64,
+                wall.as_secs_f64() * 1e6 / n as f64
+            )
+        };
+        println!(
+            "{n} inferences, per inference on the writer's thread: prepare {}, store {}, final flush {}; {:.0} bytes on disk each",
+            per(prepared),
+            per(stored),
+            per(flushed),
+            size as f64 / n as f64
+        );
+    }
+
+    /// Nanoseconds this thread has run on a CPU (Linux schedstat).
+    fn thread_cpu_ns() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn du(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                if m.is_dir() { du(&e.path()) } else { m.len() }
+            })
+            .sum()
     }
 }

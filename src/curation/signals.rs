@@ -95,10 +95,12 @@ pub fn turn_signals(turn: &InferenceRecord) -> ConversationSignals {
 /// hash alike.
 pub fn normalised_hash(messages: &[Message]) -> String {
     let mut hasher = Sha256::new();
+    let mut normal = String::new();
     for m in messages {
+        normalise(&m.content, &mut normal);
         // Length-prefixed, so no text can pass for a boundary between
         // role and content or between messages.
-        for part in [m.role.clone(), normalise(&m.content)] {
+        for part in [m.role.as_str(), normal.as_str()] {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());
         }
@@ -106,11 +108,17 @@ pub fn normalised_hash(messages: &[Message]) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn normalise(text: &str) -> String {
-    text.split_whitespace()
-        .map(str::to_lowercase)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// `text` lower-cased with whitespace runs made one space and trimmed,
+/// into `out`. Capture hashes every turn: one buffer, not a string a word.
+fn normalise(text: &str, out: &mut String) {
+    out.clear();
+    let lower = text.to_lowercase();
+    for word in lower.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
 }
 
 #[cfg(test)]

@@ -35,9 +35,11 @@ pub async fn chat_completions(
     let request = ChatRequest::parse(&body)?;
     let explicit = thread::explicit_conversation(&request_headers)?;
     let forced = forced_variant(&request_headers, &caller)?;
+    let inference_id = new_id("inf");
     let thread = thread::resolve(
         explicit,
         request.history_key.as_deref(),
+        &inference_id,
         &app.recent,
         &app.store,
     );
@@ -60,7 +62,6 @@ pub async fn chat_completions(
             app.config.capture.enabled,
         )
     };
-    let inference_id = new_id("inf");
     if let Some(alias) = &route.alias {
         let shadows = table.shadows(alias);
         if !shadows.is_empty() {

@@ -4,7 +4,7 @@
 
 use crate::capture::threading::ThreadHasher;
 use crate::capture::{RecentThreads, Registration, answer};
-use crate::ids::new_id;
+use crate::ids;
 use crate::openai::ApiError;
 use crate::store::{SharedStore, ThreadPoint};
 use axum::http::HeaderMap;
@@ -58,9 +58,14 @@ pub fn explicit_conversation(headers: &HeaderMap) -> Result<Option<&str>, ApiErr
 ///
 /// Turns completed a moment ago are found in `recent` whether or not the
 /// capture writer has stored them yet; older ones in the store.
+///
+/// A new conversation takes the ULID of its first inference (`inference_id`):
+/// the store then keeps a conversation of one unreviewed turn as that
+/// turn's record alone.
 pub fn resolve(
     explicit: Option<&str>,
     history_key: Option<&str>,
+    inference_id: &str,
     recent: &RecentThreads,
     store: &SharedStore,
 ) -> Thread {
@@ -80,12 +85,16 @@ pub fn resolve(
         let turns = turns(&point, recent, store)?;
         Some((point, turns))
     });
+    let new_id = || match inference_id.strip_prefix("inf_") {
+        Some(ulid) => format!("conv_{ulid}"),
+        None => ids::new_id("conv"),
+    };
     let (conversation_id, parent_id, sticky, turn) = match continued {
         Some((point, turns)) if point.turn + 1 == turns => {
             (point.conversation_id, None, point.sticky, turns)
         }
-        Some((point, _)) => (new_id("conv"), Some(point.conversation_id), point.sticky, 0),
-        None => (new_id("conv"), None, None, 0),
+        Some((point, _)) => (new_id(), Some(point.conversation_id), point.sticky, 0),
+        None => (new_id(), None, None, 0),
     };
     Thread {
         conversation_id,

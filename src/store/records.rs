@@ -68,6 +68,80 @@ pub struct InferenceRecord {
     /// follow-up threaded onto it keeps that version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<String>,
+    /// Set by the store on the only turn of a conversation nobody has
+    /// reviewed yet, which it keeps as this record alone: what the
+    /// conversation holds beyond the turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opens: Option<Opening>,
+}
+
+/// What a conversation of one unreviewed turn holds beyond its turn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Opening {
+    pub position: Position,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    pub signals: ConversationSignals,
+}
+
+/// How much of the first user message a conversation's summary keeps.
+const PREVIEW_CHARS: usize = 280;
+
+impl InferenceRecord {
+    /// The start of its first user message, on one line: a conversation's
+    /// preview.
+    pub fn preview(&self) -> String {
+        let first_user = self.request["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["role"] == "user"))
+            .map(|m| crate::capture::threading::message_text(&m["content"]))
+            .unwrap_or_default();
+        let mut out = String::with_capacity(PREVIEW_CHARS);
+        let mut chars = 0;
+        'words: for word in first_user.split_whitespace() {
+            for c in (!out.is_empty())
+                .then_some(' ')
+                .into_iter()
+                .chain(word.chars())
+            {
+                if chars == PREVIEW_CHARS {
+                    break 'words;
+                }
+                out.push(c);
+                chars += 1;
+            }
+        }
+        out
+    }
+}
+
+impl ConversationRecord {
+    /// The conversation a first turn opened, as it stands while it has no
+    /// other turn and no review.
+    pub fn opened_by(turn: &InferenceRecord, opening: &Opening) -> Self {
+        Self::opened_with(turn, opening, turn.preview())
+    }
+
+    /// [`Self::opened_by`] with the turn's preview already worked out.
+    pub fn opened_with(turn: &InferenceRecord, opening: &Opening, preview: String) -> Self {
+        Self {
+            id: turn.conversation_id.clone(),
+            inference_ids: vec![turn.id.clone()],
+            parent_id: opening.parent_id.clone(),
+            created_at: turn.created_at.clone(),
+            updated_at: turn.created_at.clone(),
+            alias: turn.alias.clone(),
+            versions: turn.version.iter().cloned().collect(),
+            user: turn.user.clone(),
+            preview,
+            // OpenAI names fine-tuned models `ft:<base>:…`; compatible
+            // providers (and the simulator) follow it.
+            fine_tuned_turns: u32::from(turn.provider_model.starts_with("ft:")),
+            review: Review::default(),
+            signals: opening.signals.clone(),
+            position: Some(opening.position),
+        }
+    }
 }
 
 /// A conversation: its turns in order, what the list view shows of it, and
@@ -228,6 +302,7 @@ impl InferenceRecord {
             shadow_of: None,
             turn: None,
             sticky: None,
+            opens: None,
         }
     }
 }

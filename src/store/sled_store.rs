@@ -347,8 +347,15 @@ impl Store for SledStore {
         &self,
         visit: &mut dyn FnMut(ConversationRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for value in self.conversations.iter().values() {
-            visit(codec::decode("conversation", &value.map_err(io)?)?)?;
+        // The listing of every conversation, oldest first: it also holds
+        // those kept as their first turn's record alone.
+        let all = postings::prefix(&postings::all());
+        for block in self.postings.scan_prefix(all).values() {
+            for entry in postings::decode_block(&block.map_err(io)?) {
+                if let Some(c) = self.conversation_at(&entry.slot)? {
+                    visit(c)?;
+                }
+            }
         }
         Ok(())
     }

@@ -55,6 +55,7 @@ pub(crate) fn candidate(id: &str, threat_type: &str) -> Candidate {
         shadow_of: None,
         turn: None,
         sticky: None,
+        opens: None,
     };
     let answer = format!(
         "Threat type: {threat_type}\nSeverity: high\nRationale: The alert mentions 'evil.exe', an indicator of {threat_type}."

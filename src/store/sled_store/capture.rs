@@ -10,7 +10,7 @@ use super::postings::{self, Entry, Posting};
 use super::runs::{self, Kind, Runs};
 use super::{SledStore, codec};
 use crate::store::{
-    CapturedTurn, ConversationRecord, ConversationSignals, Position, StoreError, TallyKey,
+    CapturedTurn, ConversationRecord, ConversationSignals, Opening, Position, StoreError, TallyKey,
     VersionTally,
 };
 use sha2::{Digest, Sha256};
@@ -67,7 +67,7 @@ impl SledStore {
         let mut pairs: Vec<(Kind, runs::Key, runs::Value)> = Vec::new();
         let mut changes = Changes::default();
         let mut deltas: Vec<(TallyKey, VersionTally)> = Vec::new();
-        for i in fresh {
+        for &i in &fresh {
             let turn = &mut batch[i];
             let key = codec::id_key(&turn.record.id);
             if let Some(live) = &turn.record.shadow_of {
@@ -104,10 +104,20 @@ impl SledStore {
             if let (Some(completion), Some(v)) = (&turn.record.completion_id, value_of(&key)) {
                 pairs.push((Kind::Completion, hashed(completion), v));
             }
-            changes.put(Tree::Inferences, &key, codec::encode(&turn.record)?);
             deltas.extend(turn.tally.clone());
         }
         self.list_new(batch_id, &mut touched, &mut changes);
+        for t in &touched {
+            embed(t, batch, &fresh, &mut changes);
+        }
+        for &i in &fresh {
+            let record = &batch[i].record;
+            changes.put(
+                Tree::Inferences,
+                &codec::id_key(&record.id),
+                codec::encode(record)?,
+            );
+        }
         for (row, value) in self.merged_tallies(&deltas)? {
             changes.put(Tree::Experiment, &row, value);
         }
@@ -229,6 +239,35 @@ impl SledStore {
                 postings::encode_block(&entries),
             );
         }
+    }
+}
+
+/// A new conversation of one turn is kept as that turn's record alone
+/// when the record's key is its slot: the record carries what the
+/// conversation adds (see [`ConversationRecord::opened_by`]) and no
+/// conversation record is written until a second turn or a review.
+fn embed(t: &Touched, batch: &mut [CapturedTurn], fresh: &[usize], changes: &mut Changes) {
+    let (Some(position), [first]) = (t.after.position, t.after.inference_ids.as_slice()) else {
+        return;
+    };
+    if t.before.is_some() || codec::id_key(first) != t.slot {
+        return;
+    }
+    let Some(&i) = fresh.iter().find(|&&i| batch[i].record.id == *first) else {
+        return;
+    };
+    let opening = Opening {
+        position,
+        parent_id: t.after.parent_id.clone(),
+        signals: t.after.signals.clone(),
+    };
+    // Only when the conversation read back from the record is exactly the
+    // one stored: listings and tallies were worked out from it.
+    if ConversationRecord::opened_with(&batch[i].record, &opening, t.after.preview.clone())
+        == t.after
+    {
+        batch[i].record.opens = Some(opening);
+        changes.embedded(&t.slot);
     }
 }
 

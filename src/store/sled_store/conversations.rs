@@ -41,6 +41,8 @@ pub(super) struct Changes {
     /// Slots of new conversations whose listings a capture batch writes
     /// as whole blocks.
     listed: Vec<Vec<u8>>,
+    /// Slots of new conversations kept as their first turn's record alone.
+    embedded: Vec<Vec<u8>>,
 }
 
 impl Changes {
@@ -88,6 +90,11 @@ impl Changes {
     /// Marks a conversation whose listing blocks are written whole.
     pub(super) fn listed_whole(&mut self, slot: &[u8]) {
         self.listed.push(slot.to_vec());
+    }
+
+    /// Marks a new conversation its first turn's record stands for.
+    pub(super) fn embedded(&mut self, slot: &[u8]) {
+        self.embedded.push(slot.to_vec());
     }
 }
 
@@ -141,15 +148,20 @@ impl SledStore {
         self.conversation_at(&slot)
     }
 
+    /// The conversation at a slot: its record, or — for a conversation of
+    /// one unreviewed turn — what its first turn's record (kept under the
+    /// same key) says of it.
     pub(super) fn conversation_at(
         &self,
         slot: &[u8],
     ) -> Result<Option<ConversationRecord>, StoreError> {
-        self.conversations
-            .get(slot)
-            .map_err(io)?
-            .map(|v| codec::decode("conversation", &v))
-            .transpose()
+        if let Some(v) = self.conversations.get(slot).map_err(io)? {
+            return codec::decode("conversation", &v).map(Some);
+        }
+        Ok(self.inference_at(slot)?.and_then(|turn| {
+            let opening = turn.opens.as_ref()?;
+            Some(ConversationRecord::opened_by(&turn, opening))
+        }))
     }
 
     pub(super) fn inference_at(&self, key: &[u8]) -> Result<Option<InferenceRecord>, StoreError> {
@@ -302,6 +314,7 @@ impl SledStore {
             }
             changes.relist(*before, *after, slot);
             match after {
+                Some(_) if changes.embedded.iter().any(|s| s == slot) => {}
                 Some(c) => changes.put(Tree::Conversations, slot, codec::encode(c)?),
                 None => changes.remove(Tree::Conversations, slot),
             }
