@@ -25,7 +25,9 @@ use tokio::sync::Mutex;
 struct Args {
     addr: SocketAddr,
     path: String,
-    body: Bytes,
+    /// Request bodies, sent in turn (one for `--body-file`).
+    bodies: Vec<Bytes>,
+    next_body: std::sync::atomic::AtomicUsize,
     headers: Vec<(String, String)>,
     rate: u64,
     duration: Duration,
@@ -38,7 +40,8 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         addr: "127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?,
         path: "/v1/chat/completions".into(),
-        body: Bytes::new(),
+        bodies: vec![Bytes::new()],
+        next_body: std::sync::atomic::AtomicUsize::new(0),
         headers: Vec::new(),
         rate: 0,
         duration: Duration::from_secs(10),
@@ -53,7 +56,15 @@ fn parse_args() -> Result<Args, String> {
             "--addr" => args.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
             "--path" => args.path = value()?,
             "--body-file" => {
-                args.body = std::fs::read(value()?).map_err(|e| format!("--body-file: {e}"))?.into()
+                args.bodies = vec![std::fs::read(value()?).map_err(|e| format!("--body-file: {e}"))?.into()]
+            }
+            // One body a line, sent in turn: traffic that varies like a SOC's.
+            "--bodies-file" => {
+                let text = std::fs::read_to_string(value()?).map_err(|e| format!("--bodies-file: {e}"))?;
+                args.bodies = text.lines().filter(|l| !l.trim().is_empty()).map(|l| Bytes::from(l.to_string())).collect();
+                if args.bodies.is_empty() {
+                    return Err("--bodies-file: no bodies".into());
+                }
             }
             "--header" => {
                 let v = value()?;
@@ -113,7 +124,9 @@ async fn one(sender: &mut Sender, args: &Args, from: Instant) -> Result<(u64, u6
     for (k, v) in &args.headers {
         req = req.header(k, v);
     }
-    let req = req.body(Full::new(args.body.clone())).map_err(|e| e.to_string())?;
+    let n = args.next_body.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let body = args.bodies[n % args.bodies.len()].clone();
+    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
     let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));

@@ -129,8 +129,11 @@ impl SledStore {
             .iter()
             .map(|t| (t.slot.clone(), t.before.as_ref(), Some(&t.after)))
             .collect();
-        self.commit(&mut held, &states, changes)?;
-        self.runs.committed(&log, &pairs)
+        // The pairs are found before the batch is visible, so nothing read
+        // from the batch can miss its lookups; a pair whose batch then
+        // failed points at a record that is not there, which reads as none.
+        self.runs.committed(&log, &pairs)?;
+        self.commit(&mut held, &states, changes)
     }
 
     /// The conversation a turn goes to, as stored, or a new one (with its
