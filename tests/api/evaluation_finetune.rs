@@ -81,7 +81,7 @@ async fn fine_tune(app: &TestApp, train: Vec<u8>) -> String {
 #[tokio::test]
 async fn a_simulated_fine_tune_is_scored_against_its_base_on_the_held_out_split() {
     let app = spawn_app_with(Options {
-        simulator: flywheel::simulate::SimulatorConfig {
+        simulator: flywheel_simulator::SimulatorConfig {
             api_key: Some(PROVIDER_KEY.into()),
             job_step: Duration::from_millis(10),
             ..Default::default()

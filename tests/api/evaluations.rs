@@ -376,7 +376,7 @@ async fn a_failing_webhook_is_retried_a_bounded_number_of_times_and_blocks_nothi
 async fn an_interrupted_run_resumes_without_asking_finished_examples_again() {
     let dir = tempfile::tempdir().unwrap();
     let slow = || Options {
-        simulator: flywheel::simulate::SimulatorConfig {
+        simulator: flywheel_simulator::SimulatorConfig {
             api_key: Some(PROVIDER_KEY.into()),
             token_delay: Duration::from_millis(4),
             ..Default::default()

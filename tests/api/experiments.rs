@@ -3,7 +3,7 @@
 //! stopped by its guardrail without a single failed request.
 
 use crate::helpers::{ADMIN_TOKEN, Options, TestApp, spawn_app_with};
-use flywheel::simulate::SimulatorConfig;
+use flywheel_simulator::SimulatorConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

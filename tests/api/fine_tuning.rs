@@ -9,8 +9,8 @@ mod methods;
 mod restart;
 
 use crate::helpers::*;
-use flywheel::simulate::SimulatorConfig;
 use flywheel::store::DatasetRecord;
+use flywheel_simulator::SimulatorConfig;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 use flywheel::app::{AppState, Application};
 use flywheel::auth::Role;
 use flywheel::config::{Config, Secrets};
-use flywheel::simulate::{self, SimulatorConfig};
+use flywheel_simulator::SimulatorConfig;
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +19,11 @@ pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
 pub async fn spawn_simulator(config: SimulatorConfig) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(simulate::serve(listener, config, std::future::pending()));
+    tokio::spawn(flywheel_simulator::serve(
+        listener,
+        config,
+        std::future::pending(),
+    ));
     addr
 }
 

@@ -5,7 +5,7 @@
 use crate::helpers::{
     ADMIN_TOKEN, Options, TestApp, error_of, spawn_app, spawn_app_with, sse_data,
 };
-use flywheel::simulate::SimulatorConfig;
+use flywheel_simulator::SimulatorConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};

@@ -8,7 +8,7 @@
 //! beside the project when it is there (it is not shipped with it, and
 //! never read at run time).
 //!
-//! `cargo test --lib learning_curve -- --nocapture` prints the table that
+//! `cargo test -p flywheel-simulator learning_curve -- --nocapture` prints the table that
 //! docs/BENCHMARKS.md quotes.
 
 use super::dataset::{self, Shape, prompt_of};
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 const DATA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/sigma-windows-alerts.jsonl"
+    "/../../../shared/data/sigma-windows-alerts.jsonl"
 );
 
 const SYSTEM: &str = "You are a SOC analyst. Triage the alert.";
