@@ -1,5 +1,9 @@
 //! Spawning the simulator and the proxy for a test, each on port 0, each
-//! test with its own temporary store.
+//! test with its own temporary store; the one way tests send requests to
+//! the app (`TestApp::send`), the one way they wait for something
+//! (`eventually`), and, in `process`, the one way they run the binary.
+
+pub mod process;
 
 use flywheel::app::{AppState, Application};
 use flywheel::auth::Role;
@@ -121,28 +125,46 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Sends `method path` with `key` as the bearer token and `body`, when
+    /// there is one, as JSON. Every request helper below is this one with
+    /// some arguments filled in; requests with headers of their own are
+    /// built on `http` where the test needs them.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        let request = self.http.request(method, self.url(path)).bearer_auth(key);
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        request.send().await.unwrap()
+    }
+
+    /// `send` with the bootstrap admin token.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        self.send(method, path, ADMIN_TOKEN, body).await
+    }
+
     /// GET an admin route with the bootstrap admin token; asserts a 200.
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
-        let response = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let response = self.admin(reqwest::Method::GET, path, None).await;
         assert_eq!(response.status(), 200, "GET {path}");
         response.json().await.unwrap()
     }
 
     /// POST JSON to the proxy with the client key.
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(&self.client_key)
-            .json(body)
-            .send()
+        self.send(reqwest::Method::POST, path, &self.client_key, Some(body))
             .await
-            .unwrap()
     }
 }
 
@@ -199,24 +221,22 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
     let mut secrets = Secrets::resolve(&config, |v| env.get(v).map(|s| s.to_string()));
     secrets.admin_token = Some(SecretString::from(ADMIN_TOKEN));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     // A store just released by a stopped app may stay locked a moment
     // while sled's flusher lets go.
-    let mut app = Application::build(config.clone(), secrets.clone(), listener);
-    for _ in 0..100 {
-        if !matches!(
-            app,
-            Err(flywheel::app::StartError::Store(
-                flywheel::store::StoreError::Locked { .. }
-            ))
-        ) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        app = Application::build(config.clone(), secrets.clone(), listener);
-    }
-    let app = app.unwrap();
+    let app = eventually(
+        "the store to be free to open",
+        Duration::from_secs(5),
+        || async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            match Application::build(config.clone(), secrets.clone(), listener) {
+                Err(flywheel::app::StartError::Store(
+                    e @ flywheel::store::StoreError::Locked { .. },
+                )) => Err(e.to_string()),
+                built => Ok(built.unwrap()),
+            }
+        },
+    )
+    .await;
     let addr = app.local_addr().unwrap();
     let state = app.state();
     let client_key = state
@@ -280,22 +300,50 @@ pub async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
     (status, error)
 }
 
-/// Polls `check` until it gives a value, failing the test with `label`
-/// once `within` has passed without one.
-pub async fn eventually<T, F, Fut>(label: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
+/// What one look of [`eventually`] found: `Some`/`Ok` is done with its
+/// value; `None` is not yet, and `Err` is not yet with what was seen,
+/// which the failure message then shows.
+pub trait Progress<T> {
+    fn progress(self) -> Result<T, Option<String>>;
+}
+
+impl<T> Progress<T> for Option<T> {
+    fn progress(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T> Progress<T> for Result<T, String> {
+    fn progress(self) -> Result<T, Option<String>> {
+        self.map_err(Some)
+    }
+}
+
+/// Polls `check` until it is done, and gives its value; fails the test
+/// naming `label` (and what the last look saw) once `within` has passed.
+/// The pause between looks starts short and grows, so that quick things
+/// are seen at once and slow ones are not polled hard.
+pub async fn eventually<T, P: Progress<T>>(
+    label: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> P,
+) -> T {
     let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(10);
     loop {
-        if let Some(value) = check().await {
-            return value;
+        let last = match check().await.progress() {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            match last {
+                Some(seen) => {
+                    panic!("timed out after {within:?} waiting for {label}; last seen: {seen}")
+                }
+                None => panic!("timed out after {within:?} waiting for {label}"),
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {label}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
