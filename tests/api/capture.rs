@@ -5,6 +5,7 @@
 use crate::helpers::*;
 use flywheel::store::InferenceRecord;
 use futures_util::StreamExt;
+use reqwest::Method;
 use serde_json::json;
 use std::time::Duration;
 
@@ -309,14 +310,7 @@ async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded
                     .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
                     .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
                     .collect();
-                let rated = app
-                    .http
-                    .post(app.url("/v1/feedback"))
-                    .bearer_auth(&app.client_key)
-                    .json(&json!({"inference_id": id, "rating": 1 + (c + t) % 5}))
-                    .send()
-                    .await
-                    .unwrap();
+                let rated = app.send(Method::POST, "/v1/feedback", &app.client_key, Some(&json!({"inference_id": id, "rating": 1 + (c + t) % 5}))).await;
                 assert_eq!(rated.status(), 201);
                 ids.push(id);
                 let history = messages.as_array_mut().unwrap();
@@ -325,14 +319,7 @@ async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded
             }
             // The analyst's verdict, on the last turn.
             let verdict = analyst_verdict(&app, c);
-            let labelled = app
-                .http
-                .post(app.url("/v1/feedback"))
-                .bearer_auth(&app.analyst_key)
-                .json(&json!({"inference_id": ids[2], "threat_type": verdict.0, "quality_score": verdict.1, "approved_for_training": verdict.2}))
-                .send()
-                .await
-                .unwrap();
+            let labelled = app.send(Method::POST, "/v1/feedback", &app.analyst_key, Some(&json!({"inference_id": ids[2], "threat_type": verdict.0, "quality_score": verdict.1, "approved_for_training": verdict.2}))).await;
             assert_eq!(labelled.status(), 201);
             (conversations, ids)
         }));
@@ -377,12 +364,8 @@ async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded
         *by_type.entry(v.0.clone()).or_default() += 1;
     }
     let stats: serde_json::Value = app
-        .http
-        .get(app.url("/admin/api/stats"))
-        .bearer_auth(&app.analyst_key)
-        .send()
+        .send(Method::GET, "/admin/api/stats", &app.analyst_key, None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -90,23 +90,23 @@ async fn a_simulated_fine_tune_is_scored_against_its_base_on_the_held_out_split(
     })
     .await;
     let data = labelled_dataset(&app).await;
-    let train = admin(
-        &app,
-        Method::GET,
-        &format!("/admin/api/datasets/{}/train.jsonl", data.dataset_id),
-        None,
-    )
-    .await;
+    let train = app
+        .admin(
+            Method::GET,
+            &format!("/admin/api/datasets/{}/train.jsonl", data.dataset_id),
+            None,
+        )
+        .await;
     assert_eq!(train.status(), 200);
     let model = fine_tune(&app, train.bytes().await.unwrap().to_vec()).await;
     assert!(model.starts_with("ft:"), "{model}");
-    let registered = admin(
-        &app,
-        Method::POST,
-        "/admin/api/models/triage/versions",
-        Some(json!({"name": "tuned", "provider": "sim", "model": model})),
-    )
-    .await;
+    let registered = app
+        .admin(
+            Method::POST,
+            "/admin/api/models/triage/versions",
+            Some(&json!({"name": "tuned", "provider": "sim", "model": model})),
+        )
+        .await;
     assert_eq!(registered.status(), 201);
 
     let run = evaluate(&app, &data.dataset_id, &["base", "tuned"]).await;

@@ -23,13 +23,13 @@ pub const LOW_TARGETS: &str =
     "[evaluation.targets]\naccuracy = 0.0\nprecision_high_severity = 0.0\nrecall_critical = 0.0\n";
 
 async fn examples(app: &TestApp, id: &str) -> Vec<Value> {
-    let response = admin(
-        app,
-        Method::GET,
-        &format!("/admin/api/evaluations/{id}/examples"),
-        None,
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::GET,
+            &format!("/admin/api/evaluations/{id}/examples"),
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let page: Value = response.json().await.unwrap();
     page["data"].as_array().unwrap().clone()
@@ -206,13 +206,13 @@ async fn two_versions_are_scored_on_a_held_out_split_as_an_independent_count_say
     );
 
     // Metrics over time, oldest first, one per version and metric.
-    let response = admin(
-        &app,
-        Method::GET,
-        "/admin/api/performance?alias=triage&version=large&metric=accuracy",
-        None,
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::GET,
+            "/admin/api/performance?alias=triage&version=large&metric=accuracy",
+            None,
+        )
+        .await;
     let performance: Value = response.json().await.unwrap();
     assert_eq!(performance["data"].as_array().unwrap().len(), 1);
     assert_eq!(performance["data"][0]["evaluation_id"], id);
@@ -221,13 +221,13 @@ async fn two_versions_are_scored_on_a_held_out_split_as_an_independent_count_say
         &run["results"]["large"]["accuracy"]
     ));
     let again = evaluate(&app, &data.dataset_id, &["large"]).await;
-    let response = admin(
-        &app,
-        Method::GET,
-        "/admin/api/performance?alias=triage&version=large&metric=accuracy",
-        None,
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::GET,
+            "/admin/api/performance?alias=triage&version=large&metric=accuracy",
+            None,
+        )
+        .await;
     let performance: Value = response.json().await.unwrap();
     let order: Vec<&Value> = performance["data"]
         .as_array()
@@ -252,7 +252,10 @@ async fn two_versions_are_scored_on_a_held_out_split_as_an_independent_count_say
 #[tokio::test]
 async fn bad_requests_are_refused_with_the_field_named() {
     let app = spawn_app_with(options("")).await;
-    let post = |body: Value| admin(&app, Method::POST, "/admin/api/evaluations", Some(body));
+    let post = async |body: Value| {
+        app.admin(Method::POST, "/admin/api/evaluations", Some(&body))
+            .await
+    };
     let (status, error) =
         error_of(post(json!({"alias": "nope", "versions": ["base"], "dataset_id": "ds_x"})).await)
             .await;
@@ -269,13 +272,13 @@ async fn bad_requests_are_refused_with_the_field_named() {
     let (status, _) = error_of(post(json!({"alias": "triage", "versions": ["base"], "dataset_id": "ds_x", "split": "train"})).await).await;
     assert_eq!(status, 400);
     let analyst = app
-        .http
-        .post(app.url("/admin/api/evaluations"))
-        .bearer_auth(&app.analyst_key)
-        .json(&json!({"alias": "triage", "versions": ["base"], "dataset_id": "ds_x"}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/admin/api/evaluations",
+            &app.analyst_key,
+            Some(&json!({"alias": "triage", "versions": ["base"], "dataset_id": "ds_x"})),
+        )
+        .await;
     assert_eq!(analyst.status(), 403);
 }
 
@@ -386,7 +389,7 @@ async fn an_interrupted_run_resumes_without_asking_finished_examples_again() {
     };
     let app = spawn_app_with(slow()).await;
     let data = labelled_dataset(&app).await;
-    let response = admin(&app, Method::POST, "/admin/api/evaluations", Some(json!({"alias": "triage", "versions": ["base", "large"], "dataset_id": data.dataset_id}))).await;
+    let response = app.admin(Method::POST, "/admin/api/evaluations", Some(&json!({"alias": "triage", "versions": ["base", "large"], "dataset_id": data.dataset_id}))).await;
     let id = response.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
@@ -459,13 +462,13 @@ async fn production_and_its_candidates_with_traffic_are_evaluated_on_schedule() 
     })
     .await;
     let data = labelled_dataset(&app).await;
-    let traffic = admin(
-        &app,
-        Method::PUT,
-        "/admin/api/models/triage/traffic",
-        Some(json!({"weights": {"base": 80, "large": 20}, "reason": "try large"})),
-    )
-    .await;
+    let traffic = app
+        .admin(
+            Method::PUT,
+            "/admin/api/models/triage/traffic",
+            Some(&json!({"weights": {"base": 80, "large": 20}, "reason": "try large"})),
+        )
+        .await;
     assert_eq!(traffic.status(), 200);
     let mut scheduled = None;
     for _ in 0..200 {

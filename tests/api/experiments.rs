@@ -2,7 +2,7 @@
 //! this test makes from the captured records, and a failing candidate is
 //! stopped by its guardrail without a single failed request.
 
-use crate::helpers::{ADMIN_TOKEN, Options, TestApp, spawn_app_with};
+use crate::helpers::{Options, TestApp, spawn_app_with};
 use flywheel_simulator::SimulatorConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -12,13 +12,12 @@ use std::time::Duration;
 
 async fn put_traffic(app: &TestApp, alias: &str, weights: Value) {
     let response = app
-        .http
-        .put(app.url(&format!("/admin/api/models/{alias}/traffic")))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"weights": weights, "reason": "experiment"}))
-        .send()
-        .await
-        .unwrap();
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/api/models/{alias}/traffic"),
+            Some(&json!({"weights": weights, "reason": "experiment"})),
+        )
+        .await;
     assert_eq!(response.status(), 200);
 }
 
@@ -364,15 +363,13 @@ production = "base"
     );
 
     let acked = app
-        .http
-        .post(app.url(&format!(
-            "/admin/api/alerts/{}/ack",
-            alert["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&app.analyst_key)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            &format!("/admin/api/alerts/{}/ack", alert["id"].as_str().unwrap()),
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(acked.status(), 200);
     let acked: Value = acked.json().await.unwrap();
     assert_eq!(acked["state"], "acknowledged");

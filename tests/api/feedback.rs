@@ -7,13 +7,13 @@ use serde_json::{Value, json};
 /// Makes an inference with `key` and waits until it is stored.
 async fn inference(app: &TestApp, key: &str) -> (String, String) {
     let response = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&triage_request(false))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v1/chat/completions",
+            key,
+            Some(&triage_request(false)),
+        )
+        .await;
     let id = response.headers()["x-flywheel-inference-id"]
         .to_str()
         .unwrap()
@@ -28,14 +28,10 @@ async fn inference(app: &TestApp, key: &str) -> (String, String) {
     (id, body["id"].as_str().unwrap().to_string())
 }
 
+/// POST /v1/feedback as `key`.
 async fn post(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
-    app.http
-        .post(app.url("/v1/feedback"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
+    app.send(reqwest::Method::POST, "/v1/feedback", key, Some(body))
         .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ mod restart;
 use crate::helpers::*;
 use flywheel::store::DatasetRecord;
 use flywheel_simulator::SimulatorConfig;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -37,42 +38,22 @@ pub fn options(upstream: SocketAddr, extra: &str) -> Options {
     }
 }
 
-pub async fn admin(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> reqwest::Response {
-    let mut request = app
-        .http
-        .request(method, app.url(path))
-        .bearer_auth(ADMIN_TOKEN);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request.send().await.unwrap()
-}
-
 pub async fn create_job(app: &TestApp, body: Value) -> Value {
-    let response = admin(
-        app,
-        reqwest::Method::POST,
-        "/admin/api/fine-tuning/jobs",
-        Some(body),
-    )
-    .await;
+    let response = app
+        .admin(Method::POST, "/admin/api/fine-tuning/jobs", Some(&body))
+        .await;
     assert_eq!(response.status(), 201);
     response.json().await.unwrap()
 }
 
 pub async fn job(app: &TestApp, id: &str) -> Value {
-    let response = admin(
-        app,
-        reqwest::Method::GET,
-        &format!("/admin/api/fine-tuning/jobs/{id}"),
-        None,
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::GET,
+            &format!("/admin/api/fine-tuning/jobs/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
@@ -266,13 +247,13 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let response = app
-                .http
-                .patch(app.url(&format!("/admin/api/conversations/{id}")))
-                .bearer_auth(&app.analyst_key)
-                .json(review)
-                .send()
-                .await
-                .unwrap();
+                .send(
+                    Method::PATCH,
+                    &format!("/admin/api/conversations/{id}"),
+                    &app.analyst_key,
+                    Some(review),
+                )
+                .await;
             if response.status() == 200 {
                 break;
             }
@@ -285,13 +266,13 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
     }
     let ids: Vec<&str> = labelled.iter().map(|(id, _)| id.as_str()).collect();
     let response = app
-        .http
-        .post(app.url("/admin/api/conversations/bulk"))
-        .bearer_auth(&app.analyst_key)
-        .json(&json!({"ids": ids, "action": "approve"}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/admin/api/conversations/bulk",
+            &app.analyst_key,
+            Some(&json!({"ids": ids, "action": "approve"})),
+        )
+        .await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["updated"], n, "{body}");
 }
@@ -299,13 +280,9 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
 /// A snapshot of the approved conversations, built by the datasets API.
 async fn dataset_from_approved(app: &TestApp) -> (String, Value) {
     let body = json!({"name": "approved triage", "format": "sft", "filter": {"status": "approved", "alias": "triage"}});
-    let response = admin(
-        app,
-        reqwest::Method::POST,
-        "/admin/api/datasets",
-        Some(body),
-    )
-    .await;
+    let response = app
+        .admin(Method::POST, "/admin/api/datasets", Some(&body))
+        .await;
     assert_eq!(response.status(), 201);
     let report: Value = response.json().await.unwrap();
     (report["id"].as_str().unwrap().to_string(), report)
@@ -376,7 +353,8 @@ async fn chats_become_a_fine_tuned_candidate_that_serves_its_canary_share() {
     );
     assert_eq!(submissions(&app, id).await.len(), 1);
 
-    let alias: Value = admin(&app, reqwest::Method::GET, "/admin/api/models/triage", None)
+    let alias: Value = app
+        .admin(Method::GET, "/admin/api/models/triage", None)
         .await
         .json()
         .await
@@ -418,16 +396,12 @@ async fn chats_become_a_fine_tuned_candidate_that_serves_its_canary_share() {
         "{served:?}"
     );
 
-    let audit: Value = admin(
-        &app,
-        reqwest::Method::GET,
-        "/admin/api/audit?limit=100",
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let audit: Value = app
+        .admin(Method::GET, "/admin/api/audit?limit=100", None)
+        .await
+        .json()
+        .await
+        .unwrap();
     let actions: Vec<(&str, &str)> = audit["data"]
         .as_array()
         .unwrap()
@@ -445,16 +419,12 @@ async fn chats_become_a_fine_tuned_candidate_that_serves_its_canary_share() {
         "{actions:?}"
     );
 
-    let list: Value = admin(
-        &app,
-        reqwest::Method::GET,
-        "/admin/api/fine-tuning/jobs",
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let list: Value = app
+        .admin(Method::GET, "/admin/api/fine-tuning/jobs", None)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["id"], id);
     assert_eq!(list["has_more"], false);
 }

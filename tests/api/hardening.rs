@@ -195,12 +195,12 @@ async fn stored_turns(app: &TestApp, conversation: &str, turns: usize) -> Value 
         Duration::from_secs(10),
         || async {
             let response = app
-                .http
-                .get(app.url(&format!("/admin/api/conversations/{conversation}")))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap();
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/admin/api/conversations/{conversation}"),
+                    None,
+                )
+                .await;
             if response.status() != 200 {
                 return None;
             }
@@ -664,12 +664,12 @@ async fn a_just_answered_turn_shows_as_writing_never_as_missing() {
         conversation = conversation_of(&response);
         let body: Value = response.json().await.unwrap();
         let view = app
-            .http
-            .get(app.url(&format!("/admin/api/conversations/{conversation}")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+            .admin(
+                reqwest::Method::GET,
+                &format!("/admin/api/conversations/{conversation}"),
+                None,
+            )
+            .await;
         let status = view.status();
         let view: Value = view.json().await.unwrap();
         if status == 200 {

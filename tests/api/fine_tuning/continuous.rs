@@ -9,7 +9,8 @@ const CONTINUOUS: &str =
     "\n[fine_tuning.continuous]\nenabled = true\nmin_new_approved = 30\ncheck_interval_s = 1\n";
 
 async fn jobs(app: &TestApp) -> Vec<Value> {
-    let list: Value = admin(app, Method::GET, "/admin/api/fine-tuning/jobs", None)
+    let list: Value = app
+        .admin(Method::GET, "/admin/api/fine-tuning/jobs", None)
         .await
         .json()
         .await
@@ -43,7 +44,8 @@ async fn enough_approvals_start_a_job_by_themselves() {
         "/admin/api/datasets/{}",
         done["dataset_id"].as_str().unwrap()
     );
-    let dataset: Value = admin(&app, Method::GET, &path, None)
+    let dataset: Value = app
+        .admin(Method::GET, &path, None)
         .await
         .json()
         .await
@@ -51,7 +53,8 @@ async fn enough_approvals_start_a_job_by_themselves() {
     assert_eq!(dataset["created_by"], "continuous-learning");
     assert_eq!(dataset["counts"]["accepted"], 30, "{dataset:#}");
 
-    let audit: Value = admin(&app, Method::GET, "/admin/api/audit?limit=200", None)
+    let audit: Value = app
+        .admin(Method::GET, "/admin/api/audit?limit=200", None)
         .await
         .json()
         .await
