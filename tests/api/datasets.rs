@@ -8,7 +8,6 @@ use crate::helpers::*;
 use format_check::{check_dpo, check_jsonl, check_sft};
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 const THREATS: [&str; 3] = ["malware", "phishing", "credential_access"];
 
@@ -46,20 +45,9 @@ async fn get_json(app: &TestApp, path: &str) -> Value {
 /// Waits until the capture writer has stored every conversation in `ids`
 /// with its turn (the turn's record follows its conversation).
 async fn captured(app: &TestApp, ids: &[String]) {
-    for _ in 0..200 {
-        let mut all = true;
-        for id in ids {
-            let path = format!("/admin/api/conversations/{id}");
-            let r = app.send(Method::GET, &path, &app.analyst_key, None).await;
-            all &=
-                r.status() == 200 && r.json::<Value>().await.unwrap()["turns"][0]["status"] == "ok";
-        }
-        if all {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for id in ids {
+        app.stored_turns(id, 1).await;
     }
-    panic!("the conversations were not captured");
 }
 
 async fn label(app: &TestApp, id: &str, patch: Value) {

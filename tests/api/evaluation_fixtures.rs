@@ -94,18 +94,7 @@ async fn ask_large(app: &TestApp, alert: &str) -> (String, String, String) {
 /// than the model).
 async fn label(app: &TestApp, id: &str, threat_type: &str, severity: &str, corrected: bool) {
     let path = format!("/admin/api/conversations/{id}");
-    let mut captured = false;
-    for _ in 0..200 {
-        let response = app.admin(Method::GET, &path, None).await;
-        if response.status() == 200
-            && response.json::<Value>().await.unwrap()["turns"][0]["status"] == "ok"
-        {
-            captured = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(captured, "conversation {id} was never captured");
+    app.stored_turns(id, 1).await;
     let mut patch = json!({"threat_type": threat_type, "severity": severity, "status": "approved"});
     if corrected {
         patch["correction"] = json!(format!(
@@ -185,14 +174,19 @@ pub async fn run_of(app: &TestApp, id: &str) -> Value {
 }
 
 pub async fn finished(app: &TestApp, id: &str) -> Value {
-    for _ in 0..600 {
-        let run = run_of(app, id).await;
-        if matches!(run["status"].as_str(), Some("succeeded" | "failed")) {
-            return run;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("evaluation {id} did not finish");
+    eventually(
+        &format!("evaluation {id} to finish"),
+        Duration::from_secs(30),
+        || async {
+            let run = run_of(app, id).await;
+            if matches!(run["status"].as_str(), Some("succeeded" | "failed")) {
+                Ok(run)
+            } else {
+                Err(run["progress"].to_string())
+            }
+        },
+    )
+    .await
 }
 
 /// Records every POST body; answers with `status`.

@@ -19,12 +19,12 @@ async fn inference(app: &TestApp, key: &str) -> (String, String) {
         .unwrap()
         .to_string();
     let body: Value = response.json().await.unwrap();
-    for _ in 0..100 {
-        if app.state.store.inference(&id).unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("inference {id} to be captured"),
+        std::time::Duration::from_secs(5),
+        || async { app.state.store.inference(&id).unwrap() },
+    )
+    .await;
     (id, body["id"].as_str().unwrap().to_string())
 }
 

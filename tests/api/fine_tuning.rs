@@ -58,17 +58,38 @@ pub async fn job(app: &TestApp, id: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// Polls the job until it has ended (or `timeout` passes).
+/// Polls the job until it has ended (for 30 s at most).
 pub async fn until_finished(app: &TestApp, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = job(app, id).await;
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job did not finish: {job:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("job {id} to finish"),
+        Duration::from_secs(30),
+        || async {
+            let job = job(app, id).await;
+            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+                Ok(job)
+            } else {
+                Err(format!("{job:#}"))
+            }
+        },
+    )
+    .await
+}
+
+/// Polls the job until the provider has its submission; the job.
+pub async fn until_submitted(app: &TestApp, id: &str) -> Value {
+    eventually(
+        &format!("job {id} to be submitted"),
+        Duration::from_secs(10),
+        || async {
+            let job = job(app, id).await;
+            if job["provider_job_id"].is_null() {
+                Err(format!("{job:#}"))
+            } else {
+                Ok(job)
+            }
+        },
+    )
+    .await
 }
 
 /// The simulator's own view, asked directly with the provider key.
@@ -244,25 +265,18 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
     }
     for (id, review) in &labelled {
         // Capture is off the hot path: the conversation appears shortly.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let response = app
-                .send(
-                    Method::PATCH,
-                    &format!("/admin/api/conversations/{id}"),
-                    &app.analyst_key,
-                    Some(review),
-                )
-                .await;
-            if response.status() == 200 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "conversation {id} was not captured"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let path = format!("/admin/api/conversations/{id}");
+        eventually(
+            &format!("conversation {id} to be captured and reviewed"),
+            Duration::from_secs(10),
+            || async {
+                let response = app
+                    .send(Method::PATCH, &path, &app.analyst_key, Some(review))
+                    .await;
+                (response.status() == 200).then_some(())
+            },
+        )
+        .await;
     }
     let ids: Vec<&str> = labelled.iter().map(|(id, _)| id.as_str()).collect();
     let response = app

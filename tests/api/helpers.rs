@@ -166,6 +166,58 @@ impl TestApp {
         self.send(reqwest::Method::POST, path, &self.client_key, Some(body))
             .await
     }
+
+    /// The admin view of conversation `id` once `turns` of its turns are
+    /// stored (capture writes off the hot path, so a conversation just
+    /// answered shows a moment later).
+    pub async fn stored_turns(&self, id: &str, turns: usize) -> serde_json::Value {
+        let path = format!("/admin/api/conversations/{id}");
+        eventually(
+            &format!("{turns} stored turns in conversation {id}"),
+            Duration::from_secs(10),
+            || async {
+                let response = self.admin(reqwest::Method::GET, &path, None).await;
+                if response.status() != 200 {
+                    return Err(format!("status {}", response.status()));
+                }
+                let body: serde_json::Value = response.json().await.unwrap();
+                let ok = body["turns"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["status"] == "ok")
+                    .count();
+                if ok >= turns {
+                    Ok(body)
+                } else {
+                    Err(body.to_string())
+                }
+            },
+        )
+        .await
+    }
+
+    /// The sum of a Prometheus metric over its labels, 0 when `/metrics`
+    /// does not show it.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
 
 pub struct Options {

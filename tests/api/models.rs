@@ -3,7 +3,7 @@
 //! experiment figures and the guardrail.
 
 use crate::helpers::{
-    ADMIN_TOKEN, Options, TestApp, error_of, spawn_app, spawn_app_with, sse_data,
+    ADMIN_TOKEN, Options, TestApp, error_of, eventually, spawn_app, spawn_app_with, sse_data,
 };
 use flywheel_simulator::SimulatorConfig;
 use futures_util::StreamExt;
@@ -547,24 +547,30 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
         body["model"], "gpt-4o-mini",
         "the shadow's answer is never returned"
     );
-    let mut shadows = Value::Null;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let detail = app
-            .admin(
-                Method::GET,
-                &format!("/admin/api/conversations/{conversation}"),
-                None,
-            )
-            .await;
-        if detail.status() == 200 {
-            let detail: Value = detail.json().await.unwrap();
-            shadows = detail["turns"][0]["shadows"].clone();
-            if shadows.as_array().is_some_and(|s| !s.is_empty()) {
-                break;
+    let shadows = eventually(
+        "the shadow's answer beside the turn",
+        Duration::from_secs(5),
+        || async {
+            let detail = app
+                .admin(
+                    Method::GET,
+                    &format!("/admin/api/conversations/{conversation}"),
+                    None,
+                )
+                .await;
+            if detail.status() != 200 {
+                return Err(format!("status {}", detail.status()));
             }
-        }
-    }
+            let detail: Value = detail.json().await.unwrap();
+            let shadows = detail["turns"][0]["shadows"].clone();
+            if shadows.as_array().is_some_and(|s| !s.is_empty()) {
+                Ok(shadows)
+            } else {
+                Err(detail.to_string())
+            }
+        },
+    )
+    .await;
     assert_eq!(shadows[0]["version"], "large", "{shadows}");
     assert_eq!(shadows[0]["provider_model"], "gpt-4o");
     let detail = app

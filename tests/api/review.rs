@@ -36,13 +36,18 @@ async fn six_conversations(app: &TestApp) -> Vec<String> {
             tokio::time::sleep(Duration::from_millis(1010)).await;
         }
     }
-    for _ in 0..100 {
-        if list(app, "").await["data"].as_array().unwrap().len() == 6 {
-            return ids;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the six conversations were not captured");
+    eventually(
+        "the six conversations listed",
+        Duration::from_secs(5),
+        || async {
+            let listed = list(app, "").await["data"].as_array().unwrap().len();
+            (listed == 6)
+                .then_some(())
+                .ok_or(format!("{listed} listed"))
+        },
+    )
+    .await;
+    ids
 }
 
 async fn list(app: &TestApp, query: &str) -> Value {
@@ -274,18 +279,12 @@ async fn bad_review_input_gets_a_clear_error_and_changes_nothing() {
         .to_str()
         .unwrap()
         .to_string();
-    for _ in 0..100 {
-        if app
-            .state
-            .store
-            .conversation(&conversation)
-            .unwrap()
-            .is_some()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("conversation {conversation} to be captured"),
+        Duration::from_secs(5),
+        || async { app.state.store.conversation(&conversation).unwrap() },
+    )
+    .await;
     let path = format!("/admin/api/conversations/{conversation}");
     for (body, param) in [
         (

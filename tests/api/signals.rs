@@ -68,12 +68,17 @@ async fn signals_are_kept_per_conversation_and_filter_lists_and_datasets() {
         .to_str()
         .unwrap()
         .to_string();
-    for _ in 0..200 {
-        if list(&app, "").await.len() == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "four conversations listed",
+        Duration::from_secs(10),
+        || async {
+            let listed = list(&app, "").await.len();
+            (listed == 4)
+                .then_some(())
+                .ok_or(format!("{listed} listed"))
+        },
+    )
+    .await;
     let patch = json!({"threat_type": "execution", "severity": "medium"});
     let r = app
         .send(

@@ -95,11 +95,7 @@ async fn a_cancelled_job_is_cancelled_at_the_provider_too() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while job(&app, &id).await["provider_job_id"].is_null() {
-        assert!(Instant::now() < deadline, "the job was not submitted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_submitted(&app, &id).await;
     let analyst = app
         .send(
             Method::POST,
@@ -288,23 +284,26 @@ async fn an_unreachable_provider_is_tried_again_rather_than_failing_the_job() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let warned = loop {
-        let job = job(&app, &id).await;
-        let warns: Vec<Value> = job["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["level"] == "warn")
-            .cloned()
-            .collect();
-        if warns.len() >= 2 {
-            break (job, warns);
-        }
-        assert!(Instant::now() < deadline, "no retries noted: {job:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (job, warns) = warned;
+    let (job, warns) = eventually(
+        "two retries noted in the job's events",
+        Duration::from_secs(10),
+        || async {
+            let job = job(&app, &id).await;
+            let warns: Vec<Value> = job["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["level"] == "warn")
+                .cloned()
+                .collect();
+            if warns.len() >= 2 {
+                Ok((job, warns))
+            } else {
+                Err(format!("{job:#}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(job["status"], "preparing", "{job:#}");
     assert!(job["error"].is_null());
     let message = warns[1]["message"].as_str().unwrap();
