@@ -14,7 +14,7 @@ use flywheel_simulator::SimulatorConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The simulator's step per job status: a job ends in a few polls.
 const FAST_STEP: Duration = Duration::from_millis(50);

@@ -218,6 +218,19 @@ impl TestApp {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+
+    /// Waits until capture has taken every exchange answered so far:
+    /// stored it, or set it aside as not to be captured. What was not
+    /// stored by then never will be, so a test checks an absence after it.
+    pub async fn capture_settled(&self) {
+        let in_flight = self.state.exchanges.in_flight();
+        eventually(
+            "capture to take every exchange answered so far",
+            Duration::from_secs(10),
+            || async { (in_flight.count() == 0).then_some(()) },
+        )
+        .await;
+    }
 }
 
 pub struct Options {
