@@ -50,17 +50,17 @@ for tool in curl jq; do
 done
 
 stage "cargo fmt --check and clippy"
-cargo fmt --check
-cargo clippy --all-targets -q -- -D warnings
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
 
 stage "cargo build --bin flywheel"
 cargo build --bin flywheel
 
-stage "Rust unit and integration tests"
+stage "Rust unit and integration tests (the proxy and the simulator crate)"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets --no-fail-fast
+  cargo nextest run --workspace --all-targets --no-fail-fast
 else
-  cargo test --all-targets --no-fail-fast
+  cargo test --workspace --all-targets --no-fail-fast
 fi
 
 stage "openai SDK compatibility suite against target/debug/flywheel (process logs in test-artifacts/)"

@@ -15,8 +15,8 @@ mod seed;
 use crate::app::{Application, StartError};
 use crate::auth::Role;
 use crate::config::{Config, RequestLog, Secrets};
-use crate::simulate::{self, SimulatorConfig};
 use banner::Banner;
+use flywheel_simulator::SimulatorConfig;
 use secrecy::SecretString;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -97,7 +97,7 @@ pub async fn run(
     state.limits.exempt(&analyst.id);
 
     let sim_shutdown = state.shutdown.clone();
-    let simulator = tokio::spawn(simulate::serve(
+    let simulator = tokio::spawn(flywheel_simulator::serve(
         sim_listener,
         SimulatorConfig {
             token_delay,

@@ -27,7 +27,6 @@ pub mod registry;
 pub mod review;
 pub mod routing;
 pub mod server;
-pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -7,7 +7,7 @@ use flywheel::app::{Application, shutdown_signal};
 use flywheel::auth::{KeyService, Role};
 use flywheel::config::{Config, Secrets};
 use flywheel::export::{ExportError, SplitChoice};
-use flywheel::simulate::{self, SimulatorConfig};
+use flywheel_simulator::SimulatorConfig;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ enum Command {
         #[arg(long)]
         api_key_env: Option<String>,
         /// Make chat completions for MODEL answer 500 with probability P (0–1); repeatable.
-        #[arg(long = "fail-rate", value_name = "MODEL=P", value_parser = simulate::parse_fail_rate)]
+        #[arg(long = "fail-rate", value_name = "MODEL=P", value_parser = flywheel_simulator::parse_fail_rate)]
         fail_rates: Vec<(String, f64)>,
         /// How long a fine-tuning job spends in each status, in milliseconds.
         #[arg(long, default_value_t = 1000)]
@@ -210,7 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     fail_rates: fail_rates.into_iter().collect(),
                     job_step: Duration::from_millis(job_step_ms),
                 };
-                simulate::serve(listener, config, shutdown_signal()).await?;
+                flywheel_simulator::serve(listener, config, shutdown_signal()).await?;
                 Ok(())
             })
         }

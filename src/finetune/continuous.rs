@@ -181,6 +181,9 @@ pub async fn run_continuous(app: Arc<AppState>, shutdown: CancellationToken) {
         let (state, skips) = (app.clone(), not_ready.clone());
         match tokio::task::spawn_blocking(move || check_once(&state, &skips)).await {
             Ok(Ok(started)) => {
+                // Counted once the check is done with every alias, so a
+                // reader who sees the count move knows what it decided.
+                metrics::counter!("flywheel_continuous_learning_checks_total").increment(1);
                 for job in started {
                     tracing::info!(job = %job.id, alias = %job.alias, "continuous learning started a fine-tuning job");
                 }

@@ -2,6 +2,7 @@
 //! provider keys and rate limits, over HTTP.
 
 use crate::helpers::*;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -35,13 +36,12 @@ async fn missing_unknown_and_revoked_keys_get_401() {
     assert_eq!(foreign.status(), 401);
 
     let created: Value = app
-        .http
-        .post(app.url("/admin/api/keys"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "short-lived", "role": "client"}))
-        .send()
+        .admin(
+            Method::POST,
+            "/admin/api/keys",
+            Some(&json!({"name": "short-lived", "role": "client"})),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -58,15 +58,12 @@ async fn missing_unknown_and_revoked_keys_get_401() {
         200
     );
     let revoked = app
-        .http
-        .delete(app.url(&format!(
-            "/admin/api/keys/{}",
-            created["id"].as_str().unwrap()
-        )))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .admin(
+            Method::DELETE,
+            &format!("/admin/api/keys/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(revoked.status(), 204);
     assert_eq!(
         app.http
@@ -104,12 +101,8 @@ async fn roles_gate_the_admin_api() {
         .unwrap();
     assert_eq!(analyst_create.status(), 403);
     let audit = app
-        .http
-        .get(app.url("/admin/api/audit"))
-        .bearer_auth(&app.analyst_key)
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, "/admin/api/audit", &app.analyst_key, None)
+        .await;
     assert_eq!(audit.status(), 200);
 
     let listed: Value = app
@@ -256,13 +249,13 @@ async fn rate_limits_answer_429_with_retry_headers() {
     assert!(headers.contains_key("retry-after-ms"));
     // Another key has its own bucket.
     let other = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(&app.analyst_key)
-        .json(&triage_request(false))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &app.analyst_key,
+            Some(&triage_request(false)),
+        )
+        .await;
     assert_eq!(other.status(), 200);
 }
 
@@ -288,13 +281,12 @@ async fn me_names_the_role_and_the_taxonomy() {
     let mut keys = Vec::new();
     for role in ["analyst", "client"] {
         let created: Value = app
-            .http
-            .post(app.url("/admin/api/keys"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": role, "role": role}))
-            .send()
+            .admin(
+                Method::POST,
+                "/admin/api/keys",
+                Some(&json!({"name": role, "role": role})),
+            )
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();

@@ -5,18 +5,28 @@
 use crate::helpers::*;
 use flywheel::store::InferenceRecord;
 use futures_util::StreamExt;
+use reqwest::Method;
 use serde_json::json;
 use std::time::Duration;
 
-/// Polls the store: the writer flushes every `capture.flush_every_ms`.
-async fn stored(app: &TestApp, id: &str) -> Option<InferenceRecord> {
-    for _ in 0..100 {
-        if let Some(r) = app.state.store.inference(id).unwrap() {
-            return Some(r);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
+/// The record of inference `id` once capture has written it (the writer
+/// stores a batch every `capture.flush_every_ms`). Nothing may be in
+/// flight either: a record is readable as its batch commits, the lookups
+/// by completion id a moment later, and the writer is done with a batch
+/// only once both are.
+async fn stored(app: &TestApp, id: &str) -> InferenceRecord {
+    let in_flight = app.state.exchanges.in_flight();
+    eventually(
+        &format!("inference {id} to be captured"),
+        Duration::from_secs(5),
+        || async {
+            if in_flight.count() > 0 {
+                return None;
+            }
+            app.state.store.inference(id).unwrap()
+        },
+    )
+    .await
 }
 
 fn inference_id(response: &reqwest::Response) -> String {
@@ -42,7 +52,7 @@ async fn unary_and_streamed_answers_are_captured_with_their_metadata() {
         .unwrap();
     let id = inference_id(&response);
     let body: serde_json::Value = response.json().await.unwrap();
-    let r = stored(&app, &id).await.expect("unary exchange captured");
+    let r = stored(&app, &id).await;
     assert_eq!(
         (r.status.as_str(), r.alias.as_deref(), r.version.as_deref()),
         ("ok", Some("triage"), Some("base"))
@@ -70,7 +80,7 @@ async fn unary_and_streamed_answers_are_captured_with_their_metadata() {
     let response = app.post("/v1/chat/completions", &request).await;
     let id = inference_id(&response);
     response.text().await.unwrap();
-    let r = stored(&app, &id).await.expect("stream captured");
+    let r = stored(&app, &id).await;
     assert!(r.streamed);
     assert_eq!(
         r.response["choices"][0]["message"]["content"],
@@ -89,7 +99,7 @@ async fn failed_partial_and_cancelled_exchanges_are_captured_too() {
     let response = app.post("/v1/chat/completions", &broken).await;
     assert_eq!(response.status(), 502);
     let id = inference_id(&response);
-    let r = stored(&app, &id).await.expect("failure captured");
+    let r = stored(&app, &id).await;
     assert_eq!((r.status.as_str(), r.http_status), ("upstream_error", 502));
     assert_eq!(r.response["error"]["code"], "upstream_unreachable");
 
@@ -105,7 +115,7 @@ async fn failed_partial_and_cancelled_exchanges_are_captured_too() {
         .unwrap();
     let id = inference_id(&response);
     response.text().await.unwrap();
-    let r = stored(&app, &id).await.expect("partial stream captured");
+    let r = stored(&app, &id).await;
     assert_eq!(r.status, "partial");
     assert!(
         !r.response["choices"][0]["message"]["content"]
@@ -127,7 +137,7 @@ async fn failed_partial_and_cancelled_exchanges_are_captured_too() {
     let mut stream = response.bytes_stream();
     stream.next().await.unwrap().unwrap();
     drop(stream);
-    let r = stored(&app, &id).await.expect("cancelled stream captured");
+    let r = stored(&app, &id).await;
     assert_eq!(r.status, "client_cancelled");
 }
 
@@ -148,7 +158,7 @@ async fn no_capture_header_and_config_keep_exchanges_out_of_the_store() {
         .post("/v1/chat/completions", &triage_request(false))
         .await;
     let kept = inference_id(&response);
-    assert!(stored(&app, &kept).await.is_some());
+    stored(&app, &kept).await;
     // Written in the same or an earlier batch than `kept`: absent for good.
     assert!(app.state.store.inference(&skipped).unwrap().is_none());
 
@@ -161,7 +171,8 @@ async fn no_capture_header_and_config_keep_exchanges_out_of_the_store() {
         .post("/v1/chat/completions", &triage_request(false))
         .await;
     let id = inference_id(&response);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Capture has seen the exchange: not storing it was its decision.
+    app.capture_settled().await;
     assert!(app.state.store.inference(&id).unwrap().is_none());
 }
 
@@ -173,7 +184,7 @@ async fn credentials_are_redacted_before_storage_and_indicators_kept() {
     let response = app.post("/v1/chat/completions", &request).await;
     let id = inference_id(&response);
     response.text().await.unwrap();
-    let r = stored(&app, &id).await.unwrap();
+    let r = stored(&app, &id).await;
     let text = r.request["messages"][0]["content"].as_str().unwrap();
     assert!(
         !text.contains("AKIAIOSFODNN7EXAMPLE") && !text.contains("Winter2025!"),
@@ -231,7 +242,7 @@ async fn turn(app: &TestApp, messages: &serde_json::Value) -> (String, String, S
         .to_string();
     let id = inference_id(&response);
     let body: serde_json::Value = response.json().await.unwrap();
-    stored(app, &id).await.expect("captured");
+    stored(app, &id).await;
     let answer = body["choices"][0]["message"]["content"]
         .as_str()
         .unwrap()
@@ -309,14 +320,7 @@ async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded
                     .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
                     .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
                     .collect();
-                let rated = app
-                    .http
-                    .post(app.url("/v1/feedback"))
-                    .bearer_auth(&app.client_key)
-                    .json(&json!({"inference_id": id, "rating": 1 + (c + t) % 5}))
-                    .send()
-                    .await
-                    .unwrap();
+                let rated = app.send(Method::POST, "/v1/feedback", &app.client_key, Some(&json!({"inference_id": id, "rating": 1 + (c + t) % 5}))).await;
                 assert_eq!(rated.status(), 201);
                 ids.push(id);
                 let history = messages.as_array_mut().unwrap();
@@ -325,14 +329,7 @@ async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded
             }
             // The analyst's verdict, on the last turn.
             let verdict = analyst_verdict(&app, c);
-            let labelled = app
-                .http
-                .post(app.url("/v1/feedback"))
-                .bearer_auth(&app.analyst_key)
-                .json(&json!({"inference_id": ids[2], "threat_type": verdict.0, "quality_score": verdict.1, "approved_for_training": verdict.2}))
-                .send()
-                .await
-                .unwrap();
+            let labelled = app.send(Method::POST, "/v1/feedback", &app.analyst_key, Some(&json!({"inference_id": ids[2], "threat_type": verdict.0, "quality_score": verdict.1, "approved_for_training": verdict.2}))).await;
             assert_eq!(labelled.status(), 201);
             (conversations, ids)
         }));
@@ -377,12 +374,8 @@ async fn two_hundred_concurrent_streamed_conversations_are_captured_and_threaded
         *by_type.entry(v.0.clone()).or_default() += 1;
     }
     let stats: serde_json::Value = app
-        .http
-        .get(app.url("/admin/api/stats"))
-        .bearer_auth(&app.analyst_key)
-        .send()
+        .send(Method::GET, "/admin/api/stats", &app.analyst_key, None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -1,10 +1,8 @@
 //! The command line: config errors, key management, the store lock.
 
-use std::process::Command;
-
-pub(crate) fn flywheel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flywheel"))
-}
+use crate::helpers::eventually;
+use crate::helpers::process::{Process, flywheel, free_port, listening, ready, serve, simulate};
+use std::time::Duration;
 
 fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("flywheel.toml");
@@ -170,29 +168,14 @@ fn keys_are_created_listed_and_revoked_from_the_cli() {
     assert_eq!(bad_role.status.code(), Some(2));
 }
 
-#[test]
-fn a_store_held_by_a_server_is_reported_plainly() {
+#[tokio::test]
+async fn a_store_held_by_a_server_is_reported_plainly() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let path = write_config(dir.path(), &format!("listen = \"127.0.0.1:{port}\""));
-    let mut server = flywheel()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .spawn()
-        .unwrap();
+    let mut server = serve(&path);
     // Once it accepts connections, the server holds the store.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    listening(port).await;
     let out = flywheel()
         .args(["keys", "list", "--config"])
         .arg(&path)
@@ -205,8 +188,7 @@ fn a_store_held_by_a_server_is_reported_plainly() {
         .arg(&path)
         .output()
         .unwrap();
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     assert_eq!(out.status.code(), Some(1));
     let message = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -218,38 +200,19 @@ fn a_store_held_by_a_server_is_reported_plainly() {
     assert!(message.contains("in use"), "{message}");
 }
 
-/// A child process killed if the test fails before it stops it.
-pub(crate) struct Reaped(pub(crate) Option<std::process::Child>);
-
-impl Reaped {
-    pub(crate) fn child(&mut self) -> &mut std::process::Child {
-        self.0.as_mut().unwrap()
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// The demo as a user runs it: read the banner, chat with the printed key,
 /// reach the admin page and API, then stop it with SIGTERM.
 #[tokio::test]
 async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
     use std::io::BufRead;
-    let mut demo = Reaped(Some(
+    let mut demo = Process::spawn(
+        "flywheel demo",
         flywheel()
             .args(["demo", "--token-delay-ms", "0", "--seed", "75"])
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let stdout = demo.child().stdout.take().unwrap();
+            .stderr(std::process::Stdio::null()),
+    );
+    let stdout = demo.take_stdout();
     let banner = tokio::task::spawn_blocking(move || {
         let mut lines = std::io::BufReader::new(stdout).lines();
         let mut banner = Vec::new();
@@ -315,23 +278,27 @@ async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
     // The seed: 75 real alerts through the proxy, two in three reviewed
     // and approved, split 80/20 between the versions.
     let stats_url = admin.replace("/admin/", "/admin/api/stats");
-    let mut stats = serde_json::Value::Null;
-    for _ in 0..900 {
-        stats = http
-            .get(&stats_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if stats["approved"] == 50 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    assert_eq!(stats["approved"], 50, "{stats}");
+    let stats = eventually(
+        "the demo's seed: 50 approved",
+        Duration::from_secs(180),
+        || async {
+            let stats: serde_json::Value = http
+                .get(&stats_url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if stats["approved"] == 50 {
+                Ok(stats)
+            } else {
+                Err(stats.to_string())
+            }
+        },
+    )
+    .await;
     assert_eq!(
         stats["conversations_total"], 76,
         "the seed and the chat above"
@@ -356,16 +323,7 @@ async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
         "both versions served: {experiment}"
     );
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &demo.child().id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let mut child = demo.0.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = demo.terminate().await;
     assert!(status.success(), "demo exited with {status}");
 }
 
@@ -374,24 +332,14 @@ async fn the_demo_prints_working_urls_and_keys_and_stops_on_sigterm() {
 #[tokio::test]
 async fn export_writes_conversations_with_turns_and_feedback() {
     let dir = tempfile::tempdir().unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (sim_port, port) = (free(), free());
-    let mut sim = flywheel()
-        .args(["simulate", "--listen", &format!("127.0.0.1:{sim_port}")])
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let (mut sim, sim_addr) = simulate().await;
     let path = dir.path().join("flywheel.toml");
     std::fs::write(
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[auth]\nallow_anonymous_clients = true\n\
-             [[providers]]\nname = \"sim\"\nbase_url = \"http://127.0.0.1:{sim_port}/v1\"\n\
+             [[providers]]\nname = \"sim\"\nbase_url = \"http://{sim_addr}/v1\"\n\
              [[models]]\nname = \"triage\"\nmodel_type = \"threat_detection\"\n  [[models.versions]]\n  name = \"base\"\n  provider = \"sim\"\n  model = \"gpt-4o-mini\"\n",
             dir.path().join("data").display()
         ),
@@ -408,24 +356,10 @@ async fn export_writes_conversations_with_turns_and_feedback() {
         .unwrap()
         .trim()
         .to_string();
-    let mut server = flywheel()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .spawn()
-        .unwrap();
+    let mut server = serve(&path);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    ready(&http, &base).await;
     let mut messages = serde_json::json!([{"role": "user", "content": "Endpoint alert: schtasks /create /tn updater on WS-3"}]);
     let first = http
         .post(format!("{base}/v1/chat/completions"))
@@ -444,21 +378,24 @@ async fn export_writes_conversations_with_turns_and_feedback() {
     history.push(serde_json::json!({"role": "user", "content": "Is it persistence?"}));
     // The first turn is threaded before its record is written: once the
     // record shows in its conversation, the follow-up will find it.
-    for _ in 0..300 {
-        let detail = http
-            .get(format!("{base}/admin/api/conversations/{conversation}"))
-            .bearer_auth(&analyst)
-            .send()
-            .await
-            .unwrap();
-        if detail.status() == 200 {
-            let detail: serde_json::Value = detail.json().await.unwrap();
-            if detail["turns"][0]["status"] == "ok" {
-                break;
+    eventually(
+        "the first turn's record in its conversation",
+        Duration::from_secs(15),
+        || async {
+            let detail = http
+                .get(format!("{base}/admin/api/conversations/{conversation}"))
+                .bearer_auth(&analyst)
+                .send()
+                .await
+                .unwrap();
+            if detail.status() != 200 {
+                return None;
             }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+            let detail: serde_json::Value = detail.json().await.unwrap();
+            (detail["turns"][0]["status"] == "ok").then_some(())
+        },
+    )
+    .await;
     let second = http
         .post(format!("{base}/v1/chat/completions"))
         .json(&serde_json::json!({"model": "triage", "messages": messages}))
@@ -478,16 +415,8 @@ async fn export_writes_conversations_with_turns_and_feedback() {
         .await
         .unwrap();
     assert_eq!(feedback.status(), 201);
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &server.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(server.wait().unwrap().success());
-    sim.kill().unwrap();
-    sim.wait().unwrap();
+    assert!(server.terminate().await.success());
+    sim.kill();
 
     let out_file = dir.path().join("export.jsonl");
     let out = flywheel()

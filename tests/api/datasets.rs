@@ -6,8 +6,8 @@ mod format_check;
 
 use crate::helpers::*;
 use format_check::{check_dpo, check_jsonl, check_sft};
+use reqwest::Method;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 const THREATS: [&str; 3] = ["malware", "phishing", "credential_access"];
 
@@ -36,23 +36,8 @@ async fn converse(app: &TestApp, alert: &str, extra: Value) -> String {
     id
 }
 
-async fn send(
-    app: &TestApp,
-    method: reqwest::Method,
-    key: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> reqwest::Response {
-    let request = app.http.request(method, app.url(path)).bearer_auth(key);
-    let request = match body {
-        Some(b) => request.json(b),
-        None => request,
-    };
-    request.send().await.unwrap()
-}
-
 async fn get_json(app: &TestApp, path: &str) -> Value {
-    let response = send(app, reqwest::Method::GET, &app.analyst_key, path, None).await;
+    let response = app.send(Method::GET, path, &app.analyst_key, None).await;
     assert_eq!(response.status(), 200, "{path}");
     response.json().await.unwrap()
 }
@@ -60,59 +45,38 @@ async fn get_json(app: &TestApp, path: &str) -> Value {
 /// Waits until the capture writer has stored every conversation in `ids`
 /// with its turn (the turn's record follows its conversation).
 async fn captured(app: &TestApp, ids: &[String]) {
-    for _ in 0..200 {
-        let mut all = true;
-        for id in ids {
-            let path = format!("/admin/api/conversations/{id}");
-            let r = send(app, reqwest::Method::GET, &app.analyst_key, &path, None).await;
-            all &=
-                r.status() == 200 && r.json::<Value>().await.unwrap()["turns"][0]["status"] == "ok";
-        }
-        if all {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for id in ids {
+        app.stored_turns(id, 1).await;
     }
-    panic!("the conversations were not captured");
 }
 
 async fn label(app: &TestApp, id: &str, patch: Value) {
     let path = format!("/admin/api/conversations/{id}");
-    let r = send(
-        app,
-        reqwest::Method::PATCH,
-        &app.analyst_key,
-        &path,
-        Some(&patch),
-    )
-    .await;
+    let r = app
+        .send(Method::PATCH, &path, &app.analyst_key, Some(&patch))
+        .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
 async fn approve(app: &TestApp, ids: &[String]) {
     let body = json!({"ids": ids, "action": "approve"});
-    let r = send(
-        app,
-        reqwest::Method::POST,
-        &app.analyst_key,
-        "/admin/api/conversations/bulk",
-        Some(&body),
-    )
-    .await;
+    let r = app
+        .send(
+            Method::POST,
+            "/admin/api/conversations/bulk",
+            &app.analyst_key,
+            Some(&body),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let r: Value = r.json().await.unwrap();
     assert_eq!(r["updated"], ids.len());
 }
 
 async fn build(app: &TestApp, body: &Value) -> (u16, Value) {
-    let r = send(
-        app,
-        reqwest::Method::POST,
-        ADMIN_TOKEN,
-        "/admin/api/datasets",
-        Some(body),
-    )
-    .await;
+    let r = app
+        .send(Method::POST, "/admin/api/datasets", ADMIN_TOKEN, Some(body))
+        .await;
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
@@ -144,14 +108,14 @@ async fn labelled(app: &TestApp, n: usize) -> Vec<String> {
 
 /// A download: its content type and body.
 async fn file(app: &TestApp, id: &str, name: &str) -> (String, String) {
-    let r = send(
-        app,
-        reqwest::Method::GET,
-        &app.analyst_key,
-        &format!("/admin/api/datasets/{id}/{name}"),
-        None,
-    )
-    .await;
+    let r = app
+        .send(
+            Method::GET,
+            &format!("/admin/api/datasets/{id}/{name}"),
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 200, "{name}");
     let kind = r.headers()["content-type"].to_str().unwrap().to_string();
     (kind, r.text().await.unwrap())
@@ -314,14 +278,14 @@ async fn a_dataset_is_built_from_approved_conversations_and_downloaded() {
 async fn unknown_datasets_are_404() {
     let app = app().await;
     for path in ["", "/train.jsonl", "/validation.jsonl"] {
-        let r = send(
-            &app,
-            reqwest::Method::GET,
-            &app.analyst_key,
-            &format!("/admin/api/datasets/ds_nope{path}"),
-            None,
-        )
-        .await;
+        let r = app
+            .send(
+                Method::GET,
+                &format!("/admin/api/datasets/ds_nope{path}"),
+                &app.analyst_key,
+                None,
+            )
+            .await;
         let (status, error) = error_of(r).await;
         assert_eq!(status, 404, "{path}");
         assert_eq!(error["code"], "not_found");
@@ -478,14 +442,14 @@ async fn bad_requests_name_their_field_and_analysts_cannot_build() {
         ),
     ];
     for (body, param) in cases {
-        let r = send(
-            &app,
-            reqwest::Method::POST,
-            ADMIN_TOKEN,
-            "/admin/api/datasets",
-            Some(&body),
-        )
-        .await;
+        let r = app
+            .send(
+                Method::POST,
+                "/admin/api/datasets",
+                ADMIN_TOKEN,
+                Some(&body),
+            )
+            .await;
         let (status, error) = error_of(r).await;
         assert_eq!(status, 400, "{body}: {error}");
         assert!(
@@ -496,24 +460,19 @@ async fn bad_requests_name_their_field_and_analysts_cannot_build() {
     }
     let body = json!({"name": "x", "format": "sft"});
     for key in [&app.analyst_key, &app.client_key] {
-        let r = send(
-            &app,
-            reqwest::Method::POST,
-            key,
-            "/admin/api/datasets",
-            Some(&body),
-        )
-        .await;
+        let r = app
+            .send(Method::POST, "/admin/api/datasets", key, Some(&body))
+            .await;
         assert_eq!(error_of(r).await.0, 403);
     }
-    let r = send(
-        &app,
-        reqwest::Method::GET,
-        &app.analyst_key,
-        "/admin/api/datasets?limit=0",
-        None,
-    )
-    .await;
+    let r = app
+        .send(
+            Method::GET,
+            "/admin/api/datasets?limit=0",
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(error_of(r).await.1["param"], "limit");
     assert_eq!(
         get_json(&app, "/admin/api/datasets").await["data"],

@@ -5,7 +5,7 @@
 //! the README's steps, run as they stand, fine-tune a model that beats
 //! production on the held-out split and promote it.
 
-use crate::cli::{Reaped, flywheel};
+use crate::helpers::process::{Process, flywheel};
 use serde_json::Value;
 use std::io::BufRead;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// back to another, and never competes for the usual one).
 struct Demo {
     /// Killed when the test ends, however it ends.
-    _child: Reaped,
+    _process: Process,
     /// Each stdout line with the moment it was read.
     lines: Receiver<(Instant, String)>,
     seen: Vec<(Instant, String)>,
@@ -43,8 +43,8 @@ impl Demo {
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = Reaped(Some(command.spawn().unwrap()));
-        let stdout = child.child().stdout.take().unwrap();
+        let mut process = Process::spawn("flywheel demo", &mut command);
+        let stdout = process.take_stdout();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
@@ -55,7 +55,7 @@ impl Demo {
             }
         });
         Demo {
-            _child: child,
+            _process: process,
             lines,
             seen: Vec::new(),
             busy_port,

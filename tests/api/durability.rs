@@ -1,60 +1,23 @@
 //! Crash durability: a server killed with SIGKILL under feedback load
 //! loses no feedback it acknowledged with a 201, and opens cleanly again.
 
+use crate::helpers::eventually;
+use crate::helpers::process::{flywheel, free_port, ready, serve, simulate};
 use std::collections::HashSet;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-fn flywheel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flywheel"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "server not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn serve(config: &std::path::Path) -> Child {
-    flywheel()
-        .args(["serve", "--config"])
-        .arg(config)
-        // Inherited: the test harness shows it when the test fails.
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_feedback_load_loses_no_acknowledged_feedback() {
     let dir = tempfile::tempdir().unwrap();
-    let (sim_port, port) = (free_port(), free_port());
-    let mut sim = flywheel()
-        .args(["simulate", "--listen", &format!("127.0.0.1:{sim_port}")])
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let (mut sim, sim_addr) = simulate().await;
     let config = dir.path().join("flywheel.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[auth]\nallow_anonymous_clients = true\n\
              [limits]\nrequests_per_minute = 0\n[capture]\nflush_every_ms = 200\n\
-             [[providers]]\nname = \"sim\"\nbase_url = \"http://127.0.0.1:{sim_port}/v1\"\n\
+             [[providers]]\nname = \"sim\"\nbase_url = \"http://{sim_addr}/v1\"\n\
              [[models]]\nname = \"triage\"\nmodel_type = \"threat_detection\"\n  [[models.versions]]\n  name = \"base\"\n  provider = \"sim\"\n  model = \"gpt-4o-mini\"\n",
             dir.path().join("data").display()
         ),
@@ -71,9 +34,10 @@ async fn sigkill_under_feedback_load_loses_no_acknowledged_feedback() {
     let mut server = serve(&config);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&http, &base).await;
+    ready(&http, &base).await;
 
-    // Inferences to rate, then time for them to be flushed.
+    // Inferences to rate, stored (capture flushes each batch it stores)
+    // before the load begins.
     let mut inferences = Vec::new();
     for _ in 0..10 {
         let r = http
@@ -90,7 +54,25 @@ async fn sigkill_under_feedback_load_loses_no_acknowledged_feedback() {
                 .to_string(),
         );
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    eventually(
+        "the 10 inferences to be captured",
+        Duration::from_secs(10),
+        || async {
+            let stats: serde_json::Value = http
+                .get(format!("{base}/admin/api/stats"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (stats["turns_total"] == 10)
+                .then_some(())
+                .ok_or(stats.to_string())
+        },
+    )
+    .await;
 
     // Feedback and fresh inferences from 8 workers until the kill.
     let stop_at = Instant::now() + Duration::from_millis(1500);
@@ -120,8 +102,7 @@ async fn sigkill_under_feedback_load_loses_no_acknowledged_feedback() {
         }));
     }
     tokio::time::sleep(stop_at - Instant::now()).await;
-    server.kill().unwrap(); // SIGKILL
-    server.wait().unwrap();
+    server.kill(); // SIGKILL
     let (mut acknowledged, mut answered) = (Vec::new(), Vec::new());
     for w in workers {
         let (a, b) = w.await.unwrap();
@@ -136,17 +117,9 @@ async fn sigkill_under_feedback_load_loses_no_acknowledged_feedback() {
 
     // The store opens cleanly after the crash.
     let mut server = serve(&config);
-    wait_ready(&http, &base).await;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &server.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(server.wait().unwrap().success());
-    sim.kill().unwrap();
-    sim.wait().unwrap();
+    ready(&http, &base).await;
+    assert!(server.terminate().await.success());
+    sim.kill();
 
     let out = dir.path().join("export.jsonl");
     let status = flywheel()

@@ -58,30 +58,34 @@ async fn fine_tune(app: &TestApp, train: Vec<u8>) -> String {
     let id = job["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{job} for {file}"));
-    for _ in 0..600 {
-        let job: Value = app
-            .http
-            .get(sim(&format!("fine_tuning/jobs/{id}")))
-            .bearer_auth(PROVIDER_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        match job["status"].as_str() {
-            Some("succeeded") => return job["fine_tuned_model"].as_str().unwrap().to_string(),
-            Some("failed" | "cancelled") => panic!("the fine-tune ended: {job}"),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    panic!("the fine-tune did not finish");
+    eventually(
+        &format!("fine-tune {id} at the simulator to succeed"),
+        Duration::from_secs(30),
+        || async {
+            let job: Value = app
+                .http
+                .get(sim(&format!("fine_tuning/jobs/{id}")))
+                .bearer_auth(PROVIDER_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match job["status"].as_str() {
+                Some("succeeded") => Ok(job["fine_tuned_model"].as_str().unwrap().to_string()),
+                Some("failed" | "cancelled") => panic!("the fine-tune ended: {job}"),
+                _ => Err(job["status"].to_string()),
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_simulated_fine_tune_is_scored_against_its_base_on_the_held_out_split() {
     let app = spawn_app_with(Options {
-        simulator: flywheel::simulate::SimulatorConfig {
+        simulator: flywheel_simulator::SimulatorConfig {
             api_key: Some(PROVIDER_KEY.into()),
             job_step: Duration::from_millis(10),
             ..Default::default()
@@ -90,23 +94,23 @@ async fn a_simulated_fine_tune_is_scored_against_its_base_on_the_held_out_split(
     })
     .await;
     let data = labelled_dataset(&app).await;
-    let train = admin(
-        &app,
-        Method::GET,
-        &format!("/admin/api/datasets/{}/train.jsonl", data.dataset_id),
-        None,
-    )
-    .await;
+    let train = app
+        .admin(
+            Method::GET,
+            &format!("/admin/api/datasets/{}/train.jsonl", data.dataset_id),
+            None,
+        )
+        .await;
     assert_eq!(train.status(), 200);
     let model = fine_tune(&app, train.bytes().await.unwrap().to_vec()).await;
     assert!(model.starts_with("ft:"), "{model}");
-    let registered = admin(
-        &app,
-        Method::POST,
-        "/admin/api/models/triage/versions",
-        Some(json!({"name": "tuned", "provider": "sim", "model": model})),
-    )
-    .await;
+    let registered = app
+        .admin(
+            Method::POST,
+            "/admin/api/models/triage/versions",
+            Some(&json!({"name": "tuned", "provider": "sim", "model": model})),
+        )
+        .await;
     assert_eq!(registered.status(), 201);
 
     let run = evaluate(&app, &data.dataset_id, &["base", "tuned"]).await;
@@ -153,30 +157,35 @@ async fn a_simulated_fine_tune_is_scored_against_its_base_on_the_held_out_split(
         .unwrap();
     assert_eq!(response.status(), 200);
     let turns = before["turns_total"].as_i64().unwrap() + 1;
-    for _ in 0..200 {
-        let stats: Value = app.admin_get("/admin/api/stats").await;
-        if stats["turns_total"] == turns {
-            assert_eq!(before["fine_tuned_traffic_share"], 0.0);
-            assert!(
-                close(
-                    &stats["fine_tuned_traffic_share"],
-                    &json!(1.0 / turns as f64)
-                ),
-                "{stats}"
-            );
-            for field in [
-                "avg_quality_score",
-                "approval_rate",
-                "mean_rating",
-                "feedback_share",
-                "taxonomy_coverage",
-            ] {
-                assert!(stats.get(field).is_some(), "{field}");
+    let stats = eventually(
+        "the fine-tuned turn in the stats",
+        Duration::from_secs(10),
+        || async {
+            let stats: Value = app.admin_get("/admin/api/stats").await;
+            if stats["turns_total"] == turns {
+                Ok(stats)
+            } else {
+                Err(stats.to_string())
             }
-            assert_eq!(stats["approval_rate"], 1.0);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        },
+    )
+    .await;
+    assert_eq!(before["fine_tuned_traffic_share"], 0.0);
+    assert!(
+        close(
+            &stats["fine_tuned_traffic_share"],
+            &json!(1.0 / turns as f64)
+        ),
+        "{stats}"
+    );
+    for field in [
+        "avg_quality_score",
+        "approval_rate",
+        "mean_rating",
+        "feedback_share",
+        "taxonomy_coverage",
+    ] {
+        assert!(stats.get(field).is_some(), "{field}");
     }
-    panic!("the fine-tuned turn was not captured");
+    assert_eq!(stats["approval_rate"], 1.0);
 }

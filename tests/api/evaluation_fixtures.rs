@@ -8,6 +8,7 @@ use crate::helpers::*;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -87,48 +88,20 @@ async fn ask_large(app: &TestApp, alert: &str) -> (String, String, String) {
     )
 }
 
-pub async fn admin(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> reqwest::Response {
-    let request = app
-        .http
-        .request(method, app.url(path))
-        .bearer_auth(ADMIN_TOKEN);
-    let request = match body {
-        Some(b) => request.json(&b),
-        None => request,
-    };
-    request.send().await.unwrap()
-}
-
 /// Waits until the capture writer has stored the conversation with its
 /// turn (the turn's record follows its conversation), then labels it
 /// (with the answer it should have given, when the labels say otherwise
 /// than the model).
 async fn label(app: &TestApp, id: &str, threat_type: &str, severity: &str, corrected: bool) {
     let path = format!("/admin/api/conversations/{id}");
-    let mut captured = false;
-    for _ in 0..200 {
-        let response = admin(app, reqwest::Method::GET, &path, None).await;
-        if response.status() == 200
-            && response.json::<Value>().await.unwrap()["turns"][0]["status"] == "ok"
-        {
-            captured = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(captured, "conversation {id} was never captured");
+    app.stored_turns(id, 1).await;
     let mut patch = json!({"threat_type": threat_type, "severity": severity, "status": "approved"});
     if corrected {
         patch["correction"] = json!(format!(
             "Threat type: {threat_type}\nSeverity: {severity}\nRationale: as the analyst found."
         ));
     }
-    let response = admin(app, reqwest::Method::PATCH, &path, Some(patch)).await;
+    let response = app.admin(Method::PATCH, &path, Some(&patch)).await;
     assert_eq!(response.status(), 200);
 }
 
@@ -154,14 +127,14 @@ pub async fn labelled_dataset(app: &TestApp) -> Labelled {
         };
         label(app, &id, &threat, &severity, corrected).await;
     }
-    let response = admin(
-        app,
-        reqwest::Method::POST,
-        "/admin/api/datasets",
-        Some(json!({"name": "evaluation fixture", "format": "sft",
+    let response = app
+        .admin(
+            Method::POST,
+            "/admin/api/datasets",
+            Some(&json!({"name": "evaluation fixture", "format": "sft",
             "filter": {"status": "approved", "alias": "triage"}, "validation_split": 0.35})),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(response.status(), 201);
     let built: Value = response.json().await.unwrap();
     assert_eq!(built["ready_for_training"], true, "{built}");
@@ -180,12 +153,7 @@ pub async fn labelled_dataset(app: &TestApp) -> Labelled {
 
 /// Queues a run and waits for it to end; returns the run.
 pub async fn evaluate(app: &TestApp, dataset_id: &str, versions: &[&str]) -> Value {
-    let response = admin(
-        app,
-        reqwest::Method::POST,
-        "/admin/api/evaluations",
-        Some(json!({"alias": "triage", "versions": versions, "dataset_id": dataset_id, "split": "validation"})),
-    )
+    let response = app.admin(Method::POST, "/admin/api/evaluations", Some(&json!({"alias": "triage", "versions": versions, "dataset_id": dataset_id, "split": "validation"})))
     .await;
     assert_eq!(response.status(), 202);
     let queued: Value = response.json().await.unwrap();
@@ -198,26 +166,27 @@ pub async fn evaluate(app: &TestApp, dataset_id: &str, versions: &[&str]) -> Val
 }
 
 pub async fn run_of(app: &TestApp, id: &str) -> Value {
-    let response = admin(
-        app,
-        reqwest::Method::GET,
-        &format!("/admin/api/evaluations/{id}"),
-        None,
-    )
-    .await;
+    let response = app
+        .admin(Method::GET, &format!("/admin/api/evaluations/{id}"), None)
+        .await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
 
 pub async fn finished(app: &TestApp, id: &str) -> Value {
-    for _ in 0..600 {
-        let run = run_of(app, id).await;
-        if matches!(run["status"].as_str(), Some("succeeded" | "failed")) {
-            return run;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("evaluation {id} did not finish");
+    eventually(
+        &format!("evaluation {id} to finish"),
+        Duration::from_secs(30),
+        || async {
+            let run = run_of(app, id).await;
+            if matches!(run["status"].as_str(), Some("succeeded" | "failed")) {
+                Ok(run)
+            } else {
+                Err(run["progress"].to_string())
+            }
+        },
+    )
+    .await
 }
 
 /// Records every POST body; answers with `status`.

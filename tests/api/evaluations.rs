@@ -23,13 +23,13 @@ pub const LOW_TARGETS: &str =
     "[evaluation.targets]\naccuracy = 0.0\nprecision_high_severity = 0.0\nrecall_critical = 0.0\n";
 
 async fn examples(app: &TestApp, id: &str) -> Vec<Value> {
-    let response = admin(
-        app,
-        Method::GET,
-        &format!("/admin/api/evaluations/{id}/examples"),
-        None,
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::GET,
+            &format!("/admin/api/evaluations/{id}/examples"),
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let page: Value = response.json().await.unwrap();
     page["data"].as_array().unwrap().clone()
@@ -206,13 +206,13 @@ async fn two_versions_are_scored_on_a_held_out_split_as_an_independent_count_say
     );
 
     // Metrics over time, oldest first, one per version and metric.
-    let response = admin(
-        &app,
-        Method::GET,
-        "/admin/api/performance?alias=triage&version=large&metric=accuracy",
-        None,
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::GET,
+            "/admin/api/performance?alias=triage&version=large&metric=accuracy",
+            None,
+        )
+        .await;
     let performance: Value = response.json().await.unwrap();
     assert_eq!(performance["data"].as_array().unwrap().len(), 1);
     assert_eq!(performance["data"][0]["evaluation_id"], id);
@@ -221,13 +221,13 @@ async fn two_versions_are_scored_on_a_held_out_split_as_an_independent_count_say
         &run["results"]["large"]["accuracy"]
     ));
     let again = evaluate(&app, &data.dataset_id, &["large"]).await;
-    let response = admin(
-        &app,
-        Method::GET,
-        "/admin/api/performance?alias=triage&version=large&metric=accuracy",
-        None,
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::GET,
+            "/admin/api/performance?alias=triage&version=large&metric=accuracy",
+            None,
+        )
+        .await;
     let performance: Value = response.json().await.unwrap();
     let order: Vec<&Value> = performance["data"]
         .as_array()
@@ -242,7 +242,10 @@ async fn two_versions_are_scored_on_a_held_out_split_as_an_independent_count_say
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
 
     // Evaluation requests go straight to the provider: nothing captured.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Had any gone through the proxy, it would have been handed to capture
+    // before its run finished; once capture has taken everything, it
+    // would show.
+    app.capture_settled().await;
     assert_eq!(
         app.state.store.tallies().unwrap().conversations,
         captured_before
@@ -252,7 +255,10 @@ async fn two_versions_are_scored_on_a_held_out_split_as_an_independent_count_say
 #[tokio::test]
 async fn bad_requests_are_refused_with_the_field_named() {
     let app = spawn_app_with(options("")).await;
-    let post = |body: Value| admin(&app, Method::POST, "/admin/api/evaluations", Some(body));
+    let post = async |body: Value| {
+        app.admin(Method::POST, "/admin/api/evaluations", Some(&body))
+            .await
+    };
     let (status, error) =
         error_of(post(json!({"alias": "nope", "versions": ["base"], "dataset_id": "ds_x"})).await)
             .await;
@@ -269,13 +275,13 @@ async fn bad_requests_are_refused_with_the_field_named() {
     let (status, _) = error_of(post(json!({"alias": "triage", "versions": ["base"], "dataset_id": "ds_x", "split": "train"})).await).await;
     assert_eq!(status, 400);
     let analyst = app
-        .http
-        .post(app.url("/admin/api/evaluations"))
-        .bearer_auth(&app.analyst_key)
-        .json(&json!({"alias": "triage", "versions": ["base"], "dataset_id": "ds_x"}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/admin/api/evaluations",
+            &app.analyst_key,
+            Some(&json!({"alias": "triage", "versions": ["base"], "dataset_id": "ds_x"})),
+        )
+        .await;
     assert_eq!(analyst.status(), 403);
 }
 
@@ -290,14 +296,17 @@ async fn a_metric_under_its_target_raises_an_alert_that_reaches_the_webhook() {
     let run = evaluate(&app, &data.dataset_id, &["base"]).await;
     assert_eq!(run["targets"]["accuracy"]["met"], false);
 
-    let alerts: Value = app.admin_get("/admin/api/alerts?state=open").await;
-    let alert = alerts["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["kind"] == "evaluation")
-        .cloned()
-        .unwrap();
+    // A run's alerts are raised just after it is stored as finished.
+    let alert = eventually("the run's alert", Duration::from_secs(5), || async {
+        let alerts: Value = app.admin_get("/admin/api/alerts?state=open").await;
+        alerts["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == "evaluation")
+            .cloned()
+    })
+    .await;
     assert_eq!(
         (
             alert["alias"].as_str(),
@@ -308,12 +317,12 @@ async fn a_metric_under_its_target_raises_an_alert_that_reaches_the_webhook() {
     );
     assert_eq!(alert["threshold"], 0.999);
     assert!(close(&alert["value"], &run["results"]["base"]["accuracy"]));
-    for _ in 0..200 {
-        if !receiver.bodies.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the alert at the webhook",
+        Duration::from_secs(5),
+        || async { (!receiver.bodies.lock().unwrap().is_empty()).then_some(()) },
+    )
+    .await;
     let bodies = receiver.bodies.lock().unwrap().clone();
     assert_eq!(bodies.len(), 1);
     assert!(
@@ -345,15 +354,53 @@ async fn a_failing_webhook_is_retried_a_bounded_number_of_times_and_blocks_nothi
         200
     );
 
-    for _ in 0..300 {
-        if receiver.bodies.lock().unwrap().len() >= 6 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Delivery takes one alert at a time, in order: once a third alert
+    // reaches the webhook, the first two are done with for good.
+    let third = evaluate(&app, &data.dataset_id, &["base"]).await;
+    assert_eq!(third["status"], "succeeded");
+    // A run's alerts are raised just after it is stored as finished.
+    let ids = eventually(
+        "an alert for each of the three runs",
+        Duration::from_secs(5),
+        || async {
+            let alerts: Value = app.admin_get("/admin/api/alerts?state=open").await;
+            let alert_of = |run: &Value| {
+                alerts["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|a| {
+                        a["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains(run["id"].as_str().unwrap())
+                    })
+                    .map(|a| a["id"].clone())
+            };
+            Some([alert_of(&first)?, alert_of(&second)?, alert_of(&third)?])
+        },
+    )
+    .await;
+    let bodies = eventually(
+        "the third alert at the webhook",
+        Duration::from_secs(20),
+        || async {
+            let bodies = receiver.bodies.lock().unwrap().clone();
+            if bodies.iter().any(|b| b["alert_id"] == ids[2]) {
+                Ok(bodies)
+            } else {
+                Err(format!("{} attempts", bodies.len()))
+            }
+        },
+    )
+    .await;
     // Two alerts, three attempts each, then it gives up.
-    assert_eq!(receiver.bodies.lock().unwrap().len(), 6);
+    let attempts = |id: &Value| bodies.iter().filter(|b| b["alert_id"] == *id).count();
+    assert_eq!(
+        (attempts(&ids[0]), attempts(&ids[1])),
+        (3, 3),
+        "{bodies:#?}"
+    );
     let metrics = app
         .http
         .get(app.url("/metrics"))
@@ -376,7 +423,7 @@ async fn a_failing_webhook_is_retried_a_bounded_number_of_times_and_blocks_nothi
 async fn an_interrupted_run_resumes_without_asking_finished_examples_again() {
     let dir = tempfile::tempdir().unwrap();
     let slow = || Options {
-        simulator: flywheel::simulate::SimulatorConfig {
+        simulator: flywheel_simulator::SimulatorConfig {
             api_key: Some(PROVIDER_KEY.into()),
             token_delay: Duration::from_millis(4),
             ..Default::default()
@@ -386,19 +433,21 @@ async fn an_interrupted_run_resumes_without_asking_finished_examples_again() {
     };
     let app = spawn_app_with(slow()).await;
     let data = labelled_dataset(&app).await;
-    let response = admin(&app, Method::POST, "/admin/api/evaluations", Some(json!({"alias": "triage", "versions": ["base", "large"], "dataset_id": data.dataset_id}))).await;
+    let response = app.admin(Method::POST, "/admin/api/evaluations", Some(&json!({"alias": "triage", "versions": ["base", "large"], "dataset_id": data.dataset_id}))).await;
     let id = response.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
-    loop {
-        let run = run_of(&app, &id).await;
-        assert_ne!(run["status"], "succeeded", "the run should still be going");
-        if run["progress"]["done"].as_u64().unwrap() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "three examples of the run done",
+        Duration::from_secs(30),
+        || async {
+            let run = run_of(&app, &id).await;
+            assert_ne!(run["status"], "succeeded", "the run should still be going");
+            (run["progress"]["done"].as_u64().unwrap() >= 3).then_some(())
+        },
+    )
+    .await;
     app.state.shutdown.cancel();
     let TestApp { server, state, .. } = app;
     server.await.unwrap().unwrap();
@@ -459,29 +508,28 @@ async fn production_and_its_candidates_with_traffic_are_evaluated_on_schedule() 
     })
     .await;
     let data = labelled_dataset(&app).await;
-    let traffic = admin(
-        &app,
-        Method::PUT,
-        "/admin/api/models/triage/traffic",
-        Some(json!({"weights": {"base": 80, "large": 20}, "reason": "try large"})),
+    let traffic = app
+        .admin(
+            Method::PUT,
+            "/admin/api/models/triage/traffic",
+            Some(&json!({"weights": {"base": 80, "large": 20}, "reason": "try large"})),
+        )
+        .await;
+    assert_eq!(traffic.status(), 200);
+    let run = eventually(
+        "a scheduled evaluation to succeed",
+        Duration::from_secs(15),
+        || async {
+            let listed: Value = app.admin_get("/admin/api/evaluations?alias=triage").await;
+            listed["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["status"] == "succeeded")
+                .cloned()
+        },
     )
     .await;
-    assert_eq!(traffic.status(), 200);
-    let mut scheduled = None;
-    for _ in 0..200 {
-        let listed: Value = app.admin_get("/admin/api/evaluations?alias=triage").await;
-        scheduled = listed["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["status"] == "succeeded")
-            .cloned();
-        if scheduled.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let run = scheduled.expect("no scheduled evaluation succeeded");
     assert_eq!(run["created_by"], "scheduler");
     assert_eq!(run["versions"], json!(["base", "large"]));
     assert_eq!(run["dataset_id"], json!(data.dataset_id));

@@ -2,8 +2,8 @@
 //! this test makes from the captured records, and a failing candidate is
 //! stopped by its guardrail without a single failed request.
 
-use crate::helpers::{ADMIN_TOKEN, Options, TestApp, spawn_app_with};
-use flywheel::simulate::SimulatorConfig;
+use crate::helpers::{Options, TestApp, eventually, spawn_app_with};
+use flywheel_simulator::SimulatorConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -12,13 +12,12 @@ use std::time::Duration;
 
 async fn put_traffic(app: &TestApp, alias: &str, weights: Value) {
     let response = app
-        .http
-        .put(app.url(&format!("/admin/api/models/{alias}/traffic")))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"weights": weights, "reason": "experiment"}))
-        .send()
-        .await
-        .unwrap();
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/api/models/{alias}/traffic"),
+            Some(&json!({"weights": weights, "reason": "experiment"})),
+        )
+        .await;
     assert_eq!(response.status(), 200);
 }
 
@@ -194,12 +193,13 @@ async fn experiment_figures_equal_a_count_from_the_captured_records() {
         .await;
     // Failed requests get no feedback to wait on: wait until capture has
     // stored every one.
-    for _ in 0..600 {
-        if app.admin_get("/admin/api/stats").await["turns_total"] == 240 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("240 turns captured", Duration::from_secs(30), || async {
+        let stats = app.admin_get("/admin/api/stats").await;
+        (stats["turns_total"] == 240)
+            .then_some(())
+            .ok_or(stats["turns_total"].to_string())
+    })
+    .await;
 
     let mut counts = BTreeMap::<String, Count>::new();
     for conversation in every_conversation(&app).await {
@@ -320,20 +320,16 @@ production = "base"
         .await;
     assert!(statuses.iter().all(|s| *s == 200), "a client saw a failure");
 
-    let mut alert = Value::Null;
-    for _ in 0..100 {
+    let alert = eventually("a guardrail alert", Duration::from_secs(20), || async {
         let alerts = app.admin_get("/admin/api/alerts?state=open").await;
-        if let Some(a) = alerts["data"]
+        alerts["data"]
             .as_array()
             .unwrap()
             .iter()
             .find(|a| a["kind"] == "guardrail")
-        {
-            alert = a.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .cloned()
+    })
+    .await;
     assert_eq!(alert["version"], "candidate", "no guardrail alert");
     assert_eq!(
         (alert["alias"].as_str(), alert["metric"].as_str()),
@@ -364,15 +360,13 @@ production = "base"
     );
 
     let acked = app
-        .http
-        .post(app.url(&format!(
-            "/admin/api/alerts/{}/ack",
-            alert["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&app.analyst_key)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            &format!("/admin/api/alerts/{}/ack", alert["id"].as_str().unwrap()),
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(acked.status(), 200);
     let acked: Value = acked.json().await.unwrap();
     assert_eq!(acked["state"], "acknowledged");

@@ -7,35 +7,31 @@ use serde_json::{Value, json};
 /// Makes an inference with `key` and waits until it is stored.
 async fn inference(app: &TestApp, key: &str) -> (String, String) {
     let response = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&triage_request(false))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v1/chat/completions",
+            key,
+            Some(&triage_request(false)),
+        )
+        .await;
     let id = response.headers()["x-flywheel-inference-id"]
         .to_str()
         .unwrap()
         .to_string();
     let body: Value = response.json().await.unwrap();
-    for _ in 0..100 {
-        if app.state.store.inference(&id).unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("inference {id} to be captured"),
+        std::time::Duration::from_secs(5),
+        || async { app.state.store.inference(&id).unwrap() },
+    )
+    .await;
     (id, body["id"].as_str().unwrap().to_string())
 }
 
+/// POST /v1/feedback as `key`.
 async fn post(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
-    app.http
-        .post(app.url("/v1/feedback"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
+    app.send(reqwest::Method::POST, "/v1/feedback", key, Some(body))
         .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -9,11 +9,12 @@ mod methods;
 mod restart;
 
 use crate::helpers::*;
-use flywheel::simulate::SimulatorConfig;
 use flywheel::store::DatasetRecord;
+use flywheel_simulator::SimulatorConfig;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The simulator's step per job status: a job ends in a few polls.
 const FAST_STEP: Duration = Duration::from_millis(50);
@@ -37,57 +38,58 @@ pub fn options(upstream: SocketAddr, extra: &str) -> Options {
     }
 }
 
-pub async fn admin(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> reqwest::Response {
-    let mut request = app
-        .http
-        .request(method, app.url(path))
-        .bearer_auth(ADMIN_TOKEN);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request.send().await.unwrap()
-}
-
 pub async fn create_job(app: &TestApp, body: Value) -> Value {
-    let response = admin(
-        app,
-        reqwest::Method::POST,
-        "/admin/api/fine-tuning/jobs",
-        Some(body),
-    )
-    .await;
+    let response = app
+        .admin(Method::POST, "/admin/api/fine-tuning/jobs", Some(&body))
+        .await;
     assert_eq!(response.status(), 201);
     response.json().await.unwrap()
 }
 
 pub async fn job(app: &TestApp, id: &str) -> Value {
-    let response = admin(
-        app,
-        reqwest::Method::GET,
-        &format!("/admin/api/fine-tuning/jobs/{id}"),
-        None,
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::GET,
+            &format!("/admin/api/fine-tuning/jobs/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
 
-/// Polls the job until it has ended (or `timeout` passes).
+/// Polls the job until it has ended (for 30 s at most).
 pub async fn until_finished(app: &TestApp, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = job(app, id).await;
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job did not finish: {job:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("job {id} to finish"),
+        Duration::from_secs(30),
+        || async {
+            let job = job(app, id).await;
+            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+                Ok(job)
+            } else {
+                Err(format!("{job:#}"))
+            }
+        },
+    )
+    .await
+}
+
+/// Polls the job until the provider has its submission; the job.
+pub async fn until_submitted(app: &TestApp, id: &str) -> Value {
+    eventually(
+        &format!("job {id} to be submitted"),
+        Duration::from_secs(10),
+        || async {
+            let job = job(app, id).await;
+            if job["provider_job_id"].is_null() {
+                Err(format!("{job:#}"))
+            } else {
+                Ok(job)
+            }
+        },
+    )
+    .await
 }
 
 /// The simulator's own view, asked directly with the provider key.
@@ -263,35 +265,28 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
     }
     for (id, review) in &labelled {
         // Capture is off the hot path: the conversation appears shortly.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let response = app
-                .http
-                .patch(app.url(&format!("/admin/api/conversations/{id}")))
-                .bearer_auth(&app.analyst_key)
-                .json(review)
-                .send()
-                .await
-                .unwrap();
-            if response.status() == 200 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "conversation {id} was not captured"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let path = format!("/admin/api/conversations/{id}");
+        eventually(
+            &format!("conversation {id} to be captured and reviewed"),
+            Duration::from_secs(10),
+            || async {
+                let response = app
+                    .send(Method::PATCH, &path, &app.analyst_key, Some(review))
+                    .await;
+                (response.status() == 200).then_some(())
+            },
+        )
+        .await;
     }
     let ids: Vec<&str> = labelled.iter().map(|(id, _)| id.as_str()).collect();
     let response = app
-        .http
-        .post(app.url("/admin/api/conversations/bulk"))
-        .bearer_auth(&app.analyst_key)
-        .json(&json!({"ids": ids, "action": "approve"}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/admin/api/conversations/bulk",
+            &app.analyst_key,
+            Some(&json!({"ids": ids, "action": "approve"})),
+        )
+        .await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["updated"], n, "{body}");
 }
@@ -299,13 +294,9 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
 /// A snapshot of the approved conversations, built by the datasets API.
 async fn dataset_from_approved(app: &TestApp) -> (String, Value) {
     let body = json!({"name": "approved triage", "format": "sft", "filter": {"status": "approved", "alias": "triage"}});
-    let response = admin(
-        app,
-        reqwest::Method::POST,
-        "/admin/api/datasets",
-        Some(body),
-    )
-    .await;
+    let response = app
+        .admin(Method::POST, "/admin/api/datasets", Some(&body))
+        .await;
     assert_eq!(response.status(), 201);
     let report: Value = response.json().await.unwrap();
     (report["id"].as_str().unwrap().to_string(), report)
@@ -376,7 +367,8 @@ async fn chats_become_a_fine_tuned_candidate_that_serves_its_canary_share() {
     );
     assert_eq!(submissions(&app, id).await.len(), 1);
 
-    let alias: Value = admin(&app, reqwest::Method::GET, "/admin/api/models/triage", None)
+    let alias: Value = app
+        .admin(Method::GET, "/admin/api/models/triage", None)
         .await
         .json()
         .await
@@ -418,16 +410,12 @@ async fn chats_become_a_fine_tuned_candidate_that_serves_its_canary_share() {
         "{served:?}"
     );
 
-    let audit: Value = admin(
-        &app,
-        reqwest::Method::GET,
-        "/admin/api/audit?limit=100",
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let audit: Value = app
+        .admin(Method::GET, "/admin/api/audit?limit=100", None)
+        .await
+        .json()
+        .await
+        .unwrap();
     let actions: Vec<(&str, &str)> = audit["data"]
         .as_array()
         .unwrap()
@@ -445,16 +433,12 @@ async fn chats_become_a_fine_tuned_candidate_that_serves_its_canary_share() {
         "{actions:?}"
     );
 
-    let list: Value = admin(
-        &app,
-        reqwest::Method::GET,
-        "/admin/api/fine-tuning/jobs",
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let list: Value = app
+        .admin(Method::GET, "/admin/api/fine-tuning/jobs", None)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["id"], id);
     assert_eq!(list["has_more"], false);
 }

@@ -95,14 +95,7 @@ async fn chat_and_rate(app: &TestApp, n: usize) -> (u16, Option<String>, String)
         .to_str()
         .unwrap()
         .to_string();
-    let feedback = app
-        .http
-        .post(app.url("/v1/feedback"))
-        .bearer_auth(&app.analyst_key)
-        .json(&json!({"inference_id": inference, "rating": 1 + n % 5, "threat_type": "credential_access"}))
-        .send()
-        .await
-        .unwrap();
+    let feedback = app.send(reqwest::Method::POST, "/v1/feedback", &app.analyst_key, Some(&json!({"inference_id": inference, "rating": 1 + n % 5, "threat_type": "credential_access"}))).await;
     let status = feedback.status().as_u16();
     let body: Value = feedback.json().await.unwrap();
     assert!(
@@ -156,12 +149,8 @@ async fn a_full_disk_is_survived_and_the_store_recovers_without_a_restart() {
     // Nothing waits forever on the failed store.
     let started = Instant::now();
     let stats = app
-        .http
-        .get(app.url("/admin/api/stats"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .admin(reqwest::Method::GET, "/admin/api/stats", None)
+        .await;
     assert!(
         stats.status() == 200 || stats.status() == 503,
         "{}",

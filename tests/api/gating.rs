@@ -19,11 +19,10 @@ fn gated(evaluation: &str) -> Options {
 }
 
 async fn promote(app: &TestApp, body: Value) -> reqwest::Response {
-    admin(
-        app,
+    app.admin(
         Method::POST,
         "/admin/api/models/triage/promote",
-        Some(body),
+        Some(&body),
     )
     .await
 }
@@ -34,13 +33,13 @@ async fn verdict(app: &TestApp, version: &str) -> Value {
 }
 
 async fn register_twin(app: &TestApp) {
-    let twin = admin(
-        app,
-        Method::POST,
-        "/admin/api/models/triage/versions",
-        Some(json!({"name": "twin", "provider": "sim", "model": "gpt-4o-mini"})),
-    )
-    .await;
+    let twin = app
+        .admin(
+            Method::POST,
+            "/admin/api/models/triage/versions",
+            Some(&json!({"name": "twin", "provider": "sim", "model": "gpt-4o-mini"})),
+        )
+        .await;
     assert_eq!(twin.status(), 201);
 }
 
@@ -131,13 +130,13 @@ async fn an_admin_may_force_a_refused_promotion_with_a_reason_and_it_is_audited(
     assert_eq!((status, error["param"].as_str()), (400, Some("reason")));
     // An analyst may not promote, forced or not.
     let by_analyst = app
-        .http
-        .post(app.url("/admin/api/models/triage/promote"))
-        .bearer_auth(&app.analyst_key)
-        .json(&json!({"version": "large", "reason": "I insist", "force": true}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/admin/api/models/triage/promote",
+            &app.analyst_key,
+            Some(&json!({"version": "large", "reason": "I insist", "force": true})),
+        )
+        .await;
     let (status, error) = error_of(by_analyst).await;
     assert_eq!(
         (status, error["code"].as_str()),
@@ -145,12 +144,13 @@ async fn an_admin_may_force_a_refused_promotion_with_a_reason_and_it_is_audited(
     );
     // The analyst may read the verdict, though.
     let read = app
-        .http
-        .get(app.url("/admin/api/models/triage/gate?version=large"))
-        .bearer_auth(&app.analyst_key)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::GET,
+            "/admin/api/models/triage/gate?version=large",
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(read.status(), 200);
 
     let forced = promote(
@@ -253,7 +253,7 @@ async fn the_verdict_names_unknown_aliases_and_versions() {
         ("/admin/api/models/triage/gate?version=nope", 400, "version"),
         ("/admin/api/models/triage/gate", 400, "version"),
     ] {
-        let r = admin(&app, Method::GET, path, None).await;
+        let r = app.admin(Method::GET, path, None).await;
         let (got, error) = error_of(r).await;
         assert_eq!(
             (got, error["param"].as_str()),

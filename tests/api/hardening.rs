@@ -121,7 +121,7 @@ async fn parallel_tool_calls_in_a_multi_step_agent_loop_thread_into_one_conversa
         conversations.iter().all(|c| *c == conversations[0]),
         "{conversations:?}"
     );
-    let detail = stored_turns(&app, &conversations[0], 4).await;
+    let detail = app.stored_turns(&conversations[0], 4).await;
     assert_eq!(detail["turns"].as_array().unwrap().len(), 4);
 }
 
@@ -155,7 +155,7 @@ async fn a_streamed_tool_call_loop_threads_into_one_conversation() {
         conversations.iter().all(|c| *c == conversations[0]),
         "{conversations:?}"
     );
-    stored_turns(&app, &conversations[0], 4).await;
+    app.stored_turns(&conversations[0], 4).await;
 }
 
 /// Content and tool calls of choice 0 of an SSE body, as an SDK
@@ -186,34 +186,6 @@ fn reassemble(body: &str) -> (Option<String>, Vec<Value>) {
         }
     }
     (content, calls)
-}
-
-/// The admin view of a conversation once `turns` of its turns are stored.
-async fn stored_turns(app: &TestApp, conversation: &str, turns: usize) -> Value {
-    eventually(
-        &format!("{turns} stored turns in {conversation}"),
-        Duration::from_secs(10),
-        || async {
-            let response = app
-                .http
-                .get(app.url(&format!("/admin/api/conversations/{conversation}")))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap();
-            if response.status() != 200 {
-                return None;
-            }
-            let body: Value = response.json().await.unwrap();
-            let ok = body["turns"]
-                .as_array()?
-                .iter()
-                .filter(|t| t["status"] == "ok")
-                .count();
-            (ok >= turns).then_some(body)
-        },
-    )
-    .await
 }
 
 /// Threading must not depend on the capture writer getting CPU: with every
@@ -364,25 +336,8 @@ async fn idle_slowloris_and_stalled_body_connections_are_closed_within_their_tim
         opened.elapsed() >= Duration::from_secs(2),
         "closed before idle_timeout_s"
     );
-    let timed_out = metric(&app, "flywheel_connections_timed_out_total").await;
+    let timed_out = app.metric("flywheel_connections_timed_out_total").await;
     assert!(timed_out >= 3.0, "timeouts counted: {timed_out}");
-}
-
-/// The sum of a Prometheus counter over its labels.
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]
@@ -532,7 +487,7 @@ async fn a_lone_surrogate_and_deep_nesting_are_captured_with_their_messages() {
             .unwrap();
         assert_eq!(response.status(), 200, "body {i}");
         let conversation = conversation_of(&response);
-        let stored = stored_turns(&app, &conversation, 1).await;
+        let stored = app.stored_turns(&conversation, 1).await;
         let messages = &stored["turns"][0]["request"]["messages"];
         let content = messages[0]["content"]
             .as_str()
@@ -664,12 +619,12 @@ async fn a_just_answered_turn_shows_as_writing_never_as_missing() {
         conversation = conversation_of(&response);
         let body: Value = response.json().await.unwrap();
         let view = app
-            .http
-            .get(app.url(&format!("/admin/api/conversations/{conversation}")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+            .admin(
+                reqwest::Method::GET,
+                &format!("/admin/api/conversations/{conversation}"),
+                None,
+            )
+            .await;
         let status = view.status();
         let view: Value = view.json().await.unwrap();
         if status == 200 {
@@ -692,6 +647,6 @@ async fn a_just_answered_turn_shows_as_writing_never_as_missing() {
         messages.push(body["choices"][0]["message"].clone());
         messages.push(json!({"role": "user", "content": "and then?"}));
     }
-    let stored = stored_turns(&app, &conversation, 15).await;
+    let stored = app.stored_turns(&conversation, 15).await;
     assert_eq!(stored["turns"].as_array().unwrap().len(), 15);
 }

@@ -1,10 +1,14 @@
 //! Spawning the simulator and the proxy for a test, each on port 0, each
-//! test with its own temporary store.
+//! test with its own temporary store; the one way tests send requests to
+//! the app (`TestApp::send`), the one way they wait for something
+//! (`eventually`), and, in `process`, the one way they run the binary.
+
+pub mod process;
 
 use flywheel::app::{AppState, Application};
 use flywheel::auth::Role;
 use flywheel::config::{Config, Secrets};
-use flywheel::simulate::{self, SimulatorConfig};
+use flywheel_simulator::SimulatorConfig;
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +23,11 @@ pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
 pub async fn spawn_simulator(config: SimulatorConfig) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(simulate::serve(listener, config, std::future::pending()));
+    tokio::spawn(flywheel_simulator::serve(
+        listener,
+        config,
+        std::future::pending(),
+    ));
     addr
 }
 
@@ -117,28 +125,111 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Sends `method path` with `key` as the bearer token and `body`, when
+    /// there is one, as JSON. Every request helper below is this one with
+    /// some arguments filled in; requests with headers of their own are
+    /// built on `http` where the test needs them.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        let request = self.http.request(method, self.url(path)).bearer_auth(key);
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        request.send().await.unwrap()
+    }
+
+    /// `send` with the bootstrap admin token.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        self.send(method, path, ADMIN_TOKEN, body).await
+    }
+
     /// GET an admin route with the bootstrap admin token; asserts a 200.
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
-        let response = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let response = self.admin(reqwest::Method::GET, path, None).await;
         assert_eq!(response.status(), 200, "GET {path}");
         response.json().await.unwrap()
     }
 
     /// POST JSON to the proxy with the client key.
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(&self.client_key)
-            .json(body)
+        self.send(reqwest::Method::POST, path, &self.client_key, Some(body))
+            .await
+    }
+
+    /// The admin view of conversation `id` once `turns` of its turns are
+    /// stored (capture writes off the hot path, so a conversation just
+    /// answered shows a moment later).
+    pub async fn stored_turns(&self, id: &str, turns: usize) -> serde_json::Value {
+        let path = format!("/admin/api/conversations/{id}");
+        eventually(
+            &format!("{turns} stored turns in conversation {id}"),
+            Duration::from_secs(10),
+            || async {
+                let response = self.admin(reqwest::Method::GET, &path, None).await;
+                if response.status() != 200 {
+                    return Err(format!("status {}", response.status()));
+                }
+                let body: serde_json::Value = response.json().await.unwrap();
+                let ok = body["turns"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["status"] == "ok")
+                    .count();
+                if ok >= turns {
+                    Ok(body)
+                } else {
+                    Err(body.to_string())
+                }
+            },
+        )
+        .await
+    }
+
+    /// The sum of a Prometheus metric over its labels, 0 when `/metrics`
+    /// does not show it.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until capture has taken every exchange answered so far:
+    /// stored it, or set it aside as not to be captured. What was not
+    /// stored by then never will be, so a test checks an absence after it.
+    pub async fn capture_settled(&self) {
+        let in_flight = self.state.exchanges.in_flight();
+        eventually(
+            "capture to take every exchange answered so far",
+            Duration::from_secs(10),
+            || async { (in_flight.count() == 0).then_some(()) },
+        )
+        .await;
     }
 }
 
@@ -195,24 +286,22 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
     let mut secrets = Secrets::resolve(&config, |v| env.get(v).map(|s| s.to_string()));
     secrets.admin_token = Some(SecretString::from(ADMIN_TOKEN));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     // A store just released by a stopped app may stay locked a moment
     // while sled's flusher lets go.
-    let mut app = Application::build(config.clone(), secrets.clone(), listener);
-    for _ in 0..100 {
-        if !matches!(
-            app,
-            Err(flywheel::app::StartError::Store(
-                flywheel::store::StoreError::Locked { .. }
-            ))
-        ) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        app = Application::build(config.clone(), secrets.clone(), listener);
-    }
-    let app = app.unwrap();
+    let app = eventually(
+        "the store to be free to open",
+        Duration::from_secs(5),
+        || async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            match Application::build(config.clone(), secrets.clone(), listener) {
+                Err(flywheel::app::StartError::Store(
+                    e @ flywheel::store::StoreError::Locked { .. },
+                )) => Err(e.to_string()),
+                built => Ok(built.unwrap()),
+            }
+        },
+    )
+    .await;
     let addr = app.local_addr().unwrap();
     let state = app.state();
     let client_key = state
@@ -276,22 +365,50 @@ pub async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
     (status, error)
 }
 
-/// Polls `check` until it gives a value, failing the test with `label`
-/// once `within` has passed without one.
-pub async fn eventually<T, F, Fut>(label: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
+/// What one look of [`eventually`] found: `Some`/`Ok` is done with its
+/// value; `None` is not yet, and `Err` is not yet with what was seen,
+/// which the failure message then shows.
+pub trait Progress<T> {
+    fn progress(self) -> Result<T, Option<String>>;
+}
+
+impl<T> Progress<T> for Option<T> {
+    fn progress(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T> Progress<T> for Result<T, String> {
+    fn progress(self) -> Result<T, Option<String>> {
+        self.map_err(Some)
+    }
+}
+
+/// Polls `check` until it is done, and gives its value; fails the test
+/// naming `label` (and what the last look saw) once `within` has passed.
+/// The pause between looks starts short and grows, so that quick things
+/// are seen at once and slow ones are not polled hard.
+pub async fn eventually<T, P: Progress<T>>(
+    label: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> P,
+) -> T {
     let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(10);
     loop {
-        if let Some(value) = check().await {
-            return value;
+        let last = match check().await.progress() {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            match last {
+                Some(seen) => {
+                    panic!("timed out after {within:?} waiting for {label}; last seen: {seen}")
+                }
+                None => panic!("timed out after {within:?} waiting for {label}"),
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {label}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }

@@ -24,6 +24,7 @@ mod fine_tuning;
 mod full_disk;
 mod gating;
 mod hardening;
+mod layout;
 mod models;
 mod operations;
 mod review;

@@ -3,38 +3,24 @@
 //! experiment figures and the guardrail.
 
 use crate::helpers::{
-    ADMIN_TOKEN, Options, TestApp, error_of, spawn_app, spawn_app_with, sse_data,
+    ADMIN_TOKEN, Options, TestApp, error_of, eventually, spawn_app, spawn_app_with, sse_data,
 };
-use flywheel::simulate::SimulatorConfig;
+use flywheel_simulator::SimulatorConfig;
 use futures_util::StreamExt;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-async fn admin_send(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: Value,
-) -> reqwest::Response {
-    app.http
-        .request(method, app.url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn set_traffic(app: &TestApp, weights: Value) -> Value {
-    let response = admin_send(
-        app,
-        reqwest::Method::PUT,
-        "/admin/api/models/triage/traffic",
-        json!({"weights": weights, "reason": "test split"}),
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::PUT,
+            "/admin/api/models/triage/traffic",
+            Some(&json!({"weights": weights, "reason": "test split"})),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
@@ -207,13 +193,13 @@ async fn promote_and_rollback_under_streaming_load_fail_no_request() {
         ),
     ] {
         let issued = Instant::now();
-        let response = admin_send(
-            &app,
-            reqwest::Method::POST,
-            &format!("/admin/api/models/triage/{path}"),
-            body,
-        )
-        .await;
+        let response = app
+            .admin(
+                Method::POST,
+                &format!("/admin/api/models/triage/{path}"),
+                Some(&body),
+            )
+            .await;
         assert_eq!(response.status(), 200, "{path}");
         changes.push((issued, Instant::now(), after));
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -293,13 +279,13 @@ async fn stream_once(app: &TestApp, c: usize) -> Seen {
 #[tokio::test]
 async fn versions_weights_and_history_survive_a_restart() {
     let app = spawn_app().await;
-    let registered = admin_send(
-        &app,
-        reqwest::Method::POST,
-        "/admin/api/models/triage/versions",
-        json!({"name": "ft1", "provider": "sim", "model": "gpt-4o"}),
-    )
-    .await;
+    let registered = app
+        .admin(
+            Method::POST,
+            "/admin/api/models/triage/versions",
+            Some(&json!({"name": "ft1", "provider": "sim", "model": "gpt-4o"})),
+        )
+        .await;
     assert_eq!(registered.status(), 201);
     let version: Value = registered.json().await.unwrap();
     assert_eq!(
@@ -345,12 +331,8 @@ async fn versions_weights_and_history_survive_a_restart() {
     assert_eq!(actions, ["traffic", "register", "seed"]);
     assert_eq!(history["data"][0]["reason"], "test split");
     let models: Value = app
-        .http
-        .get(app.url("/v1/models"))
-        .bearer_auth(&app.client_key)
-        .send()
+        .send(Method::GET, "/v1/models", &app.client_key, None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -386,12 +368,13 @@ async fn versions_weights_and_history_survive_a_restart() {
 async fn registry_changes_are_checked_and_guarded_by_role_and_revision() {
     let app = spawn_app().await;
     let alias = app
-        .http
-        .get(app.url("/admin/api/models/triage"))
-        .bearer_auth(&app.analyst_key)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::GET,
+            "/admin/api/models/triage",
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(alias.headers()["etag"], "\"1\"");
     let put = |key: String, if_match: &'static str, body: Value| {
         let request = app
@@ -440,30 +423,30 @@ async fn registry_changes_are_checked_and_guarded_by_role_and_revision() {
     let (status, e) = error_of(put(ADMIN_TOKEN.into(), "1", good).await).await;
     assert_eq!((status, e["code"].as_str()), (409, Some("conflict")));
 
-    let rollback = admin_send(
-        &app,
-        reqwest::Method::POST,
-        "/admin/api/models/triage/rollback",
-        json!({"reason": "x"}),
-    )
-    .await;
+    let rollback = app
+        .admin(
+            Method::POST,
+            "/admin/api/models/triage/rollback",
+            Some(&json!({"reason": "x"})),
+        )
+        .await;
     assert_eq!(error_of(rollback).await.0, 409, "nothing to roll back to");
-    let promote = admin_send(
-        &app,
-        reqwest::Method::POST,
-        "/admin/api/models/triage/promote",
-        json!({"version": "nope", "reason": "x"}),
-    )
-    .await;
+    let promote = app
+        .admin(
+            Method::POST,
+            "/admin/api/models/triage/promote",
+            Some(&json!({"version": "nope", "reason": "x"})),
+        )
+        .await;
     let (status, e) = error_of(promote).await;
     assert_eq!((status, e["param"].as_str()), (400, Some("version")));
-    let unknown = admin_send(
-        &app,
-        reqwest::Method::POST,
-        "/admin/api/models/nope/rollback",
-        json!({"reason": "x"}),
-    )
-    .await;
+    let unknown = app
+        .admin(
+            Method::POST,
+            "/admin/api/models/nope/rollback",
+            Some(&json!({"reason": "x"})),
+        )
+        .await;
     assert_eq!(error_of(unknown).await.0, 404);
 
     // x-flywheel-variant: analysts and admins only, and only known versions.
@@ -545,12 +528,7 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
     assert_eq!(detail["turns"][0]["fallback_from"], "large");
     assert_eq!(detail["turns"][0]["version"], "base");
 
-    let shadowed = admin_send(
-        &app,
-        reqwest::Method::PUT,
-        "/admin/api/models/triage/traffic",
-        json!({"weights": {"base": 100}, "shadow": ["large"], "reason": "compare quietly"}),
-    )
+    let shadowed = app.admin(Method::PUT, "/admin/api/models/triage/traffic", Some(&json!({"weights": {"base": 100}, "shadow": ["large"], "reason": "compare quietly"})))
     .await;
     assert_eq!(shadowed.status(), 200);
     let response = app
@@ -569,24 +547,30 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
         body["model"], "gpt-4o-mini",
         "the shadow's answer is never returned"
     );
-    let mut shadows = Value::Null;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let detail = app
-            .http
-            .get(app.url(&format!("/admin/api/conversations/{conversation}")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        if detail.status() == 200 {
-            let detail: Value = detail.json().await.unwrap();
-            shadows = detail["turns"][0]["shadows"].clone();
-            if shadows.as_array().is_some_and(|s| !s.is_empty()) {
-                break;
+    let shadows = eventually(
+        "the shadow's answer beside the turn",
+        Duration::from_secs(5),
+        || async {
+            let detail = app
+                .admin(
+                    Method::GET,
+                    &format!("/admin/api/conversations/{conversation}"),
+                    None,
+                )
+                .await;
+            if detail.status() != 200 {
+                return Err(format!("status {}", detail.status()));
             }
-        }
-    }
+            let detail: Value = detail.json().await.unwrap();
+            let shadows = detail["turns"][0]["shadows"].clone();
+            if shadows.as_array().is_some_and(|s| !s.is_empty()) {
+                Ok(shadows)
+            } else {
+                Err(detail.to_string())
+            }
+        },
+    )
+    .await;
     assert_eq!(shadows[0]["version"], "large", "{shadows}");
     assert_eq!(shadows[0]["provider_model"], "gpt-4o");
     let detail = app
@@ -600,12 +584,12 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
     // Deleting the conversation deletes the shadow's answer too.
     let shadow_id = shadows[0]["inference_id"].as_str().unwrap().to_string();
     let deleted = app
-        .http
-        .delete(app.url(&format!("/admin/api/conversations/{conversation}")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .admin(
+            Method::DELETE,
+            &format!("/admin/api/conversations/{conversation}"),
+            None,
+        )
+        .await;
     assert_eq!(deleted.status(), 204);
     assert!(app.state.store.inference(&shadow_id).unwrap().is_none());
     assert!(

@@ -43,22 +43,23 @@ async fn health_readiness_and_metrics_answer() {
         .unwrap();
 
     // The exchange worker counts tokens off the hot path: give it a moment.
-    let mut metrics = String::new();
-    for _ in 0..50 {
-        metrics = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("flywheel_tokens_total") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let metrics = eventually(
+        "flywheel_tokens_total in /metrics",
+        std::time::Duration::from_secs(5),
+        || async {
+            let metrics = app
+                .http
+                .get(app.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metrics.contains("flywheel_tokens_total").then_some(metrics)
+        },
+    )
+    .await;
     for name in [
         "flywheel_requests_total{",
         "flywheel_request_duration_seconds_bucket{",

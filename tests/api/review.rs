@@ -4,6 +4,7 @@
 //! through the proxy.
 
 use crate::helpers::*;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -35,31 +36,29 @@ async fn six_conversations(app: &TestApp) -> Vec<String> {
             tokio::time::sleep(Duration::from_millis(1010)).await;
         }
     }
-    for _ in 0..100 {
-        if list(app, "").await["data"].as_array().unwrap().len() == 6 {
-            return ids;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the six conversations were not captured");
-}
-
-async fn get(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
-    app.http
-        .get(app.url(path))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
+    eventually(
+        "the six conversations listed",
+        Duration::from_secs(5),
+        || async {
+            let listed = list(app, "").await["data"].as_array().unwrap().len();
+            (listed == 6)
+                .then_some(())
+                .ok_or(format!("{listed} listed"))
+        },
+    )
+    .await;
+    ids
 }
 
 async fn list(app: &TestApp, query: &str) -> Value {
-    let response = get(
-        app,
-        &app.analyst_key,
-        &format!("/admin/api/conversations?{query}"),
-    )
-    .await;
+    let response = app
+        .send(
+            Method::GET,
+            &format!("/admin/api/conversations?{query}"),
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 200, "{query}");
     response.json().await.unwrap()
 }
@@ -71,22 +70,6 @@ fn ids_of(page: &Value) -> Vec<&str> {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect()
-}
-
-async fn send(
-    app: &TestApp,
-    method: reqwest::Method,
-    key: &str,
-    path: &str,
-    body: &Value,
-) -> reqwest::Response {
-    app.http
-        .request(method, app.url(path))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -128,8 +111,7 @@ async fn analysts_find_review_and_approve_conversations() {
 
     // Review one conversation.
     let target = &ids[2];
-    let patched = send(&app, reqwest::Method::PATCH, &app.analyst_key, &format!("/admin/api/conversations/{target}"),
-        &json!({"threat_type": "command_and_control", "severity": "high", "quality_score": 5, "notes": "certutil download", "correction": "Threat type: command_and_control", "status": "approved"})).await;
+    let patched = app.send(Method::PATCH, &format!("/admin/api/conversations/{target}"), &app.analyst_key, Some(&json!({"threat_type": "command_and_control", "severity": "high", "quality_score": 5, "notes": "certutil download", "correction": "Threat type: command_and_control", "status": "approved"}))).await;
     assert_eq!(patched.status(), 200);
     let patched: Value = patched.json().await.unwrap();
     assert_eq!(patched["status"], "approved");
@@ -163,37 +145,39 @@ async fn analysts_find_review_and_approve_conversations() {
     }
 
     // Detail of a conversation: every turn with its feedback.
-    let feedback = send(&app, reqwest::Method::POST, &app.client_key, "/v1/feedback",
-        &json!({"inference_id": patched["turns"][0]["inference_id"], "rating": 2, "thumbs": "down"})).await;
+    let feedback = app.send(Method::POST, "/v1/feedback", &app.client_key, Some(&json!({"inference_id": patched["turns"][0]["inference_id"], "rating": 2, "thumbs": "down"}))).await;
     assert_eq!(feedback.status(), 201);
-    let detail: Value = get(
-        &app,
-        &app.analyst_key,
-        &format!("/admin/api/conversations/{target}"),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let detail: Value = app
+        .send(
+            Method::GET,
+            &format!("/admin/api/conversations/{target}"),
+            &app.analyst_key,
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(detail["turns"][0]["feedback"][0]["rating"], 2);
     assert_eq!(detail["mean_rating"], 2.0);
     assert_eq!(detail["thumbs"], json!({"up": 0, "down": 1}));
 
     // Bulk approval, with an id that does not exist.
-    let bulk = send(
-        &app,
-        reqwest::Method::POST,
-        &app.analyst_key,
-        "/admin/api/conversations/bulk",
-        &json!({"ids": [ids[0], ids[1], "conv_missing"], "action": "approve"}),
-    )
-    .await;
+    let bulk = app
+        .send(
+            Method::POST,
+            "/admin/api/conversations/bulk",
+            &app.analyst_key,
+            Some(&json!({"ids": [ids[0], ids[1], "conv_missing"], "action": "approve"})),
+        )
+        .await;
     assert_eq!(bulk.status(), 200);
     let bulk: Value = bulk.json().await.unwrap();
     assert_eq!(bulk["updated"], 2);
     assert_eq!(bulk["missing"], json!(["conv_missing"]));
 
-    let stats: Value = get(&app, &app.analyst_key, "/admin/api/stats")
+    let stats: Value = app
+        .send(Method::GET, "/admin/api/stats", &app.analyst_key, None)
         .await
         .json()
         .await
@@ -211,26 +195,18 @@ async fn analysts_find_review_and_approve_conversations() {
 
     // Hard delete: admins only; the inferences and feedback go with it.
     let path = format!("/admin/api/conversations/{target}");
-    let by_analyst = send(
-        &app,
-        reqwest::Method::DELETE,
-        &app.analyst_key,
-        &path,
-        &json!({}),
-    )
-    .await;
+    let by_analyst = app
+        .send(Method::DELETE, &path, &app.analyst_key, Some(&json!({})))
+        .await;
     assert_eq!(error_of(by_analyst).await.0, 403);
-    let deleted = send(
-        &app,
-        reqwest::Method::DELETE,
-        ADMIN_TOKEN,
-        &path,
-        &json!({}),
-    )
-    .await;
+    let deleted = app
+        .send(Method::DELETE, &path, ADMIN_TOKEN, Some(&json!({})))
+        .await;
     assert_eq!(deleted.status(), 204);
     assert_eq!(
-        error_of(get(&app, &app.analyst_key, &path).await).await.0,
+        error_of(app.send(Method::GET, &path, &app.analyst_key, None).await)
+            .await
+            .0,
         404
     );
     let inference_id = patched["turns"][0]["inference_id"].as_str().unwrap();
@@ -242,7 +218,8 @@ async fn analysts_find_review_and_approve_conversations() {
             .unwrap()
             .is_empty()
     );
-    let stats: Value = get(&app, &app.analyst_key, "/admin/api/stats")
+    let stats: Value = app
+        .send(Method::GET, "/admin/api/stats", &app.analyst_key, None)
         .await
         .json()
         .await
@@ -257,7 +234,8 @@ async fn analysts_find_review_and_approve_conversations() {
     assert_eq!(stats["mean_rating"], Value::Null);
 
     // Every write is in the audit log, with who did it.
-    let audit: Value = get(&app, &app.analyst_key, "/admin/api/audit")
+    let audit: Value = app
+        .send(Method::GET, "/admin/api/audit", &app.analyst_key, None)
         .await
         .json()
         .await
@@ -280,7 +258,14 @@ async fn analysts_find_review_and_approve_conversations() {
     assert_eq!(audit["data"][1]["actor"], audit["data"][2]["actor"]);
 
     // Client keys do not reach the admin API.
-    let as_client = get(&app, &app.client_key, "/admin/api/conversations").await;
+    let as_client = app
+        .send(
+            Method::GET,
+            "/admin/api/conversations",
+            &app.client_key,
+            None,
+        )
+        .await;
     assert_eq!(error_of(as_client).await.0, 403);
 }
 
@@ -294,18 +279,12 @@ async fn bad_review_input_gets_a_clear_error_and_changes_nothing() {
         .to_str()
         .unwrap()
         .to_string();
-    for _ in 0..100 {
-        if app
-            .state
-            .store
-            .conversation(&conversation)
-            .unwrap()
-            .is_some()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("conversation {conversation} to be captured"),
+        Duration::from_secs(5),
+        || async { app.state.store.conversation(&conversation).unwrap() },
+    )
+    .await;
     let path = format!("/admin/api/conversations/{conversation}");
     for (body, param) in [
         (
@@ -319,7 +298,9 @@ async fn bad_review_input_gets_a_clear_error_and_changes_nothing() {
         (json!({"labels": ["x"]}), None),
         (json!({}), None),
     ] {
-        let response = send(&app, reqwest::Method::PATCH, &app.analyst_key, &path, &body).await;
+        let response = app
+            .send(Method::PATCH, &path, &app.analyst_key, Some(&body))
+            .await;
         let (status, error) = error_of(response).await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(error["type"], "invalid_request_error");
@@ -344,50 +325,54 @@ async fn bad_review_input_gets_a_clear_error_and_changes_nothing() {
         "min_quality=high",
         "colour=red",
     ] {
-        let response = get(
-            &app,
-            &app.analyst_key,
-            &format!("/admin/api/conversations?{query}"),
-        )
-        .await;
+        let response = app
+            .send(
+                Method::GET,
+                &format!("/admin/api/conversations?{query}"),
+                &app.analyst_key,
+                None,
+            )
+            .await;
         let (status, error) = error_of(response).await;
         assert_eq!(status, 400, "{query}: {error}");
     }
     let (status, error) = error_of(
-        get(
-            &app,
-            &app.analyst_key,
+        app.send(
+            Method::GET,
             "/admin/api/conversations?since=yesterday",
+            &app.analyst_key,
+            None,
         )
         .await,
     )
     .await;
     assert_eq!((status, error["param"].as_str()), (400, Some("since")));
 
-    let missing = send(
-        &app,
-        reqwest::Method::PATCH,
-        &app.analyst_key,
-        "/admin/api/conversations/conv_nope",
-        &json!({"status": "approved"}),
-    )
-    .await;
+    let missing = app
+        .send(
+            Method::PATCH,
+            "/admin/api/conversations/conv_nope",
+            &app.analyst_key,
+            Some(&json!({"status": "approved"})),
+        )
+        .await;
     assert_eq!(error_of(missing).await.0, 404);
     for body in [
         json!({"ids": [], "action": "approve"}),
         json!({"ids": [conversation], "action": "delete"}),
     ] {
-        let response = send(
-            &app,
-            reqwest::Method::POST,
-            &app.analyst_key,
-            "/admin/api/conversations/bulk",
-            &body,
-        )
-        .await;
+        let response = app
+            .send(
+                Method::POST,
+                "/admin/api/conversations/bulk",
+                &app.analyst_key,
+                Some(&body),
+            )
+            .await;
         assert_eq!(error_of(response).await.0, 400, "{body}");
     }
-    let stats: Value = get(&app, &app.analyst_key, "/admin/api/stats")
+    let stats: Value = app
+        .send(Method::GET, "/admin/api/stats", &app.analyst_key, None)
         .await
         .json()
         .await

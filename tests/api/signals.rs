@@ -3,6 +3,7 @@
 //! list and by dataset builds.
 
 use crate::helpers::*;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -23,12 +24,13 @@ fn alert(text: &str) -> Value {
 
 async fn list(app: &TestApp, query: &str) -> Vec<Value> {
     let response = app
-        .http
-        .get(app.url(&format!("/admin/api/conversations?{query}")))
-        .bearer_auth(&app.analyst_key)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::GET,
+            &format!("/admin/api/conversations?{query}"),
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 200, "{query}");
     let page: Value = response.json().await.unwrap();
     page["data"].as_array().unwrap().clone()
@@ -66,30 +68,35 @@ async fn signals_are_kept_per_conversation_and_filter_lists_and_datasets() {
         .to_str()
         .unwrap()
         .to_string();
-    for _ in 0..200 {
-        if list(&app, "").await.len() == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "four conversations listed",
+        Duration::from_secs(10),
+        || async {
+            let listed = list(&app, "").await.len();
+            (listed == 4)
+                .then_some(())
+                .ok_or(format!("{listed} listed"))
+        },
+    )
+    .await;
     let patch = json!({"threat_type": "execution", "severity": "medium"});
     let r = app
-        .http
-        .patch(app.url(&format!("/admin/api/conversations/{first}")))
-        .bearer_auth(&app.analyst_key)
-        .json(&patch)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::PATCH,
+            &format!("/admin/api/conversations/{first}"),
+            &app.analyst_key,
+            Some(&patch),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let rated = app
-        .http
-        .post(app.url("/v1/feedback"))
-        .bearer_auth(&app.client_key)
-        .json(&json!({"inference_id": first_inference, "rating": 5}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/v1/feedback",
+            &app.client_key,
+            Some(&json!({"inference_id": first_inference, "rating": 5})),
+        )
+        .await;
     assert_eq!(rated.status(), 201);
 
     let all = list(&app, "").await;
@@ -106,12 +113,13 @@ async fn signals_are_kept_per_conversation_and_filter_lists_and_datasets() {
     assert_eq!(of(&cut)["complete_answer"], false);
     assert_eq!(of(&failed)["upstream_error"], true);
     let detail: Value = app
-        .http
-        .get(app.url(&format!("/admin/api/conversations/{copy}")))
-        .bearer_auth(&app.analyst_key)
-        .send()
+        .send(
+            Method::GET,
+            &format!("/admin/api/conversations/{copy}"),
+            &app.analyst_key,
+            None,
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -144,24 +152,25 @@ async fn signals_are_kept_per_conversation_and_filter_lists_and_datasets() {
         sorted(vec![&first, &copy])
     );
     let bad = app
-        .http
-        .get(app.url("/admin/api/conversations?complete=maybe"))
-        .bearer_auth(&app.analyst_key)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::GET,
+            "/admin/api/conversations?complete=maybe",
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(error_of(bad).await.0, 400);
 
     // The same filters choose a dataset's candidates.
     let body = json!({"ids": [&first, &copy, &cut], "action": "approve"});
     let r = app
-        .http
-        .post(app.url("/admin/api/conversations/bulk"))
-        .bearer_auth(&app.analyst_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/admin/api/conversations/bulk",
+            &app.analyst_key,
+            Some(&body),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     for (filter, candidates) in [
         (json!({}), 3),
@@ -174,13 +183,12 @@ async fn signals_are_kept_per_conversation_and_filter_lists_and_datasets() {
         ),
     ] {
         let r = app
-            .http
-            .post(app.url("/admin/api/datasets"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": "signals", "format": "sft", "filter": filter}))
-            .send()
-            .await
-            .unwrap();
+            .admin(
+                Method::POST,
+                "/admin/api/datasets",
+                Some(&json!({"name": "signals", "format": "sft", "filter": filter})),
+            )
+            .await;
         assert_eq!(r.status(), 201);
         let ds: Value = r.json().await.unwrap();
         assert_eq!(ds["counts"]["candidates"], candidates, "{filter}: {ds}");

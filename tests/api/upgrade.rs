@@ -6,6 +6,7 @@
 //! feedback.
 
 use crate::helpers::*;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -50,12 +51,12 @@ async fn a_store_from_the_previous_release_is_migrated_with_nothing_lost() {
     );
     let dataset = before["datasets"][0]["id"].as_str().unwrap();
     let train = app
-        .http
-        .get(app.url(&format!("/admin/api/datasets/{dataset}/train.jsonl")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+        .admin(
+            Method::GET,
+            &format!("/admin/api/datasets/{dataset}/train.jsonl"),
+            None,
+        )
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -100,13 +101,13 @@ async fn a_store_from_the_previous_release_is_migrated_with_nothing_lost() {
     messages.push(json!({"role": "user", "content": "And the next step?"}));
     let client_key = before["client_key"].as_str().unwrap();
     let follow_up = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(client_key)
-        .json(&json!({"model": "triage", "messages": messages}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            client_key,
+            Some(&json!({"model": "triage", "messages": messages})),
+        )
+        .await;
     assert_eq!(follow_up.status(), 200);
     assert_eq!(
         follow_up.headers()["x-flywheel-conversation-id"],
@@ -115,13 +116,13 @@ async fn a_store_from_the_previous_release_is_migrated_with_nothing_lost() {
     // Feedback by a migrated inference's completion id.
     let completion = last["completion_id"].as_str().unwrap();
     let rated = app
-        .http
-        .post(app.url("/v1/feedback"))
-        .bearer_auth(before["analyst_key"].as_str().unwrap())
-        .json(&json!({"completion_id": completion, "rating": 5}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/v1/feedback",
+            before["analyst_key"].as_str().unwrap(),
+            Some(&json!({"completion_id": completion, "rating": 5})),
+        )
+        .await;
     assert_eq!(rated.status(), 201);
     let rated: Value = rated.json().await.unwrap();
     assert_eq!(rated["inference_id"], last["inference_id"]);

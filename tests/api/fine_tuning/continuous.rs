@@ -9,7 +9,8 @@ const CONTINUOUS: &str =
     "\n[fine_tuning.continuous]\nenabled = true\nmin_new_approved = 30\ncheck_interval_s = 1\n";
 
 async fn jobs(app: &TestApp) -> Vec<Value> {
-    let list: Value = admin(app, Method::GET, "/admin/api/fine-tuning/jobs", None)
+    let list: Value = app
+        .admin(Method::GET, "/admin/api/fine-tuning/jobs", None)
         .await
         .json()
         .await
@@ -17,23 +18,38 @@ async fn jobs(app: &TestApp) -> Vec<Value> {
     list["data"].as_array().unwrap().clone()
 }
 
+/// Waits until the service has made two more checks than when it was
+/// called: the first may have begun before what the test just did, the
+/// second began after, so what it decided about that is on record.
+async fn a_full_check(app: &TestApp) {
+    const CHECKS: &str = "flywheel_continuous_learning_checks_total";
+    let before = app.metric(CHECKS).await;
+    eventually(
+        "two more continuous-learning checks",
+        Duration::from_secs(10),
+        || async {
+            let now = app.metric(CHECKS).await;
+            (now >= before + 2.0)
+                .then_some(())
+                .ok_or(format!("{now} checks"))
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enough_approvals_start_a_job_by_themselves() {
     let sim = spawn_simulator(simulator(FAST_STEP)).await;
     let app = spawn_app_with(options(sim, CONTINUOUS)).await;
     reviewed_conversations(&app, 29).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a_full_check(&app).await;
     assert!(jobs(&app).await.is_empty(), "started below the threshold");
 
     reviewed_conversations_from(&app, 29, 1).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let started = loop {
-        if let Some(job) = jobs(&app).await.into_iter().next() {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "no job was started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let started = eventually("a job to be started", Duration::from_secs(15), || async {
+        jobs(&app).await.into_iter().next()
+    })
+    .await;
     assert_eq!(started["created_by"], "continuous-learning");
     let done = until_finished(&app, started["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
@@ -43,7 +59,8 @@ async fn enough_approvals_start_a_job_by_themselves() {
         "/admin/api/datasets/{}",
         done["dataset_id"].as_str().unwrap()
     );
-    let dataset: Value = admin(&app, Method::GET, &path, None)
+    let dataset: Value = app
+        .admin(Method::GET, &path, None)
         .await
         .json()
         .await
@@ -51,7 +68,8 @@ async fn enough_approvals_start_a_job_by_themselves() {
     assert_eq!(dataset["created_by"], "continuous-learning");
     assert_eq!(dataset["counts"]["accepted"], 30, "{dataset:#}");
 
-    let audit: Value = admin(&app, Method::GET, "/admin/api/audit?limit=200", None)
+    let audit: Value = app
+        .admin(Method::GET, "/admin/api/audit?limit=200", None)
         .await
         .json()
         .await
@@ -90,7 +108,7 @@ async fn enough_approvals_start_a_job_by_themselves() {
         .unwrap();
     assert_eq!(skip["target"], "broken", "{skip:#}");
 
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a_full_check(&app).await;
     assert_eq!(
         jobs(&app).await.len(),
         1,

@@ -73,7 +73,8 @@ async fn a_run_that_fails_at_the_provider_fails_the_job() {
         error["provider_error"]["code"], "simulated_failure",
         "{error:#}"
     );
-    let alias: Value = admin(&app, Method::GET, "/admin/api/models/triage", None)
+    let alias: Value = app
+        .admin(Method::GET, "/admin/api/models/triage", None)
         .await
         .json()
         .await
@@ -94,21 +95,19 @@ async fn a_cancelled_job_is_cancelled_at_the_provider_too() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while job(&app, &id).await["provider_job_id"].is_null() {
-        assert!(Instant::now() < deadline, "the job was not submitted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_submitted(&app, &id).await;
     let analyst = app
-        .http
-        .post(app.url(&format!("/admin/api/fine-tuning/jobs/{id}/cancel")))
-        .bearer_auth(&app.analyst_key)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            &format!("/admin/api/fine-tuning/jobs/{id}/cancel"),
+            &app.analyst_key,
+            None,
+        )
+        .await;
     assert_eq!(analyst.status(), 403);
     let path = format!("/admin/api/fine-tuning/jobs/{id}/cancel");
-    let cancelled: Value = admin(&app, Method::POST, &path, None)
+    let cancelled: Value = app
+        .admin(Method::POST, &path, None)
         .await
         .json()
         .await
@@ -124,7 +123,7 @@ async fn a_cancelled_job_is_cancelled_at_the_provider_too() {
     )
     .await;
     assert_eq!(remote["status"], "cancelled");
-    let (status, error) = error_of(admin(&app, Method::POST, &path, None).await).await;
+    let (status, error) = error_of(app.admin(Method::POST, &path, None).await).await;
     assert_eq!((status, error["code"].as_str()), (409, Some("conflict")));
 }
 
@@ -137,7 +136,7 @@ async fn creation_refuses_what_cannot_be_trained() {
     let jobs = "/admin/api/fine-tuning/jobs";
     let refused = |body: Value| {
         let app = &app;
-        async move { error_of(admin(app, Method::POST, jobs, Some(body)).await).await }
+        async move { error_of(app.admin(Method::POST, jobs, Some(&body)).await).await }
     };
     let (status, e) = refused(json!({"alias": "triage", "dataset_id": too_few})).await;
     assert_eq!(
@@ -177,22 +176,26 @@ async fn creation_refuses_what_cannot_be_trained() {
             .await;
     assert_eq!(status, 400, "{e}");
     let analyst = app
-        .http
-        .post(app.url(jobs))
-        .bearer_auth(&app.analyst_key)
-        .json(&json!({"alias": "triage", "dataset_id": ready}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            jobs,
+            &app.analyst_key,
+            Some(&json!({"alias": "triage", "dataset_id": ready})),
+        )
+        .await;
     assert_eq!(analyst.status(), 403);
-    let listed: Value = admin(&app, Method::GET, jobs, None)
+    let listed: Value = app
+        .admin(Method::GET, jobs, None)
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(listed["data"], json!([]), "nothing refused was stored");
-    let (status, _) =
-        error_of(admin(&app, Method::GET, &format!("{jobs}/job_nope"), None).await).await;
+    let (status, _) = error_of(
+        app.admin(Method::GET, &format!("{jobs}/job_nope"), None)
+            .await,
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
@@ -201,13 +204,13 @@ async fn disabled_fine_tuning_refuses_new_jobs() {
     let sim = spawn_simulator(simulator(FAST_STEP)).await;
     let app = spawn_app_with(options(sim, "enabled = false")).await;
     let ready = stored_dataset(&app, "sft", true, &sft_jsonl(24), "").await;
-    let response = admin(
-        &app,
-        Method::POST,
-        "/admin/api/fine-tuning/jobs",
-        Some(json!({"alias": "triage", "dataset_id": ready})),
-    )
-    .await;
+    let response = app
+        .admin(
+            Method::POST,
+            "/admin/api/fine-tuning/jobs",
+            Some(&json!({"alias": "triage", "dataset_id": ready})),
+        )
+        .await;
     let (status, e) = error_of(response).await;
     assert_eq!(
         (status, e["code"].as_str()),
@@ -234,16 +237,12 @@ async fn jobs_list_newest_first_with_a_cursor() {
             create_job(&app, json!({"alias": "triage", "dataset_id": ready})).await["id"].clone(),
         );
     }
-    let page: Value = admin(
-        &app,
-        Method::GET,
-        "/admin/api/fine-tuning/jobs?limit=2",
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let page: Value = app
+        .admin(Method::GET, "/admin/api/fine-tuning/jobs?limit=2", None)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         page["data"]
             .as_array()
@@ -255,16 +254,16 @@ async fn jobs_list_newest_first_with_a_cursor() {
     );
     assert_eq!(page["has_more"], true);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let rest: Value = admin(
-        &app,
-        Method::GET,
-        &format!("/admin/api/fine-tuning/jobs?limit=2&cursor={cursor}"),
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let rest: Value = app
+        .admin(
+            Method::GET,
+            &format!("/admin/api/fine-tuning/jobs?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(rest["data"][0]["id"], ids[0]);
     assert_eq!(rest["has_more"], false);
 }
@@ -285,23 +284,26 @@ async fn an_unreachable_provider_is_tried_again_rather_than_failing_the_job() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let warned = loop {
-        let job = job(&app, &id).await;
-        let warns: Vec<Value> = job["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["level"] == "warn")
-            .cloned()
-            .collect();
-        if warns.len() >= 2 {
-            break (job, warns);
-        }
-        assert!(Instant::now() < deadline, "no retries noted: {job:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (job, warns) = warned;
+    let (job, warns) = eventually(
+        "two retries noted in the job's events",
+        Duration::from_secs(10),
+        || async {
+            let job = job(&app, &id).await;
+            let warns: Vec<Value> = job["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["level"] == "warn")
+                .cloned()
+                .collect();
+            if warns.len() >= 2 {
+                Ok((job, warns))
+            } else {
+                Err(format!("{job:#}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(job["status"], "preparing", "{job:#}");
     assert!(job["error"].is_null());
     let message = warns[1]["message"].as_str().unwrap();

@@ -23,11 +23,7 @@ async fn a_job_resumes_after_a_restart_without_a_second_submission() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while job(&app, &id).await["provider_job_id"].is_null() {
-        assert!(Instant::now() < deadline, "the job was not submitted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_submitted(&app, &id).await;
     app.stop().await;
 
     // The worst moment to stop: the submission and the validation upload
@@ -75,13 +71,15 @@ async fn a_job_resumes_after_a_restart_without_a_second_submission() {
 
 /// Opens the store a stopped app released (sled may hold its lock a moment).
 async fn reopen(dir: &std::path::Path) -> flywheel::store::SharedStore {
-    for _ in 0..200 {
-        match flywheel::store::open(dir) {
-            Err(flywheel::store::StoreError::Locked { .. }) => {
-                tokio::time::sleep(Duration::from_millis(25)).await;
+    eventually(
+        "the stopped app's store to be free to open",
+        Duration::from_secs(5),
+        || async {
+            match flywheel::store::open(dir) {
+                Err(e @ flywheel::store::StoreError::Locked { .. }) => Err(e.to_string()),
+                opened => Ok(opened.unwrap()),
             }
-            opened => return opened.unwrap(),
-        }
-    }
-    panic!("the store stayed locked");
+        },
+    )
+    .await
 }

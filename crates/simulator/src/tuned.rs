@@ -117,9 +117,9 @@ impl Tuned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::dataset::Example;
-    use crate::simulate::targets::{self, Target};
-    use crate::simulate::training::{Settings, train};
+    use crate::dataset::Example;
+    use crate::targets::{self, Target};
+    use crate::training::{Settings, train};
 
     fn tuned(json: bool) -> Tuned {
         let examples: Vec<Example> = (0..10)

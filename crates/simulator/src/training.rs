@@ -214,7 +214,7 @@ impl SplitMix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::targets::Target;
+    use crate::targets::Target;
 
     fn example(prompt: &str, threat: &str, severity: &str, json: bool) -> Example {
         Example {

@@ -140,7 +140,7 @@ pub fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::request;
+    use crate::request;
 
     fn chunks(body: Value) -> (Vec<Value>, Vec<Event>) {
         let request = request::parse(body.to_string().as_bytes()).unwrap();

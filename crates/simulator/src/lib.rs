@@ -1,9 +1,13 @@
-//! `flywheel simulate`: an OpenAI-compatible upstream for demos, tests and
-//! benchmarks, clearly a simulator. Its models answer triage prompts with a
-//! threat type, a severity and a rationale, deterministically; request
-//! headers inject faults. The proxy reaches it over HTTP like any provider,
-//! so everything it sends follows the OpenAI wire format the official SDKs
-//! parse.
+//! The simulator behind `flywheel simulate` and `flywheel demo`: an
+//! OpenAI-compatible upstream for demos, tests and benchmarks, clearly a
+//! simulator. Its models answer triage prompts with a threat type, a
+//! severity and a rationale, deterministically; request headers inject
+//! faults. The proxy reaches it over HTTP like any provider, so everything
+//! it sends follows the OpenAI wire format the official SDKs parse.
+//!
+//! A crate of its own, depending on nothing of the proxy's: changing the
+//! proxy does not recompile it, and only the proxy's command line and demo
+//! start it (`tests/api/layout.rs` checks that).
 
 mod chat;
 mod classifier;

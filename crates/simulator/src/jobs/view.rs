@@ -2,8 +2,8 @@
 //! and its checkpoint, in OpenAI's shapes.
 
 use super::{Event, Job, ORGANIZATION};
-use crate::simulate::dataset::Shape;
-use crate::simulate::training::Trained;
+use crate::dataset::Shape;
+use crate::training::Trained;
 use serde_json::{Value, json};
 
 impl Event {

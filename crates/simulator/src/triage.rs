@@ -223,7 +223,7 @@ fn find<'t>(text: &'t str, indicator: &str) -> Option<&'t str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::rules::Rule;
+    use crate::rules::Rule;
 
     #[test]
     fn indicators_decide_the_threat_type_and_are_named() {
@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn accuracy_on_the_labelled_alerts() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/sigma-windows-alerts.jsonl");
+            .join("../../../shared/data/sigma-windows-alerts.jsonl");
         let Ok(text) = std::fs::read_to_string(&path) else {
             eprintln!("skipped: {} not found", path.display());
             return;
