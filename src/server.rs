@@ -1,8 +1,9 @@
 //! The route table and the middleware around it: request ids, CORS, request
-//! metrics and logs, authentication and rate limits. `connections` accepts
-//! the connections and holds each to its limits.
+//! metrics and logs (`edge`), authentication and rate limits. `connections`
+//! accepts the connections and holds each to its limits.
 
 mod connections;
+mod edge;
 
 pub use connections::{BodyTimedOut, ConnectionLimits, serve};
 
@@ -11,17 +12,15 @@ use crate::app::AppState;
 use crate::auth::{Role, authenticate};
 use crate::health;
 use crate::openai::{ApiError, BodyLimit};
-use crate::proxy::{self, RouteLabels};
+use crate::proxy;
 use axum::Router;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, delete, get, post, put};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let client_api = Router::new()
@@ -112,9 +111,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/{*path}", get(admin::ui_asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn(observe))
-        .layer(cors(&state.config.server.cors_allow_origins))
-        .layer(from_fn(request_id))
+        .layer(edge::EdgeLayer::new(
+            &state.config.server.cors_allow_origins,
+        ))
         .with_state(state)
 }
 
@@ -184,73 +183,6 @@ async fn apply_feedback_header(
         .id)
 }
 
-/// Request count and latency by route, status, alias and version, and one
-/// log line per request — never with message contents.
-async fn observe(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .and_then(|id| id.0.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let response = next.run(req).await;
-    let elapsed = started.elapsed();
-    let status = response.status().as_u16();
-    let labels = response
-        .extensions()
-        .get::<RouteLabels>()
-        .cloned()
-        .unwrap_or_default();
-    let alias = labels.alias.as_deref().unwrap_or("").to_string();
-    let version = labels.version.as_deref().unwrap_or("").to_string();
-    metrics::counter!("flywheel_requests_total",
-        "route" => route.clone(), "status" => status.to_string(),
-        "alias" => alias.clone(), "version" => version.clone())
-    .increment(1);
-    metrics::histogram!("flywheel_request_duration_seconds",
-        "route" => route.clone(), "alias" => alias.clone(), "version" => version.clone())
-    .record(elapsed.as_secs_f64());
-    tracing::info!(
-        %method, %route, status, alias, version, request_id,
-        ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
-    response
-}
-
-fn cors(origins: &[String]) -> CorsLayer {
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    CorsLayer::new()
-        .allow_origin(allow)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-        ])
-        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
-        .expose_headers([
-            HeaderName::from_static("x-request-id"),
-            HeaderName::from_static("x-flywheel-inference-id"),
-            HeaderName::from_static("x-flywheel-variant"),
-            HeaderName::from_static("x-flywheel-conversation-id"),
-            HeaderName::from_static("x-flywheel-feedback-id"),
-            header::ETAG,
-            header::RETRY_AFTER,
-        ])
-}
-
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound {
         message: format!("Unknown route {}", uri.path()),
@@ -261,55 +193,4 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
-}
-
-/// The request's id, as the client sees it in `x-request-id`.
-#[derive(Clone)]
-struct RequestId(HeaderValue);
-
-/// Gives every request an id: the client's `x-request-id` when it sent
-/// one (echoed back and forwarded upstream as is), else `req_` + a ULID,
-/// the form of every Flywheel id. Upstream, a generated id travels as the
-/// same 128 bits written as a UUID: servers such as llama.cpp's reject
-/// any other form.
-async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = match req.headers().get("x-request-id") {
-        Some(theirs) => theirs.clone(),
-        None => {
-            let ulid = ulid::Ulid::new();
-            if let Ok(upstream) = HeaderValue::try_from(uuid_form(ulid.0)) {
-                req.headers_mut().insert("x-request-id", upstream);
-            }
-            HeaderValue::try_from(format!("req_{ulid}"))
-                .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
-        }
-    };
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(req).await;
-    response.headers_mut().insert("x-request-id", id);
-    response
-}
-
-/// 128 bits as a UUID: `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
-fn uuid_form(bits: u128) -> String {
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_generated_request_id_goes_upstream_as_a_uuid() {
-        assert_eq!(
-            super::uuid_form(0x0190_f2a4_5b6c_7d8e_9fa0_b1c2_d3e4_f506),
-            "0190f2a4-5b6c-7d8e-9fa0-b1c2d3e4f506"
-        );
-    }
 }

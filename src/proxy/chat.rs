@@ -13,6 +13,7 @@ use crate::exchange::Outcome;
 use crate::ids::new_id;
 use crate::openai::{ApiError, read_body};
 use crate::routing::{Choice, Route, RouteError};
+use crate::telemetry::Handles;
 use crate::upstream::{CHAT_PATH, Reply, UpstreamRequest, headers};
 use axum::Extension;
 use axum::body::Body;
@@ -21,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use tokio::time::{Instant, timeout_at};
 
 pub async fn chat_completions(
@@ -397,11 +398,16 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+/// Time to first byte by alias and version: the handles, kept by their labels.
+static FIRST_BYTE: LazyLock<Handles<metrics::Histogram>> = LazyLock::new(Handles::default);
+
 fn record_first_byte(labels: &RouteLabels, started: Instant) {
-    metrics::histogram!(
-        "flywheel_time_to_first_byte_seconds",
-        "alias" => labels.alias.as_deref().unwrap_or("").to_string(),
-        "version" => labels.version.as_deref().unwrap_or("").to_string()
-    )
-    .record(started.elapsed().as_secs_f64());
+    let alias = labels.alias.as_deref().unwrap_or("");
+    let version = labels.version.as_deref().unwrap_or("");
+    FIRST_BYTE
+        .get([alias, version], || {
+            metrics::histogram!("flywheel_time_to_first_byte_seconds",
+                "alias" => alias.to_string(), "version" => version.to_string())
+        })
+        .record(started.elapsed().as_secs_f64());
 }
