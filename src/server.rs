@@ -1,25 +1,24 @@
 //! The route table and the middleware around it: request ids, CORS, request
-//! metrics and logs (`edge`), authentication and rate limits. `connections`
-//! accepts the connections and holds each to its limits.
+//! metrics and logs (`edge`), authentication and rate limits (`guard`).
+//! `connections` accepts the connections and holds each to its limits.
 
 mod connections;
 mod edge;
+mod guard;
 
 pub use connections::{BodyTimedOut, ConnectionLimits, serve};
 
 use crate::admin;
 use crate::app::AppState;
-use crate::auth::{Role, authenticate};
+use crate::auth::Role;
 use crate::health;
-use crate::openai::{ApiError, BodyLimit};
+use crate::openai::ApiError;
 use crate::proxy;
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method};
-use axum::middleware::{Next, from_fn_with_state};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::Method;
+use axum::response::Redirect;
 use axum::routing::{any, delete, get, post, put};
-use std::net::SocketAddr;
+use guard::GuardLayer;
 use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -29,7 +28,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(proxy::list_models))
         .route("/v1/models/{id}", get(proxy::get_model))
         .route("/v1/{*rest}", any(proxy::passthrough))
-        .route_layer(from_fn_with_state(state.clone(), require_client));
+        .route_layer(GuardLayer::new(state.clone(), Role::Client));
     let admin_api = Router::new()
         .route(
             "/admin/api/keys",
@@ -99,7 +98,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/alerts", get(admin::list_alerts))
         .route("/admin/api/alerts/{id}/ack", post(admin::acknowledge_alert))
         .route("/admin/api/{*rest}", any(not_found))
-        .route_layer(from_fn_with_state(state.clone(), require_analyst));
+        .route_layer(GuardLayer::new(state.clone(), Role::Analyst));
     Router::new()
         .merge(client_api)
         .merge(admin_api)
@@ -115,72 +114,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             &state.config.server.cors_allow_origins,
         ))
         .with_state(state)
-}
-
-async fn require_client(state: State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    guard(state, req, next, Role::Client).await
-}
-
-async fn require_analyst(state: State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    guard(state, req, next, Role::Analyst).await
-}
-
-/// Authenticates, checks the role, takes a rate-limit token and tells the
-/// client how many remain.
-async fn guard(
-    State(app): State<Arc<AppState>>,
-    mut req: Request,
-    next: Next,
-    min: Role,
-) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let caller = match authenticate(&app.auth, req.headers(), peer)
-        .and_then(|c| c.require(min).map(|()| c))
-    {
-        Ok(caller) => caller,
-        Err(e) => return e.into_response(),
-    };
-    let allowance = match app.limits.check(&caller.id) {
-        Ok(a) => a,
-        Err(e) => {
-            metrics::counter!("flywheel_rate_limited_total").increment(1);
-            return e.into_response();
-        }
-    };
-    // Feedback riding on any request is applied first: a bad one rejects
-    // the request before anything goes upstream, so none is lost silently.
-    let feedback_id = match req.headers().get("x-flywheel-feedback") {
-        Some(value) => match apply_feedback_header(&app, &caller, value.as_bytes()).await {
-            Ok(id) => Some(id),
-            Err(e) => return e.into_response(),
-        },
-        None => None,
-    };
-    req.extensions_mut().insert(caller);
-    req.extensions_mut()
-        .insert(BodyLimit(app.config.server.max_body_bytes));
-    let mut response = next.run(req).await;
-    if let Some(id) = feedback_id.and_then(|id| HeaderValue::try_from(id).ok()) {
-        response.headers_mut().insert("x-flywheel-feedback-id", id);
-    }
-    if let Some(a) = allowance {
-        crate::limits::write_headers(response.headers_mut(), a.limit, a.remaining, a.reset);
-    }
-    response
-}
-
-async fn apply_feedback_header(
-    app: &AppState,
-    caller: &crate::auth::Caller,
-    value: &[u8],
-) -> Result<String, ApiError> {
-    let request = crate::feedback::parse_header(value)?;
-    Ok(crate::feedback::submit(app, caller, request, None)
-        .await?
-        .id)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
