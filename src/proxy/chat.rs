@@ -15,6 +15,7 @@ use crate::openai::{ApiError, read_body};
 use crate::routing::{Choice, Route, RouteError};
 use crate::telemetry::Handles;
 use crate::upstream::{CHAT_PATH, Reply, UpstreamRequest, headers};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
@@ -372,7 +373,12 @@ async fn unary_response(
     );
     let elapsed = pending.started.elapsed();
     pending.finish(Outcome::Ok, status.as_u16(), body.clone(), Some(elapsed));
-    Ok((status, out_headers, body).into_response())
+    // Built in place: as a (status, headers, body) tuple the headers would
+    // be copied into another map.
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = out_headers;
+    Ok(response)
 }
 
 /// The optional request headers that describe the exchange for capture.
