@@ -67,7 +67,12 @@ impl Provider {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| format!("provider `{}`: cannot build HTTP client: {e}", config.name))?;
-        let base_url = config.base_url.trim_end_matches('/').to_string();
+        // Read as config validation reads it: the URL parser accepts (and
+        // percent-encodes, or writes in punycode) what a request URI
+        // would refuse as written.
+        let parsed = reqwest::Url::parse(&config.base_url)
+            .map_err(|e| format!("provider `{}`: base_url: {e}", config.name))?;
+        let base_url = parsed.as_str().trim_end_matches('/').to_string();
         let chat_uri: Uri = format!("{base_url}/{CHAT_PATH}")
             .parse()
             .map_err(|e| format!("provider `{}`: base_url: {e}", config.name))?;
@@ -336,5 +341,28 @@ impl Upstreams {
 
     pub fn is_empty(&self) -> bool {
         self.providers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_url_is_read_as_config_validation_reads_it() {
+        let toml = r#"
+            name = "p"
+            base_url = "http://exämple.test/open ai/v1/"
+        "#;
+        let config: ProviderConfig = toml::from_str(toml).unwrap();
+        let provider = Provider::new(&config, None).unwrap();
+        assert_eq!(
+            provider.chat_uri.to_string(),
+            "http://xn--exmple-cua.test/open%20ai/v1/chat/completions"
+        );
+        assert_eq!(
+            provider.url("files", Some("purpose=fine-tune")),
+            "http://xn--exmple-cua.test/open%20ai/v1/files?purpose=fine-tune"
+        );
     }
 }
