@@ -8,20 +8,29 @@
 #
 #   bench/throughput.sh              # 15 s per point (about 3 minutes)
 #   DURATION=5 bench/throughput.sh   # shorter
+#   CAPTURE=off bench/throughput.sh  # the request path alone: capture disabled
+#   FLYWHEEL_BIN=path bench/throughput.sh  # that binary instead of building
+#                                          # one, to compare two builds
 #
 # Prints a Markdown table and writes bench/results/throughput.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 duration=${DURATION:-15}
+capture=${CAPTURE:-on}
+case $capture in on|off) ;; *) echo "CAPTURE must be on or off" >&2; exit 2 ;; esac
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 for tool in wrk nginx; do
   command -v $tool >/dev/null || { apt-get update -q && apt-get install -y -q wrk nginx-light; }
 done
-cargo build --release --bin flywheel -q
-flywheel=$root/target/release/flywheel
+if [ -n "${FLYWHEEL_BIN:-}" ]; then
+  flywheel=$FLYWHEEL_BIN
+else
+  cargo build --release --bin flywheel -q
+  flywheel=$root/target/release/flywheel
+fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 upstream_port=$(free_port); nginx_port=$(free_port); proxy_port=$(free_port)
 
@@ -66,6 +75,9 @@ model_type = "threat_detection"
   provider = "upstream"
   model = "gpt-4o-mini"
 TOML
+if [ "$capture" = off ]; then
+  printf '[capture]\nenabled = false\n' >>"$work/flywheel.toml"
+fi
 
 taskset -c 0 nginx -c "$work/upstream.conf" &
 taskset -c 1 nginx -c "$work/nginx.conf" &
@@ -87,7 +99,7 @@ done = function(summary, latency, requests)
 end
 LUA
 
-metric() { curl -s "127.0.0.1:$proxy_port/metrics" | awk -v m="$1" '$1==m {print int($2)}' | head -1; }
+metric() { curl -s "127.0.0.1:$proxy_port/metrics" | awk -v m="$1" '$1==m {print int($2)} END {print 0}' | head -1; }
 # CPU ticks of the capture writer thread (comm is cut to 15 characters).
 writer_ticks() {
   for t in /proc/$proxy_pid/task/*; do
@@ -95,6 +107,8 @@ writer_ticks() {
   done
   echo 0
 }
+# CPU ticks of the whole proxy process.
+process_ticks() { awk '{print $14+$15}' "/proc/$proxy_pid/stat"; }
 run() { # name port connections
   taskset -c 0 wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" | awk -v n="$1" -v c="$3" '/^RESULT/ {print n, c, $2, $3, $4, $5, $6}'
 }
@@ -102,7 +116,7 @@ run() { # name port connections
 for port in $upstream_port $nginx_port $proxy_port; do
   taskset -c 0 wrk -t1 -c8 -d2s -s "$work/post.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null
 done
-captured_before=$(metric flywheel_captured_total); writer_before=$(writer_ticks)
+captured_before=$(metric flywheel_captured_total); writer_before=$(writer_ticks); process_before=$(process_ticks)
 : >"$work/results.txt"
 for c in 1 8 32; do
   run direct $upstream_port $c >>"$work/results.txt"
@@ -110,34 +124,39 @@ for c in 1 8 32; do
   run flywheel $proxy_port $c >>"$work/results.txt"
 done
 # Let capture finish what it holds, then read its figures.
-for _ in $(seq 120); do
-  served=$(awk '$1=="flywheel" {s+=$3} END {print s}' "$work/results.txt")
-  done_=$(( $(metric flywheel_captured_total) + $(metric flywheel_exchange_dropped_total || echo 0) - captured_before ))
-  [ "$done_" -ge "$served" ] && break; sleep 0.5
-done
+served=$(awk '$1=="flywheel" {s+=$3} END {print s}' "$work/results.txt")
+if [ "$capture" = on ]; then
+  for _ in $(seq 120); do
+    done_=$(( $(metric flywheel_captured_total) + $(metric flywheel_exchange_dropped_total) - captured_before ))
+    [ "$done_" -ge "$served" ] && break; sleep 0.5
+  done
+fi
 captured=$(( $(metric flywheel_captured_total) - captured_before ))
 dropped=$(metric flywheel_exchange_dropped_total); dropped=${dropped:-0}
 writer=$(( $(writer_ticks) - writer_before ))
+process=$(( $(process_ticks) - process_before ))
 threads=$(ls /proc/$proxy_pid/task | wc -l)
 rss_kb=$(awk '/VmHWM/{print $2}' /proc/$proxy_pid/status)
 
 mkdir -p bench/results
-python3 - "$work/results.txt" "$captured" "$dropped" "$writer" "$(getconf CLK_TCK)" "$threads" "$rss_kb" "$duration" <<'PY' | tee bench/results/throughput.md
+python3 - "$work/results.txt" "$captured" "$dropped" "$writer" "$(getconf CLK_TCK)" "$threads" "$rss_kb" "$duration" "$capture" "$process" "$served" <<'PY' | tee bench/results/throughput.md
 import sys
-path, captured, dropped, writer, hz, threads, rss, duration = sys.argv[1:]
+path, captured, dropped, writer, hz, threads, rss, duration, capture, process, served = sys.argv[1:]
 rows = {}
 for line in open(path):
     name, c, requests, p50, p99, seconds, errors = line.split()
     rows[(name, int(c))] = (int(requests) / float(seconds), float(p50), float(p99), int(errors))
-print(f"{duration} s per point; the proxy under test alone on core 1, wrk and the static upstream on core 0.\n")
+print(f"{duration} s per point, capture {capture}; the proxy under test alone on core 1, wrk and the static upstream on core 0.\n")
 print("| connections | direct req/s | nginx req/s | Flywheel req/s | Flywheel ÷ nginx | p50 direct / nginx / Flywheel (ms) | added p50 nginx / Flywheel (ms) | p99 nginx / Flywheel (ms) | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 for c in (1, 8, 32):
     d, n, f = rows[("direct", c)], rows[("nginx", c)], rows[("flywheel", c)]
     print(f"| {c} | {d[0]:,.0f} | {n[0]:,.0f} | {f[0]:,.0f} | {f[0] / n[0]:.2f} | {d[1]:.3f} / {n[1]:.3f} / {f[1]:.3f} | "
           f"{n[1] - d[1]:+.3f} / {f[1] - d[1]:+.3f} | {n[2]:.3f} / {f[2]:.3f} | {d[3] + n[3] + f[3]} |")
-captured, writer, hz = int(captured), int(writer), int(hz)
+captured, writer, hz, process, served = int(captured), int(writer), int(hz), int(process), int(served)
 per = writer / hz / captured * 1e6 if captured else float("nan")
+print(f"\nFlywheel process CPU per request served: {process / hz / served * 1e6:.1f} µs, of which all but the capture writer "
+      f"thread (the request path, and the store's own threads when capture is on) {(process - writer) / hz / served * 1e6:.1f} µs.")
 print(f"\nCapture during the run: {captured:,} inferences stored, {dropped} dropped; capture writer thread {per:.1f} µs CPU per inference; "
       f"{threads} threads in the process at the end; peak RSS {int(rss) / 1024:.0f} MB.")
 PY

@@ -2,7 +2,10 @@
 //! logged above debug level: triage chats carry sensitive evidence.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use parking_lot::RwLock;
+use std::collections::HashMap;
 use std::sync::OnceLock;
+use xxhash_rust::xxh3::Xxh3;
 
 /// Seconds; from sub-millisecond proxy work to multi-minute streams.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -45,4 +48,83 @@ pub fn init_logging() {
     } else {
         builder.try_init()
     };
+}
+
+/// Label sets kept at most, per [`Handles`]: far above what routes,
+/// statuses and model versions make; past it, handles are registered
+/// anew on each call (correct, only slower).
+const MAX_HANDLES: usize = 4096;
+
+/// Metric handles kept by their label values, for the metrics recorded on
+/// every request. The metrics macros build the key anew on each call —
+/// the label strings, a hash, a lookup in the recorder's registry — which
+/// the request path's profile showed at several thousand instructions per
+/// request; a handle found here by its labels costs a hash of them.
+pub struct Handles<T> {
+    /// By the hash of their labels: the labels and the handles.
+    kept: RwLock<HashMap<u64, Vec<Kept<T>>>>,
+}
+
+type Kept<T> = (Vec<Box<str>>, T);
+
+impl<T> Default for Handles<T> {
+    fn default() -> Self {
+        Self {
+            kept: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Clone> Handles<T> {
+    /// The handles for `labels`, registered by `register` the first time.
+    pub fn get<const N: usize>(&self, labels: [&str; N], register: impl FnOnce() -> T) -> T {
+        let mut hasher = Xxh3::new();
+        for label in labels {
+            hasher.update(label.as_bytes());
+            // Not UTF-8: no label ends where another begins.
+            hasher.update(&[0xff]);
+        }
+        let hash = hasher.digest();
+        let same = |(kept, _): &&Kept<T>| kept.iter().map(|l| &**l).eq(labels);
+        if let Some((_, handles)) = self
+            .kept
+            .read()
+            .get(&hash)
+            .and_then(|v| v.iter().find(same))
+        {
+            return handles.clone();
+        }
+        let handles = register();
+        let mut kept = self.kept.write();
+        if kept.values().map(Vec::len).sum::<usize>() < MAX_HANDLES {
+            let entry = kept.entry(hash).or_default();
+            if !entry.iter().any(|e| same(&e)) {
+                entry.push((labels.map(Box::from).to_vec(), handles.clone()));
+            }
+        }
+        handles
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_registered_once_per_label_set() {
+        let handles: Handles<usize> = Handles::default();
+        let mut registered = 0;
+        let mut get = |labels: [&str; 2]| {
+            handles.get(labels, || {
+                registered += 1;
+                registered
+            })
+        };
+        assert_eq!(get(["a", "b"]), 1);
+        assert_eq!(get(["a", "b"]), 1);
+        // Labels that concatenate alike are other labels.
+        assert_eq!(get(["ab", ""]), 2);
+        assert_eq!(get(["a", "b"]), 1);
+        assert_eq!(get(["", "ab"]), 3);
+    }
 }

@@ -1,13 +1,15 @@
-//! Provider clients: one pooled HTTP client per provider, with the timeouts
-//! and the retry policy of the config, the files and fine-tuning calls
-//! (`fine_tuning`), and the alert webhook's client. Only this module uses
-//! reqwest.
+//! Provider clients: per provider, the pooled connection that relayed
+//! requests go through (`transport`: hyper's client, or reqwest through a
+//! proxy), with the timeouts and the retry policy of the config; the files
+//! and fine-tuning calls (`fine_tuning`, reqwest), and the alert webhook's
+//! client. Only this module names the HTTP client crates.
 
 mod client;
 mod errors;
 mod fine_tuning;
 pub mod headers;
 mod retry;
+mod transport;
 mod webhook;
 
 pub use client::{BodyStream, CHAT_PATH, Provider, Reply, UpstreamRequest, Upstreams};

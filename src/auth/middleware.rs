@@ -3,9 +3,11 @@
 use super::{KEY_PREFIX, KeyRing, Role, hash_key};
 use crate::openai::ApiError;
 use axum::http::{HeaderMap, header};
+use parking_lot::RwLock;
 use secrecy::SecretString;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use subtle::ConstantTimeEq;
 
 /// How a caller proved who it is.
@@ -99,12 +101,31 @@ pub fn authenticate(
 fn anonymous(policy: &AuthPolicy, peer: Option<IpAddr>) -> Option<Caller> {
     policy.allow_anonymous.then(|| Caller {
         id: match peer {
-            Some(ip) => format!("anonymous-{ip}").into(),
+            Some(ip) => anonymous_id(ip),
             None => "anonymous".into(),
         },
         role: Role::Client,
         credential: Credential::Anonymous,
     })
+}
+
+/// Addresses whose anonymous id is kept; past this many the set starts over.
+const ANONYMOUS_KEPT: usize = 4096;
+
+/// `anonymous-{ip}`, written once per address: formatting an address
+/// showed in the request path's profile.
+fn anonymous_id(ip: IpAddr) -> Arc<str> {
+    static KEPT: LazyLock<RwLock<HashMap<IpAddr, Arc<str>>>> = LazyLock::new(RwLock::default);
+    if let Some(id) = KEPT.read().get(&ip) {
+        return id.clone();
+    }
+    let id: Arc<str> = format!("anonymous-{ip}").into();
+    let mut kept = KEPT.write();
+    if kept.len() >= ANONYMOUS_KEPT {
+        kept.clear();
+    }
+    kept.insert(ip, id.clone());
+    id
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {

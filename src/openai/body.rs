@@ -44,6 +44,12 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
             None,
         ));
     }
+    // Tracking the path costs as much as the parse itself, and only a
+    // rejection needs it: parse plainly first, and again with the path
+    // only to say what was wrong.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
     de.end().map_err(|e| json_error_plain(&e))?;

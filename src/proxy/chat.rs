@@ -13,24 +13,37 @@ use crate::exchange::Outcome;
 use crate::ids::new_id;
 use crate::openai::{ApiError, read_body};
 use crate::routing::{Choice, Route, RouteError};
+use crate::telemetry::Handles;
 use crate::upstream::{CHAT_PATH, Reply, UpstreamRequest, headers};
-use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use tokio::time::{Instant, timeout_at};
 
+const USER: HeaderName = HeaderName::from_static("x-flywheel-user");
+const TAGS: HeaderName = HeaderName::from_static("x-flywheel-tags");
+const NO_CAPTURE: HeaderName = HeaderName::from_static("x-flywheel-no-capture");
+const VARIANT: HeaderName = HeaderName::from_static("x-flywheel-variant");
+const INFERENCE_ID: HeaderName = HeaderName::from_static("x-flywheel-inference-id");
+const CONVERSATION_ID: HeaderName = HeaderName::from_static("x-flywheel-conversation-id");
+
+/// The handler takes the request whole, so its headers and caller are
+/// moved out of it rather than cloned by extractors.
 pub async fn chat_completions(
     State(app): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
-    request_headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let request_headers = parts.headers;
+    let mut extensions = parts.extensions;
+    let caller = extensions.remove::<Caller>().ok_or_else(|| {
+        ApiError::Internal("the request reached the handler unauthenticated".into())
+    })?;
     let body = read_body(body, app.config.server.max_body_bytes).await?;
     let request = ChatRequest::parse(&body)?;
     let explicit = thread::explicit_conversation(&request_headers)?;
@@ -244,7 +257,7 @@ fn forced_variant<'h>(
     headers: &'h HeaderMap,
     caller: &Caller,
 ) -> Result<Option<&'h str>, ApiError> {
-    let Some(value) = headers.get("x-flywheel-variant") else {
+    let Some(value) = headers.get(VARIANT) else {
         return Ok(None);
     };
     caller.require(Role::Analyst).map_err(|_| {
@@ -270,20 +283,20 @@ fn sticky_key(
     body_user: Option<&str>,
 ) -> String {
     if thread.explicit {
-        return format!("conv:{}", thread.conversation_id);
+        return ["conv:", &thread.conversation_id].concat();
     }
     if let Some(inherited) = &thread.sticky {
         return inherited.clone();
     }
     let user = headers
-        .get("x-flywheel-user")
+        .get(USER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .or(body_user);
     match user {
-        Some(u) => format!("user:{u}"),
-        None => format!("key:{}", caller.id),
+        Some(u) => ["user:", u].concat(),
+        None => ["key:", &caller.id].concat(),
     }
 }
 
@@ -296,11 +309,11 @@ fn with_ids(
     labels: RouteLabels,
 ) -> Response {
     let h = response.headers_mut();
-    insert(h, "x-flywheel-inference-id", inference_id);
+    insert(h, INFERENCE_ID, inference_id);
     if let Some(version) = &labels.version {
-        insert(h, "x-flywheel-variant", version);
+        insert(h, VARIANT, version);
     }
-    insert(h, "x-flywheel-conversation-id", conversation_id);
+    insert(h, CONVERSATION_ID, conversation_id);
     response.extensions_mut().insert(labels);
     response
 }
@@ -361,7 +374,12 @@ async fn unary_response(
     );
     let elapsed = pending.started.elapsed();
     pending.finish(Outcome::Ok, status.as_u16(), body.clone(), Some(elapsed));
-    Ok((status, out_headers, body).into_response())
+    // Built in place: as a (status, headers, body) tuple the headers would
+    // be copied into another map.
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = out_headers;
+    Ok(response)
 }
 
 /// The optional request headers that describe the exchange for capture.
@@ -371,7 +389,7 @@ fn capture_meta(
     body_user: Option<&str>,
     capture_enabled: bool,
 ) -> CaptureMeta {
-    let text = |name: &str| {
+    let text = |name: HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -380,29 +398,32 @@ fn capture_meta(
     CaptureMeta {
         conversation_id,
         parent_id: None,
-        user: text("x-flywheel-user")
+        user: text(USER)
             .filter(|u| !u.is_empty())
             .or(body_user)
             .map(|u| u.chars().take(256).collect()),
-        tags: text("x-flywheel-tags")
-            .map(CaptureMeta::parse_tags)
-            .unwrap_or_default(),
-        enabled: capture_enabled && text("x-flywheel-no-capture") != Some("1"),
+        tags: text(TAGS).map(CaptureMeta::parse_tags).unwrap_or_default(),
+        enabled: capture_enabled && text(NO_CAPTURE) != Some("1"),
         ..CaptureMeta::default()
     }
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::try_from(value) {
         headers.insert(name, v);
     }
 }
 
+/// Time to first byte by alias and version: the handles, kept by their labels.
+static FIRST_BYTE: LazyLock<Handles<metrics::Histogram>> = LazyLock::new(Handles::default);
+
 fn record_first_byte(labels: &RouteLabels, started: Instant) {
-    metrics::histogram!(
-        "flywheel_time_to_first_byte_seconds",
-        "alias" => labels.alias.as_deref().unwrap_or("").to_string(),
-        "version" => labels.version.as_deref().unwrap_or("").to_string()
-    )
-    .record(started.elapsed().as_secs_f64());
+    let alias = labels.alias.as_deref().unwrap_or("");
+    let version = labels.version.as_deref().unwrap_or("");
+    FIRST_BYTE
+        .get([alias, version], || {
+            metrics::histogram!("flywheel_time_to_first_byte_seconds",
+                "alias" => alias.to_string(), "version" => version.to_string())
+        })
+        .record(started.elapsed().as_secs_f64());
 }

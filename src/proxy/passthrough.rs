@@ -52,7 +52,7 @@ pub async fn passthrough(
         body: Bytes::new(),
         client_key,
     };
-    let upload = reqwest::Body::wrap_stream(limited(body, limit));
+    let upload = Box::pin(limited(body, limit));
     let deadline = Instant::now() + provider.total_timeout;
     let (status, upstream_headers, stream) = provider.forward(request, upload, deadline).await?;
     let mut response = Response::new(Body::from_stream(stream));

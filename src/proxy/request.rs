@@ -169,9 +169,12 @@ fn content_text<'a>(content: Option<&'a RawValue>) -> Cow<'a, str> {
         return Cow::Borrowed("");
     };
     match raw.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<&str>(raw)
-            .map(Cow::Borrowed)
-            .or_else(|_| serde_json::from_str::<String>(raw).map(Cow::Owned))
+        // Without a backslash the text is the raw string between its quotes.
+        Some(b'"') if !raw.contains('\\') => raw
+            .get(1..raw.len() - 1)
+            .map_or(Cow::Borrowed(raw), Cow::Borrowed),
+        Some(b'"') => serde_json::from_str::<String>(raw)
+            .map(Cow::Owned)
             .unwrap_or(Cow::Borrowed(raw)),
         Some(b'[') => serde_json::from_str::<serde_json::Value>(raw)
             .map(|v| Cow::Owned(message_text(&v)))

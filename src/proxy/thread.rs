@@ -7,7 +7,7 @@ use crate::capture::{RecentThreads, Registration, answer};
 use crate::ids;
 use crate::openai::ApiError;
 use crate::store::{SharedStore, ThreadPoint};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use std::sync::Arc;
 
 /// The longest `x-flywheel-conversation-id` accepted.
@@ -30,7 +30,8 @@ pub struct Thread {
 /// The client's explicit conversation id: absent when not sent (or
 /// blank), a 400 naming the header when it cannot be one.
 pub fn explicit_conversation(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get("x-flywheel-conversation-id") else {
+    const CONVERSATION_ID: HeaderName = HeaderName::from_static("x-flywheel-conversation-id");
+    let Some(value) = headers.get(CONVERSATION_ID) else {
         return Ok(None);
     };
     let bad = |why: &str| {

@@ -3,30 +3,34 @@
 
 use super::errors::{error_from_reply, transport_error};
 use super::retry::{RetryDecision, backoff, retry_after};
+use super::transport::{ByteStream, Payload, Transport, TransportError};
 use crate::config::{Config, ProviderConfig, Secrets};
 use crate::openai::ApiError;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
 use secrecy::{ExposeSecret, SecretString};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
 
+pub use super::transport::BodyStream;
+
 /// The path of chat completions under a provider's base URL.
 pub const CHAT_PATH: &str = "chat/completions";
-
-pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 pub struct Provider {
     pub name: Arc<str>,
     base_url: String,
     /// `{base_url}/chat/completions`, parsed once: URL parsing showed up in
     /// the request path's profile.
-    chat_url: reqwest::Url,
-    key: Option<SecretString>,
+    chat_uri: Uri,
+    /// `Bearer <key>` with our provider key, built once, marked sensitive.
+    bearer: Option<HeaderValue>,
+    /// The Files and fine-tuning calls, which are not relayed.
     http: reqwest::Client,
+    /// Chat completions and pass-through.
+    relay: Transport,
     pub first_byte_timeout: Duration,
     pub total_timeout: Duration,
     pub max_retries: u32,
@@ -63,15 +67,29 @@ impl Provider {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| format!("provider `{}`: cannot build HTTP client: {e}", config.name))?;
-        let base_url = config.base_url.trim_end_matches('/').to_string();
-        let chat_url = reqwest::Url::parse(&format!("{base_url}/{CHAT_PATH}"))
+        // Read as config validation reads it: the URL parser accepts (and
+        // percent-encodes, or writes in punycode) what a request URI
+        // would refuse as written.
+        let parsed = reqwest::Url::parse(&config.base_url)
             .map_err(|e| format!("provider `{}`: base_url: {e}", config.name))?;
+        let base_url = parsed.as_str().trim_end_matches('/').to_string();
+        let chat_uri: Uri = format!("{base_url}/{CHAT_PATH}")
+            .parse()
+            .map_err(|e| format!("provider `{}`: base_url: {e}", config.name))?;
+        let relay = Transport::new(
+            &chat_uri,
+            Duration::from_secs(config.connect_timeout_s),
+            &hyper_util::client::proxy::matcher::Matcher::from_system(),
+            &http,
+        )
+        .map_err(|e| format!("provider `{}`: {e}", config.name))?;
         Ok(Self {
             name: config.name.as_str().into(),
             base_url,
-            chat_url,
-            key,
+            chat_uri,
+            bearer: key.as_ref().and_then(bearer),
             http,
+            relay,
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_s),
             total_timeout: Duration::from_secs(config.timeout_s),
             max_retries: config.max_retries,
@@ -140,18 +158,16 @@ impl Provider {
     pub async fn forward(
         &self,
         req: UpstreamRequest<'_>,
-        body: reqwest::Body,
+        body: ByteStream,
         deadline: Instant,
     ) -> Result<(StatusCode, HeaderMap, BodyStream), ApiError> {
-        let request = self.build(&req).body(body);
         let first_byte = deadline.min(Instant::now() + self.first_byte_timeout);
-        let response = timeout_at(first_byte, request.send())
+        let response = timeout_at(first_byte, self.transmit(&req, Payload::Stream(body)))
             .await
             .map_err(|_| self.timeout("waiting for response headers"))?
             .map_err(|e| transport_error(&self.name, &e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        Ok((status, headers, into_stream(response)))
+        let (parts, body) = response.into_parts();
+        Ok((parts.status, parts.headers, body))
     }
 
     /// A request to `path` under the base URL carrying our provider key,
@@ -162,34 +178,41 @@ impl Provider {
             .http
             .request(method, self.url(path, None))
             .timeout(self.total_timeout);
-        match &self.key {
-            Some(key) => match HeaderValue::try_from(format!("Bearer {}", key.expose_secret())) {
-                Ok(mut value) => {
-                    value.set_sensitive(true);
-                    builder.header(header::AUTHORIZATION, value)
-                }
-                Err(_) => builder,
-            },
+        match &self.bearer {
+            Some(value) => builder.header(header::AUTHORIZATION, value.clone()),
             None => builder,
         }
     }
 
-    fn build(&self, req: &UpstreamRequest<'_>) -> reqwest::RequestBuilder {
+    /// One request as `req` describes it, with our provider key unless
+    /// the client brought its own.
+    async fn transmit(
+        &self,
+        req: &UpstreamRequest<'_>,
+        payload: Payload,
+    ) -> Result<Response<BodyStream>, TransportError> {
         let mut headers = req.headers.clone();
-        let key = req.client_key.or(self.key.as_ref());
-        if let Some(key) = key
-            && let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", key.expose_secret()))
-        {
-            value.set_sensitive(true);
+        let authorization = match req.client_key {
+            Some(key) => bearer(key),
+            None => self.bearer.clone(),
+        };
+        if let Some(value) = authorization {
             headers.insert(header::AUTHORIZATION, value);
         }
-        let builder = if req.path == CHAT_PATH && req.query.is_none() {
-            self.http.request(req.method.clone(), self.chat_url.clone())
+        // What reqwest, which sent these before, adds when the client did not.
+        if !headers.contains_key(header::ACCEPT) {
+            headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        let uri = if req.path == CHAT_PATH && req.query.is_none() {
+            self.chat_uri.clone()
         } else {
-            self.http
-                .request(req.method.clone(), self.url(req.path, req.query))
+            self.url(req.path, req.query)
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| TransportError::Address(e.to_string()))?
         };
-        builder.headers(headers)
+        self.relay
+            .send(req.method.clone(), uri, headers, payload)
+            .await
     }
 
     async fn attempt(
@@ -198,23 +221,24 @@ impl Provider {
         deadline: Instant,
     ) -> Result<Reply, Failure> {
         let first_byte = deadline.min(Instant::now() + self.first_byte_timeout);
-        let request = self.build(req).body(req.body.clone());
-        let response = timeout_at(first_byte, request.send())
-            .await
-            .map_err(|_| Failure::Timeout)?
-            .map_err(|e| {
-                if e.is_connect() {
-                    Failure::Connect(e)
-                } else {
-                    Failure::Other(e)
-                }
-            })?;
+        let response = timeout_at(
+            first_byte,
+            self.transmit(req, Payload::Full(req.body.clone())),
+        )
+        .await
+        .map_err(|_| Failure::Timeout)?
+        .map_err(|e| {
+            if e.is_connect() {
+                Failure::Connect(e)
+            } else {
+                Failure::Other(e)
+            }
+        })?;
         if !response.status().is_success() {
             return Err(Failure::Status(response));
         }
-        let status = response.status();
-        let headers = response.headers().clone();
-        let mut rest = into_stream(response);
+        let (parts, mut rest) = response.into_parts();
+        let (status, headers) = (parts.status, parts.headers);
         let first = match timeout_at(first_byte, rest.next()).await {
             Err(_) => return Err(Failure::Timeout),
             // A connection that dies before the first byte is as good as refused.
@@ -264,19 +288,18 @@ impl Provider {
 /// Why one attempt did not yield a reply.
 enum Failure {
     /// A non-2xx status; its body is read only if it goes to the client.
-    Status(reqwest::Response),
+    Status(Response<BodyStream>),
     Timeout,
-    Connect(reqwest::Error),
-    Other(reqwest::Error),
+    Connect(TransportError),
+    Other(TransportError),
     Body(std::io::Error),
 }
 
-fn into_stream(response: reqwest::Response) -> BodyStream {
-    Box::pin(
-        response
-            .bytes_stream()
-            .map(|r| r.map_err(std::io::Error::other)),
-    )
+/// `Bearer <key>` as a sensitive header value (never logged).
+fn bearer(key: &SecretString) -> Option<HeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose_secret())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// Every configured provider, by index, and the default one.
@@ -318,5 +341,28 @@ impl Upstreams {
 
     pub fn is_empty(&self) -> bool {
         self.providers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_url_is_read_as_config_validation_reads_it() {
+        let toml = r#"
+            name = "p"
+            base_url = "http://exämple.test/open ai/v1/"
+        "#;
+        let config: ProviderConfig = toml::from_str(toml).unwrap();
+        let provider = Provider::new(&config, None).unwrap();
+        assert_eq!(
+            provider.chat_uri.to_string(),
+            "http://xn--exmple-cua.test/open%20ai/v1/chat/completions"
+        );
+        assert_eq!(
+            provider.url("files", Some("purpose=fine-tune")),
+            "http://xn--exmple-cua.test/open%20ai/v1/files?purpose=fine-tune"
+        );
     }
 }

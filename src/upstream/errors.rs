@@ -1,9 +1,10 @@
 //! Upstream failures as [`ApiError`]s: error statuses relayed with their
 //! status in the OpenAI shape, transport failures as 502/504.
 
+use super::transport::{BodyStream, TransportError};
 use crate::openai::{ApiError, ErrorBody, UpstreamFailure, error_json};
 use futures_util::StreamExt;
-use http::HeaderMap;
+use http::{HeaderMap, Response};
 use serde::Deserialize;
 use tokio::time::{Instant, timeout_at};
 
@@ -15,7 +16,7 @@ const RELAYED: [&str; 3] = ["retry-after", "retry-after-ms", "x-should-retry"];
 
 pub async fn error_from_reply(
     provider: &str,
-    response: reqwest::Response,
+    response: Response<BodyStream>,
     deadline: Instant,
 ) -> ApiError {
     let status = response.status();
@@ -37,8 +38,8 @@ pub async fn error_from_reply(
     }))
 }
 
-async fn read_limited(response: reqwest::Response, deadline: Instant) -> String {
-    let mut stream = response.bytes_stream();
+async fn read_limited(response: Response<BodyStream>, deadline: Instant) -> String {
+    let mut stream = response.into_body();
     let mut buf = Vec::new();
     while buf.len() < MAX_ERROR_BODY {
         match timeout_at(deadline, stream.next()).await {
@@ -101,7 +102,27 @@ fn normalise(provider: &str, status: u16, text: &str) -> ErrorBody {
     }
 }
 
-pub fn transport_error(provider: &str, e: &reqwest::Error) -> ApiError {
+pub fn transport_error(provider: &str, e: &TransportError) -> ApiError {
+    if e.is_timeout() {
+        return ApiError::UpstreamTimeout {
+            provider: provider.to_string(),
+            phase: "connecting",
+            seconds: 0,
+        };
+    }
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    ApiError::UpstreamUnreachable {
+        provider: provider.to_string(),
+        detail: format!("{kind}{}", e.causes()),
+    }
+}
+
+/// [`transport_error`] for the calls made with reqwest (files, fine-tuning).
+pub fn reqwest_error(provider: &str, e: &reqwest::Error) -> ApiError {
     if e.is_timeout() {
         return ApiError::UpstreamTimeout {
             provider: provider.to_string(),

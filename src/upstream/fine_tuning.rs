@@ -6,7 +6,7 @@
 //! A provider's error answer is kept as it was sent (status and body).
 
 use super::client::Provider;
-use super::errors::transport_error;
+use super::errors::reqwest_error;
 use crate::openai::ApiError;
 use http::Method;
 use serde::Deserialize;
@@ -277,7 +277,7 @@ impl Provider {
     }
 
     fn transport(&self, e: &reqwest::Error) -> FineTuningError {
-        let detail = match transport_error(&self.name, e) {
+        let detail = match reqwest_error(&self.name, e) {
             ApiError::UpstreamUnreachable { detail, .. } => detail,
             other => other.to_string(),
         };
