@@ -1,6 +1,7 @@
 //! The capture writer: drains the exchange queue, turns each exchange into
-//! an inference record (redacted) and stores them in batches, at least
-//! every `capture.flush_every_ms`: each record's turn in its conversation,
+//! an inference record (redacted) and stores them in batches: every
+//! `capture.flush_every_ms`, and at once while the queue still holds a
+//! full batch. Each batch: every record's turn in its conversation,
 //! then the records, then a flush. On shutdown it drains the queue first.
 //!
 //! A batch the store refuses (a full disk, any I/O error) is kept and
@@ -161,26 +162,27 @@ impl Writer {
         let capacity = rx.max_capacity();
         let mut tick = tokio::time::interval(flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let room = self.held.len() < self.max_pending;
+        // The writer wakes once per tick and takes what queued meanwhile,
+        // not once per exchange: a wake-up per request cost more CPU than
+        // storing the request. A queue still filling faster than a tick
+        // drains it is taken again at once.
+        'running: loop {
             tokio::select! {
-                next = rx.recv(), if room => match next {
-                    Some(exchange) => {
-                        priority.follow(rx.len(), capacity);
-                        self.take(&exchange);
-                        if self.held.len() >= MAX_BATCH && self.failures.may_try() {
-                            self.write();
-                        }
-                    }
-                    None => break,
-                },
-                _ = tick.tick() => {
-                    priority.follow(rx.len(), capacity);
-                    if self.failures.may_try() {
-                        self.write();
-                    }
-                }
+                _ = tick.tick() => {}
                 () = shutdown.cancelled() => break,
+            }
+            loop {
+                priority.follow(rx.len(), capacity);
+                let (taken, open) = self.drain(&mut rx);
+                if self.failures.may_try() {
+                    self.write();
+                }
+                if !open {
+                    break 'running;
+                }
+                if taken < MAX_BATCH || self.held.len() >= self.max_pending {
+                    break;
+                }
             }
         }
         rx.close();
@@ -188,6 +190,24 @@ impl Writer {
             self.take(&exchange);
         }
         self.write_before_stopping().await;
+    }
+
+    /// Takes what the queue holds, up to a batch and within the room left
+    /// for held records, writing each full batch; says how many it took
+    /// and whether the queue is still open.
+    fn drain(&mut self, rx: &mut mpsc::Receiver<Exchange>) -> (usize, bool) {
+        let mut taken = 0;
+        while taken < MAX_BATCH && self.held.len() < self.max_pending {
+            match rx.try_recv() {
+                Ok(exchange) => {
+                    self.take(&exchange);
+                    taken += 1;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return (taken, true),
+                Err(mpsc::error::TryRecvError::Disconnected) => return (taken, false),
+            }
+        }
+        (taken, true)
     }
 
     /// Adds the exchange's record to the batch; one that is not captured

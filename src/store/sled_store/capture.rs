@@ -196,13 +196,12 @@ impl SledStore {
             None => {
                 let key = hashed(text);
                 let found = match self.runs.get(Kind::Text, &key)? {
-                    Some(slot) => self.conversation_at(&slot)?.filter(|c| {
-                        c.signals.text_hash.as_deref() == Some(text)
-                            && c.signals.duplicate_of.is_none()
+                    Some(slot) => self.signals_at(&slot)?.filter(|(_, signals)| {
+                        signals.text_hash.as_deref() == Some(text) && signals.duplicate_of.is_none()
                     }),
                     None => None,
                 };
-                let owner = found.map(|c| c.id);
+                let owner = found.map(|(id, _)| id);
                 if owner.is_none()
                     && let Some(slot) = value_of(&conversation.slot)
                 {

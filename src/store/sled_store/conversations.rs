@@ -7,8 +7,8 @@
 use super::postings::{self, Entry, Posting};
 use super::{LOCK_WAIT, SledStore, busy, codec, decode, encode, io};
 use crate::store::{
-    ConversationPage, ConversationRecord, ConversationScan, ConversationTallies, FeedbackRecord,
-    InferenceRecord, Position, StoreError,
+    ConversationPage, ConversationRecord, ConversationScan, ConversationSignals,
+    ConversationTallies, FeedbackRecord, InferenceRecord, Opening, Position, StoreError,
 };
 use parking_lot::MutexGuard;
 use sled::Transactional;
@@ -162,6 +162,31 @@ impl SledStore {
             let opening = turn.opens.as_ref()?;
             Some(ConversationRecord::opened_by(&turn, opening))
         }))
+    }
+
+    /// The id and signals of the conversation at a slot, without decoding
+    /// a first turn's request and answer: what the duplicate check of
+    /// every captured turn needs, read at the cost of skipping them.
+    pub(super) fn signals_at(
+        &self,
+        slot: &[u8],
+    ) -> Result<Option<(String, ConversationSignals)>, StoreError> {
+        if let Some(v) = self.conversations.get(slot).map_err(io)? {
+            let c: ConversationRecord = codec::decode("conversation", &v)?;
+            return Ok(Some((c.id, c.signals)));
+        }
+        /// The fields of an inference record that say what it opened.
+        #[derive(serde::Deserialize)]
+        struct Opened {
+            conversation_id: String,
+            #[serde(default)]
+            opens: Option<Opening>,
+        }
+        let Some(v) = self.inferences.get(slot).map_err(io)? else {
+            return Ok(None);
+        };
+        let turn: Opened = codec::decode("inference", &v)?;
+        Ok(turn.opens.map(|o| (turn.conversation_id, o.signals)))
     }
 
     pub(super) fn inference_at(&self, key: &[u8]) -> Result<Option<InferenceRecord>, StoreError> {
