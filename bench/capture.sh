@@ -8,7 +8,7 @@
 #   FILL_RATE=1000 FILL_SECONDS=120 bench/capture.sh   # smaller
 #
 # Reports, at 250k, 500k and 1M stored inferences: the capture writer's
-# CPU per inference (its thread), sled's threads' CPU per inference, the
+# CPU per inference (its thread), the store's other threads' (sled's I/O, the index merge), the
 # whole process's, bytes on disk per inference, resident memory and the
 # thread count; drops over the whole fill. Same layout as bench/run.sh:
 # Flywheel alone on core 1, the simulator and the clients on core 0.
@@ -80,7 +80,7 @@ process_ns() { awk '{print ($14+$15) * 1e9 / '"$(getconf CLK_TCK)"'}' /proc/$pro
 snapshot() { # label
   printf '{"label": "%s", "captured": %s, "dropped": %s, "writer_ns": %s, "sled_ns": %s, "process_ns": %s, "disk": %s, "rss_kb": %s, "threads": %s, "at": %s}\n' \
     "$1" "$(metric flywheel_captured_total)" "$(metric flywheel_exchange_dropped_total)" \
-    "$(thread_ns flywheel-captur)" "$(thread_ns sled-)" "$(process_ns)" \
+    "$(thread_ns flywheel-captur)" "$(( $(thread_ns sled-) + $(thread_ns flywheel-index) ))" "$(process_ns)" \
     "$(du -sb "$work/data" | cut -f1)" "$(awk '/VmRSS/{print $2}' /proc/$proxy_pid/status)" \
     "$(ls /proc/$proxy_pid/task | wc -l)" "$(date +%s.%N)" >>"$work/snapshots.jsonl"
 }

@@ -22,7 +22,7 @@ def per(a, b, key):
 seconds = filled["at"] - start["at"]
 print(f"Fill: {fill['served']:,} requests at {fill['rate']:,} req/s for {fill['seconds']} s (default config: capture on, "
       f"drop policy); {filled['captured']:,} inferences stored, {filled['dropped']:,} dropped.\n")
-print("| stored inferences | writer thread µs CPU / inference | sled threads µs / inference | whole process µs / inference | "
+print("| stored inferences | writer thread µs CPU / inference | store threads (sled I/O, index merge) µs / inference | whole process µs / inference | "
       "bytes on disk / inference | RSS (MB) | threads |")
 print("|---|---|---|---|---|---|---|")
 previous = start
@@ -33,7 +33,7 @@ for label in ("250000", "500000", "1000000", "filled"):
     print(f"| {s['captured']:,} | {per(previous, s, 'writer_ns'):.1f} | {per(previous, s, 'sled_ns'):.1f} | "
           f"{per(previous, s, 'process_ns'):.1f} | {s['disk'] / max(s['captured'], 1):,.0f} | {s['rss_kb'] / 1024:.0f} | {s['threads']} |")
     previous = s
-print(f"\nOver the whole fill: writer {per(start, filled, 'writer_ns'):.1f} µs, sled {per(start, filled, 'sled_ns'):.1f} µs, "
+print(f"\nOver the whole fill: writer {per(start, filled, 'writer_ns'):.1f} µs, store threads {per(start, filled, 'sled_ns'):.1f} µs, "
       f"process {per(start, filled, 'process_ns'):.1f} µs per inference (the process also serves the requests); "
       f"peak RSS {peak_kb / 1024:.0f} MB; store {filled['disk'] / 2**30:.2f} GiB = "
       f"{filled['disk'] / filled['captured'] * 1e6 / 2**30:.2f} GiB per million inferences.")
