@@ -20,7 +20,7 @@ pub use model_records::{
 pub use records::{
     ApiKeyRecord, AuditRecord, CapturedTurn, ConversationRecord, ConversationSignals,
     ConversationTallies, FeedbackRecord, HIGH_QUALITY, InferenceRecord, Opening, Position, Review,
-    ReviewStatus, ThreadPoint,
+    ReviewStatus, ThreadPoint, TurnHead, preview_of,
 };
 pub use resilient::Resilient;
 pub use sled_store::SledStore;

@@ -91,28 +91,59 @@ impl InferenceRecord {
     /// The start of its first user message, on one line: a conversation's
     /// preview.
     pub fn preview(&self) -> String {
-        let first_user = self.request["messages"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["role"] == "user"))
-            .map(|m| crate::capture::threading::message_text(&m["content"]))
-            .unwrap_or_default();
-        let mut out = String::with_capacity(PREVIEW_CHARS);
-        let mut chars = 0;
-        'words: for word in first_user.split_whitespace() {
-            for c in (!out.is_empty())
-                .then_some(' ')
-                .into_iter()
-                .chain(word.chars())
-            {
-                if chars == PREVIEW_CHARS {
-                    break 'words;
-                }
-                out.push(c);
-                chars += 1;
-            }
-        }
-        out
+        preview_of(&self.request["messages"])
     }
+
+    /// What a conversation of this one turn takes from it.
+    pub fn head(&self) -> TurnHead<'_> {
+        TurnHead {
+            id: &self.id,
+            conversation_id: &self.conversation_id,
+            created_at: &self.created_at,
+            alias: self.alias.as_deref(),
+            version: self.version.as_deref(),
+            user: self.user.as_deref(),
+            provider_model: &self.provider_model,
+        }
+    }
+}
+
+/// The preview of a request's `messages`: the start of the first user
+/// message, on one line.
+pub fn preview_of(messages: &serde_json::Value) -> String {
+    let first_user = messages
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "user"))
+        .map(|m| crate::capture::threading::message_text(&m["content"]))
+        .unwrap_or_default();
+    let mut out = String::with_capacity(PREVIEW_CHARS);
+    let mut chars = 0;
+    'words: for word in first_user.split_whitespace() {
+        for c in (!out.is_empty())
+            .then_some(' ')
+            .into_iter()
+            .chain(word.chars())
+        {
+            if chars == PREVIEW_CHARS {
+                break 'words;
+            }
+            out.push(c);
+            chars += 1;
+        }
+    }
+    out
+}
+
+/// The fields of a first turn its conversation shows while it has no
+/// other turn: what listings read without decoding the request and answer.
+pub struct TurnHead<'a> {
+    pub id: &'a str,
+    pub conversation_id: &'a str,
+    pub created_at: &'a str,
+    pub alias: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub provider_model: &'a str,
 }
 
 impl ConversationRecord {
@@ -124,15 +155,20 @@ impl ConversationRecord {
 
     /// [`Self::opened_by`] with the turn's preview already worked out.
     pub fn opened_with(turn: &InferenceRecord, opening: &Opening, preview: String) -> Self {
+        Self::opened_by_head(&turn.head(), opening, preview)
+    }
+
+    /// [`Self::opened_with`] from the turn's head alone.
+    pub fn opened_by_head(turn: &TurnHead<'_>, opening: &Opening, preview: String) -> Self {
         Self {
-            id: turn.conversation_id.clone(),
-            inference_ids: vec![turn.id.clone()],
+            id: turn.conversation_id.to_owned(),
+            inference_ids: vec![turn.id.to_owned()],
             parent_id: opening.parent_id.clone(),
-            created_at: turn.created_at.clone(),
-            updated_at: turn.created_at.clone(),
-            alias: turn.alias.clone(),
-            versions: turn.version.iter().cloned().collect(),
-            user: turn.user.clone(),
+            created_at: turn.created_at.to_owned(),
+            updated_at: turn.created_at.to_owned(),
+            alias: turn.alias.map(str::to_owned),
+            versions: turn.version.map(str::to_owned).into_iter().collect(),
+            user: turn.user.map(str::to_owned),
             preview,
             // OpenAI names fine-tuned models `ft:<base>:…`; compatible
             // providers (and the simulator) follow it.

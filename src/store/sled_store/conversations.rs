@@ -8,7 +8,8 @@ use super::postings::{self, Entry, Posting};
 use super::{LOCK_WAIT, SledStore, busy, codec, decode, encode, io};
 use crate::store::{
     ConversationPage, ConversationRecord, ConversationScan, ConversationSignals,
-    ConversationTallies, FeedbackRecord, InferenceRecord, Opening, Position, StoreError,
+    ConversationTallies, FeedbackRecord, InferenceRecord, Opening, Position, StoreError, TurnHead,
+    preview_of,
 };
 use parking_lot::MutexGuard;
 use sled::Transactional;
@@ -158,10 +159,11 @@ impl SledStore {
         if let Some(v) = self.conversations.get(slot).map_err(io)? {
             return codec::decode("conversation", &v).map(Some);
         }
-        Ok(self.inference_at(slot)?.and_then(|turn| {
-            let opening = turn.opens.as_ref()?;
-            Some(ConversationRecord::opened_by(&turn, opening))
-        }))
+        let Some(v) = self.inferences.get(slot).map_err(io)? else {
+            return Ok(None);
+        };
+        let turn: FirstTurn = codec::decode("inference", &v)?;
+        Ok(turn.conversation())
     }
 
     /// The id and signals of the conversation at a slot, without decoding
@@ -174,13 +176,6 @@ impl SledStore {
         if let Some(v) = self.conversations.get(slot).map_err(io)? {
             let c: ConversationRecord = codec::decode("conversation", &v)?;
             return Ok(Some((c.id, c.signals)));
-        }
-        /// The fields of an inference record that say what it opened.
-        #[derive(serde::Deserialize)]
-        struct Opened {
-            conversation_id: String,
-            #[serde(default)]
-            opens: Option<Opening>,
         }
         let Some(v) = self.inferences.get(slot).map_err(io)? else {
             return Ok(None);
@@ -759,5 +754,60 @@ mod tests {
                 .as_deref(),
             Some("conv_4")
         );
+    }
+}
+
+/// The fields of an inference record that say what it opened.
+#[derive(serde::Deserialize)]
+struct Opened {
+    conversation_id: String,
+    #[serde(default)]
+    opens: Option<Opening>,
+}
+
+/// A stored turn read as the conversation it opened: its head and the
+/// request's messages, with the answer skipped unparsed — what listings
+/// and follow-ups need, at a fraction of a whole record's cost.
+#[derive(serde::Deserialize)]
+struct FirstTurn {
+    id: String,
+    conversation_id: String,
+    created_at: String,
+    alias: Option<String>,
+    version: Option<String>,
+    user: Option<String>,
+    provider_model: String,
+    #[serde(default)]
+    request: Option<Messages>,
+    #[serde(default)]
+    opens: Option<Opening>,
+}
+
+#[derive(serde::Deserialize)]
+struct Messages {
+    #[serde(default)]
+    messages: serde_json::Value,
+}
+
+impl FirstTurn {
+    /// The conversation it opened, while it is that conversation's only,
+    /// unreviewed turn.
+    fn conversation(self) -> Option<ConversationRecord> {
+        let opening = self.opens.as_ref()?;
+        let head = TurnHead {
+            id: &self.id,
+            conversation_id: &self.conversation_id,
+            created_at: &self.created_at,
+            alias: self.alias.as_deref(),
+            version: self.version.as_deref(),
+            user: self.user.as_deref(),
+            provider_model: &self.provider_model,
+        };
+        let preview = self
+            .request
+            .as_ref()
+            .map(|r| preview_of(&r.messages))
+            .unwrap_or_default();
+        Some(ConversationRecord::opened_by_head(&head, opening, preview))
     }
 }
