@@ -27,6 +27,7 @@ pub mod registry;
 pub mod review;
 pub mod routing;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -3,10 +3,10 @@
 //! (admin). The work is in `finetune`; these only map requests and errors.
 
 use super::{blocking, list_envelope};
-use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::finetune::{JobError, NewJob, cancel_job, create_job};
 use crate::openai::{ApiError, ApiJson, ApiQuery, UpstreamFailure};
+use crate::state::AppState;
 use crate::store::{FineTuneJobRecord, Hyperparameters};
 use crate::upstream::FineTuningError;
 use axum::Extension;
@@ -65,7 +65,8 @@ pub async fn create(
         metadata: body.metadata.unwrap_or_default(),
     };
     let actor = caller.id.to_string();
-    let job = blocking(move || create_job(&app, new, &actor).map_err(job_error)).await?;
+    let job =
+        blocking(move || create_job(&app.fine_tuning, new, &actor).map_err(job_error)).await?;
     Ok((StatusCode::CREATED, Json(job_view(&job))).into_response())
 }
 
@@ -105,7 +106,9 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Admin)?;
-    let job = cancel_job(&app, &id, &caller.id).await.map_err(job_error)?;
+    let job = cancel_job(&app.fine_tuning, &id, &caller.id)
+        .await
+        .map_err(job_error)?;
     Ok(Json(job_view(&job)))
 }
 

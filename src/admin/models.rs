@@ -7,11 +7,11 @@
 //! forced promotion; `…/gate?version=` says where a version stands.
 
 use super::{blocking, list_envelope};
-use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::evaluation::gate::Verdict;
 use crate::openai::{ApiError, ApiJson, ApiQuery};
 use crate::registry::{Change, ChangeError, RegistryError, Request};
+use crate::state::AppState;
 use crate::store::ModelAliasRecord;
 use axum::Extension;
 use axum::extract::{Path, State};
@@ -399,7 +399,7 @@ pub async fn experiment(
         .registry
         .alias(&alias)
         .ok_or_else(|| registry_error(RegistryError::UnknownAlias(alias.clone())))?;
-    let alpha = crate::experiment::config_for(&app, &alias).alpha;
+    let alpha = crate::experiment::config_for(&app.config, &alias).alpha;
     let store = app.store.clone();
     let tallies = blocking(move || store.version_tallies(&alias)).await?;
     Ok(Json(crate::experiment::experiment_view(

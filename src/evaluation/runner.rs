@@ -3,9 +3,9 @@
 //! was interrupted by a restart and resumes; one found `queued` starts.
 //! `POST /admin/api/evaluations` and the scheduler wake it.
 
+use super::Context;
 use super::run::{Ran, execute};
 use super::watch;
-use crate::app::AppState;
 use crate::ids::now_rfc3339;
 use crate::store::{EvaluationRecord, StoreError};
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub enum Outcome {
 /// Runs the oldest pending evaluation to its end (or until shutdown), then
 /// raises the alerts its figures call for.
 pub async fn try_step_once(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     shutdown: &CancellationToken,
 ) -> Result<Outcome, StoreError> {
     let store = app.store.clone();
@@ -88,7 +88,7 @@ pub async fn try_step_once(
 }
 
 /// Runs evaluations as they come until shutdown.
-pub async fn run_evaluations(app: Arc<AppState>, shutdown: CancellationToken) {
+pub async fn run_evaluations(app: Arc<Context>, shutdown: CancellationToken) {
     loop {
         match try_step_once(&app, &shutdown).await {
             Ok(Outcome::Ran(_)) => continue,
@@ -97,7 +97,7 @@ pub async fn run_evaluations(app: Arc<AppState>, shutdown: CancellationToken) {
             Err(e) => tracing::error!(error = %e, "evaluation runner step failed"),
         }
         tokio::select! {
-            () = app.evaluation_runner.wake.notified() => {}
+            () = app.runner.wake.notified() => {}
             () = shutdown.cancelled() => return,
         }
     }

@@ -5,8 +5,8 @@
 //! metrics over time. An alias whose previous run is still pending is
 //! left for the next tick.
 
+use super::Context;
 use super::run::{EvalError, NewEvaluation, create};
-use crate::app::AppState;
 use crate::store::{DatasetRecord, ModelAliasRecord, StoreError, VersionState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 const LOOK_AT: usize = 500;
 
 /// Queues one run per alias that can have one; returns their ids.
-pub fn try_step_once(app: &AppState) -> Result<Vec<String>, StoreError> {
+pub fn try_step_once(app: &Context) -> Result<Vec<String>, StoreError> {
     let mut queued = Vec::new();
     let datasets = app.store.datasets(None, LOOK_AT)?;
     for alias in app.registry.aliases() {
@@ -72,7 +72,7 @@ fn scheduled_versions(alias: &ModelAliasRecord) -> Vec<String> {
 
 /// Runs [`try_step_once`] every interval until shutdown; the first run
 /// is one interval after start, not at start.
-pub async fn run_schedule(app: Arc<AppState>, shutdown: CancellationToken) {
+pub async fn run_schedule(app: Arc<Context>, shutdown: CancellationToken) {
     if !app.config.evaluation.enabled {
         return;
     }

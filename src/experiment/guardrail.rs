@@ -5,34 +5,38 @@
 //! `guardrail`), and an alert says why.
 
 use super::report::{MetricComparison, comparisons};
-use crate::app::AppState;
-use crate::config::GuardrailConfig;
+use crate::config::{Config, GuardrailConfig};
 use crate::evaluation::online::Verdict;
 use crate::ids::{new_id, now_rfc3339};
-use crate::registry::{Change, RegistryError, Request};
-use crate::store::{AlertRecord, StoreError};
+use crate::registry::{Change, Registry, RegistryError, Request};
+use crate::store::{AlertRecord, SharedStore, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// What the guardrail service needs, built once by the application.
+pub struct Guardrails {
+    pub store: SharedStore,
+    /// Where a candidate's traffic is taken away.
+    pub registry: Arc<Registry>,
+    /// Each alias's `guardrails` section.
+    pub config: Arc<Config>,
+}
+
 /// The guardrails of an alias: its config's, or the defaults for an alias
 /// the config no longer names.
-pub fn config_for<'a>(app: &'a AppState, alias: &str) -> std::borrow::Cow<'a, GuardrailConfig> {
-    app.config
-        .models
-        .iter()
-        .find(|m| m.name == alias)
-        .map_or_else(
-            || std::borrow::Cow::Owned(GuardrailConfig::default()),
-            |m| std::borrow::Cow::Borrowed(&m.guardrails),
-        )
+pub fn config_for<'a>(config: &'a Config, alias: &str) -> std::borrow::Cow<'a, GuardrailConfig> {
+    config.models.iter().find(|m| m.name == alias).map_or_else(
+        || std::borrow::Cow::Owned(GuardrailConfig::default()),
+        |m| std::borrow::Cow::Borrowed(&m.guardrails),
+    )
 }
 
 /// Checks every alias once; returns the alerts raised.
-pub fn check_once(app: &AppState) -> Result<Vec<AlertRecord>, StoreError> {
+pub fn check_once(app: &Guardrails) -> Result<Vec<AlertRecord>, StoreError> {
     let mut raised = Vec::new();
     for record in app.registry.aliases() {
-        let guard = config_for(app, &record.alias);
+        let guard = config_for(&app.config, &record.alias);
         if !guard.enabled {
             continue;
         }
@@ -71,7 +75,11 @@ fn watched(guard: &GuardrailConfig, c: &MetricComparison) -> bool {
     }
 }
 
-fn stop(app: &AppState, revision: u64, c: &MetricComparison) -> Result<AlertRecord, RegistryError> {
+fn stop(
+    app: &Guardrails,
+    revision: u64,
+    c: &MetricComparison,
+) -> Result<AlertRecord, RegistryError> {
     let percent =
         |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{:.1}%", v * 100.0));
     let message = format!(
@@ -115,7 +123,7 @@ fn stop(app: &AppState, revision: u64, c: &MetricComparison) -> Result<AlertReco
 }
 
 /// Runs [`check_once`] every interval until shutdown.
-pub async fn run_guardrails(app: Arc<AppState>, shutdown: CancellationToken) {
+pub async fn run_guardrails(app: Arc<Guardrails>, shutdown: CancellationToken) {
     let every = app
         .config
         .models

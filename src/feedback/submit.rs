@@ -1,6 +1,6 @@
 //! Validating and storing one piece of feedback.
 
-use crate::app::AppState;
+use super::Context;
 use crate::auth::{Caller, Role};
 use crate::ids::{new_id, now_rfc3339};
 use crate::openai::ApiError;
@@ -38,7 +38,7 @@ impl FeedbackRequest {
             || self.approved_for_training.is_some()
     }
 
-    fn validate(&self, app: &AppState) -> Result<(), ApiError> {
+    fn validate(&self, app: &Context) -> Result<(), ApiError> {
         if self.inference_id.is_some() == self.completion_id.is_some() {
             return Err(ApiError::invalid(
                 "give exactly one of `inference_id` and `completion_id`",
@@ -73,7 +73,7 @@ impl FeedbackRequest {
 /// the feedback durably. With an idempotency key already used by this
 /// caller, returns the feedback that key produced and stores nothing.
 pub async fn submit(
-    app: &AppState,
+    app: &Context,
     caller: &Caller,
     request: FeedbackRequest,
     idempotency: Option<&str>,
@@ -144,7 +144,7 @@ const LOOKUP_PATIENCE: Duration = Duration::from_secs(30);
 /// flight, up to [`LOOKUP_PATIENCE`]; an id nothing is on its way for is a
 /// 404 soon.
 async fn find_inference(
-    app: &AppState,
+    app: &Context,
     request: &FeedbackRequest,
 ) -> Result<InferenceRecord, ApiError> {
     let lookup = || {
@@ -157,7 +157,7 @@ async fn find_inference(
         })
     };
     let interval = Duration::from_millis(app.config.capture.flush_every_ms.max(10));
-    let in_flight = app.exchanges.in_flight();
+    let in_flight = app.in_flight.clone();
     let started = tokio::time::Instant::now();
     let mut attempts = 0;
     while attempts < LOOKUP_ATTEMPTS

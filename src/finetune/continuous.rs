@@ -7,8 +7,8 @@
 //! the total when that job was created. Everything is done and audited by
 //! actor `continuous-learning`.
 
+use super::Context;
 use super::{JobError, NewJob, create_job};
-use crate::app::AppState;
 use crate::curation::{DatasetError, DatasetFilter, DatasetFormat, DatasetRequest, create_dataset};
 use crate::ids::now_rfc3339;
 use crate::store::{FineTuneJobRecord, ReviewStatus, StoreError};
@@ -90,7 +90,7 @@ impl NotReady {
 
 /// One check of every alias; returns the jobs it started. Blocking.
 pub fn check_once(
-    app: &AppState,
+    app: &Context,
     not_ready: &NotReady,
 ) -> Result<Vec<FineTuneJobRecord>, ContinuousError> {
     let approved = app.store.tallies()?.approved;
@@ -119,7 +119,7 @@ pub fn check_once(
 /// Builds the alias's dataset and starts its job; `None` when the dataset
 /// is not ready for training (audited as a skip).
 fn start(
-    app: &AppState,
+    app: &Context,
     alias: &str,
     approved_since: i64,
 ) -> Result<Option<FineTuneJobRecord>, ContinuousError> {
@@ -170,7 +170,7 @@ fn start(
 }
 
 /// The service: a check every `check_interval_s` until `shutdown`.
-pub async fn run_continuous(app: Arc<AppState>, shutdown: CancellationToken) {
+pub async fn run_continuous(app: Arc<Context>, shutdown: CancellationToken) {
     let every = Duration::from_secs(app.config.fine_tuning.continuous.check_interval_s.max(1));
     let not_ready = Arc::new(NotReady::default());
     loop {

@@ -2,9 +2,9 @@
 //! was created) one step for each job in flight. Tests call
 //! [`try_step_once`] directly.
 
+use super::Context;
 use super::load;
 use super::step::step;
-use crate::app::AppState;
 use crate::store::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ pub struct Outcome {
 
 /// One step for every job in flight, oldest first. A job whose step
 /// fails on the store is logged and left for the next round.
-pub async fn try_step_once(app: &Arc<AppState>) -> Result<Outcome, StoreError> {
+pub async fn try_step_once(app: &Arc<Context>) -> Result<Outcome, StoreError> {
     let store = app.store.clone();
     let jobs = tokio::task::spawn_blocking(move || store.jobs_in_flight())
         .await
@@ -53,7 +53,7 @@ pub async fn try_step_once(app: &Arc<AppState>) -> Result<Outcome, StoreError> {
 
 /// Runs rounds until `shutdown`. A round cut short by shutdown is safe:
 /// every step is stored before the provider is called.
-pub async fn run_poller(app: Arc<AppState>, shutdown: CancellationToken) {
+pub async fn run_poller(app: Arc<Context>, shutdown: CancellationToken) {
     let every = Duration::from_secs(app.config.fine_tuning.poll_interval_s.max(1));
     loop {
         tokio::select! {

@@ -6,13 +6,13 @@ use super::RouteLabels;
 use super::relay::{Pending, relay_stream};
 use super::request::ChatRequest;
 use super::thread::{self, Thread, TurnThreading};
-use crate::app::AppState;
 use crate::auth::{Caller, Credential, Role};
 use crate::capture::CaptureMeta;
 use crate::exchange::Outcome;
 use crate::ids::new_id;
 use crate::openai::{ApiError, read_body};
 use crate::routing::{Choice, Route, RouteError};
+use crate::state::AppState;
 use crate::telemetry::Handles;
 use crate::upstream::{CHAT_PATH, Reply, UpstreamRequest, headers};
 use axum::body::Body;
@@ -79,7 +79,6 @@ pub async fn chat_completions(
         let shadows = table.shadows(alias);
         if !shadows.is_empty() {
             app.mirror.send(
-                &app,
                 shadows,
                 &request,
                 &body,

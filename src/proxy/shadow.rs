@@ -6,12 +6,11 @@
 //! counted) rather than queued.
 
 use super::request::ChatRequest;
-use crate::app::AppState;
 use crate::capture::CaptureMeta;
-use crate::exchange::{Exchange, Outcome};
+use crate::exchange::{Exchange, ExchangeSink, Outcome};
 use crate::ids::new_id;
 use crate::routing::Route;
-use crate::upstream::{CHAT_PATH, UpstreamRequest, headers};
+use crate::upstream::{CHAT_PATH, UpstreamRequest, Upstreams, headers};
 use axum::http::{HeaderMap, Method};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -24,29 +23,28 @@ use tokio_util::task::TaskTracker;
 const MAX_IN_FLIGHT: usize = 256;
 
 pub struct Mirror {
+    /// Where the copies are sent.
+    upstreams: Arc<Upstreams>,
+    /// Where their exchanges go to be captured.
+    exchanges: ExchangeSink,
     slots: Arc<Semaphore>,
     /// Awaited at shutdown, so no shadow task outlives the server.
     tasks: TaskTracker,
 }
 
-impl Default for Mirror {
-    fn default() -> Self {
+impl Mirror {
+    pub fn new(upstreams: Arc<Upstreams>, exchanges: ExchangeSink) -> Self {
         Self {
+            upstreams,
+            exchanges,
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tasks: TaskTracker::new(),
         }
     }
-}
 
-impl Mirror {
     /// Sends a copy of the live request to each shadow route.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site, every argument distinct"
-    )]
     pub fn send(
         &self,
-        app: &Arc<AppState>,
         shadows: Vec<Route>,
         request: &ChatRequest,
         body: &Bytes,
@@ -70,9 +68,9 @@ impl Mirror {
                 },
                 route,
             };
-            let app = app.clone();
+            let (upstreams, exchanges) = (self.upstreams.clone(), self.exchanges.clone());
             self.tasks.spawn(async move {
-                copy.run(&app).await;
+                copy.run(&upstreams, &exchanges).await;
                 drop(seat);
             });
         }
@@ -96,8 +94,8 @@ struct Copy {
 }
 
 impl Copy {
-    async fn run(self, app: &AppState) {
-        let Some(provider) = app.upstreams.get(self.route.provider) else {
+    async fn run(self, upstreams: &Upstreams, exchanges: &ExchangeSink) {
+        let Some(provider) = upstreams.get(self.route.provider) else {
             return;
         };
         let started = Instant::now();
@@ -145,7 +143,7 @@ impl Copy {
             "version" => self.route.version.as_deref().unwrap_or("").to_string(),
             "outcome" => outcome.as_str())
         .increment(1);
-        app.exchanges.submit(Exchange {
+        exchanges.submit(Exchange {
             inference_id: new_id("inf"),
             caller_id: Arc::from("shadow"),
             route: self.route,

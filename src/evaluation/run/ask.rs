@@ -1,8 +1,8 @@
 //! One example put to one version: a chat completion sent straight to the
 //! version's provider (with its retries), the answer's text read back.
 
-use crate::app::AppState;
 use crate::routing::Route;
+use crate::upstream::Upstreams;
 use crate::upstream::{CHAT_PATH, UpstreamRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -12,12 +12,11 @@ use tokio::time::{Instant, timeout_at};
 
 /// The answer's text, or why there is none.
 pub(super) async fn ask(
-    app: &AppState,
+    upstreams: &Upstreams,
     route: &Route,
     messages: &[Value],
 ) -> Result<String, String> {
-    let provider = app
-        .upstreams
+    let provider = upstreams
         .get(route.provider)
         .ok_or_else(|| "the version's provider is not configured".to_string())?;
     // Temperature 0: a score should not depend on sampling luck.
