@@ -9,6 +9,7 @@ use crate::config::{Config, Secrets};
 use crate::exchange::{self, ExchangeSink};
 use crate::limits::RateLimits;
 use crate::registry::Registry;
+use crate::service::{Service, periodic};
 use crate::store::{SharedStore, StoreError};
 use crate::upstream::Upstreams;
 use secrecy::ExposeSecret;
@@ -188,7 +189,7 @@ impl Application {
             exchange_rx,
             shutdown.clone(),
         ));
-        tasks.spawn(shrink_limiter(state.clone(), shutdown.clone()));
+        tasks.spawn(prune_limits(state.clone(), shutdown.clone()));
         tasks.spawn(crate::experiment::run_guardrails(
             state.guardrails.clone(),
             shutdown.clone(),
@@ -275,15 +276,13 @@ impl Application {
     }
 }
 
-/// Forgets idle rate-limit buckets once a minute.
-async fn shrink_limiter(state: Arc<AppState>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => state.limits.shrink(),
-            () = shutdown.cancelled() => return,
-        }
-    }
+/// Prunes the rate limits at start and once a minute.
+async fn prune_limits(state: Arc<AppState>, shutdown: CancellationToken) {
+    let service = Service::every("rate-limit-pruning", Duration::from_secs(60));
+    periodic(service, shutdown, || {
+        std::future::ready(crate::limits::prune_step(&state.limits))
+    })
+    .await;
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed

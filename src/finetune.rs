@@ -58,7 +58,7 @@ pub struct Jobs {
     /// cancel never races a submission.
     lock: Mutex<()>,
     /// Wakes the poller early, when a job was created.
-    wake: Notify,
+    wake: Arc<Notify>,
 }
 
 impl Jobs {

@@ -9,6 +9,7 @@ use crate::config::{Config, GuardrailConfig};
 use crate::evaluation::online::Verdict;
 use crate::ids::{new_id, now_rfc3339};
 use crate::registry::{Change, Registry, RegistryError, Request};
+use crate::service::{Next, Service, StepError, blocking, periodic};
 use crate::store::{AlertRecord, SharedStore, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,7 +123,15 @@ fn stop(
     Ok(alert)
 }
 
-/// Runs [`check_once`] every interval until shutdown.
+/// The service's step: [`check_once`] off the async workers.
+pub async fn step(app: &Arc<Guardrails>) -> Result<Next, StepError<StoreError>> {
+    let state = app.clone();
+    blocking(move || check_once(&state)).await?;
+    Ok(Next::Wait)
+}
+
+/// Runs [`step`] at start and then every interval (the shortest any
+/// alias asks for) until shutdown.
 pub async fn run_guardrails(app: Arc<Guardrails>, shutdown: CancellationToken) {
     let every = app
         .config
@@ -131,18 +140,27 @@ pub async fn run_guardrails(app: Arc<Guardrails>, shutdown: CancellationToken) {
         .map(|m| m.guardrails.check_interval_s)
         .min()
         .unwrap_or(10);
-    let mut tick = tokio::time::interval(Duration::from_secs(every.max(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let state = app.clone();
-        match tokio::task::spawn_blocking(move || check_once(&state)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "guardrail check failed"),
-            Err(e) => tracing::error!(error = %e, "guardrail check panicked"),
-        }
+    let service = Service::every("guardrails", Duration::from_secs(every.max(1)));
+    periodic(service, shutdown, || {
+        let app = app.clone();
+        async move { step(&app).await }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_candidate_without_traffic_or_figures_is_left_alone() {
+        let parts = crate::testing::parts("");
+        let app = parts.guardrails();
+        let before = parts.registry.alias("triage").unwrap();
+        assert_eq!(step(&app).await.unwrap(), Next::Wait);
+        assert!(check_once(&app).unwrap().is_empty());
+        assert!(parts.store.alerts(None, 10, &|_| true).unwrap().is_empty());
+        let after = parts.registry.alias("triage").unwrap();
+        assert_eq!(after.revision, before.revision, "the registry is untouched");
     }
 }
