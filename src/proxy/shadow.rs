@@ -10,13 +10,12 @@ use crate::capture::CaptureMeta;
 use crate::exchange::{Exchange, ExchangeSink, Outcome};
 use crate::ids::new_id;
 use crate::routing::Route;
-use crate::upstream::{CHAT_PATH, UpstreamRequest, Upstreams, headers};
-use axum::http::{HeaderMap, Method};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use crate::upstream::{UpstreamRequest, Upstreams, headers};
+use axum::http::HeaderMap;
+use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 /// Shadow requests in flight at once, over every alias.
@@ -100,37 +99,17 @@ impl Copy {
         };
         let started = Instant::now();
         let deadline = started + provider.total_timeout;
-        let request = UpstreamRequest {
-            method: Method::POST,
-            path: CHAT_PATH,
-            query: None,
-            headers: self.headers.clone(),
-            body: self.body.clone(),
-            client_key: None,
-        };
+        let request = UpstreamRequest::chat(self.headers.clone(), self.body.clone(), None);
         let (outcome, status, response, first_byte) =
             match provider.send_retrying(request, deadline, 0).await {
                 Ok(reply) => {
                     let first_byte = started.elapsed();
-                    let mut all = BytesMut::from(reply.first.unwrap_or_default().as_ref());
-                    let mut rest = reply.rest;
-                    let mut outcome = Outcome::Ok;
-                    loop {
-                        match timeout_at(deadline, rest.next()).await {
-                            Ok(Some(Ok(chunk))) => all.extend_from_slice(&chunk),
-                            Ok(None) => break,
-                            Ok(Some(Err(_))) | Err(_) => {
-                                outcome = Outcome::Partial;
-                                break;
-                            }
-                        }
-                    }
-                    (
-                        outcome,
-                        reply.status.as_u16(),
-                        all.freeze(),
-                        Some(first_byte),
-                    )
+                    let whole = reply.collect(deadline).await;
+                    let outcome = match whole.cut {
+                        Some(_) => Outcome::Partial,
+                        None => Outcome::Ok,
+                    };
+                    (outcome, whole.status.as_u16(), whole.body, Some(first_byte))
                 }
                 Err(error) => (
                     Outcome::UpstreamError,
