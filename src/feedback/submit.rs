@@ -3,16 +3,17 @@
 use super::Context;
 use crate::auth::{Caller, Role};
 use crate::ids::{new_id, now_rfc3339};
-use crate::openai::ApiError;
+use crate::openai::{ApiError, blocking};
 use crate::review::{
     MAX_CORRECTION, MAX_NOTES, apply_feedback, check_score, check_taxonomy, check_text,
 };
-use crate::store::{FeedbackRecord, InferenceRecord, SharedStore, StoreError};
+use crate::store::{FeedbackRecord, InferenceRecord, SharedStore};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// The fields of DESIGN §4.3, from the JSON body or the header.
+/// The feedback fields (docs/API.md, `POST /v1/feedback`), from the JSON
+/// body or the header.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedbackRequest {
@@ -188,17 +189,6 @@ async fn find_inference(
             code: "not_found",
         }
     })
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::time::timeout(crate::store::CALL_LIMIT, tokio::task::spawn_blocking(f)).await {
-        Ok(joined) => joined
-            .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-            .map_err(Into::into),
-        Err(_) => Err(crate::admin::store_too_slow()),
-    }
 }
 
 /// The feedback as the API returns it.

@@ -103,7 +103,7 @@ fn route(
         Some(version) => Choice::Forced(version),
         None => Choice::Sticky(&sticky),
     };
-    let route = table.resolve(&request.model, choice).map_err(route_error)?;
+    let route = table.resolve(&request.model, choice)?;
     let meta = CaptureMeta {
         parent_id: thread.parent_id.clone(),
         sticky: Some(sticky),
@@ -319,14 +319,16 @@ fn falls_back(error: &ApiError) -> bool {
     }
 }
 
-fn route_error(e: RouteError) -> ApiError {
-    match e {
-        RouteError::UnknownVersion { .. } => ApiError::InvalidRequest {
-            message: e.to_string(),
-            param: Some("x-flywheel-variant".into()),
-            code: Some("unknown_variant"),
-        },
-        RouteError::Unroutable(_) => ApiError::Unavailable(e.to_string()),
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::UnknownVersion { .. } => ApiError::InvalidRequest {
+                message: e.to_string(),
+                param: Some("x-flywheel-variant".into()),
+                code: Some("unknown_variant"),
+            },
+            RouteError::Unroutable(_) => ApiError::Unavailable(e.to_string()),
+        }
     }
 }
 
