@@ -6,6 +6,11 @@
 //! so every page of the admin UI has something to show and a dataset can
 //! be built at once.
 
+#![expect(
+    clippy::disallowed_types,
+    reason = "the seed is a client of the proxy over HTTP, like any chat app"
+)]
+
 use crate::evaluation::extract::Extractor;
 use crate::registry::{Change, Registry, Request};
 use futures_util::StreamExt;
