@@ -112,7 +112,8 @@ impl Application {
         });
         let feedback = Arc::new(crate::feedback::Context {
             store: store.clone(),
-            config: config.clone(),
+            taxonomy: config.taxonomy.clone(),
+            flush_every: Duration::from_millis(config.capture.flush_every_ms),
             in_flight: exchanges.in_flight(),
             extractor,
         });

@@ -61,7 +61,7 @@ impl FeedbackRequest {
                 Some("thumbs"),
             ));
         }
-        let taxonomy = &app.config.taxonomy;
+        let taxonomy = &app.taxonomy;
         check_taxonomy(taxonomy, "threat_type", self.threat_type.as_deref())?;
         check_taxonomy(taxonomy, "severity", self.severity.as_deref())?;
         check_text("notes", self.notes.as_deref(), MAX_NOTES)?;
@@ -157,7 +157,7 @@ async fn find_inference(
             (None, None) => Ok(None),
         })
     };
-    let interval = Duration::from_millis(app.config.capture.flush_every_ms.max(10));
+    let interval = app.flush_every.max(Duration::from_millis(10));
     let in_flight = app.in_flight.clone();
     let started = tokio::time::Instant::now();
     let mut attempts = 0;
