@@ -20,7 +20,7 @@ pub mod watch;
 pub use notify::AlertHook;
 pub use runner::Runner;
 
-use crate::config::Config;
+use crate::config::EvaluationConfig;
 use crate::registry::Registry;
 use crate::store::SharedStore;
 use crate::upstream::Upstreams;
@@ -36,8 +36,10 @@ pub struct Context {
     pub registry: Arc<Registry>,
     /// Where an example is sent.
     pub upstreams: Arc<Upstreams>,
-    /// `evaluation` (concurrency, targets, schedule) and the taxonomy.
-    pub config: Arc<Config>,
+    /// `evaluation`: concurrency, targets, alerts, the schedule.
+    pub config: EvaluationConfig,
+    /// `taxonomy.threat_types`, the classes a run is scored over.
+    pub threat_types: Vec<String>,
     /// Reads the threat type and severity an answer states.
     pub extractor: Arc<Extractor>,
     /// Woken when a run is queued.

@@ -84,10 +84,10 @@ pub async fn step(app: &Arc<Context>) -> Result<Next, StepError<StoreError>> {
 /// Runs [`step`] every interval until shutdown; the first run is one
 /// interval after start, not at start.
 pub async fn run_schedule(app: Arc<Context>, shutdown: CancellationToken) {
-    if !app.config.evaluation.enabled {
+    if !app.config.enabled {
         return;
     }
-    let every = Duration::from_secs(app.config.evaluation.interval_s.max(1));
+    let every = Duration::from_secs(app.config.interval_s.max(1));
     let service = Service::every("evaluation-schedule", every).first_after_one_interval();
     periodic(service, shutdown, || {
         let app = app.clone();

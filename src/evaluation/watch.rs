@@ -12,7 +12,7 @@ use crate::store::{AlertRecord, EvaluationRecord, PerformanceRecord, StoreError}
 /// Stores and sends the alerts `run` calls for; returns them.
 pub fn after_run(app: &Context, run: &EvaluationRecord) -> Result<Vec<AlertRecord>, StoreError> {
     let history = app.store.performance(&run.alias)?;
-    let alerts = alerts_for(run, &history, &app.config.evaluation);
+    let alerts = alerts_for(run, &history, &app.config);
     for alert in &alerts {
         app.store.put_alert(alert)?;
         tracing::warn!(alias = %run.alias, version = ?alert.version, metric = ?alert.metric, "evaluation alert");

@@ -56,7 +56,7 @@ pub async fn execute(
             let (app, id) = (app.clone(), run_id.clone());
             async move { answer(&app, &id, &route, &example).await }
         })
-        .buffer_unordered(app.config.evaluation.concurrency.max(1));
+        .buffer_unordered(app.config.concurrency.max(1));
     loop {
         let result = tokio::select! {
             next = answers.next() => match next {
@@ -136,7 +136,7 @@ async fn answer(
 async fn finish(app: &Arc<Context>, mut run: EvaluationRecord) -> Result<Ran, EvalError> {
     let (store, id) = (app.store.clone(), run.id.clone());
     let results = blocking(move || Ok(store.example_results(&id)?)).await?;
-    let summary = summarise(&run.versions, &results, &app.config.taxonomy.threat_types);
+    let summary = summarise(&run.versions, &results, &app.threat_types);
     let at = now_rfc3339();
     run.status = "succeeded".into();
     run.finished_at = Some(at.clone());
