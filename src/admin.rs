@@ -28,31 +28,11 @@ pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use me::me;
 pub use models::{
     experiment, get_model, history as model_history, list_models, promote, promotion_gate,
-    register_version, registry_error, rollback, set_traffic,
+    register_version, rollback, set_traffic,
 };
 pub use ui::{ui_asset, ui_index};
 
-use crate::openai::ApiError;
-
-/// Store calls block; they run off the async workers.
-async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::time::timeout(crate::store::CALL_LIMIT, tokio::task::spawn_blocking(f)).await {
-        Ok(joined) => joined
-            .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-            .map_err(Into::into),
-        Err(_) => Err(store_too_slow()),
-    }
-}
-
-/// A store call that outlived [`crate::store::CALL_LIMIT`].
-pub(crate) fn store_too_slow() -> ApiError {
-    ApiError::Unavailable(format!(
-        "the store did not answer within {} s; retry shortly",
-        crate::store::CALL_LIMIT.as_secs()
-    ))
-}
+use crate::openai::blocking;
 
 /// The OpenAI list envelope the admin API uses for every listing.
 fn list_envelope(data: Vec<serde_json::Value>, next_cursor: Option<String>) -> serde_json::Value {

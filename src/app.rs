@@ -1,6 +1,7 @@
-//! The application: state shared by every handler, built once from the
-//! config, and the run loop with its background services and graceful
-//! shutdown. `main` and the tests build it the same way.
+//! The application: built once from the config — each service's context
+//! holding only what that service uses, and the HTTP edge's state holding
+//! those contexts — and the run loop with its background services and
+//! graceful shutdown. `main` and the tests build it the same way.
 
 use crate::auth::{AuthPolicy, KeyError, KeyService, hash_key};
 use crate::capture::Redactor;
@@ -8,9 +9,9 @@ use crate::config::{Config, Secrets};
 use crate::exchange::{self, ExchangeSink};
 use crate::limits::RateLimits;
 use crate::registry::Registry;
+use crate::service::{Service, periodic};
 use crate::store::{SharedStore, StoreError};
 use crate::upstream::Upstreams;
-use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,38 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Read-mostly state behind every handler. What changes at run time
-/// (routes, keys) is swapped atomically inside; nothing here is locked.
-pub struct AppState {
-    pub config: Arc<Config>,
-    /// Model versions, traffic and the live routing table.
-    pub registry: Registry,
-    pub upstreams: Upstreams,
-    pub keys: KeyService,
-    pub auth: AuthPolicy,
-    pub limits: RateLimits,
-    pub store: SharedStore,
-    pub exchanges: ExchangeSink,
-    /// Turns answered a moment ago, for their follow-ups to thread onto
-    /// before the capture writer has stored them.
-    pub recent: Arc<crate::capture::RecentThreads>,
-    /// Copies of live requests for shadow versions.
-    pub mirror: crate::proxy::Mirror,
-    /// Applied to every captured record before it is stored.
-    pub redactor: Arc<Redactor>,
-    /// Reads the threat type and severity an answer states.
-    pub extractor: Arc<crate::evaluation::extract::Extractor>,
-    /// Woken when an evaluation is queued.
-    pub evaluation_runner: crate::evaluation::Runner,
-    /// Sends evaluation alerts to the webhook, when one is configured.
-    pub alert_hook: crate::evaluation::AlertHook,
-    pub metrics: PrometheusHandle,
-    pub started_unix: u64,
-    /// Fine-tuning jobs: the lock their changes take, the poller's wake-up.
-    pub jobs: crate::finetune::Jobs,
-    /// Cancelled when shutdown begins; every background service watches it.
-    pub shutdown: CancellationToken,
-}
+pub use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -116,10 +86,45 @@ impl Application {
         let alert_hook =
             crate::evaluation::AlertHook::new(&config.evaluation).map_err(StartError::Upstream)?;
         let config = Arc::new(config);
-        let registry = Registry::open(store.clone(), config.clone())?;
+        let registry = Arc::new(Registry::open(store.clone(), config.clone())?);
+        let upstreams = Arc::new(Upstreams::new(&config, &secrets).map_err(StartError::Upstream)?);
+        let extractor = Arc::new(extractor);
+        let evaluation = Arc::new(crate::evaluation::Context {
+            store: store.clone(),
+            registry: registry.clone(),
+            upstreams: upstreams.clone(),
+            config: config.evaluation.clone(),
+            threat_types: config.taxonomy.threat_types.clone(),
+            extractor: extractor.clone(),
+            runner: crate::evaluation::Runner::default(),
+            alert_hook,
+        });
+        let fine_tuning = Arc::new(crate::finetune::Context {
+            store: store.clone(),
+            registry: registry.clone(),
+            upstreams: upstreams.clone(),
+            config: config.clone(),
+            jobs: crate::finetune::Jobs::default(),
+        });
+        let guardrails = Arc::new(crate::experiment::Guardrails {
+            store: store.clone(),
+            registry: registry.clone(),
+            config: config.clone(),
+        });
+        let feedback = Arc::new(crate::feedback::Context {
+            store: store.clone(),
+            taxonomy: config.taxonomy.clone(),
+            flush_every: Duration::from_millis(config.capture.flush_every_ms),
+            in_flight: exchanges.in_flight(),
+            extractor,
+        });
+        let mirror = Arc::new(crate::proxy::Mirror::new(
+            upstreams.clone(),
+            exchanges.clone(),
+        ));
         let state = AppState {
             registry,
-            upstreams: Upstreams::new(&config, &secrets).map_err(StartError::Upstream)?,
+            upstreams,
             limits: RateLimits::new(&config.limits),
             keys,
             auth,
@@ -130,16 +135,16 @@ impl Application {
             recent: Arc::new(crate::capture::RecentThreads::new(
                 4 * config.capture.queue_capacity,
             )),
-            mirror: crate::proxy::Mirror::default(),
+            mirror,
             redactor: Arc::new(redactor),
-            extractor: Arc::new(extractor),
-            evaluation_runner: crate::evaluation::Runner::default(),
-            alert_hook,
+            evaluation,
+            fine_tuning,
+            guardrails,
+            feedback,
             metrics: crate::telemetry::metrics_handle(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            jobs: crate::finetune::Jobs::default(),
             shutdown: CancellationToken::new(),
             config,
         };
@@ -186,27 +191,30 @@ impl Application {
             exchange_rx,
             shutdown.clone(),
         ));
-        tasks.spawn(shrink_limiter(state.clone(), shutdown.clone()));
+        tasks.spawn(prune_limits(state.clone(), shutdown.clone()));
         tasks.spawn(crate::experiment::run_guardrails(
-            state.clone(),
+            state.guardrails.clone(),
             shutdown.clone(),
         ));
-        tasks.spawn(crate::finetune::run_poller(state.clone(), shutdown.clone()));
+        tasks.spawn(crate::finetune::run_poller(
+            state.fine_tuning.clone(),
+            shutdown.clone(),
+        ));
         if state.config.fine_tuning.continuous.enabled {
             tasks.spawn(crate::finetune::run_continuous(
-                state.clone(),
+                state.fine_tuning.clone(),
                 shutdown.clone(),
             ));
         }
         tasks.spawn(crate::evaluation::runner::run_evaluations(
-            state.clone(),
+            state.evaluation.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(crate::evaluation::schedule::run_schedule(
-            state.clone(),
+            state.evaluation.clone(),
             shutdown.clone(),
         ));
-        if let Some(delivery) = state.alert_hook.take_delivery() {
+        if let Some(delivery) = state.evaluation.alert_hook.take_delivery() {
             tasks.spawn(delivery.run(shutdown.clone()));
         }
         if let Some(days) = state.config.capture.retention_days {
@@ -270,15 +278,13 @@ impl Application {
     }
 }
 
-/// Forgets idle rate-limit buckets once a minute.
-async fn shrink_limiter(state: Arc<AppState>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => state.limits.shrink(),
-            () = shutdown.cancelled() => return,
-        }
-    }
+/// Prunes the rate limits at start and once a minute.
+async fn prune_limits(state: Arc<AppState>, shutdown: CancellationToken) {
+    let service = Service::every("rate-limit-pruning", Duration::from_secs(60));
+    periodic(service, shutdown, || {
+        std::future::ready(crate::limits::prune_step(&state.limits))
+    })
+    .await;
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed

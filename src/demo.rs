@@ -136,14 +136,21 @@ pub async fn run(
 
 /// Seeds with a progress line, then prints the banner with what to try.
 async fn seed_then_greet(
-    app: Arc<crate::app::AppState>,
+    app: Arc<crate::state::AppState>,
     proxy: SocketAddr,
     callers: seed::Callers,
     count: usize,
     banner: Banner,
 ) {
     let done = Arc::new(AtomicUsize::new(0));
-    let seeding = tokio::spawn(seed::seed(app, proxy, callers, count, done.clone()));
+    let seeding = tokio::spawn(seed::seed(
+        app.registry.clone(),
+        app.evaluation.extractor.clone(),
+        proxy,
+        callers,
+        count,
+        done.clone(),
+    ));
     let mut progress = Progress::new(count);
     let seeded = loop {
         if seeding.is_finished() {

@@ -7,5 +7,5 @@ mod guardrail;
 mod report;
 pub mod tally;
 
-pub use guardrail::{check_once, config_for, run_guardrails};
+pub use guardrail::{Guardrails, check_once, config_for, run_guardrails};
 pub use report::{METRICS, MetricComparison, comparisons, experiment_view};

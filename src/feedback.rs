@@ -5,41 +5,31 @@
 //! record is durable.
 
 mod header;
+mod route;
 mod submit;
 
 pub use header::parse_header;
+pub use route::post_feedback;
 pub use submit::{FeedbackRequest, feedback_view, submit};
 
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::openai::{ApiError, ApiJson};
-use axum::Extension;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Json, Response};
+use crate::config::TaxonomyConfig;
+use crate::evaluation::extract::Extractor;
+use crate::exchange::InFlight;
+use crate::store::SharedStore;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// `POST /v1/feedback`.
-pub async fn post_feedback(
-    State(app): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    ApiJson(request): ApiJson<FeedbackRequest>,
-) -> Result<Response, ApiError> {
-    let idempotency = headers
-        .get("idempotency-key")
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "`Idempotency-Key` must be 1 to 255 characters of text",
-                        None,
-                    )
-                })
-        })
-        .transpose()?;
-    let record = submit(&app, &caller, request, idempotency).await?;
-    Ok((StatusCode::CREATED, Json(feedback_view(&record))).into_response())
+/// What taking feedback needs, built once by the application and used by
+/// the route and the header alike.
+pub struct Context {
+    pub store: SharedStore,
+    /// What the values are checked against.
+    pub taxonomy: TaxonomyConfig,
+    /// How often capture flushes (`capture.flush_every_ms`): a lookup
+    /// waits for an inference still on its way.
+    pub flush_every: Duration,
+    /// Exchanges capture has not stored yet.
+    pub in_flight: InFlight,
+    /// Reads the labels an answer states, for the experiment tallies.
+    pub extractor: Arc<Extractor>,
 }

@@ -27,24 +27,38 @@ pub use continuous::run_continuous;
 pub use create::{NewJob, create_job};
 pub use poller::{Outcome, run_poller, try_step_once};
 
-use crate::app::AppState;
-use crate::registry::RegistryError;
-use crate::store::{FineTuneJobRecord, StoreError};
-use crate::upstream::FineTuningError;
+use crate::config::Config;
+use crate::registry::{Registry, RegistryError};
+use crate::store::{FineTuneJobRecord, SharedStore, StoreError};
+use crate::upstream::{FineTuningError, Upstreams};
 use std::sync::Arc;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 /// The metadata key that ties a provider's job to ours.
 pub const JOB_ID_KEY: &str = "flywheel_job_id";
 
-/// Shared by the admin handlers and the poller.
+/// What fine-tuning needs, built once by the application and shared by
+/// the admin handlers, the poller and continuous learning.
+pub struct Context {
+    pub store: SharedStore,
+    /// Where a finished job's model is registered.
+    pub registry: Arc<Registry>,
+    /// The providers jobs run at.
+    pub upstreams: Arc<Upstreams>,
+    /// `fine_tuning`, and the whole config for the dataset builds of
+    /// continuous learning.
+    pub config: Arc<Config>,
+    pub jobs: Jobs,
+}
+
+/// The lock job changes take and the poller's wake-up.
 #[derive(Default)]
 pub struct Jobs {
     /// Held while one job changes (a poller step, a cancel), so that a
     /// cancel never races a submission.
     lock: Mutex<()>,
     /// Wakes the poller early, when a job was created.
-    wake: Notify,
+    wake: Arc<Notify>,
 }
 
 impl Jobs {
@@ -92,14 +106,14 @@ fn invalid(message: impl Into<String>, param: &'static str) -> JobError {
 }
 
 /// Stores the job off the async workers; durable once it returns.
-async fn save(app: &Arc<AppState>, job: &FineTuneJobRecord) -> Result<(), StoreError> {
+async fn save(app: &Arc<Context>, job: &FineTuneJobRecord) -> Result<(), StoreError> {
     let (store, job) = (app.store.clone(), job.clone());
     tokio::task::spawn_blocking(move || store.put_job(&job))
         .await
         .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
 }
 
-async fn load(app: &Arc<AppState>, id: &str) -> Result<Option<FineTuneJobRecord>, StoreError> {
+async fn load(app: &Arc<Context>, id: &str) -> Result<Option<FineTuneJobRecord>, StoreError> {
     let (store, id) = (app.store.clone(), id.to_string());
     tokio::task::spawn_blocking(move || store.job(&id))
         .await

@@ -1,7 +1,7 @@
 //! `/healthz` (the process answers), `/readyz` (it can serve: store open,
 //! providers configured) and `/metrics` (Prometheus text).
 
-use crate::app::AppState;
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};

@@ -27,8 +27,17 @@ pub mod registry;
 pub mod review;
 pub mod routing;
 pub mod server;
+pub mod service;
+pub mod state;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "the one module that names the HTTP client crates (clippy.toml)"
+)]
 pub mod upstream;
 /// jemalloc, for the binary and the tests alike (so what the tests
 /// measure is what runs): capture builds and drops many small JSON values

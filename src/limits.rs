@@ -3,6 +3,7 @@
 
 use crate::config::LimitsConfig;
 use crate::openai::ApiError;
+use crate::service::Next;
 use arc_swap::ArcSwap;
 use axum::http::{HeaderMap, HeaderValue};
 use governor::clock::{Clock, DefaultClock};
@@ -10,6 +11,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +103,12 @@ impl RateLimits {
     }
 }
 
+/// The pruning service's step (run by `app` once a minute).
+pub fn prune_step(limits: &RateLimits) -> Result<Next, Infallible> {
+    limits.shrink();
+    Ok(Next::Wait)
+}
+
 pub fn write_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Duration) {
     headers.insert("x-ratelimit-limit-requests", HeaderValue::from(limit));
     headers.insert(
@@ -149,6 +157,18 @@ mod tests {
         }
         let other: Arc<str> = "other".into();
         assert!(limits.check(&other).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pruning_keeps_the_buckets_in_use() {
+        let limits = RateLimits::new(&LimitsConfig {
+            requests_per_minute: 60,
+            burst: 3,
+        });
+        let key: Arc<str> = "k".into();
+        assert_eq!(limits.check(&key).unwrap().unwrap().remaining, 2);
+        assert_eq!(prune_step(&limits).unwrap(), Next::Wait);
+        assert_eq!(limits.check(&key).unwrap().unwrap().remaining, 1);
     }
 
     #[test]

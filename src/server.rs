@@ -9,11 +9,11 @@ mod guard;
 pub use connections::{BodyTimedOut, ConnectionLimits, serve};
 
 use crate::admin;
-use crate::app::AppState;
 use crate::auth::Role;
 use crate::health;
 use crate::openai::ApiError;
 use crate::proxy;
+use crate::state::AppState;
 use axum::Router;
 use axum::http::Method;
 use axum::response::Redirect;

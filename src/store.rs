@@ -7,6 +7,11 @@ mod job_records;
 mod model_records;
 mod records;
 mod resilient;
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "the one backend that names sled (clippy.toml)"
+)]
 mod sled_store;
 
 pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};

@@ -12,6 +12,8 @@ mod retry;
 mod transport;
 mod webhook;
 
-pub use client::{BodyStream, CHAT_PATH, Provider, Reply, UpstreamRequest, Upstreams};
+pub use client::{
+    BodyStream, CHAT_PATH, Collected, Cut, Provider, Reply, UpstreamRequest, Upstreams,
+};
 pub use fine_tuning::{EventObject, FileObject, FineTuningError, JobObject, JobSpec, Page};
 pub use webhook::Webhook;

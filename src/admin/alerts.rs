@@ -2,10 +2,10 @@
 //! stopped a candidate, a metric under its target), and acknowledging it.
 
 use super::{blocking, list_envelope};
-use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::ids::now_rfc3339;
 use crate::openai::{ApiError, ApiQuery};
+use crate::state::AppState;
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::Json;

@@ -3,7 +3,6 @@
 //! `review`; every write is audited and durable before it is answered.
 
 use super::{blocking, list_envelope};
-use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::ids::now_rfc3339;
 use crate::openai::{ApiError, ApiJson, ApiQuery};
@@ -11,6 +10,7 @@ use crate::review::{
     BulkAction, ListQuery, ReviewPatch, TurnRecords, apply_patch, conversation_detail,
     conversation_summary,
 };
+use crate::state::AppState;
 use crate::store::{ConversationRecord, SharedStore, StoreError};
 use axum::Extension;
 use axum::extract::{Path, State};

@@ -3,10 +3,10 @@
 //! `curation::create_dataset`; snapshots never change once stored.
 
 use super::{blocking, list_envelope};
-use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::curation::{DatasetError, DatasetRequest, create_dataset, dataset_view};
 use crate::openai::{ApiError, ApiJson, ApiQuery};
+use crate::state::AppState;
 use crate::store::DatasetSplit;
 use axum::Extension;
 use axum::extract::{Path, State};

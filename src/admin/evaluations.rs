@@ -3,10 +3,10 @@
 //! and targets, and each version's metrics over time.
 
 use super::{blocking, list_envelope};
-use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::evaluation::run::{EvalError, NewEvaluation, create, targets_view};
 use crate::openai::{ApiError, ApiJson, ApiQuery};
+use crate::state::AppState;
 use crate::store::{EvaluationRecord, PerformanceRecord, Store, StoreError};
 use axum::Extension;
 use axum::extract::{Path, State};
@@ -24,7 +24,7 @@ pub async fn create_evaluation(
     caller.require(Role::Admin)?;
     let state = app.clone();
     let run = blocking(move || {
-        let run = create(&state, body, &caller.id).map_err(eval_error)?;
+        let run = create(&state.evaluation, body, &caller.id)?;
         let details = json!({"alias": run.alias, "versions": run.versions, "dataset_id": run.dataset_id, "split": run.split});
         crate::audit::record(state.store.as_ref(), &caller.id, "evaluation.create", &run.id, details)?;
         Ok::<_, ApiError>(run)
@@ -180,19 +180,21 @@ fn view(app: &AppState, run: &EvaluationRecord) -> Value {
     })
 }
 
-fn eval_error(e: EvalError) -> ApiError {
-    let not_found = |message: String, param: &str| ApiError::NotFound {
-        message,
-        param: Some(param.into()),
-        code: "not_found",
-    };
-    match e {
-        e @ EvalError::UnknownAlias(_) => not_found(e.to_string(), "alias"),
-        e @ EvalError::UnknownVersion { .. } => not_found(e.to_string(), "versions"),
-        e @ EvalError::UnknownDataset(_) => not_found(e.to_string(), "dataset_id"),
-        EvalError::Invalid(message) => ApiError::invalid(message, None),
-        e @ EvalError::Dataset { .. } => ApiError::invalid(e.to_string(), Some("dataset_id")),
-        EvalError::Task(e) => ApiError::Internal(e),
-        EvalError::Store(e) => e.into(),
+impl From<EvalError> for ApiError {
+    fn from(e: EvalError) -> Self {
+        let not_found = |message: String, param: &str| ApiError::NotFound {
+            message,
+            param: Some(param.into()),
+            code: "not_found",
+        };
+        match e {
+            e @ EvalError::UnknownAlias(_) => not_found(e.to_string(), "alias"),
+            e @ EvalError::UnknownVersion { .. } => not_found(e.to_string(), "versions"),
+            e @ EvalError::UnknownDataset(_) => not_found(e.to_string(), "dataset_id"),
+            EvalError::Invalid(message) => ApiError::invalid(message, None),
+            e @ EvalError::Dataset { .. } => ApiError::invalid(e.to_string(), Some("dataset_id")),
+            EvalError::Task(e) => ApiError::Internal(e),
+            EvalError::Store(e) => e.into(),
+        }
     }
 }

@@ -3,10 +3,10 @@
 //! (admin). The work is in `finetune`; these only map requests and errors.
 
 use super::{blocking, list_envelope};
-use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::finetune::{JobError, NewJob, cancel_job, create_job};
 use crate::openai::{ApiError, ApiJson, ApiQuery, UpstreamFailure};
+use crate::state::AppState;
 use crate::store::{FineTuneJobRecord, Hyperparameters};
 use crate::upstream::FineTuningError;
 use axum::Extension;
@@ -65,7 +65,7 @@ pub async fn create(
         metadata: body.metadata.unwrap_or_default(),
     };
     let actor = caller.id.to_string();
-    let job = blocking(move || create_job(&app, new, &actor).map_err(job_error)).await?;
+    let job = blocking(move || create_job(&app.fine_tuning, new, &actor)).await?;
     Ok((StatusCode::CREATED, Json(job_view(&job))).into_response())
 }
 
@@ -96,7 +96,7 @@ pub async fn get(
     let lookup = id.clone();
     let job = blocking(move || store.job(&lookup)).await?;
     job.map(|j| Json(job_view(&j)))
-        .ok_or_else(|| job_error(not_found(&id)))
+        .ok_or_else(|| ApiError::from(not_found(&id)))
 }
 
 pub async fn cancel(
@@ -105,7 +105,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Admin)?;
-    let job = cancel_job(&app, &id, &caller.id).await.map_err(job_error)?;
+    let job = cancel_job(&app.fine_tuning, &id, &caller.id).await?;
     Ok(Json(job_view(&job)))
 }
 
@@ -116,7 +116,7 @@ fn not_found(id: &str) -> JobError {
     }
 }
 
-/// ADMIN_API's job object.
+/// A job as the admin API shows it (docs/API.md, "Fine-tuning jobs").
 pub fn job_view(job: &FineTuneJobRecord) -> Value {
     json!({
         "object": "fine_tuning.job",
@@ -146,31 +146,33 @@ pub fn job_view(job: &FineTuneJobRecord) -> Value {
     })
 }
 
-pub fn job_error(e: JobError) -> ApiError {
-    match e {
-        e @ JobError::Disabled => ApiError::InvalidRequest {
-            message: e.to_string(),
-            param: None,
-            code: Some("fine_tuning_disabled"),
-        },
-        JobError::NotFound { message, param } => ApiError::NotFound {
-            message,
-            param: Some(param.into()),
-            code: "not_found",
-        },
-        e @ JobError::NotReady { .. } => ApiError::InvalidRequest {
-            message: e.to_string(),
-            param: Some("dataset_id".into()),
-            code: Some("not_ready"),
-        },
-        JobError::Invalid { message, param } => ApiError::invalid(message, Some(param)),
-        JobError::Conflict(message) => ApiError::Conflict {
-            message,
-            code: "conflict",
-        },
-        JobError::Provider(e) => provider_error(e),
-        JobError::Registry(e) => super::registry_error(e),
-        JobError::Store(e) => e.into(),
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            e @ JobError::Disabled => ApiError::InvalidRequest {
+                message: e.to_string(),
+                param: None,
+                code: Some("fine_tuning_disabled"),
+            },
+            JobError::NotFound { message, param } => ApiError::NotFound {
+                message,
+                param: Some(param.into()),
+                code: "not_found",
+            },
+            e @ JobError::NotReady { .. } => ApiError::InvalidRequest {
+                message: e.to_string(),
+                param: Some("dataset_id".into()),
+                code: Some("not_ready"),
+            },
+            JobError::Invalid { message, param } => ApiError::invalid(message, Some(param)),
+            JobError::Conflict(message) => ApiError::Conflict {
+                message,
+                code: "conflict",
+            },
+            JobError::Provider(e) => provider_error(e),
+            JobError::Registry(e) => ApiError::from(e),
+            JobError::Store(e) => e.into(),
+        }
     }
 }
 

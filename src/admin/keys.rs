@@ -1,9 +1,9 @@
 //! `/admin/api/keys` and `/admin/api/audit`: keys over HTTP, the same
 //! service the `keys` CLI uses, for when the server holds the store.
 
-use crate::app::AppState;
 use crate::auth::{Caller, KeyError, Role};
 use crate::openai::{ApiError, ApiJson, ApiQuery};
+use crate::state::AppState;
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

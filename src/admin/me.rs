@@ -2,9 +2,9 @@
 //! screens offer, so the admin UI neither guesses the role from a 403 nor
 //! hard-codes the taxonomy.
 
-use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::openai::ApiError;
+use crate::state::AppState;
 use axum::Extension;
 use axum::extract::State;
 use axum::response::Json;

@@ -7,11 +7,11 @@
 //! forced promotion; `…/gate?version=` says where a version stands.
 
 use super::{blocking, list_envelope};
-use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::evaluation::gate::Verdict;
 use crate::openai::{ApiError, ApiJson, ApiQuery};
 use crate::registry::{Change, ChangeError, RegistryError, Request};
+use crate::state::AppState;
 use crate::store::ModelAliasRecord;
 use axum::Extension;
 use axum::extract::{Path, State};
@@ -37,8 +37,7 @@ pub async fn get_model(
     let record = app
         .registry
         .alias(&alias)
-        .ok_or_else(|| RegistryError::UnknownAlias(alias.clone()))
-        .map_err(registry_error)?;
+        .ok_or_else(|| RegistryError::UnknownAlias(alias.clone()))?;
     Ok(with_etag(&record))
 }
 
@@ -205,7 +204,7 @@ pub async fn promotion_gate(
     let record = app
         .registry
         .alias(&alias)
-        .ok_or_else(|| registry_error(RegistryError::UnknownAlias(alias.clone())))?;
+        .ok_or_else(|| ApiError::from(RegistryError::UnknownAlias(alias.clone())))?;
     let version = query.version.ok_or_else(|| {
         ApiError::invalid("`version` names the version to judge", Some("version"))
     })?;
@@ -217,7 +216,7 @@ pub async fn promotion_gate(
     }
     let verdict = verdict_on(&app, &alias, &version)
         .await?
-        .ok_or_else(|| registry_error(RegistryError::UnknownAlias(alias.clone())))?;
+        .ok_or_else(|| ApiError::from(RegistryError::UnknownAlias(alias.clone())))?;
     let mut body = json!(verdict);
     body["object"] = json!("promotion_gate");
     Ok(Json(body))
@@ -257,7 +256,7 @@ pub async fn history(
     let entries = blocking(move || {
         app.registry
             .history(&alias, page.cursor.as_deref(), limit + 1)
-            .map_err(registry_error)
+            .map_err(ApiError::from)
     })
     .await?;
     let next_cursor = (entries.len() > limit).then(|| entries[limit - 1].id.clone());
@@ -287,7 +286,7 @@ async fn change_alias(
                 reason: &reason,
                 change,
             })
-            .map_err(registry_error)
+            .map_err(ApiError::from)
     })
     .await
 }
@@ -324,29 +323,31 @@ fn checked_reason(reason: Option<&str>) -> Result<String, ApiError> {
     Ok(reason.to_string())
 }
 
-pub fn registry_error(e: RegistryError) -> ApiError {
-    match e {
-        RegistryError::UnknownAlias(alias) => ApiError::NotFound {
-            message: format!("no model alias named `{alias}`"),
-            param: Some("alias".into()),
-            code: "not_found",
-        },
-        e @ RegistryError::RevisionMoved { .. } => ApiError::Conflict {
-            message: e.to_string(),
-            code: "conflict",
-        },
-        RegistryError::Change(ChangeError::Invalid { message, param }) => {
-            ApiError::InvalidRequest {
-                message,
-                param,
-                code: None,
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::UnknownAlias(alias) => ApiError::NotFound {
+                message: format!("no model alias named `{alias}`"),
+                param: Some("alias".into()),
+                code: "not_found",
+            },
+            e @ RegistryError::RevisionMoved { .. } => ApiError::Conflict {
+                message: e.to_string(),
+                code: "conflict",
+            },
+            RegistryError::Change(ChangeError::Invalid { message, param }) => {
+                ApiError::InvalidRequest {
+                    message,
+                    param,
+                    code: None,
+                }
             }
+            RegistryError::Change(ChangeError::Conflict(message)) => ApiError::Conflict {
+                message,
+                code: "conflict",
+            },
+            RegistryError::Store(e) => e.into(),
         }
-        RegistryError::Change(ChangeError::Conflict(message)) => ApiError::Conflict {
-            message,
-            code: "conflict",
-        },
-        RegistryError::Store(e) => e.into(),
     }
 }
 
@@ -398,8 +399,8 @@ pub async fn experiment(
     let record = app
         .registry
         .alias(&alias)
-        .ok_or_else(|| registry_error(RegistryError::UnknownAlias(alias.clone())))?;
-    let alpha = crate::experiment::config_for(&app, &alias).alpha;
+        .ok_or_else(|| ApiError::from(RegistryError::UnknownAlias(alias.clone())))?;
+    let alpha = crate::experiment::config_for(&app.config, &alias).alpha;
     let store = app.store.clone();
     let tallies = blocking(move || store.version_tallies(&alias)).await?;
     Ok(Json(crate::experiment::experiment_view(

@@ -3,6 +3,7 @@
 //! but unlabelled ones go too; anything an analyst labelled stays.
 
 use crate::review::forget_feedback;
+use crate::service::{Next, Service, StepError, blocking, periodic};
 use crate::store::{FeedbackRecord, InferenceRecord, SharedStore, StoreError};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -65,28 +66,31 @@ fn ms_since_epoch(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The service's step: [`purge_once`] off the async workers, of what is
+/// older than `days` now.
+pub async fn step(store: &SharedStore, days: u32) -> Result<Next, StepError<StoreError>> {
+    let retention = Duration::from_secs(u64::from(days) * 86_400);
+    let store = store.clone();
+    let n = blocking(move || purge_once(&store, retention, SystemTime::now())).await?;
+    metrics::counter!("flywheel_retention_purged_total").increment(n as u64);
+    if n > 0 {
+        tracing::info!(
+            purged = n,
+            days,
+            "retention purged old unlabelled inferences"
+        );
+    }
+    Ok(Next::Wait)
+}
+
 /// Purges at start and then every hour until shutdown.
 pub async fn run_retention(store: SharedStore, days: u32, shutdown: CancellationToken) {
-    let retention = Duration::from_secs(u64::from(days) * 86_400);
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let store = store.clone();
-                match tokio::task::spawn_blocking(move || purge_once(&store, retention, SystemTime::now())).await {
-                    Ok(Ok(n)) => {
-                        metrics::counter!("flywheel_retention_purged_total").increment(n as u64);
-                        if n > 0 {
-                            tracing::info!(purged = n, days, "retention purged old unlabelled inferences");
-                        }
-                    }
-                    Ok(Err(e)) => tracing::error!(error = %e, "retention purge failed"),
-                    Err(e) => tracing::error!(error = %e, "retention task failed"),
-                }
-            }
-            () = shutdown.cancelled() => return,
-        }
-    }
+    let service = Service::every("retention", Duration::from_secs(3600));
+    periodic(service, shutdown, || {
+        let store = store.clone();
+        async move { step(&store, days).await }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -138,6 +142,25 @@ mod tests {
             approved_for_training: None,
             created_at: String::new(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_step_purges_what_is_older_than_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let at = |age_days: u64| {
+            let t = SystemTime::now() - Duration::from_secs(age_days * 86_400);
+            format!("inf_{}", ulid::Ulid::from_parts(ms_since_epoch(t), 0))
+        };
+        let (old, recent) = (at(10), at(1));
+        let mut batch: Vec<crate::store::CapturedTurn> = [&old, &recent]
+            .into_iter()
+            .map(|id| crate::store::CapturedTurn::plain(inference(id.clone(), "conv")))
+            .collect();
+        store.store_captured(&mut batch).unwrap();
+        assert_eq!(step(&store, 7).await.unwrap(), Next::Wait);
+        assert!(store.inference(&old).unwrap().is_none(), "old goes");
+        assert!(store.inference(&recent).unwrap().is_some(), "recent stays");
     }
 
     #[test]

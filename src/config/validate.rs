@@ -70,6 +70,10 @@ fn check_limits(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+#[expect(
+    clippy::disallowed_types,
+    reason = "a base URL is read as the provider's client will read it"
+)]
 fn check_providers(c: &Config) -> Result<(), ConfigError> {
     if c.providers.is_empty() {
         return Err(ConfigError::invalid(
@@ -375,6 +379,10 @@ fn check_evaluation(c: &Config) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError::invalid(e.key, e.problem))
 }
 
+#[expect(
+    clippy::disallowed_types,
+    reason = "the webhook URL is read as its client will read it"
+)]
 fn check_evaluation_runs(c: &Config) -> Result<(), ConfigError> {
     let e = &c.evaluation;
     if e.concurrency == 0 {

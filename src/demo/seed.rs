@@ -6,9 +6,13 @@
 //! so every page of the admin UI has something to show and a dataset can
 //! be built at once.
 
-use crate::app::AppState;
+#![expect(
+    clippy::disallowed_types,
+    reason = "the seed is a client of the proxy over HTTP, like any chat app"
+)]
+
 use crate::evaluation::extract::Extractor;
-use crate::registry::{Change, Request};
+use crate::registry::{Change, Registry, Request};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -48,7 +52,8 @@ pub struct Seeded {
 /// them, counting each conversation finished in `done`. Failures are
 /// logged; the demo goes on without its seed.
 pub async fn seed(
-    app: Arc<AppState>,
+    registry: Arc<Registry>,
+    extractor: Arc<Extractor>,
     proxy: SocketAddr,
     callers: Callers,
     count: usize,
@@ -57,7 +62,7 @@ pub async fn seed(
     if count == 0 {
         return Seeded::default();
     }
-    if let Err(e) = split_traffic(&app) {
+    if let Err(e) = split_traffic(&registry) {
         tracing::warn!(error = %e, "demo: could not set the 80/20 split");
     }
     let alerts: Vec<Alert> = ALERTS
@@ -75,7 +80,7 @@ pub async fn seed(
         http,
         base: format!("http://{proxy}"),
         callers,
-        extractor: app.extractor.clone(),
+        extractor,
     });
     let total = alerts.len();
     let results: Vec<_> = futures_util::stream::iter(alerts.into_iter().enumerate())
@@ -119,14 +124,14 @@ pub async fn seed(
     seeded
 }
 
-fn split_traffic(app: &AppState) -> Result<(), crate::registry::RegistryError> {
-    let Some(triage) = app.registry.alias("triage") else {
+fn split_traffic(registry: &Registry) -> Result<(), crate::registry::RegistryError> {
+    let Some(triage) = registry.alias("triage") else {
         return Ok(());
     };
     if triage.version("large").is_none() {
         return Ok(());
     }
-    app.registry.change(Request {
+    registry.change(Request {
         alias: "triage",
         expected_revision: None,
         actor: "demo",

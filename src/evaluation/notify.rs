@@ -5,10 +5,12 @@
 //! failed attempt counts in `flywheel_webhook_failures_total`.
 
 use crate::config::EvaluationConfig;
+use crate::service::{Next, Service, periodic};
 use crate::store::AlertRecord;
 use crate::upstream::Webhook;
 use serde_json::{Value, json};
-use std::sync::Mutex;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +28,8 @@ pub struct AlertHook {
 }
 
 pub struct Delivery {
-    rx: mpsc::Receiver<AlertRecord>,
+    /// Only the service's one step at a time holds it.
+    rx: tokio::sync::Mutex<mpsc::Receiver<AlertRecord>>,
     webhook: Webhook,
     attempts: u32,
     backoff: Duration,
@@ -43,7 +46,7 @@ impl AlertHook {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let delivery = Delivery {
-            rx,
+            rx: tokio::sync::Mutex::new(rx),
             webhook: Webhook::new(url)?,
             attempts: config.webhook_attempts.max(1),
             backoff: Duration::from_millis(config.webhook_backoff_ms),
@@ -70,21 +73,29 @@ impl AlertHook {
 }
 
 impl Delivery {
-    /// Sends queued alerts until shutdown.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        loop {
-            let alert = tokio::select! {
-                next = self.rx.recv() => match next {
-                    Some(alert) => alert,
-                    None => return,
-                },
-                () = shutdown.cancelled() => return,
-            };
-            self.deliver(&alert, &shutdown).await;
-        }
+    /// Sends queued alerts until shutdown (which also cuts a backoff
+    /// short).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let delivery = Arc::new(self);
+        periodic(Service::on_wake("alert-webhook", None), shutdown, || {
+            let delivery = delivery.clone();
+            async move { delivery.step().await }
+        })
+        .await;
     }
 
-    async fn deliver(&self, alert: &AlertRecord, shutdown: &CancellationToken) {
+    /// The service's step: waits for the next alert and delivers it.
+    /// Failed attempts are counted and logged by [`Delivery::deliver`];
+    /// the step itself never fails.
+    pub async fn step(&self) -> Result<Next, Infallible> {
+        let Some(alert) = self.rx.lock().await.recv().await else {
+            return Ok(Next::Stop("the alert queue closed"));
+        };
+        self.deliver(&alert).await;
+        Ok(Next::Again)
+    }
+
+    async fn deliver(&self, alert: &AlertRecord) {
         let body = payload(alert);
         for attempt in 0..self.attempts {
             match self.webhook.post(&body).await {
@@ -97,10 +108,7 @@ impl Delivery {
             if attempt + 1 == self.attempts {
                 break;
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff(self.backoff, attempt)) => {}
-                () = shutdown.cancelled() => return,
-            }
+            tokio::time::sleep(backoff(self.backoff, attempt)).await;
         }
         tracing::error!(alert = %alert.id, attempts = self.attempts, "webhook gave up on the alert");
     }
@@ -138,6 +146,31 @@ mod tests {
         assert_eq!(backoff(first, 0), first);
         assert_eq!(backoff(first, 2), Duration::from_secs(2));
         assert_eq!(backoff(first, 40), MAX_BACKOFF);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_step_delivers_one_alert_until_the_queue_closes() {
+        let config = EvaluationConfig {
+            webhook_url: Some("http://127.0.0.1:1/hook".into()),
+            webhook_attempts: 2,
+            ..EvaluationConfig::default()
+        };
+        let hook = AlertHook::new(&config).unwrap();
+        let delivery = hook.take_delivery().unwrap();
+        let alert: AlertRecord = serde_json::from_value(json!({
+            "id": "alert_1", "at": "t", "kind": "evaluation", "alias": "triage",
+            "version": "base", "metric": "accuracy", "value": 0.5, "threshold": 0.9,
+            "message": "m", "state": "open", "acknowledged_by": null, "acknowledged_at": null
+        }))
+        .unwrap();
+        hook.notify(&alert);
+        // Refused twice, with the backoff between: given up, and on.
+        assert_eq!(delivery.step().await.unwrap(), Next::Again);
+        drop(hook);
+        assert_eq!(
+            delivery.step().await.unwrap(),
+            Next::Stop("the alert queue closed")
+        );
     }
 
     #[test]

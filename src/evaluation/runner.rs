@@ -3,10 +3,11 @@
 //! was interrupted by a restart and resumes; one found `queued` starts.
 //! `POST /admin/api/evaluations` and the scheduler wake it.
 
+use super::Context;
 use super::run::{Ran, execute};
 use super::watch;
-use crate::app::AppState;
 use crate::ids::now_rfc3339;
+use crate::service::{Next, Service, periodic};
 use crate::store::{EvaluationRecord, StoreError};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -17,7 +18,7 @@ const LOOK_AT: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub struct Runner {
-    wake: Notify,
+    wake: Arc<Notify>,
 }
 
 impl Runner {
@@ -42,7 +43,7 @@ pub enum Outcome {
 /// Runs the oldest pending evaluation to its end (or until shutdown), then
 /// raises the alerts its figures call for.
 pub async fn try_step_once(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     shutdown: &CancellationToken,
 ) -> Result<Outcome, StoreError> {
     let store = app.store.clone();
@@ -87,18 +88,67 @@ pub async fn try_step_once(
     }
 }
 
-/// Runs evaluations as they come until shutdown.
-pub async fn run_evaluations(app: Arc<AppState>, shutdown: CancellationToken) {
-    loop {
-        match try_step_once(&app, &shutdown).await {
-            Ok(Outcome::Ran(_)) => continue,
-            Ok(Outcome::Interrupted) => return,
-            Ok(Outcome::Idle) => {}
-            Err(e) => tracing::error!(error = %e, "evaluation runner step failed"),
+/// The service's step: after a run, look for the next at once; when idle,
+/// wait to be woken.
+pub async fn step(app: &Arc<Context>, shutdown: &CancellationToken) -> Result<Next, StoreError> {
+    Ok(match try_step_once(app, shutdown).await? {
+        Outcome::Ran(_) => Next::Again,
+        Outcome::Idle => Next::Wait,
+        Outcome::Interrupted => Next::Stop("a run was interrupted by shutdown"),
+    })
+}
+
+/// Runs evaluations as they come until shutdown: at start (a run left
+/// pending resumes), and whenever a run is queued.
+pub async fn run_evaluations(app: Arc<Context>, shutdown: CancellationToken) {
+    let service = Service::on_wake("evaluation-runner", Some(app.runner.wake.clone()));
+    let token = shutdown.clone();
+    periodic(service, shutdown, || {
+        let (app, token) = (app.clone(), token.clone());
+        async move { step(&app, &token).await }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(id: &str, dataset: &str) -> EvaluationRecord {
+        EvaluationRecord {
+            id: id.into(),
+            alias: "triage".into(),
+            versions: vec!["base".into()],
+            dataset_id: dataset.into(),
+            split: "validation".into(),
+            status: "queued".into(),
+            done: 0,
+            total: 1,
+            skipped: 0,
+            created_by: "t".into(),
+            created_at: now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            results: None,
+            comparison: None,
         }
-        tokio::select! {
-            () = app.evaluation_runner.wake.notified() => {}
-            () = shutdown.cancelled() => return,
-        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_that_cannot_be_read_fails_and_the_next_step_comes_at_once() {
+        let parts = crate::testing::parts("");
+        let app = parts.evaluation();
+        let shutdown = CancellationToken::new();
+        assert_eq!(step(&app, &shutdown).await.unwrap(), Next::Wait, "idle");
+        parts
+            .store
+            .put_evaluation(&queued("eval_1", "ds_missing"))
+            .unwrap();
+        assert_eq!(step(&app, &shutdown).await.unwrap(), Next::Again);
+        let stored = parts.store.evaluation("eval_1").unwrap().unwrap();
+        assert_eq!(stored.status, "failed");
+        assert!(stored.error.unwrap().contains("ds_missing"));
+        assert_eq!(step(&app, &shutdown).await.unwrap(), Next::Wait);
     }
 }

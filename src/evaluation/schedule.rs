@@ -5,8 +5,9 @@
 //! metrics over time. An alias whose previous run is still pending is
 //! left for the next tick.
 
+use super::Context;
 use super::run::{EvalError, NewEvaluation, create};
-use crate::app::AppState;
+use crate::service::{Next, Service, StepError, blocking, periodic};
 use crate::store::{DatasetRecord, ModelAliasRecord, StoreError, VersionState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 const LOOK_AT: usize = 500;
 
 /// Queues one run per alias that can have one; returns their ids.
-pub fn try_step_once(app: &AppState) -> Result<Vec<String>, StoreError> {
+pub fn try_step_once(app: &Context) -> Result<Vec<String>, StoreError> {
     let mut queued = Vec::new();
     let datasets = app.store.datasets(None, LOOK_AT)?;
     for alias in app.registry.aliases() {
@@ -70,28 +71,52 @@ fn scheduled_versions(alias: &ModelAliasRecord) -> Vec<String> {
         .collect()
 }
 
-/// Runs [`try_step_once`] every interval until shutdown; the first run
-/// is one interval after start, not at start.
-pub async fn run_schedule(app: Arc<AppState>, shutdown: CancellationToken) {
-    if !app.config.evaluation.enabled {
+/// The service's step: [`try_step_once`] off the async workers.
+pub async fn step(app: &Arc<Context>) -> Result<Next, StepError<StoreError>> {
+    let state = app.clone();
+    let queued = blocking(move || try_step_once(&state)).await?;
+    if !queued.is_empty() {
+        tracing::info!(?queued, "scheduled evaluations queued");
+    }
+    Ok(Next::Wait)
+}
+
+/// Runs [`step`] every interval until shutdown; the first run is one
+/// interval after start, not at start.
+pub async fn run_schedule(app: Arc<Context>, shutdown: CancellationToken) {
+    if !app.config.enabled {
         return;
     }
-    let every = Duration::from_secs(app.config.evaluation.interval_s.max(1));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
+    let every = Duration::from_secs(app.config.interval_s.max(1));
+    let service = Service::every("evaluation-schedule", every).first_after_one_interval();
+    periodic(service, shutdown, || {
+        let app = app.clone();
+        async move { step(&app).await }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_alias_without_a_ready_dataset_gets_no_run() {
+        let parts = crate::testing::parts("");
+        let app = parts.evaluation();
+        assert_eq!(step(&app).await.unwrap(), Next::Wait);
+        let runs = parts.store.evaluations(None, 10, &|_| true).unwrap();
+        assert!(runs.is_empty(), "{runs:?}");
+    }
+
+    #[test]
+    fn production_comes_first_then_the_candidates_with_traffic() {
+        let parts = crate::testing::parts("");
+        let mut alias = parts.registry.alias("triage").unwrap();
+        assert_eq!(scheduled_versions(&alias), ["base"]);
+        for v in &mut alias.versions {
+            v.weight = 50.0;
         }
-        let state = app.clone();
-        match tokio::task::spawn_blocking(move || try_step_once(&state)).await {
-            Ok(Ok(queued)) if !queued.is_empty() => {
-                tracing::info!(?queued, "scheduled evaluations queued")
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "scheduling evaluations failed"),
-            Err(e) => tracing::error!(error = %e, "scheduling evaluations panicked"),
-        }
+        assert_eq!(scheduled_versions(&alias), ["base", "large"]);
     }
 }

@@ -3,16 +3,16 @@
 //! version's previous run of the alias, gets an `evaluation` alert —
 //! stored (listed by `/admin/api/alerts`) and handed to the webhook.
 
+use super::Context;
 use super::run::summary_targets;
-use crate::app::AppState;
 use crate::config::EvaluationConfig;
 use crate::ids::{new_id, now_rfc3339};
 use crate::store::{AlertRecord, EvaluationRecord, PerformanceRecord, StoreError};
 
 /// Stores and sends the alerts `run` calls for; returns them.
-pub fn after_run(app: &AppState, run: &EvaluationRecord) -> Result<Vec<AlertRecord>, StoreError> {
+pub fn after_run(app: &Context, run: &EvaluationRecord) -> Result<Vec<AlertRecord>, StoreError> {
     let history = app.store.performance(&run.alias)?;
-    let alerts = alerts_for(run, &history, &app.config.evaluation);
+    let alerts = alerts_for(run, &history, &app.config);
     for alert in &alerts {
         app.store.put_alert(alert)?;
         tracing::warn!(alias = %run.alias, version = ?alert.version, metric = ?alert.metric, "evaluation alert");

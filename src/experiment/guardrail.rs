@@ -5,34 +5,39 @@
 //! `guardrail`), and an alert says why.
 
 use super::report::{MetricComparison, comparisons};
-use crate::app::AppState;
-use crate::config::GuardrailConfig;
+use crate::config::{Config, GuardrailConfig};
 use crate::evaluation::online::Verdict;
 use crate::ids::{new_id, now_rfc3339};
-use crate::registry::{Change, RegistryError, Request};
-use crate::store::{AlertRecord, StoreError};
+use crate::registry::{Change, Registry, RegistryError, Request};
+use crate::service::{Next, Service, StepError, blocking, periodic};
+use crate::store::{AlertRecord, SharedStore, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// What the guardrail service needs, built once by the application.
+pub struct Guardrails {
+    pub store: SharedStore,
+    /// Where a candidate's traffic is taken away.
+    pub registry: Arc<Registry>,
+    /// Each alias's `guardrails` section.
+    pub config: Arc<Config>,
+}
+
 /// The guardrails of an alias: its config's, or the defaults for an alias
 /// the config no longer names.
-pub fn config_for<'a>(app: &'a AppState, alias: &str) -> std::borrow::Cow<'a, GuardrailConfig> {
-    app.config
-        .models
-        .iter()
-        .find(|m| m.name == alias)
-        .map_or_else(
-            || std::borrow::Cow::Owned(GuardrailConfig::default()),
-            |m| std::borrow::Cow::Borrowed(&m.guardrails),
-        )
+pub fn config_for<'a>(config: &'a Config, alias: &str) -> std::borrow::Cow<'a, GuardrailConfig> {
+    config.models.iter().find(|m| m.name == alias).map_or_else(
+        || std::borrow::Cow::Owned(GuardrailConfig::default()),
+        |m| std::borrow::Cow::Borrowed(&m.guardrails),
+    )
 }
 
 /// Checks every alias once; returns the alerts raised.
-pub fn check_once(app: &AppState) -> Result<Vec<AlertRecord>, StoreError> {
+pub fn check_once(app: &Guardrails) -> Result<Vec<AlertRecord>, StoreError> {
     let mut raised = Vec::new();
     for record in app.registry.aliases() {
-        let guard = config_for(app, &record.alias);
+        let guard = config_for(&app.config, &record.alias);
         if !guard.enabled {
             continue;
         }
@@ -71,7 +76,11 @@ fn watched(guard: &GuardrailConfig, c: &MetricComparison) -> bool {
     }
 }
 
-fn stop(app: &AppState, revision: u64, c: &MetricComparison) -> Result<AlertRecord, RegistryError> {
+fn stop(
+    app: &Guardrails,
+    revision: u64,
+    c: &MetricComparison,
+) -> Result<AlertRecord, RegistryError> {
     let percent =
         |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{:.1}%", v * 100.0));
     let message = format!(
@@ -114,8 +123,16 @@ fn stop(app: &AppState, revision: u64, c: &MetricComparison) -> Result<AlertReco
     Ok(alert)
 }
 
-/// Runs [`check_once`] every interval until shutdown.
-pub async fn run_guardrails(app: Arc<AppState>, shutdown: CancellationToken) {
+/// The service's step: [`check_once`] off the async workers.
+pub async fn step(app: &Arc<Guardrails>) -> Result<Next, StepError<StoreError>> {
+    let state = app.clone();
+    blocking(move || check_once(&state)).await?;
+    Ok(Next::Wait)
+}
+
+/// Runs [`step`] at start and then every interval (the shortest any
+/// alias asks for) until shutdown.
+pub async fn run_guardrails(app: Arc<Guardrails>, shutdown: CancellationToken) {
     let every = app
         .config
         .models
@@ -123,18 +140,27 @@ pub async fn run_guardrails(app: Arc<AppState>, shutdown: CancellationToken) {
         .map(|m| m.guardrails.check_interval_s)
         .min()
         .unwrap_or(10);
-    let mut tick = tokio::time::interval(Duration::from_secs(every.max(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let state = app.clone();
-        match tokio::task::spawn_blocking(move || check_once(&state)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "guardrail check failed"),
-            Err(e) => tracing::error!(error = %e, "guardrail check panicked"),
-        }
+    let service = Service::every("guardrails", Duration::from_secs(every.max(1)));
+    periodic(service, shutdown, || {
+        let app = app.clone();
+        async move { step(&app).await }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_candidate_without_traffic_or_figures_is_left_alone() {
+        let parts = crate::testing::parts("");
+        let app = parts.guardrails();
+        let before = parts.registry.alias("triage").unwrap();
+        assert_eq!(step(&app).await.unwrap(), Next::Wait);
+        assert!(check_once(&app).unwrap().is_empty());
+        assert!(parts.store.alerts(None, 10, &|_| true).unwrap().is_empty());
+        let after = parts.registry.alias("triage").unwrap();
+        assert_eq!(after.revision, before.revision, "the registry is untouched");
     }
 }

@@ -1,18 +1,19 @@
 //! Validating and storing one piece of feedback.
 
-use crate::app::AppState;
+use super::Context;
 use crate::auth::{Caller, Role};
 use crate::ids::{new_id, now_rfc3339};
-use crate::openai::ApiError;
+use crate::openai::{ApiError, blocking};
 use crate::review::{
     MAX_CORRECTION, MAX_NOTES, apply_feedback, check_score, check_taxonomy, check_text,
 };
-use crate::store::{FeedbackRecord, InferenceRecord, SharedStore, StoreError};
+use crate::store::{FeedbackRecord, InferenceRecord, SharedStore};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// The fields of DESIGN §4.3, from the JSON body or the header.
+/// The feedback fields (docs/API.md, `POST /v1/feedback`), from the JSON
+/// body or the header.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedbackRequest {
@@ -38,7 +39,7 @@ impl FeedbackRequest {
             || self.approved_for_training.is_some()
     }
 
-    fn validate(&self, app: &AppState) -> Result<(), ApiError> {
+    fn validate(&self, app: &Context) -> Result<(), ApiError> {
         if self.inference_id.is_some() == self.completion_id.is_some() {
             return Err(ApiError::invalid(
                 "give exactly one of `inference_id` and `completion_id`",
@@ -60,7 +61,7 @@ impl FeedbackRequest {
                 Some("thumbs"),
             ));
         }
-        let taxonomy = &app.config.taxonomy;
+        let taxonomy = &app.taxonomy;
         check_taxonomy(taxonomy, "threat_type", self.threat_type.as_deref())?;
         check_taxonomy(taxonomy, "severity", self.severity.as_deref())?;
         check_text("notes", self.notes.as_deref(), MAX_NOTES)?;
@@ -73,7 +74,7 @@ impl FeedbackRequest {
 /// the feedback durably. With an idempotency key already used by this
 /// caller, returns the feedback that key produced and stores nothing.
 pub async fn submit(
-    app: &AppState,
+    app: &Context,
     caller: &Caller,
     request: FeedbackRequest,
     idempotency: Option<&str>,
@@ -144,7 +145,7 @@ const LOOKUP_PATIENCE: Duration = Duration::from_secs(30);
 /// flight, up to [`LOOKUP_PATIENCE`]; an id nothing is on its way for is a
 /// 404 soon.
 async fn find_inference(
-    app: &AppState,
+    app: &Context,
     request: &FeedbackRequest,
 ) -> Result<InferenceRecord, ApiError> {
     let lookup = || {
@@ -156,8 +157,8 @@ async fn find_inference(
             (None, None) => Ok(None),
         })
     };
-    let interval = Duration::from_millis(app.config.capture.flush_every_ms.max(10));
-    let in_flight = app.exchanges.in_flight();
+    let interval = app.flush_every.max(Duration::from_millis(10));
+    let in_flight = app.in_flight.clone();
     let started = tokio::time::Instant::now();
     let mut attempts = 0;
     while attempts < LOOKUP_ATTEMPTS
@@ -188,17 +189,6 @@ async fn find_inference(
             code: "not_found",
         }
     })
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::time::timeout(crate::store::CALL_LIMIT, tokio::task::spawn_blocking(f)).await {
-        Ok(joined) => joined
-            .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-            .map_err(Into::into),
-        Err(_) => Err(crate::admin::store_too_slow()),
-    }
 }
 
 /// The feedback as the API returns it.

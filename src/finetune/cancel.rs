@@ -1,15 +1,15 @@
 //! Cancelling a job: at the provider first when it was submitted (or may
 //! have been), then in the record, audited.
 
+use super::Context;
 use super::step::find_job;
 use super::sync::{finish, note};
 use super::{JobError, load, save};
-use crate::app::AppState;
 use crate::store::{FineTuneJobRecord, JobStatus};
 use std::sync::Arc;
 
 pub async fn cancel_job(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     id: &str,
     actor: &str,
 ) -> Result<FineTuneJobRecord, JobError> {

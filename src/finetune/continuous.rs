@@ -7,10 +7,11 @@
 //! the total when that job was created. Everything is done and audited by
 //! actor `continuous-learning`.
 
+use super::Context;
 use super::{JobError, NewJob, create_job};
-use crate::app::AppState;
 use crate::curation::{DatasetError, DatasetFilter, DatasetFormat, DatasetRequest, create_dataset};
 use crate::ids::now_rfc3339;
+use crate::service::{Next, Service, StepError, blocking, periodic};
 use crate::store::{FineTuneJobRecord, ReviewStatus, StoreError};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -90,7 +91,7 @@ impl NotReady {
 
 /// One check of every alias; returns the jobs it started. Blocking.
 pub fn check_once(
-    app: &AppState,
+    app: &Context,
     not_ready: &NotReady,
 ) -> Result<Vec<FineTuneJobRecord>, ContinuousError> {
     let approved = app.store.tallies()?.approved;
@@ -119,7 +120,7 @@ pub fn check_once(
 /// Builds the alias's dataset and starts its job; `None` when the dataset
 /// is not ready for training (audited as a skip).
 fn start(
-    app: &AppState,
+    app: &Context,
     alias: &str,
     approved_since: i64,
 ) -> Result<Option<FineTuneJobRecord>, ContinuousError> {
@@ -169,29 +170,33 @@ fn start(
     Ok(Some(job))
 }
 
-/// The service: a check every `check_interval_s` until `shutdown`.
-pub async fn run_continuous(app: Arc<AppState>, shutdown: CancellationToken) {
+/// The service's step: [`check_once`] off the async workers.
+pub async fn step(
+    app: &Arc<Context>,
+    not_ready: &Arc<NotReady>,
+) -> Result<Next, StepError<ContinuousError>> {
+    let (state, skips) = (app.clone(), not_ready.clone());
+    let started = blocking(move || check_once(&state, &skips)).await?;
+    // Counted once the check is done with every alias, so a reader who
+    // sees the count move knows what it decided.
+    metrics::counter!("flywheel_continuous_learning_checks_total").increment(1);
+    for job in started {
+        tracing::info!(job = %job.id, alias = %job.alias, "continuous learning started a fine-tuning job");
+    }
+    Ok(Next::Wait)
+}
+
+/// The service: a check every `check_interval_s` (the first one interval
+/// after start) until `shutdown`.
+pub async fn run_continuous(app: Arc<Context>, shutdown: CancellationToken) {
     let every = Duration::from_secs(app.config.fine_tuning.continuous.check_interval_s.max(1));
     let not_ready = Arc::new(NotReady::default());
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = shutdown.cancelled() => return,
-        }
-        let (state, skips) = (app.clone(), not_ready.clone());
-        match tokio::task::spawn_blocking(move || check_once(&state, &skips)).await {
-            Ok(Ok(started)) => {
-                // Counted once the check is done with every alias, so a
-                // reader who sees the count move knows what it decided.
-                metrics::counter!("flywheel_continuous_learning_checks_total").increment(1);
-                for job in started {
-                    tracing::info!(job = %job.id, alias = %job.alias, "continuous learning started a fine-tuning job");
-                }
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "continuous learning check failed"),
-            Err(e) => tracing::error!(error = %e, "continuous learning check panicked"),
-        }
-    }
+    let service = Service::every("continuous-learning", every).first_after_one_interval();
+    periodic(service, shutdown, || {
+        let (app, not_ready) = (app.clone(), not_ready.clone());
+        async move { step(&app, &not_ready).await }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -209,6 +214,19 @@ mod tests {
             "created_by": "k", "finished_at": null
         }))
         .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_approvals_no_dataset_is_built_and_no_job_started() {
+        let parts = crate::testing::parts(
+            "[fine_tuning]\nenabled = true\n[fine_tuning.continuous]\nenabled = true\nmin_new_approved = 1",
+        );
+        let app = parts.fine_tuning();
+        let not_ready = Arc::new(NotReady::default());
+        assert_eq!(step(&app, &not_ready).await.unwrap(), Next::Wait);
+        assert!(parts.store.jobs(None, 10).unwrap().is_empty());
+        assert!(parts.store.datasets(None, 10).unwrap().is_empty());
+        assert_eq!(not_ready.get("triage"), None);
     }
 
     #[test]

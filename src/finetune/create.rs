@@ -1,8 +1,8 @@
 //! Starting a job: the request checked against the alias, the dataset and
 //! the providers, then stored as `preparing` for the poller to carry on.
 
+use super::Context;
 use super::{JOB_ID_KEY, JobError, invalid};
-use crate::app::AppState;
 use crate::config::Config;
 use crate::ids::{new_id, now_rfc3339};
 use crate::store::{
@@ -33,7 +33,7 @@ const MAX_SEED: u64 = 2_147_483_647;
 
 /// Checks `new`, stores the job and wakes the poller. Blocking: it reads
 /// and writes the store.
-pub fn create_job(app: &AppState, new: NewJob, actor: &str) -> Result<FineTuneJobRecord, JobError> {
+pub fn create_job(app: &Context, new: NewJob, actor: &str) -> Result<FineTuneJobRecord, JobError> {
     if !app.config.fine_tuning.enabled {
         return Err(JobError::Disabled);
     }

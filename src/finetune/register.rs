@@ -3,8 +3,8 @@
 //! percent of the traffic taken from production when that is set.
 //! Registering again after a restart finds the version the job made.
 
+use super::Context;
 use super::sync::note;
-use crate::app::AppState;
 use crate::registry::{Change, RegistryError, Request, weights_of};
 use crate::store::FineTuneJobRecord;
 
@@ -13,7 +13,7 @@ pub const ACTOR: &str = "fine-tuning";
 
 /// Registers `job`'s fine-tuned model and sets `registered_version`.
 /// Blocking: the registry writes the store.
-pub fn register_model(app: &AppState, job: &mut FineTuneJobRecord) -> Result<(), RegistryError> {
+pub fn register_model(app: &Context, job: &mut FineTuneJobRecord) -> Result<(), RegistryError> {
     let Some(model) = job.fine_tuned_model.clone() else {
         return Ok(());
     };
@@ -55,7 +55,7 @@ pub fn register_model(app: &AppState, job: &mut FineTuneJobRecord) -> Result<(),
 
 /// Moves `fine_tuning.canary_weight` percent from production to the new
 /// version, unless it already has traffic or production has too little.
-fn canary(app: &AppState, job: &mut FineTuneJobRecord, version: &str) -> Result<(), RegistryError> {
+fn canary(app: &Context, job: &mut FineTuneJobRecord, version: &str) -> Result<(), RegistryError> {
     let share = app.config.fine_tuning.canary_weight;
     let Some(alias) = app.registry.alias(&job.alias) else {
         return Ok(());

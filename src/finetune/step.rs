@@ -4,12 +4,12 @@
 //! Each call to the provider is marked in the stored record first (why:
 //! see `finetune`) and its result stored as soon as it arrives.
 
+use super::Context;
 use super::register::register_model;
 use super::sync::{
     Stage, add_provider_events, apply_remote, fail, fail_with, finish, note, unseen,
 };
 use super::{JOB_ID_KEY, save};
-use crate::app::AppState;
 use crate::registry::RegistryError;
 use crate::store::{DatasetSplit, FineTuneJobRecord, JobStatus, StoreError};
 use crate::upstream::{FineTuningError, JobObject, JobSpec, Provider};
@@ -43,7 +43,7 @@ fn at(stage: Stage) -> impl FnOnce(FineTuningError) -> Failure {
 
 /// Advances `job` as far as it can go now and stores it if it changed.
 pub async fn step(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     mut job: FineTuneJobRecord,
 ) -> Result<FineTuneJobRecord, StoreError> {
     let before = job.clone();
@@ -86,7 +86,7 @@ fn ride_out(job: &mut FineTuneJobRecord, stage: Stage, e: &FineTuningError) {
 }
 
 async fn prepare(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     provider: &Provider,
     job: &mut FineTuneJobRecord,
 ) -> Result<(), Failure> {
@@ -113,7 +113,7 @@ fn attempted(job: &mut FineTuneJobRecord, split: DatasetSplit) -> &mut bool {
 /// restart) the provider already holds it under its name. An empty
 /// validation file is not sent at all.
 async fn upload(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     provider: &Provider,
     job: &mut FineTuneJobRecord,
     split: DatasetSplit,
@@ -156,7 +156,7 @@ async fn upload(
 }
 
 async fn dataset_file(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     id: &str,
     split: DatasetSplit,
 ) -> Result<Option<Vec<u8>>, StoreError> {
@@ -169,7 +169,7 @@ async fn dataset_file(
 /// Creates the provider's job, unless (after a restart) one carrying our
 /// id in its metadata exists already.
 async fn submit(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     provider: &Provider,
     job: &mut FineTuneJobRecord,
 ) -> Result<(), Failure> {
@@ -245,7 +245,7 @@ pub async fn find_job(provider: &Provider, id: &str) -> Result<Option<JobObject>
 /// Reads the provider's job and its new events; on success registers the
 /// model before the job says `succeeded`.
 async fn follow(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     provider: &Provider,
     job: &mut FineTuneJobRecord,
 ) -> Result<(), Failure> {
@@ -293,7 +293,7 @@ async fn copy_events(
 }
 
 /// Registers off the async workers (the registry writes the store).
-async fn register(app: &Arc<AppState>, job: &mut FineTuneJobRecord) -> Result<(), Failure> {
+async fn register(app: &Arc<Context>, job: &mut FineTuneJobRecord) -> Result<(), Failure> {
     let (state, mut copy) = (app.clone(), job.clone());
     let (registered, result) = tokio::task::spawn_blocking(move || {
         let result = register_model(&state, &mut copy);

@@ -241,6 +241,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A blocking task (a store call) that panicked or was cancelled.
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::Internal(format!("store task failed: {e}"))
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {

@@ -6,23 +6,22 @@ use super::RouteLabels;
 use super::relay::{Pending, relay_stream};
 use super::request::ChatRequest;
 use super::thread::{self, Thread, TurnThreading};
-use crate::app::AppState;
 use crate::auth::{Caller, Credential, Role};
 use crate::capture::CaptureMeta;
 use crate::exchange::Outcome;
 use crate::ids::new_id;
 use crate::openai::{ApiError, read_body};
-use crate::routing::{Choice, Route, RouteError};
+use crate::routing::{Choice, Route, RouteError, RoutingTable};
+use crate::state::AppState;
 use crate::telemetry::Handles;
-use crate::upstream::{CHAT_PATH, Reply, UpstreamRequest, headers};
+use crate::upstream::{Cut, Provider, Reply, UpstreamRequest, Upstreams, headers};
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use std::sync::{Arc, LazyLock};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 
 const USER: HeaderName = HeaderName::from_static("x-flywheel-user");
 const TAGS: HeaderName = HeaderName::from_static("x-flywheel-tags");
@@ -32,22 +31,64 @@ const INFERENCE_ID: HeaderName = HeaderName::from_static("x-flywheel-inference-i
 const CONVERSATION_ID: HeaderName = HeaderName::from_static("x-flywheel-conversation-id");
 
 /// The handler takes the request whole, so its headers and caller are
-/// moved out of it rather than cloned by extractors.
+/// moved out of it rather than cloned by extractors. Three steps: route
+/// (conversation, version, shadow copies), send (falling back to
+/// production when a candidate fails), respond (relay the reply or the
+/// error, and hand the exchange to capture as the answer completes).
 pub async fn chat_completions(
     State(app): State<Arc<AppState>>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let request_headers = parts.headers;
+    let headers = parts.headers;
     let mut extensions = parts.extensions;
     let caller = extensions.remove::<Caller>().ok_or_else(|| {
         ApiError::Internal("the request reached the handler unauthenticated".into())
     })?;
     let body = read_body(body, app.config.server.max_body_bytes).await?;
     let request = ChatRequest::parse(&body)?;
-    let explicit = thread::explicit_conversation(&request_headers)?;
-    let forced = forced_variant(&request_headers, &caller)?;
+    let routed = route(&app, &request, &body, &headers, &caller)?;
+    let outgoing = Outgoing {
+        upstreams: &app.upstreams,
+        request: &request,
+        body: &body,
+        headers: &headers,
+        caller: &caller,
+        started,
+    };
+    let sent = send_with_fallback(&outgoing, routed.route.clone(), &routed.table).await;
+    let asked = Asked {
+        request: &request,
+        body,
+        caller: &caller,
+        started,
+    };
+    respond(&app, asked, routed, sent).await
+}
+
+/// What routing decided for one request.
+struct Routed {
+    inference_id: String,
+    thread: Thread,
+    /// One table for the whole request: a promotion while it runs changes
+    /// neither its version nor its fallback.
+    table: Arc<RoutingTable>,
+    route: Route,
+    meta: CaptureMeta,
+}
+
+/// The conversation, the version that serves the request, and the copies
+/// for the alias's shadow versions (sent on their own tasks).
+fn route(
+    app: &AppState,
+    request: &ChatRequest,
+    body: &Bytes,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<Routed, ApiError> {
+    let explicit = thread::explicit_conversation(headers)?;
+    let forced = forced_variant(headers, caller)?;
     let inference_id = new_id("inf");
     let thread = thread::resolve(
         explicit,
@@ -56,20 +97,18 @@ pub async fn chat_completions(
         &app.recent,
         &app.store,
     );
-    let sticky = sticky_key(&request_headers, &thread, &caller, request.user.as_deref());
-    // One table for the whole request: a promotion while it runs changes
-    // neither its version nor its fallback.
+    let sticky = sticky_key(headers, &thread, caller, request.user.as_deref());
     let table = app.registry.table();
     let choice = match forced {
         Some(version) => Choice::Forced(version),
         None => Choice::Sticky(&sticky),
     };
-    let route = table.resolve(&request.model, choice).map_err(route_error)?;
+    let route = table.resolve(&request.model, choice)?;
     let meta = CaptureMeta {
         parent_id: thread.parent_id.clone(),
-        sticky: Some(sticky.clone()),
+        sticky: Some(sticky),
         ..capture_meta(
-            &request_headers,
+            headers,
             thread.conversation_id.clone(),
             request.user.as_deref(),
             app.config.capture.enabled,
@@ -78,64 +117,106 @@ pub async fn chat_completions(
     if let Some(alias) = &route.alias {
         let shadows = table.shadows(alias);
         if !shadows.is_empty() {
-            app.mirror.send(
-                &app,
-                shadows,
-                &request,
-                &body,
-                &request_headers,
-                &inference_id,
-                &meta,
-            );
+            app.mirror
+                .send(shadows, request, body, headers, &inference_id, &meta);
         }
     }
-    let outgoing = Outgoing {
-        app: &app,
-        request: &request,
-        body: &body,
-        headers: &request_headers,
-        caller: &caller,
+    Ok(Routed {
+        inference_id,
+        thread,
+        table,
+        route,
+        meta,
+    })
+}
+
+/// What came back, from which version, and the candidate that failed
+/// before production served instead.
+struct Sent {
+    route: Route,
+    reply: Result<Reply, ApiError>,
+    fallback_from: Option<String>,
+}
+
+/// Sends to the routed version; a candidate that fails before the first
+/// byte (in a way production would not) hands the request to production.
+async fn send_with_fallback(outgoing: &Outgoing<'_>, route: Route, table: &RoutingTable) -> Sent {
+    let error = match outgoing.send(&route).await {
+        Ok(reply) => {
+            return Sent {
+                route,
+                reply: Ok(reply),
+                fallback_from: None,
+            };
+        }
+        Err(error) => error,
+    };
+    let production = table
+        .production(route.alias.as_deref().unwrap_or(""))
+        .filter(|_| route.candidate && falls_back(&error));
+    let Some(production) = production else {
+        return Sent {
+            route,
+            reply: Err(error),
+            fallback_from: None,
+        };
+    };
+    let failed = route.version.as_deref().unwrap_or("").to_string();
+    tracing::warn!(version = %failed, error = %error, "candidate failed before the first byte; production serves instead");
+    metrics::counter!("flywheel_fallbacks_total",
+        "alias" => route.alias.as_deref().unwrap_or("").to_string(), "version" => failed.clone())
+    .increment(1);
+    let reply = outgoing.send(&production).await;
+    Sent {
+        route: production,
+        reply,
+        fallback_from: Some(failed),
+    }
+}
+
+/// The request as the client sent it, for the record of the exchange.
+struct Asked<'a> {
+    request: &'a ChatRequest,
+    body: Bytes,
+    caller: &'a Caller,
+    started: Instant,
+}
+
+/// The reply relayed (or the error answered) with the inference,
+/// version and conversation ids; the exchange goes to capture as the
+/// answer completes.
+async fn respond(
+    app: &AppState,
+    asked: Asked<'_>,
+    routed: Routed,
+    sent: Sent,
+) -> Result<Response, ApiError> {
+    let Asked {
+        request,
+        body,
+        caller,
         started,
-    };
-    let (route, reply, fallback_from) = match outgoing.send(&route).await {
-        Ok(reply) => (route, Ok(reply), None),
-        Err(error) => match table
-            .production(route.alias.as_deref().unwrap_or(""))
-            .filter(|_| route.candidate && falls_back(&error))
-        {
-            Some(production) => {
-                let failed = route.version.as_deref().unwrap_or("").to_string();
-                tracing::warn!(version = %failed, error = %error, "candidate failed before the first byte; production serves instead");
-                metrics::counter!("flywheel_fallbacks_total",
-                    "alias" => route.alias.as_deref().unwrap_or("").to_string(), "version" => failed.clone())
-                .increment(1);
-                let reply = outgoing.send(&production).await;
-                (production, reply, Some(failed))
-            }
-            None => (route, Err(error), None),
-        },
-    };
+    } = asked;
     let labels = RouteLabels {
-        alias: route.alias.clone(),
-        version: route.version.clone(),
+        alias: sent.route.alias.clone(),
+        version: sent.route.version.clone(),
     };
-    let threading = meta.enabled.then(|| TurnThreading {
+    let threading = routed.meta.enabled.then(|| TurnThreading {
         prefix: request.thread_prefix.clone(),
-        turn: thread.turn,
+        turn: routed.thread.turn,
         recent: app.recent.clone(),
     });
-    let conversation_id = thread.conversation_id;
     let pending = Pending {
-        inference_id: inference_id.clone(),
+        inference_id: routed.inference_id.clone(),
         caller_id: caller.id.clone(),
-        route,
+        route: sent.route,
         streamed: request.stream,
         request: body,
         started,
         sink: app.exchanges.clone(),
         meta: CaptureMeta {
-            fallback_from,
-            ..meta
+            fallback_from: sent.fallback_from,
+            ..routed.meta
         },
         threading,
     };
@@ -143,52 +224,53 @@ pub async fn chat_completions(
         .upstreams
         .get(pending.route.provider)
         .ok_or_else(|| ApiError::Internal("route names an unknown provider".into()))?;
-    let reply = match reply {
-        Ok(reply) => reply,
+    let response = match sent.reply {
+        Ok(reply) => {
+            record_first_byte(&labels, started);
+            relay(reply, pending, provider).await
+        }
         Err(error) => {
             pending.finish_failed(&error);
-            return Ok(with_ids(
-                error.into_response(),
-                &inference_id,
-                &conversation_id,
-                labels,
-            ));
+            error.into_response()
         }
     };
-    let deadline = started + provider.total_timeout;
-    record_first_byte(&labels, started);
-    let response = if request.stream {
-        let is_sse = reply
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if !is_sse {
-            // An empty 200 would read as a complete, empty answer.
-            let error = ApiError::UpstreamInvalid {
-                provider: provider.name.to_string(),
-                detail: "a streamed request was answered without an event stream".into(),
-            };
-            pending.finish_failed(&error);
-            return Ok(with_ids(
-                error.into_response(),
-                &inference_id,
-                &conversation_id,
-                labels,
-            ));
-        }
-        relay_stream(reply, pending, deadline, provider.name.clone())
-    } else {
-        unary_response(reply, pending, deadline, &provider.name)
+    let conversation_id = &routed.thread.conversation_id;
+    Ok(with_ids(
+        response,
+        &routed.inference_id,
+        conversation_id,
+        labels,
+    ))
+}
+
+/// A stream relayed event by event; a unary reply read whole first.
+async fn relay(reply: Reply, pending: Pending, provider: &Provider) -> Response {
+    let deadline = pending.started + provider.total_timeout;
+    if !pending.streamed {
+        return unary_response(reply, pending, deadline, &provider.name)
             .await
-            .unwrap_or_else(IntoResponse::into_response)
-    };
-    Ok(with_ids(response, &inference_id, &conversation_id, labels))
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    let is_sse = reply
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse {
+        // An empty 200 would read as a complete, empty answer.
+        let error = ApiError::UpstreamInvalid {
+            provider: provider.name.to_string(),
+            detail: "a streamed request was answered without an event stream".into(),
+        };
+        pending.finish_failed(&error);
+        return error.into_response();
+    }
+    relay_stream(reply, pending, deadline, provider.name.clone())
 }
 
 /// What sending one chat request upstream needs, whichever version serves.
 struct Outgoing<'a> {
-    app: &'a AppState,
+    upstreams: &'a Upstreams,
     request: &'a ChatRequest,
     body: &'a Bytes,
     headers: &'a HeaderMap,
@@ -201,7 +283,6 @@ impl Outgoing<'_> {
     /// no retries of its own, so production takes over at once.
     async fn send(&self, route: &Route) -> Result<Reply, ApiError> {
         let provider = self
-            .app
             .upstreams
             .get(route.provider)
             .ok_or_else(|| ApiError::Internal("route names an unknown provider".into()))?;
@@ -209,14 +290,11 @@ impl Outgoing<'_> {
             Credential::Passthrough(key) => Some(key),
             _ => None,
         };
-        let upstream_request = UpstreamRequest {
-            method: Method::POST,
-            path: CHAT_PATH,
-            query: None,
-            headers: headers::outgoing(self.headers, false, client_key.is_some()),
-            body: self.request.body_for(self.body, &route.upstream_model),
+        let upstream_request = UpstreamRequest::chat(
+            headers::outgoing(self.headers, false, client_key.is_some()),
+            self.request.body_for(self.body, &route.upstream_model),
             client_key,
-        };
+        );
         let deadline = self.started + provider.total_timeout;
         let retries = if route.candidate {
             0
@@ -241,14 +319,16 @@ fn falls_back(error: &ApiError) -> bool {
     }
 }
 
-fn route_error(e: RouteError) -> ApiError {
-    match e {
-        RouteError::UnknownVersion { .. } => ApiError::InvalidRequest {
-            message: e.to_string(),
-            param: Some("x-flywheel-variant".into()),
-            code: Some("unknown_variant"),
-        },
-        RouteError::Unroutable(_) => ApiError::Unavailable(e.to_string()),
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::UnknownVersion { .. } => ApiError::InvalidRequest {
+                message: e.to_string(),
+                param: Some("x-flywheel-variant".into()),
+                code: Some("unknown_variant"),
+            },
+            RouteError::Unroutable(_) => ApiError::Unavailable(e.to_string()),
+        }
     }
 }
 
@@ -326,36 +406,21 @@ async fn unary_response(
     deadline: Instant,
     provider: &str,
 ) -> Result<Response, ApiError> {
-    let Reply {
-        status,
-        headers: upstream_headers,
-        first,
-        mut rest,
-        ..
-    } = reply;
-    let mut body = BytesMut::from(first.unwrap_or_default().as_ref());
-    let failure = loop {
-        match timeout_at(deadline, rest.next()).await {
-            Ok(Some(Ok(chunk))) => body.extend_from_slice(&chunk),
-            Ok(None) => break None,
-            Ok(Some(Err(e))) => {
-                break Some(ApiError::UpstreamInvalid {
-                    provider: provider.to_string(),
-                    detail: format!("the response body broke off: {e}"),
-                });
-            }
-            Err(_) => {
-                break Some(ApiError::UpstreamTimeout {
-                    provider: provider.to_string(),
-                    phase: "reading the response body",
-                    seconds: deadline
-                        .saturating_duration_since(pending.started)
-                        .as_secs(),
-                });
-            }
-        }
-    };
-    let body = body.freeze();
+    let whole = reply.collect(deadline).await;
+    let failure = whole.cut.map(|cut| match cut {
+        Cut::Broken(e) => ApiError::UpstreamInvalid {
+            provider: provider.to_string(),
+            detail: format!("the response body broke off: {e}"),
+        },
+        Cut::TimedOut => ApiError::UpstreamTimeout {
+            provider: provider.to_string(),
+            phase: "reading the response body",
+            seconds: deadline
+                .saturating_duration_since(pending.started)
+                .as_secs(),
+        },
+    });
+    let body = whole.body;
     let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let failure = failure.or_else(|| {
         (!looks_like_json).then(|| ApiError::UpstreamInvalid {
@@ -367,12 +432,13 @@ async fn unary_response(
         pending.finish_failed(&error);
         return Err(error);
     }
-    let mut out_headers = headers::relayed(&upstream_headers, false);
+    let mut out_headers = headers::relayed(&whole.headers, false);
     out_headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     let elapsed = pending.started.elapsed();
+    let status = whole.status;
     pending.finish(Outcome::Ok, status.as_u16(), body.clone(), Some(elapsed));
     // Built in place: as a (status, headers, body) tuple the headers would
     // be copied into another map.

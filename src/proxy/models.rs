@@ -2,9 +2,9 @@
 //! for, with their versions, in the OpenAI list shape. An id that is no
 //! alias is asked of the default provider, so provider models stay visible.
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::openai::ApiError;
+use crate::state::AppState;
 use crate::store::ModelAliasRecord;
 use axum::Extension;
 use axum::body::Body;

@@ -2,9 +2,9 @@
 //! byte-for-byte to the default provider, bodies streamed both ways, not
 //! captured and not retried (a streamed body cannot be sent twice).
 
-use crate::app::AppState;
 use crate::auth::{Caller, Credential};
 use crate::openai::ApiError;
+use crate::state::AppState;
 use crate::upstream::{UpstreamRequest, headers};
 use axum::Extension;
 use axum::body::Body;

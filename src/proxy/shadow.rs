@@ -6,47 +6,44 @@
 //! counted) rather than queued.
 
 use super::request::ChatRequest;
-use crate::app::AppState;
 use crate::capture::CaptureMeta;
-use crate::exchange::{Exchange, Outcome};
+use crate::exchange::{Exchange, ExchangeSink, Outcome};
 use crate::ids::new_id;
 use crate::routing::Route;
-use crate::upstream::{CHAT_PATH, UpstreamRequest, headers};
-use axum::http::{HeaderMap, Method};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use crate::upstream::{UpstreamRequest, Upstreams, headers};
+use axum::http::HeaderMap;
+use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 /// Shadow requests in flight at once, over every alias.
 const MAX_IN_FLIGHT: usize = 256;
 
 pub struct Mirror {
+    /// Where the copies are sent.
+    upstreams: Arc<Upstreams>,
+    /// Where their exchanges go to be captured.
+    exchanges: ExchangeSink,
     slots: Arc<Semaphore>,
     /// Awaited at shutdown, so no shadow task outlives the server.
     tasks: TaskTracker,
 }
 
-impl Default for Mirror {
-    fn default() -> Self {
+impl Mirror {
+    pub fn new(upstreams: Arc<Upstreams>, exchanges: ExchangeSink) -> Self {
         Self {
+            upstreams,
+            exchanges,
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tasks: TaskTracker::new(),
         }
     }
-}
 
-impl Mirror {
     /// Sends a copy of the live request to each shadow route.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site, every argument distinct"
-    )]
     pub fn send(
         &self,
-        app: &Arc<AppState>,
         shadows: Vec<Route>,
         request: &ChatRequest,
         body: &Bytes,
@@ -70,9 +67,9 @@ impl Mirror {
                 },
                 route,
             };
-            let app = app.clone();
+            let (upstreams, exchanges) = (self.upstreams.clone(), self.exchanges.clone());
             self.tasks.spawn(async move {
-                copy.run(&app).await;
+                copy.run(&upstreams, &exchanges).await;
                 drop(seat);
             });
         }
@@ -96,43 +93,23 @@ struct Copy {
 }
 
 impl Copy {
-    async fn run(self, app: &AppState) {
-        let Some(provider) = app.upstreams.get(self.route.provider) else {
+    async fn run(self, upstreams: &Upstreams, exchanges: &ExchangeSink) {
+        let Some(provider) = upstreams.get(self.route.provider) else {
             return;
         };
         let started = Instant::now();
         let deadline = started + provider.total_timeout;
-        let request = UpstreamRequest {
-            method: Method::POST,
-            path: CHAT_PATH,
-            query: None,
-            headers: self.headers.clone(),
-            body: self.body.clone(),
-            client_key: None,
-        };
+        let request = UpstreamRequest::chat(self.headers.clone(), self.body.clone(), None);
         let (outcome, status, response, first_byte) =
             match provider.send_retrying(request, deadline, 0).await {
                 Ok(reply) => {
                     let first_byte = started.elapsed();
-                    let mut all = BytesMut::from(reply.first.unwrap_or_default().as_ref());
-                    let mut rest = reply.rest;
-                    let mut outcome = Outcome::Ok;
-                    loop {
-                        match timeout_at(deadline, rest.next()).await {
-                            Ok(Some(Ok(chunk))) => all.extend_from_slice(&chunk),
-                            Ok(None) => break,
-                            Ok(Some(Err(_))) | Err(_) => {
-                                outcome = Outcome::Partial;
-                                break;
-                            }
-                        }
-                    }
-                    (
-                        outcome,
-                        reply.status.as_u16(),
-                        all.freeze(),
-                        Some(first_byte),
-                    )
+                    let whole = reply.collect(deadline).await;
+                    let outcome = match whole.cut {
+                        Some(_) => Outcome::Partial,
+                        None => Outcome::Ok,
+                    };
+                    (outcome, whole.status.as_u16(), whole.body, Some(first_byte))
                 }
                 Err(error) => (
                     Outcome::UpstreamError,
@@ -145,7 +122,7 @@ impl Copy {
             "version" => self.route.version.as_deref().unwrap_or("").to_string(),
             "outcome" => outcome.as_str())
         .increment(1);
-        app.exchanges.submit(Exchange {
+        exchanges.submit(Exchange {
             inference_id: new_id("inf"),
             caller_id: Arc::from("shadow"),
             route: self.route,

@@ -10,7 +10,7 @@ use crate::store::{
 };
 use serde::Deserialize;
 
-/// The default and largest page sizes (ADMIN_API conventions).
+/// The default and largest page sizes of the admin API's lists.
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 /// Conversations looked at per page: bounds the time of a page whose

@@ -1,4 +1,4 @@
-//! Conversations as the admin API shows them (ADMIN_API "Conversations").
+//! Conversations as the admin API shows them (docs/API.md, "Conversations").
 
 use crate::feedback::feedback_view;
 use crate::store::{ConversationRecord, FeedbackRecord, InferenceRecord, Store, StoreError};

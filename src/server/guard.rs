@@ -5,10 +5,10 @@
 //! (nearly every request) the route is called at once, with no boxed
 //! future and no clone of the route.
 
-use crate::app::AppState;
 use crate::auth::{Caller, Role, authenticate};
 use crate::limits::Allowance;
 use crate::openai::{ApiError, BodyLimit};
+use crate::state::AppState;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -163,7 +163,9 @@ async fn apply_feedback_header(
     value: &[u8],
 ) -> Result<String, ApiError> {
     let request = crate::feedback::parse_header(value)?;
-    Ok(crate::feedback::submit(app, caller, request, None)
-        .await?
-        .id)
+    Ok(
+        crate::feedback::submit(&app.feedback, caller, request, None)
+            .await?
+            .id,
+    )
 }

@@ -1,4 +1,4 @@
-//! The records of offline evaluations (DESIGN §5): each run with its
+//! The records of offline evaluations: each run with its
 //! progress and summary, every example's answer as each version read, and
 //! the model-performance figures charts draw over time.
 

@@ -1,4 +1,4 @@
-//! The record of a fine-tuning job (DESIGN §5): what was asked for, where
+//! The record of a fine-tuning job: what was asked for, where
 //! it stands at the provider, and what Flywheel did at each step, so that
 //! a restarted process carries on where the last one stopped.
 

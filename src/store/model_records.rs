@@ -1,4 +1,4 @@
-//! The records behind the model registry (DESIGN §5): each alias with its
+//! The records behind the model registry: each alias with its
 //! versions, traffic and bucket table; the history of every change; alerts.
 
 use crate::evaluation::online::{LatencyHistogram, MeanStat, Proportion};
@@ -165,7 +165,7 @@ impl VersionTally {
     }
 }
 
-/// An immutable dataset snapshot (DESIGN §5): how it was built and what
+/// An immutable dataset snapshot: how it was built and what
 /// its report said. The JSONL files are stored beside it, by split.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DatasetRecord {

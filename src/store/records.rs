@@ -29,7 +29,7 @@ pub struct AuditRecord {
     pub details: serde_json::Value,
 }
 
-/// One chat completion as captured (DESIGN §5).
+/// One chat completion as captured.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InferenceRecord {
     pub id: String,
@@ -447,7 +447,7 @@ pub struct ThreadPoint {
     pub sticky: Option<String>,
 }
 
-/// One piece of feedback on an inference (DESIGN §4.3).
+/// One piece of feedback on an inference.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FeedbackRecord {
     pub id: String,

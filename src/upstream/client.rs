@@ -6,7 +6,7 @@ use super::retry::{RetryDecision, backoff, retry_after};
 use super::transport::{ByteStream, Payload, Transport, TransportError};
 use crate::config::{Config, ProviderConfig, Secrets};
 use crate::openai::ApiError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
 use secrecy::{ExposeSecret, SecretString};
@@ -48,6 +48,21 @@ pub struct UpstreamRequest<'a> {
     pub client_key: Option<&'a SecretString>,
 }
 
+impl<'a> UpstreamRequest<'a> {
+    /// A chat completion: `body` POSTed to `chat/completions` with
+    /// `headers`, under the client's own key when it brought one.
+    pub fn chat(headers: HeaderMap, body: Bytes, client_key: Option<&'a SecretString>) -> Self {
+        Self {
+            method: Method::POST,
+            path: CHAT_PATH,
+            query: None,
+            headers,
+            body,
+            client_key,
+        }
+    }
+}
+
 /// A successful (2xx) reply whose first body bytes already arrived.
 pub struct Reply {
     pub status: StatusCode,
@@ -56,6 +71,54 @@ pub struct Reply {
     pub first: Option<Bytes>,
     pub rest: BodyStream,
     pub retries: u32,
+}
+
+/// A reply read to its end, or as far as it came.
+pub struct Collected {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Why the body is not whole, when it is not.
+    pub cut: Option<Cut>,
+}
+
+/// Why a reply's body stopped short.
+#[derive(Debug)]
+pub enum Cut {
+    /// The connection broke off.
+    Broken(std::io::Error),
+    /// The deadline came first.
+    TimedOut,
+}
+
+impl Reply {
+    /// Reads the rest of the body until `deadline`: the one way a whole
+    /// answer is read — the proxy's unary replies, the shadow copies and
+    /// the evaluations' examples.
+    pub async fn collect(self, deadline: Instant) -> Collected {
+        let Reply {
+            status,
+            headers,
+            first,
+            mut rest,
+            ..
+        } = self;
+        let mut body = BytesMut::from(first.unwrap_or_default().as_ref());
+        let cut = loop {
+            match timeout_at(deadline, rest.next()).await {
+                Ok(Some(Ok(chunk))) => body.extend_from_slice(&chunk),
+                Ok(None) => break None,
+                Ok(Some(Err(e))) => break Some(Cut::Broken(e)),
+                Err(_) => break Some(Cut::TimedOut),
+            }
+        };
+        Collected {
+            status,
+            headers,
+            body: body.freeze(),
+            cut,
+        }
+    }
 }
 
 impl Provider {

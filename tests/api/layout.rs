@@ -1,8 +1,10 @@
 //! The crate layout's rules, checked on the source: the simulator is a
 //! crate the proxy only starts — from the command line (`src/main.rs`) and
 //! the demo (`src/demo.rs`, `src/demo/`) — and it depends on nothing of
-//! the proxy. The compiler cannot say "only these files may name that
-//! crate", so this test reads them.
+//! the proxy; `AppState` is the HTTP edge's alone, every service below it
+//! gets its own context; and only the command line and the demo import
+//! `app`, so no import cycle runs through it. The compiler cannot say
+//! "only these files may name that", so these tests read them.
 
 use std::path::{Path, PathBuf};
 
@@ -26,8 +28,9 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn only_the_command_line_and_the_demo_use_the_simulator() {
+/// The code lines (not comments) of `src/` that contain `needle`, in
+/// files `allowed` does not admit, as `path:line: text`.
+fn code_naming(needle: &str, allowed: impl Fn(&Path) -> bool) -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
@@ -41,11 +44,17 @@ fn only_the_command_line_and_the_demo_use_the_simulator() {
         let text = std::fs::read_to_string(file).unwrap();
         for (n, line) in text.lines().enumerate() {
             // Comments may mention it; code may not.
-            if line.contains(SIMULATOR) && !line.trim_start().starts_with("//") {
+            if line.contains(needle) && !line.trim_start().starts_with("//") {
                 offenders.push(format!("{}:{}: {}", relative.display(), n + 1, line.trim()));
             }
         }
     }
+    offenders
+}
+
+#[test]
+fn only_the_command_line_and_the_demo_use_the_simulator() {
+    let offenders = code_naming(SIMULATOR, allowed);
     assert!(
         offenders.is_empty(),
         "the simulator is started only by src/main.rs and src/demo*, and \
@@ -74,4 +83,58 @@ fn the_simulator_depends_on_nothing_of_the_proxy() {
             );
         }
     }
+}
+
+/// The HTTP edge: the files whose code is route handlers, middleware or
+/// the wiring that builds them. Everything else is below the edge.
+const HTTP_EDGE: &[&str] = &[
+    "src/state.rs",
+    "src/app.rs",
+    "src/server.rs",
+    "src/server/",
+    "src/admin.rs",
+    "src/admin/",
+    "src/proxy/chat.rs",
+    "src/proxy/models.rs",
+    "src/proxy/passthrough.rs",
+    "src/feedback/route.rs",
+    "src/health.rs",
+    "src/demo.rs",
+];
+
+fn at_the_edge(relative: &Path) -> bool {
+    HTTP_EDGE.iter().any(|edge| {
+        if edge.ends_with('/') {
+            relative.starts_with(edge)
+        } else {
+            relative == Path::new(edge)
+        }
+    })
+}
+
+#[test]
+fn only_the_http_edge_names_the_app_state() {
+    let offenders = code_naming("AppState", at_the_edge);
+    assert!(
+        offenders.is_empty(),
+        "`AppState` is the HTTP edge's state; a service below the edge takes \
+         its own context, built in `Application::build` (ARCHITECTURE.md, \
+         \"Service contexts\"); these lines name it:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn only_the_command_line_and_the_demo_import_the_application() {
+    // What `app.rs` imports can therefore never import it back.
+    let offenders = code_naming("crate::app", |relative| {
+        relative == Path::new("src/app.rs") || relative == Path::new("src/demo.rs")
+    });
+    assert!(
+        offenders.is_empty(),
+        "only src/main.rs and src/demo.rs build the application; handlers \
+         take `crate::state::AppState`, services their context; these lines \
+         import `app`:\n{}",
+        offenders.join("\n")
+    );
 }

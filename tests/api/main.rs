@@ -4,6 +4,11 @@
 
 // Test helpers outside #[test] functions may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "the tests are HTTP clients of the proxy and the simulator, like any chat app"
+)]
 
 mod helpers;
 

@@ -1,23 +1,20 @@
 //! One example put to one version: a chat completion sent straight to the
 //! version's provider (with its retries), the answer's text read back.
 
-use crate::app::AppState;
 use crate::routing::Route;
-use crate::upstream::{CHAT_PATH, UpstreamRequest};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, Method, header};
+use crate::upstream::{Cut, UpstreamRequest, Upstreams};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, header};
 use serde_json::{Value, json};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 
 /// The answer's text, or why there is none.
 pub(super) async fn ask(
-    app: &AppState,
+    upstreams: &Upstreams,
     route: &Route,
     messages: &[Value],
 ) -> Result<String, String> {
-    let provider = app
-        .upstreams
+    let provider = upstreams
         .get(route.provider)
         .ok_or_else(|| "the version's provider is not configured".to_string())?;
     // Temperature 0: a score should not depend on sampling luck.
@@ -31,30 +28,18 @@ pub(super) async fn ask(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let request = UpstreamRequest {
-        method: Method::POST,
-        path: CHAT_PATH,
-        query: None,
-        headers,
-        body: Bytes::from(body.to_string()),
-        client_key: None,
-    };
+    let request = UpstreamRequest::chat(headers, Bytes::from(body.to_string()), None);
     let deadline = Instant::now() + provider.total_timeout;
     let reply = provider
         .send(request, deadline)
         .await
         .map_err(|e| e.to_string())?;
-    let mut all = BytesMut::from(reply.first.unwrap_or_default().as_ref());
-    let mut rest = reply.rest;
-    loop {
-        match timeout_at(deadline, rest.next()).await {
-            Ok(Some(Ok(chunk))) => all.extend_from_slice(&chunk),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(format!("the answer broke off: {e}")),
-            Err(_) => return Err("the answer did not finish in time".into()),
-        }
+    let whole = reply.collect(deadline).await;
+    match whole.cut {
+        Some(Cut::Broken(e)) => Err(format!("the answer broke off: {e}")),
+        Some(Cut::TimedOut) => Err("the answer did not finish in time".into()),
+        None => answer_text(&whole.body),
     }
-    answer_text(&all)
 }
 
 fn answer_text(body: &[u8]) -> Result<String, String> {

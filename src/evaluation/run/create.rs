@@ -3,7 +3,7 @@
 //! runner to pick up.
 
 use super::{EvalError, load_examples};
-use crate::app::AppState;
+use crate::evaluation::Context;
 use crate::ids::{new_id, now_rfc3339};
 use crate::store::EvaluationRecord;
 use serde::Deserialize;
@@ -24,7 +24,7 @@ pub struct NewEvaluation {
 /// Stores the run as queued and wakes the runner; `actor` is a key id or
 /// `scheduler`.
 pub fn create(
-    app: &AppState,
+    app: &Context,
     new: NewEvaluation,
     actor: &str,
 ) -> Result<EvaluationRecord, EvalError> {
@@ -61,11 +61,11 @@ pub fn create(
         comparison: None,
     };
     app.store.put_evaluation(&record)?;
-    app.evaluation_runner.wake();
+    app.runner.wake();
     Ok(record)
 }
 
-fn check_versions(app: &AppState, alias: &str, versions: &[String]) -> Result<(), EvalError> {
+fn check_versions(app: &Context, alias: &str, versions: &[String]) -> Result<(), EvalError> {
     let record = app
         .registry
         .alias(alias)

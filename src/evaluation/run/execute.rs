@@ -6,7 +6,7 @@
 
 use super::ask::ask;
 use super::{EvalError, Example, load_examples, summarise};
-use crate::app::AppState;
+use crate::evaluation::Context;
 use crate::ids::now_rfc3339;
 use crate::routing::{Choice, Route};
 use crate::store::{EvaluationRecord, ExampleResult};
@@ -26,7 +26,7 @@ pub enum Ran {
 }
 
 pub async fn execute(
-    app: &Arc<AppState>,
+    app: &Arc<Context>,
     mut run: EvaluationRecord,
     shutdown: &CancellationToken,
 ) -> Result<Ran, EvalError> {
@@ -56,7 +56,7 @@ pub async fn execute(
             let (app, id) = (app.clone(), run_id.clone());
             async move { answer(&app, &id, &route, &example).await }
         })
-        .buffer_unordered(app.config.evaluation.concurrency.max(1));
+        .buffer_unordered(app.config.concurrency.max(1));
     loop {
         let result = tokio::select! {
             next = answers.next() => match next {
@@ -91,7 +91,7 @@ fn unanswered(
 }
 
 /// Each version's route, straight to its provider.
-fn routes(app: &AppState, run: &EvaluationRecord) -> Result<Vec<Route>, EvalError> {
+fn routes(app: &Context, run: &EvaluationRecord) -> Result<Vec<Route>, EvalError> {
     let table = app.registry.table();
     run.versions
         .iter()
@@ -108,12 +108,12 @@ fn version_of(route: &Route) -> String {
 }
 
 async fn answer(
-    app: &AppState,
+    app: &Context,
     evaluation_id: &str,
     route: &Route,
     example: &Example,
 ) -> ExampleResult {
-    let reply = ask(app, route, &example.messages).await;
+    let reply = ask(&app.upstreams, route, &example.messages).await;
     let read = reply
         .as_ref()
         .map(|text| app.extractor.extract(text))
@@ -133,10 +133,10 @@ async fn answer(
 }
 
 /// Scores the stored results and stores the run with its figures.
-async fn finish(app: &Arc<AppState>, mut run: EvaluationRecord) -> Result<Ran, EvalError> {
+async fn finish(app: &Arc<Context>, mut run: EvaluationRecord) -> Result<Ran, EvalError> {
     let (store, id) = (app.store.clone(), run.id.clone());
     let results = blocking(move || Ok(store.example_results(&id)?)).await?;
-    let summary = summarise(&run.versions, &results, &app.config.taxonomy.threat_types);
+    let summary = summarise(&run.versions, &results, &app.threat_types);
     let at = now_rfc3339();
     run.status = "succeeded".into();
     run.finished_at = Some(at.clone());
@@ -148,7 +148,7 @@ async fn finish(app: &Arc<AppState>, mut run: EvaluationRecord) -> Result<Ran, E
     Ok(Ran::Finished(Box::new(run)))
 }
 
-async fn save(app: &AppState, run: &EvaluationRecord) -> Result<(), EvalError> {
+async fn save(app: &Context, run: &EvaluationRecord) -> Result<(), EvalError> {
     let (store, run) = (app.store.clone(), run.clone());
     blocking(move || Ok(store.put_evaluation(&run)?)).await
 }
