@@ -99,6 +99,7 @@ async fn streamed_tool_call_deltas_name_the_call_once() {
     let app = spawn_app().await;
     let mut request = triage_request(true);
     request["tools"] = json!([{"type": "function", "function": {"name": "isolate_host", "parameters": {"type": "object"}}}]);
+    request["tool_choice"] = json!("required");
     let body = app
         .post("/v1/chat/completions", &request)
         .await
