@@ -9,6 +9,7 @@ mod record;
 mod redact;
 mod retention;
 pub mod threading;
+mod usage;
 mod writer;
 
 pub use recent::{RecentThreads, Registration};
