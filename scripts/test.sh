@@ -4,8 +4,10 @@
 # README's steps; Debian's chromium and playwright-core for the browser
 # tests), builds the binary, runs the Rust unit
 # and integration tests, the openai SDK compatibility suite against the real
-# binary, then the admin UI end to end in headless Chromium. Stops at the
-# first stage that fails.
+# binary, the client-compatibility suite (tests/clients: the Python clients
+# pinned in tests/clients/requirements.txt in .venv-clients, and the Vercel
+# AI SDK pinned by tests/clients/js/package-lock.json), then the admin UI end
+# to end in headless Chromium. Stops at the first stage that fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,6 +68,17 @@ fi
 stage "openai SDK compatibility suite against target/debug/flywheel (process logs in test-artifacts/)"
 FLYWHEEL_BIN="$(pwd)/target/debug/flywheel" .venv/bin/python -m pytest -q tests/python
 
+stage "Client-compatibility suite: pinned Python clients (.venv-clients, tests/clients/requirements.txt)"
+# A venv of its own, so the SDK suite above keeps the latest openai SDK
+# while these clients stay exactly as pinned; --no-deps because the list is
+# complete and one declared bound in it is known to be wrong (see the file).
+if ! .venv-clients/bin/python -c 'import sys' >/dev/null 2>&1; then
+  rm -rf .venv-clients
+  "$PYTHON" -m venv .venv-clients
+fi
+.venv-clients/bin/python -m pip install -q --disable-pip-version-check --no-deps -r tests/clients/requirements.txt
+FLYWHEEL_BIN="$(pwd)/target/debug/flywheel" .venv-clients/bin/python -m pytest -q tests/clients
+
 stage "Chromium and playwright-core for the admin UI tests (tests/browser)"
 # The browser is Debian's chromium, never a build downloaded by a tool.
 CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
@@ -90,6 +103,11 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 "$CHROMIUM_PATH" --version 2>/dev/null | grep -v '^$' || true
+
+stage "Client-compatibility suite: the Vercel AI SDK (tests/clients/js, pinned by package-lock.json)"
+(cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
+(cd tests/clients/js && FLYWHEEL_BIN="$(pwd)/../../../target/debug/flywheel" \
+  node --test --test-concurrency=1 --test-timeout=120000)
 
 stage "admin UI end to end in headless Chromium (screenshots in test-artifacts/screenshots/)"
 (cd tests/browser && CHROMIUM_PATH="$CHROMIUM_PATH" FLYWHEEL_BIN="$(pwd)/../../target/debug/flywheel" \

@@ -187,6 +187,10 @@ impl Application {
                 flush_every,
                 priority: state.config.capture.writer_priority,
                 max_pending: state.config.capture.queue_capacity,
+                background: Arc::new(crate::capture::BackgroundTasks::from_validated(
+                    state.config.capture.background_tasks.enabled,
+                    &state.config.capture.background_tasks.patterns,
+                )),
             },
             exchange_rx,
             shutdown.clone(),

@@ -2,6 +2,7 @@
 //! store, written by a batching worker off the hot path.
 
 pub mod answer;
+pub mod background;
 mod lenient;
 mod priority;
 mod recent;
@@ -9,8 +10,10 @@ mod record;
 mod redact;
 mod retention;
 pub mod threading;
+mod usage;
 mod writer;
 
+pub use background::BackgroundTasks;
 pub use recent::{RecentThreads, Registration};
 pub use record::{CaptureMeta, build_record};
 pub use redact::Redactor;

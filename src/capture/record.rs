@@ -63,13 +63,18 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
         }
         _ => (Value::Null, Map::new()),
     };
-    let answer = if ex.outcome == Outcome::UpstreamError {
+    let mut answer = if ex.outcome == Outcome::UpstreamError {
         Answer::error(&ex.response)
     } else if ex.streamed {
         Answer::from_stream(&ex.response)
     } else {
         Answer::from_body(&ex.response)
     };
+    // An answer without usage (a stream whose server ignored
+    // `include_usage`) gets an estimate that says it is one.
+    if answer.usage.is_null() && !answer.choices.is_empty() {
+        answer.usage = super::usage::estimate(&ex.route.upstream_model, &messages, &answer.choices);
+    }
     InferenceRecord {
         id: ex.inference_id.clone(),
         completion_id: answer.completion_id,

@@ -15,8 +15,9 @@
 //! use CPU the request path leaves over. Threading does not depend on it:
 //! a follow-up turn finds its predecessor in [`super::RecentThreads`].
 
+use super::background::{BACKGROUND_TASK, ORIGIN_TAG};
 use super::priority::Priority;
-use super::{Redactor, build_record};
+use super::{BackgroundTasks, Redactor, build_record};
 use crate::config::WriterPriority;
 use crate::exchange::{Exchange, InFlight};
 use crate::ids::now_rfc3339;
@@ -42,6 +43,8 @@ pub struct WriterSetup {
     pub priority: WriterPriority,
     /// Records held at most while the store refuses them.
     pub max_pending: usize,
+    /// Recognises chat apps' housekeeping requests, to tag them.
+    pub background: Arc<BackgroundTasks>,
 }
 
 /// Starts the writer on its own thread; the future completes once it has
@@ -92,6 +95,7 @@ pub fn start_writer(
 struct Writer {
     store: SharedStore,
     redactor: Arc<Redactor>,
+    background: Arc<BackgroundTasks>,
     in_flight: InFlight,
     max_pending: usize,
     /// Taken from the queue, not durably stored yet.
@@ -145,6 +149,7 @@ impl Writer {
         Self {
             store: setup.store,
             redactor: setup.redactor,
+            background: setup.background,
             in_flight: setup.in_flight,
             max_pending: setup.max_pending.max(MAX_BATCH),
             held: Vec::new(),
@@ -213,7 +218,7 @@ impl Writer {
     /// Adds the exchange's record to the batch; one that is not captured
     /// is done with at once.
     fn take(&mut self, exchange: &Exchange) {
-        match prepare(exchange, &self.redactor) {
+        match prepare(exchange, &self.redactor, &self.background) {
             Some(turn) => self.held.push(turn),
             None => self.in_flight.done(1),
         }
@@ -266,8 +271,17 @@ impl Writer {
 
 /// The turn to store for one exchange, redacted; `None` when capture is
 /// off for it (its tokens are still counted).
-fn prepare(exchange: &Exchange, redactor: &Redactor) -> Option<CapturedTurn> {
+fn prepare(
+    exchange: &Exchange,
+    redactor: &Redactor,
+    background: &BackgroundTasks,
+) -> Option<CapturedTurn> {
     let mut record = build_record(exchange, now_rfc3339());
+    if background.matches(&record.request["messages"]) {
+        record
+            .tags
+            .insert(ORIGIN_TAG.to_string(), BACKGROUND_TASK.to_string());
+    }
     count_tokens(&record);
     if !exchange.meta.enabled {
         return None;
@@ -399,7 +413,7 @@ mod tests {
         let (wall, cpu) = (Instant::now(), thread_cpu_ns());
         let mut turns: Vec<CapturedTurn> = exchanges
             .iter()
-            .filter_map(|e| prepare(e, &redactor))
+            .filter_map(|e| prepare(e, &redactor, &BackgroundTasks::from_validated(false, &[])))
             .collect();
         let prepared = (wall.elapsed(), thread_cpu_ns() - cpu);
         let (wall, cpu) = (Instant::now(), thread_cpu_ns());

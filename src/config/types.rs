@@ -254,6 +254,29 @@ pub struct CaptureConfig {
     pub retention_days: Option<u32>,
     /// The capture writer's CPU priority.
     pub writer_priority: WriterPriority,
+    /// Chat apps' housekeeping requests, captured tagged and kept out of
+    /// review and datasets.
+    pub background_tasks: BackgroundTasksConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackgroundTasksConfig {
+    pub enabled: bool,
+    /// Regexes matched against the newest user message.
+    pub patterns: Vec<String>,
+}
+
+impl Default for BackgroundTasksConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            patterns: crate::capture::background::DEFAULT_PATTERNS
+                .iter()
+                .map(|p| (*p).to_string())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -286,6 +309,7 @@ impl Default for CaptureConfig {
             queue_wait_ms: 1000,
             retention_days: None,
             writer_priority: WriterPriority::Background,
+            background_tasks: BackgroundTasksConfig::default(),
         }
     }
 }

@@ -222,6 +222,15 @@ fn check_capture(c: &Config) -> Result<(), ConfigError> {
             format!("is neither \"credentials\" nor a valid regex: {e}"),
         )
     })?;
+    let background = &c.capture.background_tasks;
+    crate::capture::BackgroundTasks::new(background.enabled, &background.patterns).map_err(
+        |(i, e)| {
+            ConfigError::invalid(
+                format!("capture.background_tasks.patterns[{i}]"),
+                format!("is not a valid regex: {e}"),
+            )
+        },
+    )?;
     if c.capture.retention_days == Some(0) {
         return Err(ConfigError::invalid(
             "capture.retention_days",

@@ -83,6 +83,11 @@ pub fn turn_signals(turn: &InferenceRecord) -> ConversationSignals {
         .map_or(0, |a| a.chars().count());
     ConversationSignals {
         complete_answer: turn.status == "ok" && finish_reason(turn) == Some("stop"),
+        background_task: turn
+            .tags
+            .get(crate::capture::background::ORIGIN_TAG)
+            .map(String::as_str)
+            == Some(crate::capture::background::BACKGROUND_TASK),
         answer_chars: u32::try_from(answer_chars).unwrap_or(u32::MAX),
         upstream_error: turn.status == "upstream_error",
         text_hash: Some(normalised_hash(&turn_text(turn, None))),

@@ -39,7 +39,7 @@ impl Tokenizer {
         }
     }
 
-    fn count(self, text: &str) -> usize {
+    pub fn count(self, text: &str) -> usize {
         let bpe = match self {
             Self::O200kBase => tiktoken_rs::o200k_base_singleton(),
             Self::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),

@@ -36,6 +36,8 @@ pub struct ListQuery {
     pub duplicate: Option<bool>,
     pub upstream_error: Option<bool>,
     pub min_answer_chars: Option<u32>,
+    /// Chat apps' housekeeping requests only (`true`); left out otherwise.
+    pub background_task: Option<bool>,
     pub cursor: Option<String>,
     pub limit: Option<usize>,
 }
@@ -208,6 +210,7 @@ pub fn list_conversations(
             duplicate: query.duplicate,
             upstream_error: query.upstream_error,
             min_answer_chars: query.min_answer_chars,
+            background_task: query.background_task,
         },
     };
     let internal = |e: crate::store::StoreError| ApiError::Internal(e.to_string());

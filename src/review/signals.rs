@@ -24,6 +24,10 @@ pub struct SignalFilter {
     /// The last answer has at least this many characters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_answer_chars: Option<u32>,
+    /// A chat app's housekeeping request; unset means `false`: background
+    /// tasks are left out unless asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_task: Option<bool>,
 }
 
 impl SignalFilter {
@@ -36,6 +40,7 @@ impl SignalFilter {
             && is(self.duplicate, s.duplicate_of.is_some())
             && is(self.upstream_error, s.upstream_error)
             && self.min_answer_chars.is_none_or(|m| s.answer_chars >= m)
+            && self.background_task.unwrap_or(false) == s.background_task
     }
 }
 
@@ -57,6 +62,7 @@ pub fn signals_view(c: &ConversationRecord) -> Value {
         "has_labels": has_labels(&c.review),
         "has_rating": has_rating(&c.review),
         "upstream_error": s.upstream_error,
+        "background_task": s.background_task,
     })
 }
 

@@ -246,6 +246,9 @@ pub struct CapturedTurn {
 pub struct ConversationSignals {
     /// The last turn ended with status `ok` and finish_reason `stop`.
     pub complete_answer: bool,
+    /// The last turn was a chat app's housekeeping request (tagged
+    /// `origin=background_task`).
+    pub background_task: bool,
     /// Characters of the last turn's answer.
     pub answer_chars: u32,
     /// Some turn failed upstream.

@@ -108,6 +108,7 @@ async fn n_choices_and_tool_calls_are_relayed() {
 
     let mut request = triage_request(false);
     request["tools"] = json!([{"type": "function", "function": {"name": "lookup_host", "parameters": {"type": "object", "properties": {}}}}]);
+    request["tool_choice"] = json!("required");
     let body: Value = app
         .post("/v1/chat/completions", &request)
         .await

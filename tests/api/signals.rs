@@ -195,3 +195,129 @@ async fn signals_are_kept_per_conversation_and_filter_lists_and_datasets() {
         assert_eq!(ds["filter"]["status"], "approved");
     }
 }
+
+/// Open WebUI's title request after a chat, as it sends it.
+const TITLE_TASK: &str = "### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history.\n### Guidelines:\n- The title should clearly represent the main theme.\n### Output:\nJSON format: { \"title\": \"your concise title here\" }\n### Chat History:\n<chat_history>\nUSER: Endpoint alert: certutil -urlcache on WS-9\nASSISTANT: Threat type: command_and_control\n</chat_history>";
+
+#[tokio::test]
+async fn background_tasks_are_captured_tagged_and_kept_out_of_review_and_datasets() {
+    let app = spawn_app().await;
+    let (chat_id, _) = chat(&app, alert("Endpoint alert: certutil -urlcache on WS-9")).await;
+    let (title_id, title_inference) = chat(&app, alert(TITLE_TASK)).await;
+    // LibreChat's title prompt, and an app that tags its own housekeeping.
+    let (libre_id, _) = chat(&app, alert("Please generate a concise, 5-word-or-less title for the conversation, using its same language, with no punctuation.")).await;
+    let (plain, _) = chat(&app, alert("Summarise the chat in one line")).await;
+    let self_tagged = {
+        let response = app
+            .http
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&app.client_key)
+            .header("x-flywheel-tags", "origin=background_task")
+            .json(&alert("Suggest follow-up questions"))
+            .send()
+            .await
+            .unwrap();
+        let id = response.headers()["x-flywheel-conversation-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        response.text().await.unwrap();
+        id
+    };
+    let mut background = vec![title_id.clone(), libre_id.clone(), self_tagged.clone()];
+    background.sort();
+    eventually(
+        "the background tasks listed on request",
+        Duration::from_secs(10),
+        || async {
+            let listed = ids(&app, "background_task=true").await;
+            (listed == background)
+                .then_some(())
+                .ok_or(format!("{listed:?}"))
+        },
+    )
+    .await;
+    // The queue shows the real chats only.
+    let queue = ids(&app, "").await;
+    assert!(queue.contains(&chat_id), "{queue:?}");
+    assert!(background.iter().all(|b| !queue.contains(b)), "{queue:?}");
+    assert_eq!(queue.len(), 2, "{queue:?}");
+    assert!(queue.contains(&plain), "no pattern matched it");
+    let pending = ids(&app, "status=pending").await;
+    assert!(!pending.contains(&title_id));
+
+    // Captured whole, tagged, and its summary says what it is.
+    let detail = app.stored_turns(&title_id, 1).await;
+    assert_eq!(detail["signals"]["background_task"], true);
+    let turn = &detail["turns"][0];
+    assert_eq!(turn["inference_id"], title_inference.as_str());
+    assert_eq!(turn["tags"]["origin"], "background_task");
+    assert!(turn["response"]["message"]["content"].is_string());
+
+    // Approved or not, datasets leave them out unless asked for.
+    let body = json!({"ids": [&chat_id, &title_id, &libre_id], "action": "approve"});
+    let r = app
+        .send(
+            Method::POST,
+            "/admin/api/conversations/bulk",
+            &app.analyst_key,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    for (filter, candidates) in [(json!({}), 1), (json!({"background_task": true}), 2)] {
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/api/datasets",
+                Some(&json!({"name": "housekeeping", "format": "sft", "filter": filter})),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        let ds: Value = r.json().await.unwrap();
+        assert_eq!(ds["counts"]["candidates"], candidates, "{filter}: {ds}");
+    }
+}
+
+#[tokio::test]
+async fn background_task_patterns_are_configurable_and_checked() {
+    let app = spawn_app_with(Options {
+        extra: "[capture.background_tasks]\npatterns = [\"^Housekeeping:\"]\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let (ours, _) = chat(&app, alert("Housekeeping: name this chat")).await;
+    let (webui, _) = chat(&app, alert(TITLE_TASK)).await;
+    eventually(
+        "ours listed as a background task",
+        Duration::from_secs(10),
+        || async {
+            let listed = ids(&app, "background_task=true").await;
+            (listed == vec![ours.clone()])
+                .then_some(())
+                .ok_or(format!("{listed:?}"))
+        },
+    )
+    .await;
+    assert!(
+        ids(&app, "").await.contains(&webui),
+        "the defaults were replaced"
+    );
+}
+
+#[test]
+fn a_bad_background_task_pattern_is_a_config_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        extra: "[capture.background_tasks]\npatterns = [\"ok\", \"(unclosed\"]".into(),
+        ..Options::default()
+    };
+    let toml = config_toml("127.0.0.1:9".parse().unwrap(), dir.path(), &options);
+    let error = flywheel::config::Config::from_toml_str(&toml, "test", Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("capture.background_tasks.patterns[1]"),
+        "{error}"
+    );
+}

@@ -70,6 +70,51 @@ fn content_tokens(body: &str) -> usize {
 }
 
 #[tokio::test]
+async fn a_stream_without_usage_is_captured_with_an_estimate_marked_so() {
+    let app = spawn_app().await;
+    // No `include_usage`: the simulator sends no usage chunk, as servers
+    // that ignore the option never do.
+    let response = app
+        .post("/v1/chat/completions", &triage_request(true))
+        .await;
+    let conversation = response.headers()["x-flywheel-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("\"usage\""));
+    let detail = app.stored_turns(&conversation, 1).await;
+    let usage = &detail["turns"][0]["response"]["usage"];
+    assert_eq!(usage["estimated"], true, "{usage}");
+    assert_eq!(
+        usage["tokenizer"], "o200k_base",
+        "the route's gpt-4o family"
+    );
+    let (prompt, completion) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(prompt > 20 && completion > 10, "{usage}");
+    assert_eq!(usage["total_tokens"].as_u64(), Some(prompt + completion));
+
+    // With usage from upstream, the figure is the upstream's, unmarked.
+    let mut request = triage_request(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let response = app.post("/v1/chat/completions", &request).await;
+    let conversation = response.headers()["x-flywheel-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    response.text().await.unwrap();
+    let detail = app.stored_turns(&conversation, 1).await;
+    assert!(
+        detail["turns"][0]["response"]["usage"]
+            .get("estimated")
+            .is_none()
+    );
+}
+
+#[tokio::test]
 async fn include_usage_adds_one_usage_chunk_before_done() {
     let app = spawn_app().await;
     let mut request = triage_request(true);
@@ -99,6 +144,7 @@ async fn streamed_tool_call_deltas_name_the_call_once() {
     let app = spawn_app().await;
     let mut request = triage_request(true);
     request["tools"] = json!([{"type": "function", "function": {"name": "isolate_host", "parameters": {"type": "object"}}}]);
+    request["tool_choice"] = json!("required");
     let body = app
         .post("/v1/chat/completions", &request)
         .await

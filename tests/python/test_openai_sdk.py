@@ -24,9 +24,13 @@ TOOLS = [{
     "function": {
         "name": "isolate_host",
         "description": "Isolate a host from the network",
-        "parameters": {"type": "object", "properties": {"alert_excerpt": {"type": "string"}}},
+        "parameters": {"type": "object", "properties": {
+            "alert_excerpt": {"type": "string"}, "suspected_threat_type": {"type": "string"}}},
     },
 }]
+# The simulator calls a tool under `auto` only when the user asks for it;
+# these tests force the call.
+FORCED = {"tools": TOOLS, "tool_choice": "required"}
 
 
 def client(proxy, key="client", **kw) -> openai.OpenAI:
@@ -94,7 +98,7 @@ def test_a_follow_up_turn_stays_in_the_conversation(proxy):
     continues the first turn's conversation, even when sent at once, as a
     tool loop or a scripted client does."""
     c = client(proxy)
-    opening = [{"role": "user", "content": f"{ALERT} (ticket {uuid.uuid4()})"}]
+    opening = [{"role": "user", "content": f"{ALERT} Isolate the host. (ticket {uuid.uuid4()})"}]
     first = c.chat.completions.with_raw_response.create(model="triage", messages=opening)
     answer = first.parse().choices[0].message.content
     follow_up = opening + [
@@ -173,7 +177,7 @@ def test_stream_events_arrive_as_they_are_generated(proxy):
 
 def test_tool_calls_non_streaming(proxy):
     c = client(proxy)
-    completion = c.chat.completions.create(model="triage", messages=MESSAGES, tools=TOOLS)
+    completion = c.chat.completions.create(model="triage", messages=MESSAGES, **FORCED)
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert len(choice.message.tool_calls) == 1
@@ -187,9 +191,9 @@ def test_tool_calls_non_streaming(proxy):
 
 def test_tool_calls_streamed_with_the_sdk_stream_helper(proxy):
     c = client(proxy)
-    unary = c.chat.completions.create(model="triage", messages=MESSAGES, tools=TOOLS)
+    unary = c.chat.completions.create(model="triage", messages=MESSAGES, **FORCED)
     expected = json.loads(unary.choices[0].message.tool_calls[0].function.arguments)
-    with c.chat.completions.stream(model="triage", messages=MESSAGES, tools=TOOLS) as stream:
+    with c.chat.completions.stream(model="triage", messages=MESSAGES, **FORCED) as stream:
         done_events = [e for e in stream if e.type == "tool_calls.function.arguments.done"]
         final = stream.get_final_completion()
     assert len(done_events) == 1 and done_events[0].name == "isolate_host"
@@ -205,7 +209,7 @@ def test_tool_call_deltas_accumulate_by_hand(proxy):
     name only in the first fragment, then argument pieces."""
     c = client(proxy)
     fragments = []
-    for chunk in c.chat.completions.create(model="triage", messages=MESSAGES, tools=TOOLS, stream=True):
+    for chunk in c.chat.completions.create(model="triage", messages=MESSAGES, **FORCED, stream=True):
         for choice in chunk.choices:
             fragments.extend(choice.delta.tool_calls or [])
     assert len(fragments) >= 2
@@ -220,7 +224,7 @@ def test_tool_call_deltas_accumulate_by_hand(proxy):
 
 def test_a_tool_result_turn_gets_a_text_answer(proxy):
     c = client(proxy)
-    call = c.chat.completions.create(model="triage", messages=MESSAGES, tools=TOOLS).choices[0].message.tool_calls[0]
+    call = c.chat.completions.create(model="triage", messages=MESSAGES, **FORCED).choices[0].message.tool_calls[0]
     messages = MESSAGES + [
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": call.id, "type": "function",
@@ -256,7 +260,7 @@ def test_a_tool_call_loop_stays_in_one_conversation(proxy, streamed):
     appended, each tool call answered by a tool message, next request at
     once — every step continues the first step's conversation."""
     c = client(proxy)
-    messages = [MESSAGES[0], {"role": "user", "content": f"{ALERT} (ticket {uuid.uuid4()})"}]
+    messages = [MESSAGES[0], {"role": "user", "content": f"{ALERT} Isolate the host. (ticket {uuid.uuid4()})"}]
     conversations, tool_steps = [], 0
     for step in range(4):
         if streamed:

@@ -315,7 +315,7 @@ function turnView(t, i) {
     h('strong', null, `Turn ${i + 1}`), ' ', badge(t.version || dash, 'info'), ' ',
     t.status && t.status !== 'ok' ? statusBadge(t.status) : null,
     h('span', { class: 'muted small' }, ` ${ms(t.latency_ms)}${t.first_byte_ms != null ? ` (first byte ${ms(t.first_byte_ms)})` : ''}`,
-      usage ? ` · ${num(usage.prompt_tokens)} + ${num(usage.completion_tokens)} tokens` : '', t.streamed ? ' · streamed' : '', ` · ${when(t.created_at)}`),
+      usage ? ` · ${num(usage.prompt_tokens)} + ${num(usage.completion_tokens)} tokens${usage.estimated ? ' (estimated)' : ''}` : '', t.streamed ? ' · streamed' : '', ` · ${when(t.created_at)}`),
     t.fallback_from ? h('span', { class: 'badge badge-warn' }, `fallback from ${t.fallback_from}`) : null);
   const messages = (t.request?.messages || []).map((m) => message(m.role, m));
   const answer = t.response?.message ? message('assistant', t.response.message, true) : null;

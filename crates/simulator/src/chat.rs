@@ -7,7 +7,8 @@
 use super::Sim;
 use super::dataset;
 use super::faults::{self, Pacing};
-use super::request::{self, ChatRequest};
+use super::request::{self, ChatRequest, Format};
+use super::schema::{self, Facts};
 use super::stream;
 use super::triage::{classify, is_large};
 use super::tuned::{Said, Tuned};
@@ -26,7 +27,7 @@ use std::time::Duration;
 const TOKENS_PER_MESSAGE: usize = 3;
 const REPLY_PRIMING: usize = 3;
 
-/// How much of the alert a tool call quotes back.
+/// How much of the alert a tool call or a JSON field quotes back.
 const EXCERPT_CHARS: usize = 200;
 
 pub async fn completions(
@@ -122,30 +123,53 @@ impl Completion {
             }
         };
         let limit = request.max_tokens.unwrap_or(usize::MAX);
+        let facts = |open_object| Facts {
+            threat_type: verdict.threat_type.clone(),
+            severity: verdict.severity.clone(),
+            rationale: rationale_of(&verdict.text),
+            excerpt: alert.trim().chars().take(EXCERPT_CHARS).collect(),
+            open_object,
+        };
         let choices = (0..request.n)
             .map(|_| {
                 let (reply, finished) = match &request.tool {
-                    Some(name) => {
-                        let arguments = json!({
+                    Some(tool) => {
+                        // A schema that names no fields gets the triage
+                        // the model would hand a tool.
+                        let open = json!({
                             "alert_excerpt": alert.trim().chars().take(EXCERPT_CHARS).collect::<String>(),
                             "suspected_threat_type": verdict.threat_type,
                             "suspected_severity": verdict.severity,
-                        })
-                        .to_string();
+                        });
+                        let arguments = schema::instance(&tool.parameters, &facts(open)).to_string();
                         let reply = |arguments| Reply::Tool {
                             id: wire::random_id("call_"),
-                            name: name.clone(),
+                            name: tool.name.clone(),
                             arguments,
                         };
-                        match truncate(tokenize(&arguments), limit) {
+                        match truncate(json_pieces(&arguments), limit) {
                             (tokens, true) => (reply(tokens), "tool_calls"),
                             (tokens, false) => (reply(tokens), "length"),
                         }
                     }
-                    None => match truncate(tokenize(&verdict.text), limit) {
-                        (tokens, true) => (Reply::Text(tokens), "stop"),
-                        (tokens, false) => (Reply::Text(tokens), "length"),
-                    },
+                    None => {
+                        let open = json!({
+                            "threat_type": verdict.threat_type,
+                            "severity": verdict.severity,
+                            "rationale": rationale_of(&verdict.text),
+                        });
+                        let tokens = match &request.format {
+                            Format::Text => tokenize(&verdict.text),
+                            Format::JsonObject => json_pieces(&open.to_string()),
+                            Format::JsonSchema(spec) => {
+                                json_pieces(&schema::instance(spec, &facts(open)).to_string())
+                            }
+                        };
+                        match truncate(tokens, limit) {
+                            (tokens, true) => (Reply::Text(tokens), "stop"),
+                            (tokens, false) => (Reply::Text(tokens), "length"),
+                        }
+                    }
                 };
                 Choice {
                     reply,
@@ -256,6 +280,37 @@ pub fn text_of(message: &Value) -> String {
     text
 }
 
+/// The rationale of an answer: what follows `Rationale:`, or a JSON
+/// answer's `rationale`, else the whole answer.
+fn rationale_of(text: &str) -> String {
+    if let Some((_, rest)) = text.split_once("Rationale:") {
+        return rest.trim().to_string();
+    }
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v["rationale"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.to_string())
+}
+
+/// JSON text as tokens: words, each also cut after a `,` or `:`, so a
+/// stream sends keys and values apart as a model's does.
+pub fn json_pieces(text: &str) -> Vec<String> {
+    let mut pieces = Vec::new();
+    for word in tokenize(text) {
+        let mut current = String::new();
+        for c in word.chars() {
+            current.push(c);
+            if matches!(c, ',' | ':') {
+                pieces.push(std::mem::take(&mut current));
+            }
+        }
+        if !current.is_empty() {
+            pieces.push(current);
+        }
+    }
+    pieces
+}
+
 /// Words with their leading whitespace, so the tokens join back into the
 /// text exactly.
 pub fn tokenize(text: &str) -> Vec<String> {
@@ -276,21 +331,30 @@ pub fn tokenize(text: &str) -> Vec<String> {
     tokens
 }
 
-/// The whole answer after `token_delay` per token; with `drop_after` below
-/// the token count, the body breaks off after that many tokens' time.
+/// The whole answer after `token_delay` per token.
 async fn unary(
     completion: Completion,
     token_delay: Duration,
     drop_after: Option<usize>,
 ) -> Response {
     let tokens = completion.completion_tokens();
+    paced_json(completion.body(), tokens, token_delay, drop_after).await
+}
+
+/// `body` after `token_delay` for each of its `tokens`; with `drop_after`
+/// below the token count, the body breaks off after that many tokens' time.
+pub async fn paced_json(
+    body: Value,
+    tokens: usize,
+    token_delay: Duration,
+    drop_after: Option<usize>,
+) -> Response {
     let dropped = drop_after.filter(|n| *n < tokens);
     let paced = dropped.unwrap_or(tokens);
     if !token_delay.is_zero() {
         let paced = u32::try_from(paced).unwrap_or(u32::MAX);
         tokio::time::sleep(token_delay.saturating_mul(paced)).await;
     }
-    let body = completion.body();
     if dropped.is_none() {
         return Json(body).into_response();
     }
@@ -374,6 +438,7 @@ mod tests {
     fn tool_calls_carry_json_arguments() {
         let c = plan(
             json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "psexec to DC01"}],
+            "tool_choice": "required",
             "tools": [{"type": "function", "function": {"name": "isolate_host"}}]}),
         );
         let body = c.body();
@@ -388,5 +453,68 @@ mod tests {
             serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(args["alert_excerpt"], "psexec to DC01");
         assert_eq!(args["suspected_threat_type"], "lateral_movement");
+    }
+
+    #[test]
+    fn json_modes_answer_with_the_verdict() {
+        let c = plan(
+            json!({"model": "gpt-4o", "response_format": {"type": "json_object"},
+            "messages": [{"role": "user", "content": "Reply in JSON. mimikatz sekurlsa on WS-042"}]}),
+        );
+        let content = c.body()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let answer: Value = serde_json::from_str(&content).unwrap();
+        assert_eq!(answer["threat_type"], "credential_access");
+        assert_eq!(answer["severity"], "high");
+        assert!(answer["rationale"].as_str().unwrap().contains("mimikatz"));
+
+        let schema = json!({"type": "object", "additionalProperties": false,
+            "required": ["category", "priority", "iocs"],
+            "properties": {"category": {"type": "string", "enum": ["malware", "credential_access"]},
+                           "priority": {"type": "integer", "minimum": 1, "maximum": 5},
+                           "iocs": {"type": "array", "items": {"type": "string"}}}});
+        let c = plan(
+            json!({"model": "gpt-4o", "response_format": {"type": "json_schema",
+            "json_schema": {"name": "triage", "strict": true, "schema": schema}},
+            "messages": [{"role": "user", "content": "mimikatz sekurlsa on WS-042"}]}),
+        );
+        let body = c.body();
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+        let answer: Value =
+            serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(answer["category"], "credential_access");
+        assert_eq!(answer["priority"], 4);
+        assert!(answer["iocs"][0].as_str().unwrap().contains("mimikatz"));
+    }
+
+    #[test]
+    fn tool_arguments_follow_the_tool_schema() {
+        let c = plan(json!({"model": "gpt-4o",
+            "messages": [{"role": "user", "content": "Isolate host WS-042, it ran mimikatz"}],
+            "tools": [{"type": "function", "function": {"name": "isolate_host", "parameters": {
+                "type": "object", "required": ["hostname", "severity", "notify"],
+                "properties": {"hostname": {"type": "string"},
+                               "severity": {"type": "string", "enum": ["low", "high"]},
+                               "notify": {"type": "boolean"}}}}}]}));
+        let body = c.body();
+        let call = &body["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "isolate_host");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args.as_object().unwrap().len(), 3);
+        assert_eq!(args["severity"], "high");
+        assert_eq!(args["notify"], true);
+        assert!(args["hostname"].is_string());
+    }
+
+    #[test]
+    fn json_pieces_join_back() {
+        let text = r#"{"a":"b c","d":[1,2]}"#;
+        let pieces = json_pieces(text);
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.len() > 4);
     }
 }

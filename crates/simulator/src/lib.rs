@@ -22,9 +22,12 @@ mod lab;
 mod models;
 mod pagination;
 mod request;
+mod responses;
 mod rules;
+mod schema;
 mod stream;
 mod targets;
+mod tools;
 mod training;
 mod triage;
 mod tuned;
@@ -91,16 +94,21 @@ struct Sim {
     failures: Arc<Mutex<HashMap<String, u32>>>,
     /// Uploaded files, fine-tuning jobs and their models, in memory.
     lab: Arc<lab::Lab>,
+    /// Stored Responses-API responses, for `previous_response_id`.
+    responses: Arc<responses::Log>,
 }
 
 pub fn router(config: SimulatorConfig) -> Router {
     let sim = Sim {
         failures: Arc::default(),
         lab: Arc::new(lab::Lab::new(config.job_step)),
+        responses: Arc::default(),
         config: Arc::new(config),
     };
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::retrieve))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/embeddings", post(embeddings::create))

@@ -4,8 +4,9 @@
 //! returns. What passes becomes a [`ChatRequest`].
 
 use super::MODELS;
+use super::tools::{self, Choice, Tool};
 use super::wire::{self, ApiError, kind_of};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 /// The highest `n` the simulator accepts.
 pub const MAX_N: i64 = 8;
@@ -29,8 +30,21 @@ pub struct ChatRequest {
     pub n: usize,
     /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<usize>,
-    /// The function to call instead of answering in text.
-    pub tool: Option<String>,
+    /// The function to call instead of answering in text (see `tools`).
+    pub tool: Option<Tool>,
+    /// How the text answer is written.
+    pub format: Format,
+}
+
+/// `response_format` (chat) or `text.format` (Responses API).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    Text,
+    /// Any JSON object: the verdict as `threat_type`, `severity`,
+    /// `rationale`.
+    JsonObject,
+    /// An instance of this schema (see `schema`).
+    JsonSchema(Value),
 }
 
 /// Parses a request for one of the base models only.
@@ -67,8 +81,10 @@ pub fn parse_for(body: &[u8], tuned: &dyn Fn(&str) -> bool) -> Result<ChatReques
         Some(limit) => Some(limit),
         None => integer(&request, "max_tokens", 1, i64::MAX)?,
     };
-    let tools = tools(&request)?;
-    let tool = tool_to_call(&request, &tools, &messages)?;
+    let offered = tools(&request)?;
+    let choice = tool_choice(&request, &offered)?;
+    let tool = tools::decide(&choice, &offered, &messages).cloned();
+    let format = response_format(&request, &messages)?;
     if !MODELS.contains(&model.as_str()) && !tuned(&model) {
         return Err(wire::model_not_found(&model));
     }
@@ -80,10 +96,11 @@ pub fn parse_for(body: &[u8], tuned: &dyn Fn(&str) -> bool) -> Result<ChatReques
         n: usize::try_from(n).unwrap_or(1),
         max_tokens: max_tokens.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
         tool,
+        format,
     })
 }
 
-fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
+pub fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::invalid(format!(
         "Invalid type for '{param}': expected {expected}, but got {} instead.",
         kind_of(got)
@@ -92,14 +109,14 @@ fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
     .code("invalid_type")
 }
 
-fn missing(param: &str) -> ApiError {
+pub fn missing(param: &str) -> ApiError {
     ApiError::invalid(format!("Missing required parameter: '{param}'."))
         .param(param)
         .code("missing_required_parameter")
 }
 
 /// A field that is absent or `null` counts as not given, as OpenAI has it.
-fn given<'r>(request: &'r Map<String, Value>, field: &str) -> Option<&'r Value> {
+pub fn given<'r>(request: &'r Map<String, Value>, field: &str) -> Option<&'r Value> {
     request.get(field).filter(|v| !v.is_null())
 }
 
@@ -172,7 +189,7 @@ fn messages(request: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
     Ok(messages.clone())
 }
 
-fn boolean(
+pub fn boolean(
     request: &Map<String, Value>,
     field: &str,
     param: &str,
@@ -200,7 +217,7 @@ fn stream_options(request: &Map<String, Value>, stream: bool) -> Result<bool, Ap
 }
 
 /// An integer field within `min..=max`; whole decimals (`2.0`) count.
-fn integer(
+pub fn integer(
     request: &Map<String, Value>,
     field: &str,
     min: i64,
@@ -250,7 +267,12 @@ fn integer(
 
 /// A number field within `min..=max`; the simulator ignores its value, but
 /// a provider would refuse it out of range.
-fn number(request: &Map<String, Value>, field: &str, min: f64, max: f64) -> Result<(), ApiError> {
+pub fn number(
+    request: &Map<String, Value>,
+    field: &str,
+    min: f64,
+    max: f64,
+) -> Result<(), ApiError> {
     let Some(value) = given(request, field) else {
         return Ok(());
     };
@@ -274,8 +296,8 @@ fn number(request: &Map<String, Value>, field: &str, min: f64, max: f64) -> Resu
     Ok(())
 }
 
-/// The names of the functions offered in `tools`.
-fn tools(request: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+/// The functions offered in `tools`, each with its parameters schema.
+fn tools(request: &Map<String, Value>) -> Result<Vec<Tool>, ApiError> {
     let tools = match given(request, "tools") {
         None => return Ok(Vec::new()),
         Some(Value::Array(tools)) => tools,
@@ -300,73 +322,187 @@ fn tools(request: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
                     .code("invalid_value"));
                 }
             }
-            match given(fields, "function").and_then(|f| given(f.as_object()?, "name")) {
-                Some(Value::String(name)) if !name.is_empty() => Ok(name.clone()),
-                Some(other) => Err(invalid_type(
-                    &format!("{at}.function.name"),
-                    "a string",
-                    other,
-                )),
-                None => Err(missing(&format!("{at}.function.name"))),
-            }
+            let function = given(fields, "function").and_then(Value::as_object);
+            let name = match function.and_then(|f| given(f, "name")) {
+                Some(Value::String(name)) if !name.is_empty() => name.clone(),
+                Some(other) => {
+                    return Err(invalid_type(
+                        &format!("{at}.function.name"),
+                        "a string",
+                        other,
+                    ));
+                }
+                None => return Err(missing(&format!("{at}.function.name"))),
+            };
+            let parameters = parameters(
+                function.and_then(|f| given(f, "parameters")),
+                &format!("{at}.function.parameters"),
+            )?;
+            Ok(Tool { name, parameters })
         })
         .collect()
 }
 
-/// The function the model calls: the one `tool_choice` names, else the
-/// first; none when tools are off or the last message is already a tool's
-/// result (the model then answers in text).
-fn tool_to_call(
-    request: &Map<String, Value>,
-    tools: &[String],
-    messages: &[Value],
-) -> Result<Option<String>, ApiError> {
+/// A function's `parameters`: an object schema, `{"type":"object"}` when
+/// absent.
+pub fn parameters(given: Option<&Value>, param: &str) -> Result<Value, ApiError> {
+    match given {
+        None => Ok(json!({"type": "object"})),
+        Some(schema @ Value::Object(_)) => Ok(schema.clone()),
+        Some(other) => Err(invalid_type(param, "an object", other)),
+    }
+}
+
+/// `tool_choice`: a mode, or a function that must be one of the tools.
+/// `named` reads a choice object's function name (the chat and the
+/// Responses API put it in different places).
+pub fn choice_of(
+    given: Option<&Value>,
+    tools: &[Tool],
+    named: fn(&Map<String, Value>) -> Option<&str>,
+    name_param: &str,
+) -> Result<Choice, ApiError> {
     let without_tools = || {
         ApiError::invalid(
             "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
         )
         .param("tool_choice")
     };
-    let named = match given(request, "tool_choice") {
-        None => None,
+    match given {
+        None => Ok(Choice::Auto),
         Some(Value::String(choice)) => match choice.as_str() {
-            "none" => return Ok(None),
-            "auto" | "required" if tools.is_empty() => return Err(without_tools()),
-            "auto" | "required" => None,
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "Invalid value: '{other}'. Supported values are: 'none', 'auto', and 'required'."
-                ))
-                .param("tool_choice")
-                .code("invalid_value"));
-            }
+            "none" => Ok(Choice::None),
+            "auto" | "required" if tools.is_empty() => Err(without_tools()),
+            "auto" => Ok(Choice::Auto),
+            "required" => Ok(Choice::Required),
+            other => Err(ApiError::invalid(format!(
+                "Invalid value: '{other}'. Supported values are: 'none', 'auto', and 'required'."
+            ))
+            .param("tool_choice")
+            .code("invalid_value")),
         },
         Some(Value::Object(choice)) => {
-            let name = choice
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| missing("tool_choice.function.name"))?;
+            let name = named(choice).ok_or_else(|| missing(name_param))?;
             if tools.is_empty() {
                 return Err(without_tools());
             }
-            if !tools.iter().any(|t| t == name) {
+            if !tools.iter().any(|t| t.name == name) {
                 return Err(ApiError::invalid(format!(
                     "Invalid value for 'tool_choice': function '{name}' is not one of the 'tools'."
                 ))
                 .param("tool_choice"));
             }
-            Some(name.to_string())
+            Ok(Choice::Named(name.to_string()))
         }
-        Some(other) => return Err(invalid_type("tool_choice", "a string or object", other)),
-    };
-    let answered = messages
-        .last()
-        .is_some_and(|m| matches!(m["role"].as_str(), Some("tool" | "function")));
-    if answered {
-        return Ok(None);
+        Some(other) => Err(invalid_type("tool_choice", "a string or object", other)),
     }
-    Ok(named.or_else(|| tools.first().cloned()))
+}
+
+fn tool_choice(request: &Map<String, Value>, tools: &[Tool]) -> Result<Choice, ApiError> {
+    choice_of(
+        given(request, "tool_choice"),
+        tools,
+        |choice| choice.get("function")?.get("name")?.as_str(),
+        "tool_choice.function.name",
+    )
+}
+
+/// `response_format`; `json_object` needs the word "json" somewhere in the
+/// messages, as OpenAI requires.
+fn response_format(request: &Map<String, Value>, messages: &[Value]) -> Result<Format, ApiError> {
+    let Some(format) = given(request, "response_format") else {
+        return Ok(Format::Text);
+    };
+    let Value::Object(fields) = format else {
+        return Err(invalid_type("response_format", "an object", format));
+    };
+    let format = format_of(fields, "response_format", |f| {
+        let Some(spec) = given(f, "json_schema") else {
+            return Err(missing("response_format.json_schema"));
+        };
+        let Value::Object(spec) = spec else {
+            return Err(invalid_type(
+                "response_format.json_schema",
+                "an object",
+                spec,
+            ));
+        };
+        Ok(spec)
+    })?;
+    if format == Format::JsonObject {
+        json_mentioned(
+            messages.iter().map(super::chat::text_of),
+            "messages",
+            "response_format",
+        )?;
+    }
+    Ok(format)
+}
+
+/// A format object (`{"type": …}`); `schema_holder` finds the object with
+/// `name` and `schema` (nested in chat, the format itself in the
+/// Responses API).
+pub fn format_of<'f>(
+    fields: &'f Map<String, Value>,
+    param: &str,
+    schema_holder: impl Fn(&'f Map<String, Value>) -> Result<&'f Map<String, Value>, ApiError>,
+) -> Result<Format, ApiError> {
+    match given(fields, "type") {
+        None => Err(missing(&format!("{param}.type"))),
+        Some(Value::String(kind)) => match kind.as_str() {
+            "text" => Ok(Format::Text),
+            "json_object" => Ok(Format::JsonObject),
+            "json_schema" => {
+                let holder = schema_holder(fields)?;
+                let holder_param = if std::ptr::eq(holder, fields) {
+                    param.to_string()
+                } else {
+                    format!("{param}.json_schema")
+                };
+                match given(holder, "name") {
+                    Some(Value::String(name)) if !name.is_empty() => {}
+                    None => return Err(missing(&format!("{holder_param}.name"))),
+                    Some(other) => {
+                        return Err(invalid_type(
+                            &format!("{holder_param}.name"),
+                            "a string",
+                            other,
+                        ));
+                    }
+                }
+                match given(holder, "schema") {
+                    None => Ok(Format::JsonSchema(json!({}))),
+                    Some(schema @ Value::Object(_)) => Ok(Format::JsonSchema(schema.clone())),
+                    Some(other) => Err(invalid_type(
+                        &format!("{holder_param}.schema"),
+                        "an object",
+                        other,
+                    )),
+                }
+            }
+            other => Err(ApiError::invalid(format!(
+                "Invalid value: '{other}'. Supported values are: 'text', 'json_object', and 'json_schema'."
+            ))
+            .param(format!("{param}.type"))
+            .code("invalid_value")),
+        },
+        Some(other) => Err(invalid_type(&format!("{param}.type"), "a string", other)),
+    }
+}
+
+/// OpenAI refuses JSON mode unless the prompt asks for JSON.
+pub fn json_mentioned(
+    mut texts: impl Iterator<Item = String>,
+    param: &str,
+    format: &str,
+) -> Result<(), ApiError> {
+    if texts.any(|t| t.to_lowercase().contains("json")) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(format!(
+        "'{param}' must contain the word 'json' in some form, to use '{format}' of type 'json_object'."
+    ))
+    .param(param))
 }
 
 #[cfg(test)]
@@ -440,28 +576,78 @@ mod tests {
     }
 
     #[test]
-    fn tools_are_called_unless_answered_or_off() {
-        let tools = json!([{"type": "function", "function": {"name": "isolate"}},
+    fn tool_choice_decides_the_call() {
+        let tools = json!([{"type": "function", "function": {"name": "isolate",
+                              "parameters": {"type": "object", "properties": {"host": {"type": "string"}}}}},
                            {"type": "function", "function": {"name": "ticket"}}]);
         let mut body = with("tools", tools);
-        assert_eq!(
-            parse(body.to_string().as_bytes()).unwrap().tool.as_deref(),
-            Some("isolate")
-        );
+        let tool = |body: &Value| parse(body.to_string().as_bytes()).unwrap().tool;
+        // auto, and the prompt asks for neither.
+        assert_eq!(tool(&body), None);
+        body["tool_choice"] = json!("required");
+        let called = tool(&body).unwrap();
+        assert_eq!(called.name, "isolate");
+        assert_eq!(called.parameters["properties"]["host"]["type"], "string");
         body["tool_choice"] = json!({"type": "function", "function": {"name": "ticket"}});
+        let called = tool(&body).unwrap();
         assert_eq!(
-            parse(body.to_string().as_bytes()).unwrap().tool.as_deref(),
-            Some("ticket")
+            (called.name.as_str(), &called.parameters),
+            ("ticket", &json!({"type": "object"}))
         );
         body["tool_choice"] = json!("none");
-        assert_eq!(parse(body.to_string().as_bytes()).unwrap().tool, None);
+        assert_eq!(tool(&body), None);
         body["tool_choice"] = json!("auto");
+        body["messages"] = json!([{"role": "user", "content": "Open a ticket for whoami"}]);
+        assert_eq!(tool(&body).unwrap().name, "ticket");
         body["messages"] = json!([
-            {"role": "user", "content": "whoami"},
-            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "isolate", "arguments": "{}"}}]},
+            {"role": "user", "content": "Open a ticket for whoami"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "ticket", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "done"}
         ]);
-        assert_eq!(parse(body.to_string().as_bytes()).unwrap().tool, None);
+        assert_eq!(tool(&body), None);
+        body["tool_choice"] = json!({"type": "function", "function": {"name": "nope"}});
+        assert_eq!(error_of(body), (400, Some("tool_choice".to_string())));
+    }
+
+    #[test]
+    fn response_formats_are_read_and_checked() {
+        let format = |value: Value| parse(with("response_format", value).to_string().as_bytes());
+        assert_eq!(
+            format(json!({"type": "text"})).unwrap().format,
+            Format::Text
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        assert_eq!(
+            format(json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": schema}}))
+                .unwrap()
+                .format,
+            Format::JsonSchema(schema)
+        );
+        let param = |value: Value| format(value).unwrap_err().param;
+        // The prompt does not say JSON.
+        assert_eq!(
+            param(json!({"type": "json_object"})).as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            param(json!({"type": "json_schema"})).as_deref(),
+            Some("response_format.json_schema")
+        );
+        assert_eq!(
+            param(json!({"type": "json_schema", "json_schema": {"schema": {}}})).as_deref(),
+            Some("response_format.json_schema.name")
+        );
+        assert_eq!(
+            param(json!({"type": "yaml"})).as_deref(),
+            Some("response_format.type")
+        );
+        assert_eq!(param(json!("json")).as_deref(), Some("response_format"));
+        let mut body = with("response_format", json!({"type": "json_object"}));
+        body["messages"] = json!([{"role": "user", "content": "Answer in JSON: whoami"}]);
+        assert_eq!(
+            parse(body.to_string().as_bytes()).unwrap().format,
+            Format::JsonObject
+        );
     }
 
     #[test]

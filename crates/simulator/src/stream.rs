@@ -111,7 +111,12 @@ pub fn respond(
     token_delay: Duration,
     drop_after: Option<usize>,
 ) -> Response {
-    let events = events(&completion).into_iter();
+    send(events(&completion), token_delay, drop_after)
+}
+
+/// Any list of events as an SSE body, paced and dropped as `respond` says.
+pub fn send(events: Vec<Event>, token_delay: Duration, drop_after: Option<usize>) -> Response {
+    let events = events.into_iter();
     let body =
         futures_util::stream::unfold((events, 0usize), move |(mut events, sent)| async move {
             let event = events.next()?;
@@ -228,7 +233,7 @@ mod tests {
     fn streamed_tool_calls_name_the_function_once() {
         let (chunks, _) = chunks(json!({"model": "gpt-4o", "stream": true,
             "tools": [{"type": "function", "function": {"name": "isolate"}}],
-            "messages": [{"role": "user", "content": "psexec to DC01"}]}));
+            "messages": [{"role": "user", "content": "psexec to DC01, isolate it"}]}));
         let calls: Vec<&Value> = chunks
             .iter()
             .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))

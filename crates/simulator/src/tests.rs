@@ -112,6 +112,7 @@ async fn a_stream_is_data_events_ending_with_done() {
 async fn a_streamed_tool_call_comes_in_fragments() {
     let mut body = triage(true);
     body["tools"] = json!([{"type": "function", "function": {"name": "isolate_host", "parameters": {"type": "object"}}}]);
+    body["tool_choice"] = json!("required");
     let (status, _, text) = send(post("/v1/chat/completions", &body, &[])).await;
     assert_eq!(status, 200);
     let events = sse(&text);
@@ -508,3 +509,62 @@ async fn call_json(app: &Router, request: Request<Body>) -> (u16, Value) {
 
 mod files;
 mod fine_tuning;
+
+#[tokio::test]
+async fn responses_are_created_streamed_retrieved_and_chained() {
+    let sim = router(SimulatorConfig::default());
+    let call = |request: Request<Body>| {
+        let sim = sim.clone();
+        async move {
+            let response = sim.oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, headers, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let (status, _, text) = call(post(
+        "/v1/responses",
+        &json!({"model": "gpt-4o", "input": "mimikatz sekurlsa on WS-042"}),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let first: Value = serde_json::from_str(&text).unwrap();
+    let id = first["id"].as_str().unwrap();
+    let (status, _, text) = call(
+        Request::get(format!("/v1/responses/{id}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), first);
+
+    let (status, headers, text) = call(post(
+        "/v1/responses",
+        &json!({"model": "gpt-4o", "stream": true, "previous_response_id": id,
+                "input": [{"role": "user", "content": "And the severity?"}]}),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let events: Vec<&str> = text.split_terminator("\n\n").collect();
+    assert!(events[0].starts_with("event: response.created\ndata: {"));
+    assert!(
+        events
+            .last()
+            .unwrap()
+            .starts_with("event: response.completed\n")
+    );
+    assert!(!text.contains("[DONE]"));
+
+    let (status, _, text) = call(
+        Request::get("/v1/responses/resp_missing")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_error(status, &text, 404, "invalid_request_error");
+}

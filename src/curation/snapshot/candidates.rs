@@ -60,6 +60,7 @@ fn query(filter: &DatasetFilter, cursor: Option<String>) -> ListQuery {
         duplicate: filter.duplicate,
         upstream_error: filter.upstream_error,
         min_answer_chars: filter.min_answer_chars,
+        background_task: filter.background_task,
         cursor,
         limit: Some(PAGE),
         q: None,

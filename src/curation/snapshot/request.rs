@@ -63,6 +63,9 @@ pub struct DatasetFilter {
     pub upstream_error: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_answer_chars: Option<u32>,
+    /// Chat apps' housekeeping requests only; left out unless `true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_task: Option<bool>,
 }
 
 fn invalid(message: String, param: &str) -> DatasetError {

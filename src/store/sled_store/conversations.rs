@@ -721,6 +721,7 @@ mod tests {
                 upstream_error: failed,
                 text_hash: Some(hash.to_string()),
                 duplicate_of: None,
+                background_task: false,
             };
             capture(&store, vec![t]);
             store.conversation(conv).unwrap().unwrap().signals

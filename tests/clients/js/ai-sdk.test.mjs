@@ -1,0 +1,138 @@
+// The Vercel AI SDK (`ai` + `@ai-sdk/openai`, versions pinned in
+// package-lock.json) against the real proxy in front of the real
+// simulator: a unary call, a stream, structured output and a tool loop
+// through the chat provider (`openai.chat('triage')`), each asked of the
+// admin API afterwards — captured, and the tool loop threaded as one
+// conversation. Every test sends its own `x-flywheel-user`, so the admin
+// API's `user` filter finds exactly its exchanges.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { createOpenAI } from '@ai-sdk/openai';
+import { generateText, streamText, generateObject, tool, stepCountIs } from 'ai';
+import { z } from 'zod';
+import { startStack, adminApi } from '../../browser/harness.mjs';
+
+const ALERT = 'Endpoint alert: LSASS memory dumped by rundll32.exe via comsvcs.dll MiniDump on host WS-042.';
+let stack;
+let admin;
+
+before(async () => {
+  stack = await startStack({ client: 'client' });
+  admin = adminApi(stack.url, stack.admin);
+});
+
+after(async () => {
+  await stack?.stop();
+});
+
+/** A provider whose every request names `user` to Flywheel. */
+function provider(user) {
+  return createOpenAI({ baseURL: `${stack.url}/v1`, apiKey: stack.keys.client, headers: { 'x-flywheel-user': user } });
+}
+
+/** The conversations `user` has once they hold `turns` stored turns in
+ * all; fails with what it last saw after 15 s. */
+async function captured(user, turns) {
+  const deadline = Date.now() + 15000;
+  let last;
+  while (Date.now() < deadline) {
+    const list = await admin(`/conversations?user=${encodeURIComponent(user)}`);
+    last = list.body;
+    if (list.status === 200) {
+      const details = [];
+      for (const summary of list.body.data) {
+        details.push((await admin(`/conversations/${summary.id}`)).body);
+      }
+      const stored = details.flatMap((d) => d.turns ?? []).filter((t) => t.status === 'ok');
+      if (stored.length >= turns) return details;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${user} never had ${turns} stored turns: ${JSON.stringify(last)}`);
+}
+
+test('unary generateText is answered and captured', async () => {
+  const user = `ai-sdk-unary-${randomUUID()}`;
+  const { text, usage } = await generateText({ model: provider(user).chat('triage'), prompt: ALERT });
+  assert.match(text, /^Threat type: credential_access/);
+  assert.ok(usage.inputTokens > 0 && usage.outputTokens > 0);
+  const [conversation] = await captured(user, 1);
+  assert.equal(conversation.turns[0].response.message.content, text);
+});
+
+test('streamText streams and is captured whole', async () => {
+  const user = `ai-sdk-stream-${randomUUID()}`;
+  const result = streamText({ model: provider(user).chat('triage'), prompt: ALERT });
+  const parts = [];
+  for await (const part of result.textStream) parts.push(part);
+  assert.ok(parts.length > 3, 'several deltas');
+  const text = parts.join('');
+  assert.match(text, /^Threat type: credential_access/);
+  const [conversation] = await captured(user, 1);
+  assert.equal(conversation.turns[0].streamed, true);
+  assert.equal(conversation.turns[0].response.message.content, text);
+});
+
+test('generateObject gets an object valid against its schema', async () => {
+  const user = `ai-sdk-object-${randomUUID()}`;
+  const schema = z.object({
+    threat_type: z.string(),
+    severity: z.enum(['informational', 'low', 'medium', 'high', 'critical']),
+    rationale: z.string(),
+    indicators: z.array(z.string()),
+  });
+  const { object } = await generateObject({ model: provider(user).chat('triage'), schema, prompt: ALERT });
+  assert.equal(object.threat_type, 'credential_access');
+  assert.equal(object.severity, 'high');
+  assert.ok(object.indicators.length >= 1);
+  const [conversation] = await captured(user, 1);
+  assert.equal(conversation.turns[0].request.params.response_format.type, 'json_schema');
+});
+
+test('a tool loop runs the tool and threads into one conversation', async () => {
+  const user = `ai-sdk-tools-${randomUUID()}`;
+  const calls = [];
+  const result = await generateText({
+    model: provider(user).chat('triage'),
+    tools: {
+      lookup_host: tool({
+        description: 'Look up the owner and role of a host',
+        inputSchema: z.object({ hostname: z.string() }),
+        execute: async ({ hostname }) => {
+          calls.push(hostname);
+          return { hostname, owner: 'alice', role: 'workstation' };
+        },
+      }),
+    },
+    stopWhen: stepCountIs(4),
+    prompt: `${ALERT} Look up the host first.`,
+  });
+  assert.equal(calls.length, 1, 'the tool ran once');
+  assert.equal(result.steps.length, 2, 'a call, then the answer');
+  assert.match(result.text, /Threat type:/);
+  const conversations = await captured(user, 2);
+  assert.equal(conversations.length, 1, 'one conversation');
+  const turns = conversations[0].turns;
+  assert.equal(turns.length, 2);
+  assert.equal(turns[0].response.message.tool_calls[0].function.name, 'lookup_host');
+  assert.match(turns[1].response.message.content, /Threat type:/);
+});
+
+test('the Responses provider reaches the provider through the pass-through', async () => {
+  // `POST /v1/responses` is relayed untouched to the default provider: the
+  // alias is not resolved there, so the provider's own model name is used.
+  const model = provider('ai-sdk-responses').responses('gpt-4o-mini');
+  const { text } = await generateText({ model, prompt: ALERT });
+  assert.match(text, /^Threat type: credential_access/);
+  const streamed = streamText({ model, prompt: ALERT });
+  const parts = [];
+  for await (const part of streamed.textStream) parts.push(part);
+  assert.ok(parts.length > 3, 'typed delta events arrive one by one');
+  assert.equal(parts.join(''), text);
+});
+
+test('the Responses provider with the alias', { skip: 'POST /v1/responses is relayed, not yet captured' }, async () => {
+  await generateText({ model: provider('ai-sdk-responses-alias')('triage'), prompt: ALERT });
+});

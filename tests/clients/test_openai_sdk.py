@@ -1,0 +1,92 @@
+"""The official openai SDK: chat, `chat.completions.parse`, the streaming
+helper, a tool loop, and the Responses API through the pass-through."""
+import json
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from conftest import ALERT, SYSTEM, base_url, captured, one_conversation
+
+
+class Triage(BaseModel):
+    threat_type: str
+    severity: str
+    rationale: str
+
+
+def client(proxy, user) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url(proxy), api_key=proxy.keys["client"],
+                         default_headers={"x-flywheel-user": user})
+
+
+MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ALERT}]
+
+
+def test_unary(proxy, user):
+    completion = client(proxy, user).chat.completions.create(model="triage", messages=MESSAGES)
+    assert completion.choices[0].message.content.startswith("Threat type: credential_access")
+    turn = one_conversation(proxy, user, 1)["turns"][0]
+    assert turn["response"]["message"]["content"] == completion.choices[0].message.content
+
+
+def test_stream_helper(proxy, user):
+    with client(proxy, user).chat.completions.stream(
+            model="triage", messages=MESSAGES, stream_options={"include_usage": True}) as stream:
+        deltas = [e.delta for e in stream if e.type == "content.delta"]
+        final = stream.get_final_completion()
+    assert len(deltas) > 3
+    assert "".join(deltas) == final.choices[0].message.content
+    turn = one_conversation(proxy, user, 1)["turns"][0]
+    assert turn["streamed"] is True
+    assert turn["response"]["message"]["content"] == final.choices[0].message.content
+
+
+def test_parse_structured_output(proxy, user):
+    completion = client(proxy, user).chat.completions.parse(
+        model="triage", messages=MESSAGES, response_format=Triage)
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Triage)
+    assert (parsed.threat_type, parsed.severity) == ("credential_access", "high")
+    turn = one_conversation(proxy, user, 1)["turns"][0]
+    assert turn["request"]["params"]["response_format"]["type"] == "json_schema"
+
+
+def test_tool_loop(proxy, user):
+    c = client(proxy, user)
+    tools = [openai.pydantic_function_tool(LookupHost)]
+    messages = [MESSAGES[0], {"role": "user", "content": f"{ALERT} Look up the host first."}]
+    first = c.chat.completions.parse(model="triage", messages=messages, tools=tools).choices[0].message
+    assert first.tool_calls and first.tool_calls[0].function.name == "LookupHost"
+    arguments = first.tool_calls[0].function.parsed_arguments
+    assert isinstance(arguments, LookupHost)
+    messages.append(first)
+    messages.append({"role": "tool", "tool_call_id": first.tool_calls[0].id,
+                     "content": json.dumps({"owner": "alice", "role": "workstation"})})
+    second = c.chat.completions.create(model="triage", messages=messages, tools=tools).choices[0].message
+    assert not second.tool_calls and second.content.startswith("Threat type:")
+    conversation = one_conversation(proxy, user, 2)
+    assert conversation["turns"][0]["response"]["message"]["tool_calls"]
+
+
+class LookupHost(BaseModel):
+    """Look up the owner and role of a host."""
+    hostname: str
+
+
+def test_responses_through_the_pass_through(proxy, user):
+    """`POST /v1/responses` is relayed untouched to the default provider
+    (the alias is not resolved there), so the provider's model name works."""
+    c = client(proxy, user)
+    response = c.responses.create(model="gpt-4o-mini", input=ALERT)
+    assert response.output_text.startswith("Threat type: credential_access")
+    with c.responses.stream(model="gpt-4o-mini", input=ALERT) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == response.output_text
+
+
+@pytest.mark.skip(reason="POST /v1/responses is relayed, not yet captured")
+def test_responses_with_the_alias(proxy, user):
+    client(proxy, user).responses.create(model="triage", input=ALERT)
+    captured(proxy, user, 1)
