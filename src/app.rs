@@ -82,7 +82,7 @@ impl Application {
         secrets: Secrets,
         listener: TcpListener,
     ) -> Result<Self, StartError> {
-        let store = crate::store::open(&config.server.data_dir)?;
+        let store = crate::store::open_configured(&config, &secrets)?;
         Self::build_with_store(config, secrets, listener, store)
     }
 
@@ -187,6 +187,8 @@ impl Application {
             shutdown.clone(),
         ));
         tasks.spawn(shrink_limiter(state.clone(), shutdown.clone()));
+        // Replicas sharing a database: reload what another one changed.
+        crate::replication::follow_changes(&state, shutdown.clone());
         tasks.spawn(crate::experiment::run_guardrails(
             state.clone(),
             shutdown.clone(),

@@ -58,12 +58,12 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         seed: usize,
     },
-    /// Create, list or revoke API keys (the server must not be running).
+    /// Create, list or revoke API keys (with the embedded store, the server must not be running; with PostgreSQL it may).
     Keys {
         #[command(subcommand)]
         action: KeysAction,
     },
-    /// Write conversations with their turns and feedback, or one dataset's files, as JSONL (the server must not be running).
+    /// Write conversations with their turns and feedback, or one dataset's files, as JSONL (with the embedded store, the server must not be running; with PostgreSQL it may).
     Export {
         #[arg(long)]
         out: PathBuf,
@@ -76,6 +76,8 @@ enum Command {
     },
     /// Validate the config and print it as it takes effect (secrets masked).
     CheckConfig,
+    /// Create or upgrade the PostgreSQL schema (`[store] kind = "postgres"`) and exit; `serve` also does this at start.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -177,7 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("cannot listen on {} (server.listen)", config.server.listen)
                     })?;
-                let app = Application::build(config, secrets, listener)?;
+                let app = Application::build(config, secrets, listener).map_err(start_error)?;
                 tracing::info!(addr = %app.local_addr()?, "flywheel is serving");
                 app.run_until_stopped(shutdown_signal()).await?;
                 Ok(())
@@ -229,6 +231,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(ran?)
         }
         Command::Keys { action } => keys(&load_config(&cli.config)?, action),
+        Command::Migrate => {
+            let config = load_config(&cli.config)?;
+            if config.store.kind != flywheel::config::StoreKind::Postgres {
+                eprintln!(
+                    "error: config key `store.kind`: is \"sled\"; `flywheel migrate` is for \"postgres\" (the embedded store migrates itself when it opens)"
+                );
+                return Err(anyhow::Error::new(Exit(2)));
+            }
+            let secrets = Secrets::resolve(&config, |v| std::env::var(v).ok());
+            let done = flywheel::store::postgres_options(&config, &secrets)
+                .and_then(|options| flywheel::store::postgres::migrate(&options))
+                .map_err(store_error)?;
+            eprintln!("{done}");
+            Ok(())
+        }
         Command::Export {
             out,
             dataset,
@@ -257,7 +274,7 @@ fn export(
     dataset: Option<&str>,
     split: SplitArg,
 ) -> anyhow::Result<()> {
-    let store = flywheel::store::open(&config.server.data_dir)?;
+    let store = open_store(config)?;
     // A dataset id is checked before the output file is created, so a
     // mistyped id leaves nothing behind.
     if let Some(id) = dataset
@@ -286,8 +303,33 @@ fn export(
     Ok(())
 }
 
+/// A store that cannot be used as configured exits 2 with what the
+/// config key is and what is wrong; other failures are runtime ones.
+fn store_error(e: flywheel::store::StoreError) -> anyhow::Error {
+    match e {
+        e @ flywheel::store::StoreError::Config { .. } => {
+            eprintln!("error: {e}");
+            anyhow::Error::new(Exit(2))
+        }
+        other => other.into(),
+    }
+}
+
+fn start_error(e: flywheel::app::StartError) -> anyhow::Error {
+    match e {
+        flywheel::app::StartError::Store(e) => store_error(e),
+        other => other.into(),
+    }
+}
+
+/// The store the config names, for a command that runs beside the server.
+fn open_store(config: &Config) -> anyhow::Result<flywheel::store::SharedStore> {
+    let secrets = Secrets::resolve(config, |v| std::env::var(v).ok());
+    flywheel::store::open_configured(config, &secrets).map_err(store_error)
+}
+
 fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
-    let store = flywheel::store::open(&config.server.data_dir)?;
+    let store = open_store(config)?;
     let service = KeyService::open(store)?;
     let mut out = std::io::stdout().lock();
     match action {

@@ -117,7 +117,8 @@ impl KeyService {
         Ok(record)
     }
 
-    fn reload(&self) -> Result<(), KeyError> {
+    /// Reads the keys again (another replica may have changed them).
+    pub fn reload(&self) -> Result<(), KeyError> {
         self.ring.replace(&self.store.keys()?);
         Ok(())
     }

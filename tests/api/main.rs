@@ -27,6 +27,7 @@ mod hardening;
 mod layout;
 mod models;
 mod operations;
+mod postgres;
 mod review;
 mod signals;
 mod streaming;
