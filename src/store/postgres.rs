@@ -67,18 +67,21 @@ pub(crate) struct Ctx {
 }
 
 pub struct PgStore {
-    /// Taken in `drop`, which shuts it down without waiting (a store may
-    /// be dropped on an async thread, where waiting is not allowed).
-    runtime: Option<tokio::runtime::Runtime>,
+    _runtime: OwnedRuntime,
     handle: tokio::runtime::Handle,
     ctx: Arc<Ctx>,
     limit: Duration,
     config: tokio_postgres::Config,
 }
 
-impl Drop for PgStore {
+/// The store's runtime, shut down without waiting when dropped: a store
+/// (or one that failed to open) may be dropped on an async thread, where
+/// waiting is not allowed.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
     }
@@ -143,6 +146,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Io(format!("cannot start the database runtime: {e}")))?;
         let handle = runtime.handle().clone();
+        let runtime = OwnedRuntime(Some(runtime));
         let where_to = describe(&config);
         let limit = options.statement_timeout;
         // Migrations first, on a connection of their own: they may take a
@@ -194,7 +198,7 @@ impl PgStore {
         handle.spawn(probe(Arc::downgrade(&ctx), limit));
         tracing::info!(database = %where_to, "the PostgreSQL store is open");
         Ok(Self {
-            runtime: Some(runtime),
+            _runtime: runtime,
             handle,
             ctx,
             limit,
@@ -210,12 +214,9 @@ impl PgStore {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
         T: Send + 'static,
     {
-        let ctx = self.ctx.clone();
-        let result = run_on(&self.handle, self.limit * 2, work(ctx));
-        if let Err(StoreError::Unavailable(_)) = &result {
-            self.ctx.healthy.store(false, Ordering::Release);
-        }
-        result
+        // Health is the probe's to say: a call that waited too long for a
+        // busy pool says nothing of the database.
+        run_on(&self.handle, self.limit * 2, work(self.ctx.clone()))
     }
 }
 
@@ -276,7 +277,13 @@ async fn probe(ctx: std::sync::Weak<Ctx>, limit: Duration) {
 pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
     use tokio_postgres::error::SqlState;
     let Some(db) = e.as_db_error() else {
-        return StoreError::Unavailable(format!("the database cannot be reached: {e}"));
+        let connection = e.is_closed()
+            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        return if connection {
+            StoreError::Unavailable(format!("the database cannot be reached: {e}"))
+        } else {
+            StoreError::Io(format!("database call failed: {e}"))
+        };
     };
     let code = db.code();
     let transient = code.code().starts_with("08")
@@ -284,10 +291,11 @@ pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
         || code.code().starts_with("57")
         || *code == SqlState::T_R_SERIALIZATION_FAILURE
         || *code == SqlState::T_R_DEADLOCK_DETECTED;
+    let said = format!("{} ({})", db.message(), code.code());
     if transient {
-        StoreError::Unavailable(format!("the database refused the call for now: {e}"))
+        StoreError::Unavailable(format!("the database refused the call for now: {said}"))
     } else {
-        StoreError::Io(format!("database error: {e}"))
+        StoreError::Io(format!("database error: {said}"))
     }
 }
 

@@ -46,14 +46,19 @@ fn millis(rfc3339: &str) -> Result<i64, StoreError> {
         .ok_or(StoreError::NotFound)
 }
 
-/// A listing cursor: the last position looked at, `batch.index`.
+/// A listing cursor: the last position looked at, as hex of its batch
+/// and index (the form the API checks, as the sled store's).
 fn cursor(p: Position) -> String {
-    format!("{}.{}", p.0, p.1)
+    let mut bytes = p.0.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&p.1.to_be_bytes());
+    hex::encode(bytes)
 }
 
 fn parse_cursor(c: &str) -> Option<(i64, i32)> {
-    let (batch, index) = c.split_once('.')?;
-    Some((batch.parse().ok()?, index.parse().ok()?))
+    let bytes = hex::decode(c).ok()?;
+    let batch = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let index = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?);
+    Some((i64::try_from(batch).ok()?, i32::try_from(index).ok()?))
 }
 
 /// Adds `delta` to `into`, dropping counts that reach zero.
@@ -331,7 +336,7 @@ impl PgStore {
             let client = ctx.pool.get().await.map_err(pool_error)?;
             let row = client
                 .query_opt(
-                    "SELECT i.conversation_id, i.turn, i.record->>'sticky'
+                    "SELECT i.conversation_id, i.turn, i.sticky
                      FROM thread_keys t JOIN inferences i ON i.id = t.inference_id
                      WHERE t.key = $1",
                     &[&key],
@@ -635,7 +640,11 @@ impl PgStore {
             let value = value.clone();
             let rows: Vec<(i64, i32, ConversationRecord)> = self.call(move |ctx| async move {
                 let client = ctx.pool.get().await.map_err(pool_error)?;
-                let filter = if column.is_empty() { "TRUE" } else { column };
+                let filter = if column.is_empty() {
+                    "$1::text IS NOT NULL"
+                } else {
+                    column
+                };
                 let sql = format!(
                     "SELECT batch, batch_index, record::text FROM conversations
                      WHERE {filter} AND ($2::bigint IS NULL OR created_ms >= $2)
@@ -953,6 +962,7 @@ async fn insert_inferences(
     let keys: Vec<&str> = records.iter().map(|r| r.key_id.as_str()).collect();
     let users: Vec<Option<&str>> = records.iter().map(|r| r.user.as_deref()).collect();
     let shadows: Vec<Option<&str>> = records.iter().map(|r| r.shadow_of.as_deref()).collect();
+    let sticky: Vec<Option<&str>> = records.iter().map(|r| r.sticky.as_deref()).collect();
     let created: Vec<&str> = records.iter().map(|r| r.created_at.as_str()).collect();
     let json = records
         .iter()
@@ -961,14 +971,14 @@ async fn insert_inferences(
     tx.execute(
         "INSERT INTO inferences (id, conversation_id, turn, completion_id, alias, version,
            provider_model, status, http_status, latency_ms, key_id, end_user, shadow_of,
-           created_at, record)
+           sticky, created_at, record)
          SELECT id, conversation_id, turn, completion_id, alias, version, provider_model, status,
-           http_status, latency_ms, key_id, end_user, shadow_of, created_at, record::json
+           http_status, latency_ms, key_id, end_user, shadow_of, sticky, created_at, record::json
          FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[],
            $7::text[], $8::text[], $9::int4[], $10::float8[], $11::text[], $12::text[],
-           $13::text[], $14::text[], $15::text[])
+           $13::text[], $14::text[], $15::text[], $16::text[])
            AS u(id, conversation_id, turn, completion_id, alias, version, provider_model, status,
-             http_status, latency_ms, key_id, end_user, shadow_of, created_at, record)",
+             http_status, latency_ms, key_id, end_user, shadow_of, sticky, created_at, record)",
         &[
             &ids,
             &conversations,
@@ -983,6 +993,7 @@ async fn insert_inferences(
             &keys,
             &users,
             &shadows,
+            &sticky,
             &created,
             &json,
         ],

@@ -505,7 +505,7 @@ impl PgStore {
             let row = client
                 .query_opt(
                     "INSERT INTO leases (name, holder, expires_at)
-                     VALUES ($1, $2, now() + make_interval(secs => $3 / 1000.0))
+                     VALUES ($1, $2, now() + make_interval(secs => $3::float8 / 1000.0))
                      ON CONFLICT (name) DO UPDATE
                        SET holder = excluded.holder, expires_at = excluded.expires_at
                        WHERE leases.holder = excluded.holder OR leases.expires_at < now()

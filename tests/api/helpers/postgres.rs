@@ -22,7 +22,7 @@ impl TestDatabase {
     pub fn at(url: &str) -> Self {
         Self {
             toml: format!(
-                "\n[store]\nkind = \"postgres\"\nurl_env = \"{URL_ENV}\"\npool_size = 4\nstatement_timeout_ms = 2000\n"
+                "\n[store]\nkind = \"postgres\"\nurl_env = \"{URL_ENV}\"\npool_size = 8\nstatement_timeout_ms = 5000\n"
             ),
             url: url.to_string(),
         }

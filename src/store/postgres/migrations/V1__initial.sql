@@ -74,6 +74,8 @@ CREATE TABLE inferences (
     key_id           text COLLATE "C" NOT NULL,
     end_user         text COLLATE "C",
     shadow_of        text COLLATE "C",
+    -- What the conversation's first turn was assigned a version by.
+    sticky           text COLLATE "C",
     created_at       text COLLATE "C" NOT NULL,
     -- The whole record: request (messages, params) and response included.
     record           json NOT NULL
