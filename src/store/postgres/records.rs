@@ -224,13 +224,37 @@ impl PgStore {
         self.call(move |ctx| async move {
             let mut client = ctx.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(db_error)?;
-            tx.execute(
-                "INSERT INTO model_aliases (alias, record) VALUES ($1, $2::text::json)
-                 ON CONFLICT (alias) DO UPDATE SET record = excluded.record",
-                &[&alias, &value],
-            )
-            .await
-            .map_err(db_error)?;
+            // Written only over an older revision: a replica whose copy
+            // was stale (another changed the alias a moment ago) is
+            // refused, not allowed to undo that change. Writing the same
+            // record again is a no-op.
+            let written = tx
+                .execute(
+                    "INSERT INTO model_aliases (alias, record) VALUES ($1, $2::text::json)
+                     ON CONFLICT (alias) DO UPDATE SET record = excluded.record
+                     WHERE (model_aliases.record->>'revision')::bigint
+                         < (excluded.record->>'revision')::bigint",
+                    &[&alias, &value],
+                )
+                .await
+                .map_err(db_error)?;
+            if written == 0 {
+                let stored: String = tx
+                    .query_one(
+                        "SELECT record::text FROM model_aliases WHERE alias = $1",
+                        &[&alias],
+                    )
+                    .await
+                    .map_err(db_error)?
+                    .get(0);
+                let same = serde_json::from_str::<serde_json::Value>(&stored).ok()
+                    == serde_json::from_str::<serde_json::Value>(&value).ok();
+                if !same {
+                    return Err(StoreError::Unavailable(format!(
+                        "model alias `{alias}` was changed by another replica a moment ago; retry"
+                    )));
+                }
+            }
             tx.execute(
                 "INSERT INTO model_history (id, alias, record) VALUES ($1, $2, $3::text::json)
                  ON CONFLICT (id) DO UPDATE SET record = excluded.record",
