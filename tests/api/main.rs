@@ -29,6 +29,7 @@ mod models;
 mod operations;
 mod postgres;
 mod postgres_cli;
+mod replicas;
 mod review;
 mod signals;
 mod store_conformance;
