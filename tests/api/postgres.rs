@@ -200,3 +200,78 @@ async fn two_replicas_on_one_database_share_promotions_keys_and_feedback() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].threat_type.as_deref(), Some("credential_access"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_under_load_loses_no_acknowledged_feedback() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cluster = Cluster::start();
+    let db = database_in(&cluster.url(), "restart").await;
+    let app = std::sync::Arc::new(
+        spawn_app_with(Options {
+            database: Some(db.url),
+            ..Options::default()
+        })
+        .await,
+    );
+    // Clients send until the database is back and ready, then a few more.
+    let recovered = std::sync::Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (app, recovered) = (app.clone(), recovered.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut acknowledged, mut refused) = (Vec::new(), 0);
+            let mut after = 0;
+            while after < 5 {
+                if recovered.load(Ordering::Acquire) {
+                    after += 1;
+                }
+                let response = chat(&app).await;
+                assert_eq!(response.status(), 200, "chats are served throughout");
+                let inference = response.headers()["x-flywheel-inference-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let rated = feedback(&app, &inference).await;
+                match rated.status().as_u16() {
+                    201 => {
+                        let body: Value = rated.json().await.unwrap();
+                        acknowledged.push((inference, body["id"].as_str().unwrap().to_string()));
+                    }
+                    // Refused while the database is away (or while its
+                    // turn waits to be stored): never acknowledged.
+                    503 | 404 => refused += 1,
+                    other => panic!("feedback answered {other}"),
+                }
+            }
+            (acknowledged, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.down();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.up();
+    eventually(
+        "/readyz to say 200 after the restart",
+        Duration::from_secs(20),
+        || async { (ready(&app).await == 200).then_some(()) },
+    )
+    .await;
+    recovered.store(true, Ordering::Release);
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    for c in clients {
+        let (a, r) = c.await.unwrap();
+        acknowledged.extend(a);
+        refused += r;
+    }
+    assert!(refused > 0, "the restart happened under load");
+    assert!(!acknowledged.is_empty());
+    for (inference, feedback_id) in &acknowledged {
+        let stored = app.state.store.feedback_for(inference).unwrap();
+        assert!(
+            stored.iter().any(|f| f.id == *feedback_id),
+            "acknowledged feedback {feedback_id} is stored"
+        );
+    }
+    // Capture goes on by itself.
+    captured_inference(&app).await;
+}
