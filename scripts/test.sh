@@ -102,14 +102,19 @@ else
 fi
 
 stage "the API suite again, against the PostgreSQL store (FLYWHEEL_TEST_STORE=postgres)"
-# Every test that runs the app in process, each with a schema of its own;
-# those about the embedded store's own files (full disk, upgrade of a
-# sled store, SIGKILL durability of sled's flush window) and those that
-# start the real binary (tests/api/cli.rs, demo.rs, their own config) are
-# about sled and run above.
+# Every test that runs the app in process, each with a schema of its own.
+# Left out: those about the embedded store's own files (full disk, upgrade
+# of a sled store, SIGKILL durability of sled's flush window), those that
+# start the real binary with configs of their own (cli.rs, demo.rs), and
+# those that choose their stores themselves and ran above (postgres*.rs,
+# replicas.rs, store_conformance.rs).
 if cargo nextest --version >/dev/null 2>&1; then
   FLYWHEEL_TEST_STORE=postgres cargo nextest run -p flywheel --test api --no-fail-fast \
-    -E 'not (test(/^full_disk::/) | test(/^upgrade::/) | test(/^durability::/) | test(/^cli::/) | test(/^demo::/) | test(/^layout::/))'
+    -E 'not (test(/^full_disk::/) | test(/^upgrade::/) | test(/^durability::/) | test(/^cli::/) | test(/^demo::/) | test(/^layout::/) | test(/^postgres/) | test(/^replicas::/) | test(/^store_conformance::/))'
+else
+  FLYWHEEL_TEST_STORE=postgres cargo test -p flywheel --test api --no-fail-fast -- \
+    --skip full_disk:: --skip upgrade:: --skip durability:: --skip cli:: --skip demo:: \
+    --skip layout:: --skip postgres --skip replicas:: --skip store_conformance::
 fi
 
 stage "openai SDK compatibility suite against target/debug/flywheel (process logs in test-artifacts/)"

@@ -76,6 +76,15 @@ enum Command {
     },
     /// Validate the config and print it as it takes effect (secrets masked).
     CheckConfig,
+    /// Copy an embedded store (a data directory) into the PostgreSQL database `store.url_env` names, and verify the counts; safe to run again.
+    MigrateStore {
+        /// The embedded store's data directory (its server stopped).
+        #[arg(long)]
+        from: PathBuf,
+        /// Where to: the only target is the PostgreSQL database.
+        #[arg(long, value_enum)]
+        to: StoreTarget,
+    },
     /// Create or upgrade the PostgreSQL schema (`[store] kind = "postgres"`) and exit; `serve` also does this at start.
     Migrate,
 }
@@ -93,6 +102,11 @@ enum KeysAction {
     Revoke {
         id: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StoreTarget {
+    Postgres,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -231,6 +245,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(ran?)
         }
         Command::Keys { action } => keys(&load_config(&cli.config)?, action),
+        Command::MigrateStore { from, to } => {
+            let StoreTarget::Postgres = to;
+            migrate_store(&load_config(&cli.config)?, &from)
+        }
         Command::Migrate => {
             let config = load_config(&cli.config)?;
             if config.store.kind != flywheel::config::StoreKind::Postgres {
@@ -320,6 +338,37 @@ fn start_error(e: flywheel::app::StartError) -> anyhow::Error {
         flywheel::app::StartError::Store(e) => store_error(e),
         other => other.into(),
     }
+}
+
+fn migrate_store(config: &Config, from: &std::path::Path) -> anyhow::Result<()> {
+    // The target is PostgreSQL whatever `store.kind` says: the config names
+    // the variable holding its URL.
+    let postgres = Config {
+        store: flywheel::config::StoreConfig {
+            kind: flywheel::config::StoreKind::Postgres,
+            ..config.store.clone()
+        },
+        ..config.clone()
+    };
+    let secrets = Secrets::resolve(&postgres, |v| std::env::var(v).ok());
+    let options = flywheel::store::postgres_options(&postgres, &secrets).map_err(store_error)?;
+    let source = flywheel::store::open(from)?;
+    let target = flywheel::store::PgStore::open(&options).map_err(store_error)?;
+    let report = flywheel::store::transfer::copy_into(source.as_ref(), &target)?;
+    eprintln!(
+        "copied {} conversations, {} inferences, {} feedback, {} keys, {} audit entries, {} aliases, {} alerts, {} datasets, {} jobs, {} evaluations; the database's counts match",
+        report.source.conversations,
+        report.source.inferences,
+        report.source.feedback,
+        report.keys,
+        report.audit,
+        report.aliases,
+        report.alerts,
+        report.datasets,
+        report.jobs,
+        report.evaluations
+    );
+    Ok(())
 }
 
 /// The store the config names, for a command that runs beside the server.

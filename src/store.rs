@@ -10,6 +10,7 @@ pub mod postgres;
 mod records;
 mod resilient;
 mod sled_store;
+pub mod transfer;
 
 pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};
 pub use job_records::{

@@ -26,10 +26,12 @@
 
 mod conversations;
 mod feed;
+mod import;
 mod migrate;
 mod records;
 
 pub use feed::{Change, ChangeFeed};
+pub use import::Counts;
 pub use migrate::migrate;
 
 use super::{

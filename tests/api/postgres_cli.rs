@@ -160,3 +160,95 @@ async fn keys_and_export_work_while_a_server_runs() {
     assert!(String::from_utf8_lossy(&export.stderr).contains("exported 0 conversations"));
     server.terminate().await;
 }
+
+#[tokio::test]
+async fn an_embedded_store_moves_into_postgres_and_a_second_run_is_safe() {
+    use crate::helpers::{Options, spawn_app, spawn_app_with, triage_request};
+    use flywheel::store::ConversationScan;
+    // An embedded store with conversations, feedback and keys.
+    let app = spawn_app().await;
+    let mut inferences = Vec::new();
+    for _ in 0..3 {
+        let response = app
+            .post("/v1/chat/completions", &triage_request(false))
+            .await;
+        assert_eq!(response.status(), 200);
+        inferences.push(
+            response.headers()["x-flywheel-inference-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    app.capture_settled().await;
+    let rated = app
+        .send(
+            reqwest::Method::POST,
+            "/v1/feedback",
+            &app.client_key,
+            Some(&serde_json::json!({"inference_id": inferences[0], "rating": 5})),
+        )
+        .await;
+    assert_eq!(rated.status(), 201);
+    let before = app.state.store.tallies().unwrap();
+    let (data_dir, _kept) = app.stop().await;
+
+    let cluster = Cluster::start();
+    let url = database_in(&cluster.url(), "moved").await.url;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), free_port());
+    let from = data_dir.to_str().unwrap();
+    for run_number in 1..=2 {
+        let out = run(
+            &config,
+            &url,
+            &["migrate-store", "--from", from, "--to", "postgres"],
+        );
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run {run_number}: {message}");
+        assert!(
+            message.contains("copied 3 conversations, 3 inferences, 1 feedback")
+                && message.contains("counts match"),
+            "run {run_number}: {message}"
+        );
+    }
+
+    // The app on PostgreSQL sees what the embedded store held.
+    let moved = spawn_app_with(Options {
+        database: Some(url),
+        ..Options::default()
+    })
+    .await;
+    let store = &moved.state.store;
+    assert_eq!(store.tallies().unwrap(), before);
+    assert_eq!(store.feedback_for(&inferences[0]).unwrap().len(), 1);
+    for id in &inferences {
+        assert!(store.inference(id).unwrap().is_some(), "{id}");
+    }
+    // New conversations list before the moved ones.
+    let response = moved
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
+    let new = response.headers()["x-flywheel-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    eventually(
+        "the new conversation to list first",
+        Duration::from_secs(10),
+        || async {
+            let page = store
+                .list_conversations(
+                    &ConversationScan {
+                        limit: 1,
+                        budget: 10,
+                        ..Default::default()
+                    },
+                    &|_| true,
+                )
+                .unwrap();
+            (page.data.first().map(|c| c.id.as_str()) == Some(new.as_str())).then_some(())
+        },
+    )
+    .await;
+}

@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Takes the conversation lock of this schema for the transaction.
-const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':conversations'))";
+pub(super) const LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':conversations'))";
 
 /// How often an edit is tried again when the conversation moved under it.
 const EDIT_TRIES: usize = 20;
@@ -141,7 +142,7 @@ async fn commit_changes(tx: &Transaction<'_>, changes: &[Change]) -> Result<(), 
     Ok(())
 }
 
-async fn upsert_conversation(
+pub(super) async fn upsert_conversation(
     tx: &Transaction<'_>,
     c: &ConversationRecord,
 ) -> Result<(), StoreError> {
