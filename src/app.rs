@@ -52,7 +52,7 @@ impl Application {
         secrets: Secrets,
         listener: TcpListener,
     ) -> Result<Self, StartError> {
-        let store = crate::store::open(&config.server.data_dir)?;
+        let store = crate::store::open_configured(&config, &secrets)?;
         Self::build_with_store(config, secrets, listener, store)
     }
 
@@ -196,6 +196,15 @@ impl Application {
             shutdown.clone(),
         ));
         tasks.spawn(prune_limits(state.clone(), shutdown.clone()));
+        // Replicas sharing a database: reload what another one changed.
+        crate::replication::follow_changes(
+            &state.store,
+            crate::replication::Followed {
+                registry: state.registry.clone(),
+                keys: state.keys.clone(),
+            },
+            shutdown.clone(),
+        );
         tasks.spawn(crate::experiment::run_guardrails(
             state.guardrails.clone(),
             shutdown.clone(),

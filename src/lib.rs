@@ -24,6 +24,7 @@ pub mod limits;
 pub mod openai;
 pub mod proxy;
 pub mod registry;
+pub mod replication;
 pub mod review;
 pub mod routing;
 pub mod server;

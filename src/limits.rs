@@ -35,6 +35,16 @@ pub struct RateLimits {
     interval: Duration,
 }
 
+/// This process's share of the configured limit: the buckets live in each
+/// replica's memory, so with `replicas = N` each takes an N-th (at least
+/// one request) and a key's limit across the deployment stays about the
+/// configured one. A limit that was on stays on.
+fn per_replica(config: &LimitsConfig) -> (u32, u32) {
+    let n = config.replicas.max(1);
+    let share = |v: u32| if v == 0 { 0 } else { (v / n).max(1) };
+    (share(config.requests_per_minute), share(config.burst))
+}
+
 /// What a request that passed may tell its client.
 #[derive(Debug, Clone, Copy)]
 pub struct Allowance {
@@ -45,8 +55,9 @@ pub struct Allowance {
 
 impl RateLimits {
     pub fn new(config: &LimitsConfig) -> Self {
-        let per_minute = NonZeroU32::new(config.requests_per_minute);
-        let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
+        let (requests_per_minute, burst) = per_replica(config);
+        let per_minute = NonZeroU32::new(requests_per_minute);
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let limiter = per_minute.map(|rpm| {
             RateLimiter::keyed(Quota::per_minute(rpm).allow_burst(burst))
                 .with_middleware::<StateInformationMiddleware>()
@@ -54,9 +65,9 @@ impl RateLimits {
         Self {
             limiter,
             exempt: ArcSwap::default(),
-            per_minute: config.requests_per_minute,
+            per_minute: requests_per_minute,
             burst: burst.get(),
-            interval: Duration::from_secs(60) / config.requests_per_minute.max(1),
+            interval: Duration::from_secs(60) / requests_per_minute.max(1),
         }
     }
 
@@ -138,10 +149,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn replicas_divide_the_limit_and_never_turn_it_off() {
+        let config = |rpm, burst, replicas| LimitsConfig {
+            requests_per_minute: rpm,
+            burst,
+            replicas,
+        };
+        assert_eq!(per_replica(&config(600, 60, 1)), (600, 60));
+        assert_eq!(per_replica(&config(600, 60, 3)), (200, 20));
+        assert_eq!(per_replica(&config(2, 1, 4)), (1, 1));
+        assert_eq!(per_replica(&config(0, 10, 2)), (0, 5));
+        let limits = RateLimits::new(&config(60, 4, 2));
+        let key: Arc<str> = "k".into();
+        assert!(limits.check(&key).is_ok());
+        assert!(limits.check(&key).is_ok());
+        assert!(
+            limits.check(&key).is_err(),
+            "a burst of 4 over 2 replicas is 2 here"
+        );
+    }
+
+    #[test]
     fn the_burst_is_served_then_refused_with_a_wait() {
         let limits = RateLimits::new(&LimitsConfig {
             requests_per_minute: 60,
             burst: 3,
+            replicas: 1,
         });
         let key: Arc<str> = "k".into();
         let remaining: Vec<u32> = (0..3)
@@ -164,6 +197,7 @@ mod tests {
         let limits = RateLimits::new(&LimitsConfig {
             requests_per_minute: 60,
             burst: 3,
+            ..LimitsConfig::default()
         });
         let key: Arc<str> = "k".into();
         assert_eq!(limits.check(&key).unwrap().unwrap().remaining, 2);
@@ -176,6 +210,7 @@ mod tests {
         let limits = RateLimits::new(&LimitsConfig {
             requests_per_minute: 60,
             burst: 1,
+            replicas: 1,
         });
         limits.exempt("seeder");
         let seeder: Arc<str> = "seeder".into();
@@ -192,6 +227,7 @@ mod tests {
         let limits = RateLimits::new(&LimitsConfig {
             requests_per_minute: 0,
             burst: 0,
+            replicas: 1,
         });
         assert!(limits.check(&"k".into()).unwrap().is_none());
     }

@@ -58,12 +58,12 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         seed: usize,
     },
-    /// Create, list or revoke API keys (the server must not be running).
+    /// Create, list or revoke API keys (with the embedded store, the server must not be running; with PostgreSQL it may).
     Keys {
         #[command(subcommand)]
         action: KeysAction,
     },
-    /// Write conversations with their turns and feedback, or one dataset's files, as JSONL (the server must not be running).
+    /// Write conversations with their turns and feedback, or one dataset's files, as JSONL (with the embedded store, the server must not be running; with PostgreSQL it may).
     Export {
         #[arg(long)]
         out: PathBuf,
@@ -76,6 +76,17 @@ enum Command {
     },
     /// Validate the config and print it as it takes effect (secrets masked).
     CheckConfig,
+    /// Copy an embedded store (a data directory) into the PostgreSQL database `store.url_env` names, and verify the counts; safe to run again.
+    MigrateStore {
+        /// The embedded store's data directory (its server stopped).
+        #[arg(long)]
+        from: PathBuf,
+        /// Where to: the only target is the PostgreSQL database.
+        #[arg(long, value_enum)]
+        to: StoreTarget,
+    },
+    /// Create or upgrade the PostgreSQL schema (`[store] kind = "postgres"`) and exit; `serve` also does this at start.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +102,11 @@ enum KeysAction {
     Revoke {
         id: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StoreTarget {
+    Postgres,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -177,7 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("cannot listen on {} (server.listen)", config.server.listen)
                     })?;
-                let app = Application::build(config, secrets, listener)?;
+                let app = Application::build(config, secrets, listener).map_err(start_error)?;
                 tracing::info!(addr = %app.local_addr()?, "flywheel is serving");
                 app.run_until_stopped(shutdown_signal()).await?;
                 Ok(())
@@ -229,6 +245,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(ran?)
         }
         Command::Keys { action } => keys(&load_config(&cli.config)?, action),
+        Command::MigrateStore { from, to } => {
+            let StoreTarget::Postgres = to;
+            migrate_store(&load_config(&cli.config)?, &from)
+        }
+        Command::Migrate => {
+            let config = load_config(&cli.config)?;
+            if config.store.kind != flywheel::config::StoreKind::Postgres {
+                eprintln!(
+                    "error: config key `store.kind`: is \"sled\"; `flywheel migrate` is for \"postgres\" (the embedded store migrates itself when it opens)"
+                );
+                return Err(anyhow::Error::new(Exit(2)));
+            }
+            let secrets = Secrets::resolve(&config, |v| std::env::var(v).ok());
+            let done = flywheel::store::postgres_options(&config, &secrets)
+                .and_then(|options| flywheel::store::postgres::migrate(&options))
+                .map_err(store_error)?;
+            eprintln!("{done}");
+            Ok(())
+        }
         Command::Export {
             out,
             dataset,
@@ -257,7 +292,7 @@ fn export(
     dataset: Option<&str>,
     split: SplitArg,
 ) -> anyhow::Result<()> {
-    let store = flywheel::store::open(&config.server.data_dir)?;
+    let store = open_store(config)?;
     // A dataset id is checked before the output file is created, so a
     // mistyped id leaves nothing behind.
     if let Some(id) = dataset
@@ -286,8 +321,64 @@ fn export(
     Ok(())
 }
 
+/// A store that cannot be used as configured exits 2 with what the
+/// config key is and what is wrong; other failures are runtime ones.
+fn store_error(e: flywheel::store::StoreError) -> anyhow::Error {
+    match e {
+        e @ flywheel::store::StoreError::Config { .. } => {
+            eprintln!("error: {e}");
+            anyhow::Error::new(Exit(2))
+        }
+        other => other.into(),
+    }
+}
+
+fn start_error(e: flywheel::app::StartError) -> anyhow::Error {
+    match e {
+        flywheel::app::StartError::Store(e) => store_error(e),
+        other => other.into(),
+    }
+}
+
+fn migrate_store(config: &Config, from: &std::path::Path) -> anyhow::Result<()> {
+    // The target is PostgreSQL whatever `store.kind` says: the config names
+    // the variable holding its URL.
+    let postgres = Config {
+        store: flywheel::config::StoreConfig {
+            kind: flywheel::config::StoreKind::Postgres,
+            ..config.store.clone()
+        },
+        ..config.clone()
+    };
+    let secrets = Secrets::resolve(&postgres, |v| std::env::var(v).ok());
+    let options = flywheel::store::postgres_options(&postgres, &secrets).map_err(store_error)?;
+    let source = flywheel::store::open(from)?;
+    let target = flywheel::store::PgStore::open(&options).map_err(store_error)?;
+    let report = flywheel::store::transfer::copy_into(source.as_ref(), &target)?;
+    eprintln!(
+        "copied {} conversations, {} inferences, {} feedback, {} keys, {} audit entries, {} aliases, {} alerts, {} datasets, {} jobs, {} evaluations; the database's counts match",
+        report.source.conversations,
+        report.source.inferences,
+        report.source.feedback,
+        report.keys,
+        report.audit,
+        report.aliases,
+        report.alerts,
+        report.datasets,
+        report.jobs,
+        report.evaluations
+    );
+    Ok(())
+}
+
+/// The store the config names, for a command that runs beside the server.
+fn open_store(config: &Config) -> anyhow::Result<flywheel::store::SharedStore> {
+    let secrets = Secrets::resolve(config, |v| std::env::var(v).ok());
+    flywheel::store::open_configured(config, &secrets).map_err(store_error)
+}
+
 fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
-    let store = flywheel::store::open(&config.server.data_dir)?;
+    let store = open_store(config)?;
     let service = KeyService::open(store)?;
     let mut out = std::io::stdout().lock();
     match action {

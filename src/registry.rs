@@ -94,6 +94,28 @@ impl Registry {
         })
     }
 
+    /// Reads every alias again and swaps the routing table when one
+    /// changed (another replica made a change); a change under way here
+    /// finishes first.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        // Read under the lock: a read from before a change made here
+        // meanwhile would undo it.
+        let mut records = self.lock();
+        let stored: BTreeMap<String, ModelAliasRecord> = self
+            .store
+            .model_aliases()?
+            .into_iter()
+            .map(|r| (r.alias.clone(), r))
+            .collect();
+        if *records != stored {
+            let all: Vec<ModelAliasRecord> = stored.values().cloned().collect();
+            self.routes.replace(RoutingTable::build(&self.config, &all));
+            *records = stored;
+            tracing::info!("model registry reloaded after a change elsewhere");
+        }
+        Ok(())
+    }
+
     /// The live routing table.
     pub fn table(&self) -> Arc<RoutingTable> {
         self.routes.load()

@@ -1,10 +1,12 @@
 //! Persistence behind the [`Store`] trait. Nothing outside `store/` sees a
-//! sled type, so another implementation (PostgreSQL for several replicas)
-//! only has to implement this trait.
+//! sled or PostgreSQL type: [`open_configured`] opens the backend
+//! `[store] kind` names — the embedded sled store (one process) or
+//! PostgreSQL (`postgres`, several replicas sharing one state).
 
 mod evaluation_records;
 mod job_records;
 mod model_records;
+pub mod postgres;
 mod records;
 mod resilient;
 #[allow(
@@ -13,6 +15,7 @@ mod resilient;
     reason = "the one backend that names sled (clippy.toml)"
 )]
 mod sled_store;
+pub mod transfer;
 
 pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};
 pub use job_records::{
@@ -22,6 +25,7 @@ pub use model_records::{
     AlertRecord, DatasetRecord, DatasetSplit, ModelAliasRecord, ModelHistoryRecord,
     ModelVersionRecord, TallyKey, VersionState, VersionTally,
 };
+pub use postgres::PgStore;
 pub use records::{
     ApiKeyRecord, AuditRecord, CapturedTurn, ConversationRecord, ConversationSignals,
     ConversationTallies, FeedbackRecord, HIGH_QUALITY, InferenceRecord, Opening, Position, Review,
@@ -45,6 +49,10 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("not found")]
     NotFound,
+    /// The store cannot be used as configured (a bad database URL, a
+    /// database that cannot be reached at start-up).
+    #[error("config key `{key}`: {problem}")]
+    Config { key: &'static str, problem: String },
     /// The store cannot serve this now (it failed and is recovering, or a
     /// call did not finish in time); retrying later may succeed.
     #[error("store unavailable: {0}")]
@@ -238,6 +246,25 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// True while the store can serve reads and writes.
     fn is_healthy(&self) -> bool;
+
+    /// The changes other processes sharing this store announce; `None`
+    /// for a store only this process uses.
+    fn change_feed(&self) -> Option<postgres::ChangeFeed> {
+        None
+    }
+
+    /// Takes (or renews) the lease `name` for `holder` until `ttl` from
+    /// now: true when `holder` holds it. Background work that must run on
+    /// one replica at a time asks before each round. An embedded store
+    /// serves one process, which always holds every lease.
+    fn try_lease(
+        &self,
+        _name: &str,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 /// A conversation index a listing can walk; each holds every conversation
@@ -279,6 +306,44 @@ pub struct ConversationPage {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store the config names: sled in `server.data_dir`, or the
+/// PostgreSQL database whose URL `secrets` holds (migrated on the way).
+pub fn open_configured(
+    config: &crate::config::Config,
+    secrets: &crate::config::Secrets,
+) -> Result<SharedStore, StoreError> {
+    match config.store.kind {
+        crate::config::StoreKind::Sled => open(&config.server.data_dir),
+        crate::config::StoreKind::Postgres => Ok(Arc::new(PgStore::open(&postgres_options(
+            config, secrets,
+        )?)?)),
+    }
+}
+
+/// The PostgreSQL settings of the config, with the URL from the
+/// environment.
+pub fn postgres_options(
+    config: &crate::config::Config,
+    secrets: &crate::config::Secrets,
+) -> Result<postgres::PgOptions, StoreError> {
+    use secrecy::ExposeSecret;
+    let url = secrets
+        .database_url
+        .as_ref()
+        .ok_or_else(|| StoreError::Config {
+            key: "store.url_env",
+            problem: format!(
+                "names the variable {}, which is not set",
+                config.store.url_env
+            ),
+        })?;
+    Ok(postgres::PgOptions {
+        url: url.expose_secret().to_string(),
+        pool_size: config.store.pool_size,
+        statement_timeout: std::time::Duration::from_millis(config.store.statement_timeout_ms),
+    })
+}
 
 /// Opens the default store in `dir`, recovering by itself from I/O
 /// failures (see [`Resilient`]).

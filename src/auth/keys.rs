@@ -55,13 +55,20 @@ fn random_hex() -> String {
 pub struct KeyService {
     store: SharedStore,
     ring: Arc<KeyRing>,
+    /// Held while the keys are read and the ring replaced, so a read from
+    /// before a change never replaces the ring after it.
+    reloading: Arc<parking_lot::Mutex<()>>,
 }
 
 impl KeyService {
     /// Loads the live keys from the store into a fresh ring.
     pub fn open(store: SharedStore) -> Result<Self, KeyError> {
         let ring = Arc::new(KeyRing::from_records(&store.keys()?));
-        Ok(Self { store, ring })
+        Ok(Self {
+            store,
+            ring,
+            reloading: Arc::new(parking_lot::Mutex::new(())),
+        })
     }
 
     pub fn ring(&self) -> Arc<KeyRing> {
@@ -117,7 +124,9 @@ impl KeyService {
         Ok(record)
     }
 
-    fn reload(&self) -> Result<(), KeyError> {
+    /// Reads the keys again (another replica may have changed them).
+    pub fn reload(&self) -> Result<(), KeyError> {
+        let _held = self.reloading.lock();
         self.ring.replace(&self.store.keys()?);
         Ok(())
     }

@@ -10,6 +10,8 @@ pub struct Secrets {
     pub admin_token: Option<SecretString>,
     /// Provider name → API key.
     pub provider_keys: HashMap<String, SecretString>,
+    /// The PostgreSQL connection URL (`store.url_env`), when set.
+    pub database_url: Option<SecretString>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -20,6 +22,7 @@ impl std::fmt::Debug for Secrets {
                 "provider_keys",
                 &self.provider_keys.keys().collect::<Vec<_>>(),
             )
+            .field("database_url", &self.database_url.as_ref().map(|_| "[set]"))
             .finish()
     }
 }
@@ -44,6 +47,9 @@ impl Secrets {
         Self {
             admin_token: get(&config.auth.admin_token_env),
             provider_keys,
+            database_url: (config.store.kind == super::StoreKind::Postgres)
+                .then(|| get(&config.store.url_env))
+                .flatten(),
         }
     }
 
@@ -58,6 +64,13 @@ impl Secrets {
             config.auth.admin_token_env,
             state(&config.auth.admin_token_env)
         )];
+        if config.store.kind == super::StoreKind::Postgres {
+            lines.push(format!(
+                "store.url_env = {}: {}",
+                config.store.url_env,
+                state(&config.store.url_env)
+            ));
+        }
         for p in &config.providers {
             if let Some(var) = &p.api_key_env {
                 lines.push(format!(

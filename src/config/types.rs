@@ -24,6 +24,44 @@ pub struct Config {
     pub fine_tuning: FineTuningConfig,
     #[serde(default)]
     pub evaluation: EvaluationConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Where Flywheel keeps its state: the embedded sled store in
+/// `server.data_dir` (one process), or a PostgreSQL database that several
+/// replicas share.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// The environment variable holding the PostgreSQL connection URL
+    /// (`postgres://user:password@host:port/db`); never the URL itself, so
+    /// the password stays out of the config file.
+    pub url_env: String,
+    /// Connections per process.
+    pub pool_size: usize,
+    /// The longest one statement may run, and the longest a store call
+    /// waits for a connection; beyond it the call fails as unavailable.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Sled,
+            url_env: "FLYWHEEL_DATABASE_URL".into(),
+            pool_size: 8,
+            statement_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sled,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -108,9 +146,15 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Per key; 0 turns rate limiting off.
+    /// Per key and per replica (each process keeps its own buckets); 0
+    /// turns rate limiting off.
     pub requests_per_minute: u32,
     pub burst: u32,
+    /// How many replicas share the traffic: each takes
+    /// `requests_per_minute / replicas` (and `burst / replicas`, at least
+    /// 1), so a key's limit across the whole deployment is about the one
+    /// configured. 1 for a single process.
+    pub replicas: u32,
 }
 
 impl Default for LimitsConfig {
@@ -118,6 +162,7 @@ impl Default for LimitsConfig {
         Self {
             requests_per_minute: 600,
             burst: 60,
+            replicas: 1,
         }
     }
 }

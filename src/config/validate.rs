@@ -12,7 +12,31 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     check_capture(c)?;
     check_taxonomy(c)?;
     check_fine_tuning(c)?;
-    check_evaluation(c)
+    check_evaluation(c)?;
+    check_store(c)
+}
+
+fn check_store(c: &Config) -> Result<(), ConfigError> {
+    let s = &c.store;
+    if s.url_env.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "store.url_env",
+            "must name a variable",
+        ));
+    }
+    if !(1..=256).contains(&s.pool_size) {
+        return Err(ConfigError::invalid(
+            "store.pool_size",
+            "must be between 1 and 256",
+        ));
+    }
+    if !(100..=600_000).contains(&s.statement_timeout_ms) {
+        return Err(ConfigError::invalid(
+            "store.statement_timeout_ms",
+            "must be between 100 and 600000 milliseconds",
+        ));
+    }
+    Ok(())
 }
 
 fn check_server(c: &Config) -> Result<(), ConfigError> {
@@ -61,6 +85,12 @@ fn check_server(c: &Config) -> Result<(), ConfigError> {
 }
 
 fn check_limits(c: &Config) -> Result<(), ConfigError> {
+    if c.limits.replicas == 0 {
+        return Err(ConfigError::invalid(
+            "limits.replicas",
+            "must be at least 1",
+        ));
+    }
     if c.limits.requests_per_minute > 0 && c.limits.burst == 0 {
         return Err(ConfigError::invalid(
             "limits.burst",

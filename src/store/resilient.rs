@@ -391,6 +391,9 @@ impl Store for Resilient {
     fn flush(&self) -> Result<(), StoreError> {
         self.write(|s| s.flush())
     }
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.write(|s| s.try_lease(name, holder, ttl))
+    }
     fn is_healthy(&self) -> bool {
         !self.shared.failed.load(Ordering::Acquire)
             && self

@@ -3,6 +3,7 @@
 //! the app (`TestApp::send`), the one way they wait for something
 //! (`eventually`), and, in `process`, the one way they run the binary.
 
+pub mod postgres;
 pub mod process;
 
 use flywheel::app::{AppState, Application};
@@ -245,6 +246,9 @@ pub struct Options {
     pub upstream: Option<SocketAddr>,
     /// Use this data directory (kept afterwards) instead of a fresh one.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Use PostgreSQL with this URL (`postgres::database_in`) whatever
+    /// `FLYWHEEL_TEST_STORE` says.
+    pub database: Option<String>,
 }
 
 impl Default for Options {
@@ -260,6 +264,7 @@ impl Default for Options {
             server_extra: String::new(),
             upstream: None,
             data_dir: None,
+            database: None,
         }
     }
 }
@@ -281,9 +286,22 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             (Some(temp), dir)
         }
     };
-    let toml = config_toml(upstream, &data_dir, &options);
+    let mut toml = config_toml(upstream, &data_dir, &options);
+    // With FLYWHEEL_TEST_STORE=postgres, the same tests run against a
+    // schema of their own in the test database (the same one again for
+    // the same data directory, so a restart finds its state).
+    let database = match &options.database {
+        Some(url) => Some(postgres::TestDatabase::at(url)),
+        None => postgres::store_for(&data_dir).await,
+    };
+    if let Some(store) = &database {
+        toml.push_str(&store.toml);
+    }
     let config = Config::from_toml_str(&toml, "test", Vec::new()).unwrap();
-    let env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
+    let mut env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
+    if let Some(store) = &database {
+        env.insert(postgres::URL_ENV, &store.url);
+    }
     let mut secrets = Secrets::resolve(&config, |v| env.get(v).map(|s| s.to_string()));
     secrets.admin_token = Some(SecretString::from(ADMIN_TOKEN));
     // A store just released by a stopped app may stay locked a moment

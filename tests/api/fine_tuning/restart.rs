@@ -71,6 +71,15 @@ async fn a_job_resumes_after_a_restart_without_a_second_submission() {
 
 /// Opens the store a stopped app released (sled may hold its lock a moment).
 async fn reopen(dir: &std::path::Path) -> flywheel::store::SharedStore {
+    // Against PostgreSQL: the stopped app's schema, opened anew.
+    if let Some(db) = crate::helpers::postgres::store_for(dir).await {
+        let options = flywheel::store::postgres::PgOptions {
+            url: db.url,
+            pool_size: 2,
+            statement_timeout: Duration::from_secs(5),
+        };
+        return std::sync::Arc::new(flywheel::store::PgStore::open(&options).unwrap());
+    }
     eventually(
         "the stopped app's store to be free to open",
         Duration::from_secs(5),
