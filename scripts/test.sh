@@ -109,14 +109,14 @@ stage "the API suite again, against the PostgreSQL store (FLYWHEEL_TEST_STORE=po
 # of a sled store, SIGKILL durability of sled's flush window), those that
 # start the real binary with configs of their own (cli.rs, demo.rs), and
 # those that choose their stores themselves and ran above (postgres*.rs,
-# replicas.rs, store_conformance.rs).
+# replicas.rs, leases.rs, store_conformance.rs).
 if cargo nextest --version >/dev/null 2>&1; then
   FLYWHEEL_TEST_STORE=postgres cargo nextest run -p flywheel --test api --no-fail-fast \
-    -E 'not (test(/^full_disk::/) | test(/^upgrade::/) | test(/^durability::/) | test(/^cli::/) | test(/^demo::/) | test(/^layout::/) | test(/^postgres/) | test(/^replicas::/) | test(/^store_conformance::/))'
+    -E 'not (test(/^full_disk::/) | test(/^upgrade::/) | test(/^durability::/) | test(/^cli::/) | test(/^demo::/) | test(/^layout::/) | test(/^postgres/) | test(/^replicas::/) | test(/^leases::/) | test(/^store_conformance::/))'
 else
   FLYWHEEL_TEST_STORE=postgres cargo test -p flywheel --test api --no-fail-fast -- \
     --skip full_disk:: --skip upgrade:: --skip durability:: --skip cli:: --skip demo:: \
-    --skip layout:: --skip postgres --skip replicas:: --skip store_conformance::
+    --skip layout:: --skip postgres --skip replicas:: --skip leases:: --skip store_conformance::
 fi
 
 stage "openai SDK compatibility suite against target/debug/flywheel (process logs in test-artifacts/)"

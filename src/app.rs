@@ -205,26 +205,40 @@ impl Application {
             },
             shutdown.clone(),
         );
+        // Background work runs once among replicas sharing a database; an
+        // embedded store has one process, which needs no lease.
+        let lease = (state.config.store.kind == crate::config::StoreKind::Postgres).then(|| {
+            crate::service::Lease::new(
+                state.store.clone(),
+                crate::ids::new_id("replica"),
+                Duration::from_secs(state.config.store.lease_ttl_s),
+            )
+        });
         tasks.spawn(crate::experiment::run_guardrails(
             state.guardrails.clone(),
+            lease.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(crate::finetune::run_poller(
             state.fine_tuning.clone(),
+            lease.clone(),
             shutdown.clone(),
         ));
         if state.config.fine_tuning.continuous.enabled {
             tasks.spawn(crate::finetune::run_continuous(
                 state.fine_tuning.clone(),
+                lease.clone(),
                 shutdown.clone(),
             ));
         }
         tasks.spawn(crate::evaluation::runner::run_evaluations(
             state.evaluation.clone(),
+            lease.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(crate::evaluation::schedule::run_schedule(
             state.evaluation.clone(),
+            lease.clone(),
             shutdown.clone(),
         ));
         if let Some(delivery) = state.evaluation.alert_hook.take_delivery() {
@@ -234,6 +248,7 @@ impl Application {
             tasks.spawn(crate::capture::run_retention(
                 state.store.clone(),
                 days,
+                lease.clone(),
                 shutdown.clone(),
             ));
         }

@@ -9,7 +9,14 @@
 //! its unit tests call it directly under a paused clock. Blocking steps
 //! (the store) go through [`blocking`], which turns a panic into a
 //! failure of the step.
+//!
+//! Replicas sharing a store run a [`Lease`]d service once among them: a
+//! replica steps only while it holds the service's lease in the store,
+//! renews it while a step runs, and gives the step up if the renewal is
+//! refused. A replica that dies stops renewing, and another takes the
+//! lease over once it expires (`store.lease_ttl_s`).
 
+use crate::store::SharedStore;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +35,57 @@ pub struct Service {
     pub first: First,
     /// Wakes the service for a step before its next tick.
     pub wake: Option<Arc<Notify>>,
+    /// Held in the shared store while this replica steps.
+    pub lease: Option<Lease>,
+}
+
+/// A leased service that is only woken still looks for work this often:
+/// what another replica queued wakes that replica, not the holder.
+const PICK_UP_EVERY: Duration = Duration::from_secs(5);
+
+/// This replica's claim on services that must run once among replicas.
+#[derive(Clone)]
+pub struct Lease {
+    store: SharedStore,
+    holder: Arc<str>,
+    /// How long the lease outlives a renewal; renewed every third of it.
+    ttl: Duration,
+}
+
+impl Lease {
+    /// Leases in `store`, held as `holder` (unique per running process)
+    /// for `ttl` after each renewal.
+    pub fn new(store: SharedStore, holder: impl Into<Arc<str>>, ttl: Duration) -> Self {
+        Self {
+            store,
+            holder: holder.into(),
+            ttl,
+        }
+    }
+
+    /// Takes or renews the service's lease: whether this replica holds it.
+    /// A store that cannot answer holds nothing for this replica.
+    async fn hold(&self, service: &'static str) -> bool {
+        let (store, holder, ttl) = (self.store.clone(), self.holder.clone(), self.ttl);
+        match blocking(move || store.try_lease(service, &holder, ttl)).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(service, error = %e, "cannot take the service's lease; skipping a step");
+                false
+            }
+        }
+    }
+
+    /// Renews the lease every third of its time; completes once a
+    /// renewal is refused.
+    async fn keep(&self, service: &'static str) {
+        loop {
+            tokio::time::sleep(self.ttl / 3).await;
+            if !self.hold(service).await {
+                return;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +102,14 @@ impl Service {
             every: Some(every),
             first: First::AtStart,
             wake: None,
+            lease: None,
         }
+    }
+
+    /// Runs once among the replicas sharing `lease`'s store, when given.
+    pub fn leased(mut self, lease: Option<Lease>) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// The first step one interval after start.
@@ -66,6 +131,7 @@ impl Service {
             every: None,
             first: First::AtStart,
             wake,
+            lease: None,
         }
     }
 }
@@ -91,7 +157,10 @@ where
     E: fmt::Display,
 {
     let name = service.name;
-    let mut clock = service.every.map(|every| {
+    let every = service
+        .every
+        .or(service.lease.as_ref().map(|_| PICK_UP_EVERY));
+    let mut clock = every.map(|every| {
         let start = match service.first {
             First::AtStart => Instant::now(),
             First::AfterOneInterval => Instant::now() + every,
@@ -100,7 +169,7 @@ where
         clock.set_missed_tick_behavior(MissedTickBehavior::Delay);
         clock
     });
-    let mut waited = service.first == First::AtStart && clock.is_none();
+    let mut waited = service.first == First::AtStart && service.every.is_none();
     let reason = loop {
         if !waited {
             tokio::select! {
@@ -110,10 +179,17 @@ where
             }
         }
         waited = false;
-        // Where a step would be skipped while this replica does not hold
-        // the service's lease, once replicas share a store.
+        if let Some(lease) = &service.lease
+            && !lease.hold(name).await
+        {
+            continue;
+        }
         let outcome = tokio::select! {
             outcome = step() => outcome,
+            () = kept(service.lease.as_ref(), name) => {
+                tracing::warn!(service = name, "lost the service's lease during a step; another replica takes it over");
+                continue;
+            }
             () = shutdown.cancelled() => break "shutdown",
         };
         match outcome {
@@ -136,6 +212,14 @@ async fn tick(clock: Option<&mut tokio::time::Interval>) {
         Some(clock) => {
             clock.tick().await;
         }
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when a held lease is lost; never, without a lease.
+async fn kept(lease: Option<&Lease>, service: &'static str) {
+    match lease {
+        Some(lease) => lease.keep(service).await,
         None => std::future::pending().await,
     }
 }

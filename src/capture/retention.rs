@@ -3,7 +3,7 @@
 //! but unlabelled ones go too; anything an analyst labelled stays.
 
 use crate::review::forget_feedback;
-use crate::service::{Next, Service, StepError, blocking, periodic};
+use crate::service::{Lease, Next, Service, StepError, blocking, periodic};
 use crate::store::{FeedbackRecord, InferenceRecord, SharedStore, StoreError};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -84,8 +84,13 @@ pub async fn step(store: &SharedStore, days: u32) -> Result<Next, StepError<Stor
 }
 
 /// Purges at start and then every hour until shutdown.
-pub async fn run_retention(store: SharedStore, days: u32, shutdown: CancellationToken) {
-    let service = Service::every("retention", Duration::from_secs(3600));
+pub async fn run_retention(
+    store: SharedStore,
+    days: u32,
+    lease: Option<Lease>,
+    shutdown: CancellationToken,
+) {
+    let service = Service::every("retention", Duration::from_secs(3600)).leased(lease);
     periodic(service, shutdown, || {
         let store = store.clone();
         async move { step(&store, days).await }

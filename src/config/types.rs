@@ -44,6 +44,10 @@ pub struct StoreConfig {
     /// The longest one statement may run, and the longest a store call
     /// waits for a connection; beyond it the call fails as unavailable.
     pub statement_timeout_ms: u64,
+    /// With PostgreSQL: how long a background service's lease outlives
+    /// its holder's last renewal — how soon another replica takes over
+    /// the work of one that died.
+    pub lease_ttl_s: u64,
 }
 
 impl Default for StoreConfig {
@@ -53,6 +57,7 @@ impl Default for StoreConfig {
             url_env: "FLYWHEEL_DATABASE_URL".into(),
             pool_size: 8,
             statement_timeout_ms: 5_000,
+            lease_ttl_s: 30,
         }
     }
 }

@@ -36,6 +36,12 @@ fn check_store(c: &Config) -> Result<(), ConfigError> {
             "must be between 100 and 600000 milliseconds",
         ));
     }
+    if !(3..=3600).contains(&s.lease_ttl_s) {
+        return Err(ConfigError::invalid(
+            "store.lease_ttl_s",
+            "must be between 3 and 3600 seconds",
+        ));
+    }
     Ok(())
 }
 

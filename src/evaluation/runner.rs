@@ -7,7 +7,7 @@ use super::Context;
 use super::run::{Ran, execute};
 use super::watch;
 use crate::ids::now_rfc3339;
-use crate::service::{Next, Service, periodic};
+use crate::service::{Lease, Next, Service, periodic};
 use crate::store::{EvaluationRecord, StoreError};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -100,8 +100,9 @@ pub async fn step(app: &Arc<Context>, shutdown: &CancellationToken) -> Result<Ne
 
 /// Runs evaluations as they come until shutdown: at start (a run left
 /// pending resumes), and whenever a run is queued.
-pub async fn run_evaluations(app: Arc<Context>, shutdown: CancellationToken) {
-    let service = Service::on_wake("evaluation-runner", Some(app.runner.wake.clone()));
+pub async fn run_evaluations(app: Arc<Context>, lease: Option<Lease>, shutdown: CancellationToken) {
+    let service =
+        Service::on_wake("evaluation-runner", Some(app.runner.wake.clone())).leased(lease);
     let token = shutdown.clone();
     periodic(service, shutdown, || {
         let (app, token) = (app.clone(), token.clone());

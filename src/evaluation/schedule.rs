@@ -7,7 +7,7 @@
 
 use super::Context;
 use super::run::{EvalError, NewEvaluation, create};
-use crate::service::{Next, Service, StepError, blocking, periodic};
+use crate::service::{Lease, Next, Service, StepError, blocking, periodic};
 use crate::store::{DatasetRecord, ModelAliasRecord, StoreError, VersionState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,12 +83,14 @@ pub async fn step(app: &Arc<Context>) -> Result<Next, StepError<StoreError>> {
 
 /// Runs [`step`] every interval until shutdown; the first run is one
 /// interval after start, not at start.
-pub async fn run_schedule(app: Arc<Context>, shutdown: CancellationToken) {
+pub async fn run_schedule(app: Arc<Context>, lease: Option<Lease>, shutdown: CancellationToken) {
     if !app.config.enabled {
         return;
     }
     let every = Duration::from_secs(app.config.interval_s.max(1));
-    let service = Service::every("evaluation-schedule", every).first_after_one_interval();
+    let service = Service::every("evaluation-schedule", every)
+        .first_after_one_interval()
+        .leased(lease);
     periodic(service, shutdown, || {
         let app = app.clone();
         async move { step(&app).await }

@@ -9,7 +9,7 @@ use crate::config::{Config, GuardrailConfig};
 use crate::evaluation::online::Verdict;
 use crate::ids::{new_id, now_rfc3339};
 use crate::registry::{Change, Registry, RegistryError, Request};
-use crate::service::{Next, Service, StepError, blocking, periodic};
+use crate::service::{Lease, Next, Service, StepError, blocking, periodic};
 use crate::store::{AlertRecord, SharedStore, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,7 +132,11 @@ pub async fn step(app: &Arc<Guardrails>) -> Result<Next, StepError<StoreError>> 
 
 /// Runs [`step`] at start and then every interval (the shortest any
 /// alias asks for) until shutdown.
-pub async fn run_guardrails(app: Arc<Guardrails>, shutdown: CancellationToken) {
+pub async fn run_guardrails(
+    app: Arc<Guardrails>,
+    lease: Option<Lease>,
+    shutdown: CancellationToken,
+) {
     let every = app
         .config
         .models
@@ -140,7 +144,7 @@ pub async fn run_guardrails(app: Arc<Guardrails>, shutdown: CancellationToken) {
         .map(|m| m.guardrails.check_interval_s)
         .min()
         .unwrap_or(10);
-    let service = Service::every("guardrails", Duration::from_secs(every.max(1)));
+    let service = Service::every("guardrails", Duration::from_secs(every.max(1))).leased(lease);
     periodic(service, shutdown, || {
         let app = app.clone();
         async move { step(&app).await }

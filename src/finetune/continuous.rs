@@ -11,7 +11,7 @@ use super::Context;
 use super::{JobError, NewJob, create_job};
 use crate::curation::{DatasetError, DatasetFilter, DatasetFormat, DatasetRequest, create_dataset};
 use crate::ids::now_rfc3339;
-use crate::service::{Next, Service, StepError, blocking, periodic};
+use crate::service::{Lease, Next, Service, StepError, blocking, periodic};
 use crate::store::{FineTuneJobRecord, ReviewStatus, StoreError};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -188,10 +188,12 @@ pub async fn step(
 
 /// The service: a check every `check_interval_s` (the first one interval
 /// after start) until `shutdown`.
-pub async fn run_continuous(app: Arc<Context>, shutdown: CancellationToken) {
+pub async fn run_continuous(app: Arc<Context>, lease: Option<Lease>, shutdown: CancellationToken) {
     let every = Duration::from_secs(app.config.fine_tuning.continuous.check_interval_s.max(1));
     let not_ready = Arc::new(NotReady::default());
-    let service = Service::every("continuous-learning", every).first_after_one_interval();
+    let service = Service::every("continuous-learning", every)
+        .first_after_one_interval()
+        .leased(lease);
     periodic(service, shutdown, || {
         let (app, not_ready) = (app.clone(), not_ready.clone());
         async move { step(&app, &not_ready).await }

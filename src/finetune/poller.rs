@@ -5,7 +5,7 @@
 use super::Context;
 use super::load;
 use super::step::step as step_job;
-use crate::service::{Next, Service, periodic};
+use crate::service::{Lease, Next, Service, periodic};
 use crate::store::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,9 +61,11 @@ pub async fn step(app: &Arc<Context>) -> Result<Next, StoreError> {
 /// Runs rounds at start, every `poll_interval_s` and when a job is
 /// created, until `shutdown`. A round cut short by shutdown is safe:
 /// every step is stored before the provider is called.
-pub async fn run_poller(app: Arc<Context>, shutdown: CancellationToken) {
+pub async fn run_poller(app: Arc<Context>, lease: Option<Lease>, shutdown: CancellationToken) {
     let every = Duration::from_secs(app.config.fine_tuning.poll_interval_s.max(1));
-    let service = Service::every("fine-tuning-poller", every).woken_by(app.jobs.wake.clone());
+    let service = Service::every("fine-tuning-poller", every)
+        .woken_by(app.jobs.wake.clone())
+        .leased(lease);
     periodic(service, shutdown, || {
         let app = app.clone();
         async move { step(&app).await }

@@ -30,6 +30,7 @@ mod full_disk;
 mod gating;
 mod hardening;
 mod layout;
+mod leases;
 mod models;
 mod operations;
 mod postgres;
