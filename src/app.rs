@@ -196,6 +196,7 @@ impl Application {
             shutdown.clone(),
         ));
         tasks.spawn(prune_limits(state.clone(), shutdown.clone()));
+        tasks.spawn(fold_metrics(state.clone(), shutdown.clone()));
         // Replicas sharing a database: reload what another one changed.
         crate::replication::follow_changes(
             &state.store,
@@ -311,6 +312,16 @@ async fn prune_limits(state: Arc<AppState>, shutdown: CancellationToken) {
     let service = Service::every("rate-limit-pruning", Duration::from_secs(60));
     periodic(service, shutdown, || {
         std::future::ready(crate::limits::prune_step(&state.limits))
+    })
+    .await;
+}
+
+/// Folds the metrics' histogram samples into their buckets every 5 s,
+/// whether or not anything scrapes `/metrics`.
+async fn fold_metrics(state: Arc<AppState>, shutdown: CancellationToken) {
+    let service = Service::every("metrics-upkeep", Duration::from_secs(5));
+    periodic(service, shutdown, || {
+        std::future::ready(crate::telemetry::upkeep_step(&state.metrics))
     })
     .await;
 }

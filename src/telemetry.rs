@@ -34,6 +34,16 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Folds the histogram samples recorded since the last call into their
+/// buckets. Until then the recorder keeps every sample, so without this a
+/// process whose `/metrics` nobody scrapes grows by each request.
+pub fn upkeep_step(
+    handle: &PrometheusHandle,
+) -> Result<crate::service::Next, std::convert::Infallible> {
+    handle.run_upkeep();
+    Ok(crate::service::Next::Wait)
+}
+
 /// Structured logs to stderr. `RUST_LOG` filters (default `info`);
 /// `FLYWHEEL_LOG_FORMAT=json` switches to one JSON object per line.
 pub fn init_logging() {
@@ -109,6 +119,27 @@ impl<T: Clone> Handles<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upkeep_folds_histogram_samples_into_buckets() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for _ in 0..3 {
+                metrics::histogram!("upkeep_test_seconds").record(0.002);
+            }
+        });
+        assert_eq!(upkeep_step(&handle).unwrap(), crate::service::Next::Wait);
+        let text = handle.render();
+        assert!(text.contains("upkeep_test_seconds_count 3"), "{text}");
+        assert!(
+            text.contains(r#"upkeep_test_seconds_bucket{le="0.0025"} 3"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn handles_are_registered_once_per_label_set() {
