@@ -104,7 +104,10 @@ done
 snapshot filled
 echo "{\"served\": $served, \"rate\": $fill_rate, \"seconds\": $fill_seconds}" >"$work/fill.json"
 
+hwm() { awk '/VmHWM/{print $2}' /proc/$proxy_pid/status; }
+peak_fill_kb=$(hwm)
 python3 bench/capture_queries.py "127.0.0.1:$proxy_port" "$FLYWHEEL_ADMIN_TOKEN" >"$work/queries.json"
+peak_queries_kb=$(hwm)
 
 # Saturation with the full store behind it.
 sat_captured=$(metric flywheel_captured_total); sat_dropped=$(metric flywheel_exchange_dropped_total)
@@ -114,8 +117,8 @@ for _ in $(seq 240); do
   [ $(( $(metric flywheel_captured_total) - sat_captured + $(metric flywheel_exchange_dropped_total) - sat_dropped )) -ge "$sat_served" ] && break; sleep 0.5
 done
 echo "{\"served\": $sat_served, \"captured\": $(( $(metric flywheel_captured_total) - sat_captured )), \"dropped\": $(( $(metric flywheel_exchange_dropped_total) - sat_dropped ))}" >"$work/saturation.json"
-peak_kb=$(awk '/VmHWM/{print $2}' /proc/$proxy_pid/status)
+peak_kb=$(hwm)
 
 mkdir -p bench/results
-python3 bench/capture_report.py "$work" "$peak_kb" >bench/results/capture.md
+python3 bench/capture_report.py "$work" "$peak_kb" "$peak_fill_kb" "$peak_queries_kb" >bench/results/capture.md
 cat bench/results/capture.md

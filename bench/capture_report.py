@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 work, peak_kb = Path(sys.argv[1]), int(sys.argv[2])
+# Peak RSS by the end of each phase: the fill, the review queries, the saturation run.
+peak_fill_kb, peak_queries_kb = (int(a) for a in sys.argv[3:5])
 snaps = [json.loads(line) for line in open(work / "snapshots.jsonl") if line.strip()]
 by_label = {s["label"]: s for s in snaps}
 fill = json.load(open(work / "fill.json"))
@@ -35,7 +37,8 @@ for label in ("250000", "500000", "1000000", "filled"):
     previous = s
 print(f"\nOver the whole fill: writer {per(start, filled, 'writer_ns'):.1f} µs, store threads {per(start, filled, 'sled_ns'):.1f} µs, "
       f"process {per(start, filled, 'process_ns'):.1f} µs per inference (the process also serves the requests); "
-      f"peak RSS {peak_kb / 1024:.0f} MB; store {filled['disk'] / 2**30:.2f} GiB = "
+      f"peak RSS {peak_fill_kb / 1024:.0f} MB by the end of the fill, {peak_queries_kb / 1024:.0f} MB after the review queries, "
+      f"{peak_kb / 1024:.0f} MB after the saturation run; store {filled['disk'] / 2**30:.2f} GiB = "
       f"{filled['disk'] / filled['captured'] * 1e6 / 2**30:.2f} GiB per million inferences.")
 threads = [s["threads"] for s in snaps if s["label"].startswith("t")]
 if threads:
