@@ -11,8 +11,9 @@
 //!   as a *run*: fixed-width pairs in chunks of [`CHUNK_PAIRS`], with a
 //!   header holding the count and a Bloom filter; the log entries go in the
 //!   same transaction;
-//! - eight runs of one size tier are merged into one of the next, on a
-//!   background thread, so a lookup reads few runs;
+//! - eight runs of the smallest size tier are merged into one of the
+//!   next, on a background thread, so a lookup reads few runs — and no
+//!   larger ones, so a merge's memory stays bounded ([`MAX_MERGED_TIER`]);
 //! - a lookup checks `pending`, then the runs newest first, skipping those
 //!   whose filter says the key is absent: a chunk seek and a binary search.
 //!
@@ -33,6 +34,12 @@ const RUN_PAIRS: usize = 32_768;
 const CHUNK_PAIRS: usize = 256;
 /// Runs of one tier merged at once.
 const FANOUT: usize = 8;
+/// The highest tier whose runs are merged. A merge holds its pairs in
+/// memory, so merging tier 1 (eight runs of up to a million pairs) would
+/// make memory grow with the store; beyond it runs accumulate, and a
+/// lookup tests one more Bloom filter (in memory) per run of about a
+/// quarter of a million to a million pairs.
+const MAX_MERGED_TIER: u32 = 0;
 /// Filter bits per pair (about 1 % false positives with 7 probes).
 const BLOOM_BITS_PER_PAIR: usize = 10;
 const BLOOM_PROBES: u64 = 7;
@@ -456,7 +463,7 @@ fn pick_merge(runs: &[Arc<Run>]) -> Option<Vec<Arc<Run>>> {
         for run in runs.iter().filter(|r| r.kind == kind) {
             tiers.entry(run.tier()).or_default().push(run.clone());
         }
-        for (_, same) in tiers {
+        for (_, same) in tiers.range(..=MAX_MERGED_TIER) {
             if same.len() >= FANOUT {
                 // `runs` is newest first: take the oldest, keep the order.
                 return Some(same[same.len() - FANOUT..].to_vec());
@@ -619,6 +626,30 @@ mod tests {
                 "key {n}"
             );
         }
+    }
+
+    #[test]
+    fn only_the_smallest_runs_are_merged_so_a_merge_holds_a_bounded_number_of_pairs() {
+        let run = |rank: u64, count: u64| {
+            Arc::new(Run {
+                kind: Kind::Thread,
+                rank,
+                generation: 0,
+                count,
+                bloom: Vec::new(),
+            })
+        };
+        let merged_once = (RUN_PAIRS * FANOUT) as u64;
+        let large: Vec<_> = (0..FANOUT as u64 * 2)
+            .map(|r| run(r, merged_once))
+            .collect();
+        assert!(large.iter().all(|r| r.tier() == 1));
+        assert!(pick_merge(&large).is_none());
+        let mut mixed = large.clone();
+        mixed.extend((100..100 + FANOUT as u64).map(|r| run(r, RUN_PAIRS as u64)));
+        let picked = pick_merge(&mixed).unwrap();
+        assert_eq!(picked.len(), FANOUT);
+        assert!(picked.iter().all(|r| r.tier() == 0));
     }
 
     #[test]
