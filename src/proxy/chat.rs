@@ -330,10 +330,18 @@ impl Outgoing<'_> {
 
 /// A provider that does not serve the Responses API answers its path with
 /// 404: said plainly, naming the route and the provider, rather than as
-/// the provider's own "not found".
+/// the provider's own "not found". A 404 that names a parameter (an
+/// unknown `previous_response_id`) is the provider's answer to a route it
+/// does serve, and is relayed as it is.
 fn unsupported_route(error: ApiError, wire: Wire, provider: &Provider) -> ApiError {
+    let names_no_param = |body: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .map_or(true, |v| v["error"]["param"].is_null())
+    };
     match error {
-        ApiError::UpstreamStatus(f) if wire == Wire::Responses && f.status.as_u16() == 404 => {
+        ApiError::UpstreamStatus(f)
+            if wire == Wire::Responses && f.status.as_u16() == 404 && names_no_param(&f.body) =>
+        {
             ApiError::NotFound {
                 message: format!(
                     "provider `{}` does not serve the Responses API (POST /v1/responses); \

@@ -185,6 +185,38 @@ async fn responses_follow_the_split_and_stay_with_their_user() {
 }
 
 #[tokio::test]
+async fn a_failing_candidate_falls_back_to_production_before_the_first_byte() {
+    let app = spawn_app_with(Options {
+        provider_extra: "max_retries = 0".into(),
+        ..Options::default()
+    })
+    .await;
+    let traffic = app
+        .admin(
+            Method::PUT,
+            "/admin/api/models/triage/traffic",
+            Some(&json!({"weights": {"base": 0, "large": 100}, "reason": "all on large"})),
+        )
+        .await;
+    assert_eq!(traffic.status(), 200);
+    let response = app
+        .http
+        .post(app.url("/v1/responses"))
+        .bearer_auth(&app.client_key)
+        .header("x-sim-fail-rate", "gpt-4o=1")
+        .json(&json!({"model": "triage", "input": ALERT}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-flywheel-variant"), "base");
+    let conversation = header(&response, "x-flywheel-conversation-id");
+    let detail = app.stored_turns(&conversation, 1).await;
+    assert_eq!(detail["turns"][0]["fallback_from"], "large");
+    assert_eq!(detail["turns"][0]["version"], "base");
+}
+
+#[tokio::test]
 async fn a_provider_without_the_responses_api_is_named_in_the_error() {
     let upstream = spawn_simulator(Options::default().simulator).await;
     let app = spawn_app_with(Options {
@@ -219,4 +251,16 @@ model_type = "threat_detection"
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("`legacy`"), "{message}");
     assert!(message.contains("POST /v1/responses"), "{message}");
+
+    // A provider that serves the route says itself what it did not find.
+    let response = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "input": ALERT, "previous_response_id": "resp_gone"}),
+        )
+        .await;
+    let (status, error) = error_of(response).await;
+    assert_eq!(status, 404);
+    assert_eq!(error["param"], "previous_response_id");
+    assert_ne!(error["code"], "responses_unsupported");
 }
