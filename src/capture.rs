@@ -8,6 +8,7 @@ mod priority;
 mod recent;
 mod record;
 mod redact;
+pub mod responses;
 mod retention;
 pub mod threading;
 mod usage;

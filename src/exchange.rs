@@ -35,11 +35,23 @@ impl Outcome {
     }
 }
 
+/// Which OpenAI route the exchange came through: its request and answer
+/// are read in that route's shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wire {
+    /// `POST /v1/chat/completions`.
+    #[default]
+    Chat,
+    /// `POST /v1/responses`: captured as the chat turn it amounts to.
+    Responses,
+}
+
 #[derive(Debug)]
 pub struct Exchange {
     pub inference_id: String,
     pub caller_id: Arc<str>,
     pub route: Route,
+    pub wire: Wire,
     pub streamed: bool,
     /// The body as the client sent it.
     pub request: Bytes,
@@ -189,6 +201,7 @@ mod tests {
                 upstream_model: "m".into(),
                 candidate: false,
             },
+            wire: Wire::Chat,
             streamed: false,
             request: Bytes::new(),
             response: Bytes::new(),

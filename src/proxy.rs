@@ -10,7 +10,7 @@ mod request;
 mod shadow;
 mod thread;
 
-pub use chat::chat_completions;
+pub use chat::{chat_completions, responses};
 pub use models::{get_model, list_models};
 pub use passthrough::passthrough;
 pub use request::ChatRequest;

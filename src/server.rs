@@ -24,6 +24,7 @@ use std::sync::Arc;
 pub fn router(state: Arc<AppState>) -> Router {
     let client_api = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/responses", post(proxy::responses))
         .route("/v1/feedback", post(crate::feedback::post_feedback))
         .route("/v1/models", get(proxy::list_models))
         .route("/v1/models/{id}", get(proxy::get_model))

@@ -3,7 +3,7 @@
 //! unary body or from the stream's deltas.
 
 use super::lenient;
-use crate::exchange::{Exchange, Outcome};
+use crate::exchange::{Exchange, Outcome, Wire};
 use crate::store::InferenceRecord;
 use eventsource_stream::Eventsource;
 use futures_util::{FutureExt, StreamExt};
@@ -55,6 +55,11 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
     if !omitted.is_empty() {
         metrics::counter!("flywheel_capture_incomplete_total").increment(1);
     }
+    // A Responses-API exchange is kept as the chat turn it amounts to.
+    let request = match ex.wire {
+        Wire::Chat => request,
+        Wire::Responses => super::responses::request_as_chat(request),
+    };
     let (messages, params) = match request {
         Value::Object(mut fields) => {
             let messages = fields.remove("messages").unwrap_or(Value::Null);
@@ -65,6 +70,8 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
     };
     let mut answer = if ex.outcome == Outcome::UpstreamError {
         Answer::error(&ex.response)
+    } else if ex.wire == Wire::Responses {
+        Answer::from_body(&super::responses::answer_as_chat(&ex.response, ex.streamed))
     } else if ex.streamed {
         Answer::from_stream(&ex.response)
     } else {

@@ -353,6 +353,7 @@ mod tests {
                         upstream_model: "gpt-4o-mini".into(),
                         candidate: false,
                     },
+                    wire: crate::exchange::Wire::Chat,
                     streamed: false,
                     request: Bytes::from(request.to_string()),
                     response: Bytes::from(response.to_string()),

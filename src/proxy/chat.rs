@@ -8,7 +8,7 @@ use super::request::ChatRequest;
 use super::thread::{self, Thread, TurnThreading};
 use crate::auth::{Caller, Credential, Role};
 use crate::capture::CaptureMeta;
-use crate::exchange::Outcome;
+use crate::exchange::{Outcome, Wire};
 use crate::ids::new_id;
 use crate::openai::{ApiError, read_body};
 use crate::routing::{Choice, Route, RouteError, RoutingTable};
@@ -39,6 +39,19 @@ pub async fn chat_completions(
     State(app): State<Arc<AppState>>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    handle(&app, request, Wire::Chat).await
+}
+
+/// `POST /v1/responses`: routed, sent, relayed and captured as a chat
+/// completion is; see `capture::responses` for how it is recorded.
+pub async fn responses(
+    State(app): State<Arc<AppState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    handle(&app, request, Wire::Responses).await
+}
+
+async fn handle(app: &AppState, request: Request, wire: Wire) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
@@ -47,8 +60,11 @@ pub async fn chat_completions(
         ApiError::Internal("the request reached the handler unauthenticated".into())
     })?;
     let body = read_body(body, app.config.server.max_body_bytes).await?;
-    let request = ChatRequest::parse(&body)?;
-    let routed = route(&app, &request, &body, &headers, &caller)?;
+    let request = match wire {
+        Wire::Chat => ChatRequest::parse(&body)?,
+        Wire::Responses => ChatRequest::parse_responses(&body)?,
+    };
+    let routed = route(app, &request, &body, &headers, &caller)?;
     let outgoing = Outgoing {
         upstreams: &app.upstreams,
         request: &request,
@@ -64,7 +80,7 @@ pub async fn chat_completions(
         caller: &caller,
         started,
     };
-    respond(&app, asked, routed, sent).await
+    respond(app, asked, routed, sent).await
 }
 
 /// What routing decided for one request.
@@ -114,7 +130,8 @@ fn route(
             app.config.capture.enabled,
         )
     };
-    if let Some(alias) = &route.alias {
+    // Shadow copies are chat completions; a Responses request has none.
+    if let Some(alias) = route.alias.as_ref().filter(|_| request.wire == Wire::Chat) {
         let shadows = table.shadows(alias);
         if !shadows.is_empty() {
             app.mirror
@@ -202,6 +219,7 @@ async fn respond(
         version: sent.route.version.clone(),
     };
     let threading = routed.meta.enabled.then(|| TurnThreading {
+        wire: request.wire,
         prefix: request.thread_prefix.clone(),
         turn: routed.thread.turn,
         recent: app.recent.clone(),
@@ -210,6 +228,7 @@ async fn respond(
         inference_id: routed.inference_id.clone(),
         caller_id: caller.id.clone(),
         route: sent.route,
+        wire: request.wire,
         streamed: request.stream,
         request: body,
         started,
@@ -230,6 +249,7 @@ async fn respond(
             relay(reply, pending, provider).await
         }
         Err(error) => {
+            let error = unsupported_route(error, request.wire, provider);
             pending.finish_failed(&error);
             error.into_response()
         }
@@ -290,11 +310,12 @@ impl Outgoing<'_> {
             Credential::Passthrough(key) => Some(key),
             _ => None,
         };
-        let upstream_request = UpstreamRequest::chat(
-            headers::outgoing(self.headers, false, client_key.is_some()),
-            self.request.body_for(self.body, &route.upstream_model),
-            client_key,
-        );
+        let headers = headers::outgoing(self.headers, false, client_key.is_some());
+        let body = self.request.body_for(self.body, &route.upstream_model);
+        let upstream_request = match self.request.wire {
+            Wire::Chat => UpstreamRequest::chat(headers, body, client_key),
+            Wire::Responses => UpstreamRequest::responses(headers, body, client_key),
+        };
         let deadline = self.started + provider.total_timeout;
         let retries = if route.candidate {
             0
@@ -304,6 +325,34 @@ impl Outgoing<'_> {
         provider
             .send_retrying(upstream_request, deadline, retries)
             .await
+    }
+}
+
+/// A provider that does not serve the Responses API answers its path with
+/// 404: said plainly, naming the route and the provider, rather than as
+/// the provider's own "not found". A 404 that names a parameter (an
+/// unknown `previous_response_id`) is the provider's answer to a route it
+/// does serve, and is relayed as it is.
+fn unsupported_route(error: ApiError, wire: Wire, provider: &Provider) -> ApiError {
+    let names_no_param = |body: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .map_or(true, |v| v["error"]["param"].is_null())
+    };
+    match error {
+        ApiError::UpstreamStatus(f)
+            if wire == Wire::Responses && f.status.as_u16() == 404 && names_no_param(&f.body) =>
+        {
+            ApiError::NotFound {
+                message: format!(
+                    "provider `{}` does not serve the Responses API (POST /v1/responses); \
+                     send this model's requests to POST /v1/chat/completions",
+                    provider.name
+                ),
+                param: None,
+                code: "responses_unsupported",
+            }
+        }
+        other => other,
     }
 }
 

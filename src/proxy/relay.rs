@@ -4,7 +4,7 @@
 
 use super::thread::TurnThreading;
 use crate::capture::CaptureMeta;
-use crate::exchange::{Exchange, ExchangeSink, Outcome};
+use crate::exchange::{Exchange, ExchangeSink, Outcome, Wire};
 use crate::openai::{ApiError, sse};
 use crate::routing::Route;
 use crate::upstream::{BodyStream, Reply, headers};
@@ -22,6 +22,7 @@ pub struct Pending {
     pub inference_id: String,
     pub caller_id: Arc<str>,
     pub route: Route,
+    pub wire: Wire,
     pub streamed: bool,
     pub request: Bytes,
     pub started: Instant,
@@ -55,6 +56,7 @@ impl Pending {
             inference_id: self.inference_id,
             caller_id: self.caller_id,
             route: self.route,
+            wire: self.wire,
             streamed: self.streamed,
             request: self.request,
             response,
@@ -99,7 +101,12 @@ impl Relay {
         // The stream is complete with its `[DONE]` event: hand the
         // exchange to capture before the client can read it and send the
         // next turn, which then finds this one threaded.
-        if ends_with_done(&chunk) {
+        let complete = match self.pending.as_ref().map(|p| p.wire) {
+            Some(Wire::Chat) => ends_with_done(&chunk),
+            Some(Wire::Responses) => ends_with_final_event(&self.copy),
+            None => false,
+        };
+        if complete {
             self.finish(Outcome::Ok);
         }
         chunk
@@ -222,4 +229,52 @@ fn ends_with_done(chunk: &[u8]) -> bool {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |i| i + 1);
     chunk[..end].ends_with(b"data: [DONE]") || chunk[..end].ends_with(b"data:[DONE]")
+}
+
+/// Whether the stream so far ends with a Responses-API event that ends the
+/// response (`response.completed`, `.incomplete` or `.failed`), named on
+/// its `event:` line.
+fn ends_with_final_event(stream: &[u8]) -> bool {
+    let Some(body) = stream
+        .strip_suffix(b"\n\n")
+        .or_else(|| stream.strip_suffix(b"\r\n\r\n"))
+    else {
+        return false;
+    };
+    let start = body
+        .windows(2)
+        .rposition(|w| w == b"\n\n")
+        .map_or(0, |i| i + 2);
+    let event = body[start..].trim_ascii_start();
+    [
+        &b"event: response.completed"[..],
+        b"event: response.incomplete",
+        b"event: response.failed",
+    ]
+    .iter()
+    .any(|name| {
+        event
+            .strip_prefix(*name)
+            .is_some_and(|rest| rest.first().is_some_and(|b| matches!(b, b'\n' | b'\r')))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_with_final_event;
+
+    #[test]
+    fn a_responses_stream_ends_with_its_final_event_only() {
+        let delta = "event: response.output_text.delta\ndata: {\"delta\":\"event: response.completed\"}\n\n";
+        let done = "event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n";
+        assert!(!ends_with_final_event(delta.as_bytes()));
+        assert!(ends_with_final_event([delta, done].concat().as_bytes()));
+        // Half an event is not the end yet.
+        assert!(!ends_with_final_event(
+            [delta, &done[..done.len() - 1]].concat().as_bytes()
+        ));
+        assert!(!ends_with_final_event(
+            b"event: response.completed_not\ndata: {}\n\n"
+        ));
+    }
 }

@@ -3,7 +3,9 @@
 //! forwarded as received, with only the model name spliced in.
 
 use crate::capture::answer::calls_of;
+use crate::capture::responses::response_key;
 use crate::capture::threading::{ThreadHasher, message_text};
+use crate::exchange::Wire;
 use crate::openai::{ApiError, parse_json};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -14,6 +16,9 @@ use std::ops::Range;
 
 #[derive(Debug)]
 pub struct ChatRequest {
+    /// The route it came through; a Responses-API request is routed and
+    /// sent as a chat completion is, to the provider's `responses`.
+    pub wire: Wire,
     pub model: String,
     pub stream: bool,
     /// The key of the history this request continues, for implicit threading.
@@ -48,6 +53,21 @@ struct View<'a> {
     _max_completion_tokens: Option<u32>,
     #[serde(rename = "tools", borrow)]
     _tools: Option<Vec<Tool<'a>>>,
+}
+
+/// The fields of a Responses-API request that routing and threading read;
+/// the provider checks the rest.
+#[derive(Deserialize)]
+struct ResponsesView<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    stream: Option<bool>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    previous_response_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -106,10 +126,56 @@ impl ChatRequest {
         let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
         let (history_key, thread_prefix) = thread_keys(view.messages.as_deref().unwrap_or(&[]));
         Ok(Self {
+            wire: Wire::Chat,
             model,
             stream: view.stream.unwrap_or(false),
             history_key,
             thread_prefix,
+            user: view
+                .user
+                .map(|u| u.trim().chars().take(256).collect::<String>())
+                .filter(|u| !u.is_empty()),
+            model_span: start..start + raw_model.get().len(),
+        })
+    }
+
+    /// A `POST /v1/responses` body: its model, whether it streams, its
+    /// end user, and the response it continues (`previous_response_id`),
+    /// whose key is the history key that threads it.
+    pub fn parse_responses(body: &[u8]) -> Result<Self, ApiError> {
+        let view: ResponsesView<'_> = parse_json(body)?;
+        let raw_model = view.model.ok_or_else(|| {
+            ApiError::invalid("you must provide a model parameter", Some("model"))
+        })?;
+        let model: String = serde_json::from_str(raw_model.get())
+            .map_err(|_| ApiError::invalid("`model` must be a string", Some("model")))?;
+        if model.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "`model` must not be empty",
+                Some("model"),
+            ));
+        }
+        match view.input.map(|raw| raw.get().as_bytes().first().copied()) {
+            Some(Some(b'"' | b'[')) => {}
+            _ => {
+                return Err(ApiError::invalid(
+                    "`input` must be a string or a list of input items",
+                    Some("input"),
+                ));
+            }
+        }
+        let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
+        Ok(Self {
+            wire: Wire::Responses,
+            model,
+            stream: view.stream.unwrap_or(false),
+            history_key: view
+                .previous_response_id
+                .as_deref()
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(response_key),
+            thread_prefix: ThreadHasher::default(),
             user: view
                 .user
                 .map(|u| u.trim().chars().take(256).collect::<String>())

@@ -126,6 +126,7 @@ impl Copy {
             inference_id: new_id("inf"),
             caller_id: Arc::from("shadow"),
             route: self.route,
+            wire: crate::exchange::Wire::Chat,
             streamed: self.streamed,
             request: self.original,
             response,

@@ -3,7 +3,8 @@
 //! moment its answer completes.
 
 use crate::capture::threading::ThreadHasher;
-use crate::capture::{RecentThreads, Registration, answer};
+use crate::capture::{RecentThreads, Registration, answer, responses};
+use crate::exchange::Wire;
 use crate::ids;
 use crate::openai::ApiError;
 use crate::store::{SharedStore, ThreadPoint};
@@ -120,6 +121,9 @@ fn turns(point: &ThreadPoint, recent: &RecentThreads, store: &SharedStore) -> Op
 
 /// What the request path registers when the answer completes.
 pub struct TurnThreading {
+    /// A chat answer completes the key of the messages; a response's key
+    /// is its id's (`previous_response_id` names it).
+    pub wire: Wire,
     /// The request's messages hashed; the answer completes the key.
     pub prefix: ThreadHasher,
     /// The turn, when threaded implicitly (explicit conversations are
@@ -139,6 +143,10 @@ impl TurnThreading {
         answered: Option<(&[u8], bool)>,
     ) -> Option<String> {
         let continuation = answered.and_then(|(body, streamed)| {
+            if self.wire == Wire::Responses {
+                return responses::response_id(body, streamed)
+                    .map(|id| responses::response_key(&id));
+            }
             let answer = if streamed {
                 answer::from_stream(body)
             } else {

@@ -18,6 +18,8 @@ pub use super::transport::BodyStream;
 
 /// The path of chat completions under a provider's base URL.
 pub const CHAT_PATH: &str = "chat/completions";
+/// Where a Responses-API request goes, under the provider's base URL.
+pub const RESPONSES_PATH: &str = "responses";
 
 pub struct Provider {
     pub name: Arc<str>,
@@ -59,6 +61,19 @@ impl<'a> UpstreamRequest<'a> {
             headers,
             body,
             client_key,
+        }
+    }
+
+    /// A Responses-API request: `body` POSTed to `responses`, otherwise
+    /// sent as a chat completion is.
+    pub fn responses(
+        headers: HeaderMap,
+        body: Bytes,
+        client_key: Option<&'a SecretString>,
+    ) -> Self {
+        Self {
+            path: RESPONSES_PATH,
+            ..Self::chat(headers, body, client_key)
         }
     }
 }

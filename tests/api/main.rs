@@ -36,6 +36,7 @@ mod operations;
 mod postgres;
 mod postgres_cli;
 mod replicas;
+mod responses;
 mod review;
 mod signals;
 mod store_conformance;

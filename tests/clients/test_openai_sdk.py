@@ -1,12 +1,12 @@
 """The official openai SDK: chat, `chat.completions.parse`, the streaming
-helper, a tool loop, and the Responses API through the pass-through."""
+helper, a tool loop, and the Responses API."""
 import json
 
 import openai
 import pytest
 from pydantic import BaseModel
 
-from conftest import ALERT, SYSTEM, base_url, captured, one_conversation
+from conftest import ALERT, SYSTEM, base_url, one_conversation
 
 
 class Triage(BaseModel):
@@ -74,9 +74,9 @@ class LookupHost(BaseModel):
     hostname: str
 
 
-def test_responses_through_the_pass_through(proxy, user):
-    """`POST /v1/responses` is relayed untouched to the default provider
-    (the alias is not resolved there), so the provider's model name works."""
+def test_responses_with_a_provider_model(proxy, user):
+    """A model name that is no alias goes unchanged to the default
+    provider's `responses`, unary and streamed."""
     c = client(proxy, user)
     response = c.responses.create(model="gpt-4o-mini", input=ALERT)
     assert response.output_text.startswith("Threat type: credential_access")
@@ -86,7 +86,18 @@ def test_responses_through_the_pass_through(proxy, user):
     assert "".join(deltas) == final.output_text == response.output_text
 
 
-@pytest.mark.skip(reason="POST /v1/responses is relayed, not yet captured")
 def test_responses_with_the_alias(proxy, user):
-    client(proxy, user).responses.create(model="triage", input=ALERT)
-    captured(proxy, user, 1)
+    """The alias is routed; a `previous_response_id` chain, unary then
+    streamed, is captured as one conversation of two chat turns."""
+    c = client(proxy, user)
+    first = c.responses.create(model="triage", instructions=SYSTEM, input=ALERT)
+    assert first.output_text.startswith("Threat type: credential_access")
+    with c.responses.stream(model="triage", previous_response_id=first.id,
+                            input="Is the host isolated already?") as stream:
+        second = stream.get_final_response()
+    conversation = one_conversation(proxy, user, 2)
+    turns = conversation["turns"]
+    assert turns[0]["request"]["messages"][0] == {"role": "system", "content": SYSTEM}
+    assert turns[0]["response"]["message"]["content"] == first.output_text
+    assert turns[1]["streamed"] is True
+    assert turns[1]["response"]["message"]["content"] == second.output_text

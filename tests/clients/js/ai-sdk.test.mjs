@@ -1,8 +1,9 @@
 // The Vercel AI SDK (`ai` + `@ai-sdk/openai`, versions pinned in
 // package-lock.json) against the real proxy in front of the real
 // simulator: a unary call, a stream, structured output and a tool loop
-// through the chat provider (`openai.chat('triage')`), each asked of the
-// admin API afterwards — captured, and the tool loop threaded as one
+// through the chat provider (`openai.chat('triage')`), and the Responses
+// provider (`openai('triage')`), each asked of the admin API afterwards —
+// captured, and the tool loop and the Responses chain threaded as one
 // conversation. Every test sends its own `x-flywheel-user`, so the admin
 // API's `user` filter finds exactly its exchanges.
 
@@ -120,9 +121,9 @@ test('a tool loop runs the tool and threads into one conversation', async () => 
   assert.match(turns[1].response.message.content, /Threat type:/);
 });
 
-test('the Responses provider reaches the provider through the pass-through', async () => {
-  // `POST /v1/responses` is relayed untouched to the default provider: the
-  // alias is not resolved there, so the provider's own model name is used.
+test('the Responses provider with a provider model name', async () => {
+  // A name that is no alias goes unchanged to the default provider's
+  // `responses`, unary and streamed.
   const model = provider('ai-sdk-responses').responses('gpt-4o-mini');
   const { text } = await generateText({ model, prompt: ALERT });
   assert.match(text, /^Threat type: credential_access/);
@@ -133,6 +134,28 @@ test('the Responses provider reaches the provider through the pass-through', asy
   assert.equal(parts.join(''), text);
 });
 
-test('the Responses provider with the alias', { skip: 'POST /v1/responses is relayed, not yet captured' }, async () => {
-  await generateText({ model: provider('ai-sdk-responses-alias')('triage'), prompt: ALERT });
+test('the Responses provider with the alias', async () => {
+  // The default provider (`openai('triage')`) speaks the Responses API:
+  // routed by alias, and a follow-up naming the previous response is
+  // captured in the same conversation.
+  const user = `ai-sdk-responses-alias-${randomUUID()}`;
+  const model = provider(user)('triage');
+  const first = await generateText({ model, prompt: ALERT });
+  assert.match(first.text, /^Threat type: credential_access/);
+  const previousResponseId = first.providerMetadata.openai.responseId;
+  assert.match(previousResponseId, /^resp_/);
+  const streamed = streamText({
+    model,
+    prompt: 'Is the host isolated already?',
+    providerOptions: { openai: { previousResponseId } },
+  });
+  const parts = [];
+  for await (const part of streamed.textStream) parts.push(part);
+  const conversations = await captured(user, 2);
+  assert.equal(conversations.length, 1, 'one conversation');
+  const turns = conversations[0].turns;
+  assert.equal(turns.length, 2);
+  assert.equal(turns[0].response.message.content, first.text);
+  assert.equal(turns[1].streamed, true);
+  assert.equal(turns[1].response.message.content, parts.join(''));
 });

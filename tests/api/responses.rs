@@ -1,0 +1,266 @@
+//! `POST /v1/responses` through the proxy: the alias routed (split and
+//! sticky), unary and streamed answers relayed and captured as chat
+//! turns, `previous_response_id` chains threaded, feedback by response id,
+//! and a provider without the route named in a clear error.
+
+use crate::helpers::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+
+const ALERT: &str =
+    "Endpoint alert: LSASS memory dumped by rundll32.exe via comsvcs.dll MiniDump on host WS-042.";
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response.headers()[name].to_str().unwrap().to_string()
+}
+
+/// The `event:` names and `data:` payloads of a Responses stream.
+fn events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|event| {
+            let mut lines = event.lines();
+            let name = lines.next().unwrap().strip_prefix("event: ").unwrap();
+            let data = lines.next().unwrap().strip_prefix("data: ").unwrap();
+            (name.to_string(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_unary_response_is_routed_by_alias_and_captured_as_a_chat_turn() {
+    let app = spawn_app().await;
+    let response = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "instructions": "You are a SOC analyst.", "input": ALERT}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-flywheel-variant"), "base");
+    let conversation = header(&response, "x-flywheel-conversation-id");
+    let inference = header(&response, "x-flywheel-inference-id");
+    let body: Value = response.json().await.unwrap();
+    // The alias was resolved: the provider saw the version's model.
+    assert_eq!(body["model"], "gpt-4o-mini");
+    let id = body["id"].as_str().unwrap();
+    assert!(id.starts_with("resp_"), "{id}");
+    let text = body["output"][0]["content"][0]["text"].as_str().unwrap();
+
+    let detail = app.stored_turns(&conversation, 1).await;
+    let turn = &detail["turns"][0];
+    assert_eq!(turn["inference_id"], inference.as_str());
+    assert_eq!(
+        turn["request"]["messages"],
+        json!([{"role": "system", "content": "You are a SOC analyst."},
+            {"role": "user", "content": ALERT}])
+    );
+    assert_eq!(turn["response"]["choices"][0]["message"]["content"], text);
+    assert_eq!(
+        turn["response"]["usage"]["prompt_tokens"],
+        body["usage"]["input_tokens"]
+    );
+    assert_eq!(
+        turn["response"]["usage"]["completion_tokens"],
+        body["usage"]["output_tokens"]
+    );
+    let stored = app.state.store.inference_by_completion(id).unwrap();
+    assert_eq!(stored.map(|r| r.id), Some(inference));
+}
+
+#[tokio::test]
+async fn a_streamed_response_is_relayed_event_by_event_and_captured() {
+    let app = spawn_app().await;
+    let response = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "stream": true,
+                "input": [{"role": "user", "content": [{"type": "input_text", "text": ALERT}]}]}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let conversation = header(&response, "x-flywheel-conversation-id");
+    let events = events(&response.text().await.unwrap());
+    assert_eq!(events[0].0, "response.created");
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "response.completed");
+    let text: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.output_text.delta")
+        .map(|(_, data)| data["delta"].as_str().unwrap())
+        .collect();
+    assert!(!text.is_empty());
+
+    let detail = app.stored_turns(&conversation, 1).await;
+    let turn = &detail["turns"][0];
+    assert_eq!(turn["streamed"], true);
+    assert_eq!(turn["request"]["messages"][0]["content"], ALERT);
+    assert_eq!(turn["response"]["choices"][0]["message"]["content"], text);
+    assert_eq!(
+        turn["response"]["usage"]["completion_tokens"],
+        done["response"]["usage"]["output_tokens"]
+    );
+}
+
+#[tokio::test]
+async fn a_previous_response_id_chain_is_one_conversation_and_takes_feedback_by_response_id() {
+    let app = spawn_app().await;
+    let first = app
+        .post("/v1/responses", &json!({"model": "triage", "input": ALERT}))
+        .await;
+    let conversation = header(&first, "x-flywheel-conversation-id");
+    let first: Value = first.json().await.unwrap();
+    let follow_up = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "stream": true, "previous_response_id": first["id"],
+                "input": "Is the host isolated already?"}),
+        )
+        .await;
+    assert_eq!(follow_up.status(), 200);
+    assert_eq!(
+        header(&follow_up, "x-flywheel-conversation-id"),
+        conversation
+    );
+    let second = header(&follow_up, "x-flywheel-inference-id");
+    let events = events(&follow_up.text().await.unwrap());
+    let second_id = events[0].1["response"]["id"].as_str().unwrap().to_string();
+    let detail = app.stored_turns(&conversation, 2).await;
+    assert_eq!(detail["turns"].as_array().unwrap().len(), 2);
+
+    let feedback = app
+        .post(
+            "/v1/feedback",
+            &json!({"completion_id": second_id, "rating": 5, "thumbs": "up"}),
+        )
+        .await;
+    assert_eq!(feedback.status(), 201);
+    let stored = app.state.store.feedback_for(&second).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].rating, Some(5));
+}
+
+#[tokio::test]
+async fn responses_follow_the_split_and_stay_with_their_user() {
+    let app = spawn_app().await;
+    let traffic = app
+        .admin(
+            Method::PUT,
+            "/admin/api/models/triage/traffic",
+            Some(&json!({"weights": {"base": 50, "large": 50}, "reason": "split"})),
+        )
+        .await;
+    assert_eq!(traffic.status(), 200);
+    let ask = |user: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .post(
+                    "/v1/responses",
+                    &json!({"model": "triage", "input": ALERT, "user": user}),
+                )
+                .await;
+            assert_eq!(response.status(), 200);
+            let variant = header(&response, "x-flywheel-variant");
+            let body: Value = response.json().await.unwrap();
+            let expected = if variant == "large" {
+                "gpt-4o"
+            } else {
+                "gpt-4o-mini"
+            };
+            assert_eq!(body["model"], expected);
+            variant
+        }
+    };
+    let mut seen = BTreeSet::new();
+    for n in 0..40 {
+        seen.insert(ask(format!("analyst-{n}")).await);
+    }
+    assert_eq!(seen.len(), 2, "both versions serve: {seen:?}");
+    let sticky = ask("analyst-7".into()).await;
+    for _ in 0..5 {
+        assert_eq!(ask("analyst-7".into()).await, sticky);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_candidate_falls_back_to_production_before_the_first_byte() {
+    let app = spawn_app_with(Options {
+        provider_extra: "max_retries = 0".into(),
+        ..Options::default()
+    })
+    .await;
+    let traffic = app
+        .admin(
+            Method::PUT,
+            "/admin/api/models/triage/traffic",
+            Some(&json!({"weights": {"base": 0, "large": 100}, "reason": "all on large"})),
+        )
+        .await;
+    assert_eq!(traffic.status(), 200);
+    let response = app
+        .http
+        .post(app.url("/v1/responses"))
+        .bearer_auth(&app.client_key)
+        .header("x-sim-fail-rate", "gpt-4o=1")
+        .json(&json!({"model": "triage", "input": ALERT}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-flywheel-variant"), "base");
+    let conversation = header(&response, "x-flywheel-conversation-id");
+    let detail = app.stored_turns(&conversation, 1).await;
+    assert_eq!(detail["turns"][0]["fallback_from"], "large");
+    assert_eq!(detail["turns"][0]["version"], "base");
+}
+
+#[tokio::test]
+async fn a_provider_without_the_responses_api_is_named_in_the_error() {
+    let upstream = spawn_simulator(Options::default().simulator).await;
+    let app = spawn_app_with(Options {
+        upstream: Some(upstream),
+        extra: format!(
+            r#"
+[[providers]]
+name = "legacy"
+base_url = "http://{upstream}/legacy/v1"
+api_key_env = "SIM_KEY"
+max_retries = 0
+
+[[models]]
+name = "old"
+model_type = "threat_detection"
+  [[models.versions]]
+  name = "v1"
+  provider = "legacy"
+  model = "gpt-4o-mini"
+"#
+        ),
+        ..Options::default()
+    })
+    .await;
+    let response = app
+        .post("/v1/responses", &json!({"model": "old", "input": ALERT}))
+        .await;
+    assert!(response.headers().contains_key("x-flywheel-inference-id"));
+    let (status, error) = error_of(response).await;
+    assert_eq!(status, 404);
+    assert_eq!(error["code"], "responses_unsupported");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("`legacy`"), "{message}");
+    assert!(message.contains("POST /v1/responses"), "{message}");
+
+    // A provider that serves the route says itself what it did not find.
+    let response = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "input": ALERT, "previous_response_id": "resp_gone"}),
+        )
+        .await;
+    let (status, error) = error_of(response).await;
+    assert_eq!(status, 404);
+    assert_eq!(error["param"], "previous_response_id");
+    assert_ne!(error["code"], "responses_unsupported");
+}
