@@ -46,10 +46,12 @@ async fn backends() -> Backends {
     }
 }
 
-/// An RFC 3339 time `seconds` after a minute ago.
+/// An RFC 3339 time `seconds` after a minute before the first call: one
+/// base for the whole test, however slowly it runs.
 fn at(seconds: u64) -> String {
-    let base = SystemTime::now() - Duration::from_secs(60);
-    humantime::format_rfc3339_seconds(base + Duration::from_secs(seconds)).to_string()
+    static BASE: std::sync::LazyLock<SystemTime> =
+        std::sync::LazyLock::new(|| SystemTime::now() - Duration::from_secs(60));
+    humantime::format_rfc3339_seconds(*BASE + Duration::from_secs(seconds)).to_string()
 }
 
 fn record(id: &str, conversation: &str, created_at: &str) -> InferenceRecord {

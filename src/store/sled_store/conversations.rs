@@ -481,9 +481,12 @@ mod tests {
 
     /// An RFC 3339 time `seconds` after a minute ago: the capture times a
     /// live store sees.
+    /// An RFC 3339 time `seconds` after a minute before the first call:
+    /// one base for the whole test, however slowly it runs.
     fn at(seconds: u64) -> String {
-        let base = SystemTime::now() - Duration::from_secs(60);
-        humantime::format_rfc3339_seconds(base + Duration::from_secs(seconds)).to_string()
+        static BASE: std::sync::LazyLock<SystemTime> =
+            std::sync::LazyLock::new(|| SystemTime::now() - Duration::from_secs(60));
+        humantime::format_rfc3339_seconds(*BASE + Duration::from_secs(seconds)).to_string()
     }
 
     fn turn(conversation: &str, inference: &str, at: &str) -> CapturedTurn {
