@@ -76,6 +76,15 @@ impl Lease {
         }
     }
 
+    /// Gives the lease up, so another replica takes the service over at
+    /// once; a failure only means it waits for the expiry.
+    async fn release(&self, service: &'static str) {
+        let (store, holder) = (self.store.clone(), self.holder.clone());
+        if let Err(e) = blocking(move || store.release_lease(service, &holder)).await {
+            tracing::warn!(service, error = %e, "cannot give the service's lease up; it expires by itself");
+        }
+    }
+
     /// Renews the lease every third of its time; completes once a
     /// renewal is refused.
     async fn keep(&self, service: &'static str) {
@@ -203,6 +212,9 @@ where
             }
         }
     };
+    if let Some(lease) = &service.lease {
+        lease.release(name).await;
+    }
     tracing::info!(service = name, reason, "service stopped");
 }
 

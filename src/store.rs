@@ -265,6 +265,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError> {
         Ok(true)
     }
+
+    /// Gives the lease `name` up if `holder` holds it, so another replica
+    /// takes the work over at once instead of after its expiry (a replica
+    /// stopping for an upgrade).
+    fn release_lease(&self, _name: &str, _holder: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A conversation index a listing can walk; each holds every conversation

@@ -593,6 +593,10 @@ impl Store for PgStore {
         self.take_lease(name, holder, ttl)
     }
 
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.give_up_lease(name, holder)
+    }
+
     fn change_feed(&self) -> Option<ChangeFeed> {
         Some(ChangeFeed::new(
             self.handle.clone(),

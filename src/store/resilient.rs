@@ -394,6 +394,9 @@ impl Store for Resilient {
     fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.write(|s| s.try_lease(name, holder, ttl))
     }
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.write(|s| s.release_lease(name, holder))
+    }
     fn is_healthy(&self) -> bool {
         !self.shared.failed.load(Ordering::Acquire)
             && self

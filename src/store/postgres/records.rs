@@ -541,6 +541,21 @@ impl PgStore {
             Ok(row.is_some())
         })
     }
+
+    pub(super) fn give_up_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.call(move |ctx| async move {
+            let client = ctx.pool.get().await.map_err(pool_error)?;
+            client
+                .execute(
+                    "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                    &[&name, &holder],
+                )
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+    }
 }
 
 async fn upsert_evaluation(
