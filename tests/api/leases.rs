@@ -124,4 +124,6 @@ async fn a_leased_service_runs_on_one_replica_and_moves_when_it_stops() {
         0,
         "two replicas stepped at once"
     );
+    stop_a.cancel();
+    stop_b.cancel();
 }
