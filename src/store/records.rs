@@ -147,6 +147,50 @@ pub struct TurnHead<'a> {
 }
 
 impl ConversationRecord {
+    /// A new conversation for the turn that opens it, before the turn is
+    /// appended: what every store backend starts from.
+    pub fn opening(turn: &CapturedTurn) -> Self {
+        Self {
+            id: turn.record.conversation_id.clone(),
+            inference_ids: Vec::new(),
+            parent_id: turn.parent_id.clone(),
+            created_at: turn.record.created_at.clone(),
+            updated_at: turn.record.created_at.clone(),
+            alias: None,
+            versions: Vec::new(),
+            user: None,
+            preview: turn.preview.clone(),
+            fine_tuned_turns: 0,
+            review: Review::default(),
+            signals: ConversationSignals::default(),
+            position: None,
+        }
+    }
+
+    /// Appends the turn; its index among the conversation's turns (the one
+    /// it already has when a retried batch brings it again).
+    pub fn append(&mut self, turn: &CapturedTurn) -> usize {
+        let r = &turn.record;
+        if let Some(at) = self.inference_ids.iter().position(|id| *id == r.id) {
+            return at;
+        }
+        self.inference_ids.push(r.id.clone());
+        self.updated_at = r.created_at.clone();
+        if self.alias.is_none() {
+            self.alias = r.alias.clone();
+        }
+        if self.user.is_none() {
+            self.user = r.user.clone();
+        }
+        if let Some(v) = r.version.as_ref().filter(|v| !self.versions.contains(v)) {
+            self.versions.push(v.clone());
+        }
+        // OpenAI names fine-tuned models `ft:<base>:…`; compatible
+        // providers (and the simulator) follow it.
+        self.fine_tuned_turns += u32::from(r.provider_model.starts_with("ft:"));
+        self.inference_ids.len() - 1
+    }
+
     /// The conversation a first turn opened, as it stands while it has no
     /// other turn and no review.
     pub fn opened_by(turn: &InferenceRecord, opening: &Opening) -> Self {

@@ -765,47 +765,6 @@ async fn delete_inferences(tx: &Transaction<'_>, ids: &[String]) -> Result<(), S
     Ok(())
 }
 
-/// Appends the turn to the conversation; its index there.
-fn append(c: &mut ConversationRecord, turn: &CapturedTurn) -> usize {
-    let r = &turn.record;
-    if let Some(at) = c.inference_ids.iter().position(|id| *id == r.id) {
-        return at;
-    }
-    c.inference_ids.push(r.id.clone());
-    c.updated_at = r.created_at.clone();
-    if c.alias.is_none() {
-        c.alias = r.alias.clone();
-    }
-    if c.user.is_none() {
-        c.user = r.user.clone();
-    }
-    if let Some(v) = r.version.as_ref().filter(|v| !c.versions.contains(v)) {
-        c.versions.push(v.clone());
-    }
-    // OpenAI names fine-tuned models `ft:<base>:…`; compatible providers
-    // (and the simulator) follow it.
-    c.fine_tuned_turns += u32::from(r.provider_model.starts_with("ft:"));
-    c.inference_ids.len() - 1
-}
-
-fn new_conversation(turn: &CapturedTurn) -> ConversationRecord {
-    ConversationRecord {
-        id: turn.record.conversation_id.clone(),
-        inference_ids: Vec::new(),
-        parent_id: turn.parent_id.clone(),
-        created_at: turn.record.created_at.clone(),
-        updated_at: turn.record.created_at.clone(),
-        alias: None,
-        versions: Vec::new(),
-        user: None,
-        preview: turn.preview.clone(),
-        fine_tuned_turns: 0,
-        review: Default::default(),
-        signals: ConversationSignals::default(),
-        position: None,
-    }
-}
-
 /// Stores a capture batch in one transaction (see [`crate::store::Store::store_captured`]);
 /// returns each turn's index in its conversation, `None` for a turn
 /// stored before or a shadow's answer.
@@ -888,7 +847,9 @@ async fn capture(
                 Some(at) => *at,
                 None => {
                     let before = existing.remove(&turn.record.conversation_id);
-                    let mut after = before.clone().unwrap_or_else(|| new_conversation(turn));
+                    let mut after = before
+                        .clone()
+                        .unwrap_or_else(|| ConversationRecord::opening(turn));
                     if before.is_none() {
                         after.position = Some(Position(batch_id as u64, new_index));
                         new_index += 1;
@@ -904,7 +865,7 @@ async fn capture(
             let Some(conversation) = touched[at].after.as_mut() else {
                 continue;
             };
-            let index = append(conversation, turn);
+            let index = conversation.append(turn);
             turn.record.turn = Some(index);
             indexes[i] = Some(index);
             let duplicate = turn.signals.text_hash.as_ref().and_then(|text| {

@@ -85,7 +85,7 @@ impl SledStore {
                     }
                 };
                 let conversation = &mut touched[at];
-                let index = append(&mut conversation.after, turn);
+                let index = conversation.after.append(turn);
                 turn.record.turn = Some(index);
                 let duplicate = self.text_owner(turn, conversation, &mut owners, &mut pairs)?;
                 conversation.after.signals = ConversationSignals {
@@ -159,21 +159,7 @@ impl SledStore {
         Ok(Touched {
             slot,
             before: None,
-            after: ConversationRecord {
-                id: id.clone(),
-                inference_ids: Vec::new(),
-                parent_id: turn.parent_id.clone(),
-                created_at: turn.record.created_at.clone(),
-                updated_at: turn.record.created_at.clone(),
-                alias: None,
-                versions: Vec::new(),
-                user: None,
-                preview: turn.preview.clone(),
-                fine_tuned_turns: 0,
-                review: Default::default(),
-                signals: ConversationSignals::default(),
-                position: None,
-            },
+            after: ConversationRecord::opening(turn),
         })
     }
 
@@ -271,27 +257,4 @@ fn embed(t: &Touched, batch: &mut [CapturedTurn], fresh: &[usize], changes: &mut
         batch[i].record.opens = Some(opening);
         changes.embedded(&t.slot);
     }
-}
-
-/// Appends the turn to the conversation; its index there.
-fn append(c: &mut ConversationRecord, turn: &CapturedTurn) -> usize {
-    let r = &turn.record;
-    if let Some(at) = c.inference_ids.iter().position(|id| *id == r.id) {
-        return at;
-    }
-    c.inference_ids.push(r.id.clone());
-    c.updated_at = r.created_at.clone();
-    if c.alias.is_none() {
-        c.alias = r.alias.clone();
-    }
-    if c.user.is_none() {
-        c.user = r.user.clone();
-    }
-    if let Some(v) = r.version.as_ref().filter(|v| !c.versions.contains(v)) {
-        c.versions.push(v.clone());
-    }
-    // OpenAI names fine-tuned models `ft:<base>:…`; compatible providers
-    // (and the simulator) follow it.
-    c.fine_tuned_turns += u32::from(r.provider_model.starts_with("ft:"));
-    c.inference_ids.len() - 1
 }
