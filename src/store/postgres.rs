@@ -220,6 +220,25 @@ impl PgStore {
         // busy pool says nothing of the database.
         run_on(&self.handle, self.limit * 2, work(self.ctx.clone()))
     }
+
+    /// The records one query selects (`record::text` first), by at most
+    /// one text parameter.
+    pub(crate) fn select_records<T: DeserializeOwned + Send + 'static>(
+        &self,
+        what: &'static str,
+        sql: &'static str,
+        param: Option<String>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.call(move |ctx| async move {
+            let client = ctx.pool.get().await.map_err(pool_error)?;
+            let rows = match &param {
+                Some(param) => client.query(sql, &[param]).await,
+                None => client.query(sql, &[]).await,
+            }
+            .map_err(db_error)?;
+            records(what, &rows)
+        })
+    }
 }
 
 /// Runs a future on `handle` from a thread outside it and waits for it at

@@ -318,17 +318,11 @@ impl PgStore {
         inference_id: &str,
     ) -> Result<Vec<InferenceRecord>, StoreError> {
         let id = inference_id.to_string();
-        self.call(move |ctx| async move {
-            let client = ctx.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(
-                    "SELECT record::text FROM inferences WHERE shadow_of = $1 ORDER BY id",
-                    &[&id],
-                )
-                .await
-                .map_err(db_error)?;
-            records("inference", &rows)
-        })
+        self.select_records(
+            "inference",
+            "SELECT record::text FROM inferences WHERE shadow_of = $1 ORDER BY id",
+            Some(id),
+        )
     }
 
     pub(super) fn read_thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError> {
@@ -373,17 +367,11 @@ impl PgStore {
         inference_id: &str,
     ) -> Result<Vec<FeedbackRecord>, StoreError> {
         let id = inference_id.to_string();
-        self.call(move |ctx| async move {
-            let client = ctx.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(
-                    "SELECT record::text FROM feedback WHERE inference_id = $1 ORDER BY id",
-                    &[&id],
-                )
-                .await
-                .map_err(db_error)?;
-            records("feedback", &rows)
-        })
+        self.select_records(
+            "feedback",
+            "SELECT record::text FROM feedback WHERE inference_id = $1 ORDER BY id",
+            Some(id),
+        )
     }
 
     pub(super) fn read_feedback_by_idempotency(

@@ -46,14 +46,7 @@ impl PgStore {
     }
 
     pub(super) fn read_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        self.call(|ctx| async move {
-            let client = ctx.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query("SELECT record::text FROM api_keys ORDER BY id", &[])
-                .await
-                .map_err(db_error)?;
-            records("key", &rows)
-        })
+        self.select_records("key", "SELECT record::text FROM api_keys ORDER BY id", None)
     }
 
     pub(super) fn write_revocation(&self, id: &str, at: &str) -> Result<ApiKeyRecord, StoreError> {
@@ -200,14 +193,11 @@ impl PgStore {
     }
 
     pub(super) fn read_model_aliases(&self) -> Result<Vec<ModelAliasRecord>, StoreError> {
-        self.call(|ctx| async move {
-            let client = ctx.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query("SELECT record::text FROM model_aliases ORDER BY alias", &[])
-                .await
-                .map_err(db_error)?;
-            records("model alias", &rows)
-        })
+        self.select_records(
+            "model alias",
+            "SELECT record::text FROM model_aliases ORDER BY alias",
+            None,
+        )
     }
 
     pub(super) fn write_model_alias(
@@ -390,17 +380,11 @@ impl PgStore {
     }
 
     pub(super) fn read_jobs_in_flight(&self) -> Result<Vec<FineTuneJobRecord>, StoreError> {
-        self.call(|ctx| async move {
-            let client = ctx.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(
-                    "SELECT record::text FROM fine_tuning_jobs WHERE in_flight ORDER BY id",
-                    &[],
-                )
-                .await
-                .map_err(db_error)?;
-            records("fine-tuning job", &rows)
-        })
+        self.select_records(
+            "fine-tuning job",
+            "SELECT record::text FROM fine_tuning_jobs WHERE in_flight ORDER BY id",
+            None,
+        )
     }
 
     pub(super) fn write_evaluation(&self, record: &EvaluationRecord) -> Result<(), StoreError> {
@@ -444,18 +428,12 @@ impl PgStore {
         evaluation_id: &str,
     ) -> Result<Vec<ExampleResult>, StoreError> {
         let id = evaluation_id.to_string();
-        self.call(move |ctx| async move {
-            let client = ctx.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(
-                    "SELECT record::text FROM evaluation_examples WHERE evaluation_id = $1
+        self.select_records(
+            "evaluation example",
+            "SELECT record::text FROM evaluation_examples WHERE evaluation_id = $1
                      ORDER BY version, example_index",
-                    &[&id],
-                )
-                .await
-                .map_err(db_error)?;
-            records("evaluation example", &rows)
-        })
+            Some(id),
+        )
     }
 
     pub(super) fn write_finished_evaluation(
@@ -500,18 +478,12 @@ impl PgStore {
         alias: &str,
     ) -> Result<Vec<PerformanceRecord>, StoreError> {
         let alias = alias.to_string();
-        self.call(move |ctx| async move {
-            let client = ctx.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(
-                    "SELECT record::text FROM model_performance WHERE alias = $1
+        self.select_records(
+            "performance",
+            "SELECT record::text FROM model_performance WHERE alias = $1
                      ORDER BY evaluation_id, version, metric",
-                    &[&alias],
-                )
-                .await
-                .map_err(db_error)?;
-            records("performance", &rows)
-        })
+            Some(alias),
+        )
     }
 
     /// Takes or renews the lease `name` for `holder` until `ttl` from now:
