@@ -1,11 +1,12 @@
 //! Two real `flywheel serve` processes on one PostgreSQL database (a
 //! cluster of the test's own): what one replica changes, the other serves
 //! within a moment; feedback goes to either; one replica killed under
-//! load loses no acknowledged feedback and the other keeps serving.
+//! load loses no acknowledged feedback, the other keeps serving and
+//! finishes the fine-tuning job the dead one was following.
 
 use crate::helpers::eventually;
 use crate::helpers::postgres::{Cluster, database_in};
-use crate::helpers::process::{Process, flywheel, free_port, ready, simulate};
+use crate::helpers::process::{Process, flywheel, free_port, listening, ready};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -27,10 +28,16 @@ requests_per_minute = 0
 
 [store]
 kind = "postgres"
+lease_ttl_s = 3
+
+[fine_tuning]
+poll_interval_s = 1
+min_examples = 20
 
 [[providers]]
 name = "sim"
 base_url = "http://{upstream}/v1"
+fine_tuning = true
 
 [[models]]
 name = "triage"
@@ -130,17 +137,156 @@ async fn chat(http: &reqwest::Client, base: &str, key: &str, n: usize) -> Option
     ))
 }
 
+/// The simulator, its fine-tuning jobs spending `step_ms` in each status.
+async fn simulator(step_ms: u64) -> (Process, SocketAddr) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let process = Process::spawn(
+        "flywheel simulate",
+        flywheel().args([
+            "simulate",
+            "--listen",
+            &addr.to_string(),
+            "--job-step-ms",
+            &step_ms.to_string(),
+        ]),
+    );
+    listening(addr.port()).await;
+    (process, addr)
+}
+
+async fn database(url: &str) -> tokio_postgres::Client {
+    let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db
+}
+
+/// Who holds the fine-tuning poller's lease, once someone does.
+async fn poller_holder(db: &tokio_postgres::Client) -> String {
+    eventually(
+        "a replica to take the fine-tuning poller's lease",
+        Duration::from_secs(10),
+        || async {
+            db.query_opt(
+                "SELECT holder FROM leases WHERE name = 'fine-tuning-poller'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get::<_, String>(0))
+        },
+    )
+    .await
+}
+
+/// 24 conversations chatted on `base`, approved, made into a dataset and
+/// a fine-tuning job; returns the job once the provider has it.
+async fn submitted_job(http: &reqwest::Client, base: &str, client: &str) -> String {
+    for n in 0..24 {
+        assert!(chat(http, base, client, 5000 + n).await.is_some());
+    }
+    let ids = eventually(
+        "the 24 conversations to be captured",
+        Duration::from_secs(10),
+        || async {
+            let page: Value = admin(
+                http,
+                base,
+                reqwest::Method::GET,
+                "/admin/api/conversations?limit=100",
+                json!(null),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+            let ids: Vec<Value> = page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].clone())
+                .collect();
+            (ids.len() >= 24).then_some(ids)
+        },
+    )
+    .await;
+    let approved = admin(
+        http,
+        base,
+        reqwest::Method::POST,
+        "/admin/api/conversations/bulk",
+        json!({"ids": ids, "action": "approve"}),
+    )
+    .await;
+    assert_eq!(approved.status(), 200);
+    let dataset: Value = admin(
+        http,
+        base,
+        reqwest::Method::POST,
+        "/admin/api/datasets",
+        json!({"name": "replicas", "format": "sft", "filter": {"status": "approved", "alias": "triage"}}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(dataset["ready_for_training"], true, "{dataset:#}");
+    let created = admin(
+        http,
+        base,
+        reqwest::Method::POST,
+        "/admin/api/fine-tuning/jobs",
+        json!({"alias": "triage", "dataset_id": dataset["id"], "suffix": "replica"}),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(
+        "the job to be submitted",
+        Duration::from_secs(10),
+        || async { (job(http, base, &id).await["provider_job_id"].is_string()).then_some(()) },
+    )
+    .await;
+    id
+}
+
+async fn job(http: &reqwest::Client, base: &str, id: &str) -> Value {
+    admin(
+        http,
+        base,
+        reqwest::Method::GET,
+        &format!("/admin/api/fine-tuning/jobs/{id}"),
+        json!(null),
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn two_serve_processes_share_changes_and_survive_one_being_killed() {
     let cluster = Cluster::start();
     let url = database_in(&cluster.url(), "replicas").await.url;
-    let (_simulator, upstream) = simulate().await;
+    let db = database(&url).await;
+    // Each status of a fine-tuning job lasts 1.5 s: the job is still
+    // running at the provider when A dies.
+    let (_simulator, upstream) = simulator(1500).await;
     let dir = tempfile::tempdir().unwrap();
     let mut a = replica(dir.path(), "a", upstream, &url).await;
+    // A alone takes the background services' leases, so it is the one
+    // following the job below.
+    let holder_a = poller_holder(&db).await;
     let b = replica(dir.path(), "b", upstream, &url).await;
     let http = reqwest::Client::new();
     let (_, client) = new_key(&http, &a.base, "client").await;
     let (_, analyst) = new_key(&http, &b.base, "analyst").await;
+    let job_id = submitted_job(&http, &b.base, &client).await;
+    assert_eq!(poller_holder(&db).await, holder_a);
 
     // Promoted through A, served by B.
     let promoted = admin(
@@ -245,10 +391,6 @@ async fn two_serve_processes_share_changes_and_survive_one_being_killed() {
 
     // B keeps serving, and every acknowledged feedback is in the database.
     assert!(chat(&http, &b.base, &client, 9999).await.is_some());
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     let stored: i64 = db
         .query_one(
             "SELECT count(*) FROM feedback WHERE id = ANY($1)",
@@ -258,4 +400,51 @@ async fn two_serve_processes_share_changes_and_survive_one_being_killed() {
         .unwrap()
         .get(0);
     assert_eq!(stored as usize, acknowledged.len());
+
+    // B takes the poller's lease over and finishes A's job: one
+    // submission, one candidate.
+    let finished = eventually(
+        "the survivor to finish the dead replica's job",
+        Duration::from_secs(40),
+        || async {
+            let job = job(&http, &b.base, &job_id).await;
+            (job["status"] == "succeeded").then_some(job)
+        },
+    )
+    .await;
+    assert_ne!(poller_holder(&db).await, holder_a);
+    let at_provider: Value = http
+        .get(format!("http://{upstream}/v1/fine_tuning/jobs?limit=100"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let submissions = at_provider["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["metadata"]["flywheel_job_id"] == job_id.as_str())
+        .count();
+    assert_eq!(submissions, 1, "{at_provider:#}");
+    let version = finished["registered_version"].as_str().unwrap();
+    let alias: Value = admin(
+        &http,
+        &b.base,
+        reqwest::Method::GET,
+        "/admin/api/models/triage",
+        json!(null),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let registered = alias["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"] == version)
+        .count();
+    assert_eq!(registered, 1, "{alias:#}");
 }
