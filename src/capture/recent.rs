@@ -22,9 +22,9 @@ pub struct Registration {
     pub turn: usize,
     pub inference_id: String,
     pub sticky: Option<String>,
-    /// The key a follow-up of this turn presents; none when the turn
+    /// The keys a follow-up of this turn may present; none when the turn
     /// failed (nothing to follow up on), though it still counts.
-    pub continuation: Option<String>,
+    pub continuations: Vec<String>,
 }
 
 pub struct RecentThreads {
@@ -39,7 +39,7 @@ struct Inner {
     points: HashMap<String, (u64, ThreadPoint)>,
     heads: HashMap<String, Head>,
     /// Registrations oldest first, for forgetting: (generation, key, conversation).
-    order: VecDeque<(u64, Option<String>, String)>,
+    order: VecDeque<(u64, Vec<String>, String)>,
     next: u64,
 }
 
@@ -80,17 +80,19 @@ impl RecentThreads {
         let head = inner.heads.entry(r.conversation_id.clone()).or_default();
         head.turns = head.turns.max(r.turn + 1);
         head.registered.push((r.turn, r.inference_id, generation));
-        if let Some(key) = &r.continuation {
-            let point = ThreadPoint {
-                conversation_id: r.conversation_id.clone(),
-                turn: r.turn,
-                sticky: r.sticky,
-            };
-            inner.points.insert(key.clone(), (generation, point));
+        let point = ThreadPoint {
+            conversation_id: r.conversation_id.clone(),
+            turn: r.turn,
+            sticky: r.sticky,
+        };
+        for key in &r.continuations {
+            inner
+                .points
+                .insert(key.clone(), (generation, point.clone()));
         }
         inner
             .order
-            .push_back((generation, r.continuation, r.conversation_id));
+            .push_back((generation, r.continuations, r.conversation_id));
         while inner.order.len() > self.capacity {
             inner.forget_oldest();
         }
@@ -116,13 +118,13 @@ impl RecentThreads {
 
 impl Inner {
     fn forget_oldest(&mut self) {
-        let Some((generation, key, conversation)) = self.order.pop_front() else {
+        let Some((generation, keys, conversation)) = self.order.pop_front() else {
             return;
         };
-        if let Some(key) = key
-            && self.points.get(&key).is_some_and(|(g, _)| *g == generation)
-        {
-            self.points.remove(&key);
+        for key in keys {
+            if self.points.get(&key).is_some_and(|(g, _)| *g == generation) {
+                self.points.remove(&key);
+            }
         }
         if let Some(head) = self.heads.get_mut(&conversation) {
             head.registered.retain(|(.., g)| *g != generation);
@@ -143,7 +145,7 @@ mod tests {
             turn,
             inference_id: format!("inf_{conversation}_{turn}"),
             sticky: Some("user:a".into()),
-            continuation: key.map(String::from),
+            continuations: key.map(String::from).into_iter().collect(),
         }
     }
 
@@ -170,5 +172,17 @@ mod tests {
         assert_eq!(r.turns("c1"), None);
         assert_eq!(r.turns("c2"), Some(2));
         assert!(r.point("b").is_some() && r.point("c").is_some());
+    }
+
+    #[test]
+    fn a_turn_is_found_by_each_of_its_keys_and_forgotten_with_all_of_them() {
+        let r = RecentThreads::new(1);
+        let mut both = turn("c1", 0, Some("history"));
+        both.continuations.push("response".into());
+        r.register(both);
+        assert_eq!(r.point("history"), r.point("response"));
+        assert_eq!(r.point("response").unwrap().conversation_id, "c1");
+        r.register(turn("c2", 0, Some("other")));
+        assert_eq!((r.point("history"), r.point("response")), (None, None));
     }
 }

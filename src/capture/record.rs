@@ -23,9 +23,10 @@ pub struct CaptureMeta {
     pub enabled: bool,
     /// The key the version was assigned by; later turns reuse it.
     pub sticky: Option<String>,
-    /// The key a follow-up of this turn will present (request messages
-    /// plus the answer), worked out on the request path as it completed.
-    pub continuation: Option<String>,
+    /// The keys a follow-up of this turn may present (request messages
+    /// plus the answer; a response's id), worked out on the request path
+    /// as it completed.
+    pub continuations: Vec<String>,
     /// The candidate that failed before production served this exchange.
     pub fallback_from: Option<String>,
     /// Set on a shadow version's exchange: the live inference it mirrors.

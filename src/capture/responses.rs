@@ -10,6 +10,9 @@
 //! A response's `id` threads its follow-up: [`response_key`] is the
 //! continuation key the answer leaves and the history key a request with
 //! `previous_response_id` presents, in the same lookup as chat's keys.
+//! Its last output item's id does the same for a follow-up that names
+//! that item in an `item_reference` instead of writing it out
+//! ([`item_key`]).
 
 use super::threading::ThreadHasher;
 use bytes::Bytes;
@@ -21,6 +24,36 @@ pub fn response_key(id: &str) -> String {
     let mut hasher = ThreadHasher::default();
     hasher.add("response", id, &[], None);
     hasher.key()
+}
+
+/// The thread key of an output item id: a follow-up whose history's last
+/// assistant item is an `item_reference` to it continues the turn.
+pub fn item_key(id: &str) -> String {
+    let mut hasher = ThreadHasher::default();
+    hasher.add("item", id, &[], None);
+    hasher.key()
+}
+
+/// What a follow-up of an answered response may name, read in one pass.
+pub struct Answered {
+    pub id: Option<String>,
+    /// The id of its last output item.
+    pub last_item: Option<String>,
+    /// The answer as a chat completion body (see [`answer_as_chat`]).
+    pub chat: Bytes,
+}
+
+pub fn answered(body: &[u8], streamed: bool) -> Answered {
+    let response = response_of(body, streamed);
+    let id_of = |v: &Value| v["id"].as_str().map(String::from);
+    Answered {
+        id: id_of(&response),
+        last_item: response["output"]
+            .as_array()
+            .and_then(|items| items.last())
+            .and_then(id_of),
+        chat: Bytes::from(completion_of(&response).to_string()),
+    }
 }
 
 /// The `id` of a response, unary or streamed (the first event that
@@ -104,12 +137,15 @@ fn text_of(content: &Value) -> Value {
 /// The answer as a chat completion body (`id`, one choice, `usage`), for
 /// capture's reader of chat answers.
 pub fn answer_as_chat(body: &[u8], streamed: bool) -> Bytes {
-    let response = if streamed {
+    Bytes::from(completion_of(&response_of(body, streamed)).to_string())
+}
+
+fn response_of(body: &[u8], streamed: bool) -> Value {
+    if streamed {
         from_stream(body)
     } else {
         serde_json::from_slice(body).unwrap_or(Value::Null)
-    };
-    Bytes::from(completion_of(&response).to_string())
+    }
 }
 
 /// The response object of a stream: the one `response.completed` (or

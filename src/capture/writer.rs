@@ -291,7 +291,7 @@ fn prepare(
     redactor.redact_value(&mut record.response);
     Some(CapturedTurn {
         parent_id: exchange.meta.parent_id.clone(),
-        continuation: exchange.meta.continuation.clone(),
+        continuations: exchange.meta.continuations.clone(),
         preview: record.preview(),
         signals: crate::curation::turn_signals(&record),
         tally: crate::experiment::tally::of_inference(&record),
@@ -365,7 +365,7 @@ mod tests {
                         conversation_id,
                         enabled: true,
                         sticky: Some("key:key_1".into()),
-                        continuation: Some(format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15)),
+                        continuations: vec![format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15)],
                         ..Default::default()
                     },
                 }

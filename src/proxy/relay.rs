@@ -45,7 +45,7 @@ impl Pending {
         if let Some(threading) = self.threading.take() {
             let answered = (outcome == Outcome::Ok && (200..300).contains(&status))
                 .then_some((&response[..], self.streamed));
-            self.meta.continuation = threading.complete(
+            self.meta.continuations = threading.complete(
                 &self.meta.conversation_id,
                 &self.inference_id,
                 self.meta.sticky.as_deref(),

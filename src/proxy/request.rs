@@ -3,7 +3,7 @@
 //! forwarded as received, with only the model name spliced in.
 
 use crate::capture::answer::calls_of;
-use crate::capture::responses::response_key;
+use crate::capture::responses::{item_key, response_key};
 use crate::capture::threading::{ThreadHasher, message_text};
 use crate::exchange::Wire;
 use crate::openai::{ApiError, parse_json};
@@ -25,7 +25,7 @@ pub struct ChatRequest {
     pub history_key: Option<String>,
     /// Every message hashed: the answer completes the key a follow-up of
     /// this request will present.
-    pub thread_prefix: ThreadHasher,
+    pub thread_prefix: Option<ThreadHasher>,
     /// OpenAI's `user` field: the end user, when the app names one.
     pub user: Option<String>,
     /// Where the `model` value (with its quotes) sits in the body.
@@ -130,7 +130,7 @@ impl ChatRequest {
             model,
             stream: view.stream.unwrap_or(false),
             history_key,
-            thread_prefix,
+            thread_prefix: Some(thread_prefix),
             user: view
                 .user
                 .map(|u| u.trim().chars().take(256).collect::<String>())
@@ -165,17 +165,24 @@ impl ChatRequest {
             }
         }
         let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
+        let previous = view
+            .previous_response_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty());
+        let (history_key, thread_prefix) = match previous {
+            Some(id) => (Some(response_key(id)), None),
+            None => {
+                let (history, prefix) = responses_thread_keys(body);
+                (history, Some(prefix))
+            }
+        };
         Ok(Self {
             wire: Wire::Responses,
             model,
             stream: view.stream.unwrap_or(false),
-            history_key: view
-                .previous_response_id
-                .as_deref()
-                .map(str::trim)
-                .filter(|id| !id.is_empty())
-                .map(response_key),
-            thread_prefix: ThreadHasher::default(),
+            history_key,
+            thread_prefix,
             user: view
                 .user
                 .map(|u| u.trim().chars().take(256).collect::<String>())
@@ -226,6 +233,45 @@ fn thread_keys(messages: &[Message<'_>]) -> (Option<String>, ThreadHasher) {
         }
     }
     (history, hasher)
+}
+
+/// A Responses request's history key and prefix, from its input read as
+/// the chat messages capture stores it as (instructions first); when the
+/// history's last assistant item is an `item_reference`, the key is that
+/// item's.
+fn responses_thread_keys(body: &[u8]) -> (Option<String>, ThreadHasher) {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let referenced = last_assistant_item(&request["input"])
+        .filter(|item| item["type"] == "item_reference")
+        .and_then(|item| item["id"].as_str())
+        .map(item_key);
+    let chat = crate::capture::responses::request_as_chat(request);
+    let messages = chat["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let last_assistant = messages.iter().rposition(|m| m["role"] == "assistant");
+    let mut hasher = ThreadHasher::default();
+    let mut history = None;
+    for (i, message) in messages.iter().enumerate() {
+        hasher.add_value(message);
+        if Some(i) == last_assistant {
+            history = Some(hasher.key());
+        }
+    }
+    (referenced.or(history), hasher)
+}
+
+/// The last input item the model wrote: an assistant message, a function
+/// call, or a reference to a stored one.
+fn last_assistant_item(input: &serde_json::Value) -> Option<&serde_json::Value> {
+    input.as_array()?.iter().rev().find(|item| {
+        item["role"] == "assistant"
+            || matches!(
+                item["type"].as_str(),
+                Some("function_call" | "item_reference")
+            )
+    })
 }
 
 /// A message's text, read from its raw JSON: a string without escapes is

@@ -124,8 +124,10 @@ pub struct TurnThreading {
     /// A chat answer completes the key of the messages; a response's key
     /// is its id's (`previous_response_id` names it).
     pub wire: Wire,
-    /// The request's messages hashed; the answer completes the key.
-    pub prefix: ThreadHasher,
+    /// The request's messages hashed; the answer completes the key. None
+    /// for a response that names its predecessor: its input is not the
+    /// whole history, so only its id's key threads a follow-up.
+    pub prefix: Option<ThreadHasher>,
     /// The turn, when threaded implicitly (explicit conversations are
     /// named by the client on every turn and need no registration).
     pub turn: Option<usize>,
@@ -133,7 +135,7 @@ pub struct TurnThreading {
 }
 
 impl TurnThreading {
-    /// The key a follow-up of this exchange will present, when it
+    /// The keys a follow-up of this exchange may present, when it
     /// succeeded with an answer; registers the turn for the follow-up.
     pub fn complete(
         self,
@@ -141,30 +143,44 @@ impl TurnThreading {
         inference_id: &str,
         sticky: Option<&str>,
         answered: Option<(&[u8], bool)>,
-    ) -> Option<String> {
-        let continuation = answered.and_then(|(body, streamed)| {
-            if self.wire == Wire::Responses {
-                return responses::response_id(body, streamed)
-                    .map(|id| responses::response_key(&id));
-            }
-            let answer = if streamed {
-                answer::from_stream(body)
-            } else {
-                answer::from_body(body)
-            }?;
-            let mut key = self.prefix;
-            key.add("assistant", &answer.text, &answer.calls, None);
-            Some(key.key())
-        });
+    ) -> Vec<String> {
+        let continuations = answered
+            .map(|(body, streamed)| self.continuations(body, streamed))
+            .unwrap_or_default();
         if let Some(turn) = self.turn {
             self.recent.register(Registration {
                 conversation_id: conversation_id.to_string(),
                 turn,
                 inference_id: inference_id.to_string(),
                 sticky: sticky.map(String::from),
-                continuation: continuation.clone(),
+                continuations: continuations.clone(),
             });
         }
-        continuation
+        continuations
+    }
+
+    /// A chat answer completes the request's history key. A response
+    /// leaves its id's key (`previous_response_id` names it), its last
+    /// output item's (an `item_reference` names it) and, when its input
+    /// was the whole history, the history key too, so a client that
+    /// resends the history instead (the AI SDK's tool loop) threads alike.
+    fn continuations(&self, body: &[u8], streamed: bool) -> Vec<String> {
+        let mut keys = Vec::with_capacity(2);
+        let answer = match self.wire {
+            Wire::Responses => {
+                let answered = responses::answered(body, streamed);
+                keys.extend(answered.id.as_deref().map(responses::response_key));
+                keys.extend(answered.last_item.as_deref().map(responses::item_key));
+                answer::from_body(&answered.chat)
+            }
+            Wire::Chat if streamed => answer::from_stream(body),
+            Wire::Chat => answer::from_body(body),
+        };
+        if let (Some(prefix), Some(answer)) = (&self.prefix, answer) {
+            let mut key = prefix.clone();
+            key.add("assistant", &answer.text, &answer.calls, None);
+            keys.push(key.key());
+        }
+        keys
     }
 }

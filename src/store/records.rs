@@ -272,8 +272,9 @@ pub struct CapturedTurn {
     pub record: InferenceRecord,
     /// Set when a new conversation branches off another.
     pub parent_id: Option<String>,
-    /// The key a follow-up of this turn will present (hex).
-    pub continuation: Option<String>,
+    /// The keys a follow-up of this turn may present (hex): a chat
+    /// history's, and for a Responses answer also its response id's.
+    pub continuations: Vec<String>,
     /// The start of the first user message, for a new conversation.
     pub preview: String,
     /// The turn's quality signals; the store keeps `upstream_error` once
@@ -397,7 +398,7 @@ impl CapturedTurn {
         Self {
             record,
             parent_id: None,
-            continuation: None,
+            continuations: Vec::new(),
             preview: String::new(),
             signals: ConversationSignals::default(),
             tally: None,

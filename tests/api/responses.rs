@@ -1,6 +1,7 @@
 //! `POST /v1/responses` through the proxy: the alias routed (split and
 //! sticky), unary and streamed answers relayed and captured as chat
-//! turns, `previous_response_id` chains threaded, feedback by response id,
+//! turns, `previous_response_id` chains and resent histories (a tool
+//! loop) threaded, feedback by response id,
 //! and a provider without the route named in a clear error.
 
 use crate::helpers::*;
@@ -139,6 +140,86 @@ async fn a_previous_response_id_chain_is_one_conversation_and_takes_feedback_by_
     let stored = app.state.store.feedback_for(&second).unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].rating, Some(5));
+}
+
+#[tokio::test]
+async fn a_tool_loop_resending_its_history_is_one_conversation() {
+    // The AI SDK's Responses tool loop sends no `previous_response_id`:
+    // the second request carries the first's input, the call the model
+    // made and the tool's output; a third, the whole exchange again; a
+    // fourth names the third's answer by its item id.
+    let app = spawn_app().await;
+    let tools = json!([{"type": "function", "name": "lookup_host",
+        "description": "Look up the owner and role of a host",
+        "parameters": {"type": "object", "properties": {"hostname": {"type": "string"}},
+            "required": ["hostname"]}}]);
+    let question = json!({"role": "user", "content": format!("{ALERT} Look up the host first.")});
+    let first = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "input": [question], "tools": tools, "tool_choice": "required"}),
+        )
+        .await;
+    assert_eq!(first.status(), 200);
+    let conversation = header(&first, "x-flywheel-conversation-id");
+    let first: Value = first.json().await.unwrap();
+    let call = first["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["type"] == "function_call")
+        .unwrap_or_else(|| panic!("a function call: {first:#}"))
+        .clone();
+    let output = json!({"type": "function_call_output", "call_id": call["call_id"],
+        "output": "{\"owner\":\"alice\",\"role\":\"workstation\"}"});
+    let second = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "stream": true, "tools": tools,
+                "input": [question, call, output]}),
+        )
+        .await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(header(&second, "x-flywheel-conversation-id"), conversation);
+    let answer = events(&second.text().await.unwrap())
+        .into_iter()
+        .find(|(name, _)| name == "response.completed")
+        .map(|(_, data)| data["response"]["output"][0]["content"][0]["text"].clone())
+        .unwrap();
+    let third = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "tools": tools, "input": [question, call, output,
+                {"role": "assistant", "content": [{"type": "output_text", "text": answer}]},
+                {"role": "user", "content": "Is the host isolated already?"}]}),
+        )
+        .await;
+    assert_eq!(third.status(), 200);
+    assert_eq!(header(&third, "x-flywheel-conversation-id"), conversation);
+    // A client that stores responses names the answer it got by its item
+    // id instead of writing it out (the AI SDK with `store: true`).
+    let third: Value = third.json().await.unwrap();
+    let item = third["output"][0]["id"].clone();
+    let fourth = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "input": [question, call, output,
+                {"role": "assistant", "content": [{"type": "output_text", "text": answer}]},
+                {"role": "user", "content": "Is the host isolated already?"},
+                {"type": "item_reference", "id": item},
+                {"role": "user", "content": "Then isolate it."}]}),
+        )
+        .await;
+    assert_eq!(fourth.status(), 200);
+    assert_eq!(header(&fourth, "x-flywheel-conversation-id"), conversation);
+    let detail = app.stored_turns(&conversation, 4).await;
+    let turns = detail["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 4);
+    assert_eq!(
+        turns[0]["response"]["message"]["tool_calls"][0]["function"]["name"],
+        "lookup_host"
+    );
+    assert_eq!(turns[1]["response"]["message"]["content"], answer);
 }
 
 #[tokio::test]

@@ -71,7 +71,7 @@ fn turn(conversation: &str, inference: &str, created_at: &str) -> CapturedTurn {
     CapturedTurn {
         record: record(inference, conversation, created_at),
         parent_id: None,
-        continuation: None,
+        continuations: Vec::new(),
         preview: "alert".into(),
         signals: ConversationSignals::default(),
         tally: None,
@@ -216,7 +216,7 @@ async fn capture_threads_retries_and_lookups_agree_on_every_backend() {
         let conv = flywheel::ids::new_id("conv");
         let (first, second) = (flywheel::ids::new_id("inf"), flywheel::ids::new_id("inf"));
         let mut a = turn(&conv, &first, &at(0));
-        a.continuation = Some("00112233445566778899aabbccddeeff".into());
+        a.continuations = vec!["00112233445566778899aabbccddeeff".into()];
         a.record.sticky = Some("user:ana".into());
         a.record.completion_id = Some("chatcmpl-abc".into());
         let mut batch = vec![a, turn(&conv, &second, &at(1))];

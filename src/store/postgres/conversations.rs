@@ -868,7 +868,7 @@ async fn capture(
                 duplicate_of: duplicate,
                 ..turn.signals.clone()
             };
-            if let Some(key) = &turn.continuation {
+            for key in &turn.continuations {
                 thread_keys.push((key.to_ascii_lowercase(), turn.record.id.clone()));
             }
         }

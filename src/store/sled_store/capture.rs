@@ -94,11 +94,10 @@ impl SledStore {
                     duplicate_of: duplicate,
                     ..turn.signals.clone()
                 };
-                if let (Some(k), Some(v)) = (
-                    turn.continuation.as_deref().and_then(thread_key),
-                    value_of(&key),
-                ) {
-                    pairs.push((Kind::Thread, k, v));
+                if let Some(v) = value_of(&key) {
+                    for k in turn.continuations.iter().filter_map(|c| thread_key(c)) {
+                        pairs.push((Kind::Thread, k, v));
+                    }
                 }
             }
             if let (Some(completion), Some(v)) = (&turn.record.completion_id, value_of(&key)) {

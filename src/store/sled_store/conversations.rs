@@ -677,7 +677,7 @@ mod tests {
         let conv = crate::ids::new_id("conv");
         let inference = crate::ids::new_id("inf");
         let mut t = turn(&conv, &inference, &at(0));
-        t.continuation = Some("00112233445566778899aabbccddeeff".into());
+        t.continuations = vec!["00112233445566778899aabbccddeeff".into()];
         t.record.sticky = Some("user:ana".into());
         t.record.completion_id = Some("chatcmpl-abc".into());
         capture(&store, vec![t]);

@@ -2,8 +2,9 @@
 // package-lock.json) against the real proxy in front of the real
 // simulator: a unary call, a stream, structured output and a tool loop
 // through the chat provider (`openai.chat('triage')`), and the Responses
-// provider (`openai('triage')`), each asked of the admin API afterwards —
-// captured, and the tool loop and the Responses chain threaded as one
+// provider (`openai('triage')`) — the same four, plus a
+// `previousResponseId` chain — each asked of the admin API afterwards:
+// captured, and the tool loops and the Responses chain threaded as one
 // conversation. Every test sends its own `x-flywheel-user`, so the admin
 // API's `user` filter finds exactly its exchanges.
 
@@ -158,4 +159,64 @@ test('the Responses provider with the alias', async () => {
   assert.equal(turns[0].response.message.content, first.text);
   assert.equal(turns[1].streamed, true);
   assert.equal(turns[1].response.message.content, parts.join(''));
+});
+
+test('the Responses provider runs a tool loop threaded as one conversation', async () => {
+  // Its second step resends the first's input with the call and the
+  // tool's output (no `previous_response_id`).
+  const user = `ai-sdk-responses-tools-${randomUUID()}`;
+  const calls = [];
+  const result = await generateText({
+    model: provider(user)('triage'),
+    tools: {
+      lookup_host: tool({
+        description: 'Look up the owner and role of a host',
+        inputSchema: z.object({ hostname: z.string() }),
+        execute: async ({ hostname }) => {
+          calls.push(hostname);
+          return { hostname, owner: 'alice', role: 'workstation' };
+        },
+      }),
+    },
+    stopWhen: stepCountIs(4),
+    prompt: `${ALERT} Look up the host first.`,
+  });
+  assert.equal(calls.length, 1, 'the tool ran once');
+  assert.equal(result.steps.length, 2, 'a call, then the answer');
+  assert.match(result.text, /Threat type:/);
+  const conversations = await captured(user, 2);
+  assert.equal(conversations.length, 1, 'one conversation');
+  const turns = conversations[0].turns;
+  assert.equal(turns.length, 2);
+  assert.equal(turns[0].response.message.tool_calls[0].function.name, 'lookup_host');
+  assert.match(turns[1].response.message.content, /Threat type:/);
+});
+
+test('the Responses provider gets an object valid against its schema', async () => {
+  const user = `ai-sdk-responses-object-${randomUUID()}`;
+  const schema = z.object({
+    threat_type: z.string(),
+    severity: z.enum(['informational', 'low', 'medium', 'high', 'critical']),
+    rationale: z.string(),
+  });
+  const { object } = await generateObject({ model: provider(user)('triage'), schema, prompt: ALERT });
+  assert.equal(object.threat_type, 'credential_access');
+  assert.equal(object.severity, 'high');
+  const [conversation] = await captured(user, 1);
+  assert.equal(conversation.turns[0].request.params.text.format.type, 'json_schema');
+});
+
+test('the Responses provider threads a chat that resends its messages', async () => {
+  // A chat app keeps the messages and sends them all each turn; with
+  // `store` on (the default) the SDK names earlier answers by item id.
+  const user = `ai-sdk-responses-history-${randomUUID()}`;
+  const model = provider(user)('triage');
+  const messages = [{ role: 'user', content: ALERT }];
+  const first = await generateText({ model, messages });
+  messages.push(...first.response.messages, { role: 'user', content: 'Is the host isolated already?' });
+  const second = await generateText({ model, messages });
+  assert.match(second.text, /\S/);
+  const conversations = await captured(user, 2);
+  assert.equal(conversations.length, 1, 'one conversation');
+  assert.equal(conversations[0].turns.length, 2);
 });
