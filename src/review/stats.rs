@@ -34,6 +34,7 @@ pub fn stats(t: &ConversationTallies, taxonomy: &TaxonomyConfig) -> Value {
         "ratings": t.rating_count,
         "feedback_share": ratio(t.with_feedback, t.conversations),
         "turns_total": t.turns,
+        "background_tasks": t.background_tasks,
         "fine_tuned_traffic_share": ratio(t.fine_tuned_turns, t.turns),
         "taxonomy_coverage": {
             "covered": total - missing.len(),

@@ -429,6 +429,10 @@ pub struct ConversationTallies {
     pub approved_by_threat_type: BTreeMap<String, i64>,
     pub by_alias: BTreeMap<String, i64>,
     pub by_version: BTreeMap<String, i64>,
+    /// Conversations whose last turn was a chat app's housekeeping
+    /// request: traffic, not work for analysts, so they count here and in
+    /// the traffic figures (turns, aliases, versions) only.
+    pub background_tasks: i64,
 }
 
 /// A quality score at or above this makes a conversation "high quality".
@@ -437,6 +441,16 @@ pub const HIGH_QUALITY: u8 = 4;
 impl ConversationTallies {
     /// Adds (`sign` = 1) or removes (`sign` = -1) one conversation.
     pub fn count(&mut self, c: &ConversationRecord, sign: i64) {
+        self.turns += sign * c.inference_ids.len() as i64;
+        self.fine_tuned_turns += sign * i64::from(c.fine_tuned_turns);
+        bump(&mut self.by_alias, c.alias.as_deref(), sign);
+        for version in &c.versions {
+            bump(&mut self.by_version, Some(version), sign);
+        }
+        if c.signals.background_task {
+            self.background_tasks += sign;
+            return;
+        }
         let r = &c.review;
         self.conversations += sign;
         match r.status {
@@ -456,8 +470,6 @@ impl ConversationTallies {
         if r.feedback_count > 0 {
             self.with_feedback += sign;
         }
-        self.turns += sign * c.inference_ids.len() as i64;
-        self.fine_tuned_turns += sign * i64::from(c.fine_tuned_turns);
         bump(&mut self.by_threat_type, r.threat_type.as_deref(), sign);
         bump(&mut self.by_severity, r.severity.as_deref(), sign);
         if r.status == ReviewStatus::Approved {
@@ -466,10 +478,6 @@ impl ConversationTallies {
                 r.threat_type.as_deref(),
                 sign,
             );
-        }
-        bump(&mut self.by_alias, c.alias.as_deref(), sign);
-        for version in &c.versions {
-            bump(&mut self.by_version, Some(version), sign);
         }
     }
 }

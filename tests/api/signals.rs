@@ -245,6 +245,23 @@ async fn background_tasks_are_captured_tagged_and_kept_out_of_review_and_dataset
     assert!(queue.contains(&plain), "no pattern matched it");
     let pending = ids(&app, "status=pending").await;
     assert!(!pending.contains(&title_id));
+    // The dashboard counts them apart: the two real chats are the work.
+    let stats: Value = app
+        .admin(Method::GET, "/admin/api/stats", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &stats["conversations_total"],
+            &stats["pending"],
+            &stats["background_tasks"]
+        ),
+        (&json!(2), &json!(2), &json!(3)),
+        "{stats:#}"
+    );
+    assert_eq!(stats["turns_total"], 5, "{stats:#}");
 
     // Captured whole, tagged, and its summary says what it is.
     let detail = app.stored_turns(&title_id, 1).await;

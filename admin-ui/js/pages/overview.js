@@ -12,7 +12,8 @@ export async function render(ctx) {
   const page = h('div', { class: 'page' }, h('div', { class: 'page-head' }, h('h1', null, 'Overview'), h('span', { class: 'spacer' }),
     stats.pending ? h('a', { class: 'btn btn-primary', href: '#/review?status=pending' }, `Review ${num(stats.pending)} pending`) : h('span', { class: 'muted' }, 'Nothing waits for review.')));
   page.append(h('div', { class: 'tiles' },
-    tile('Conversations', num(stats.conversations_total), `${num(stats.pending)} waiting for review`, 'tile-total'),
+    tile('Conversations', num(stats.conversations_total), `${num(stats.pending)} waiting for review`
+      + (stats.background_tasks ? ` · ${num(stats.background_tasks)} housekeeping requests apart` : ''), 'tile-total'),
     tile('Approved for training', num(stats.approved), `approval rate ${pct(stats.approval_rate)}`, 'tile-approved'),
     tile('High quality (4+)', num(stats.high_quality), `mean quality ${stats.avg_quality_score == null ? '—' : num(stats.avg_quality_score, 2)}`, 'tile-quality'),
     tile('Rejected', num(stats.rejected), `${pct(stats.feedback_share)} have feedback`, 'tile-rejected'),

@@ -9,7 +9,7 @@ const FILTERS = ['q', 'status', 'threat_type', 'severity', 'min_quality', 'signa
 // Quality signals the conversation list filters on, one at a time.
 const SIGNALS = [['', 'Any'], ['complete:true', 'complete answer'], ['complete:false', 'incomplete answer'],
   ['has_labels:false', 'unlabelled'], ['has_rating:true', 'rated'], ['duplicate:true', 'duplicates'], ['duplicate:false', 'no duplicates'],
-  ['upstream_error:true', 'upstream errors']];
+  ['upstream_error:true', 'upstream errors'], ['background_task:true', "chat apps' housekeeping"]];
 
 export async function render(ctx) {
   if (ctx.parts[0] === 'conversations' && ctx.parts[1]) return single(ctx, ctx.parts[1]);
