@@ -101,6 +101,7 @@ fn add_tallies(into: &mut ConversationTallies, delta: &ConversationTallies) {
 async fn commit_changes(tx: &Transaction<'_>, changes: &[Change]) -> Result<(), StoreError> {
     let mut delta = ConversationTallies::default();
     let mut touched = false;
+    let mut upserts = Vec::with_capacity(changes.len());
     for change in changes {
         if let Some(c) = &change.before {
             delta.count(c, -1);
@@ -110,7 +111,7 @@ async fn commit_changes(tx: &Transaction<'_>, changes: &[Change]) -> Result<(), 
             Some(c) => {
                 delta.count(c, 1);
                 touched = true;
-                upsert_conversation(tx, c).await?;
+                upserts.push(c);
             }
             None => {
                 if let Some(c) = &change.before {
@@ -121,6 +122,7 @@ async fn commit_changes(tx: &Transaction<'_>, changes: &[Change]) -> Result<(), 
             }
         }
     }
+    upsert_conversations(tx, &upserts).await?;
     if !touched {
         return Ok(());
     }
@@ -142,20 +144,66 @@ async fn commit_changes(tx: &Transaction<'_>, changes: &[Change]) -> Result<(), 
     Ok(())
 }
 
-pub(super) async fn upsert_conversation(
+/// Inserts or updates conversations in one statement, whatever their
+/// number: a capture batch touches hundreds, and a round trip each would
+/// be most of its time.
+pub(super) async fn upsert_conversations(
     tx: &Transaction<'_>,
-    c: &ConversationRecord,
+    conversations: &[&ConversationRecord],
 ) -> Result<(), StoreError> {
-    let position = c.position.unwrap_or_default();
-    let (batch, index) = (position.0 as i64, position.1 as i32);
-    let ms = created_ms(&c.created_at);
-    let turns = c.inference_ids.len() as i32;
+    if conversations.is_empty() {
+        return Ok(());
+    }
+    let column = |f: &dyn Fn(&ConversationRecord) -> Option<String>| -> Vec<Option<String>> {
+        conversations.iter().map(|c| f(c)).collect()
+    };
+    let ids = column(&|c| Some(c.id.clone()));
+    let positions: Vec<Position> = conversations
+        .iter()
+        .map(|c| c.position.unwrap_or_default())
+        .collect();
+    let batches: Vec<i64> = positions.iter().map(|p| p.0 as i64).collect();
+    let indexes: Vec<i32> = positions.iter().map(|p| p.1 as i32).collect();
+    let created: Vec<i64> = conversations
+        .iter()
+        .map(|c| created_ms(&c.created_at))
+        .collect();
+    let updated = column(&|c| Some(c.updated_at.clone()));
+    let parents = column(&|c| c.parent_id.clone());
+    let statuses = column(&|c| Some(c.review.status.as_str().to_string()));
+    let threats = column(&|c| c.review.threat_type.clone());
+    let severities = column(&|c| c.review.severity.clone());
+    let aliases = column(&|c| c.alias.clone());
+    // One text[] per row does not survive UNNEST (it flattens), so each
+    // row's versions travel as a JSON array.
+    let versions = conversations
+        .iter()
+        .map(|c| to_json(&c.versions))
+        .collect::<Result<Vec<String>, StoreError>>()?;
+    let users = column(&|c| c.user.clone());
+    let turns: Vec<i32> = conversations
+        .iter()
+        .map(|c| c.inference_ids.len() as i32)
+        .collect();
+    let texts = column(&|c| c.signals.text_hash.clone());
+    let duplicates = column(&|c| c.signals.duplicate_of.clone());
+    let records = conversations
+        .iter()
+        .map(|c| to_json(*c))
+        .collect::<Result<Vec<String>, StoreError>>()?;
     tx.execute(
         "INSERT INTO conversations (id, batch, batch_index, created_ms, created_at, updated_at,
            parent_id, status, threat_type, severity, alias, versions, end_user, turns, text_hash,
            duplicate_of, record)
-         VALUES ($1, $2, $3, $4, to_timestamp($4::bigint / 1000.0), $5, $6, $7, $8, $9, $10, $11,
-           $12, $13, $14, $15, $16::text::json)
+         SELECT id, batch, batch_index, created_ms, to_timestamp(created_ms / 1000.0), updated_at,
+           parent_id, status, threat_type, severity, alias,
+           ARRAY(SELECT json_array_elements_text(versions::json)), end_user, turns, text_hash,
+           duplicate_of, record::json
+         FROM UNNEST($1::text[], $2::int8[], $3::int4[], $4::int8[], $5::text[], $6::text[],
+           $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int4[],
+           $14::text[], $15::text[], $16::text[])
+           AS u(id, batch, batch_index, created_ms, updated_at, parent_id, status, threat_type,
+             severity, alias, versions, end_user, turns, text_hash, duplicate_of, record)
          ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at,
            status = excluded.status, threat_type = excluded.threat_type,
            severity = excluded.severity, alias = excluded.alias, versions = excluded.versions,
@@ -163,22 +211,22 @@ pub(super) async fn upsert_conversation(
            duplicate_of = excluded.duplicate_of, record = excluded.record,
            revision = conversations.revision + 1",
         &[
-            &c.id,
-            &batch,
-            &index,
-            &ms,
-            &c.updated_at,
-            &c.parent_id,
-            &c.review.status.as_str(),
-            &c.review.threat_type,
-            &c.review.severity,
-            &c.alias,
-            &c.versions,
-            &c.user,
+            &ids,
+            &batches,
+            &indexes,
+            &created,
+            &updated,
+            &parents,
+            &statuses,
+            &threats,
+            &severities,
+            &aliases,
+            &versions,
+            &users,
             &turns,
-            &c.signals.text_hash,
-            &c.signals.duplicate_of,
-            &to_json(c)?,
+            &texts,
+            &duplicates,
+            &records,
         ],
     )
     .await
@@ -875,20 +923,35 @@ async fn capture(
         deltas.extend(turn.tally.clone());
     }
     insert_inferences(&tx, &batch, &fresh).await?;
-    for (key, inference) in &thread_keys {
-        // A later turn leaving the same key is the one a follow-up means.
-        tx.execute(
-            "INSERT INTO thread_keys (key, inference_id) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET inference_id = excluded.inference_id",
-            &[key, inference],
-        )
-        .await
-        .map_err(db_error)?;
-    }
+    insert_thread_keys(&tx, thread_keys).await?;
     merge_version_tallies(&tx, &deltas).await?;
     commit_changes(&tx, &touched).await?;
     tx.commit().await.map_err(db_error)?;
     Ok(indexes)
+}
+
+/// The batch's continuation keys in one statement. A later turn leaving
+/// the same key is the one a follow-up means: within the batch the last
+/// wins (one statement may not change a row twice), then over what is
+/// stored.
+async fn insert_thread_keys(
+    tx: &Transaction<'_>,
+    keys: Vec<(String, String)>,
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let last: HashMap<String, String> = keys.into_iter().collect();
+    let (keys, inferences): (Vec<String>, Vec<String>) = last.into_iter().unzip();
+    tx.execute(
+        "INSERT INTO thread_keys (key, inference_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[])
+         ON CONFLICT (key) DO UPDATE SET inference_id = excluded.inference_id",
+        &[&keys, &inferences],
+    )
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 /// The batch's new records in one multi-row INSERT.

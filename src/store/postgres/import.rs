@@ -3,7 +3,7 @@
 //! transaction, kept where it is (its listing position included); a record
 //! already there is left as it is, so a second run adds only what is new.
 
-use super::conversations::upsert_conversation;
+use super::conversations::upsert_conversations;
 use super::{PgStore, db_error, pool_error, to_json};
 use crate::store::{
     ConversationRecord, ConversationTallies, FeedbackRecord, InferenceRecord, StoreError, TallyKey,
@@ -54,7 +54,7 @@ impl PgStore {
                 .await
                 .map_err(db_error)?;
             if there.is_none() {
-                upsert_conversation(&tx, &conversation).await?;
+                upsert_conversations(&tx, &[&conversation]).await?;
             }
             for (r, json) in &inferences {
                 let turn = r.turn.map(|t| t as i32);
