@@ -1,6 +1,7 @@
 //! The PostgreSQL store with a real PostgreSQL server (a cluster of each
 //! test's own): the database going away and coming back while the app
-//! serves, and two replicas sharing one database.
+//! serves, and two replicas sharing one database (changes, feedback, and
+//! a conversation that moves between them keeping its version).
 
 use crate::helpers::postgres::{Cluster, database_in};
 use crate::helpers::{Options, TestApp, eventually, spawn_app_with, triage_request};
@@ -199,6 +200,80 @@ async fn two_replicas_on_one_database_share_promotions_keys_and_feedback() {
     let stored = a.state.store.feedback_for(&inference).unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].threat_type.as_deref(), Some("credential_access"));
+
+    // A 50/50 split set on A; conversations begun on A go on on B, in the
+    // same conversation and on the same version.
+    let split = a
+        .admin(
+            Method::PUT,
+            "/admin/api/models/triage/traffic",
+            Some(&json!({"weights": {"large": 50, "base": 50}, "reason": "replica split"})),
+        )
+        .await;
+    assert_eq!(split.status(), 200, "{}", split.text().await.unwrap());
+    let revision = split.json::<Value>().await.unwrap()["revision"].clone();
+    eventually(
+        "replica B to have the split",
+        Duration::from_secs(5),
+        || async {
+            let alias: Value = b
+                .admin(Method::GET, "/admin/api/models/triage", None)
+                .await
+                .json()
+                .await
+                .unwrap();
+            (alias["revision"] == revision).then_some(())
+        },
+    )
+    .await;
+    let mut versions = std::collections::BTreeSet::new();
+    for n in 0..12 {
+        let user = format!("analyst-{n}");
+        let mut messages = vec![json!({"role": "user", "content":
+            format!("Endpoint alert: encoded PowerShell on WS-{n}")})];
+        let turn = |app: &TestApp, messages: Vec<Value>| {
+            let request = app
+                .http
+                .post(app.url("/v1/chat/completions"))
+                .bearer_auth(&app.client_key)
+                .header("x-flywheel-user", &user)
+                .json(&json!({"model": "triage", "messages": messages}));
+            async move {
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+                let (conversation, version, inference) = (
+                    header("x-flywheel-conversation-id"),
+                    header("x-flywheel-variant"),
+                    header("x-flywheel-inference-id"),
+                );
+                let body: Value = response.json().await.unwrap();
+                (
+                    conversation,
+                    version,
+                    inference,
+                    body["choices"][0]["message"].clone(),
+                )
+            }
+        };
+        let (conversation, version, inference, answer) = turn(&a, messages.clone()).await;
+        eventually(
+            &format!("inference {inference} to be stored"),
+            Duration::from_secs(10),
+            || async { a.state.store.inference(&inference).ok().flatten() },
+        )
+        .await;
+        messages.push(answer);
+        messages.push(json!({"role": "user", "content": "Is the host isolated?"}));
+        let (next_conversation, next_version, ..) = turn(&b, messages).await;
+        assert_eq!(
+            (next_conversation, &next_version),
+            (conversation, &version),
+            "{user}"
+        );
+        versions.insert(version);
+    }
+    assert_eq!(versions.len(), 2, "both versions served: {versions:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
