@@ -12,7 +12,10 @@ required_open_webui_version: 0.5.0
 #
 # Pressing the button rates the message:
 # - with the rating the analyst already gave in Open WebUI (thumbs up/down,
-#   the 1–10 detail rating, the reason and comment) when there is one;
+#   the 1–10 detail rating, the reason and comment) when there is one —
+#   Open WebUI sends an action only the messages' id, role and content, so
+#   the rating is read from the chat as Open WebUI stored it (its
+#   `Chats` model: the message's `annotation` in the chat's history);
 # - otherwise it asks for one: "up", "down" or 1–5, then an optional
 #   comment ("2 wrong severity, this is lateral movement").
 #
@@ -25,6 +28,7 @@ required_open_webui_version: 0.5.0
 # (which Open WebUI ships) are used.
 
 import asyncio
+import inspect
 import json
 import urllib.error
 import urllib.parse
@@ -99,6 +103,26 @@ def feedback_fields(annotation: Optional[dict], typed: Optional[str]) -> dict:
     return fields
 
 
+async def stored_annotation(chat_id: Optional[str], message_id: Optional[str], user_id: Optional[str]) -> Optional[dict]:
+    """The rating Open WebUI stored for the message: the `annotation` of
+    the message in the chat's history. Open WebUI's chat model is read
+    through its `Chats` table object, whose methods are plain in older
+    releases and coroutines in newer ones; outside Open WebUI, none."""
+    if not (chat_id and message_id and user_id):
+        return None
+    try:
+        from open_webui.models.chats import Chats  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    chat = Chats.get_chat_by_id_and_user_id(chat_id, user_id)
+    if inspect.isawaitable(chat):
+        chat = await chat
+    history = (getattr(chat, "chat", None) or {}).get("history") or {}
+    message = (history.get("messages") or {}).get(message_id) or {}
+    annotation = message.get("annotation")
+    return annotation if isinstance(annotation, dict) else None
+
+
 class Action:
     class Valves(BaseModel):
         flywheel_url: str = Field(
@@ -154,14 +178,16 @@ class Action:
         if not self.valves.analyst_key:
             await status("Set the Flywheel analyst key in this function's Valves", done=True)
             return None
+        annotation = target.get("annotation") or await stored_annotation(
+            body.get("chat_id"), target.get("id"), (__user__ or {}).get("id"))
         typed = None
-        if not target.get("annotation") and __event_call__:
+        if not annotation and __event_call__:
             typed = await __event_call__({"type": "input", "data": {
                 "title": "Rate this answer for Flywheel",
                 "message": "up, down or 1–5, then an optional comment",
                 "placeholder": "2 wrong severity: this is lateral movement",
             }})
-        fields = feedback_fields(target.get("annotation"), typed if isinstance(typed, str) else None)
+        fields = feedback_fields(annotation, typed if isinstance(typed, str) else None)
         if not fields:
             await status("No rating given", done=True)
             return None

@@ -1,11 +1,17 @@
 """integrations/open-webui/flywheel_feedback.py loaded as Open WebUI loads
 a function module, driven with stand-ins for the few Open WebUI objects it
-uses (the action body, the event emitter and the input prompt), against
-the real proxy: the rating reaches the inference that gave the answer."""
+uses (the action body as Open WebUI's chat page sends it, the event
+emitter, the input prompt, and its `Chats` model holding the chat's
+history), against the real proxy: the rating reaches the inference that
+gave the answer."""
 import asyncio
 import importlib.util
+import sys
+import types
 import uuid
 from pathlib import Path
+
+import pytest
 
 import openai
 
@@ -35,16 +41,58 @@ def chat(proxy, user, alert):
     return kept
 
 
+def action_body(chat_id, messages):
+    """What Open WebUI's chat page posts to an action: each message's id,
+    role and content only (no rating), the chat and the message rated."""
+    return {"model": "triage", "chat_id": chat_id, "id": messages[-1]["id"],
+            "messages": [{k: m[k] for k in ("id", "role", "content")} for m in messages]}
+
+
+@pytest.fixture
+def open_webui_chats(monkeypatch, request):
+    """Open WebUI's `open_webui.models.chats.Chats`: `chats[(chat_id,
+    user_id)]` is the chat's JSON. Its methods are plain functions in older
+    releases and coroutines in newer ones; the test runs with both."""
+    chats = {}
+
+    class Chat:
+        def __init__(self, chat):
+            self.chat = chat
+
+    def get_chat_by_id_and_user_id(chat_id, user_id):
+        found = chats.get((chat_id, user_id))
+        return Chat(found) if found is not None else None
+
+    async def get_chat_async(chat_id, user_id):
+        return get_chat_by_id_and_user_id(chat_id, user_id)
+
+    table = types.SimpleNamespace(get_chat_by_id_and_user_id=(
+        get_chat_async if getattr(request, "param", "sync") == "async" else get_chat_by_id_and_user_id))
+    package = types.ModuleType("open_webui")
+    models = types.ModuleType("open_webui.models")
+    module = types.ModuleType("open_webui.models.chats")
+    module.Chats = table
+    monkeypatch.setitem(sys.modules, "open_webui", package)
+    monkeypatch.setitem(sys.modules, "open_webui.models", models)
+    monkeypatch.setitem(sys.modules, "open_webui.models.chats", module)
+    return chats
+
+
 def feedback_of(proxy, user):
     turn = one_conversation(proxy, user, 1)["turns"][0]
     return turn["feedback"]
 
 
-def test_an_open_webui_rating_reaches_the_inference(proxy, user):
+@pytest.mark.parametrize("open_webui_chats", ["sync", "async"], indirect=True)
+def test_an_open_webui_rating_reaches_the_inference(proxy, user, open_webui_chats):
     alert = f"{ALERT} (case {uuid.uuid4()})"
     messages = chat(proxy, user, alert)
-    messages[-1]["annotation"] = {"rating": -1, "details": {"rating": 3}, "reason": "Inaccurate",
-                                  "comment": "lateral movement, not credential access"}
+    # The analyst rated the answer with Open WebUI's own thumbs and
+    # comment: Open WebUI keeps that on the message in the chat's history.
+    rated = dict(messages[-1], annotation={"rating": -1, "details": {"rating": 3}, "reason": "Inaccurate",
+                                           "comment": "lateral movement, not credential access"})
+    chat_id = str(uuid.uuid4())
+    open_webui_chats[(chat_id, "u1")] = {"history": {"messages": {m["id"]: m for m in messages[:-1] + [rated]}}}
     action = load().Action()
     action.valves.flywheel_url = base_url(proxy)
     action.valves.analyst_key = proxy.keys["analyst"]
@@ -53,17 +101,22 @@ def test_an_open_webui_rating_reaches_the_inference(proxy, user):
     async def emit(event):
         statuses.append(event["data"]["description"])
 
-    asyncio.run(action.action({"id": messages[-1]["id"], "messages": messages},
-                              __user__={"id": "u1", "name": "Ana"}, __event_emitter__=emit))
+    async def ask(event):
+        raise AssertionError(f"asked for a rating the analyst already gave: {event}")
+
+    asyncio.run(action.action(action_body(chat_id, messages), __user__={"id": "u1", "name": "Ana"},
+                              __event_emitter__=emit, __event_call__=ask))
     assert statuses[-1].startswith("Rated in Flywheel (fb_"), statuses
     [feedback] = feedback_of(proxy, user)
     assert (feedback["thumbs"], feedback["rating"]) == ("down", 2)
     assert feedback["notes"] == "Inaccurate — lateral movement, not credential access"
 
 
-def test_without_a_rating_it_asks_for_one(proxy, user):
+def test_without_a_rating_it_asks_for_one(proxy, user, open_webui_chats):
     alert = f"{ALERT} (case {uuid.uuid4()})"
     messages = chat(proxy, user, alert)
+    chat_id = str(uuid.uuid4())
+    open_webui_chats[(chat_id, "u1")] = {"history": {"messages": {m["id"]: m for m in messages}}}
     action = load().Action()
     action.valves.flywheel_url = proxy.url
     action.valves.analyst_key = proxy.keys["analyst"]
@@ -73,7 +126,7 @@ def test_without_a_rating_it_asks_for_one(proxy, user):
         asked.append(event)
         return "4 right call, isolate the host"
 
-    asyncio.run(action.action({"id": messages[-1]["id"], "messages": messages}, __event_call__=ask))
+    asyncio.run(action.action(action_body(chat_id, messages), __user__={"id": "u1"}, __event_call__=ask))
     assert asked and asked[0]["type"] == "input"
     [feedback] = feedback_of(proxy, user)
     assert (feedback["rating"], feedback["thumbs"]) == (4, None)
