@@ -17,6 +17,7 @@
 mod cancel;
 mod continuous;
 mod create;
+mod deployment;
 mod poller;
 mod register;
 mod step;
@@ -25,6 +26,7 @@ mod sync;
 pub use cancel::cancel_job;
 pub use continuous::run_continuous;
 pub use create::{NewJob, create_job};
+pub use deployment::{delete_deployment, register_deployment};
 pub use poller::{Outcome, run_poller, try_step_once};
 
 use crate::config::Config;

@@ -5,6 +5,7 @@
 //! see `finetune`) and its result stored as soon as it arrives.
 
 use super::Context;
+use super::deployment::{self, DeployError, Progress};
 use super::register::register_model;
 use super::sync::{
     Stage, add_provider_events, apply_remote, fail, fail_with, finish, note, unseen,
@@ -259,6 +260,21 @@ async fn follow(
                 Stage::Run,
                 "the provider reported success without naming a fine-tuned model".into(),
             ));
+        }
+        if provider.is_azure() {
+            match deployment::deploy(app, provider, job).await {
+                Ok(Progress::Ready) => {}
+                Ok(Progress::Provisioning) => return Ok(()),
+                Ok(Progress::Awaiting) => {
+                    finish(job, JobStatus::Succeeded);
+                    return Ok(());
+                }
+                Err(DeployError::Provider(e)) => return Err(Failure::Provider(Stage::Deploy, e)),
+                Err(DeployError::Fatal(message)) => {
+                    return Err(Failure::Fatal(Stage::Deploy, message));
+                }
+                Err(DeployError::Store(e)) => return Err(Failure::Store(e)),
+            }
         }
         register(app, job).await?;
         finish(job, JobStatus::Succeeded);

@@ -254,7 +254,7 @@ impl Provider {
     }
 
     /// Sends once and reads the JSON answer; an error status keeps its body.
-    async fn call<T: DeserializeOwned>(
+    pub(super) async fn call<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, FineTuningError> {
@@ -276,7 +276,7 @@ impl Provider {
         })
     }
 
-    fn transport(&self, e: &reqwest::Error) -> FineTuningError {
+    pub(super) fn transport(&self, e: &reqwest::Error) -> FineTuningError {
         let detail = match reqwest_error(&self.name, e) {
             ApiError::UpstreamUnreachable { detail, .. } => detail,
             other => other.to_string(),
