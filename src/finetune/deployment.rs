@@ -58,6 +58,7 @@ pub async fn deploy(
                 name: None,
                 managed: false,
                 attempted: false,
+                created: false,
                 started_at: None,
             });
             note(
@@ -83,12 +84,14 @@ pub async fn deploy(
         name: Some(name.clone()),
         managed: true,
         attempted: false,
+        created: false,
         started_at: None,
     });
     if record.state == DeploymentState::Succeeded {
         return Ok(Progress::Ready);
     }
-    let found = if record.attempted {
+    let (attempted, created) = (record.attempted, record.created);
+    let found = if attempted {
         provider
             .get_deployment(&name)
             .await
@@ -101,12 +104,29 @@ pub async fn deploy(
         None
     };
     let deployment = match found {
-        Some(existing) => existing,
+        Some(existing) => {
+            if !created {
+                note(
+                    job,
+                    "info",
+                    format!("Found deployment {name} created before"),
+                );
+            }
+            existing
+        }
+        None if created => {
+            return Err(DeployError::Fatal(format!(
+                "deployment {name} is gone from Azure while it provisioned"
+            )));
+        }
         None => provider
             .create_deployment(&name, &model)
             .await
             .map_err(DeployError::Provider)?,
     };
+    if let Some(d) = job.deployment.as_mut() {
+        d.created = true;
+    }
     let state = deployment.properties.provisioning_state.clone();
     match state.as_str() {
         "Succeeded" => {

@@ -171,6 +171,9 @@ pub struct JobDeployment {
     pub managed: bool,
     #[serde(default)]
     pub attempted: bool,
+    /// Azure answered the creation (or it was found after a restart).
+    #[serde(default)]
+    pub created: bool,
     /// When the creation was first asked for, for the provisioning timeout.
     #[serde(default)]
     pub started_at: Option<String>,

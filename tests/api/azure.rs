@@ -31,9 +31,10 @@ fn azure_simulator(management_token: &str) -> SimulatorConfig {
     }
 }
 
-/// Providers `az` (deployments style, fine-tuning, `management` as its
-/// `[providers.deployment]` keys, none when empty) and `azv1` (v1 style),
-/// and an alias `soc` with a version on each.
+/// Providers `az` (deployments style, `api-key`, fine-tuning,
+/// `management` as its `[providers.deployment]` keys, none when empty)
+/// and `azv1` (v1 style, an Entra ID bearer token), and an alias `soc`
+/// with a version on each.
 fn azure_options(sim: SocketAddr, management: &str, extra: &str) -> Options {
     let deployment = if management.is_empty() {
         String::new()
@@ -63,7 +64,7 @@ name = "azv1"
 kind = "azure"
 base_url = "http://{sim}"
 url_style = "v1"
-api_key_env = "SIM_KEY"
+bearer_token_env = "SIM_KEY"
 
 [[models]]
 name = "soc"
@@ -158,6 +159,22 @@ async fn chats_reach_azure_deployments_through_both_url_styles() {
         );
     }
 
+    // The Responses API: Azure's v1 path, and the dated one.
+    for variant in ["v1", "dep"] {
+        let response = app
+            .http
+            .post(app.url("/v1/responses"))
+            .bearer_auth(&app.analyst_key)
+            .header("x-flywheel-variant", variant)
+            .json(&json!({"model": "soc", "input": "Endpoint alert: PsExec service created on SRV-2."}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{variant}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["object"], "response", "{variant}: {body}");
+    }
+
     // Azure's content-filter error reaches the client as Azure sent it.
     let filtered = soc(&app, "dep", chat(false), &[("x-sim-content-filter", "1")]).await;
     let (status, error) = azure_error(filtered).await;
@@ -232,6 +249,16 @@ async fn the_azure_simulator_asks_what_azure_asks() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    // Every credential presented must be good: a stray bearer is refused.
+    let stray = http
+        .post(format!("{url}?api-version=2024-10-21"))
+        .header("api-key", PROVIDER_KEY)
+        .bearer_auth("fw-a-flywheel-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stray.status(), 401);
 }
 
 const FT: &str = "[fine_tuning]\nmin_examples = 10\npoll_interval_s = 1\ncanary_weight = 10\n";
@@ -590,5 +617,71 @@ async fn a_deployment_that_fails_to_provision_fails_the_job_and_registers_nothin
         after["versions"].as_array().unwrap().len(),
         versions_before,
         "{after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_deploying_finds_the_deployment_instead_of_creating_it_again() {
+    let mut config = azure_simulator(PROVIDER_KEY);
+    if let Some(mode) = config.azure.as_mut() {
+        mode.provisioning_delay = Duration::from_secs(3);
+    }
+    let sim = spawn_simulator(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..azure_options(sim, "sku = \"standard\"", FT)
+    };
+    let app = spawn_app_with(opts()).await;
+    let data = labelled_dataset(&app).await;
+    let id = create_job(
+        &app,
+        json!({"alias": "triage", "dataset_id": data.dataset_id, "provider": "az", "suffix": "resume"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(
+        "the deployment to be created",
+        Duration::from_secs(30),
+        || async {
+            let job = crate::fine_tuning::job(&app, &id).await;
+            (job["deployment"]["created"] == true).then_some(())
+        },
+    )
+    .await;
+    app.stop().await;
+
+    // The worst moment to stop: the creation was sent, its answer never stored.
+    let store = crate::fine_tuning::restart::reopen(dir.path()).await;
+    let mut record = store.job(&id).unwrap().unwrap();
+    let deployment = record.deployment.as_mut().unwrap();
+    assert!(deployment.attempted);
+    deployment.created = false;
+    store.put_job(&record).unwrap();
+    drop(store);
+
+    let app = spawn_app_with(opts()).await;
+    let done = until_finished(&app, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let version = done["registered_version"].as_str().unwrap();
+    assert!(version.starts_with("ft-resume-"), "{version}");
+    let messages: Vec<&str> = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    let deploying = messages
+        .iter()
+        .filter(|m| m.starts_with("Deploying "))
+        .count();
+    assert_eq!(deploying, 1, "{messages:#?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| *m == format!("Found deployment {version} created before")),
+        "{messages:#?}"
     );
 }

@@ -19,6 +19,8 @@
 //! ends `Failed`. `x-sim-content-filter: 1` makes a chat completion
 //! answer Azure's content-filter 400. The plain OpenAI paths (`/v1/…`)
 //! stay served, so one simulator can stand in for both kinds of provider.
+//! Every credential a request presents must be the key, so a client's own
+//! `Authorization` passed on beside the `api-key` is refused.
 
 use super::Sim;
 use axum::Router;
@@ -124,17 +126,22 @@ fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
 }
 
 impl Azure {
+    /// Every credential presented must be the key — an `api-key`, an
+    /// `Authorization` bearer (Entra ID), or both — and one must be.
     fn key_ok(&self, request: &Request) -> bool {
         let Some(expected) = &self.sim.config.api_key else {
             return true;
         };
         let headers = request.headers();
-        let api_key = headers.get("api-key").and_then(|v| v.to_str().ok());
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        api_key.or(bearer).is_some_and(|k| k.trim() == expected)
+        let api_key = headers.get("api-key").map(|v| v.to_str().unwrap_or(""));
+        let bearer = headers.get(header::AUTHORIZATION).map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("")
+        });
+        let presented: Vec<&str> = [api_key, bearer].into_iter().flatten().collect();
+        !presented.is_empty() && presented.iter().all(|k| k.trim() == expected)
     }
 
     /// The model behind `deployment`, if it serves now.
