@@ -33,7 +33,12 @@ pub async fn cancel_job(
         {
             job.provider_job_id = Some(remote.id);
         }
-        if let Some(remote_id) = job.provider_job_id.clone() {
+        // A job being deployed (Azure) has finished training: there is
+        // nothing to cancel at the provider, only the deployment to stop
+        // following (it stays, for an admin to delete).
+        if let Some(remote_id) = job.provider_job_id.clone()
+            && job.deployment.is_none()
+        {
             provider.cancel_job(&remote_id).await?;
         }
     }

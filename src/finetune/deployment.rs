@@ -254,10 +254,13 @@ pub async fn delete_deployment(
 ) -> Result<FineTuneJobRecord, JobError> {
     let _held = app.jobs.lock().await;
     let mut job = load(app, id).await?.ok_or_else(|| not_found(id))?;
+    // Flywheel's own deployment in any state (a cancelled job's may still
+    // be provisioning), or one an admin registered.
     let Some(name) = job
         .deployment
         .as_ref()
-        .filter(|d| d.state == DeploymentState::Succeeded)
+        .filter(|d| d.state == DeploymentState::Succeeded || (d.managed && d.created))
+        .filter(|d| d.state != DeploymentState::Deleted)
         .and_then(|d| d.name.clone())
     else {
         return Err(JobError::Conflict(format!(

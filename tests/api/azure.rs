@@ -685,3 +685,142 @@ async fn a_restart_while_deploying_finds_the_deployment_instead_of_creating_it_a
         "{messages:#?}"
     );
 }
+
+/// `flywheel simulate --azure` as an operator runs it, in front of
+/// `flywheel serve` with an Azure provider.
+#[tokio::test]
+async fn flywheel_simulate_azure_serves_the_real_binary() {
+    use crate::helpers::process::{Process, flywheel, free_port, listening, ready};
+    let sim_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _sim = Process::spawn(
+        "flywheel simulate --azure",
+        flywheel()
+            .args(["simulate", "--azure", "--listen", &sim_addr.to_string()])
+            .args([
+                "--api-key-env",
+                "AZ_KEY",
+                "--azure-management-token-env",
+                "ARM_TOKEN",
+            ])
+            .args([
+                "--azure-deployment",
+                "soc-prod=gpt-4o",
+                "--azure-provisioning-ms",
+                "100",
+            ])
+            .env("AZ_KEY", "az-secret")
+            .env("ARM_TOKEN", "arm-secret"),
+    );
+    listening(sim_addr.port()).await;
+    let http = reqwest::Client::new();
+    let missing = http
+        .post(format!(
+            "http://{sim_addr}/openai/deployments/soc-prod/chat/completions"
+        ))
+        .header("api-key", "az-secret")
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = dir.path().join("flywheel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[auth]\nallow_anonymous_clients = true\n\
+             [[providers]]\nname = \"azure\"\nkind = \"azure\"\nbase_url = \"http://{sim_addr}\"\n\
+             api_version = \"2024-10-21\"\napi_key_env = \"AZ_KEY\"\n\
+             [[models]]\nname = \"soc\"\nmodel_type = \"threat_detection\"\n  [[models.versions]]\n  name = \"base\"\n  provider = \"azure\"\n  model = \"soc-prod\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let _server = Process::spawn(
+        "flywheel serve",
+        flywheel()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("AZ_KEY", "az-secret")
+            .stderr(std::process::Stdio::inherit()),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    ready(&http, &base).await;
+    let answered = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    let body: Value = answered.json().await.unwrap();
+    assert_eq!(body["model"], "gpt-4o", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_deploying_registers_nothing_and_its_deployment_can_be_deleted() {
+    let mut config = azure_simulator(PROVIDER_KEY);
+    if let Some(mode) = config.azure.as_mut() {
+        mode.provisioning_delay = Duration::from_secs(3600);
+    }
+    let sim = spawn_simulator(config).await;
+    let app = spawn_app_with(azure_options(sim, "sku = \"standard\"", FT)).await;
+    let data = labelled_dataset(&app).await;
+    let id = create_job(
+        &app,
+        json!({"alias": "triage", "dataset_id": data.dataset_id, "provider": "az"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deploying = eventually(
+        "the deployment to be created",
+        Duration::from_secs(30),
+        || async {
+            let job = crate::fine_tuning::job(&app, &id).await;
+            (job["deployment"]["created"] == true).then_some(job)
+        },
+    )
+    .await;
+    let name = deploying["deployment"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, cancelled) = admin_json(
+        &app,
+        Method::POST,
+        &format!("/admin/api/fine-tuning/jobs/{id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["registered_version"], Value::Null);
+    let at_azure: Value = deployment_at(sim, &name).await.json().await.unwrap();
+    assert_eq!(
+        at_azure["properties"]["provisioningState"], "Creating",
+        "left for the admin"
+    );
+    let (status, deleted) = admin_json(
+        &app,
+        Method::DELETE,
+        &format!("/admin/api/fine-tuning/jobs/{id}/deployment"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["deployment"]["state"], "deleted");
+    assert_eq!(deployment_at(sim, &name).await.status(), 404);
+    let alias = app.admin_get("/admin/api/models/triage").await;
+    assert!(
+        alias["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["origin"] != id.as_str()),
+        "{alias}"
+    );
+}

@@ -111,7 +111,7 @@ function deployment(ctx, job, draw) {
     return card('Deployment', h('p', null, 'Deploy ', h('code', null, job.fine_tuned_model || dash), ' in Azure, then register the deployment\'s name: it becomes a candidate version.'), form);
   }
   return card('Deployment', kv([['Name', h('code', null, d.name || dash)], ['State', h('span', { 'data-test': 'deployment-state' }, statusBadge(d.state))], ['Created by', d.managed ? 'Flywheel' : 'an admin']]),
-    d.state === 'succeeded' ? button('Delete deployment', async () => {
+    (d.state === 'succeeded' || (d.managed && d.created && d.state !== 'deleted')) ? button('Delete deployment', async () => {
       try { draw(await api(path, { method: 'DELETE' })); toast('Deployment deleted.'); } catch (e) { toast(e.message, 'error'); }
     }, 'bad', { ...admin, title: ctx.isAdmin ? 'Once its version was rolled back or retired' : 'Needs an admin key', 'data-test': 'delete-deployment' }) : null);
 }
