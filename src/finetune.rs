@@ -14,6 +14,7 @@
 //! job without doing it twice: an upload is looked for by its file name,
 //! a submission by the job's `metadata.flywheel_job_id`.
 
+mod azure_files;
 mod cancel;
 mod continuous;
 mod create;

@@ -238,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 deployments: azure_deployments.into_iter().collect(),
                 management_token,
                 provisioning_delay: Duration::from_millis(azure_provisioning_ms),
+                ..flywheel_simulator::AzureMode::default()
             });
             let api_key = match api_key_env {
                 Some(var) => Some(std::env::var(&var).map_err(|_| {

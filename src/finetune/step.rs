@@ -5,6 +5,7 @@
 //! see `finetune`) and its result stored as soon as it arrives.
 
 use super::Context;
+use super::azure_files::{self, Imported};
 use super::deployment::{self, DeployError, Progress};
 use super::register::register_model;
 use super::sync::{
@@ -93,6 +94,22 @@ async fn prepare(
 ) -> Result<(), Failure> {
     upload(app, provider, job, DatasetSplit::Train).await?;
     upload(app, provider, job, DatasetSplit::Validation).await?;
+    if provider.is_azure() && !job.attempts.submit {
+        match azure_files::imported(provider, job)
+            .await
+            .map_err(at(Stage::Create))?
+        {
+            Imported::Ready => {}
+            Imported::Waiting => {
+                const WAITING: &str = "Waiting for Azure to import the uploaded files";
+                if job.events.last().is_none_or(|e| e.message != WAITING) {
+                    note(job, "info", WAITING);
+                }
+                return Ok(());
+            }
+            Imported::Failed(why) => return Err(Failure::Fatal(Stage::Upload, why)),
+        }
+    }
     submit(app, provider, job).await
 }
 

@@ -81,6 +81,12 @@ pub struct FileObject {
     pub id: String,
     #[serde(default)]
     pub filename: String,
+    /// Azure imports an upload before a job may use it: `pending` or
+    /// `running`, then `processed` (or `error`, with `status_details`).
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub status_details: Option<Value>,
 }
 
 /// A provider's `fine_tuning.job`, as much of it as Flywheel reads.
@@ -202,6 +208,12 @@ impl Provider {
         let request = self
             .authorized(Method::GET, FILES_PATH)
             .query(&[("purpose", "fine-tune")]);
+        self.call(request).await
+    }
+
+    /// `GET /files/{id}`.
+    pub async fn get_file(&self, id: &str) -> Result<FileObject, FineTuningError> {
+        let request = self.authorized(Method::GET, &format!("{FILES_PATH}/{id}"));
         self.call(request).await
     }
 

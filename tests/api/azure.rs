@@ -26,6 +26,7 @@ fn azure_simulator(management_token: &str) -> SimulatorConfig {
             deployments: HashMap::from([("triage-prod".to_string(), "gpt-4o-mini".to_string())]),
             management_token: Some(management_token.into()),
             provisioning_delay: Duration::from_millis(300),
+            file_import_delay: Duration::from_millis(300),
         }),
         ..SimulatorConfig::default()
     }
@@ -390,6 +391,11 @@ async fn a_job_on_azure_is_deployed_through_the_management_api_evaluated_promote
         .collect();
     assert!(
         messages.iter().any(|m| m.starts_with("Deploying ft:")),
+        "{messages:#?}"
+    );
+    // Azure refuses a job whose files it is still importing: it waited.
+    assert!(
+        messages.contains(&"Waiting for Azure to import the uploaded files"),
         "{messages:#?}"
     );
     assert!(

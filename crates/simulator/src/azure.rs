@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/openai/deployments/{deployment}/chat/completions?api-version=…` | a deployment's chat completions; the body's `model` is replaced by the deployment's |
 //! | `/openai/v1/{chat/completions, responses, files, fine_tuning/jobs…}` | the OpenAI-compatible surface; `model` names a deployment |
-//! | `/openai/{files, fine_tuning/jobs…, responses}?api-version=…` | files and fine-tuning; job statuses as Azure reports them (`pending`, `notRunning`, …) |
+//! | `/openai/{files, fine_tuning/jobs…, responses}?api-version=…` | files and fine-tuning; an upload is `pending` for `file_import_delay`, and a job naming it meanwhile is refused (400 `invalidPayload`); job statuses as Azure reports them (`pending`, `notRunning`, …) |
 //! | `/subscriptions/…/accounts/{account}/deployments/{name}?api-version=…` | the management API: `PUT` creates a deployment (`Creating`, then `Succeeded` after `provisioning_delay`), `GET` reads it, `DELETE` removes it |
 //!
 //! Outside `/openai/v1/` a request without `api-version` is refused (400
@@ -46,6 +46,9 @@ pub struct AzureMode {
     pub management_token: Option<String>,
     /// How long a created deployment stays `Creating`.
     pub provisioning_delay: Duration,
+    /// How long an uploaded file stays `pending` (being imported), when a
+    /// job naming it is refused.
+    pub file_import_delay: Duration,
 }
 
 impl Default for AzureMode {
@@ -54,6 +57,7 @@ impl Default for AzureMode {
             deployments: HashMap::new(),
             management_token: None,
             provisioning_delay: Duration::from_millis(500),
+            file_import_delay: Duration::from_millis(200),
         }
     }
 }
@@ -90,6 +94,8 @@ struct Azure {
     /// The OpenAI-shaped router the translated requests go to.
     inner: Router,
     created: Arc<Mutex<HashMap<String, Deployment>>>,
+    /// Uploaded file id → when its import is done.
+    imports: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// The Azure routes in front of `inner`, which keeps serving `/v1/…`.
@@ -99,6 +105,7 @@ pub fn router(sim: Sim, mode: AzureMode, inner: Router) -> Router {
         mode: Arc::new(mode),
         inner: inner.clone(),
         created: Arc::default(),
+        imports: Arc::default(),
     };
     Router::new()
         .route("/openai/{*rest}", axum::routing::any(data_plane))
@@ -259,6 +266,22 @@ async fn data_plane(State(azure): State<Azure>, request: Request) -> Response {
             Ok(renamed) => Body::from(renamed),
             Err(unknown) => return not_found(&unknown),
         }
+    } else if parts.method == Method::POST && path == "fine_tuning/jobs" {
+        let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "413",
+                "The request is too large.",
+            );
+        };
+        if names_an_importing_file(&azure, &bytes) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalidPayload",
+                "The specified file reference must point to a completed file import.",
+            );
+        }
+        Body::from(bytes)
     } else {
         body
     };
@@ -272,6 +295,7 @@ async fn data_plane(State(azure): State<Azure>, request: Request) -> Response {
         return error(StatusCode::BAD_REQUEST, "400", "The URL is not valid.");
     };
     parts.uri = uri;
+    let upload = parts.method == Method::POST && path == "files";
     // The outer route's matched path would read as the inner route's own.
     parts.extensions.clear();
     parts.headers.remove("api-key");
@@ -293,7 +317,65 @@ async fn data_plane(State(azure): State<Azure>, request: Request) -> Response {
     if legacy && path.starts_with("fine_tuning/jobs") && !path.ends_with("/events") {
         return azure_statuses(response).await;
     }
+    if path == "files"
+        || path
+            .strip_prefix("files/")
+            .is_some_and(|id| !id.contains('/'))
+    {
+        return file_imports(&azure, response, upload).await;
+    }
     response
+}
+
+/// Whether a job's body names a training or validation file still
+/// being imported.
+fn names_an_importing_file(azure: &Azure, bytes: &Bytes) -> bool {
+    let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let imports = azure.imports.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    ["training_file", "validation_file"].iter().any(|key| {
+        body[*key]
+            .as_str()
+            .and_then(|id| imports.get(id))
+            .is_some_and(|done| now < *done)
+    })
+}
+
+/// Files as Azure shows them while it imports them: an upload starts its
+/// import clock, and one not done yet says `pending`.
+async fn file_imports(azure: &Azure, response: Response, upload: bool) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500",
+            "The answer broke off.",
+        );
+    };
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let now = Instant::now();
+    let mut imports = azure.imports.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut show = |file: &mut Value, uploaded: bool| {
+        let Some(id) = file["id"].as_str() else {
+            return;
+        };
+        if uploaded {
+            imports.insert(id.to_string(), now + azure.mode.file_import_delay);
+        }
+        if imports.get(id).is_some_and(|done| now < *done) {
+            file["status"] = Value::String("pending".into());
+        }
+    };
+    if value["object"] == "file" {
+        show(&mut value, upload && parts.status.is_success());
+    } else if let Some(files) = value.get_mut("data").and_then(Value::as_array_mut) {
+        files.iter_mut().for_each(|f| show(f, false));
+    }
+    drop(imports);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(value.to_string()))
 }
 
 /// The body with its `model` (a deployment's name in the v1 style) made

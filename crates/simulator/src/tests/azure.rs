@@ -15,6 +15,7 @@ fn azure(provisioning: Duration) -> Router {
             deployments: [("soc-prod".to_string(), "gpt-4o".to_string())].into(),
             management_token: Some("arm-token".into()),
             provisioning_delay: provisioning,
+            ..AzureMode::default()
         }),
         ..SimulatorConfig::default()
     })

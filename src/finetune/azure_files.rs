@@ -1,0 +1,45 @@
+//! Azure imports an uploaded file before a job may train on it, and
+//! refuses a job whose files are still importing ("The specified file
+//! reference must point to a completed file import"): an Azure job is
+//! submitted only once both uploads say `processed`; one that ends in
+//! `error` fails the job with Azure's details.
+
+use crate::store::FineTuneJobRecord;
+use crate::upstream::{FineTuningError, Provider};
+
+/// Whether a job's uploads may be trained on.
+pub enum Imported {
+    Ready,
+    /// Still importing: look again at the next poll.
+    Waiting,
+    /// Azure could not import one: why.
+    Failed(String),
+}
+
+pub async fn imported(
+    provider: &Provider,
+    job: &FineTuneJobRecord,
+) -> Result<Imported, FineTuningError> {
+    let files = [
+        job.provider_files.training_file.as_deref(),
+        job.provider_files.validation_file.as_deref(),
+    ];
+    for id in files.into_iter().flatten() {
+        let file = provider.get_file(id).await?;
+        match file.status.as_deref() {
+            // A provider that does not say is taken at its word.
+            None | Some("processed") => {}
+            Some("error") => {
+                let details = file
+                    .status_details
+                    .map(|d| d.as_str().map_or_else(|| d.to_string(), String::from))
+                    .unwrap_or_else(|| "no details given".into());
+                return Ok(Imported::Failed(format!(
+                    "Azure could not import {id}: {details}"
+                )));
+            }
+            Some(_) => return Ok(Imported::Waiting),
+        }
+    }
+    Ok(Imported::Ready)
+}
