@@ -6,6 +6,11 @@
 
 use crate::store::FineTuneJobRecord;
 use crate::upstream::{FineTuningError, Provider};
+use std::time::{Duration, SystemTime};
+
+/// Imports take minutes; a job whose files are still importing this long
+/// after it was created fails rather than waiting for ever.
+const IMPORT_LIMIT: Duration = Duration::from_secs(6 * 3600);
 
 /// Whether a job's uploads may be trained on.
 pub enum Imported {
@@ -38,8 +43,21 @@ pub async fn imported(
                     "Azure could not import {id}: {details}"
                 )));
             }
+            Some(status) if waited(job) > IMPORT_LIMIT => {
+                return Ok(Imported::Failed(format!(
+                    "Azure had not imported {id} {} h after the job was created (still {status})",
+                    IMPORT_LIMIT.as_secs() / 3600
+                )));
+            }
             Some(_) => return Ok(Imported::Waiting),
         }
     }
     Ok(Imported::Ready)
+}
+
+fn waited(job: &FineTuneJobRecord) -> Duration {
+    humantime::parse_rfc3339(&job.created_at)
+        .ok()
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .unwrap_or_default()
 }
