@@ -147,9 +147,10 @@ fn not_found(id: &str) -> JobError {
     }
 }
 
-/// A job as the admin API shows it (docs/API.md, "Fine-tuning jobs").
+/// A job as the admin API shows it (docs/API.md, "Fine-tuning jobs");
+/// `deployment` only for a job whose model needs one (Azure).
 pub fn job_view(job: &FineTuneJobRecord) -> Value {
-    json!({
+    let mut view = json!({
         "object": "fine_tuning.job",
         "id": job.id,
         "alias": job.alias,
@@ -168,14 +169,17 @@ pub fn job_view(job: &FineTuneJobRecord) -> Value {
         "trained_tokens": job.trained_tokens,
         "fine_tuned_model": job.fine_tuned_model,
         "registered_version": job.registered_version,
-        "deployment": job.deployment,
         "error": job.error,
         "events": job.events,
         "metrics": job.metrics,
         "created_at": job.created_at,
         "created_by": job.created_by,
         "finished_at": job.finished_at,
-    })
+    });
+    if let Some(deployment) = &job.deployment {
+        view["deployment"] = json!(deployment);
+    }
+    view
 }
 
 impl From<JobError> for ApiError {
