@@ -7,7 +7,10 @@
 //! traffic (`register`). What the provider reports is folded into the job
 //! record by plain functions (`sync`). Continuous learning
 //! (`continuous`, off by default) builds datasets and starts jobs by
-//! itself as approved conversations accumulate.
+//! itself as approved conversations accumulate. On Azure OpenAI a job is
+//! submitted once Azure has imported its files (`azure_files`), and its
+//! model serves only once deployed (`deployment`: through the management
+//! API, or registered by an admin).
 //!
 //! Every step that reaches the provider is marked in the stored record
 //! before it is tried, so a process that stopped at any point resumes the
