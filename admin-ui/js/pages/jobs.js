@@ -141,7 +141,8 @@ async function one(ctx, id) {
       card('Progress', stepper(job.status), progress(job),
         job.error ? h('div', { class: 'state state-error' }, job.error.message || String(job.error)) : null,
         job.registered_version ? h('p', null, 'Registered as ', h('a', { href: `#/models/${encodeURIComponent(job.alias)}`, 'data-test': 'registered-version' }, `${job.alias} · ${job.registered_version}`), ' (a candidate without traffic until you give it some).') : null),
-      deployment(ctx, job, draw),
+      // replaceChildren would print a null: only a job with a deployment gets the card.
+      ...[deployment(ctx, job, draw)].filter(Boolean),
       h('div', { class: 'grid-2' },
         card('Job', kv([['Alias', job.alias], ['Dataset', h('a', { href: `#/datasets/${encodeURIComponent(job.dataset_id)}` }, job.dataset_id)], ['Provider', job.provider], ['Base model', h('code', null, job.base_model || dash)],
           ['Method', job.method], ['Epochs / batch / lr', `${hp.n_epochs ?? 'auto'} / ${hp.batch_size ?? 'auto'} / ${hp.learning_rate_multiplier ?? 'auto'}`],
