@@ -29,7 +29,7 @@ pub async fn cancel_job(
         // so that no job is left running there.
         if job.provider_job_id.is_none()
             && job.attempts.submit
-            && let Some(remote) = find_job(provider, &job.id).await?
+            && let Some(remote) = find_job(provider, &job).await?
         {
             job.provider_job_id = Some(remote.id);
         }

@@ -192,9 +192,7 @@ async fn submit(
     job: &mut FineTuneJobRecord,
 ) -> Result<(), Failure> {
     if job.attempts.submit
-        && let Some(remote) = find_job(provider, &job.id)
-            .await
-            .map_err(at(Stage::Create))?
+        && let Some(remote) = find_job(provider, job).await.map_err(at(Stage::Create))?
     {
         note(
             job,
@@ -236,18 +234,23 @@ fn spec(job: &FineTuneJobRecord) -> JobSpec {
     }
 }
 
-/// The provider's job whose `metadata.flywheel_job_id` is `id`, newest
-/// first (a job submitted just before a restart is among the newest).
-pub async fn find_job(provider: &Provider, id: &str) -> Result<Option<JobObject>, FineTuningError> {
+/// The provider's job whose `metadata.flywheel_job_id` is `job`'s id,
+/// newest first (a job submitted just before a restart is among the
+/// newest). A provider that keeps no metadata (Azure's dated
+/// api-versions) is asked for the job training on `job`'s upload, which
+/// no other job names.
+pub async fn find_job(
+    provider: &Provider,
+    job: &FineTuneJobRecord,
+) -> Result<Option<JobObject>, FineTuningError> {
+    let id = job.id.as_str();
+    let upload = job.provider_files.training_file.as_deref();
     let mut after: Option<String> = None;
     for _ in 0..MAX_PAGES {
         let page = provider.list_jobs(after.as_deref(), PAGE).await?;
-        let ours = |j: &&JobObject| {
-            j.metadata
-                .as_ref()
-                .and_then(|m| m.get(JOB_ID_KEY))
-                .and_then(Value::as_str)
-                == Some(id)
+        let ours = |j: &&JobObject| match j.metadata.as_ref().and_then(|m| m.get(JOB_ID_KEY)) {
+            Some(tag) => tag.as_str() == Some(id),
+            None => upload.is_some() && j.training_file.as_deref() == upload,
         };
         if let Some(found) = page.data.iter().find(ours) {
             return Ok(Some(found.clone()));

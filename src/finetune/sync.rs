@@ -241,6 +241,7 @@ mod tests {
                 trained_tokens: None,
                 error: Some(error.clone()),
                 metadata: None,
+                training_file: None,
             },
         );
         assert_eq!(j.status, JobStatus::Failed);
@@ -265,6 +266,7 @@ mod tests {
                 trained_tokens: Some(1200),
                 error: None,
                 metadata: None,
+                training_file: None,
             },
         );
         assert_eq!(j.status, JobStatus::Queued);

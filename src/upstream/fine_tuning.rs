@@ -102,6 +102,8 @@ pub struct JobObject {
     pub error: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub training_file: Option<String>,
 }
 
 /// A `fine_tuning.job.event`.

@@ -830,3 +830,62 @@ async fn a_job_cancelled_while_deploying_registers_nothing_and_its_deployment_ca
         "{alias}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_submitting_to_azure_finds_the_job_by_its_training_file() {
+    let mut config = azure_simulator(PROVIDER_KEY);
+    config.job_step = Duration::from_millis(700);
+    let sim = spawn_simulator(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..azure_options(sim, "", FT)
+    };
+    let app = spawn_app_with(opts()).await;
+    let data = labelled_dataset(&app).await;
+    let id = create_job(
+        &app,
+        json!({"alias": "triage", "dataset_id": data.dataset_id, "provider": "az"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let submitted = crate::fine_tuning::until_submitted(&app, &id).await;
+    app.stop().await;
+
+    // Submitted, but the answer never stored; Azure's dated api-versions
+    // keep no metadata to find it by.
+    let store = crate::fine_tuning::restart::reopen(dir.path()).await;
+    let mut record = store.job(&id).unwrap().unwrap();
+    assert!(record.attempts.submit);
+    record.provider_job_id = None;
+    record.status = flywheel::store::JobStatus::Preparing;
+    store.put_job(&record).unwrap();
+    drop(store);
+
+    let app = spawn_app_with(opts()).await;
+    let done = until_finished(&app, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["provider_job_id"], submitted["provider_job_id"]);
+    let messages: Vec<&str> = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Found the job submitted before")),
+        "{messages:#?}"
+    );
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.starts_with("Submitted to az"))
+            .count(),
+        1,
+        "{messages:#?}"
+    );
+}

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/openai/deployments/{deployment}/chat/completions?api-version=…` | a deployment's chat completions; the body's `model` is replaced by the deployment's |
 //! | `/openai/v1/{chat/completions, responses, files, fine_tuning/jobs…}` | the OpenAI-compatible surface; `model` names a deployment |
-//! | `/openai/{files, fine_tuning/jobs…, responses}?api-version=…` | files and fine-tuning; an upload is `pending` for `file_import_delay`, and a job naming it meanwhile is refused (400 `invalidPayload`); job statuses as Azure reports them (`pending`, `notRunning`, …) |
+//! | `/openai/{files, fine_tuning/jobs…, responses}?api-version=…` | files and fine-tuning; an upload is `pending` for `file_import_delay`, and a job naming it meanwhile is refused (400 `invalidPayload`); jobs as the dated api-versions show them (`pending`, `notRunning`, …, no `metadata`) |
 //! | `/subscriptions/…/accounts/{account}/deployments/{name}?api-version=…` | the management API: `PUT` creates a deployment (`Creating`, then `Succeeded` after `provisioning_delay`), `GET` reads it, `DELETE` removes it |
 //!
 //! Outside `/openai/v1/` a request without `api-version` is refused (400
@@ -396,8 +396,9 @@ fn rename_model(azure: &Azure, bytes: &Bytes, deployment: Option<String>) -> Res
     Ok(Bytes::from(body.to_string()))
 }
 
-/// A job or a page of jobs with the statuses the dated api-versions
-/// report: `pending` while files are validated, `notRunning` while queued.
+/// A job or a page of jobs as the dated api-versions report them:
+/// `pending` while files are validated, `notRunning` while queued, and
+/// no `metadata` (which only the v1 API keeps).
 async fn azure_statuses(response: Response) -> Response {
     let (parts, body) = response.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
@@ -411,6 +412,9 @@ async fn azure_statuses(response: Response) -> Response {
         return Response::from_parts(parts, Body::from(bytes));
     };
     let rename = |job: &mut Value| {
+        if let Some(fields) = job.as_object_mut() {
+            fields.remove("metadata");
+        }
         let azure = match job["status"].as_str() {
             Some("validating_files") => "pending",
             Some("queued") => "notRunning",
