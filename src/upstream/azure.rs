@@ -39,6 +39,12 @@ impl Azure {
         })
     }
 
+    /// Whether requests go to the dated routes (`?api-version=…`) rather
+    /// than the v1 API, which reads bodies as OpenAI does.
+    pub fn dated(&self) -> bool {
+        self.style == AzureUrlStyle::Deployments
+    }
+
     /// The URL of `path` (as under an OpenAI base URL: `chat/completions`,
     /// `files`, `fine_tuning/jobs/{id}` …) at the resource endpoint `base`;
     /// `deployment` is the request's model, which the deployments style

@@ -221,10 +221,20 @@ impl Provider {
 
     /// `POST /fine_tuning/jobs`.
     pub async fn create_job(&self, spec: &JobSpec) -> Result<JobObject, FineTuningError> {
+        let mut body = spec.body();
+        if self.azure.as_ref().is_some_and(|a| a.dated()) && spec.method == "supervised" {
+            // Azure's dated api-versions read hyperparameters at the top
+            // level and may not know `method`; supervised is their default.
+            let hyperparameters = body["method"]["supervised"]["hyperparameters"].take();
+            if let Some(fields) = body.as_object_mut() {
+                fields.remove("method");
+                fields.insert("hyperparameters".into(), hyperparameters);
+            }
+        }
         let request = self
             .authorized(Method::POST, JOBS_PATH)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(spec.body().to_string());
+            .body(body.to_string());
         self.call(request).await
     }
 

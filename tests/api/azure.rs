@@ -373,7 +373,8 @@ async fn a_job_on_azure_is_deployed_through_the_management_api_evaluated_promote
     let data = labelled_dataset(&app).await;
     let created = create_job(
         &app,
-        json!({"alias": "triage", "dataset_id": data.dataset_id, "provider": "az", "suffix": "soc", "seed": 7}),
+        json!({"alias": "triage", "dataset_id": data.dataset_id, "provider": "az", "suffix": "soc", "seed": 7,
+               "hyperparameters": {"n_epochs": 2}}),
     )
     .await;
     let id = created["id"].as_str().unwrap();
@@ -404,6 +405,20 @@ async fn a_job_on_azure_is_deployed_through_the_management_api_evaluated_promote
             .any(|m| *m == format!("Deployment {version} succeeded")),
         "{messages:#?}"
     );
+    // The dated api-version got its hyperparameters at the top level.
+    let trained: Value = reqwest::Client::new()
+        .get(format!(
+            "http://{sim}/v1/fine_tuning/jobs/{}",
+            done["provider_job_id"].as_str().unwrap()
+        ))
+        .bearer_auth(PROVIDER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trained["hyperparameters"]["n_epochs"], 2, "{trained}");
     let at_azure: Value = deployment_at(sim, &version).await.json().await.unwrap();
     assert_eq!(at_azure["properties"]["provisioningState"], "Succeeded");
     assert_eq!(
