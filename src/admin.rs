@@ -22,7 +22,8 @@ pub use evaluations::{
     create_evaluation, evaluation_examples, get_evaluation, list_evaluations, performance,
 };
 pub use fine_tuning::{
-    cancel as cancel_job, create as create_job, get as get_job, list as list_jobs,
+    cancel as cancel_job, create as create_job, delete_job_deployment, get as get_job,
+    list as list_jobs, register_job_deployment,
 };
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use me::me;

@@ -4,11 +4,15 @@
 //! Secrets never live in the file: it names the environment variables that
 //! hold them, and [`Secrets`] resolves those once at start-up.
 
+mod azure;
 mod load;
 mod secrets;
 mod types;
 mod validate;
 
+pub use azure::{
+    AzureDeploymentConfig, AzureUrlStyle, MANAGEMENT_API_VERSION as AZURE_MANAGEMENT_API_VERSION,
+};
 pub use load::{ConfigError, ENV_PREFIX, SEED_ENV_ALIASES};
 pub use secrets::Secrets;
 pub use types::*;

@@ -7,16 +7,21 @@
 //! traffic (`register`). What the provider reports is folded into the job
 //! record by plain functions (`sync`). Continuous learning
 //! (`continuous`, off by default) builds datasets and starts jobs by
-//! itself as approved conversations accumulate.
+//! itself as approved conversations accumulate. On Azure OpenAI a job is
+//! submitted once Azure has imported its files (`azure_files`), and its
+//! model serves only once deployed (`deployment`: through the management
+//! API, or registered by an admin).
 //!
 //! Every step that reaches the provider is marked in the stored record
 //! before it is tried, so a process that stopped at any point resumes the
 //! job without doing it twice: an upload is looked for by its file name,
 //! a submission by the job's `metadata.flywheel_job_id`.
 
+mod azure_files;
 mod cancel;
 mod continuous;
 mod create;
+mod deployment;
 mod poller;
 mod register;
 mod step;
@@ -25,6 +30,7 @@ mod sync;
 pub use cancel::cancel_job;
 pub use continuous::run_continuous;
 pub use create::{NewJob, create_job};
+pub use deployment::{delete_deployment, register_deployment};
 pub use poller::{Outcome, run_poller, try_step_once};
 
 use crate::config::Config;

@@ -48,6 +48,21 @@ enum Command {
         /// How long a fine-tuning job spends in each status, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         job_step_ms: u64,
+        /// Answer as an Azure OpenAI resource: `/openai/…` paths, the
+        /// `api-key` header, `api-version`, deployments and the management API.
+        #[arg(long)]
+        azure: bool,
+        /// Azure mode: a deployment serving MODEL under NAME, besides the
+        /// base models under their own names; repeatable.
+        #[arg(long = "azure-deployment", value_name = "NAME=MODEL", value_parser = deployment_arg, requires = "azure")]
+        azure_deployments: Vec<(String, String)>,
+        /// Azure mode: the variable holding the bearer token the management
+        /// API accepts (none: the management API refuses every request).
+        #[arg(long, requires = "azure")]
+        azure_management_token_env: Option<String>,
+        /// Azure mode: how long a created deployment stays `Creating`, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        azure_provisioning_ms: u64,
     },
     /// Simulator + proxy + admin UI on loopback with a fresh data directory.
     Demo {
@@ -207,7 +222,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             api_key_env,
             fail_rates,
             job_step_ms,
+            azure,
+            azure_deployments,
+            azure_management_token_env,
+            azure_provisioning_ms,
         } => {
+            let management_token = match azure_management_token_env {
+                Some(var) => Some(std::env::var(&var).map_err(|_| {
+                    eprintln!("error: --azure-management-token-env names {var}, which is not set");
+                    anyhow::Error::new(Exit(2))
+                })?),
+                None => None,
+            };
+            let azure = azure.then(|| flywheel_simulator::AzureMode {
+                deployments: azure_deployments.into_iter().collect(),
+                management_token,
+                provisioning_delay: Duration::from_millis(azure_provisioning_ms),
+                ..flywheel_simulator::AzureMode::default()
+            });
             let api_key = match api_key_env {
                 Some(var) => Some(std::env::var(&var).map_err(|_| {
                     eprintln!("error: --api-key-env names {var}, which is not set");
@@ -225,6 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     api_key,
                     fail_rates: fail_rates.into_iter().collect(),
                     job_step: Duration::from_millis(job_step_ms),
+                    azure,
                 };
                 flywheel_simulator::serve(listener, config, shutdown_signal()).await?;
                 Ok(())
@@ -413,4 +446,14 @@ fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--azure-deployment NAME=MODEL`.
+fn deployment_arg(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, model)) if !name.trim().is_empty() && !model.trim().is_empty() => {
+            Ok((name.trim().to_string(), model.trim().to_string()))
+        }
+        _ => Err(format!("expected NAME=MODEL, got `{text}`")),
+    }
 }

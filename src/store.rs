@@ -19,7 +19,8 @@ pub mod transfer;
 
 pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};
 pub use job_records::{
-    Attempts, FineTuneJobRecord, Hyperparameters, JobEvent, JobStatus, ProviderFiles,
+    Attempts, DeploymentState, FineTuneJobRecord, Hyperparameters, JobDeployment, JobEvent,
+    JobStatus, ProviderFiles,
 };
 pub use model_records::{
     AlertRecord, DatasetRecord, DatasetSplit, ModelAliasRecord, ModelHistoryRecord,

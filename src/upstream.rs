@@ -4,6 +4,7 @@
 //! and fine-tuning calls (`fine_tuning`, reqwest), and the alert webhook's
 //! client. Only this module names the HTTP client crates.
 
+mod azure;
 mod client;
 mod errors;
 mod fine_tuning;
@@ -12,6 +13,7 @@ mod retry;
 mod transport;
 mod webhook;
 
+pub use azure::management::DeploymentObject;
 pub use client::{
     BodyStream, CHAT_PATH, Collected, Cut, Provider, Reply, UpstreamRequest, Upstreams,
 };

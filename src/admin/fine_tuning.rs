@@ -4,7 +4,9 @@
 
 use super::{blocking, list_envelope};
 use crate::auth::{Caller, Role};
-use crate::finetune::{JobError, NewJob, cancel_job, create_job};
+use crate::finetune::{
+    JobError, NewJob, cancel_job, create_job, delete_deployment, register_deployment,
+};
 use crate::openai::{ApiError, ApiJson, ApiQuery, UpstreamFailure};
 use crate::state::AppState;
 use crate::store::{FineTuneJobRecord, Hyperparameters};
@@ -109,6 +111,35 @@ pub async fn cancel(
     Ok(Json(job_view(&job)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentName {
+    name: String,
+}
+
+/// Azure: registers the deployment an admin made for a job awaiting one.
+pub async fn register_job_deployment(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<DeploymentName>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let job = register_deployment(&app.fine_tuning, &id, &body.name, &caller.id).await?;
+    Ok(Json(job_view(&job)))
+}
+
+/// Azure: deletes the deployment of a job whose version no longer serves.
+pub async fn delete_job_deployment(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let job = delete_deployment(&app.fine_tuning, &id, &caller.id).await?;
+    Ok(Json(job_view(&job)))
+}
+
 fn not_found(id: &str) -> JobError {
     JobError::NotFound {
         message: format!("no fine-tuning job with id `{id}`"),
@@ -116,9 +147,10 @@ fn not_found(id: &str) -> JobError {
     }
 }
 
-/// A job as the admin API shows it (docs/API.md, "Fine-tuning jobs").
+/// A job as the admin API shows it (docs/API.md, "Fine-tuning jobs");
+/// `deployment` only for a job whose model needs one (Azure).
 pub fn job_view(job: &FineTuneJobRecord) -> Value {
-    json!({
+    let mut view = json!({
         "object": "fine_tuning.job",
         "id": job.id,
         "alias": job.alias,
@@ -143,7 +175,11 @@ pub fn job_view(job: &FineTuneJobRecord) -> Value {
         "created_at": job.created_at,
         "created_by": job.created_by,
         "finished_at": job.finished_at,
-    })
+    });
+    if let Some(deployment) = &job.deployment {
+        view["deployment"] = json!(deployment);
+    }
+    view
 }
 
 impl From<JobError> for ApiError {

@@ -8,8 +8,11 @@ use std::collections::HashMap;
 #[derive(Clone, Default)]
 pub struct Secrets {
     pub admin_token: Option<SecretString>,
-    /// Provider name → API key.
+    /// Provider name → API key (for an Azure provider, its `api-key` or
+    /// its Entra ID bearer token, whichever the config names).
     pub provider_keys: HashMap<String, SecretString>,
+    /// Azure provider name → its management API (ARM) bearer token.
+    pub management_tokens: HashMap<String, SecretString>,
     /// The PostgreSQL connection URL (`store.url_env`), when set.
     pub database_url: Option<SecretString>,
 }
@@ -23,6 +26,10 @@ impl std::fmt::Debug for Secrets {
                 &self.provider_keys.keys().collect::<Vec<_>>(),
             )
             .field("database_url", &self.database_url.as_ref().map(|_| "[set]"))
+            .field(
+                "management_tokens",
+                &self.management_tokens.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -40,13 +47,22 @@ impl Secrets {
             .providers
             .iter()
             .filter_map(|p| {
-                let var = p.api_key_env.as_deref()?;
+                let var = p.api_key_env.as_deref().or(p.bearer_token_env.as_deref())?;
+                Some((p.name.clone(), get(var)?))
+            })
+            .collect();
+        let management_tokens = config
+            .providers
+            .iter()
+            .filter_map(|p| {
+                let var = &p.deployment.as_ref()?.token_env;
                 Some((p.name.clone(), get(var)?))
             })
             .collect();
         Self {
             admin_token: get(&config.auth.admin_token_env),
             provider_keys,
+            management_tokens,
             database_url: (config.store.kind == super::StoreKind::Postgres)
                 .then(|| get(&config.store.url_env))
                 .flatten(),
@@ -77,6 +93,21 @@ impl Secrets {
                     "providers.{}.api_key_env = {var}: {}",
                     p.name,
                     state(var)
+                ));
+            }
+            if let Some(var) = &p.bearer_token_env {
+                lines.push(format!(
+                    "providers.{}.bearer_token_env = {var}: {}",
+                    p.name,
+                    state(var)
+                ));
+            }
+            if let Some(d) = &p.deployment {
+                lines.push(format!(
+                    "providers.{}.deployment.token_env = {}: {}",
+                    p.name,
+                    d.token_env,
+                    state(&d.token_env)
                 ));
             }
         }

@@ -1,5 +1,6 @@
 //! The configuration's typed sections and their defaults, in one place.
 
+use super::azure::{AzureDeploymentConfig, AzureUrlStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -172,6 +173,17 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// The OpenAI API shape: `{base_url}/chat/completions`, bearer key.
+    #[default]
+    Openai,
+    /// Azure OpenAI: see `config/azure.rs`.
+    Azure,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
@@ -197,6 +209,23 @@ pub struct ProviderConfig {
     /// This provider accepts `/files` and `/fine_tuning/jobs`.
     #[serde(default)]
     pub fine_tuning: bool,
+    /// The API the provider speaks: `openai` (the default) or `azure`.
+    #[serde(default)]
+    pub kind: ProviderKind,
+    /// Azure: the `api-version` query parameter every request carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Azure: `deployments` (the default) or `v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_style: Option<AzureUrlStyle>,
+    /// Azure: the variable holding a Microsoft Entra ID bearer token, used
+    /// instead of an `api-key` (`api_key_env`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_env: Option<String>,
+    /// Azure: the management API through which a fine-tuned model is
+    /// deployed; without it a succeeded job awaits an admin's deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<AzureDeploymentConfig>,
 }
 
 impl ProviderConfig {
@@ -211,6 +240,11 @@ impl ProviderConfig {
             max_retries: defaults::max_retries(),
             max_retry_wait_s: defaults::max_retry_wait_s(),
             fine_tuning: false,
+            kind: ProviderKind::default(),
+            api_version: None,
+            url_style: None,
+            bearer_token_env: None,
+            deployment: None,
         }
     }
 }

@@ -171,6 +171,7 @@ fn check_providers(c: &Config) -> Result<(), ConfigError> {
                 "names no variable (leave the key out for providers without a key)",
             ));
         }
+        super::azure::check(i, p)?;
     }
     Ok(())
 }

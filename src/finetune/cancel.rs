@@ -29,11 +29,16 @@ pub async fn cancel_job(
         // so that no job is left running there.
         if job.provider_job_id.is_none()
             && job.attempts.submit
-            && let Some(remote) = find_job(provider, &job.id).await?
+            && let Some(remote) = find_job(provider, &job).await?
         {
             job.provider_job_id = Some(remote.id);
         }
-        if let Some(remote_id) = job.provider_job_id.clone() {
+        // A job being deployed (Azure) has finished training: there is
+        // nothing to cancel at the provider, only the deployment to stop
+        // following (it stays, for an admin to delete).
+        if let Some(remote_id) = job.provider_job_id.clone()
+            && job.deployment.is_none()
+        {
             provider.cancel_job(&remote_id).await?;
         }
     }

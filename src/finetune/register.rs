@@ -14,7 +14,7 @@ pub const ACTOR: &str = "fine-tuning";
 /// Registers `job`'s fine-tuned model and sets `registered_version`.
 /// Blocking: the registry writes the store.
 pub fn register_model(app: &Context, job: &mut FineTuneJobRecord) -> Result<(), RegistryError> {
-    let Some(model) = job.fine_tuned_model.clone() else {
+    let Some(model) = job.served_model() else {
         return Ok(());
     };
     let alias = app

@@ -5,6 +5,8 @@
 //! see `finetune`) and its result stored as soon as it arrives.
 
 use super::Context;
+use super::azure_files::{self, Imported};
+use super::deployment::{self, DeployError, Progress};
 use super::register::register_model;
 use super::sync::{
     Stage, add_provider_events, apply_remote, fail, fail_with, finish, note, unseen,
@@ -92,6 +94,22 @@ async fn prepare(
 ) -> Result<(), Failure> {
     upload(app, provider, job, DatasetSplit::Train).await?;
     upload(app, provider, job, DatasetSplit::Validation).await?;
+    if provider.is_azure() && !job.attempts.submit {
+        match azure_files::imported(provider, job)
+            .await
+            .map_err(at(Stage::Create))?
+        {
+            Imported::Ready => {}
+            Imported::Waiting => {
+                const WAITING: &str = "Waiting for Azure to import the uploaded files";
+                if job.events.last().is_none_or(|e| e.message != WAITING) {
+                    note(job, "info", WAITING);
+                }
+                return Ok(());
+            }
+            Imported::Failed(why) => return Err(Failure::Fatal(Stage::Upload, why)),
+        }
+    }
     submit(app, provider, job).await
 }
 
@@ -174,9 +192,7 @@ async fn submit(
     job: &mut FineTuneJobRecord,
 ) -> Result<(), Failure> {
     if job.attempts.submit
-        && let Some(remote) = find_job(provider, &job.id)
-            .await
-            .map_err(at(Stage::Create))?
+        && let Some(remote) = find_job(provider, job).await.map_err(at(Stage::Create))?
     {
         note(
             job,
@@ -218,18 +234,23 @@ fn spec(job: &FineTuneJobRecord) -> JobSpec {
     }
 }
 
-/// The provider's job whose `metadata.flywheel_job_id` is `id`, newest
-/// first (a job submitted just before a restart is among the newest).
-pub async fn find_job(provider: &Provider, id: &str) -> Result<Option<JobObject>, FineTuningError> {
+/// The provider's job whose `metadata.flywheel_job_id` is `job`'s id,
+/// newest first (a job submitted just before a restart is among the
+/// newest). A provider that keeps no metadata (Azure's dated
+/// api-versions) is asked for the job training on `job`'s upload, which
+/// no other job names.
+pub async fn find_job(
+    provider: &Provider,
+    job: &FineTuneJobRecord,
+) -> Result<Option<JobObject>, FineTuningError> {
+    let id = job.id.as_str();
+    let upload = job.provider_files.training_file.as_deref();
     let mut after: Option<String> = None;
     for _ in 0..MAX_PAGES {
         let page = provider.list_jobs(after.as_deref(), PAGE).await?;
-        let ours = |j: &&JobObject| {
-            j.metadata
-                .as_ref()
-                .and_then(|m| m.get(JOB_ID_KEY))
-                .and_then(Value::as_str)
-                == Some(id)
+        let ours = |j: &&JobObject| match j.metadata.as_ref().and_then(|m| m.get(JOB_ID_KEY)) {
+            Some(tag) => tag.as_str() == Some(id),
+            None => upload.is_some() && j.training_file.as_deref() == upload,
         };
         if let Some(found) = page.data.iter().find(ours) {
             return Ok(Some(found.clone()));
@@ -259,6 +280,21 @@ async fn follow(
                 Stage::Run,
                 "the provider reported success without naming a fine-tuned model".into(),
             ));
+        }
+        if provider.is_azure() {
+            match deployment::deploy(app, provider, job).await {
+                Ok(Progress::Ready) => {}
+                Ok(Progress::Provisioning) => return Ok(()),
+                Ok(Progress::Awaiting) => {
+                    finish(job, JobStatus::Succeeded);
+                    return Ok(());
+                }
+                Err(DeployError::Provider(e)) => return Err(Failure::Provider(Stage::Deploy, e)),
+                Err(DeployError::Fatal(message)) => {
+                    return Err(Failure::Fatal(Stage::Deploy, message));
+                }
+                Err(DeployError::Store(e)) => return Err(Failure::Store(e)),
+            }
         }
         register(app, job).await?;
         finish(job, JobStatus::Succeeded);

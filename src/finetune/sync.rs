@@ -18,6 +18,8 @@ pub enum Stage {
     Create,
     Poll,
     Run,
+    /// Azure: deploying the fine-tuned model.
+    Deploy,
     Register,
 }
 
@@ -28,6 +30,7 @@ impl Stage {
             Stage::Create => "create",
             Stage::Poll => "poll",
             Stage::Run => "run",
+            Stage::Deploy => "deploy",
             Stage::Register => "register",
         }
     }
@@ -56,8 +59,9 @@ fn push(job: &mut FineTuneJobRecord, event: JobEvent) {
 /// (the job keeps its status until a known one arrives).
 pub fn status_of(provider_status: &str) -> Option<JobStatus> {
     Some(match provider_status {
-        "validating_files" => JobStatus::ValidatingFiles,
-        "queued" => JobStatus::Queued,
+        // Azure's dated api-versions say `pending` and `notRunning`.
+        "validating_files" | "pending" => JobStatus::ValidatingFiles,
+        "queued" | "notRunning" => JobStatus::Queued,
         "running" => JobStatus::Running,
         "succeeded" => JobStatus::Succeeded,
         "failed" => JobStatus::Failed,
@@ -237,6 +241,7 @@ mod tests {
                 trained_tokens: None,
                 error: Some(error.clone()),
                 metadata: None,
+                training_file: None,
             },
         );
         assert_eq!(j.status, JobStatus::Failed);
@@ -261,12 +266,16 @@ mod tests {
                 trained_tokens: Some(1200),
                 error: None,
                 metadata: None,
+                training_file: None,
             },
         );
         assert_eq!(j.status, JobStatus::Queued);
         assert_eq!(j.fine_tuned_model.as_deref(), Some("ft:m:org::abc"));
         assert_eq!(j.trained_tokens, Some(1200));
         assert_eq!(status_of("paused"), None);
+        // Azure's dated api-versions.
+        assert_eq!(status_of("pending"), Some(JobStatus::ValidatingFiles));
+        assert_eq!(status_of("notRunning"), Some(JobStatus::Queued));
     }
 
     #[test]

@@ -315,7 +315,8 @@ impl Outgoing<'_> {
         let upstream_request = match self.request.wire {
             Wire::Chat => UpstreamRequest::chat(headers, body, client_key),
             Wire::Responses => UpstreamRequest::responses(headers, body, client_key),
-        };
+        }
+        .for_model(&route.upstream_model);
         let deadline = self.started + provider.total_timeout;
         let retries = if route.candidate {
             0

@@ -51,6 +51,7 @@ pub async fn passthrough(
         headers: out_headers,
         body: Bytes::new(),
         client_key,
+        model: None,
     };
     let upload = Box::pin(limited(body, limit));
     let deadline = Instant::now() + provider.total_timeout;

@@ -99,7 +99,8 @@ impl Copy {
         };
         let started = Instant::now();
         let deadline = started + provider.total_timeout;
-        let request = UpstreamRequest::chat(self.headers.clone(), self.body.clone(), None);
+        let request = UpstreamRequest::chat(self.headers.clone(), self.body.clone(), None)
+            .for_model(&self.route.upstream_model);
         let (outcome, status, response, first_byte) =
             match provider.send_retrying(request, deadline, 0).await {
                 Ok(reply) => {

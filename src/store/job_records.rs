@@ -123,4 +123,58 @@ pub struct FineTuneJobRecord {
     pub last_provider_event: Option<String>,
     #[serde(default)]
     pub attempts: Attempts,
+    /// Azure: the deployment that serves the fine-tuned model, which the
+    /// candidate is registered under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<JobDeployment>,
+}
+
+impl FineTuneJobRecord {
+    /// The model name the candidate is registered with: the deployment's
+    /// name where the model is served through one (Azure), else the
+    /// fine-tuned model's.
+    pub fn served_model(&self) -> Option<String> {
+        match &self.deployment {
+            Some(d) => d.name.clone(),
+            None => self.fine_tuned_model.clone(),
+        }
+    }
+}
+
+/// Where an Azure deployment of a job's fine-tuned model stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// No management access: an admin deploys the model and registers the
+    /// deployment's name.
+    AwaitingDeployment,
+    /// Created through the management API, provisioning.
+    Creating,
+    /// Serving; the candidate is registered under its name.
+    Succeeded,
+    Failed,
+    /// Deleted on an admin's request after the version was rolled back.
+    Deleted,
+}
+
+/// A job's Azure deployment. `attempted` is marked before the deployment
+/// is created, so a restart looks it up by name instead of creating it
+/// blindly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobDeployment {
+    pub state: DeploymentState,
+    /// The deployment's name; unset while awaiting an admin's.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Created by Flywheel through the management API (else by an admin).
+    #[serde(default)]
+    pub managed: bool,
+    #[serde(default)]
+    pub attempted: bool,
+    /// Azure answered the creation (or it was found after a restart).
+    #[serde(default)]
+    pub created: bool,
+    /// When the creation was first asked for, for the provisioning timeout.
+    #[serde(default)]
+    pub started_at: Option<String>,
 }

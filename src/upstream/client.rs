@@ -1,6 +1,7 @@
 //! Sending one request to a provider: retries before anything reached the
 //! client, then the reply with its first body bytes already in hand.
 
+use super::azure::{self, Azure};
 use super::errors::{error_from_reply, transport_error};
 use super::retry::{RetryDecision, backoff, retry_after};
 use super::transport::{ByteStream, Payload, Transport, TransportError};
@@ -8,7 +9,7 @@ use crate::config::{Config, ProviderConfig, Secrets};
 use crate::openai::ApiError;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, header};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +28,14 @@ pub struct Provider {
     /// `{base_url}/chat/completions`, parsed once: URL parsing showed up in
     /// the request path's profile.
     chat_uri: Uri,
-    /// `Bearer <key>` with our provider key, built once, marked sensitive.
-    bearer: Option<HeaderValue>,
+    /// Our provider key as the provider reads it (`Authorization: Bearer
+    /// <key>`, or Azure's `api-key`), built once, marked sensitive.
+    auth: Option<(HeaderName, HeaderValue)>,
+    /// Azure OpenAI's URL shapes and auth, for a provider with `kind = "azure"`.
+    pub(super) azure: Option<Azure>,
+    /// Azure Resource Manager access, when the provider deploys its
+    /// fine-tuned models itself.
+    pub(super) management: Option<azure::management::Management>,
     /// The Files and fine-tuning calls, which are not relayed.
     http: reqwest::Client,
     /// Chat completions and pass-through.
@@ -48,6 +55,9 @@ pub struct UpstreamRequest<'a> {
     pub body: Bytes,
     /// The client's own provider key, used instead of ours when pass-through is on.
     pub client_key: Option<&'a SecretString>,
+    /// The model the body names: an Azure deployment, which the
+    /// deployments URL style puts in the path.
+    pub model: Option<&'a str>,
 }
 
 impl<'a> UpstreamRequest<'a> {
@@ -61,6 +71,15 @@ impl<'a> UpstreamRequest<'a> {
             headers,
             body,
             client_key,
+            model: None,
+        }
+    }
+
+    /// The same request, for `model` (an Azure provider's deployment).
+    pub fn for_model(self, model: &'a str) -> Self {
+        Self {
+            model: Some(model),
+            ..self
         }
     }
 
@@ -137,7 +156,11 @@ impl Reply {
 }
 
 impl Provider {
-    pub fn new(config: &ProviderConfig, key: Option<SecretString>) -> Result<Self, String> {
+    pub fn new(
+        config: &ProviderConfig,
+        key: Option<SecretString>,
+        management_token: Option<SecretString>,
+    ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(config.connect_timeout_s))
@@ -151,9 +174,13 @@ impl Provider {
         let parsed = reqwest::Url::parse(&config.base_url)
             .map_err(|e| format!("provider `{}`: base_url: {e}", config.name))?;
         let base_url = parsed.as_str().trim_end_matches('/').to_string();
-        let chat_uri: Uri = format!("{base_url}/{CHAT_PATH}")
-            .parse()
-            .map_err(|e| format!("provider `{}`: base_url: {e}", config.name))?;
+        let azure = Azure::of(config);
+        let chat_uri: Uri = match &azure {
+            Some(a) => a.url(&base_url, CHAT_PATH, None, None),
+            None => format!("{base_url}/{CHAT_PATH}"),
+        }
+        .parse()
+        .map_err(|e| format!("provider `{}`: base_url: {e}", config.name))?;
         let relay = Transport::new(
             &chat_uri,
             Duration::from_secs(config.connect_timeout_s),
@@ -165,7 +192,9 @@ impl Provider {
             name: config.name.as_str().into(),
             base_url,
             chat_uri,
-            bearer: key.as_ref().and_then(bearer),
+            auth: key.as_ref().and_then(|k| authorization(azure.as_ref(), k)),
+            management: azure::management::Management::of(config, management_token, &http),
+            azure,
             http,
             relay,
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_s),
@@ -176,6 +205,15 @@ impl Provider {
     }
 
     pub fn url(&self, path: &str, query: Option<&str>) -> String {
+        self.url_for(path, query, None)
+    }
+
+    /// [`Provider::url`] for a request naming `model`, which an Azure
+    /// provider's deployments URL style puts in the path.
+    fn url_for(&self, path: &str, query: Option<&str>, model: Option<&str>) -> String {
+        if let Some(azure) = &self.azure {
+            return azure.url(&self.base_url, path, query, model);
+        }
         match query {
             Some(q) if !q.is_empty() => format!("{}/{path}?{q}", self.base_url),
             _ => format!("{}/{path}", self.base_url),
@@ -256,8 +294,8 @@ impl Provider {
             .http
             .request(method, self.url(path, None))
             .timeout(self.total_timeout);
-        match &self.bearer {
-            Some(value) => builder.header(header::AUTHORIZATION, value.clone()),
+        match &self.auth {
+            Some((name, value)) => builder.header(name.clone(), value.clone()),
             None => builder,
         }
     }
@@ -271,20 +309,25 @@ impl Provider {
     ) -> Result<Response<BodyStream>, TransportError> {
         let mut headers = req.headers.clone();
         let authorization = match req.client_key {
-            Some(key) => bearer(key),
-            None => self.bearer.clone(),
+            Some(key) => authorization(self.azure.as_ref(), key),
+            None => self.auth.clone(),
         };
-        if let Some(value) = authorization {
-            headers.insert(header::AUTHORIZATION, value);
+        if self.azure.is_some() {
+            // An Azure SDK sends its key to Flywheel as `api-key`: never
+            // passed on as if it were ours.
+            headers.remove(azure::API_KEY);
+        }
+        if let Some((name, value)) = authorization {
+            headers.insert(name, value);
         }
         // What reqwest, which sent these before, adds when the client did not.
         if !headers.contains_key(header::ACCEPT) {
             headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
-        let uri = if req.path == CHAT_PATH && req.query.is_none() {
+        let uri = if req.path == CHAT_PATH && req.query.is_none() && self.azure.is_none() {
             self.chat_uri.clone()
         } else {
-            self.url(req.path, req.query)
+            self.url_for(req.path, req.query, req.model)
                 .parse()
                 .map_err(|e: http::uri::InvalidUri| TransportError::Address(e.to_string()))?
         };
@@ -336,7 +379,9 @@ impl Provider {
     /// The error the client sees once retrying is over.
     async fn fail(&self, failure: Failure, deadline: Instant) -> ApiError {
         let error = match failure {
-            Failure::Status(response) => error_from_reply(&self.name, response, deadline).await,
+            Failure::Status(response) => {
+                error_from_reply(&self.name, response, deadline, self.azure.is_some()).await
+            }
             Failure::Timeout => self.timeout("waiting for the first byte"),
             Failure::Connect(e) | Failure::Other(e) => transport_error(&self.name, &e),
             Failure::Body(e) => ApiError::UpstreamUnreachable {
@@ -373,11 +418,16 @@ enum Failure {
     Body(std::io::Error),
 }
 
-/// `Bearer <key>` as a sensitive header value (never logged).
-fn bearer(key: &SecretString) -> Option<HeaderValue> {
+/// The header carrying `key` as the provider reads it: `Authorization:
+/// Bearer <key>`, or as an Azure provider is configured; a sensitive
+/// value (never logged).
+fn authorization(azure: Option<&Azure>, key: &SecretString) -> Option<(HeaderName, HeaderValue)> {
+    if let Some(azure) = azure {
+        return azure.auth(key);
+    }
     let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose_secret())).ok()?;
     value.set_sensitive(true);
-    Some(value)
+    Some((header::AUTHORIZATION, value))
 }
 
 /// Every configured provider, by index, and the default one.
@@ -391,7 +441,13 @@ impl Upstreams {
         let providers = config
             .providers
             .iter()
-            .map(|p| Provider::new(p, secrets.provider_keys.get(&p.name).cloned()))
+            .map(|p| {
+                Provider::new(
+                    p,
+                    secrets.provider_keys.get(&p.name).cloned(),
+                    secrets.management_tokens.get(&p.name).cloned(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let default_name = &config.default_provider().name;
         let default = providers
@@ -433,7 +489,7 @@ mod tests {
             base_url = "http://exämple.test/open ai/v1/"
         "#;
         let config: ProviderConfig = toml::from_str(toml).unwrap();
-        let provider = Provider::new(&config, None).unwrap();
+        let provider = Provider::new(&config, None, None).unwrap();
         assert_eq!(
             provider.chat_uri.to_string(),
             "http://xn--exmple-cua.test/open%20ai/v1/chat/completions"

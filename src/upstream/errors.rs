@@ -18,6 +18,7 @@ pub async fn error_from_reply(
     provider: &str,
     response: Response<BodyStream>,
     deadline: Instant,
+    verbatim: bool,
 ) -> ApiError {
     let status = response.status();
     let mut headers = HeaderMap::new();
@@ -30,12 +31,23 @@ pub async fn error_from_reply(
         headers.insert("x-upstream-request-id", id.clone());
     }
     let text = read_limited(response, deadline).await;
-    let body = normalise(provider, status.as_u16(), &text);
+    // Azure's error objects carry more than OpenAI's (a content filter's
+    // `innererror` with its verdicts): an error object is relayed as sent.
+    let body = if verbatim && is_error_object(&text) {
+        bytes::Bytes::from(text)
+    } else {
+        error_json(&normalise(provider, status.as_u16(), &text))
+    };
     ApiError::UpstreamStatus(Box::new(UpstreamFailure {
         status,
-        body: error_json(&body),
+        body,
         headers,
     }))
+}
+
+/// Whether `text` is a JSON object with an `error` object in it.
+fn is_error_object(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v["error"].is_object())
 }
 
 async fn read_limited(response: Response<BodyStream>, deadline: Instant) -> String {

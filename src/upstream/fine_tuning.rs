@@ -81,6 +81,12 @@ pub struct FileObject {
     pub id: String,
     #[serde(default)]
     pub filename: String,
+    /// Azure imports an upload before a job may use it: `pending` or
+    /// `running`, then `processed` (or `error`, with `status_details`).
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub status_details: Option<Value>,
 }
 
 /// A provider's `fine_tuning.job`, as much of it as Flywheel reads.
@@ -96,6 +102,8 @@ pub struct JobObject {
     pub error: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub training_file: Option<String>,
 }
 
 /// A `fine_tuning.job.event`.
@@ -205,12 +213,28 @@ impl Provider {
         self.call(request).await
     }
 
+    /// `GET /files/{id}`.
+    pub async fn get_file(&self, id: &str) -> Result<FileObject, FineTuningError> {
+        let request = self.authorized(Method::GET, &format!("{FILES_PATH}/{id}"));
+        self.call(request).await
+    }
+
     /// `POST /fine_tuning/jobs`.
     pub async fn create_job(&self, spec: &JobSpec) -> Result<JobObject, FineTuningError> {
+        let mut body = spec.body();
+        if self.azure.as_ref().is_some_and(|a| a.dated()) && spec.method == "supervised" {
+            // Azure's dated api-versions read hyperparameters at the top
+            // level and may not know `method`; supervised is their default.
+            let hyperparameters = body["method"]["supervised"]["hyperparameters"].take();
+            if let Some(fields) = body.as_object_mut() {
+                fields.remove("method");
+                fields.insert("hyperparameters".into(), hyperparameters);
+            }
+        }
         let request = self
             .authorized(Method::POST, JOBS_PATH)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(spec.body().to_string());
+            .body(body.to_string());
         self.call(request).await
     }
 
@@ -254,7 +278,7 @@ impl Provider {
     }
 
     /// Sends once and reads the JSON answer; an error status keeps its body.
-    async fn call<T: DeserializeOwned>(
+    pub(super) async fn call<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, FineTuningError> {
@@ -276,7 +300,7 @@ impl Provider {
         })
     }
 
-    fn transport(&self, e: &reqwest::Error) -> FineTuningError {
+    pub(super) fn transport(&self, e: &reqwest::Error) -> FineTuningError {
         let detail = match reqwest_error(&self.name, e) {
             ApiError::UpstreamUnreachable { detail, .. } => detail,
             other => other.to_string(),

@@ -36,6 +36,7 @@ fn the_shipped_configs_are_valid() {
         "config/flywheel.toml",
         "config/openai.toml",
         "config/vllm.toml",
+        "config/azure.toml",
     ] {
         let out = flywheel()
             .args(["check-config", "--config", file])

@@ -6,7 +6,7 @@
 mod continuous;
 mod failures;
 mod methods;
-mod restart;
+pub mod restart;
 
 use crate::helpers::*;
 use flywheel::store::DatasetRecord;

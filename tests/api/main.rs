@@ -13,6 +13,7 @@
 mod helpers;
 
 mod auth;
+mod azure;
 mod capture;
 mod chat;
 mod cli;

@@ -63,6 +63,17 @@ timeout_s = 20
 first_byte_timeout_s = 10
 fine_tuning = true
 
+# The same simulator in Azure mode (no key: it takes any), with no
+# management access: a job there ends awaiting its deployment.
+[[providers]]
+name = "azure"
+kind = "azure"
+base_url = "http://127.0.0.1:${simPort}"
+api_version = "2024-10-21"
+api_key_env = "AZURE_OPENAI_API_KEY"
+max_retries = 0
+fine_tuning = true
+
 [[models]]
 name = "triage"
 model_type = "threat_detection"
@@ -111,7 +122,7 @@ export async function startStack(keys = {}) {
   };
   try {
     const simPort = await freePort();
-    const sim = launch('simulator', ['simulate', '--listen', `127.0.0.1:${simPort}`, '--job-step-ms', '1000']);
+    const sim = launch('simulator', ['simulate', '--azure', '--listen', `127.0.0.1:${simPort}`, '--job-step-ms', '1000']);
     children.push(sim);
     await waitReady(sim, `http://127.0.0.1:${simPort}/v1/models`, 'simulator');
 

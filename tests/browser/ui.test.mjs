@@ -553,6 +553,29 @@ describe('admin UI', { timeout: 240000 }, () => {
     assert.equal((await api('/models/triage')).body.production, 'base');
   });
 
+  test('fine-tuning on Azure: the deployment a job awaits is registered on its page', async () => {
+    const created = await api('/fine-tuning/jobs', { method: 'POST', body: { alias: 'triage', dataset_id: dataset.id, provider: 'azure', suffix: 'azure' } });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const id = created.body.id;
+    await page.goto(`${stack.url}/admin/#/jobs/${id}`);
+    await page.locator('[data-test=job-status]', { hasText: 'succeeded' }).waitFor({ timeout: 60000 });
+    await page.locator('[data-test=register-deployment]').waitFor();
+    assert.equal((await api(`/fine-tuning/jobs/${id}`)).body.deployment.state, 'awaiting_deployment');
+    await shot(page, '18-azure-awaiting-deployment');
+    await page.fill('[data-test=deployment-name]', 'triage-azure-ui');
+    await page.click('[data-test=register-deployment]');
+    await page.locator('[data-test=deployment-state]', { hasText: 'succeeded' }).waitFor();
+    const registered = (await api(`/fine-tuning/jobs/${id}`)).body;
+    assert.equal(registered.deployment.name, 'triage-azure-ui');
+    await page.locator('[data-test=registered-version]', { hasText: registered.registered_version }).waitFor();
+    const alias = (await api('/models/triage')).body;
+    assert.equal(alias.versions.find((v) => v.name === registered.registered_version).model, 'triage-azure-ui');
+    // Without management access Flywheel cannot delete it, and says where to.
+    await page.click('[data-test=delete-deployment]');
+    await page.getByText('delete deployment triage-azure-ui in Azure instead').waitFor();
+    assert.equal((await api(`/fine-tuning/jobs/${id}`)).body.deployment.state, 'succeeded');
+  });
+
   test('nothing on any page raised a script error or a CSP violation, or printed a raw null', () => {
     assert.deepEqual(strays, [], 'no page prints null, undefined or [object Object]');
     assert.deepEqual(problems, []);

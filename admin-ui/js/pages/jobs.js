@@ -1,5 +1,6 @@
 // Fine-tuning: start a job from a dataset, follow its status, progress
-// and events, cancel it.
+// and events, cancel it; on Azure, register the deployment of a job
+// awaiting one, and delete a deployment its version no longer needs.
 
 import { api, qs, isMissingRoute } from '../api.js';
 import { h, clear, card, table, badge, statusBadge, button, empty, errorBox, toast, when, ago, num, words, dash, field, select, kv, pager } from '../dom.js';
@@ -91,6 +92,30 @@ function stepper(status) {
     failed ? h('li', { class: 'step failed current' }, words(status)) : null);
 }
 
+// Azure: where the fine-tuned model's deployment stands, and what an
+// admin can do about it (the server refuses what it must).
+function deployment(ctx, job, draw) {
+  const d = job.deployment;
+  if (!d) return null;
+  const admin = { disabled: !ctx.isAdmin, title: ctx.isAdmin ? '' : 'Needs an admin key' };
+  const path = `/fine-tuning/jobs/${encodeURIComponent(job.id)}/deployment`;
+  if (d.state === 'awaiting_deployment') {
+    const name = h('input', { name: 'deployment', placeholder: 'the deployment\'s name', required: true, 'data-test': 'deployment-name', ...admin });
+    const err = h('span', { class: 'error' });
+    const form = h('form', { class: 'row' }, field('Deployment', name), h('button', { type: 'submit', class: 'btn btn-primary', 'data-test': 'register-deployment', ...admin }, 'Register deployment'), err);
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      err.textContent = '';
+      try { draw(await api(path, { method: 'POST', body: { name: name.value.trim() } })); toast('Deployment registered.', 'good'); } catch (ex) { err.textContent = ex.message; }
+    });
+    return card('Deployment', h('p', null, 'Deploy ', h('code', null, job.fine_tuned_model || dash), ' in Azure, then register the deployment\'s name: it becomes a candidate version.'), form);
+  }
+  return card('Deployment', kv([['Name', h('code', null, d.name || dash)], ['State', h('span', { 'data-test': 'deployment-state' }, statusBadge(d.state))], ['Created by', d.managed ? 'Flywheel' : 'an admin']]),
+    (d.state === 'succeeded' || (d.managed && d.created && d.state !== 'deleted')) ? button('Delete deployment', async () => {
+      try { draw(await api(path, { method: 'DELETE' })); toast('Deployment deleted.'); } catch (e) { toast(e.message, 'error'); }
+    }, 'bad', { ...admin, title: ctx.isAdmin ? 'Once its version was rolled back or retired' : 'Needs an admin key', 'data-test': 'delete-deployment' }) : null);
+}
+
 function progress(job) {
   const m = job.metrics || {};
   const step = m.step ?? m.steps_done;
@@ -116,6 +141,8 @@ async function one(ctx, id) {
       card('Progress', stepper(job.status), progress(job),
         job.error ? h('div', { class: 'state state-error' }, job.error.message || String(job.error)) : null,
         job.registered_version ? h('p', null, 'Registered as ', h('a', { href: `#/models/${encodeURIComponent(job.alias)}`, 'data-test': 'registered-version' }, `${job.alias} · ${job.registered_version}`), ' (a candidate without traffic until you give it some).') : null),
+      // replaceChildren would print a null: only a job with a deployment gets the card.
+      ...[deployment(ctx, job, draw)].filter(Boolean),
       h('div', { class: 'grid-2' },
         card('Job', kv([['Alias', job.alias], ['Dataset', h('a', { href: `#/datasets/${encodeURIComponent(job.dataset_id)}` }, job.dataset_id)], ['Provider', job.provider], ['Base model', h('code', null, job.base_model || dash)],
           ['Method', job.method], ['Epochs / batch / lr', `${hp.n_epochs ?? 'auto'} / ${hp.batch_size ?? 'auto'} / ${hp.learning_rate_multiplier ?? 'auto'}`],

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `x-sim-status: 503` | that status (any 4xx/5xx) with an OpenAI error body |
 //! | `x-sim-retry-after: 1` | sent back as `retry-after` with the status fault |
+//! | `x-sim-retry-after-ms: 50` | sent back as `retry-after-ms` (Azure's) with the status fault |
 //! | `x-sim-fail-times: N` + `x-sim-fault-id: id` | only the first N requests with that id fail |
 //! | `x-sim-delay-ms: N` | wait before the response headers (first byte) |
 //! | `x-sim-token-delay-ms: N` | per-token delay for this request |
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 pub const STATUS: &str = "x-sim-status";
 pub const RETRY_AFTER: &str = "x-sim-retry-after";
+pub const RETRY_AFTER_MS: &str = "x-sim-retry-after-ms";
 pub const FAIL_TIMES: &str = "x-sim-fail-times";
 pub const FAULT_ID: &str = "x-sim-fault-id";
 pub const DELAY_MS: &str = "x-sim-delay-ms";
@@ -46,6 +48,7 @@ pub const FAIL_RATE: &str = "x-sim-fail-rate";
 pub struct Faults {
     status: Option<StatusCode>,
     retry_after: Option<HeaderValue>,
+    retry_after_ms: Option<HeaderValue>,
     /// Only the first N requests carrying this fault id fail.
     fail_times: Option<(u32, String)>,
     delay: Option<Duration>,
@@ -87,6 +90,8 @@ impl Faults {
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .filter(|s| s.is_client_error() || s.is_server_error()),
             retry_after: text(headers, RETRY_AFTER).and_then(|v| HeaderValue::try_from(v).ok()),
+            retry_after_ms: text(headers, RETRY_AFTER_MS)
+                .and_then(|v| HeaderValue::try_from(v).ok()),
             fail_times,
             delay: millis(headers, DELAY_MS),
             garbage: text(headers, GARBAGE) == Some("1"),
@@ -138,6 +143,11 @@ impl Faults {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, after.clone());
+        }
+        if let Some(after) = &self.retry_after_ms {
+            response
+                .headers_mut()
+                .insert("retry-after-ms", after.clone());
         }
         response
     }

@@ -9,6 +9,7 @@
 //! proxy does not recompile it, and only the proxy's command line and demo
 //! start it (`tests/api/layout.rs` checks that).
 
+mod azure;
 mod chat;
 mod classifier;
 mod dataset;
@@ -39,6 +40,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+pub use azure::AzureMode;
 pub use faults::parse_fail_rate;
 use std::collections::HashMap;
 use std::future::Future;
@@ -70,6 +72,9 @@ pub struct SimulatorConfig {
     /// How long a fine-tuning job spends in each status (validating_files,
     /// queued, running) before it moves on.
     pub job_step: Duration,
+    /// Azure mode: the Azure OpenAI paths, keys, deployments and
+    /// management API in front of the models (see `azure`).
+    pub azure: Option<AzureMode>,
 }
 
 impl Default for SimulatorConfig {
@@ -79,6 +84,7 @@ impl Default for SimulatorConfig {
             api_key: None,
             fail_rates: HashMap::new(),
             job_step: DEFAULT_JOB_STEP,
+            azure: None,
         }
     }
 }
@@ -99,13 +105,14 @@ struct Sim {
 }
 
 pub fn router(config: SimulatorConfig) -> Router {
+    let azure = config.azure.clone();
     let sim = Sim {
         failures: Arc::default(),
         lab: Arc::new(lab::Lab::new(config.job_step)),
         responses: Arc::default(),
         config: Arc::new(config),
     };
-    Router::new()
+    let openai = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/responses", post(responses::create))
         .route("/v1/responses/{id}", get(responses::retrieve))
@@ -142,7 +149,11 @@ pub fn router(config: SimulatorConfig) -> Router {
         .layer(middleware::from_fn_with_state(sim.clone(), faults::inject))
         .layer(middleware::from_fn_with_state(sim.clone(), check_key))
         .layer(middleware::from_fn(stamp))
-        .with_state(sim)
+        .with_state(sim.clone());
+    match azure {
+        Some(mode) => azure::router(sim, mode, openai),
+        None => openai,
+    }
 }
 
 /// Serves until `shutdown` resolves, with TCP_NODELAY on every connection so

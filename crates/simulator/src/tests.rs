@@ -507,6 +507,7 @@ async fn call_json(app: &Router, request: Request<Body>) -> (u16, Value) {
     )
 }
 
+mod azure;
 mod files;
 mod fine_tuning;
 

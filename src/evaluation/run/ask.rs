@@ -28,7 +28,8 @@ pub(super) async fn ask(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let request = UpstreamRequest::chat(headers, Bytes::from(body.to_string()), None);
+    let request = UpstreamRequest::chat(headers, Bytes::from(body.to_string()), None)
+        .for_model(&route.upstream_model);
     let deadline = Instant::now() + provider.total_timeout;
     let reply = provider
         .send(request, deadline)

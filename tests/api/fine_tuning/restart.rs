@@ -70,7 +70,7 @@ async fn a_job_resumes_after_a_restart_without_a_second_submission() {
 }
 
 /// Opens the store a stopped app released (sled may hold its lock a moment).
-async fn reopen(dir: &std::path::Path) -> flywheel::store::SharedStore {
+pub async fn reopen(dir: &std::path::Path) -> flywheel::store::SharedStore {
     // Against PostgreSQL: the stopped app's schema, opened anew.
     if let Some(db) = crate::helpers::postgres::store_for(dir).await {
         let options = flywheel::store::postgres::PgOptions {

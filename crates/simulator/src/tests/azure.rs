@@ -1,0 +1,194 @@
+//! Azure mode through the router: the paths of both URL styles, the
+//! `api-version` and `api-key` it asks for, deployments (configured, and
+//! made through the management API with their provisioning clock), and
+//! Azure's error shapes.
+
+use super::*;
+use std::time::Duration;
+
+const KEY: &str = "az-key";
+
+fn azure(provisioning: Duration) -> Router {
+    router(SimulatorConfig {
+        api_key: Some(KEY.into()),
+        azure: Some(AzureMode {
+            deployments: [("soc-prod".to_string(), "gpt-4o".to_string())].into(),
+            management_token: Some("arm-token".into()),
+            provisioning_delay: provisioning,
+            ..AzureMode::default()
+        }),
+        ..SimulatorConfig::default()
+    })
+}
+
+async fn call(app: &Router, request: Request<Body>) -> (u16, Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+const DEPLOYMENT: &str = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/a/deployments";
+
+fn management(method: &str, name: &str, token: &str, body: Option<Value>) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(format!("{DEPLOYMENT}/{name}?api-version=2023-05-01"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn both_url_styles_reach_the_deployments_model() {
+    let app = azure(Duration::ZERO);
+    let dated = post(
+        "/openai/deployments/soc-prod/chat/completions?api-version=2024-10-21",
+        &triage(false),
+        &[("api-key", KEY)],
+    );
+    let (status, body) = call(&app, dated).await;
+    assert_eq!((status, &body["model"]), (200, &json!("gpt-4o")), "{body}");
+    let mut v1_body = triage(false);
+    v1_body["model"] = json!("soc-prod");
+    let v1 = post(
+        "/openai/v1/chat/completions",
+        &v1_body,
+        &[("authorization", "Bearer az-key")],
+    );
+    let (status, body) = call(&app, v1).await;
+    assert_eq!((status, &body["model"]), (200, &json!("gpt-4o")), "{body}");
+    // A base model is deployed under its own name.
+    let base = post(
+        "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21",
+        &triage(false),
+        &[("api-key", KEY)],
+    );
+    assert_eq!(call(&app, base).await.0, 200);
+}
+
+#[tokio::test]
+async fn it_refuses_what_azure_refuses_in_azures_shape() {
+    let app = azure(Duration::ZERO);
+    let path = "/openai/deployments/soc-prod/chat/completions";
+    let (status, body) = call(&app, post(path, &triage(false), &[("api-key", KEY)])).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("MissingApiVersionParameter"))
+    );
+    let versioned = format!("{path}?api-version=2024-10-21");
+    let (status, body) = call(&app, post(&versioned, &triage(false), &[])).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("401")),
+        "{body}"
+    );
+    let (status, _) = call(
+        &app,
+        post(&versioned, &triage(false), &[("api-key", "wrong")]),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let unknown = post(
+        "/openai/deployments/nope/chat/completions?api-version=2024-10-21",
+        &triage(false),
+        &[("api-key", KEY)],
+    );
+    let (status, body) = call(&app, unknown).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("DeploymentNotFound"))
+    );
+    let filtered = post(
+        &versioned,
+        &triage(false),
+        &[("api-key", KEY), ("x-sim-content-filter", "1")],
+    );
+    let (status, body) = call(&app, filtered).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("content_filter"))
+    );
+    assert_eq!(
+        body["error"]["innererror"]["code"],
+        "ResponsibleAIPolicyViolation"
+    );
+}
+
+#[tokio::test]
+async fn the_management_api_provisions_deployments_after_a_delay() {
+    let app = azure(Duration::from_secs(3600));
+    let spec = json!({"sku": {"name": "standard", "capacity": 1},
+        "properties": {"model": {"format": "OpenAI", "name": "gpt-4o-mini", "version": "1"}}});
+    let (status, body) = call(
+        &app,
+        management("PUT", "slow", "old-token", Some(spec.clone())),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("ExpiredAuthenticationToken"))
+    );
+    let (status, body) = call(
+        &app,
+        management("PUT", "slow", "arm-token", Some(spec.clone())),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["properties"]["provisioningState"]),
+        (201, &json!("Creating")),
+        "{body}"
+    );
+    let chat = post(
+        "/openai/deployments/slow/chat/completions?api-version=2024-10-21",
+        &triage(false),
+        &[("api-key", KEY)],
+    );
+    assert_eq!(
+        call(&app, chat).await.0,
+        404,
+        "not serving while it provisions"
+    );
+    let unknown = json!({"properties": {"model": {"name": "ft:gpt-4o-mini:nobody::x"}}});
+    let (status, body) = call(&app, management("PUT", "x", "arm-token", Some(unknown))).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("DeploymentModelNotSupported"))
+    );
+
+    let quick = azure(Duration::ZERO);
+    for (name, state) in [("ready", "Succeeded"), ("sim-fail-1", "Failed")] {
+        let (status, _) = call(
+            &quick,
+            management("PUT", name, "arm-token", Some(spec.clone())),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let (status, body) = call(&quick, management("GET", name, "arm-token", None)).await;
+        assert_eq!(
+            (status, &body["properties"]["provisioningState"]),
+            (200, &json!(state)),
+            "{body}"
+        );
+    }
+    let chat = post(
+        "/openai/deployments/ready/chat/completions?api-version=2024-10-21",
+        &triage(false),
+        &[("api-key", KEY)],
+    );
+    let (status, body) = call(&quick, chat).await;
+    assert_eq!((status, &body["model"]), (200, &json!("gpt-4o-mini")));
+    assert_eq!(
+        call(&quick, management("DELETE", "ready", "arm-token", None))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&quick, management("GET", "ready", "arm-token", None))
+            .await
+            .0,
+        404
+    );
+}

@@ -1,0 +1,245 @@
+//! The keys of a provider with `kind = "azure"` (Azure OpenAI): the URL
+//! style, the `api-version`, Entra ID bearer auth as an alternative to the
+//! `api-key`, and the management API section through which fine-tuned
+//! models are deployed — and their start-up checks, each naming its key.
+
+use super::{ConfigError, ProviderConfig, ProviderKind};
+use serde::{Deserialize, Serialize};
+
+/// Which of Azure's two request shapes a provider is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AzureUrlStyle {
+    /// `/openai/deployments/{deployment}/chat/completions?api-version=…`:
+    /// a version's `model` names the deployment.
+    #[default]
+    Deployments,
+    /// `/openai/v1/chat/completions`, the deployment named by the body's
+    /// `model`; `api-version` only when configured (`preview`).
+    V1,
+}
+
+/// Azure Resource Manager access for deploying fine-tuned models:
+/// `PUT {management_url}/subscriptions/{subscription_id}/resourceGroups/
+/// {resource_group}/providers/Microsoft.CognitiveServices/accounts/
+/// {account}/deployments/{name}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureDeploymentConfig {
+    pub subscription_id: String,
+    pub resource_group: String,
+    /// The Azure OpenAI resource (Cognitive Services account) name.
+    pub account: String,
+    /// The deployment's SKU: `standard`, `globalstandard`, `developer` …
+    #[serde(default = "sku")]
+    pub sku: String,
+    /// The SKU's capacity, in thousands of tokens per minute.
+    #[serde(default = "capacity")]
+    pub capacity: u32,
+    /// The variable holding the ARM bearer token
+    /// (`az account get-access-token --resource https://management.azure.com`).
+    pub token_env: String,
+    #[serde(default = "management_url")]
+    pub management_url: String,
+    /// How long a deployment may take to provision before the job fails.
+    #[serde(default = "provisioning_timeout_s")]
+    pub provisioning_timeout_s: u64,
+}
+
+fn sku() -> String {
+    "standard".into()
+}
+fn capacity() -> u32 {
+    1
+}
+fn management_url() -> String {
+    "https://management.azure.com".into()
+}
+fn provisioning_timeout_s() -> u64 {
+    3_600
+}
+
+/// The management API's `api-version` for deployments.
+pub const MANAGEMENT_API_VERSION: &str = "2023-05-01";
+
+impl ProviderConfig {
+    /// The URL style of an Azure provider (`deployments` unless set).
+    pub fn azure_url_style(&self) -> AzureUrlStyle {
+        self.url_style.unwrap_or_default()
+    }
+}
+
+/// Checks the Azure keys of `providers[i]`: present only with
+/// `kind = "azure"`, and complete there.
+#[expect(
+    clippy::disallowed_types,
+    reason = "the management URL is read as the provider's client will read it"
+)]
+pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("providers[{i}].{field}");
+    if p.kind != ProviderKind::Azure {
+        for (field, set) in [
+            ("api_version", p.api_version.is_some()),
+            ("url_style", p.url_style.is_some()),
+            ("bearer_token_env", p.bearer_token_env.is_some()),
+            ("deployment", p.deployment.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::invalid(
+                    key(field),
+                    "is only for providers with kind = \"azure\"",
+                ));
+            }
+        }
+        return Ok(());
+    }
+    match p.api_version.as_deref().map(str::trim) {
+        Some("") => {
+            return Err(ConfigError::invalid(
+                key("api_version"),
+                "must not be empty",
+            ));
+        }
+        Some(v) if !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+            return Err(ConfigError::invalid(
+                key("api_version"),
+                format!("`{v}` is not an api-version (like 2024-10-21 or preview)"),
+            ));
+        }
+        None if p.azure_url_style() == AzureUrlStyle::Deployments => {
+            return Err(ConfigError::invalid(
+                key("api_version"),
+                "is required for kind = \"azure\" with url_style = \"deployments\" (e.g. \"2024-10-21\")",
+            ));
+        }
+        _ => {}
+    }
+    if p.bearer_token_env
+        .as_deref()
+        .is_some_and(|v| v.trim().is_empty())
+    {
+        return Err(ConfigError::invalid(
+            key("bearer_token_env"),
+            "names no variable",
+        ));
+    }
+    match (&p.api_key_env, &p.bearer_token_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                key("bearer_token_env"),
+                "set either api_key_env (the api-key header) or bearer_token_env (Entra ID), not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                key("api_key_env"),
+                "kind = \"azure\" needs api_key_env (the api-key header) or bearer_token_env (Entra ID)",
+            ));
+        }
+        _ => {}
+    }
+    let Some(d) = &p.deployment else {
+        return Ok(());
+    };
+    let dkey = |field: &str| format!("providers[{i}].deployment.{field}");
+    for (field, value) in [
+        ("subscription_id", &d.subscription_id),
+        ("resource_group", &d.resource_group),
+        ("account", &d.account),
+        ("sku", &d.sku),
+        ("token_env", &d.token_env),
+    ] {
+        if value.trim().is_empty() {
+            return Err(ConfigError::invalid(dkey(field), "must not be empty"));
+        }
+        if field != "token_env" && value.contains(['/', '?', '#']) {
+            return Err(ConfigError::invalid(
+                dkey(field),
+                format!("`{value}` must not contain `/`, `?` or `#`"),
+            ));
+        }
+    }
+    if d.capacity == 0 {
+        return Err(ConfigError::invalid(dkey("capacity"), "must be at least 1"));
+    }
+    if d.provisioning_timeout_s == 0 {
+        return Err(ConfigError::invalid(
+            dkey("provisioning_timeout_s"),
+            "must be at least 1 second",
+        ));
+    }
+    match reqwest::Url::parse(&d.management_url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+        _ => Err(ConfigError::invalid(
+            dkey("management_url"),
+            format!("`{}` is not an http(s) URL", d.management_url),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(provider: &str) -> Result<Config, String> {
+        let toml = format!(
+            r#"
+[[providers]]
+name = "az"
+base_url = "https://res.openai.azure.com"
+{provider}
+
+[[models]]
+name = "triage"
+model_type = "threat_detection"
+  [[models.versions]]
+  name = "base"
+  provider = "az"
+  model = "gpt-4o-mini"
+"#
+        );
+        Config::from_toml_str(&toml, "test", Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_azure_provider_needs_its_version_and_one_credential() {
+        let ok = load("kind = \"azure\"\napi_version = \"2024-10-21\"\napi_key_env = \"K\"");
+        assert!(ok.is_ok(), "{ok:?}");
+        let v1 = load("kind = \"azure\"\nurl_style = \"v1\"\nbearer_token_env = \"T\"");
+        assert!(v1.is_ok(), "{v1:?}");
+        for (extra, key) in [
+            (
+                "kind = \"azure\"\napi_key_env = \"K\"",
+                "providers[0].api_version",
+            ),
+            (
+                "kind = \"azure\"\napi_version = \"2024-10-21\"",
+                "providers[0].api_key_env",
+            ),
+            (
+                "kind = \"azure\"\napi_version = \"x\"\napi_key_env = \"K\"\nbearer_token_env = \"T\"",
+                "providers[0].bearer_token_env",
+            ),
+            ("api_version = \"2024-10-21\"", "providers[0].api_version"),
+            (
+                "kind = \"azure\"\napi_version = \"x\"\napi_key_env = \"K\"\n[providers.deployment]\nsubscription_id = \"s\"\nresource_group = \"\"\naccount = \"a\"\ntoken_env = \"T\"",
+                "providers[0].deployment.resource_group",
+            ),
+        ] {
+            let error = load(extra).unwrap_err();
+            assert!(error.contains(&format!("`{key}`")), "{extra}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_management_section_has_defaults() {
+        let config = load(
+            "kind = \"azure\"\napi_version = \"2024-10-21\"\napi_key_env = \"K\"\n\
+             [providers.deployment]\nsubscription_id = \"s\"\nresource_group = \"rg\"\naccount = \"a\"\ntoken_env = \"T\"",
+        )
+        .unwrap();
+        let d = config.providers[0].deployment.as_ref().unwrap();
+        assert_eq!((d.sku.as_str(), d.capacity), ("standard", 1));
+        assert_eq!(d.management_url, "https://management.azure.com");
+    }
+}

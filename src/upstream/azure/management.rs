@@ -1,0 +1,182 @@
+//! Azure Resource Manager calls for an Azure provider's `[deployment]`
+//! section: a fine-tuned model deployed under a name (`PUT`), the
+//! deployment read while it provisions (`GET`), and deleted on an admin's
+//! request (`DELETE`). Each call is made once, with the ARM bearer token;
+//! an error answer is kept as sent, as the fine-tuning calls keep theirs.
+
+use crate::config::{AzureDeploymentConfig, ProviderConfig};
+use crate::upstream::{FineTuningError, Provider};
+use http::{Method, header};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Where and how a provider's deployments are managed.
+pub struct Management {
+    config: AzureDeploymentConfig,
+    /// `None` when the configured variable is not set: every call then
+    /// fails, naming it.
+    token: Option<SecretString>,
+    http: reqwest::Client,
+}
+
+/// A deployment as much as Flywheel reads of it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeploymentObject {
+    pub name: String,
+    #[serde(default)]
+    pub properties: DeploymentProperties,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentProperties {
+    /// `Creating`, `Succeeded`, `Failed`, `Canceled`, `Deleting` …
+    #[serde(default)]
+    pub provisioning_state: String,
+    #[serde(default)]
+    pub model: Option<Value>,
+    /// Why provisioning failed, when it did.
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+impl Management {
+    pub(in crate::upstream) fn of(
+        config: &ProviderConfig,
+        token: Option<SecretString>,
+        http: &reqwest::Client,
+    ) -> Option<Self> {
+        Some(Self {
+            config: config.deployment.clone()?,
+            token,
+            http: http.clone(),
+        })
+    }
+
+    fn url(&self, name: &str) -> String {
+        let c = &self.config;
+        format!(
+            "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.CognitiveServices/accounts/{}/deployments/{}?api-version={}",
+            c.management_url.trim_end_matches('/'),
+            c.subscription_id,
+            c.resource_group,
+            c.account,
+            name,
+            crate::config::AZURE_MANAGEMENT_API_VERSION,
+        )
+    }
+}
+
+impl Provider {
+    /// Whether this provider is Azure OpenAI, whose fine-tuned models
+    /// serve only once deployed.
+    pub fn is_azure(&self) -> bool {
+        self.azure.is_some()
+    }
+
+    /// Whether this provider deploys its fine-tuned models itself.
+    pub fn manages_deployments(&self) -> bool {
+        self.management.is_some()
+    }
+
+    /// How long a deployment may provision before its job fails.
+    pub fn provisioning_timeout(&self) -> Option<Duration> {
+        let m = self.management.as_ref()?;
+        Some(Duration::from_secs(m.config.provisioning_timeout_s))
+    }
+
+    /// Why deployments cannot be managed, if they cannot: no `[deployment]`
+    /// section, or its token variable is not set.
+    pub fn management_problem(&self) -> Option<String> {
+        match &self.management {
+            None => Some(format!(
+                "provider `{}` has no [providers.deployment] section",
+                self.name
+            )),
+            Some(m) if m.token.is_none() => Some(format!(
+                "provider `{}`: the management token variable `{}` (deployment.token_env) is not set",
+                self.name, m.config.token_env
+            )),
+            Some(_) => None,
+        }
+    }
+
+    fn management_request(&self, method: Method, name: &str) -> Option<reqwest::RequestBuilder> {
+        let m = self.management.as_ref()?;
+        let token = m.token.as_ref()?;
+        let mut value =
+            http::HeaderValue::try_from(format!("Bearer {}", token.expose_secret())).ok()?;
+        value.set_sensitive(true);
+        Some(
+            m.http
+                .request(method, m.url(name))
+                .timeout(self.total_timeout)
+                .header(header::AUTHORIZATION, value),
+        )
+    }
+
+    fn unmanaged(&self) -> FineTuningError {
+        FineTuningError::Invalid {
+            provider: self.name.to_string(),
+            detail: self
+                .management_problem()
+                .unwrap_or_else(|| "the management token is not a header value".into()),
+        }
+    }
+
+    /// `GET …/deployments/{name}`; `None` when there is none by that name.
+    pub async fn get_deployment(
+        &self,
+        name: &str,
+    ) -> Result<Option<DeploymentObject>, FineTuningError> {
+        let request = self
+            .management_request(Method::GET, name)
+            .ok_or_else(|| self.unmanaged())?;
+        match self.call(request).await {
+            Ok(found) => Ok(Some(found)),
+            Err(FineTuningError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT …/deployments/{name}` serving `model` with the configured SKU
+    /// and capacity.
+    pub async fn create_deployment(
+        &self,
+        name: &str,
+        model: &str,
+    ) -> Result<DeploymentObject, FineTuningError> {
+        let m = self.management.as_ref().ok_or_else(|| self.unmanaged())?;
+        let body = json!({
+            "sku": {"name": m.config.sku, "capacity": m.config.capacity},
+            "properties": {"model": {"format": "OpenAI", "name": model, "version": "1"}},
+        });
+        let request = self
+            .management_request(Method::PUT, name)
+            .ok_or_else(|| self.unmanaged())?
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        self.call(request).await
+    }
+
+    /// `DELETE …/deployments/{name}`; a deployment already gone is fine.
+    pub async fn delete_deployment(&self, name: &str) -> Result<(), FineTuningError> {
+        let request = self
+            .management_request(Method::DELETE, name)
+            .ok_or_else(|| self.unmanaged())?;
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        let status = response.status();
+        if status.is_success() || status.as_u16() == 404 {
+            return Ok(());
+        }
+        let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
+        Err(FineTuningError::Status {
+            provider: self.name.to_string(),
+            status: status.as_u16(),
+            body: serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+        })
+    }
+}
