@@ -23,6 +23,7 @@ pub use evaluations::{
 };
 pub use fine_tuning::{
     cancel as cancel_job, create as create_job, get as get_job, list as list_jobs,
+    unload as unload_adapter,
 };
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use me::me;

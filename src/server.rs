@@ -88,6 +88,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(admin::cancel_job),
         )
         .route(
+            "/admin/api/fine-tuning/jobs/{id}/unload-adapter",
+            post(admin::unload_adapter),
+        )
+        .route(
             "/admin/api/evaluations",
             post(admin::create_evaluation).get(admin::list_evaluations),
         )

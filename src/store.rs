@@ -19,7 +19,7 @@ pub mod transfer;
 
 pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};
 pub use job_records::{
-    Attempts, FineTuneJobRecord, Hyperparameters, JobEvent, JobStatus, ProviderFiles,
+    Attempts, FineTuneJobRecord, Hyperparameters, JobEvent, JobStatus, ProviderFiles, TrainerRun,
 };
 pub use model_records::{
     AlertRecord, DatasetRecord, DatasetSplit, ModelAliasRecord, ModelHistoryRecord,

@@ -1,10 +1,10 @@
 //! `/admin/api/fine-tuning/jobs…`: start a job from a dataset (admin),
 //! list and read jobs with their events (analyst or admin), cancel one
-//! (admin). The work is in `finetune`; these only map requests and errors.
+//! and unload a trainer job's adapter (admin). The work is in `finetune`; these only map requests and errors.
 
 use super::{blocking, list_envelope};
 use crate::auth::{Caller, Role};
-use crate::finetune::{JobError, NewJob, cancel_job, create_job};
+use crate::finetune::{JobError, NewJob, cancel_job, create_job, unload_adapter};
 use crate::openai::{ApiError, ApiJson, ApiQuery, UpstreamFailure};
 use crate::state::AppState;
 use crate::store::{FineTuneJobRecord, Hyperparameters};
@@ -109,6 +109,17 @@ pub async fn cancel(
     Ok(Json(job_view(&job)))
 }
 
+/// Unloads a trainer job's adapter from the servers it was loaded on.
+pub async fn unload(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let job = unload_adapter(&app.fine_tuning, &id, &caller.id).await?;
+    Ok(Json(job_view(&job)))
+}
+
 fn not_found(id: &str) -> JobError {
     JobError::NotFound {
         message: format!("no fine-tuning job with id `{id}`"),
@@ -140,6 +151,7 @@ pub fn job_view(job: &FineTuneJobRecord) -> Value {
         "error": job.error,
         "events": job.events,
         "metrics": job.metrics,
+        "trainer": job.trainer,
         "created_at": job.created_at,
         "created_by": job.created_by,
         "finished_at": job.finished_at,

@@ -124,6 +124,7 @@ fn job_record(
         finished_at: None,
         last_provider_event: None,
         attempts: Default::default(),
+        trainer: None,
     }
 }
 

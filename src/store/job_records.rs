@@ -123,4 +123,24 @@ pub struct FineTuneJobRecord {
     pub last_provider_event: Option<String>,
     #[serde(default)]
     pub attempts: Attempts,
+    /// A job of a trainer command (`kind = "command"`): its run and its
+    /// adapter; absent for a provider's job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<TrainerRun>,
+}
+
+/// A trainer command's run, marked in the record before the process
+/// starts, so a restarted Flywheel knows one may still be running.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TrainerRun {
+    /// Where the trainer writes the adapter (the path servers load).
+    pub output_dir: String,
+    /// The trainer's process id, which is also its process group's.
+    pub pid: Option<u32>,
+    pub started_at: String,
+    /// How it exited (`None` while it runs, or if it was never seen to end).
+    pub exit_code: Option<i32>,
+    /// The serving providers the adapter is loaded on.
+    pub loaded_on: Vec<String>,
 }

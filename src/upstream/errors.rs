@@ -19,6 +19,16 @@ pub async fn error_from_reply(
     response: Response<BodyStream>,
     deadline: Instant,
 ) -> ApiError {
+    read_error(provider, response, deadline).await.0
+}
+
+/// The error to relay, and the upstream's body as text (read within
+/// bounds), for a caller that looks into it first.
+pub async fn read_error(
+    provider: &str,
+    response: Response<BodyStream>,
+    deadline: Instant,
+) -> (ApiError, String) {
     let status = response.status();
     let mut headers = HeaderMap::new();
     for name in RELAYED {
@@ -31,11 +41,12 @@ pub async fn error_from_reply(
     }
     let text = read_limited(response, deadline).await;
     let body = normalise(provider, status.as_u16(), &text);
-    ApiError::UpstreamStatus(Box::new(UpstreamFailure {
+    let error = ApiError::UpstreamStatus(Box::new(UpstreamFailure {
         status,
         body: error_json(&body),
         headers,
-    }))
+    }));
+    (error, text)
 }
 
 async fn read_limited(response: Response<BodyStream>, deadline: Instant) -> String {

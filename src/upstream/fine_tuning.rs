@@ -276,7 +276,7 @@ impl Provider {
         })
     }
 
-    fn transport(&self, e: &reqwest::Error) -> FineTuningError {
+    pub(super) fn transport(&self, e: &reqwest::Error) -> FineTuningError {
         let detail = match reqwest_error(&self.name, e) {
             ApiError::UpstreamUnreachable { detail, .. } => detail,
             other => other.to_string(),

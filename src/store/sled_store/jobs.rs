@@ -93,6 +93,7 @@ mod tests {
             finished_at: None,
             last_provider_event: None,
             attempts: Default::default(),
+            trainer: None,
         }
     }
 
