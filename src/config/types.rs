@@ -181,7 +181,7 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub kind: ProviderKind,
     /// The API root (`…/v1`); a `command` provider has none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub base_url: String,
     /// The variable holding this provider's API key; none for local servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]

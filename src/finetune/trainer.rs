@@ -99,6 +99,7 @@ async fn start(
         job,
         &adapter_name,
         &command::Paths {
+            data: &dir,
             train: &dir.join("train.jsonl"),
             validation: &dir.join("validation.jsonl"),
             output: &output,
@@ -117,6 +118,7 @@ async fn start(
         Ok(run) => {
             if let Some(t) = job.trainer.as_mut() {
                 t.pid = Some(run.pid);
+                t.process_start = process::start_ticks(run.pid);
             }
             job.status = JobStatus::Running;
             note(
@@ -146,7 +148,7 @@ enum Prepare {
 }
 
 /// `{adapters_dir}/{job id}/` with `train.jsonl` and `validation.jsonl`
-/// (empty when the dataset has no validation split), as an absolute path
+/// (not written when the dataset has no validation split), as an absolute path
 /// (servers load the adapter by it); `None` without training examples.
 async fn prepare_dir(
     app: &Arc<Context>,
@@ -174,6 +176,11 @@ async fn prepare_dir(
         .await
         .map_err(|e| io("resolve", &dir, e))?;
     for (name, bytes) in [("train.jsonl", train), ("validation.jsonl", validation)] {
+        if bytes.trim_ascii().is_empty() {
+            // No validation split: no file, so a trainer that finds the
+            // files by name (a dataset loader given the directory) sees none.
+            continue;
+        }
         let path = dir.join(name);
         tokio::fs::write(&path, bytes)
             .await
@@ -316,8 +323,7 @@ fn progress(line: &str) -> Option<(Value, String)> {
 /// The run a previous process started: stopped if it still runs, and the
 /// job failed.
 async fn orphaned(job: &mut FineTuneJobRecord) {
-    let pid = job.trainer.as_ref().and_then(|t| t.pid);
-    if let Some(pid) = pid.filter(|pid| process::is_ours(*pid, &job.id)) {
+    if let Some(pid) = orphan(job) {
         process::stop_orphan(pid).await;
         note(
             job,
@@ -328,6 +334,14 @@ async fn orphaned(job: &mut FineTuneJobRecord) {
         );
     }
     fail_with(job, Stage::Run, None, RESTARTED, Value::Null);
+}
+
+/// The process group of a trainer another Flywheel process started for
+/// `job`, when it still runs.
+fn orphan(job: &FineTuneJobRecord) -> Option<u32> {
+    let run = job.trainer.as_ref()?;
+    let pid = run.pid?;
+    process::is_ours(pid, &job.id, run.process_start).then_some(pid)
 }
 
 /// Stops `job`'s trainer if it runs (a cancel); whether there was one.
@@ -342,8 +356,7 @@ pub async fn stop(app: &Context, job: &mut FineTuneJobRecord) -> bool {
         );
         return true;
     }
-    let pid = job.trainer.as_ref().and_then(|t| t.pid);
-    if let Some(pid) = pid.filter(|pid| process::is_ours(*pid, &job.id)) {
+    if let Some(pid) = orphan(job) {
         process::stop_orphan(pid).await;
         note(
             job,

@@ -138,6 +138,9 @@ pub struct TrainerRun {
     pub output_dir: String,
     /// The trainer's process id, which is also its process group's.
     pub pid: Option<u32>,
+    /// When that process started (clock ticks since boot, as `/proc` says),
+    /// so a restarted Flywheel tells it from a later process with its id.
+    pub process_start: Option<u64>,
     pub started_at: String,
     /// How it exited (`None` while it runs, or if it was never seen to end).
     pub exit_code: Option<i32>,

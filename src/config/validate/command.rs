@@ -119,3 +119,121 @@ pub(super) fn check_serves(c: &Config, key: &str, name: &str) -> Result<(), Conf
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+[[providers]]
+name = "vllm"
+base_url = "http://127.0.0.1:8000/v1"
+lora = true
+
+[[models]]
+name = "triage"
+model_type = "threat_detection"
+  [[models.versions]]
+  name = "base"
+  provider = "vllm"
+  model = "Qwen/Qwen2.5-7B-Instruct"
+"#;
+
+    const TRAINER: &str = r#"
+[[providers]]
+name = "trainer"
+kind = "command"
+fine_tuning = true
+command = ["trl", "sft", "--output_dir", "{output_dir}"]
+adapters_dir = "adapters"
+serve_on = ["vllm"]
+"#;
+
+    /// The config error (which names the key), or `None` when it is valid.
+    fn error_with(extra: &str) -> Option<String> {
+        let text = format!("{BASE}{TRAINER}{extra}");
+        Config::from_toml_str(&text, "test", Vec::new())
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    fn with(old: &str, new: &str) -> Option<String> {
+        let text = format!("{BASE}{}", TRAINER.replace(old, new));
+        Config::from_toml_str(&text, "test", Vec::new())
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_trainer_is_valid_with_its_keys_and_refused_without_them() {
+        assert_eq!(error_with(""), None);
+        let named = |e: Option<String>, key: &str| {
+            let e = e.unwrap_or_else(|| panic!("no error for {key}"));
+            assert!(e.contains(key), "{key}: {e}");
+        };
+        named(
+            with(
+                "command = [\"trl\", \"sft\", \"--output_dir\", \"{output_dir}\"]",
+                "command = []",
+            ),
+            "providers[1].command",
+        );
+        named(with("{output_dir}", "{outdir}"), "providers[1].command");
+        named(
+            with("adapters_dir = \"adapters\"", ""),
+            "providers[1].adapters_dir",
+        );
+        named(
+            with("serve_on = [\"vllm\"]", "serve_on = []"),
+            "providers[1].serve_on",
+        );
+        named(
+            with("serve_on = [\"vllm\"]", "serve_on = [\"nope\"]"),
+            "providers[1].serve_on[0]",
+        );
+        named(with("fine_tuning = true", ""), "providers[1].fine_tuning");
+        named(
+            with(
+                "kind = \"command\"",
+                "kind = \"command\"\nbase_url = \"http://x\"",
+            ),
+            "providers[1].base_url",
+        );
+        let no_lora = format!("{}{TRAINER}", BASE.replace("lora = true", "lora = false"));
+        let e = Config::from_toml_str(&no_lora, "test", Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("providers[1].serve_on[0]") && e.contains("`lora`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn nothing_serves_chat_from_a_trainer() {
+        let version = r#"
+  [[models.versions]]
+  name = "oops"
+  provider = "trainer"
+  model = "x"
+"#;
+        let text = format!("{BASE}{version}{TRAINER}");
+        let e = Config::from_toml_str(&text, "test", Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("models[0].versions[1].provider") && e.contains("serves no chat"),
+            "{e}"
+        );
+        let e = error_with("[server]\ndefault_provider = \"trainer\"\n").unwrap();
+        assert!(e.contains("server.default_provider"), "{e}");
+        let stray = format!(
+            "{}{TRAINER}",
+            BASE.replace("lora = true", "lora = true\nserve_on = [\"vllm\"]")
+        );
+        let e = Config::from_toml_str(&stray, "test", Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("providers[0].serve_on"), "{e}");
+    }
+}

@@ -7,6 +7,7 @@ use std::path::Path;
 /// The placeholders an argument may use; each `{name}` is replaced where it
 /// stands, so `--output_dir={output_dir}` works too.
 pub const PLACEHOLDERS: &[&str] = &[
+    "data_dir",
     "train_file",
     "validation_file",
     "base_model",
@@ -59,6 +60,8 @@ fn names_in(arg: &str) -> impl Iterator<Item = &str> {
 
 /// The paths a run uses.
 pub struct Paths<'a> {
+    /// The job's directory, holding the two data files.
+    pub data: &'a Path,
     pub train: &'a Path,
     pub validation: &'a Path,
     pub output: &'a Path,
@@ -88,6 +91,7 @@ pub fn expand(
     .to_string();
     let value = |name: &str| -> String {
         match name {
+            "data_dir" => paths.data.display().to_string(),
             "train_file" => paths.train.display().to_string(),
             "validation_file" => paths.validation.display().to_string(),
             "base_model" => job.base_model.clone(),
@@ -158,6 +162,7 @@ mod tests {
         .map(String::from)
         .to_vec();
         let paths = Paths {
+            data: Path::new("/d"),
             train: Path::new("/d/train.jsonl"),
             validation: Path::new("/d/validation.jsonl"),
             output: Path::new("/d/adapter"),

@@ -223,13 +223,27 @@ async fn signal_group(pgid: u32, signal: &str) {
     }
 }
 
-/// Whether process group `pgid` still has a live process started for
-/// `job` (its environment says so); false where `/proc` cannot tell. The
-/// whole group is looked at: the leader may be a wrapper (a version
-/// manager's shim) that does not keep the variable.
-pub fn is_ours(pgid: u32, job: &str) -> bool {
+/// When process `pid` started, in clock ticks since boot (`/proc`'s
+/// `starttime`); `None` where `/proc` cannot tell.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the name: state is field 3, starttime field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether process group `pgid` is still the one started for `job`: its
+/// leader alive with the start time recorded, or a live member whose
+/// environment names the job (the leader may have exited, or be a
+/// wrapper — a version manager's shim — that does not keep the
+/// variable); false where `/proc` cannot tell.
+pub fn is_ours(pgid: u32, job: &str, started: Option<u64>) -> bool {
+    let members = group(pgid);
+    if started.is_some() && members.contains(&pgid) && start_ticks(pgid) == started {
+        return true;
+    }
     let wanted = format!("{JOB_ENV}={job}");
-    group(pgid).into_iter().any(|pid| {
+    members.into_iter().any(|pid| {
         std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
             environ
                 .split(|b| *b == 0)

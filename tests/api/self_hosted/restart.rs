@@ -68,7 +68,7 @@ async fn a_trainer_running_when_flywheel_stopped_is_stopped_and_its_job_fails_on
              [[models]]\nname = \"triage\"\nmodel_type = \"threat_detection\"\n  [[models.versions]]\n  name = \"base\"\n  provider = \"sim\"\n  model = \"gpt-4o-mini\"\n\
              [fine_tuning]\npoll_interval_s = 1\nmin_examples = 10\n",
             data.display(),
-            trainer_toml(&dir.path().join("adapters"), &["--step-seconds", "5"], ""),
+            trainer_toml(&dir.path().join("adapters"), &["--step-seconds", "30"], ""),
         ),
     )
     .unwrap();
@@ -116,6 +116,20 @@ async fn a_trainer_running_when_flywheel_stopped_is_stopped_and_its_job_fails_on
     })
     .await;
 
+    // The trainer is under way (it said so, and sleeps through its first
+    // step), so it outlives Flywheel rather than dying on its next write
+    // to the pipe Flywheel held.
+    eventually("the trainer to report", Duration::from_secs(20), || async {
+        let job = get_job(id.clone()).await;
+        let said = job["events"].as_array().unwrap().iter().any(|e| {
+            e["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Loaded 24 training examples")
+        });
+        said.then_some(()).ok_or(format!("{job:#}"))
+    })
+    .await;
     // Killed as a crash would: the trainer, in its own process group, runs on.
     server.kill();
     assert!(alive(pid), "the trainer died with Flywheel");
