@@ -66,13 +66,23 @@ pub fn trainer_toml(adapters: &Path, flags: &[&str], extra: &str) -> String {
 /// `sim` takes runtime adapters; `trainer` trains for it; jobs are polled
 /// every second; promotions are gated on meeting (low) targets.
 fn options(adapters: &Path, flags: &[&str], upstream: Option<SocketAddr>) -> Options {
+    options_with(adapters, flags, upstream, "")
+}
+
+/// As [`options`], with more keys for the trainer's provider entry.
+fn options_with(
+    adapters: &Path,
+    flags: &[&str],
+    upstream: Option<SocketAddr>,
+    trainer_extra: &str,
+) -> Options {
     Options {
         upstream,
         provider_extra: "lora = true".into(),
         extra: format!(
             "{}[fine_tuning]\npoll_interval_s = 1\nmin_examples = 10\n\
              [evaluation]\npromotion_requires = \"meets_targets\"\n{LOW_TARGETS}",
-            trainer_toml(adapters, flags, "")
+            trainer_toml(adapters, flags, trainer_extra)
         ),
         ..Options::default()
     }
@@ -303,6 +313,25 @@ async fn a_failing_trainer_fails_the_job_with_its_last_stderr_lines() {
         ),
         "{message}"
     );
+
+    // A run past max_run_s is stopped, and its job fails saying so.
+    let app = spawn_app_with(options_with(
+        adapters.path(),
+        &["--step-seconds", "30"],
+        None,
+        "max_run_s = 1",
+    ))
+    .await;
+    let dataset = stored_dataset(&app, "sft", true, &sft_jsonl(24), &sft_jsonl(6)).await;
+    let id = trainer_job(&app, &dataset).await;
+    let pid = trainer_pid(&app, &id).await;
+    let done = until_finished(&app, &id).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(
+        done["error"]["message"],
+        "the trainer ran longer than max_run_s (1 s) and was stopped"
+    );
+    assert!(!alive(pid), "the trainer still runs past max_run_s");
 }
 
 /// Whether a process with this id exists (and is no zombie).
@@ -441,6 +470,61 @@ async fn a_restarted_server_gets_its_adapter_again_and_a_second_failure_is_clean
     let body: Value = again.json().await.unwrap();
     assert_eq!(body["model"], version.as_str());
     assert_eq!(app.metric("flywheel_lora_reloads_total").await, 1.0);
+
+    // vLLM and Flywheel both restarted: Flywheel loads the adapter at
+    // start-up, before any request asks for it.
+    let sim = sim.restart().await;
+    let (data_dir, _kept) = app.stop().await;
+    let app = spawn_app_with(Options {
+        data_dir: Some(data_dir),
+        ..options(adapters.path(), &[], Some(sim.addr))
+    })
+    .await;
+    eventually(
+        "the adapter to be loaded at start-up",
+        Duration::from_secs(20),
+        || async {
+            let models: Value = app
+                .http
+                .get(format!("http://{}/v1/models", sim.addr))
+                .bearer_auth(PROVIDER_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let listed = models["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == version.as_str());
+            listed.then_some(()).ok_or(models.to_string())
+        },
+    )
+    .await;
+    let asked = |variant: &'static str| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.url("/v1/chat/completions"))
+                .bearer_auth(&app.client_key)
+                .json(
+                    &json!({"model": "triage", "messages": [{"role": "user", "content": variant}]}),
+                )
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let served = asked("mimikatz on DC-04").await;
+    assert_eq!(served.status(), 200);
+    // The counter is the process's, so it still holds the reload above.
+    assert_eq!(
+        app.metric("flywheel_lora_reloads_total").await,
+        1.0,
+        "no request needed a reload"
+    );
 
     // Restarted again with the adapter gone from disk: one load is tried,
     // it fails, and the request fails cleanly in the OpenAI shape.

@@ -509,6 +509,7 @@ async fn call_json(app: &Router, request: Request<Body>) -> (u16, Value) {
 
 mod files;
 mod fine_tuning;
+mod lora;
 
 #[tokio::test]
 async fn responses_are_created_streamed_retrieved_and_chained() {
