@@ -26,7 +26,7 @@ pub async fn cancel_job(
         )));
     }
     // A trainer's job: its process group is stopped (there is no provider).
-    super::trainer::stop(app, &mut job).await;
+    super::trainer::cancel(app, &mut job).await;
     if let Some(provider) = app.upstreams.by_name(&job.provider) {
         // A submission that may have reached the provider is looked for,
         // so that no job is left running there.

@@ -104,7 +104,7 @@ pub async fn serve(
 }
 
 /// Unloads the adapter from the servers this job loaded it on.
-async fn undo(app: &Context, job: &mut FineTuneJobRecord, name: &str) {
+pub(super) async fn undo(app: &Context, job: &mut FineTuneJobRecord, name: &str) {
     let servers = job
         .trainer
         .as_mut()

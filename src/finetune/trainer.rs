@@ -344,8 +344,24 @@ fn orphan(job: &FineTuneJobRecord) -> Option<u32> {
     process::is_ours(pid, &job.id, run.process_start).then_some(pid)
 }
 
-/// Stops `job`'s trainer if it runs (a cancel); whether there was one.
-pub async fn stop(app: &Context, job: &mut FineTuneJobRecord) -> bool {
+/// Cancels what `job`'s trainer left going: its process if it runs, and
+/// the adapter where a trained job had loaded it before it was
+/// registered (a server that was down held the rest back), so nothing is
+/// left half-registered.
+pub async fn cancel(app: &Context, job: &mut FineTuneJobRecord) {
+    stop(app, job).await;
+    if let Some(name) = job.fine_tuned_model.clone()
+        && job
+            .trainer
+            .as_ref()
+            .is_some_and(|t| !t.loaded_on.is_empty())
+    {
+        lora::undo(app, job, &name).await;
+    }
+}
+
+/// Stops `job`'s trainer if it runs.
+async fn stop(app: &Context, job: &mut FineTuneJobRecord) {
     if let Some(run) = app.jobs.trainers.remove(&job.id) {
         run.stop().await;
         take_output(job, &run);
@@ -354,7 +370,7 @@ pub async fn stop(app: &Context, job: &mut FineTuneJobRecord) -> bool {
             "info",
             format!("Stopped the trainer (process group {})", run.pid),
         );
-        return true;
+        return;
     }
     if let Some(pid) = orphan(job) {
         process::stop_orphan(pid).await;
@@ -363,9 +379,7 @@ pub async fn stop(app: &Context, job: &mut FineTuneJobRecord) -> bool {
             "info",
             format!("Stopped the trainer (process group {pid})"),
         );
-        return true;
     }
-    false
 }
 
 #[cfg(test)]

@@ -26,8 +26,9 @@ pub fn trainer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer/train.py")
 }
 
-/// A `[[providers]]` entry for the test trainer, serving on `sim`, with
-/// `flags` added to its command line.
+/// A `[[providers]]` entry for the test trainer, serving on `sim` (unless
+/// `extra`, more keys of the entry, names `serve_on`), with `flags` added
+/// to its command line.
 pub fn trainer_toml(adapters: &Path, flags: &[&str], extra: &str) -> String {
     let mut argv: Vec<String> = [
         "python3",
@@ -56,9 +57,15 @@ pub fn trainer_toml(adapters: &Path, flags: &[&str], extra: &str) -> String {
     .collect();
     argv.extend(flags.iter().map(|s| s.to_string()));
     let command = serde_json::to_string(&argv).unwrap();
+    // `sim` serves the adapters unless `extra` says where.
+    let serve_on = if extra.contains("serve_on") {
+        ""
+    } else {
+        "serve_on = [\"sim\"]\n"
+    };
     format!(
         "[[providers]]\nname = \"trainer\"\nkind = \"command\"\nfine_tuning = true\n\
-         command = {command}\nadapters_dir = \"{}\"\nserve_on = [\"sim\"]\n{extra}\n",
+         command = {command}\nadapters_dir = \"{}\"\n{serve_on}{extra}\n",
         adapters.display()
     )
 }
@@ -382,6 +389,65 @@ async fn a_cancel_stops_the_trainers_process_group() {
     let after = job(&app, &id).await;
     assert_eq!(after["status"], "cancelled");
     assert!(after["registered_version"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_a_server_is_down_unloads_what_was_loaded() {
+    let adapters = tempfile::tempdir().unwrap();
+    let mut options = options_with(adapters.path(), &[], None, "serve_on = [\"sim\", \"down\"]");
+    options.extra.push_str(
+        "[[providers]]\nname = \"down\"\nbase_url = \"http://127.0.0.1:1/v1\"\nlora = true\nmax_retries = 0\n",
+    );
+    let app = spawn_app_with(options).await;
+    let dataset = stored_dataset(&app, "sft", true, &sft_jsonl(24), &sft_jsonl(6)).await;
+    let id = trainer_job(&app, &dataset).await;
+    // Loaded on `sim`; `down` cannot be reached, so the job waits for it.
+    let waiting = eventually(
+        "the job to wait for the server that is down",
+        Duration::from_secs(30),
+        || async {
+            let job = job(&app, &id).await;
+            let waits = messages(&job)
+                .iter()
+                .any(|m| m.contains("trying again at the next poll"));
+            (waits && job["status"] == "running")
+                .then_some(job.clone())
+                .ok_or(format!("{job:#}"))
+        },
+    )
+    .await;
+    let adapter = waiting["fine_tuned_model"].as_str().unwrap().to_string();
+    assert_eq!(waiting["trainer"]["loaded_on"], json!(["sim"]));
+    assert!(waiting["registered_version"].is_null());
+
+    let cancelled = app
+        .admin(
+            Method::POST,
+            &format!("/admin/api/fine-tuning/jobs/{id}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.status(), 200);
+    let cancelled: Value = cancelled.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert!(
+        has(&cancelled, &format!("Unloaded adapter {adapter} from sim")),
+        "{cancelled:#}"
+    );
+    assert_eq!(cancelled["trainer"]["loaded_on"], json!([]));
+    let alias = app.admin_get("/admin/api/models/triage").await;
+    assert_eq!(alias["versions"].as_array().unwrap().len(), 2, "{alias:#}");
+    let (status, _) = error_of(
+        app.http
+            .post(format!("http://{}/v1/chat/completions", app.upstream))
+            .bearer_auth(PROVIDER_KEY)
+            .json(&json!({"model": adapter, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404, "the adapter is still loaded");
 }
 
 /// A simulator that can be stopped and started again on the same address,
