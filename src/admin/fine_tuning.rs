@@ -129,7 +129,7 @@ fn not_found(id: &str) -> JobError {
 
 /// A job as the admin API shows it (docs/API.md, "Fine-tuning jobs").
 pub fn job_view(job: &FineTuneJobRecord) -> Value {
-    json!({
+    let mut view = json!({
         "object": "fine_tuning.job",
         "id": job.id,
         "alias": job.alias,
@@ -151,11 +151,15 @@ pub fn job_view(job: &FineTuneJobRecord) -> Value {
         "error": job.error,
         "events": job.events,
         "metrics": job.metrics,
-        "trainer": job.trainer,
         "created_at": job.created_at,
         "created_by": job.created_by,
         "finished_at": job.finished_at,
-    })
+    });
+    // Only a trainer's job has one, so a provider's job reads as before.
+    if let Some(trainer) = &job.trainer {
+        view["trainer"] = json!(trainer);
+    }
+    view
 }
 
 impl From<JobError> for ApiError {
