@@ -207,8 +207,11 @@ async fn follow(
     job: &mut FineTuneJobRecord,
     run: &Arc<Run>,
 ) -> Result<(), StoreError> {
+    // The exit is read first: it is set once the output is all read, so
+    // the lines drained after it are the last ones.
+    let exit = run.exit();
     take_output(job, run);
-    let Some(exit) = run.exit() else {
+    let Some(exit) = exit else {
         if run.started.elapsed().as_secs() >= trainer.max_run_s {
             run.stop().await;
             app.jobs.trainers.remove(&job.id);

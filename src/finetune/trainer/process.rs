@@ -285,3 +285,62 @@ pub async fn stop_orphan(pgid: u32) {
     }
     signal_group(pgid, "KILL").await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(script: &str) -> Vec<String> {
+        ["sh", "-c", script].map(String::from).to_vec()
+    }
+
+    #[tokio::test]
+    async fn output_is_kept_in_order_and_the_exit_after_the_last_line() {
+        let dir = std::env::temp_dir();
+        let run = spawn(
+            &argv("echo one; echo two >&2; echo \"$FLYWHEEL_JOB_ID\"; exit 3"),
+            &dir,
+            "job_t",
+        )
+        .unwrap();
+        assert!(run.wait(Duration::from_secs(10)).await, "it did not end");
+        assert_eq!(run.exit(), Some(Exit::Code(3)));
+        let (mut lines, skipped) = run.drain();
+        lines.sort();
+        assert_eq!(
+            (lines, skipped),
+            (vec!["job_t".into(), "one".into(), "two".into()], 0)
+        );
+        assert_eq!(run.stderr_tail(), ["two"]);
+        assert_eq!(run.drain(), (Vec::new(), 0), "drained once");
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_whole_group_and_a_flood_is_bounded() {
+        let dir = std::env::temp_dir();
+        // A child of its own that ignores SIGTERM, and more lines than are kept.
+        let run = spawn(
+            &argv("seq 1 2000; trap '' TERM; (trap '' TERM; sleep 60) & wait"),
+            &dir,
+            "job_s",
+        )
+        .unwrap();
+        let pid = run.pid;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while group(pid).len() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the child to start");
+        assert!(is_ours(pid, "job_s", start_ticks(pid)));
+        assert!(!is_ours(pid, "job_other", None));
+        run.stop().await;
+        assert!(run.wait(Duration::from_secs(10)).await);
+        assert!(group(pid).is_empty(), "{:?} still run", group(pid));
+        let (lines, skipped) = run.drain();
+        assert_eq!(lines.len(), MAX_BUFFERED);
+        assert_eq!(skipped, 2000 - MAX_BUFFERED as u64);
+        assert_eq!(lines.last().map(String::as_str), Some("2000"));
+    }
+}
