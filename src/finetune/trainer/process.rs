@@ -337,7 +337,14 @@ mod tests {
         assert!(!is_ours(pid, "job_other", None));
         run.stop().await;
         assert!(run.wait(Duration::from_secs(10)).await);
-        assert!(group(pid).is_empty(), "{:?} still run", group(pid));
+        // SIGKILL is delivered, not awaited: the child goes a moment later.
+        let gone = tokio::time::timeout(Duration::from_secs(10), async {
+            while !group(pid).is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(gone.is_ok(), "{:?} still run", group(pid));
         let (lines, skipped) = run.drain();
         assert_eq!(lines.len(), MAX_BUFFERED);
         assert_eq!(skipped, 2000 - MAX_BUFFERED as u64);
