@@ -187,6 +187,25 @@ async fn a_trainer_command_fine_tunes_and_vllm_serves_the_adapter_through_the_ga
     let text = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(text.starts_with("Threat type: "), "{text}");
 
+    // The trainer serves nothing, so no version may name it.
+    let refused = app
+        .admin(
+            Method::POST,
+            "/admin/api/models/triage/versions",
+            Some(&json!({"name": "on-trainer", "provider": "trainer", "model": adapter})),
+        )
+        .await;
+    let (status, error) = error_of(refused).await;
+    assert_eq!(
+        (status, error["param"].as_str()),
+        (400, Some("provider")),
+        "{error}"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("serves chat"),
+        "{error}"
+    );
+
     // Gated: refused before an evaluation, allowed once it meets the targets.
     let promote = || async {
         app.admin(
