@@ -23,12 +23,12 @@ mod process;
 pub use command::check_template;
 pub use process::Running;
 
-use super::sync::{Stage, fail_with, note};
+use super::sync::{Stage, fail_with, note, note_at};
 use super::{Context, lora, save};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::ids::now_rfc3339;
 use crate::store::{DatasetSplit, FineTuneJobRecord, JobStatus, StoreError, TrainerRun};
-use process::{Exit, Run};
+use process::{Exit, Line, Run};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -284,13 +284,13 @@ fn take_output(job: &mut FineTuneJobRecord, run: &Run) {
     }
     // Both streams are plain events: trainers log to stderr as a matter
     // of course, so only the exit says whether something went wrong.
-    for text in lines {
+    for Line { at, text } in lines {
         match progress(&text) {
             Some((metrics, summary)) => {
                 job.metrics = Some(metrics);
-                note(job, "info", summary);
+                note_at(job, at, "info", summary);
             }
-            None => note(job, "info", text),
+            None => note_at(job, at, "info", text),
         }
     }
 }

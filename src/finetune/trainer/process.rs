@@ -43,9 +43,16 @@ pub enum Exit {
     Other(String),
 }
 
+/// One line of output and when it was read (RFC 3339).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub at: String,
+    pub text: String,
+}
+
 #[derive(Debug, Default)]
 struct Output {
-    lines: VecDeque<String>,
+    lines: VecDeque<Line>,
     skipped: u64,
     stderr_tail: VecDeque<String>,
 }
@@ -62,7 +69,7 @@ pub struct Run {
 
 impl Run {
     /// The lines since the last call, and how many were dropped for room.
-    pub fn drain(&self) -> (Vec<String>, u64) {
+    pub fn drain(&self) -> (Vec<Line>, u64) {
         let mut out = self.output.lock().unwrap_or_else(PoisonError::into_inner);
         let skipped = std::mem::take(&mut out.skipped);
         (out.lines.drain(..).collect(), skipped)
@@ -90,7 +97,10 @@ impl Run {
                 out.stderr_tail.pop_front();
             }
         }
-        out.lines.push_back(text);
+        out.lines.push_back(Line {
+            at: crate::ids::now_rfc3339(),
+            text,
+        });
         if out.lines.len() > MAX_BUFFERED {
             out.lines.pop_front();
             out.skipped += 1;
@@ -305,7 +315,8 @@ mod tests {
         .unwrap();
         assert!(run.wait(Duration::from_secs(10)).await, "it did not end");
         assert_eq!(run.exit(), Some(Exit::Code(3)));
-        let (mut lines, skipped) = run.drain();
+        let (lines, skipped) = run.drain();
+        let mut lines: Vec<String> = lines.into_iter().map(|l| l.text).collect();
         lines.sort();
         assert_eq!(
             (lines, skipped),
@@ -348,6 +359,6 @@ mod tests {
         let (lines, skipped) = run.drain();
         assert_eq!(lines.len(), MAX_BUFFERED);
         assert_eq!(skipped, 2000 - MAX_BUFFERED as u64);
-        assert_eq!(lines.last().map(String::as_str), Some("2000"));
+        assert_eq!(lines.last().map(|l| l.text.as_str()), Some("2000"));
     }
 }
