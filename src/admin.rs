@@ -23,7 +23,7 @@ pub use evaluations::{
 };
 pub use fine_tuning::{
     cancel as cancel_job, create as create_job, delete_job_deployment, get as get_job,
-    list as list_jobs, register_job_deployment,
+    list as list_jobs, register_job_deployment, unload as unload_adapter,
 };
 pub use keys::{create_key, list_audit, list_keys, revoke_key};
 pub use me::me;

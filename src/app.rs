@@ -225,6 +225,12 @@ impl Application {
             lease.clone(),
             shutdown.clone(),
         ));
+        // Each replica loads the adapters for itself: it also remembers
+        // them, to load one again when a server forgot it.
+        tasks.spawn(crate::finetune::run_adapter_restore(
+            state.fine_tuning.clone(),
+            shutdown.clone(),
+        ));
         if state.config.fine_tuning.continuous.enabled {
             tasks.spawn(crate::finetune::run_continuous(
                 state.fine_tuning.clone(),

@@ -49,7 +49,7 @@ impl Config {
         let wanted = self.server.default_provider.as_deref();
         wanted
             .and_then(|name| self.providers.iter().find(|p| p.name == name))
-            .or_else(|| self.providers.first())
+            .or_else(|| self.providers.iter().find(|p| p.serves()))
             .unwrap_or(&FALLBACK_PROVIDER)
     }
 

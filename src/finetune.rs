@@ -12,6 +12,11 @@
 //! model serves only once deployed (`deployment`: through the management
 //! API, or registered by an admin).
 //!
+//! A provider of `kind = "command"` is the organisation's own trainer:
+//! its jobs run the command as a child process (`trainer`) and their
+//! adapters are loaded into vLLM and served from there (`lora`); the
+//! steps above dispatch to them.
+//!
 //! Every step that reaches the provider is marked in the stored record
 //! before it is tried, so a process that stopped at any point resumes the
 //! job without doing it twice: an upload is looked for by its file name,
@@ -22,16 +27,20 @@ mod cancel;
 mod continuous;
 mod create;
 mod deployment;
+mod lora;
 mod poller;
 mod register;
 mod step;
 mod sync;
+mod trainer;
 
 pub use cancel::cancel_job;
 pub use continuous::run_continuous;
 pub use create::{NewJob, create_job};
 pub use deployment::{delete_deployment, register_deployment};
+pub use lora::{run_restore as run_adapter_restore, unload_adapter};
 pub use poller::{Outcome, run_poller, try_step_once};
+pub use trainer::check_template as check_command_template;
 
 use crate::config::Config;
 use crate::registry::{Registry, RegistryError};
@@ -65,6 +74,8 @@ pub struct Jobs {
     lock: Mutex<()>,
     /// Wakes the poller early, when a job was created.
     wake: Arc<Notify>,
+    /// The trainer processes this process started.
+    trainers: trainer::Running,
 }
 
 impl Jobs {

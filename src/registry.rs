@@ -143,10 +143,12 @@ impl Registry {
                 current: current.revision,
             });
         }
+        // Versions are served: a trainer (`kind = "command"`) serves nothing.
         let providers: Vec<String> = self
             .config
             .providers
             .iter()
+            .filter(|p| p.serves())
             .map(|p| p.name.clone())
             .collect();
         let at = now_rfc3339();

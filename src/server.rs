@@ -92,6 +92,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(admin::register_job_deployment).delete(admin::delete_job_deployment),
         )
         .route(
+            "/admin/api/fine-tuning/jobs/{id}/unload-adapter",
+            post(admin::unload_adapter),
+        )
+        .route(
             "/admin/api/evaluations",
             post(admin::create_evaluation).get(admin::list_evaluations),
         )

@@ -20,7 +20,7 @@ pub mod transfer;
 pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};
 pub use job_records::{
     Attempts, DeploymentState, FineTuneJobRecord, Hyperparameters, JobDeployment, JobEvent,
-    JobStatus, ProviderFiles,
+    JobStatus, ProviderFiles, TrainerRun,
 };
 pub use model_records::{
     AlertRecord, DatasetRecord, DatasetSplit, ModelAliasRecord, ModelHistoryRecord,

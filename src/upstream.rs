@@ -1,14 +1,15 @@
 //! Provider clients: per provider, the pooled connection that relayed
 //! requests go through (`transport`: hyper's client, or reqwest through a
 //! proxy), with the timeouts and the retry policy of the config; the files
-//! and fine-tuning calls (`fine_tuning`, reqwest), and the alert webhook's
-//! client. Only this module names the HTTP client crates.
+//! and fine-tuning calls (`fine_tuning`, reqwest), runtime LoRA adapters
+//! (`lora`), and the alert webhook's client. Only this module names the HTTP client crates.
 
 mod azure;
 mod client;
 mod errors;
 mod fine_tuning;
 pub mod headers;
+mod lora;
 mod retry;
 mod transport;
 mod webhook;

@@ -1,11 +1,12 @@
 //! `/admin/api/fine-tuning/jobs…`: start a job from a dataset (admin),
 //! list and read jobs with their events (analyst or admin), cancel one
-//! (admin). The work is in `finetune`; these only map requests and errors.
+//! and unload a trainer job's adapter (admin). The work is in `finetune`; these only map requests and errors.
 
 use super::{blocking, list_envelope};
 use crate::auth::{Caller, Role};
 use crate::finetune::{
     JobError, NewJob, cancel_job, create_job, delete_deployment, register_deployment,
+    unload_adapter,
 };
 use crate::openai::{ApiError, ApiJson, ApiQuery, UpstreamFailure};
 use crate::state::AppState;
@@ -140,6 +141,17 @@ pub async fn delete_job_deployment(
     Ok(Json(job_view(&job)))
 }
 
+/// Unloads a trainer job's adapter from the servers it was loaded on.
+pub async fn unload(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let job = unload_adapter(&app.fine_tuning, &id, &caller.id).await?;
+    Ok(Json(job_view(&job)))
+}
+
 fn not_found(id: &str) -> JobError {
     JobError::NotFound {
         message: format!("no fine-tuning job with id `{id}`"),
@@ -178,6 +190,10 @@ pub fn job_view(job: &FineTuneJobRecord) -> Value {
     });
     if let Some(deployment) = &job.deployment {
         view["deployment"] = json!(deployment);
+    }
+    // Only a trainer's job has one, so a provider's job reads as before.
+    if let Some(trainer) = &job.trainer {
+        view["trainer"] = json!(trainer);
     }
     view
 }

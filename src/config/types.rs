@@ -182,12 +182,20 @@ pub enum ProviderKind {
     Openai,
     /// Azure OpenAI: see `config/azure.rs`.
     Azure,
+    /// A trainer run as a child process; it fine-tunes, it serves nothing.
+    Command,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     pub name: String,
+    /// What the provider is: an OpenAI-compatible API (the default), Azure
+    /// OpenAI, or a trainer command that fine-tunes but serves no chat.
+    #[serde(default)]
+    pub kind: ProviderKind,
+    /// The API root (`…/v1`); a `command` provider has none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub base_url: String,
     /// The variable holding this provider's API key; none for local servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,12 +214,10 @@ pub struct ProviderConfig {
     /// A `retry-after` longer than this is not waited for: the 429 goes to the client.
     #[serde(default = "defaults::max_retry_wait_s")]
     pub max_retry_wait_s: u64,
-    /// This provider accepts `/files` and `/fine_tuning/jobs`.
+    /// This provider accepts `/files` and `/fine_tuning/jobs`, or (a
+    /// `command` provider) runs its trainer.
     #[serde(default)]
     pub fine_tuning: bool,
-    /// The API the provider speaks: `openai` (the default) or `azure`.
-    #[serde(default)]
-    pub kind: ProviderKind,
     /// Azure: the `api-version` query parameter every request carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
@@ -226,12 +232,41 @@ pub struct ProviderConfig {
     /// deployed; without it a succeeded job awaits an admin's deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<AzureDeploymentConfig>,
+    /// `kind = "openai"`: the server takes LoRA adapters loaded at run time
+    /// (`POST {base_url}/load_lora_adapter`, vLLM with
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`).
+    #[serde(default)]
+    pub lora: bool,
+    /// `kind = "command"`: the trainer's argv (no shell), with placeholders
+    /// (see `finetune::trainer`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// `kind = "command"`: where each job gets a directory of its own (its
+    /// data files and its adapter's output directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapters_dir: Option<PathBuf>,
+    /// `kind = "command"`: the `lora = true` providers its adapters are
+    /// loaded into; the candidate is registered on the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serve_on: Vec<String>,
+    /// `kind = "command"`: the longest a trainer may run before it is
+    /// stopped and its job fails.
+    #[serde(default = "defaults::max_run_s")]
+    pub max_run_s: u64,
+}
+
+impl ProviderConfig {
+    /// Whether chat requests can be sent to it.
+    pub fn serves(&self) -> bool {
+        self.kind != ProviderKind::Command
+    }
 }
 
 impl ProviderConfig {
     pub(super) fn placeholder() -> Self {
         Self {
             name: String::new(),
+            kind: ProviderKind::Openai,
             base_url: String::new(),
             api_key_env: None,
             timeout_s: defaults::timeout_s(),
@@ -240,11 +275,15 @@ impl ProviderConfig {
             max_retries: defaults::max_retries(),
             max_retry_wait_s: defaults::max_retry_wait_s(),
             fine_tuning: false,
-            kind: ProviderKind::default(),
             api_version: None,
             url_style: None,
             bearer_token_env: None,
             deployment: None,
+            lora: false,
+            command: Vec::new(),
+            adapters_dir: None,
+            serve_on: Vec::new(),
+            max_run_s: defaults::max_run_s(),
         }
     }
 }
@@ -663,5 +702,8 @@ mod defaults {
     }
     pub fn max_retry_wait_s() -> u64 {
         20
+    }
+    pub fn max_run_s() -> u64 {
+        86_400
     }
 }

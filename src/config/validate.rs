@@ -4,6 +4,8 @@
 use super::{Config, ConfigError};
 use std::collections::HashSet;
 
+mod command;
+
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     check_server(c)?;
     check_limits(c)?;
@@ -59,6 +61,9 @@ fn check_server(c: &Config) -> Result<(), ConfigError> {
             "server.default_provider",
             format!("names provider `{name}`, which no [[providers]] entry defines"),
         ));
+    }
+    if let Some(name) = &c.server.default_provider {
+        command::check_serves(c, "server.default_provider", name)?;
     }
     if c.server.data_dir.as_os_str().is_empty() {
         return Err(ConfigError::invalid("server.data_dir", "must not be empty"));
@@ -129,6 +134,11 @@ fn check_providers(c: &Config) -> Result<(), ConfigError> {
                 format!("`{}` is defined twice", p.name),
             ));
         }
+        command::check_kind(c, i, p)?;
+        super::azure::check(i, p)?;
+        if !p.serves() {
+            continue;
+        }
         match reqwest::Url::parse(&p.base_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             Ok(_) => {
@@ -171,7 +181,6 @@ fn check_providers(c: &Config) -> Result<(), ConfigError> {
                 "names no variable (leave the key out for providers without a key)",
             ));
         }
-        super::azure::check(i, p)?;
     }
     Ok(())
 }
@@ -228,6 +237,7 @@ fn check_models(c: &Config) -> Result<(), ConfigError> {
                     ),
                 ));
             }
+            command::check_serves(c, &vkey("provider"), &v.provider)?;
         }
         if m.production_version().is_none() {
             return Err(ConfigError::invalid(

@@ -1,5 +1,6 @@
 //! Cancelling a job: at the provider first when it was submitted (or may
-//! have been), then in the record, audited.
+//! have been) — or, for a trainer's job, its process group stopped —
+//! then in the record, audited.
 
 use super::Context;
 use super::step::find_job;
@@ -24,6 +25,8 @@ pub async fn cancel_job(
             job.status.as_str()
         )));
     }
+    // A trainer's job: its process group is stopped (there is no provider).
+    super::trainer::cancel(app, &mut job).await;
     if let Some(provider) = app.upstreams.by_name(&job.provider) {
         // A submission that may have reached the provider is looked for,
         // so that no job is left running there.

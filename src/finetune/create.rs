@@ -125,6 +125,7 @@ fn job_record(
         last_provider_event: None,
         attempts: Default::default(),
         deployment: None,
+        trainer: None,
     }
 }
 

@@ -33,7 +33,7 @@ pub fn register_model(app: &Context, job: &mut FineTuneJobRecord) -> Result<(), 
                 reason: &reason,
                 change: Change::Register {
                     name: name.clone(),
-                    provider: job.provider.clone(),
+                    provider: super::lora::serving_provider(app, job),
                     model: model.clone(),
                     origin: job.id.clone(),
                 },

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 /// Transient provider failures in a row (unreachable, 429, 5xx) a job
 /// rides out before it fails.
-const MAX_TRANSIENT: u32 = 10;
+pub(super) const MAX_TRANSIENT: u32 = 10;
 const PAGE: usize = 100;
 /// How far back lists are read when looking for something.
 const MAX_PAGES: usize = 20;
@@ -49,6 +49,13 @@ pub async fn step(
     mut job: FineTuneJobRecord,
 ) -> Result<FineTuneJobRecord, StoreError> {
     let before = job.clone();
+    if let Some(trainer) = super::trainer::command_provider(app, &job.provider) {
+        super::trainer::step(app, trainer, &mut job).await?;
+        if job != before {
+            save(app, &job).await?;
+        }
+        return Ok(job);
+    }
     let result = match app.upstreams.by_name(&job.provider) {
         None => Err(Failure::Fatal(
             Stage::Poll,
@@ -73,7 +80,7 @@ pub async fn step(
 
 /// A transient failure is noted and tried again at the next poll, up to
 /// [`MAX_TRANSIENT`] in a row; any other ends the job.
-fn ride_out(job: &mut FineTuneJobRecord, stage: Stage, e: &FineTuningError) {
+pub(super) fn ride_out(job: &mut FineTuneJobRecord, stage: Stage, e: &FineTuningError) {
     if e.is_transient() && job.attempts.transient_failures < MAX_TRANSIENT {
         job.attempts.transient_failures += 1;
         let n = job.attempts.transient_failures;

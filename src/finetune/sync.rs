@@ -37,10 +37,15 @@ impl Stage {
 }
 
 pub fn note(job: &mut FineTuneJobRecord, level: &str, message: impl Into<String>) {
+    note_at(job, now_rfc3339(), level, message);
+}
+
+/// As [`note`], for something that happened at `at` (RFC 3339).
+pub fn note_at(job: &mut FineTuneJobRecord, at: String, level: &str, message: impl Into<String>) {
     push(
         job,
         JobEvent {
-            at: now_rfc3339(),
+            at,
             level: level.into(),
             message: message.into(),
         },

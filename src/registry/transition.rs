@@ -152,7 +152,7 @@ fn register(
     if !providers.iter().any(|p| p == provider) {
         return Err(invalid(
             format!(
-                "no provider named `{provider}` is configured (known: {})",
+                "no provider named `{provider}` that serves chat is configured (known: {})",
                 providers.join(", ")
             ),
             "provider",

@@ -127,6 +127,10 @@ pub struct FineTuneJobRecord {
     /// candidate is registered under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<JobDeployment>,
+    /// A job of a trainer command (`kind = "command"`): its run and its
+    /// adapter; absent for a provider's job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<TrainerRun>,
 }
 
 impl FineTuneJobRecord {
@@ -177,4 +181,23 @@ pub struct JobDeployment {
     /// When the creation was first asked for, for the provisioning timeout.
     #[serde(default)]
     pub started_at: Option<String>,
+}
+
+/// A trainer command's run, marked in the record before the process
+/// starts, so a restarted Flywheel knows one may still be running.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TrainerRun {
+    /// Where the trainer writes the adapter (the path servers load).
+    pub output_dir: String,
+    /// The trainer's process id, which is also its process group's.
+    pub pid: Option<u32>,
+    /// When that process started (clock ticks since boot, as `/proc` says),
+    /// so a restarted Flywheel tells it from a later process with its id.
+    pub process_start: Option<u64>,
+    pub started_at: String,
+    /// How it exited (`None` while it runs, or if it was never seen to end).
+    pub exit_code: Option<i32>,
+    /// The serving providers the adapter is loaded on.
+    pub loaded_on: Vec<String>,
 }

@@ -44,6 +44,9 @@ pub struct Provider {
     pub total_timeout: Duration,
     pub max_retries: u32,
     max_retry_wait: Duration,
+    /// With `lora = true`: the adapters Flywheel registered on it, so one
+    /// the server forgot is loaded again (`lora.rs`).
+    pub(super) adapters: Option<super::lora::Adapters>,
 }
 
 /// What to send; `path` is relative to the provider's base URL (`chat/completions`).
@@ -201,6 +204,7 @@ impl Provider {
             total_timeout: Duration::from_secs(config.timeout_s),
             max_retries: config.max_retries,
             max_retry_wait: Duration::from_secs(config.max_retry_wait_s),
+            adapters: config.lora.then(super::lora::Adapters::default),
         })
     }
 
@@ -240,9 +244,21 @@ impl Provider {
         max_retries: u32,
     ) -> Result<Reply, ApiError> {
         let mut retries = 0;
+        let mut reloaded = false;
         loop {
             let failure = match self.attempt(&req, deadline).await {
                 Ok(reply) => return Ok(Reply { retries, ..reply }),
+                Err(Failure::Status(r)) if self.adapters.is_some() && r.status() == 404 => {
+                    // A LoRA server that restarted forgot its adapters:
+                    // load the one asked for again, once, and resend.
+                    match self.reload_forgotten(r, deadline, reloaded).await {
+                        Ok(()) => {
+                            reloaded = true;
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
                 Err(failure) => failure,
             };
             let decision = match &failure {
@@ -376,6 +392,12 @@ impl Provider {
         })
     }
 
+    /// Counted as every upstream error the client sees.
+    pub(super) fn count_error(&self, kind: &'static str) {
+        metrics::counter!("flywheel_upstream_errors_total", "provider" => self.name.to_string(), "kind" => kind)
+            .increment(1);
+    }
+
     /// The error the client sees once retrying is over.
     async fn fail(&self, failure: Failure, deadline: Instant) -> ApiError {
         let error = match failure {
@@ -394,8 +416,7 @@ impl Provider {
             ApiError::UpstreamStatus(_) => "status",
             _ => "unreachable",
         };
-        metrics::counter!("flywheel_upstream_errors_total", "provider" => self.name.to_string(), "kind" => kind)
-            .increment(1);
+        self.count_error(kind);
         error
     }
 
@@ -430,9 +451,10 @@ fn authorization(azure: Option<&Azure>, key: &SecretString) -> Option<(HeaderNam
     Some((header::AUTHORIZATION, value))
 }
 
-/// Every configured provider, by index, and the default one.
+/// Every configured provider, by index (`None` for a trainer, which
+/// serves nothing), and the default one.
 pub struct Upstreams {
-    providers: Vec<Provider>,
+    providers: Vec<Option<Provider>>,
     default: usize,
 }
 
@@ -442,31 +464,35 @@ impl Upstreams {
             .providers
             .iter()
             .map(|p| {
-                Provider::new(
-                    p,
-                    secrets.provider_keys.get(&p.name).cloned(),
-                    secrets.management_tokens.get(&p.name).cloned(),
-                )
+                p.serves()
+                    .then(|| {
+                        Provider::new(
+                            p,
+                            secrets.provider_keys.get(&p.name).cloned(),
+                            secrets.management_tokens.get(&p.name).cloned(),
+                        )
+                    })
+                    .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
         let default_name = &config.default_provider().name;
         let default = providers
             .iter()
-            .position(|p| *p.name == **default_name)
+            .position(|p| p.as_ref().is_some_and(|p| *p.name == **default_name))
             .unwrap_or(0);
         Ok(Self { providers, default })
     }
 
     pub fn get(&self, index: usize) -> Option<&Provider> {
-        self.providers.get(index)
+        self.providers.get(index).and_then(Option::as_ref)
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Provider> {
-        self.providers.iter().find(|p| &*p.name == name)
+        self.providers.iter().flatten().find(|p| &*p.name == name)
     }
 
     pub fn default_provider(&self) -> Option<&Provider> {
-        self.providers.get(self.default)
+        self.get(self.default)
     }
 
     pub fn len(&self) -> usize {

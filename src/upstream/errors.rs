@@ -20,6 +20,18 @@ pub async fn error_from_reply(
     deadline: Instant,
     verbatim: bool,
 ) -> ApiError {
+    read_error(provider, response, deadline, verbatim).await.0
+}
+
+/// The error to relay, and the upstream's body as text (read within
+/// bounds), for a caller that looks into it first. `verbatim`: an error
+/// object is relayed as the provider sent it (Azure's).
+pub async fn read_error(
+    provider: &str,
+    response: Response<BodyStream>,
+    deadline: Instant,
+    verbatim: bool,
+) -> (ApiError, String) {
     let status = response.status();
     let mut headers = HeaderMap::new();
     for name in RELAYED {
@@ -34,15 +46,16 @@ pub async fn error_from_reply(
     // Azure's error objects carry more than OpenAI's (a content filter's
     // `innererror` with its verdicts): an error object is relayed as sent.
     let body = if verbatim && is_error_object(&text) {
-        bytes::Bytes::from(text)
+        bytes::Bytes::from(text.clone())
     } else {
         error_json(&normalise(provider, status.as_u16(), &text))
     };
-    ApiError::UpstreamStatus(Box::new(UpstreamFailure {
+    let error = ApiError::UpstreamStatus(Box::new(UpstreamFailure {
         status,
         body,
         headers,
-    }))
+    }));
+    (error, text)
 }
 
 /// Whether `text` is a JSON object with an `error` object in it.

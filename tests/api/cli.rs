@@ -37,6 +37,7 @@ fn the_shipped_configs_are_valid() {
         "config/openai.toml",
         "config/vllm.toml",
         "config/azure.toml",
+        "config/vllm-lora.toml",
     ] {
         let out = flywheel()
             .args(["check-config", "--config", file])
@@ -50,6 +51,18 @@ fn the_shipped_configs_are_valid() {
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains("[[providers]]"), "{text}");
     }
+}
+
+/// The self-hosted guide shows the shipped config whole, as it is.
+#[test]
+fn the_self_hosted_guide_shows_the_shipped_lora_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = std::fs::read_to_string(root.join("config/vllm-lora.toml")).unwrap();
+    let guide = std::fs::read_to_string(root.join("docs/SELF_HOSTED.md")).unwrap();
+    assert!(
+        guide.contains(&format!("```toml\n{config}```")),
+        "docs/SELF_HOSTED.md no longer shows config/vllm-lora.toml as it is"
+    );
 }
 
 #[test]

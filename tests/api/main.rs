@@ -39,6 +39,7 @@ mod postgres_cli;
 mod replicas;
 mod responses;
 mod review;
+mod self_hosted;
 mod signals;
 mod store_conformance;
 mod streaming;

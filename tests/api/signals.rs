@@ -316,6 +316,8 @@ async fn background_task_patterns_are_configurable_and_checked() {
         },
     )
     .await;
+    // Both turns stored (the wait above saw only ours), then the check.
+    app.capture_settled().await;
     assert!(
         ids(&app, "").await.contains(&webui),
         "the defaults were replaced"

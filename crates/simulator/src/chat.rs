@@ -4,7 +4,6 @@
 //! words with their leading whitespace, and the per-token delay applies
 //! either way, so latency grows with the answer as a model's does.
 
-use super::Sim;
 use super::dataset;
 use super::faults::{self, Pacing};
 use super::request::{self, ChatRequest, Format};
@@ -13,6 +12,7 @@ use super::stream;
 use super::triage::{classify, is_large};
 use super::tuned::{Said, Tuned};
 use super::wire::{self, ApiError};
+use super::{MODELS, Sim};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -46,11 +46,10 @@ pub async fn completions(
             .into_response();
         }
     };
-    // Only names of the fine-tuned kind touch the lab, so the base models'
-    // hot path takes no lock.
+    // Only names that are no base model (fine-tuned models, adapters)
+    // touch the lab, so the base models' hot path takes no lock.
     let lookup = |model: &str| {
-        model
-            .starts_with("ft:")
+        (!MODELS.contains(&model))
             .then(|| sim.lab.state().model(model))
             .flatten()
     };

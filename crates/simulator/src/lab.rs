@@ -33,6 +33,8 @@ pub struct LabState {
     pub jobs: Vec<Job>,
     /// Fine-tuned models, in the order their jobs succeeded.
     pub models: Vec<Arc<Tuned>>,
+    /// LoRA adapters loaded at run time (`lora`), in load order.
+    pub adapters: Vec<Arc<Tuned>>,
 }
 
 impl LabState {
@@ -44,8 +46,17 @@ impl LabState {
         self.jobs.iter_mut().find(|j| j.id == id)
     }
 
+    /// A fine-tuned model or a loaded adapter.
     pub fn model(&self, name: &str) -> Option<Arc<Tuned>> {
-        self.models.iter().find(|m| m.name == name).cloned()
+        self.models
+            .iter()
+            .find(|m| m.name == name)
+            .or_else(|| self.adapters.iter().find(|m| m.name == name))
+            .cloned()
+    }
+
+    pub fn adapter(&self, name: &str) -> Option<Arc<Tuned>> {
+        self.adapters.iter().find(|m| m.name == name).cloned()
     }
 
     fn advance(&mut self, now: Instant) {
@@ -53,6 +64,7 @@ impl LabState {
             files,
             jobs,
             models,
+            ..
         } = self;
         let mut outputs = Outputs { files, models };
         for job in jobs.iter_mut() {

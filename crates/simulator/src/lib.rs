@@ -20,6 +20,7 @@ mod fine_tuning;
 mod job_request;
 mod jobs;
 mod lab;
+mod lora;
 mod models;
 mod pagination;
 mod request;
@@ -119,6 +120,8 @@ pub fn router(config: SimulatorConfig) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/load_lora_adapter", post(lora::load))
+        .route("/v1/unload_lora_adapter", post(lora::unload))
         .route(
             "/v1/files",
             post(files::upload)

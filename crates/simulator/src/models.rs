@@ -1,6 +1,6 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: the base models the simulator
-//! serves and the models its fine-tuning jobs made, in OpenAI's model-object
-//! shape.
+//! serves, the models its fine-tuning jobs made and the LoRA adapters loaded,
+//! in OpenAI's model-object shape.
 
 use super::jobs::ORGANIZATION;
 use super::tuned::Tuned;
@@ -25,7 +25,9 @@ fn tuned_object(model: &Tuned) -> Value {
 
 pub async fn list(State(sim): State<Sim>) -> Json<Value> {
     let mut data: Vec<Value> = MODELS.iter().map(|m| object(m)).collect();
-    data.extend(sim.lab.state().models.iter().map(|m| tuned_object(m)));
+    let state = sim.lab.state();
+    data.extend(state.models.iter().map(|m| tuned_object(m)));
+    data.extend(state.adapters.iter().map(|m| tuned_object(m)));
     Json(json!({"object": "list", "data": data}))
 }
 

@@ -113,8 +113,7 @@ pub async fn create(
         }
     };
     let lookup = |model: &str| {
-        model
-            .starts_with("ft:")
+        (!MODELS.contains(&model))
             .then(|| sim.lab.state().model(model))
             .flatten()
     };

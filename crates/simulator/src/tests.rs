@@ -510,6 +510,7 @@ async fn call_json(app: &Router, request: Request<Body>) -> (u16, Value) {
 mod azure;
 mod files;
 mod fine_tuning;
+mod lora;
 
 #[tokio::test]
 async fn responses_are_created_streamed_retrieved_and_chained() {

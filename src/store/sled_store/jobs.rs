@@ -94,6 +94,7 @@ mod tests {
             last_provider_event: None,
             attempts: Default::default(),
             deployment: None,
+            trainer: None,
         }
     }
 

@@ -14,7 +14,7 @@ fn fast() -> Router {
 }
 
 /// Supervised examples that teach a word the keyword rules do not know.
-fn teaching_file() -> String {
+pub(super) fn teaching_file() -> String {
     let mut lines = Vec::new();
     for i in 0..12 {
         for (alert, threat, severity) in [
@@ -476,7 +476,7 @@ async fn a_file_the_trainer_cannot_use_fails_validation() {
     );
 }
 
-fn chat_with(model: &str, alert: &str, stream: bool) -> Request<Body> {
+pub(super) fn chat_with(model: &str, alert: &str, stream: bool) -> Request<Body> {
     post(
         "/v1/chat/completions",
         &json!({"model": model, "stream": stream, "messages": [
@@ -487,7 +487,7 @@ fn chat_with(model: &str, alert: &str, stream: bool) -> Request<Body> {
     )
 }
 
-async fn answer_of(app: &Router, model: &str, alert: &str) -> String {
+pub(super) async fn answer_of(app: &Router, model: &str, alert: &str) -> String {
     let (status, body) = call_json(app, chat_with(model, alert, false)).await;
     assert_eq!(status, 200, "{body}");
     body["choices"][0]["message"]["content"]
