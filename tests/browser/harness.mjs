@@ -62,6 +62,19 @@ max_retries = 0
 timeout_s = 20
 first_byte_timeout_s = 10
 fine_tuning = true
+# The simulator takes LoRA adapters at run time, as vLLM does.
+lora = true
+
+# The test trainer (plain Python), its adapters served by \`sim\`.
+[[providers]]
+name = "trainer"
+kind = "command"
+fine_tuning = true
+command = ${JSON.stringify(['python3', join(ROOT, 'tests/fixtures/trainer/train.py'), '--train', '{train_file}', '--validation', '{validation_file}',
+  '--base-model', '{base_model}', '--method', '{method}', '--epochs', '{epochs}', '--batch-size', '{batch_size}',
+  '--learning-rate-multiplier', '{learning_rate_multiplier}', '--seed', '{seed}', '--output', '{output_dir}'])}
+adapters_dir = "${join(dataDir, 'adapters')}"
+serve_on = ["sim"]
 
 # The same simulator in Azure mode (no key: it takes any), with no
 # management access: a job there ends awaiting its deployment.

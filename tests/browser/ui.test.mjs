@@ -576,6 +576,22 @@ describe('admin UI', { timeout: 240000 }, () => {
     assert.equal((await api(`/fine-tuning/jobs/${id}`)).body.deployment.state, 'succeeded');
   });
 
+  test('a self-hosted trainer\'s adapter is shown on its job page and unloaded there', async () => {
+    const created = await api('/fine-tuning/jobs', { method: 'POST', body: { alias: 'triage', dataset_id: dataset.id, provider: 'trainer', suffix: 'lora' } });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const id = created.body.id;
+    await page.goto(`${stack.url}/admin/#/jobs/${id}`);
+    await page.locator('[data-test=job-status]', { hasText: 'succeeded' }).waitFor({ timeout: 60000 });
+    await page.locator('[data-test=adapter-loaded-on]', { hasText: 'sim' }).waitFor();
+    const trained = (await api(`/fine-tuning/jobs/${id}`)).body;
+    assert.deepEqual(trained.trainer.loaded_on, ['sim']);
+    await shot(page, '19-trainer-adapter');
+    // Registered without traffic, so it may go at once.
+    await page.click('[data-test=unload-adapter]');
+    await page.locator('[data-test=adapter-loaded-on]', { hasText: 'no server' }).waitFor();
+    assert.deepEqual((await api(`/fine-tuning/jobs/${id}`)).body.trainer.loaded_on, []);
+  });
+
   test('nothing on any page raised a script error or a CSP violation, or printed a raw null', () => {
     assert.deepEqual(strays, [], 'no page prints null, undefined or [object Object]');
     assert.deepEqual(problems, []);

@@ -1,6 +1,7 @@
 // Fine-tuning: start a job from a dataset, follow its status, progress
 // and events, cancel it; on Azure, register the deployment of a job
-// awaiting one, and delete a deployment its version no longer needs.
+// awaiting one, and delete a deployment its version no longer needs; for a
+// self-hosted trainer's job, unload its adapter from the servers.
 
 import { api, qs, isMissingRoute } from '../api.js';
 import { h, clear, card, table, badge, statusBadge, button, empty, errorBox, toast, when, ago, num, words, dash, field, select, kv, pager } from '../dom.js';
@@ -116,6 +117,20 @@ function deployment(ctx, job, draw) {
     }, 'bad', { ...admin, title: ctx.isAdmin ? 'Once its version was rolled back or retired' : 'Needs an admin key', 'data-test': 'delete-deployment' }) : null);
 }
 
+// A self-hosted trainer's job: where its adapter is, which servers hold it,
+// and unloading it once its version was rolled back (the server refuses it
+// while the version serves).
+function adapter(ctx, job, draw) {
+  const t = job.trainer;
+  if (!t) return null;
+  const loaded = t.loaded_on || [];
+  return card('Adapter', kv([['Output directory', h('code', null, t.output_dir || dash)], ['Trainer exit status', t.exit_code ?? dash],
+    ['Loaded on', h('span', { 'data-test': 'adapter-loaded-on' }, loaded.length ? loaded.join(', ') : 'no server')]]),
+    loaded.length ? button('Unload adapter', async () => {
+      try { draw(await api(`/fine-tuning/jobs/${encodeURIComponent(job.id)}/unload-adapter`, { method: 'POST' })); toast('Adapter unloaded.'); } catch (e) { toast(e.message, 'error'); }
+    }, 'bad', { disabled: !ctx.isAdmin, title: ctx.isAdmin ? 'Once its version was rolled back or retired' : 'Needs an admin key', 'data-test': 'unload-adapter' }) : null);
+}
+
 function progress(job) {
   const m = job.metrics || {};
   const step = m.step ?? m.steps_done;
@@ -141,8 +156,9 @@ async function one(ctx, id) {
       card('Progress', stepper(job.status), progress(job),
         job.error ? h('div', { class: 'state state-error' }, job.error.message || String(job.error)) : null,
         job.registered_version ? h('p', null, 'Registered as ', h('a', { href: `#/models/${encodeURIComponent(job.alias)}`, 'data-test': 'registered-version' }, `${job.alias} · ${job.registered_version}`), ' (a candidate without traffic until you give it some).') : null),
-      // replaceChildren would print a null: only a job with a deployment gets the card.
-      ...[deployment(ctx, job, draw)].filter(Boolean),
+      // replaceChildren would print a null: only a job with a deployment
+      // (Azure) or an adapter (a trainer's) gets its card.
+      ...[deployment(ctx, job, draw), adapter(ctx, job, draw)].filter(Boolean),
       h('div', { class: 'grid-2' },
         card('Job', kv([['Alias', job.alias], ['Dataset', h('a', { href: `#/datasets/${encodeURIComponent(job.dataset_id)}` }, job.dataset_id)], ['Provider', job.provider], ['Base model', h('code', null, job.base_model || dash)],
           ['Method', job.method], ['Epochs / batch / lr', `${hp.n_epochs ?? 'auto'} / ${hp.batch_size ?? 'auto'} / ${hp.learning_rate_multiplier ?? 'auto'}`],
