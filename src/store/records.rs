@@ -480,6 +480,42 @@ impl ConversationTallies {
             );
         }
     }
+
+    /// Adds another set of counts (a change's delta), dropping counts
+    /// that reach zero.
+    pub fn add(&mut self, delta: &ConversationTallies) {
+        self.conversations += delta.conversations;
+        self.pending += delta.pending;
+        self.approved += delta.approved;
+        self.rejected += delta.rejected;
+        self.high_quality += delta.high_quality;
+        self.quality_sum += delta.quality_sum;
+        self.quality_count += delta.quality_count;
+        self.rating_sum += delta.rating_sum;
+        self.rating_count += delta.rating_count;
+        self.with_feedback += delta.with_feedback;
+        self.turns += delta.turns;
+        self.fine_tuned_turns += delta.fine_tuned_turns;
+        self.background_tasks += delta.background_tasks;
+        for (into, delta) in [
+            (&mut self.by_threat_type, &delta.by_threat_type),
+            (&mut self.by_severity, &delta.by_severity),
+            (
+                &mut self.approved_by_threat_type,
+                &delta.approved_by_threat_type,
+            ),
+            (&mut self.by_alias, &delta.by_alias),
+            (&mut self.by_version, &delta.by_version),
+        ] {
+            for (k, v) in delta {
+                let n = into.entry(k.clone()).or_default();
+                *n += v;
+                if *n == 0 {
+                    into.remove(k);
+                }
+            }
+        }
+    }
 }
 
 fn bump(counts: &mut BTreeMap<String, i64>, key: Option<&str>, sign: i64) {

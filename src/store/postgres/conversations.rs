@@ -62,40 +62,6 @@ fn parse_cursor(c: &str) -> Option<(i64, i32)> {
     Some((i64::try_from(batch).ok()?, i32::try_from(index).ok()?))
 }
 
-/// Adds `delta` to `into`, dropping counts that reach zero.
-fn add_tallies(into: &mut ConversationTallies, delta: &ConversationTallies) {
-    into.conversations += delta.conversations;
-    into.pending += delta.pending;
-    into.approved += delta.approved;
-    into.rejected += delta.rejected;
-    into.high_quality += delta.high_quality;
-    into.quality_sum += delta.quality_sum;
-    into.quality_count += delta.quality_count;
-    into.rating_sum += delta.rating_sum;
-    into.rating_count += delta.rating_count;
-    into.with_feedback += delta.with_feedback;
-    into.turns += delta.turns;
-    into.fine_tuned_turns += delta.fine_tuned_turns;
-    for (into, delta) in [
-        (&mut into.by_threat_type, &delta.by_threat_type),
-        (&mut into.by_severity, &delta.by_severity),
-        (
-            &mut into.approved_by_threat_type,
-            &delta.approved_by_threat_type,
-        ),
-        (&mut into.by_alias, &delta.by_alias),
-        (&mut into.by_version, &delta.by_version),
-    ] {
-        for (k, v) in delta {
-            let n = into.entry(k.clone()).or_default();
-            *n += v;
-            if *n == 0 {
-                into.remove(k);
-            }
-        }
-    }
-}
-
 /// Writes the conversations' new states and the tallies' delta; the
 /// caller's transaction holds the conversation lock.
 async fn commit_changes(tx: &Transaction<'_>, changes: &[Change]) -> Result<(), StoreError> {
@@ -134,7 +100,7 @@ async fn commit_changes(tx: &Transaction<'_>, changes: &[Change]) -> Result<(), 
         .await
         .map_err(db_error)?;
     let mut tallies: ConversationTallies = from_json("tallies", row.get(0))?;
-    add_tallies(&mut tallies, &delta);
+    tallies.add(&delta);
     tx.execute(
         "UPDATE conversation_tallies SET tallies = $1::text::json WHERE id = 1",
         &[&to_json(&tallies)?],
