@@ -93,11 +93,12 @@ test('generateObject gets an object valid against its schema', async () => {
   assert.equal(conversation.turns[0].request.params.response_format.type, 'json_schema');
 });
 
-test('a tool loop runs the tool and threads into one conversation', async () => {
-  const user = `ai-sdk-tools-${randomUUID()}`;
+/** A two-step tool loop with `model`: the tool runs once, then the model
+ * answers; both steps are captured in one conversation of `user`. */
+async function toolLoop(model, user) {
   const calls = [];
   const result = await generateText({
-    model: provider(user).chat('triage'),
+    model,
     tools: {
       lookup_host: tool({
         description: 'Look up the owner and role of a host',
@@ -120,6 +121,11 @@ test('a tool loop runs the tool and threads into one conversation', async () => 
   assert.equal(turns.length, 2);
   assert.equal(turns[0].response.message.tool_calls[0].function.name, 'lookup_host');
   assert.match(turns[1].response.message.content, /Threat type:/);
+}
+
+test('a tool loop runs the tool and threads into one conversation', async () => {
+  const user = `ai-sdk-tools-${randomUUID()}`;
+  await toolLoop(provider(user).chat('triage'), user);
 });
 
 test('the Responses provider with a provider model name', async () => {
@@ -165,31 +171,7 @@ test('the Responses provider runs a tool loop threaded as one conversation', asy
   // Its second step resends the first's input with the call and the
   // tool's output (no `previous_response_id`).
   const user = `ai-sdk-responses-tools-${randomUUID()}`;
-  const calls = [];
-  const result = await generateText({
-    model: provider(user)('triage'),
-    tools: {
-      lookup_host: tool({
-        description: 'Look up the owner and role of a host',
-        inputSchema: z.object({ hostname: z.string() }),
-        execute: async ({ hostname }) => {
-          calls.push(hostname);
-          return { hostname, owner: 'alice', role: 'workstation' };
-        },
-      }),
-    },
-    stopWhen: stepCountIs(4),
-    prompt: `${ALERT} Look up the host first.`,
-  });
-  assert.equal(calls.length, 1, 'the tool ran once');
-  assert.equal(result.steps.length, 2, 'a call, then the answer');
-  assert.match(result.text, /Threat type:/);
-  const conversations = await captured(user, 2);
-  assert.equal(conversations.length, 1, 'one conversation');
-  const turns = conversations[0].turns;
-  assert.equal(turns.length, 2);
-  assert.equal(turns[0].response.message.tool_calls[0].function.name, 'lookup_host');
-  assert.match(turns[1].response.message.content, /Threat type:/);
+  await toolLoop(provider(user)('triage'), user);
 });
 
 test('the Responses provider gets an object valid against its schema', async () => {
