@@ -44,7 +44,7 @@ pub use trainer::check_template as check_command_template;
 
 use crate::config::Config;
 use crate::registry::{Registry, RegistryError};
-use crate::store::{FineTuneJobRecord, SharedStore, StoreError};
+use crate::store::{DatasetSplit, FineTuneJobRecord, SharedStore, StoreError};
 use crate::upstream::{FineTuningError, Upstreams};
 use std::sync::Arc;
 use tokio::sync::{Mutex, MutexGuard, Notify};
@@ -133,6 +133,18 @@ async fn save(app: &Arc<Context>, job: &FineTuneJobRecord) -> Result<(), StoreEr
 async fn load(app: &Arc<Context>, id: &str) -> Result<Option<FineTuneJobRecord>, StoreError> {
     let (store, id) = (app.store.clone(), id.to_string());
     tokio::task::spawn_blocking(move || store.job(&id))
+        .await
+        .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+}
+
+/// One of a dataset snapshot's files, read off the async workers.
+async fn dataset_file(
+    app: &Arc<Context>,
+    id: &str,
+    split: DatasetSplit,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let (store, id) = (app.store.clone(), id.to_string());
+    tokio::task::spawn_blocking(move || store.dataset_file(&id, split))
         .await
         .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
 }

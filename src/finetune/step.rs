@@ -11,7 +11,7 @@ use super::register::register_model;
 use super::sync::{
     Stage, add_provider_events, apply_remote, fail, fail_with, finish, note, unseen,
 };
-use super::{JOB_ID_KEY, save};
+use super::{JOB_ID_KEY, dataset_file, save};
 use crate::registry::RegistryError;
 use crate::store::{DatasetSplit, FineTuneJobRecord, JobStatus, StoreError};
 use crate::upstream::{FineTuningError, JobObject, JobSpec, Provider};
@@ -178,17 +178,6 @@ async fn upload(
     note(job, "info", format!("Uploaded {filename} as {}", file.id));
     *uploaded(job, split) = Some(file.id);
     Ok(save(app, job).await?)
-}
-
-async fn dataset_file(
-    app: &Arc<Context>,
-    id: &str,
-    split: DatasetSplit,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    let (store, id) = (app.store.clone(), id.to_string());
-    tokio::task::spawn_blocking(move || store.dataset_file(&id, split))
-        .await
-        .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
 }
 
 /// Creates the provider's job, unless (after a restart) one carrying our

@@ -24,7 +24,7 @@ pub use command::check_template;
 pub use process::Running;
 
 use super::sync::{Stage, fail_with, note, note_at};
-use super::{Context, lora, save};
+use super::{Context, dataset_file, lora, save};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::ids::now_rfc3339;
 use crate::store::{DatasetSplit, FineTuneJobRecord, JobStatus, StoreError, TrainerRun};
@@ -187,17 +187,6 @@ async fn prepare_dir(
             .map_err(|e| io("write", &path, e))?;
     }
     Ok(Some(dir))
-}
-
-async fn dataset_file(
-    app: &Arc<Context>,
-    id: &str,
-    split: DatasetSplit,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    let (store, id) = (app.store.clone(), id.to_string());
-    tokio::task::spawn_blocking(move || store.dataset_file(&id, split))
-        .await
-        .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
 }
 
 /// The output since the last step into the record; the end judged.
