@@ -14,6 +14,7 @@ use crate::store::{
 use parking_lot::MutexGuard;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use std::collections::HashSet;
 
 pub(super) const TALLIES: &[u8] = b"conversation_tallies";
 
@@ -40,10 +41,11 @@ pub(super) struct Changes {
     /// Listing entries added (`true`) or removed, by block.
     listings: Vec<(Vec<u8>, Entry, bool)>,
     /// Slots of new conversations whose listings a capture batch writes
-    /// as whole blocks.
-    listed: Vec<Vec<u8>>,
+    /// as whole blocks. Sets: every conversation of a batch asks, and a
+    /// list scanned each time cost the writer time quadratic in the batch.
+    listed: HashSet<Vec<u8>>,
     /// Slots of new conversations kept as their first turn's record alone.
-    embedded: Vec<Vec<u8>>,
+    embedded: HashSet<Vec<u8>>,
 }
 
 impl Changes {
@@ -74,7 +76,7 @@ impl Changes {
         let Some(position) = current.position else {
             return;
         };
-        if self.listed.iter().any(|s| s == slot) {
+        if self.listed.contains(slot) {
             return;
         }
         let old = before.map(postings::postings).unwrap_or_default();
@@ -90,12 +92,12 @@ impl Changes {
 
     /// Marks a conversation whose listing blocks are written whole.
     pub(super) fn listed_whole(&mut self, slot: &[u8]) {
-        self.listed.push(slot.to_vec());
+        self.listed.insert(slot.to_vec());
     }
 
     /// Marks a new conversation its first turn's record stands for.
     pub(super) fn embedded(&mut self, slot: &[u8]) {
-        self.embedded.push(slot.to_vec());
+        self.embedded.insert(slot.to_vec());
     }
 }
 
@@ -334,7 +336,7 @@ impl SledStore {
             }
             changes.relist(*before, *after, slot);
             match after {
-                Some(_) if changes.embedded.iter().any(|s| s == slot) => {}
+                Some(_) if changes.embedded.contains(slot) => {}
                 Some(c) => changes.put(Tree::Conversations, slot, codec::encode(c)?),
                 None => changes.remove(Tree::Conversations, slot),
             }
