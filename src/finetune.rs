@@ -115,6 +115,16 @@ pub enum JobError {
     Store(#[from] StoreError),
 }
 
+impl JobError {
+    /// No job has this id.
+    pub fn no_job(id: &str) -> Self {
+        Self::NotFound {
+            message: format!("no fine-tuning job with id `{id}`"),
+            param: "id",
+        }
+    }
+}
+
 fn invalid(message: impl Into<String>, param: &'static str) -> JobError {
     JobError::Invalid {
         message: message.into(),
@@ -147,4 +157,9 @@ async fn dataset_file(
     tokio::task::spawn_blocking(move || store.dataset_file(&id, split))
         .await
         .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+}
+
+/// The job an admin's request names, or the 404 saying there is none.
+async fn existing(app: &Arc<Context>, id: &str) -> Result<FineTuneJobRecord, JobError> {
+    load(app, id).await?.ok_or_else(|| JobError::no_job(id))
 }

@@ -99,7 +99,7 @@ pub async fn get(
     let lookup = id.clone();
     let job = blocking(move || store.job(&lookup)).await?;
     job.map(|j| Json(job_view(&j)))
-        .ok_or_else(|| ApiError::from(not_found(&id)))
+        .ok_or_else(|| ApiError::from(JobError::no_job(&id)))
 }
 
 pub async fn cancel(
@@ -150,13 +150,6 @@ pub async fn unload(
     caller.require(Role::Admin)?;
     let job = unload_adapter(&app.fine_tuning, &id, &caller.id).await?;
     Ok(Json(job_view(&job)))
-}
-
-fn not_found(id: &str) -> JobError {
-    JobError::NotFound {
-        message: format!("no fine-tuning job with id `{id}`"),
-        param: "id",
-    }
 }
 
 /// A job as the admin API shows it (docs/API.md, "Fine-tuning jobs");

@@ -14,7 +14,8 @@
 //! that item in an `item_reference` instead of writing it out
 //! ([`item_key`]).
 
-use super::threading::ThreadHasher;
+use super::answer::AnswerKey;
+use super::threading::{CallKey, ThreadHasher};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -39,33 +40,25 @@ pub struct Answered {
     pub id: Option<String>,
     /// The id of its last output item.
     pub last_item: Option<String>,
-    /// The answer as a chat completion body (see [`answer_as_chat`]).
-    pub chat: Bytes,
+    /// The answer's part of a thread key, as a chat answer's.
+    pub answer: AnswerKey,
 }
 
 pub fn answered(body: &[u8], streamed: bool) -> Answered {
     let response = response_of(body, streamed);
     let id_of = |v: &Value| v["id"].as_str().map(String::from);
+    let message = &completion_of(&response)["choices"][0]["message"];
     Answered {
         id: id_of(&response),
         last_item: response["output"]
             .as_array()
             .and_then(|items| items.last())
             .and_then(id_of),
-        chat: Bytes::from(completion_of(&response).to_string()),
+        answer: AnswerKey {
+            text: message["content"].as_str().unwrap_or_default().to_string(),
+            calls: CallKey::of_message(message),
+        },
     }
-}
-
-/// The `id` of a response, unary or streamed (the first event that
-/// carries the response object names it).
-pub fn response_id(body: &[u8], streamed: bool) -> Option<String> {
-    let id_of = |v: &Value| v["id"].as_str().map(String::from);
-    if !streamed {
-        return serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| id_of(&v));
-    }
-    events(body).find_map(|event| id_of(&event["response"]))
 }
 
 /// The request as a chat request: `{messages, …params}` without `model`,
@@ -254,7 +247,7 @@ mod tests {
             json!({"type": "response.created", "response": {"id": "resp_1"}})
         );
         assert_eq!(
-            response_id(body.as_bytes(), true).as_deref(),
+            answered(body.as_bytes(), true).id.as_deref(),
             Some("resp_1")
         );
         let chat: Value = serde_json::from_slice(&answer_as_chat(body.as_bytes(), true)).unwrap();

@@ -5,7 +5,7 @@
 use super::Context;
 use super::step::find_job;
 use super::sync::{finish, note};
-use super::{JobError, load, save};
+use super::{JobError, existing, save};
 use crate::store::{FineTuneJobRecord, JobStatus};
 use std::sync::Arc;
 
@@ -15,10 +15,7 @@ pub async fn cancel_job(
     actor: &str,
 ) -> Result<FineTuneJobRecord, JobError> {
     let _held = app.jobs.lock().await;
-    let mut job = load(app, id).await?.ok_or_else(|| JobError::NotFound {
-        message: format!("no fine-tuning job with id `{id}`"),
-        param: "id",
-    })?;
+    let mut job = existing(app, id).await?;
     if job.status.is_final() {
         return Err(JobError::Conflict(format!(
             "job `{id}` has already {} and cannot be cancelled",

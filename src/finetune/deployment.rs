@@ -8,9 +8,9 @@
 //! (`register_deployment`). A rolled-back version's deployment is deleted
 //! only on an admin's request (`delete_deployment`).
 
-use super::register::{register_model, version_name};
+use super::register::{register_off_workers, version_name};
 use super::sync::note;
-use super::{Context, JobError, load, save};
+use super::{Context, JobError, existing, save};
 use crate::ids::now_rfc3339;
 use crate::store::{
     DeploymentState, FineTuneJobRecord, JobDeployment, JobStatus, StoreError, VersionState,
@@ -174,13 +174,6 @@ fn elapsed_since(rfc3339: &str) -> Duration {
         .unwrap_or_default()
 }
 
-fn not_found(id: &str) -> JobError {
-    JobError::NotFound {
-        message: format!("no fine-tuning job with id `{id}`"),
-        param: "id",
-    }
-}
-
 /// An admin names the deployment serving an awaiting job's model: the
 /// candidate is registered under it (with the configured canary share).
 pub async fn register_deployment(
@@ -204,7 +197,7 @@ pub async fn register_deployment(
         });
     }
     let _held = app.jobs.lock().await;
-    let mut job = load(app, id).await?.ok_or_else(|| not_found(id))?;
+    let mut job = existing(app, id).await?;
     let awaiting = job.status == JobStatus::Succeeded
         && job
             .deployment
@@ -224,13 +217,7 @@ pub async fn register_deployment(
         "info",
         format!("Deployment {name} registered by {actor}"),
     );
-    let (state, mut copy) = (app.clone(), job.clone());
-    let (registered, result) = tokio::task::spawn_blocking(move || {
-        let result = register_model(&state, &mut copy);
-        (copy, result)
-    })
-    .await
-    .map_err(|e| StoreError::Io(format!("registry task failed: {e}")))?;
+    let (registered, result) = register_off_workers(app, &job).await?;
     result?;
     job = registered;
     save(app, &job).await?;
@@ -253,7 +240,7 @@ pub async fn delete_deployment(
     actor: &str,
 ) -> Result<FineTuneJobRecord, JobError> {
     let _held = app.jobs.lock().await;
-    let mut job = load(app, id).await?.ok_or_else(|| not_found(id))?;
+    let mut job = existing(app, id).await?;
     // Flywheel's own deployment in any state (a cancelled job's may still
     // be provisioning), or one an admin registered.
     let Some(name) = job

@@ -6,11 +6,11 @@
 //! may unload a rolled-back candidate's adapter. A request that finds its
 //! adapter forgotten loads it again in `upstream` (`lora.rs`).
 
-use super::register::register_model;
+use super::register::register_off_workers;
 use super::step::{MAX_TRANSIENT, ride_out};
 use super::sync::{Stage, fail, fail_with, finish, note};
 use super::trainer::command_provider;
-use super::{Context, JobError, load, save};
+use super::{Context, JobError, existing, load, save};
 use crate::config::ProviderConfig;
 use crate::registry::{RegistryError, weights_of};
 use crate::service::{Next, Service, periodic};
@@ -84,13 +84,7 @@ pub async fn serve(
             }
         }
     }
-    let (state, mut copy) = (app.clone(), job.clone());
-    let (registered, result) = tokio::task::spawn_blocking(move || {
-        let result = register_model(&state, &mut copy);
-        (copy, result)
-    })
-    .await
-    .map_err(|e| StoreError::Io(format!("registry task failed: {e}")))?;
+    let (registered, result) = register_off_workers(app, job).await?;
     *job = registered;
     match result {
         Ok(()) => finish(job, JobStatus::Succeeded),
@@ -139,10 +133,7 @@ pub async fn unload_adapter(
     actor: &str,
 ) -> Result<FineTuneJobRecord, JobError> {
     let _held = app.jobs.lock().await;
-    let mut job = load(app, id).await?.ok_or_else(|| JobError::NotFound {
-        message: format!("no fine-tuning job with id `{id}`"),
-        param: "id",
-    })?;
+    let mut job = existing(app, id).await?;
     let Some(name) = job
         .fine_tuned_model
         .clone()

@@ -6,10 +6,26 @@
 use super::Context;
 use super::sync::note;
 use crate::registry::{Change, RegistryError, Request, weights_of};
-use crate::store::FineTuneJobRecord;
+use crate::store::{FineTuneJobRecord, StoreError};
+use std::sync::Arc;
 
 /// Who the registry's history and the audit log name for these changes.
 pub const ACTOR: &str = "fine-tuning";
+
+/// [`register_model`] off the async workers: the job as registration left
+/// it, and how registration went.
+pub(super) async fn register_off_workers(
+    app: &Arc<Context>,
+    job: &FineTuneJobRecord,
+) -> Result<(FineTuneJobRecord, Result<(), RegistryError>), StoreError> {
+    let (state, mut copy) = (app.clone(), job.clone());
+    tokio::task::spawn_blocking(move || {
+        let result = register_model(&state, &mut copy);
+        (copy, result)
+    })
+    .await
+    .map_err(|e| StoreError::Io(format!("registry task failed: {e}")))
+}
 
 /// Registers `job`'s fine-tuned model and sets `registered_version`.
 /// Blocking: the registry writes the store.

@@ -7,7 +7,7 @@
 use super::Context;
 use super::azure_files::{self, Imported};
 use super::deployment::{self, DeployError, Progress};
-use super::register::register_model;
+use super::register::register_off_workers;
 use super::sync::{
     Stage, add_provider_events, apply_remote, fail, fail_with, finish, note, unseen,
 };
@@ -326,13 +326,7 @@ async fn copy_events(
 
 /// Registers off the async workers (the registry writes the store).
 async fn register(app: &Arc<Context>, job: &mut FineTuneJobRecord) -> Result<(), Failure> {
-    let (state, mut copy) = (app.clone(), job.clone());
-    let (registered, result) = tokio::task::spawn_blocking(move || {
-        let result = register_model(&state, &mut copy);
-        (copy, result)
-    })
-    .await
-    .map_err(|e| StoreError::Io(format!("registry task failed: {e}")))?;
+    let (registered, result) = register_off_workers(app, job).await?;
     *job = registered;
     match result {
         Ok(()) => Ok(()),

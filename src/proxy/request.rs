@@ -63,6 +63,8 @@ struct ResponsesView<'a> {
     model: Option<&'a RawValue>,
     #[serde(borrow)]
     input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    instructions: Option<&'a RawValue>,
     stream: Option<bool>,
     #[serde(borrow)]
     user: Option<Cow<'a, str>>,
@@ -110,17 +112,7 @@ const ROLES: [&str; 6] = [
 impl ChatRequest {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let view: View<'_> = parse_json(body)?;
-        let raw_model = view.model.ok_or_else(|| {
-            ApiError::invalid("you must provide a model parameter", Some("model"))
-        })?;
-        let model: String = serde_json::from_str(raw_model.get())
-            .map_err(|_| ApiError::invalid("`model` must be a string", Some("model")))?;
-        if model.trim().is_empty() {
-            return Err(ApiError::invalid(
-                "`model` must not be empty",
-                Some("model"),
-            ));
-        }
+        let (raw_model, model) = model_of(view.model)?;
         check_messages(view.messages.as_deref())?;
         check_ranges(&view)?;
         let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
@@ -131,10 +123,7 @@ impl ChatRequest {
             stream: view.stream.unwrap_or(false),
             history_key,
             thread_prefix: Some(thread_prefix),
-            user: view
-                .user
-                .map(|u| u.trim().chars().take(256).collect::<String>())
-                .filter(|u| !u.is_empty()),
+            user: end_user(view.user),
             model_span: start..start + raw_model.get().len(),
         })
     }
@@ -144,17 +133,7 @@ impl ChatRequest {
     /// whose key is the history key that threads it.
     pub fn parse_responses(body: &[u8]) -> Result<Self, ApiError> {
         let view: ResponsesView<'_> = parse_json(body)?;
-        let raw_model = view.model.ok_or_else(|| {
-            ApiError::invalid("you must provide a model parameter", Some("model"))
-        })?;
-        let model: String = serde_json::from_str(raw_model.get())
-            .map_err(|_| ApiError::invalid("`model` must be a string", Some("model")))?;
-        if model.trim().is_empty() {
-            return Err(ApiError::invalid(
-                "`model` must not be empty",
-                Some("model"),
-            ));
-        }
+        let (raw_model, model) = model_of(view.model)?;
         match view.input.map(|raw| raw.get().as_bytes().first().copied()) {
             Some(Some(b'"' | b'[')) => {}
             _ => {
@@ -173,7 +152,7 @@ impl ChatRequest {
         let (history_key, thread_prefix) = match previous {
             Some(id) => (Some(response_key(id)), None),
             None => {
-                let (history, prefix) = responses_thread_keys(body);
+                let (history, prefix) = responses_thread_keys(view.instructions, view.input);
                 (history, Some(prefix))
             }
         };
@@ -183,10 +162,7 @@ impl ChatRequest {
             stream: view.stream.unwrap_or(false),
             history_key,
             thread_prefix,
-            user: view
-                .user
-                .map(|u| u.trim().chars().take(256).collect::<String>())
-                .filter(|u| !u.is_empty()),
+            user: end_user(view.user),
             model_span: start..start + raw_model.get().len(),
         })
     }
@@ -235,12 +211,42 @@ fn thread_keys(messages: &[Message<'_>]) -> (Option<String>, ThreadHasher) {
     (history, hasher)
 }
 
+/// The request's `model`, raw (where it sits in the body) and read.
+fn model_of(raw: Option<&RawValue>) -> Result<(&RawValue, String), ApiError> {
+    let raw =
+        raw.ok_or_else(|| ApiError::invalid("you must provide a model parameter", Some("model")))?;
+    let model: String = serde_json::from_str(raw.get())
+        .map_err(|_| ApiError::invalid("`model` must be a string", Some("model")))?;
+    if model.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "`model` must not be empty",
+            Some("model"),
+        ));
+    }
+    Ok((raw, model))
+}
+
+/// The body's `user`, trimmed and cut to 256 characters; none when blank.
+fn end_user(user: Option<Cow<'_, str>>) -> Option<String> {
+    user.map(|u| u.trim().chars().take(256).collect::<String>())
+        .filter(|u| !u.is_empty())
+}
+
 /// A Responses request's history key and prefix, from its input read as
 /// the chat messages capture stores it as (instructions first); when the
 /// history's last assistant item is an `item_reference`, the key is that
 /// item's.
-fn responses_thread_keys(body: &[u8]) -> (Option<String>, ThreadHasher) {
-    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+fn responses_thread_keys(
+    instructions: Option<&RawValue>,
+    input: Option<&RawValue>,
+) -> (Option<String>, ThreadHasher) {
+    // Only the two fields that make the history are read into values, not
+    // the whole body again.
+    let value = |raw: Option<&RawValue>| {
+        raw.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
+            .unwrap_or_default()
+    };
+    let request = serde_json::json!({"instructions": value(instructions), "input": value(input)});
     let referenced = last_assistant_item(&request["input"])
         .filter(|item| item["type"] == "item_reference")
         .and_then(|item| item["id"].as_str())

@@ -171,7 +171,7 @@ impl TurnThreading {
                 let answered = responses::answered(body, streamed);
                 keys.extend(answered.id.as_deref().map(responses::response_key));
                 keys.extend(answered.last_item.as_deref().map(responses::item_key));
-                answer::from_body(&answered.chat)
+                Some(answered.answer)
             }
             Wire::Chat if streamed => answer::from_stream(body),
             Wire::Chat => answer::from_body(body),

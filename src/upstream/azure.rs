@@ -94,17 +94,22 @@ impl Azure {
     }
 }
 
-/// A deployment name as one path segment.
+/// A deployment name as one path segment (on the request path: one
+/// string, not one per byte).
 fn encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
+                out.push(char::from(b));
             }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+            other => {
+                let _ = write!(out, "%{other:02X}");
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

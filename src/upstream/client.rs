@@ -340,7 +340,12 @@ impl Provider {
         if !headers.contains_key(header::ACCEPT) {
             headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
-        let uri = if req.path == CHAT_PATH && req.query.is_none() && self.azure.is_none() {
+        // Azure's dated routes name the deployment in the path; every other
+        // chat completion goes to the URI parsed once.
+        let uri = if req.path == CHAT_PATH
+            && req.query.is_none()
+            && self.azure.as_ref().is_none_or(|a| !a.dated())
+        {
             self.chat_uri.clone()
         } else {
             self.url_for(req.path, req.query, req.model)
