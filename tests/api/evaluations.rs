@@ -507,7 +507,8 @@ async fn production_and_its_candidates_with_traffic_are_evaluated_on_schedule() 
         ..Options::default()
     })
     .await;
-    let data = labelled_dataset(&app).await;
+    // The split comes first: a run scheduled the moment the dataset exists
+    // must already see the candidate.
     let traffic = app
         .admin(
             Method::PUT,
@@ -516,6 +517,7 @@ async fn production_and_its_candidates_with_traffic_are_evaluated_on_schedule() 
         )
         .await;
     assert_eq!(traffic.status(), 200);
+    let data = labelled_dataset(&app).await;
     let run = eventually(
         "a scheduled evaluation to succeed",
         Duration::from_secs(15),
