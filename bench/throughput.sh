@@ -6,11 +6,17 @@
 # and 32 connections. The proxy under test gets core 1 to itself; wrk and
 # the upstream share core 0.
 #
+# PLACEMENT=shared drops the pinning: every process may run on either
+# core, as on one host serving its own clients. The proxy's extra threads
+# (Flywheel's capture writer) then compete with wrk and the upstream
+# instead of with the proxy's own request path.
+#
 #   bench/throughput.sh              # 15 s per point (about 3 minutes)
 #   DURATION=5 bench/throughput.sh   # shorter
 #   CAPTURE=off bench/throughput.sh  # the request path alone: capture disabled
 #   FLYWHEEL_BIN=path bench/throughput.sh  # that binary instead of building
 #                                          # one, to compare two builds
+#   PLACEMENT=shared bench/throughput.sh   # no core pinning
 #
 # Prints a Markdown table and writes bench/results/throughput.md.
 set -euo pipefail
@@ -19,6 +25,12 @@ root=$(pwd)
 duration=${DURATION:-15}
 capture=${CAPTURE:-on}
 case $capture in on|off) ;; *) echo "CAPTURE must be on or off" >&2; exit 2 ;; esac
+placement=${PLACEMENT:-pinned}
+case $placement in pinned|shared) ;; *) echo "PLACEMENT must be pinned or shared" >&2; exit 2 ;; esac
+# Prefixes that pin a command to core 0 or 1, or leave it free. (Arrays,
+# not a function: a function run with & leaves its child behind.)
+core0=(); core1=()
+if [ "$placement" = pinned ]; then core0=(taskset -c 0); core1=(taskset -c 1); fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -55,7 +67,10 @@ http {
     }
 }
 CONF
-sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$upstream_port#" bench/nginx.conf >"$work/nginx.conf"
+# Unpinned, nginx gets a worker per core, as Flywheel gets a runtime thread per core.
+workers=$([ "$placement" = shared ] && echo auto || echo 1)
+sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$upstream_port#" \
+  -e "s#^worker_processes 1;#worker_processes $workers;#" bench/nginx.conf >"$work/nginx.conf"
 cat >"$work/flywheel.toml" <<TOML
 [server]
 listen = "127.0.0.1:$proxy_port"
@@ -79,9 +94,9 @@ if [ "$capture" = off ]; then
   printf '[capture]\nenabled = false\n' >>"$work/flywheel.toml"
 fi
 
-taskset -c 0 nginx -c "$work/upstream.conf" &
-taskset -c 1 nginx -c "$work/nginx.conf" &
-RUST_LOG=warn taskset -c 1 "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
+"${core0[@]}" nginx -c "$work/upstream.conf" &
+"${core1[@]}" nginx -c "$work/nginx.conf" &
+RUST_LOG=warn "${core1[@]}" "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
 proxy_pid=$!
 for port in $upstream_port $nginx_port $proxy_port; do
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
@@ -110,11 +125,11 @@ writer_ticks() {
 # CPU ticks of the whole proxy process.
 process_ticks() { awk '{print $14+$15}' "/proc/$proxy_pid/stat"; }
 run() { # name port connections
-  taskset -c 0 wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" | awk -v n="$1" -v c="$3" '/^RESULT/ {print n, c, $2, $3, $4, $5, $6}'
+  "${core0[@]}" wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" | awk -v n="$1" -v c="$3" '/^RESULT/ {print n, c, $2, $3, $4, $5, $6}'
 }
 # Warm up every path once.
 for port in $upstream_port $nginx_port $proxy_port; do
-  taskset -c 0 wrk -t1 -c8 -d2s -s "$work/post.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null
+  "${core0[@]}" wrk -t1 -c8 -d2s -s "$work/post.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null
 done
 captured_before=$(metric flywheel_captured_total); writer_before=$(writer_ticks); process_before=$(process_ticks)
 : >"$work/results.txt"
@@ -139,14 +154,16 @@ threads=$(ls /proc/$proxy_pid/task | wc -l)
 rss_kb=$(awk '/VmHWM/{print $2}' /proc/$proxy_pid/status)
 
 mkdir -p bench/results
-python3 - "$work/results.txt" "$captured" "$dropped" "$writer" "$(getconf CLK_TCK)" "$threads" "$rss_kb" "$duration" "$capture" "$process" "$served" <<'PY' | tee bench/results/throughput.md
+python3 - "$work/results.txt" "$captured" "$dropped" "$writer" "$(getconf CLK_TCK)" "$threads" "$rss_kb" "$duration" "$capture" "$process" "$served" "$placement" <<'PY' | tee "bench/results/throughput$([ "$placement" = shared ] && echo -shared).md"
 import sys
-path, captured, dropped, writer, hz, threads, rss, duration, capture, process, served = sys.argv[1:]
+path, captured, dropped, writer, hz, threads, rss, duration, capture, process, served, placement = sys.argv[1:]
 rows = {}
 for line in open(path):
     name, c, requests, p50, p99, seconds, errors = line.split()
     rows[(name, int(c))] = (int(requests) / float(seconds), float(p50), float(p99), int(errors))
-print(f"{duration} s per point, capture {capture}; the proxy under test alone on core 1, wrk and the static upstream on core 0.\n")
+where = ("the proxy under test alone on core 1, wrk and the static upstream on core 0" if placement == "pinned"
+         else "no pinning: the proxy, wrk and the static upstream share both cores")
+print(f"{duration} s per point, capture {capture}; {where}.\n")
 print("| connections | direct req/s | nginx req/s | Flywheel req/s | Flywheel ÷ nginx | p50 direct / nginx / Flywheel (ms) | added p50 nginx / Flywheel (ms) | p99 nginx / Flywheel (ms) | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 for c in (1, 8, 32):
