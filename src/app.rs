@@ -248,8 +248,8 @@ impl Application {
             lease.clone(),
             shutdown.clone(),
         ));
-        if let Some(delivery) = state.evaluation.alert_hook.take_delivery() {
-            tasks.spawn(delivery.run(shutdown.clone()));
+        if let Some(delivery) = state.evaluation.alert_hook.delivery() {
+            tasks.spawn(delivery.run(state.store.clone(), lease.clone(), shutdown.clone()));
         }
         if let Some(days) = state.config.capture.retention_days {
             tasks.spawn(crate::capture::run_retention(

@@ -24,7 +24,7 @@ pub use job_records::{
 };
 pub use model_records::{
     AlertRecord, DatasetRecord, DatasetSplit, ModelAliasRecord, ModelHistoryRecord,
-    ModelVersionRecord, TallyKey, VersionState, VersionTally,
+    ModelVersionRecord, QueuedWebhook, TallyKey, VersionState, VersionTally,
 };
 pub use postgres::PgStore;
 pub use records::{
@@ -175,6 +175,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates or replaces an alert; durable once it returns.
     fn put_alert(&self, alert: &AlertRecord) -> Result<(), StoreError>;
+    /// Stores a new alert and, when `webhook` is given, queues its delivery,
+    /// in one durable step: a process that dies once it returns cannot lose
+    /// the delivery.
+    fn raise_alert(
+        &self,
+        alert: &AlertRecord,
+        webhook: Option<&QueuedWebhook>,
+    ) -> Result<(), StoreError>;
+    /// The queued webhook deliveries, oldest alert first, at most `limit`.
+    fn queued_webhooks(&self, limit: usize) -> Result<Vec<QueuedWebhook>, StoreError>;
+    /// Replaces a queued delivery (after a failed attempt); durable.
+    fn requeue_webhook(&self, webhook: &QueuedWebhook) -> Result<(), StoreError>;
+    /// Takes a delivery off the queue, delivered or given up; durable.
+    fn dequeue_webhook(&self, alert_id: &str) -> Result<(), StoreError>;
     fn alert(&self, id: &str) -> Result<Option<AlertRecord>, StoreError>;
     /// Newest first, after `cursor` (an alert id), those `keep` accepts.
     fn alerts(

@@ -1,117 +1,150 @@
-//! Evaluation alerts to `evaluation.webhook_url`: a bounded queue (a full
-//! one drops and counts, so raising an alert never waits) and a delivery
-//! service that POSTs each alert as Slack-compatible JSON, retrying with
-//! exponential backoff up to `evaluation.webhook_attempts` attempts. Each
-//! failed attempt counts in `flywheel_webhook_failures_total`.
+//! Evaluation alerts to `evaluation.webhook_url`. Raising an alert stores
+//! it and queues its delivery in one step (`Store::raise_alert`), so a
+//! delivery outlives the process — or the replica — that raised it. One
+//! delivery service (leased, so among replicas one sends) POSTs the queued
+//! alerts as Slack-compatible JSON, oldest first, and retries a failed one
+//! after an exponential backoff, without holding up the others, up to
+//! `evaluation.webhook_attempts` attempts. Delivery is at least once: a
+//! POST whose answer was lost is sent again. Each failed attempt counts in
+//! `flywheel_webhook_failures_total`; `flywheel_webhook_queued` is how many
+//! wait.
 
 use crate::config::EvaluationConfig;
-use crate::service::{Next, Service, periodic};
-use crate::store::AlertRecord;
+use crate::service::{Lease, Next, Service, StepError, blocking, periodic};
+use crate::store::{AlertRecord, QueuedWebhook, SharedStore, Store, StoreError};
 use crate::upstream::Webhook;
 use serde_json::{Value, json};
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Alerts waiting for the webhook.
-const QUEUE: usize = 256;
+/// Deliveries read (and tried) per step; the rest wait their turn.
+const PAGE: usize = 256;
+/// How often the queue is looked at without a wake-up: retries that came
+/// due, and alerts another replica raised.
+const POLL: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The sending side, kept in the application state.
+/// Raises alerts; kept in the evaluation context.
 pub struct AlertHook {
-    tx: Option<mpsc::Sender<AlertRecord>>,
-    /// Taken once by the application when it starts its services.
-    delivery: Mutex<Option<Delivery>>,
+    /// `None` without a webhook URL: alerts are only stored.
+    delivery: Option<Arc<Delivery>>,
 }
 
+/// The delivery service's settings.
 pub struct Delivery {
-    /// Only the service's one step at a time holds it.
-    rx: tokio::sync::Mutex<mpsc::Receiver<AlertRecord>>,
     webhook: Webhook,
     attempts: u32,
     backoff: Duration,
+    /// Notified when this process queues an alert.
+    wake: Arc<Notify>,
 }
 
 impl AlertHook {
-    /// Without a webhook URL, alerts are only stored.
     pub fn new(config: &EvaluationConfig) -> Result<Self, String> {
-        let Some(url) = &config.webhook_url else {
-            return Ok(Self {
-                tx: None,
-                delivery: Mutex::new(None),
-            });
+        let delivery = match &config.webhook_url {
+            Some(url) => Some(Arc::new(Delivery {
+                webhook: Webhook::new(url)?,
+                attempts: config.webhook_attempts.max(1),
+                backoff: Duration::from_millis(config.webhook_backoff_ms),
+                wake: Arc::new(Notify::new()),
+            })),
+            None => None,
         };
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let delivery = Delivery {
-            rx: tokio::sync::Mutex::new(rx),
-            webhook: Webhook::new(url)?,
-            attempts: config.webhook_attempts.max(1),
-            backoff: Duration::from_millis(config.webhook_backoff_ms),
-        };
-        Ok(Self {
-            tx: Some(tx),
-            delivery: Mutex::new(Some(delivery)),
-        })
+        Ok(Self { delivery })
     }
 
-    /// Queues the alert for the webhook, never waiting.
-    pub fn notify(&self, alert: &AlertRecord) {
-        let Some(tx) = &self.tx else { return };
-        if tx.try_send(alert.clone()).is_err() {
-            metrics::counter!("flywheel_webhook_dropped_total").increment(1);
-            tracing::warn!(alert = %alert.id, "webhook queue full; the alert is stored but not sent");
+    /// Stores `alert` with its delivery queued when there is a webhook,
+    /// and wakes the delivery service.
+    pub fn raise(&self, store: &dyn Store, alert: &AlertRecord) -> Result<(), StoreError> {
+        let queued = self.delivery.as_ref().map(|_| QueuedWebhook {
+            alert_id: alert.id.clone(),
+            attempts: 0,
+            next_attempt_ms: 0,
+        });
+        store.raise_alert(alert, queued.as_ref())?;
+        if let Some(delivery) = &self.delivery {
+            delivery.wake.notify_one();
         }
+        Ok(())
     }
 
-    /// The delivery service, once; `None` without a webhook.
-    pub fn take_delivery(&self) -> Option<Delivery> {
-        self.delivery.lock().ok().and_then(|mut d| d.take())
+    /// The delivery service; `None` without a webhook.
+    pub fn delivery(&self) -> Option<Arc<Delivery>> {
+        self.delivery.clone()
     }
 }
 
 impl Delivery {
-    /// Sends queued alerts until shutdown (which also cuts a backoff
-    /// short).
-    pub async fn run(self, shutdown: CancellationToken) {
-        let delivery = Arc::new(self);
-        periodic(Service::on_wake("alert-webhook", None), shutdown, || {
-            let delivery = delivery.clone();
-            async move { delivery.step().await }
+    /// Sends queued alerts until shutdown: at every wake-up, and every
+    /// [`POLL`] for retries and for alerts raised elsewhere.
+    pub async fn run(
+        self: Arc<Self>,
+        store: SharedStore,
+        lease: Option<Lease>,
+        shutdown: CancellationToken,
+    ) {
+        let service = Service::every("alert-webhook", POLL)
+            .woken_by(self.wake.clone())
+            .leased(lease);
+        periodic(service, shutdown, || {
+            let (delivery, store) = (self.clone(), store.clone());
+            async move { delivery.step(&store).await }
         })
         .await;
     }
 
-    /// The service's step: waits for the next alert and delivers it.
-    /// Failed attempts are counted and logged by [`Delivery::deliver`];
-    /// the step itself never fails.
-    pub async fn step(&self) -> Result<Next, Infallible> {
-        let Some(alert) = self.rx.lock().await.recv().await else {
-            return Ok(Next::Stop("the alert queue closed"));
-        };
-        self.deliver(&alert).await;
-        Ok(Next::Again)
+    /// The service's step: one attempt at each queued alert that is due,
+    /// oldest first.
+    pub async fn step(&self, store: &SharedStore) -> Result<Next, StepError<StoreError>> {
+        let s = store.clone();
+        let queued = blocking(move || s.queued_webhooks(PAGE)).await?;
+        let now = unix_ms(SystemTime::now());
+        let mut waiting = queued.len();
+        for entry in queued.into_iter().filter(|e| e.next_attempt_ms <= now) {
+            if self.attempt(store, entry).await? {
+                waiting -= 1;
+            }
+        }
+        metrics::gauge!("flywheel_webhook_queued").set(waiting as f64);
+        Ok(Next::Wait)
     }
 
-    async fn deliver(&self, alert: &AlertRecord) {
-        let body = payload(alert);
-        for attempt in 0..self.attempts {
-            match self.webhook.post(&body).await {
-                Ok(()) => return,
-                Err(e) => {
-                    metrics::counter!("flywheel_webhook_failures_total").increment(1);
-                    tracing::warn!(alert = %alert.id, attempt = attempt + 1, error = %e, "webhook attempt failed");
-                }
+    /// One attempt; true when the alert left the queue (delivered, given
+    /// up, or no longer stored).
+    async fn attempt(
+        &self,
+        store: &SharedStore,
+        mut entry: QueuedWebhook,
+    ) -> Result<bool, StepError<StoreError>> {
+        let (s, id) = (store.clone(), entry.alert_id.clone());
+        let sent = match blocking(move || s.alert(&id)).await? {
+            Some(alert) => self.webhook.post(&payload(&alert)).await,
+            None => Ok(()),
+        };
+        let s = store.clone();
+        if let Err(e) = sent {
+            entry.attempts += 1;
+            metrics::counter!("flywheel_webhook_failures_total").increment(1);
+            tracing::warn!(alert = %entry.alert_id, attempt = entry.attempts, error = %e, "webhook attempt failed");
+            if entry.attempts < self.attempts {
+                let wait = backoff(self.backoff, entry.attempts - 1);
+                entry.next_attempt_ms = unix_ms(SystemTime::now() + wait);
+                blocking(move || s.requeue_webhook(&entry)).await?;
+                return Ok(false);
             }
-            if attempt + 1 == self.attempts {
-                break;
-            }
-            tokio::time::sleep(backoff(self.backoff, attempt)).await;
+            tracing::error!(alert = %entry.alert_id, attempts = entry.attempts, "webhook gave up on the alert");
         }
-        tracing::error!(alert = %alert.id, attempts = self.attempts, "webhook gave up on the alert");
+        blocking(move || s.dequeue_webhook(&entry.alert_id)).await?;
+        Ok(true)
     }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `first`, doubled for each attempt already made, at most [`MAX_BACKOFF`].
@@ -148,34 +181,63 @@ mod tests {
         assert_eq!(backoff(first, 40), MAX_BACKOFF);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn each_step_delivers_one_alert_until_the_queue_closes() {
-        let config = EvaluationConfig {
-            webhook_url: Some("http://127.0.0.1:1/hook".into()),
-            webhook_attempts: 2,
-            ..EvaluationConfig::default()
-        };
-        let hook = AlertHook::new(&config).unwrap();
-        let delivery = hook.take_delivery().unwrap();
-        let alert: AlertRecord = serde_json::from_value(json!({
-            "id": "alert_1", "at": "t", "kind": "evaluation", "alias": "triage",
+    fn alert(id: &str) -> AlertRecord {
+        serde_json::from_value(json!({
+            "id": id, "at": "t", "kind": "evaluation", "alias": "triage",
             "version": "base", "metric": "accuracy", "value": 0.5, "threshold": 0.9,
             "message": "m", "state": "open", "acknowledged_by": null, "acknowledged_at": null
         }))
-        .unwrap();
-        hook.notify(&alert);
-        // Refused twice, with the backoff between: given up, and on.
-        assert_eq!(delivery.step().await.unwrap(), Next::Again);
-        drop(hook);
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_alert_is_retried_after_its_backoff_then_given_up() {
+        let parts = crate::testing::parts("");
+        // Nothing listens on port 1: every attempt is refused at once.
+        let config = EvaluationConfig {
+            webhook_url: Some("http://127.0.0.1:1/hook".into()),
+            webhook_attempts: 2,
+            webhook_backoff_ms: 60_000,
+            ..EvaluationConfig::default()
+        };
+        let hook = AlertHook::new(&config).unwrap();
+        let delivery = hook.delivery().unwrap();
+        hook.raise(&*parts.store, &alert("alert_1")).unwrap();
         assert_eq!(
-            delivery.step().await.unwrap(),
-            Next::Stop("the alert queue closed")
+            parts.store.alert("alert_1").unwrap(),
+            Some(alert("alert_1"))
         );
+
+        assert_eq!(delivery.step(&parts.store).await.unwrap(), Next::Wait);
+        let queued = parts.store.queued_webhooks(10).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].attempts, 1);
+        let now = unix_ms(SystemTime::now());
+        assert!(queued[0].next_attempt_ms > now + 50_000, "{queued:?}");
+        // Not due yet: a step leaves it alone.
+        delivery.step(&parts.store).await.unwrap();
+        assert_eq!(parts.store.queued_webhooks(10).unwrap(), queued);
+
+        // Due again: the second attempt is the last.
+        parts
+            .store
+            .requeue_webhook(&QueuedWebhook {
+                next_attempt_ms: 0,
+                ..queued[0].clone()
+            })
+            .unwrap();
+        delivery.step(&parts.store).await.unwrap();
+        assert!(parts.store.queued_webhooks(10).unwrap().is_empty());
+        assert!(parts.store.alert("alert_1").unwrap().is_some());
     }
 
     #[test]
     fn without_a_url_alerts_are_only_stored() {
+        let parts = crate::testing::parts("");
         let hook = AlertHook::new(&EvaluationConfig::default()).unwrap();
-        assert!(hook.take_delivery().is_none());
+        assert!(hook.delivery().is_none());
+        hook.raise(&*parts.store, &alert("alert_2")).unwrap();
+        assert!(parts.store.alert("alert_2").unwrap().is_some());
+        assert!(parts.store.queued_webhooks(10).unwrap().is_empty());
     }
 }

@@ -14,11 +14,10 @@ pub fn after_run(app: &Context, run: &EvaluationRecord) -> Result<Vec<AlertRecor
     let history = app.store.performance(&run.alias)?;
     let alerts = alerts_for(run, &history, &app.config);
     for alert in &alerts {
-        app.store.put_alert(alert)?;
+        app.alert_hook.raise(&*app.store, alert)?;
         tracing::warn!(alias = %run.alias, version = ?alert.version, metric = ?alert.metric, "evaluation alert");
         metrics::counter!("flywheel_evaluation_alerts_total", "alias" => run.alias.clone())
             .increment(1);
-        app.alert_hook.notify(alert);
     }
     Ok(alerts)
 }

@@ -113,6 +113,17 @@ pub struct AlertRecord {
     pub acknowledged_at: Option<String>,
 }
 
+/// An alert waiting for `evaluation.webhook_url`, kept in the store so
+/// that a delivery outlives the process (or the replica) that raised it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueuedWebhook {
+    pub alert_id: String,
+    /// Attempts made so far, all failed.
+    pub attempts: u32,
+    /// Unix milliseconds before which the next attempt waits.
+    pub next_attempt_ms: i64,
+}
+
 /// Which tally an inference or feedback counts towards: a version of an
 /// alias, live or as a shadow (a shadow's answers were never returned).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

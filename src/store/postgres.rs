@@ -38,7 +38,8 @@ use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationPage, ConversationRecord,
     ConversationScan, ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord,
     ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord,
-    ModelHistoryRecord, PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
+    ModelHistoryRecord, PerformanceRecord, QueuedWebhook, Store, StoreError, TallyKey, ThreadPoint,
+    VersionTally,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::Serialize;
@@ -492,6 +493,26 @@ impl Store for PgStore {
 
     fn put_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {
         self.write_alert(alert)
+    }
+
+    fn raise_alert(
+        &self,
+        alert: &AlertRecord,
+        webhook: Option<&QueuedWebhook>,
+    ) -> Result<(), StoreError> {
+        self.write_raised_alert(alert, webhook)
+    }
+
+    fn queued_webhooks(&self, limit: usize) -> Result<Vec<QueuedWebhook>, StoreError> {
+        self.read_webhooks(limit)
+    }
+
+    fn requeue_webhook(&self, webhook: &QueuedWebhook) -> Result<(), StoreError> {
+        self.write_webhook(webhook)
+    }
+
+    fn dequeue_webhook(&self, alert_id: &str) -> Result<(), StoreError> {
+        self.delete_webhook(alert_id)
     }
 
     fn alert(&self, id: &str) -> Result<Option<AlertRecord>, StoreError> {

@@ -12,7 +12,8 @@ use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationPage, ConversationRecord,
     ConversationScan, ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord,
     ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord,
-    ModelHistoryRecord, PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
+    ModelHistoryRecord, PerformanceRecord, QueuedWebhook, Store, StoreError, TallyKey, ThreadPoint,
+    VersionTally,
 };
 use arc_swap::ArcSwapOption;
 use std::io::Write;
@@ -305,6 +306,22 @@ impl Store for Resilient {
     }
     fn put_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {
         self.write(|s| s.put_alert(alert))
+    }
+    fn raise_alert(
+        &self,
+        alert: &AlertRecord,
+        webhook: Option<&QueuedWebhook>,
+    ) -> Result<(), StoreError> {
+        self.write(|s| s.raise_alert(alert, webhook))
+    }
+    fn queued_webhooks(&self, limit: usize) -> Result<Vec<QueuedWebhook>, StoreError> {
+        self.read(|s| s.queued_webhooks(limit))
+    }
+    fn requeue_webhook(&self, webhook: &QueuedWebhook) -> Result<(), StoreError> {
+        self.write(|s| s.requeue_webhook(webhook))
+    }
+    fn dequeue_webhook(&self, alert_id: &str) -> Result<(), StoreError> {
+        self.write(|s| s.dequeue_webhook(alert_id))
     }
     fn alert(&self, id: &str) -> Result<Option<AlertRecord>, StoreError> {
         self.read(|s| s.alert(id))

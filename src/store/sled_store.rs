@@ -31,7 +31,8 @@ use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationPage, ConversationRecord,
     ConversationScan, ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord,
     ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord,
-    ModelHistoryRecord, PerformanceRecord, Store, StoreError, TallyKey, ThreadPoint, VersionTally,
+    ModelHistoryRecord, PerformanceRecord, QueuedWebhook, Store, StoreError, TallyKey, ThreadPoint,
+    VersionTally,
 };
 use conversations::{Changes, Tree};
 use serde::Serialize;
@@ -73,6 +74,8 @@ pub struct SledStore {
     /// `alias␟history_id` → one change to the alias.
     model_history: sled::Tree,
     alerts: sled::Tree,
+    /// Alert id → its queued webhook delivery.
+    webhooks: sled::Tree,
     /// `alias␟version␟live|shadow` → the version's experiment tally.
     experiment: sled::Tree,
     datasets: sled::Tree,
@@ -122,6 +125,7 @@ impl SledStore {
             model_aliases: tree("model_aliases")?,
             model_history: tree("model_history")?,
             alerts: tree("alerts")?,
+            webhooks: tree("alert_webhooks")?,
             experiment: tree("experiment_tallies")?,
             datasets: tree("datasets")?,
             dataset_files: tree("dataset_files")?,
@@ -447,6 +451,26 @@ impl Store for SledStore {
 
     fn put_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {
         self.write_alert(alert)
+    }
+
+    fn raise_alert(
+        &self,
+        alert: &AlertRecord,
+        webhook: Option<&QueuedWebhook>,
+    ) -> Result<(), StoreError> {
+        self.write_raised_alert(alert, webhook)
+    }
+
+    fn queued_webhooks(&self, limit: usize) -> Result<Vec<QueuedWebhook>, StoreError> {
+        self.list_webhooks(limit)
+    }
+
+    fn requeue_webhook(&self, webhook: &QueuedWebhook) -> Result<(), StoreError> {
+        self.write_webhook(webhook)
+    }
+
+    fn dequeue_webhook(&self, alert_id: &str) -> Result<(), StoreError> {
+        self.remove_webhook(alert_id)
     }
 
     fn alert(&self, id: &str) -> Result<Option<AlertRecord>, StoreError> {

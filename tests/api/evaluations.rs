@@ -353,15 +353,12 @@ async fn a_failing_webhook_is_retried_a_bounded_number_of_times_and_blocks_nothi
             .status(),
         200
     );
-
-    // Delivery takes one alert at a time, in order: once a third alert
-    // reaches the webhook, the first two are done with for good.
     let third = evaluate(&app, &data.dataset_id, &["base"]).await;
     assert_eq!(third["status"], "succeeded");
     // A run's alerts are raised just after it is stored as finished.
     let ids = eventually(
         "an alert for each of the three runs",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         || async {
             let alerts: Value = app.admin_get("/admin/api/alerts?state=open").await;
             let alert_of = |run: &Value| {
@@ -381,27 +378,39 @@ async fn a_failing_webhook_is_retried_a_bounded_number_of_times_and_blocks_nothi
         },
     )
     .await;
+    // Three attempts at each alert, then it is given up: the queue is
+    // empty and stays so.
     let bodies = eventually(
-        "the third alert at the webhook",
-        Duration::from_secs(20),
+        "every alert given up after its attempts",
+        Duration::from_secs(30),
         || async {
             let bodies = receiver.bodies.lock().unwrap().clone();
-            if bodies.iter().any(|b| b["alert_id"] == ids[2]) {
+            let queued = app.state.store.queued_webhooks(10).unwrap();
+            if queued.is_empty() && metric(&app, "flywheel_webhook_queued").await == Some(0.0) {
                 Ok(bodies)
             } else {
-                Err(format!("{} attempts", bodies.len()))
+                Err(format!(
+                    "{} attempts, {} queued",
+                    bodies.len(),
+                    queued.len()
+                ))
             }
         },
     )
     .await;
-    // Two alerts, three attempts each, then it gives up.
     let attempts = |id: &Value| bodies.iter().filter(|b| b["alert_id"] == *id).count();
     assert_eq!(
-        (attempts(&ids[0]), attempts(&ids[1])),
-        (3, 3),
+        ids.iter().map(attempts).collect::<Vec<_>>(),
+        [3, 3, 3],
         "{bodies:#?}"
     );
-    let metrics = app
+    let failures = metric(&app, "flywheel_webhook_failures_total").await;
+    assert!(failures >= Some(9.0), "{failures:?}");
+}
+
+/// A figure from `/metrics` without labels.
+async fn metric(app: &TestApp, name: &str) -> Option<f64> {
+    let text = app
         .http
         .get(app.url("/metrics"))
         .send()
@@ -410,13 +419,60 @@ async fn a_failing_webhook_is_retried_a_bounded_number_of_times_and_blocks_nothi
         .text()
         .await
         .unwrap();
-    let failures: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("flywheel_webhook_failures_total "))
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn an_alert_the_webhook_missed_before_a_restart_reaches_it_after() {
+    let dir = tempfile::tempdir().unwrap();
+    // An address nothing listens on: every attempt is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
-        .parse()
+        .local_addr()
         .unwrap();
-    assert!(failures >= 6.0, "{failures}");
+    let with_hook = |hook: std::net::SocketAddr| Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..options(&format!(
+            "webhook_url = \"http://{hook}/hook\"\nwebhook_attempts = 100\nwebhook_backoff_ms = 200\n[evaluation.targets]\naccuracy = 0.999\nprecision_high_severity = 0.0\nrecall_critical = 0.0\n"
+        ))
+    };
+    let app = spawn_app_with(with_hook(dead)).await;
+    let data = labelled_dataset(&app).await;
+    let run = evaluate(&app, &data.dataset_id, &["base"]).await;
+    let queued = eventually(
+        "the alert queued after a refused attempt",
+        Duration::from_secs(10),
+        || async {
+            let queued = app.state.store.queued_webhooks(10).unwrap();
+            queued.first().filter(|q| q.attempts >= 1).cloned()
+        },
+    )
+    .await;
+    let alert = app.state.store.alert(&queued.alert_id).unwrap().unwrap();
+    assert!(alert.message.contains(run["id"].as_str().unwrap()));
+    app.state.shutdown.cancel();
+    let TestApp { server, state, .. } = app;
+    server.await.unwrap().unwrap();
+    drop(state);
+
+    // The webhook is back (at a new address, as config may change across
+    // a restart): the queued alert is delivered, once.
+    let (hook, receiver) = webhook_receiver(StatusCode::OK).await;
+    let app = spawn_app_with(with_hook(hook)).await;
+    eventually(
+        "the missed alert at the webhook, off the queue",
+        Duration::from_secs(15),
+        || async {
+            let delivered = !receiver.bodies.lock().unwrap().is_empty();
+            let queued = app.state.store.queued_webhooks(10).unwrap();
+            (delivered && queued.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let bodies = receiver.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:#?}");
+    assert_eq!(bodies[0]["alert_id"], alert.id.as_str());
 }
 
 #[tokio::test]

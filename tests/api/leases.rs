@@ -2,12 +2,18 @@
 //! replicas (two stores on one database, each with its own holder id)
 //! run the same service through the one runner; its steps never overlap,
 //! and when the holder stops, the other takes the work over once the
-//! lease expired.
+//! lease expired — as does an alert's webhook delivery left queued by a
+//! replica that died.
 
+use crate::evaluation_fixtures::webhook_receiver;
 use crate::helpers::eventually;
 use crate::helpers::postgres::{Cluster, database_in, database_url};
+use flywheel::config::EvaluationConfig;
+use flywheel::evaluation::AlertHook;
 use flywheel::service::{Lease, Next, Service, periodic};
+use flywheel::store::AlertRecord;
 use flywheel::store::SharedStore;
+use reqwest::StatusCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -126,4 +132,93 @@ async fn a_leased_service_runs_on_one_replica_and_moves_when_it_stops() {
     );
     stop_a.cancel();
     stop_b.cancel();
+}
+
+/// A replica's alert hook and its delivery service, running under the
+/// replica's lease.
+fn webhook_replica(
+    store: &SharedStore,
+    holder: &str,
+    url: &str,
+) -> (AlertHook, tokio::task::JoinHandle<()>) {
+    let config = EvaluationConfig {
+        webhook_url: Some(url.to_string()),
+        webhook_attempts: 1000,
+        webhook_backoff_ms: 100,
+        ..EvaluationConfig::default()
+    };
+    let hook = AlertHook::new(&config).unwrap();
+    let lease = Lease::new(store.clone(), holder, TTL);
+    let delivery = hook.delivery().unwrap();
+    let task = tokio::spawn(delivery.run(store.clone(), Some(lease), CancellationToken::new()));
+    (hook, task)
+}
+
+#[tokio::test]
+async fn an_alert_a_dead_replica_could_not_deliver_is_delivered_by_the_survivor() {
+    let (base, _cluster) = match database_url() {
+        Some(url) => (url, None),
+        None => {
+            let cluster = Cluster::start();
+            (cluster.url(), Some(cluster))
+        }
+    };
+    let schema = format!("w_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let url = database_in(&base, &schema).await.url;
+    let (a_store, b_store) = (open(&url), open(&url));
+    // Replica A reaches no webhook (nothing listens there); B does.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (a_hook, a) = webhook_replica(&a_store, "replica-a", &format!("http://{dead}/hook"));
+    let alert = AlertRecord {
+        id: flywheel::ids::new_id("alert"),
+        at: flywheel::ids::now_rfc3339(),
+        kind: "evaluation".into(),
+        alias: Some("triage".into()),
+        version: Some("base".into()),
+        metric: Some("accuracy".into()),
+        value: Some(0.5),
+        threshold: Some(0.9),
+        message: "accuracy under target".into(),
+        state: "open".into(),
+        acknowledged_by: None,
+        acknowledged_at: None,
+    };
+    a_hook.raise(&*a_store, &alert).unwrap();
+    // A attempted it, so A holds the lease, before B starts.
+    eventually(
+        "A's first refused attempt",
+        Duration::from_secs(10),
+        || async {
+            a_store
+                .queued_webhooks(10)
+                .unwrap()
+                .first()
+                .filter(|q| q.attempts >= 1)
+                .cloned()
+        },
+    )
+    .await;
+    let (hook, receiver) = webhook_receiver(StatusCode::OK).await;
+    let (_b_hook, b) = webhook_replica(&b_store, "replica-b", &format!("http://{hook}/hook"));
+    // A dies without releasing its lease; B takes the delivery over once
+    // the lease expired.
+    a.abort();
+    assert!(a.await.unwrap_err().is_cancelled());
+    eventually(
+        "the alert delivered by B and off the queue",
+        Duration::from_secs(30),
+        || async {
+            let delivered = !receiver.bodies.lock().unwrap().is_empty();
+            let queued = b_store.queued_webhooks(10).unwrap();
+            (delivered && queued.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let bodies = receiver.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:#?}");
+    assert_eq!(bodies[0]["alert_id"], alert.id.as_str());
+    b.abort();
 }

@@ -6,9 +6,9 @@
 
 use crate::helpers::postgres::{Cluster, database_in, database_url};
 use flywheel::store::{
-    ApiKeyRecord, AuditRecord, CapturedTurn, ConversationScan, ConversationSignals,
-    ConversationTallies, FeedbackRecord, IndexField, InferenceRecord, ReviewStatus, SharedStore,
-    StoreError,
+    AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationScan, ConversationSignals,
+    ConversationTallies, FeedbackRecord, IndexField, InferenceRecord, QueuedWebhook, ReviewStatus,
+    SharedStore, StoreError,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -405,5 +405,68 @@ async fn feedback_keys_audit_and_leases_agree_on_every_backend() {
         // One process holds every lease of an embedded store; PostgreSQL
         // gives a held lease to nobody else until it expires.
         assert_eq!(other, *name == "sled", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn alerts_and_their_webhook_queue_agree_on_every_backend() {
+    let backends = backends().await;
+    for (name, store) in &backends.stores {
+        let alert = |id: &str| AlertRecord {
+            id: id.into(),
+            at: at(0),
+            kind: "evaluation".into(),
+            alias: Some("triage".into()),
+            version: Some("base".into()),
+            metric: Some("accuracy".into()),
+            value: Some(0.5),
+            threshold: Some(0.9),
+            message: format!("alert {id}"),
+            state: "open".into(),
+            acknowledged_by: None,
+            acknowledged_at: None,
+        };
+        let queued = |id: &str| QueuedWebhook {
+            alert_id: id.into(),
+            attempts: 0,
+            next_attempt_ms: 0,
+        };
+        // Raised out of order; the queue gives the oldest alert first.
+        let [first, second, quiet] = ["alert_01A", "alert_01B", "alert_01C"];
+        store
+            .raise_alert(&alert(second), Some(&queued(second)))
+            .unwrap();
+        store
+            .raise_alert(&alert(first), Some(&queued(first)))
+            .unwrap();
+        store.raise_alert(&alert(quiet), None).unwrap();
+        for id in [first, second, quiet] {
+            assert_eq!(store.alert(id).unwrap(), Some(alert(id)), "{name}");
+        }
+        assert_eq!(
+            store.queued_webhooks(10).unwrap(),
+            [queued(first), queued(second)],
+            "{name}"
+        );
+        assert_eq!(store.queued_webhooks(1).unwrap(), [queued(first)], "{name}");
+
+        let retried = QueuedWebhook {
+            attempts: 2,
+            next_attempt_ms: 1_700_000_000_000,
+            ..queued(first)
+        };
+        store.requeue_webhook(&retried).unwrap();
+        store.dequeue_webhook(second).unwrap();
+        // Taking off what is not queued is no error.
+        store.dequeue_webhook(second).unwrap();
+        assert_eq!(store.queued_webhooks(10).unwrap(), [retried], "{name}");
+        // Acknowledging an alert leaves its delivery queued.
+        let acknowledged = AlertRecord {
+            state: "acknowledged".into(),
+            ..alert(first)
+        };
+        store.put_alert(&acknowledged).unwrap();
+        assert_eq!(store.queued_webhooks(10).unwrap().len(), 1, "{name}");
+        assert_eq!(store.alert(first).unwrap(), Some(acknowledged), "{name}");
     }
 }

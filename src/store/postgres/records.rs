@@ -1,4 +1,5 @@
-//! The small tables: keys, audit, registry and history, alerts, version
+//! The small tables: keys, audit, registry and history, alerts and their
+//! queued webhook deliveries, version
 //! tallies, datasets and their files, fine-tuning jobs, evaluations with
 //! their results and performance, leases. Each record is one row; a change
 //! of registry or keys is announced on the change feed in its transaction.
@@ -8,7 +9,7 @@ use super::{PgStore, db_error, from_json, pool_error, records, to_json};
 use crate::store::{
     AlertRecord, ApiKeyRecord, AuditRecord, DatasetRecord, DatasetSplit, EvaluationRecord,
     ExampleResult, FineTuneJobRecord, ModelAliasRecord, ModelHistoryRecord, PerformanceRecord,
-    StoreError, TallyKey, VersionTally,
+    QueuedWebhook, StoreError, TallyKey, VersionTally,
 };
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -296,6 +297,76 @@ impl PgStore {
         })
     }
 
+    pub(super) fn write_raised_alert(
+        &self,
+        alert: &AlertRecord,
+        webhook: Option<&QueuedWebhook>,
+    ) -> Result<(), StoreError> {
+        let (id, value) = (alert.id.clone(), to_json(alert)?);
+        let webhook = webhook.cloned();
+        self.call(move |ctx| async move {
+            let mut client = ctx.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            tx.execute(
+                "INSERT INTO alerts (id, record) VALUES ($1, $2::text::json)
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                &[&id, &value],
+            )
+            .await
+            .map_err(db_error)?;
+            if let Some(w) = webhook {
+                upsert_webhook(&tx, &w).await?;
+            }
+            tx.commit().await.map_err(db_error)
+        })
+    }
+
+    pub(super) fn read_webhooks(&self, limit: usize) -> Result<Vec<QueuedWebhook>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |ctx| async move {
+            let client = ctx.pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(
+                    "SELECT alert_id, attempts, next_attempt_ms FROM alert_webhooks
+                     ORDER BY alert_id LIMIT $1",
+                    &[&limit],
+                )
+                .await
+                .map_err(db_error)?;
+            Ok(rows
+                .iter()
+                .map(|row| QueuedWebhook {
+                    alert_id: row.get(0),
+                    attempts: u32::try_from(row.get::<_, i32>(1)).unwrap_or(0),
+                    next_attempt_ms: row.get(2),
+                })
+                .collect())
+        })
+    }
+
+    pub(super) fn write_webhook(&self, webhook: &QueuedWebhook) -> Result<(), StoreError> {
+        let webhook = webhook.clone();
+        self.call(move |ctx| async move {
+            let client = ctx.pool.get().await.map_err(pool_error)?;
+            upsert_webhook(&client, &webhook).await
+        })
+    }
+
+    pub(super) fn delete_webhook(&self, alert_id: &str) -> Result<(), StoreError> {
+        let alert_id = alert_id.to_string();
+        self.call(move |ctx| async move {
+            let client = ctx.pool.get().await.map_err(pool_error)?;
+            client
+                .execute(
+                    "DELETE FROM alert_webhooks WHERE alert_id = $1",
+                    &[&alert_id],
+                )
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+    }
+
     pub(super) fn read_alert(&self, id: &str) -> Result<Option<AlertRecord>, StoreError> {
         self.read_by_id("alerts", "alert", id)
     }
@@ -540,6 +611,23 @@ async fn upsert_evaluation(
             "INSERT INTO evaluations (id, record) VALUES ($1, $2::text::json)
              ON CONFLICT (id) DO UPDATE SET record = excluded.record",
             &[&id, &value],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+async fn upsert_webhook(
+    client: &impl deadpool_postgres::GenericClient,
+    webhook: &QueuedWebhook,
+) -> Result<(), StoreError> {
+    let attempts = i32::try_from(webhook.attempts).unwrap_or(i32::MAX);
+    client
+        .execute(
+            "INSERT INTO alert_webhooks (alert_id, attempts, next_attempt_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (alert_id) DO UPDATE
+               SET attempts = excluded.attempts, next_attempt_ms = excluded.next_attempt_ms",
+            &[&webhook.alert_id, &attempts, &webhook.next_attempt_ms],
         )
         .await
         .map_err(db_error)?;

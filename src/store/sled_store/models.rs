@@ -1,9 +1,9 @@
 //! The model registry's trees: one record per alias, its history keyed
 //! `alias␟history_id` (so one alias's history is one prefix range, in
-//! order), and alerts by id.
+//! order), alerts by id, and the alerts' queued webhook deliveries.
 
 use super::{SledStore, decode, encode, io};
-use crate::store::{AlertRecord, ModelAliasRecord, ModelHistoryRecord, StoreError};
+use crate::store::{AlertRecord, ModelAliasRecord, ModelHistoryRecord, QueuedWebhook, StoreError};
 use sled::Transactional;
 
 const SEP: u8 = 0x1f;
@@ -63,6 +63,47 @@ impl SledStore {
         self.alerts
             .insert(alert.id.as_bytes(), encode(alert)?)
             .map_err(io)?;
+        self.db.flush().map(drop).map_err(io)
+    }
+
+    pub(super) fn write_raised_alert(
+        &self,
+        alert: &AlertRecord,
+        webhook: Option<&QueuedWebhook>,
+    ) -> Result<(), StoreError> {
+        let value = encode(alert)?;
+        let queued = webhook.map(encode).transpose()?;
+        (&self.alerts, &self.webhooks)
+            .transaction(|(alerts, webhooks)| {
+                alerts.insert(alert.id.as_bytes(), value.as_slice())?;
+                if let Some(queued) = &queued {
+                    webhooks.insert(alert.id.as_bytes(), queued.as_slice())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Io(format!("alert transaction failed: {e:?}")))?;
+        self.db.flush().map(drop).map_err(io)
+    }
+
+    /// Oldest alert first: ids are ULIDs.
+    pub(super) fn list_webhooks(&self, limit: usize) -> Result<Vec<QueuedWebhook>, StoreError> {
+        self.webhooks
+            .iter()
+            .values()
+            .take(limit)
+            .map(|v| decode("queued webhook", &v.map_err(io)?))
+            .collect()
+    }
+
+    pub(super) fn write_webhook(&self, webhook: &QueuedWebhook) -> Result<(), StoreError> {
+        self.webhooks
+            .insert(webhook.alert_id.as_bytes(), encode(webhook)?)
+            .map_err(io)?;
+        self.db.flush().map(drop).map_err(io)
+    }
+
+    pub(super) fn remove_webhook(&self, alert_id: &str) -> Result<(), StoreError> {
+        self.webhooks.remove(alert_id.as_bytes()).map_err(io)?;
         self.db.flush().map(drop).map_err(io)
     }
 
