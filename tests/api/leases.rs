@@ -7,7 +7,7 @@
 
 use crate::evaluation_fixtures::webhook_receiver;
 use crate::helpers::eventually;
-use crate::helpers::postgres::{Cluster, database_in, database_url};
+use crate::helpers::postgres::fresh_schema;
 use flywheel::config::EvaluationConfig;
 use flywheel::evaluation::AlertHook;
 use flywheel::service::{Lease, Next, Service, periodic};
@@ -59,15 +59,8 @@ fn replica(
 
 #[tokio::test]
 async fn a_leased_service_runs_on_one_replica_and_moves_when_it_stops() {
-    let (base, _cluster) = match database_url() {
-        Some(url) => (url, None),
-        None => {
-            let cluster = Cluster::start();
-            (cluster.url(), Some(cluster))
-        }
-    };
-    let schema = format!("l_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let url = database_in(&base, &schema).await.url;
+    let (db, _cluster) = fresh_schema("l").await;
+    let url = db.url;
     let busy = Arc::new(AtomicBool::new(false));
     let overlaps = Arc::new(AtomicUsize::new(0));
     let (a_steps, b_steps) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -156,15 +149,8 @@ fn webhook_replica(
 
 #[tokio::test]
 async fn an_alert_a_dead_replica_could_not_deliver_is_delivered_by_the_survivor() {
-    let (base, _cluster) = match database_url() {
-        Some(url) => (url, None),
-        None => {
-            let cluster = Cluster::start();
-            (cluster.url(), Some(cluster))
-        }
-    };
-    let schema = format!("w_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let url = database_in(&base, &schema).await.url;
+    let (db, _cluster) = fresh_schema("w").await;
+    let url = db.url;
     let (a_store, b_store) = (open(&url), open(&url));
     // Replica A reaches no webhook (nothing listens there); B does.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,7 +4,7 @@
 //! Each check drives the `Store` trait as the application does and
 //! asserts what every backend must give back.
 
-use crate::helpers::postgres::{Cluster, database_in, database_url};
+use crate::helpers::postgres::{Cluster, fresh_schema};
 use flywheel::store::{
     AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationScan, ConversationSignals,
     ConversationTallies, FeedbackRecord, IndexField, InferenceRecord, QueuedWebhook, ReviewStatus,
@@ -24,15 +24,7 @@ struct Backends {
 async fn backends() -> Backends {
     let dir = tempfile::tempdir().unwrap();
     let sled = flywheel::store::open(&dir.path().join("sled")).unwrap();
-    let (base, cluster) = match database_url() {
-        Some(url) => (url, None),
-        None => {
-            let cluster = Cluster::start();
-            (cluster.url(), Some(cluster))
-        }
-    };
-    let schema = format!("c_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let db = database_in(&base, &schema).await;
+    let (db, cluster) = fresh_schema("c").await;
     let options = flywheel::store::postgres::PgOptions {
         url: db.url,
         pool_size: 4,

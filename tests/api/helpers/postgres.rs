@@ -56,6 +56,21 @@ pub async fn store_for(data_dir: &std::path::Path) -> Option<TestDatabase> {
     Some(database_in(&base, &schema).await)
 }
 
+/// A fresh schema named `prefix` and a ULID, on the test database or, when
+/// the tests have none, on a cluster of the caller's own (kept alive by
+/// holding the returned `Cluster`).
+pub async fn fresh_schema(prefix: &str) -> (TestDatabase, Option<Cluster>) {
+    let (base, cluster) = match database_url() {
+        Some(url) => (url, None),
+        None => {
+            let cluster = Cluster::start();
+            (cluster.url(), Some(cluster))
+        }
+    };
+    let schema = format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase());
+    (database_in(&base, &schema).await, cluster)
+}
+
 /// A fresh schema (kept if it exists) and the URL that uses it.
 pub async fn database_in(base: &str, schema: &str) -> TestDatabase {
     let (client, connection) = tokio::time::timeout(
