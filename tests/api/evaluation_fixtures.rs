@@ -2,7 +2,8 @@
 //! proxy of the `large` version, each conversation labelled and approved by
 //! an analyst over the review API (with the large model's verdict, except a
 //! few the analyst labels otherwise and corrects), and the snapshot built by
-//! `POST /admin/api/datasets`. A small webhook receiver stands in for Slack.
+//! `POST /admin/api/datasets`. A small webhook receiver stands in for Slack;
+//! `an_alert` is one for the stores to hold.
 
 use crate::helpers::*;
 use axum::extract::State;
@@ -216,4 +217,22 @@ pub async fn webhook_receiver(status: StatusCode) -> (SocketAddr, Receiver) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
     (addr, receiver)
+}
+
+/// An open `evaluation` alert of `triage`'s `base`, raised `at`.
+pub fn an_alert(id: &str, at: &str) -> flywheel::store::AlertRecord {
+    flywheel::store::AlertRecord {
+        id: id.into(),
+        at: at.into(),
+        kind: "evaluation".into(),
+        alias: Some("triage".into()),
+        version: Some("base".into()),
+        metric: Some("accuracy".into()),
+        value: Some(0.5),
+        threshold: Some(0.9),
+        message: format!("accuracy under target ({id})"),
+        state: "open".into(),
+        acknowledged_by: None,
+        acknowledged_at: None,
+    }
 }

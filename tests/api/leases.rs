@@ -5,13 +5,12 @@
 //! lease expired — as does an alert's webhook delivery left queued by a
 //! replica that died.
 
-use crate::evaluation_fixtures::webhook_receiver;
+use crate::evaluation_fixtures::{an_alert, webhook_receiver};
 use crate::helpers::eventually;
 use crate::helpers::postgres::fresh_schema;
 use flywheel::config::EvaluationConfig;
 use flywheel::evaluation::AlertHook;
 use flywheel::service::{Lease, Next, Service, periodic};
-use flywheel::store::AlertRecord;
 use flywheel::store::SharedStore;
 use reqwest::StatusCode;
 use std::sync::Arc;
@@ -158,20 +157,10 @@ async fn an_alert_a_dead_replica_could_not_deliver_is_delivered_by_the_survivor(
         .local_addr()
         .unwrap();
     let (a_hook, a) = webhook_replica(&a_store, "replica-a", &format!("http://{dead}/hook"));
-    let alert = AlertRecord {
-        id: flywheel::ids::new_id("alert"),
-        at: flywheel::ids::now_rfc3339(),
-        kind: "evaluation".into(),
-        alias: Some("triage".into()),
-        version: Some("base".into()),
-        metric: Some("accuracy".into()),
-        value: Some(0.5),
-        threshold: Some(0.9),
-        message: "accuracy under target".into(),
-        state: "open".into(),
-        acknowledged_by: None,
-        acknowledged_at: None,
-    };
+    let alert = an_alert(
+        &flywheel::ids::new_id("alert"),
+        &flywheel::ids::now_rfc3339(),
+    );
     a_hook.raise(&*a_store, &alert).unwrap();
     // A attempted it, so A holds the lease, before B starts.
     eventually(

@@ -4,6 +4,7 @@
 //! Each check drives the `Store` trait as the application does and
 //! asserts what every backend must give back.
 
+use crate::evaluation_fixtures::an_alert;
 use crate::helpers::postgres::{Cluster, fresh_schema};
 use flywheel::store::{
     AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationScan, ConversationSignals,
@@ -404,20 +405,7 @@ async fn feedback_keys_audit_and_leases_agree_on_every_backend() {
 async fn alerts_and_their_webhook_queue_agree_on_every_backend() {
     let backends = backends().await;
     for (name, store) in &backends.stores {
-        let alert = |id: &str| AlertRecord {
-            id: id.into(),
-            at: at(0),
-            kind: "evaluation".into(),
-            alias: Some("triage".into()),
-            version: Some("base".into()),
-            metric: Some("accuracy".into()),
-            value: Some(0.5),
-            threshold: Some(0.9),
-            message: format!("alert {id}"),
-            state: "open".into(),
-            acknowledged_by: None,
-            acknowledged_at: None,
-        };
+        let alert = |id: &str| an_alert(id, &at(0));
         let queued = |id: &str| QueuedWebhook {
             alert_id: id.into(),
             attempts: 0,
