@@ -504,7 +504,7 @@ async fn without_management_access_a_job_awaits_the_deployment_an_admin_register
     );
     eventually(
         "the admin's deployment to provision",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let d: Value = deployment_at(sim, "soc-tuned").await.json().await.unwrap();
             (d["properties"]["provisioningState"] == "Succeeded").then_some(())

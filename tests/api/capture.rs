@@ -18,7 +18,7 @@ async fn stored(app: &TestApp, id: &str) -> InferenceRecord {
     let in_flight = app.state.exchanges.in_flight();
     eventually(
         &format!("inference {id} to be captured"),
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             if in_flight.count() > 0 {
                 return None;

@@ -56,7 +56,7 @@ async fn sigkill_under_feedback_load_loses_no_acknowledged_feedback() {
     }
     eventually(
         "the 10 inferences to be captured",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let stats: serde_json::Value = http
                 .get(format!("{base}/admin/api/stats"))

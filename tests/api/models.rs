@@ -549,7 +549,7 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
     );
     let shadows = eventually(
         "the shadow's answer beside the turn",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             let detail = app
                 .admin(

@@ -82,7 +82,7 @@ pub async fn reopen(dir: &std::path::Path) -> flywheel::store::SharedStore {
     }
     eventually(
         "the stopped app's store to be free to open",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             match flywheel::store::open(dir) {
                 Err(e @ flywheel::store::StoreError::Locked { .. }) => Err(e.to_string()),
