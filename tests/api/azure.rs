@@ -644,8 +644,13 @@ async fn a_deployment_that_fails_to_provision_fails_the_job_and_registers_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_while_deploying_finds_the_deployment_instead_of_creating_it_again() {
     let mut config = azure_simulator(PROVIDER_KEY);
+    // The app must stop while Azure still provisions: the poller follows
+    // the deployment every second and, once it serves, finishes the job,
+    // which leaves nothing to resume. The stop comes a moment after the
+    // creation is seen; ten seconds leave that moment room on a loaded
+    // machine (the restarted app then waits out the rest).
     if let Some(mode) = config.azure.as_mut() {
-        mode.provisioning_delay = Duration::from_secs(3);
+        mode.provisioning_delay = Duration::from_secs(10);
     }
     let sim = spawn_simulator(config).await;
     let dir = tempfile::tempdir().unwrap();
@@ -677,6 +682,10 @@ async fn a_restart_while_deploying_finds_the_deployment_instead_of_creating_it_a
     // The worst moment to stop: the creation was sent, its answer never stored.
     let store = crate::fine_tuning::restart::reopen(dir.path()).await;
     let mut record = store.job(&id).unwrap().unwrap();
+    assert!(
+        !record.status.is_final(),
+        "the job ended before the stop: {record:?}"
+    );
     let deployment = record.deployment.as_mut().unwrap();
     assert!(deployment.attempted);
     deployment.created = false;
