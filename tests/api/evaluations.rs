@@ -478,17 +478,28 @@ async fn an_alert_the_webhook_missed_before_a_restart_reaches_it_after() {
 #[tokio::test]
 async fn an_interrupted_run_resumes_without_asking_finished_examples_again() {
     let dir = tempfile::tempdir().unwrap();
+    let evaluation = format!("concurrency = 1\n{LOW_TARGETS}");
+    // The dataset is made against a simulator that answers at once...
+    let app = spawn_app_with(Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..options(&evaluation)
+    })
+    .await;
+    let data = labelled_dataset(&app).await;
+    app.stop().await;
+    // ...and the run against one that takes about half a second an
+    // example, so that the test's stop lands mid-run however late a
+    // loaded machine lets it see the third example done.
     let slow = || Options {
         simulator: flywheel_simulator::SimulatorConfig {
             api_key: Some(PROVIDER_KEY.into()),
-            token_delay: Duration::from_millis(4),
+            token_delay: Duration::from_millis(16),
             ..Default::default()
         },
         data_dir: Some(dir.path().to_path_buf()),
-        ..options(&format!("concurrency = 1\n{LOW_TARGETS}"))
+        ..options(&evaluation)
     };
     let app = spawn_app_with(slow()).await;
-    let data = labelled_dataset(&app).await;
     let response = app.admin(Method::POST, "/admin/api/evaluations", Some(&json!({"alias": "triage", "versions": ["base", "large"], "dataset_id": data.dataset_id}))).await;
     let id = response.json::<Value>().await.unwrap()["id"]
         .as_str()
