@@ -858,7 +858,9 @@ async fn a_job_cancelled_while_deploying_registers_nothing_and_its_deployment_ca
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_submitting_to_azure_finds_the_job_by_its_training_file() {
     let mut config = azure_simulator(PROVIDER_KEY);
-    config.job_step = Duration::from_millis(700);
+    // Still training when the app stops (see the same test in
+    // `fine_tuning/restart.rs`): 1.5 s a status.
+    config.job_step = Duration::from_millis(1500);
     let sim = spawn_simulator(config).await;
     let dir = tempfile::tempdir().unwrap();
     let opts = || Options {
@@ -882,6 +884,10 @@ async fn a_restart_after_submitting_to_azure_finds_the_job_by_its_training_file(
     // keep no metadata to find it by.
     let store = crate::fine_tuning::restart::reopen(dir.path()).await;
     let mut record = store.job(&id).unwrap().unwrap();
+    assert!(
+        !record.status.is_final(),
+        "the job ended before the stop: {record:?}"
+    );
     assert!(record.attempts.submit);
     record.provider_job_id = None;
     record.status = flywheel::store::JobStatus::Preparing;
