@@ -504,7 +504,7 @@ async fn without_management_access_a_job_awaits_the_deployment_an_admin_register
     );
     eventually(
         "the admin's deployment to provision",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let d: Value = deployment_at(sim, "soc-tuned").await.json().await.unwrap();
             (d["properties"]["provisioningState"] == "Succeeded").then_some(())
@@ -644,8 +644,13 @@ async fn a_deployment_that_fails_to_provision_fails_the_job_and_registers_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_while_deploying_finds_the_deployment_instead_of_creating_it_again() {
     let mut config = azure_simulator(PROVIDER_KEY);
+    // The app must stop while Azure still provisions: the poller follows
+    // the deployment every second and, once it serves, finishes the job,
+    // which leaves nothing to resume. The stop comes a moment after the
+    // creation is seen; ten seconds leave that moment room on a loaded
+    // machine (the restarted app then waits out the rest).
     if let Some(mode) = config.azure.as_mut() {
-        mode.provisioning_delay = Duration::from_secs(3);
+        mode.provisioning_delay = Duration::from_secs(10);
     }
     let sim = spawn_simulator(config).await;
     let dir = tempfile::tempdir().unwrap();
@@ -677,6 +682,10 @@ async fn a_restart_while_deploying_finds_the_deployment_instead_of_creating_it_a
     // The worst moment to stop: the creation was sent, its answer never stored.
     let store = crate::fine_tuning::restart::reopen(dir.path()).await;
     let mut record = store.job(&id).unwrap().unwrap();
+    assert!(
+        !record.status.is_final(),
+        "the job ended before the stop: {record:?}"
+    );
     let deployment = record.deployment.as_mut().unwrap();
     assert!(deployment.attempted);
     deployment.created = false;
@@ -849,7 +858,9 @@ async fn a_job_cancelled_while_deploying_registers_nothing_and_its_deployment_ca
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_submitting_to_azure_finds_the_job_by_its_training_file() {
     let mut config = azure_simulator(PROVIDER_KEY);
-    config.job_step = Duration::from_millis(700);
+    // Still training when the app stops (see the same test in
+    // `fine_tuning/restart.rs`): 1.5 s a status.
+    config.job_step = Duration::from_millis(1500);
     let sim = spawn_simulator(config).await;
     let dir = tempfile::tempdir().unwrap();
     let opts = || Options {
@@ -873,6 +884,10 @@ async fn a_restart_after_submitting_to_azure_finds_the_job_by_its_training_file(
     // keep no metadata to find it by.
     let store = crate::fine_tuning::restart::reopen(dir.path()).await;
     let mut record = store.job(&id).unwrap().unwrap();
+    assert!(
+        !record.status.is_final(),
+        "the job ended before the stop: {record:?}"
+    );
     assert!(record.attempts.submit);
     record.provider_job_id = None;
     record.status = flywheel::store::JobStatus::Preparing;

@@ -394,7 +394,7 @@ async fn export_writes_conversations_with_turns_and_feedback() {
     // record shows in its conversation, the follow-up will find it.
     eventually(
         "the first turn's record in its conversation",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         || async {
             let detail = http
                 .get(format!("{base}/admin/api/conversations/{conversation}"))

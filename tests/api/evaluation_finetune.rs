@@ -60,7 +60,7 @@ async fn fine_tune(app: &TestApp, train: Vec<u8>) -> String {
         .unwrap_or_else(|| panic!("{job} for {file}"));
     eventually(
         &format!("fine-tune {id} at the simulator to succeed"),
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || async {
             let job: Value = app
                 .http
@@ -159,7 +159,7 @@ async fn a_simulated_fine_tune_is_scored_against_its_base_on_the_held_out_split(
     let turns = before["turns_total"].as_i64().unwrap() + 1;
     let stats = eventually(
         "the fine-tuned turn in the stats",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let stats: Value = app.admin_get("/admin/api/stats").await;
             if stats["turns_total"] == turns {

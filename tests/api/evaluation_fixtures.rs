@@ -177,7 +177,7 @@ pub async fn run_of(app: &TestApp, id: &str) -> Value {
 pub async fn finished(app: &TestApp, id: &str) -> Value {
     eventually(
         &format!("evaluation {id} to finish"),
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || async {
             let run = run_of(app, id).await;
             if matches!(run["status"].as_str(), Some("succeeded" | "failed")) {

@@ -297,7 +297,7 @@ async fn a_metric_under_its_target_raises_an_alert_that_reaches_the_webhook() {
     assert_eq!(run["targets"]["accuracy"]["met"], false);
 
     // A run's alerts are raised just after it is stored as finished.
-    let alert = eventually("the run's alert", Duration::from_secs(5), || async {
+    let alert = eventually("the run's alert", Duration::from_secs(30), || async {
         let alerts: Value = app.admin_get("/admin/api/alerts?state=open").await;
         alerts["data"]
             .as_array()
@@ -319,7 +319,7 @@ async fn a_metric_under_its_target_raises_an_alert_that_reaches_the_webhook() {
     assert!(close(&alert["value"], &run["results"]["base"]["accuracy"]));
     eventually(
         "the alert at the webhook",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async { (!receiver.bodies.lock().unwrap().is_empty()).then_some(()) },
     )
     .await;
@@ -358,7 +358,7 @@ async fn a_failing_webhook_is_retried_a_bounded_number_of_times_and_blocks_nothi
     // A run's alerts are raised just after it is stored as finished.
     let ids = eventually(
         "an alert for each of the three runs",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let alerts: Value = app.admin_get("/admin/api/alerts?state=open").await;
             let alert_of = |run: &Value| {
@@ -382,7 +382,7 @@ async fn a_failing_webhook_is_retried_a_bounded_number_of_times_and_blocks_nothi
     // empty and stays so.
     let bodies = eventually(
         "every alert given up after its attempts",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             let bodies = receiver.bodies.lock().unwrap().clone();
             let queued = app.state.store.queued_webhooks(10).unwrap();
@@ -442,7 +442,7 @@ async fn an_alert_the_webhook_missed_before_a_restart_reaches_it_after() {
     let run = evaluate(&app, &data.dataset_id, &["base"]).await;
     let queued = eventually(
         "the alert queued after a refused attempt",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let queued = app.state.store.queued_webhooks(10).unwrap();
             queued.first().filter(|q| q.attempts >= 1).cloned()
@@ -462,7 +462,7 @@ async fn an_alert_the_webhook_missed_before_a_restart_reaches_it_after() {
     let app = spawn_app_with(with_hook(hook)).await;
     eventually(
         "the missed alert at the webhook, off the queue",
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         || async {
             let delivered = !receiver.bodies.lock().unwrap().is_empty();
             let queued = app.state.store.queued_webhooks(10).unwrap();
@@ -478,17 +478,28 @@ async fn an_alert_the_webhook_missed_before_a_restart_reaches_it_after() {
 #[tokio::test]
 async fn an_interrupted_run_resumes_without_asking_finished_examples_again() {
     let dir = tempfile::tempdir().unwrap();
+    let evaluation = format!("concurrency = 1\n{LOW_TARGETS}");
+    // The dataset is made against a simulator that answers at once...
+    let app = spawn_app_with(Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..options(&evaluation)
+    })
+    .await;
+    let data = labelled_dataset(&app).await;
+    app.stop().await;
+    // ...and the run against one that takes about half a second an
+    // example, so that the test's stop lands mid-run however late a
+    // loaded machine lets it see the third example done.
     let slow = || Options {
         simulator: flywheel_simulator::SimulatorConfig {
             api_key: Some(PROVIDER_KEY.into()),
-            token_delay: Duration::from_millis(4),
+            token_delay: Duration::from_millis(16),
             ..Default::default()
         },
         data_dir: Some(dir.path().to_path_buf()),
-        ..options(&format!("concurrency = 1\n{LOW_TARGETS}"))
+        ..options(&evaluation)
     };
     let app = spawn_app_with(slow()).await;
-    let data = labelled_dataset(&app).await;
     let response = app.admin(Method::POST, "/admin/api/evaluations", Some(&json!({"alias": "triage", "versions": ["base", "large"], "dataset_id": data.dataset_id}))).await;
     let id = response.json::<Value>().await.unwrap()["id"]
         .as_str()
@@ -496,7 +507,7 @@ async fn an_interrupted_run_resumes_without_asking_finished_examples_again() {
         .to_string();
     eventually(
         "three examples of the run done",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             let run = run_of(&app, &id).await;
             assert_ne!(run["status"], "succeeded", "the run should still be going");
@@ -576,7 +587,7 @@ async fn production_and_its_candidates_with_traffic_are_evaluated_on_schedule() 
     let data = labelled_dataset(&app).await;
     let run = eventually(
         "a scheduled evaluation to succeed",
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         || async {
             let listed: Value = app.admin_get("/admin/api/evaluations?alias=triage").await;
             listed["data"]

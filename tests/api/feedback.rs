@@ -21,7 +21,7 @@ async fn inference(app: &TestApp, key: &str) -> (String, String) {
     let body: Value = response.json().await.unwrap();
     eventually(
         &format!("inference {id} to be captured"),
-        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(30),
         || async { app.state.store.inference(&id).unwrap() },
     )
     .await;

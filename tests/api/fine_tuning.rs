@@ -58,11 +58,12 @@ pub async fn job(app: &TestApp, id: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// Polls the job until it has ended (for 30 s at most).
+/// Polls the job until it has ended (for two minutes at most: a loaded
+/// machine stretches the polls and the simulated training alike).
 pub async fn until_finished(app: &TestApp, id: &str) -> Value {
     eventually(
         &format!("job {id} to finish"),
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || async {
             let job = job(app, id).await;
             if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
@@ -79,7 +80,7 @@ pub async fn until_finished(app: &TestApp, id: &str) -> Value {
 pub async fn until_submitted(app: &TestApp, id: &str) -> Value {
     eventually(
         &format!("job {id} to be submitted"),
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || async {
             let job = job(app, id).await;
             if job["provider_job_id"].is_null() {
@@ -268,7 +269,7 @@ pub async fn reviewed_conversations_from(app: &TestApp, first: usize, n: usize) 
         let path = format!("/admin/api/conversations/{id}");
         eventually(
             &format!("conversation {id} to be captured and reviewed"),
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || async {
                 let response = app
                     .send(Method::PATCH, &path, &app.analyst_key, Some(review))

@@ -175,7 +175,7 @@ impl TestApp {
         let path = format!("/admin/api/conversations/{id}");
         eventually(
             &format!("{turns} stored turns in conversation {id}"),
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || async {
                 let response = self.admin(reqwest::Method::GET, &path, None).await;
                 if response.status() != 200 {
@@ -227,7 +227,7 @@ impl TestApp {
         let in_flight = self.state.exchanges.in_flight();
         eventually(
             "capture to take every exchange answered so far",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || async { (in_flight.count() == 0).then_some(()) },
         )
         .await;
@@ -308,7 +308,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     // while sled's flusher lets go.
     let app = eventually(
         "the store to be free to open",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             match Application::build(config.clone(), secrets.clone(), listener) {

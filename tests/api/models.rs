@@ -147,6 +147,34 @@ struct Seen {
     ok: bool,
 }
 
+/// Streams that ended, by when they started: how the test knows the load
+/// went on before and after each change, whatever the machine's speed.
+#[derive(Default)]
+struct Started(std::sync::Mutex<Vec<Instant>>);
+
+impl Started {
+    fn since(&self, at: Instant) -> usize {
+        let started = self.0.lock().unwrap();
+        started.iter().filter(|s| **s >= at).count()
+    }
+}
+
+/// Streams wanted before the first change and after each change.
+const PER_PHASE: usize = 70;
+
+/// Waits until `PER_PHASE` streams that started at `at` or later ended.
+async fn streams_since(started: &Started, at: Instant, phase: &str) {
+    eventually(
+        &format!("{PER_PHASE} streams {phase}"),
+        Duration::from_secs(60),
+        || async {
+            let n = started.since(at);
+            (n >= PER_PHASE).then_some(()).ok_or(format!("{n} streams"))
+        },
+    )
+    .await;
+}
+
 /// 50 clients stream continuously while the alias is promoted and rolled
 /// back: no request fails, every answer comes from a version that was
 /// live when it started, and from that version's model throughout.
@@ -162,14 +190,22 @@ async fn promote_and_rollback_under_streaming_load_fail_no_request() {
         })
         .await,
     );
-    let stop_at = Instant::now() + Duration::from_millis(3_000);
+    // The clients stream until told to stop, which is once enough streams
+    // ran before the promotion, between it and the rollback, and after
+    // it: a fixed window could close, on a slow machine, before a stream
+    // saw the promoted version.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Arc::new(Started::default());
+    let test_start = Instant::now();
     let clients: Vec<_> = (0..50)
         .map(|c| {
-            let app = app.clone();
+            let (app, stop, started) = (app.clone(), stop.clone(), started.clone());
             tokio::spawn(async move {
                 let mut seen = Vec::new();
-                while Instant::now() < stop_at {
-                    seen.push(stream_once(&app, c).await);
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let s = stream_once(&app, c).await;
+                    started.0.lock().unwrap().push(s.started);
+                    seen.push(s);
                 }
                 seen
             })
@@ -177,7 +213,7 @@ async fn promote_and_rollback_under_streaming_load_fail_no_request() {
         .collect();
     // (issued, acknowledged, live version after) for each change.
     let mut changes = Vec::new();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    streams_since(&started, test_start, "before the promotion").await;
     for (path, body, after) in [
         (
             // No evaluation ran here, so gating would refuse: an admin
@@ -201,14 +237,15 @@ async fn promote_and_rollback_under_streaming_load_fail_no_request() {
             )
             .await;
         assert_eq!(response.status(), 200, "{path}");
-        changes.push((issued, Instant::now(), after));
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        let acked = Instant::now();
+        changes.push((issued, acked, after));
+        streams_since(&started, acked, &format!("after the {path}")).await;
     }
+    stop.store(true, std::sync::atomic::Ordering::Release);
     let mut all = Vec::new();
     for c in clients {
         all.extend(c.await.unwrap());
     }
-    assert!(all.len() > 200, "only {} streams ran", all.len());
     let model_of = |v: &str| {
         if v == "large" {
             "gpt-4o"
@@ -549,7 +586,7 @@ async fn failed_candidates_fall_back_and_shadows_are_captured_not_returned() {
     );
     let shadows = eventually(
         "the shadow's answer beside the turn",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             let detail = app
                 .admin(

@@ -45,7 +45,7 @@ async fn health_readiness_and_metrics_answer() {
     // The exchange worker counts tokens off the hot path: give it a moment.
     let metrics = eventually(
         "flywheel_tokens_total in /metrics",
-        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(30),
         || async {
             let metrics = app
                 .http

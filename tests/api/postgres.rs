@@ -134,7 +134,7 @@ async fn two_replicas_on_one_database_share_promotions_keys_and_feedback() {
     assert_eq!(promoted.status(), 200, "{}", promoted.text().await.unwrap());
     eventually(
         "replica B to route to the promoted version",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             let r = chat(&b).await;
             let version = r.headers()["x-flywheel-variant"]
@@ -167,7 +167,7 @@ async fn two_replicas_on_one_database_share_promotions_keys_and_feedback() {
     };
     eventually(
         "replica B to accept the new key",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async { (status_with(&b, key.clone()).await == 200).then_some(()) },
     )
     .await;
@@ -181,7 +181,7 @@ async fn two_replicas_on_one_database_share_promotions_keys_and_feedback() {
     assert_eq!(revoked.status(), 204);
     eventually(
         "replica A to refuse the revoked key",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async { (status_with(&a, key.clone()).await == 401).then_some(()) },
     )
     .await;
@@ -214,7 +214,7 @@ async fn two_replicas_on_one_database_share_promotions_keys_and_feedback() {
     let revision = split.json::<Value>().await.unwrap()["revision"].clone();
     eventually(
         "replica B to have the split",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             let alias: Value = b
                 .admin(Method::GET, "/admin/api/models/triage", None)

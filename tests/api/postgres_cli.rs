@@ -125,7 +125,7 @@ async fn keys_and_export_work_while_a_server_runs() {
     };
     eventually(
         "the running server to accept the key the CLI made",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async { (status(key.clone()).await == 200).then_some(()) },
     )
     .await;
@@ -145,7 +145,7 @@ async fn keys_and_export_work_while_a_server_runs() {
     );
     eventually(
         "the running server to refuse the key the CLI revoked",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async { (status(key.clone()).await == 401).then_some(()) },
     )
     .await;

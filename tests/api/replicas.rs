@@ -166,7 +166,7 @@ async fn database(url: &str) -> tokio_postgres::Client {
 async fn poller_holder(db: &tokio_postgres::Client) -> String {
     eventually(
         "a replica to take the fine-tuning poller's lease",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             db.query_opt(
                 "SELECT holder FROM leases WHERE name = 'fine-tuning-poller'",
@@ -188,7 +188,7 @@ async fn submitted_job(http: &reqwest::Client, base: &str, client: &str) -> Stri
     }
     let ids = eventually(
         "the 24 conversations to be captured",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let page: Value = admin(
                 http,
@@ -247,7 +247,7 @@ async fn submitted_job(http: &reqwest::Client, base: &str, client: &str) -> Stri
         .to_string();
     eventually(
         "the job to be submitted",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || async { (job(http, base, &id).await["provider_job_id"].is_string()).then_some(()) },
     )
     .await;
@@ -300,7 +300,7 @@ async fn two_serve_processes_share_changes_and_survive_one_being_killed() {
     assert_eq!(promoted.status(), 200);
     eventually(
         "B to serve the version promoted on A",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             let served = chat(&http, &b.base, &client, 0).await.map(|(_, v)| v);
             (served.as_deref() == Some("large"))
@@ -323,7 +323,7 @@ async fn two_serve_processes_share_changes_and_survive_one_being_killed() {
     assert_eq!(revoked.status(), 204);
     eventually(
         "A to refuse the key revoked on B",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             let status = http
                 .get(format!("{}/v1/models", a.base))

@@ -38,7 +38,7 @@ async fn six_conversations(app: &TestApp) -> Vec<String> {
     }
     eventually(
         "the six conversations listed",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             let listed = list(app, "").await["data"].as_array().unwrap().len();
             (listed == 6)
@@ -281,7 +281,7 @@ async fn bad_review_input_gets_a_clear_error_and_changes_nothing() {
         .to_string();
     eventually(
         &format!("conversation {conversation} to be captured"),
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async { app.state.store.conversation(&conversation).unwrap() },
     )
     .await;

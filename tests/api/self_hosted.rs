@@ -370,7 +370,7 @@ pub fn alive(pid: u64) -> bool {
 
 /// Waits until the job's trainer has started; its process id.
 pub async fn trainer_pid(app: &TestApp, id: &str) -> u64 {
-    eventually("the trainer to start", Duration::from_secs(20), || async {
+    eventually("the trainer to start", Duration::from_secs(60), || async {
         let job = job(app, id).await;
         job["trainer"]["pid"].as_u64().ok_or(format!("{job:#}"))
     })
@@ -481,7 +481,7 @@ impl Restartable {
     async fn start(addr: SocketAddr) -> Self {
         let listener = eventually(
             "the simulator's port to be free again",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || async { tokio::net::TcpListener::bind(addr).await.ok() },
         )
         .await;
@@ -567,7 +567,7 @@ async fn a_restarted_server_gets_its_adapter_again_and_a_second_failure_is_clean
     .await;
     eventually(
         "the adapter to be loaded at start-up",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             let models: Value = app
                 .http

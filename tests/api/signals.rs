@@ -70,7 +70,7 @@ async fn signals_are_kept_per_conversation_and_filter_lists_and_datasets() {
         .to_string();
     eventually(
         "four conversations listed",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let listed = list(&app, "").await.len();
             (listed == 4)
@@ -228,7 +228,7 @@ async fn background_tasks_are_captured_tagged_and_kept_out_of_review_and_dataset
     background.sort();
     eventually(
         "the background tasks listed on request",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let listed = ids(&app, "background_task=true").await;
             (listed == background)
@@ -307,7 +307,7 @@ async fn background_task_patterns_are_configurable_and_checked() {
     let (webui, _) = chat(&app, alert(TITLE_TASK)).await;
     eventually(
         "ours listed as a background task",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let listed = ids(&app, "background_task=true").await;
             (listed == vec![ours.clone()])

@@ -271,7 +271,7 @@ async fn a_client_that_leaves_mid_stream_drops_the_upstream_request() {
     // Bounded wait for the drop to travel client → proxy → upstream.
     eventually(
         "the upstream stream to be dropped",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async { dropped.load(Ordering::SeqCst).then_some(()) },
     )
     .await;

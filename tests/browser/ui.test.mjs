@@ -63,11 +63,14 @@ describe('admin UI', { timeout: 240000 }, () => {
       assert.equal(fb.status, 201, await fb.text());
     }
     for (const [i, text] of [...ALERTS.entries()].reverse()) await chat(stack.url, stack.keys.client, text, { user: `analyst-${i % 3}` });
-    // Capture is off the hot path: wait until every conversation is stored.
-    for (let i = 0; i < 100; i++) {
-      const list = await api('/conversations?limit=50');
-      if (list.body.data.length === TOTAL) break;
+    // Capture is off the hot path: wait until every conversation is stored
+    // (a minute at most, for a loaded machine), and say so if one is not:
+    // the pages below count on all of them.
+    const deadline = Date.now() + 60000;
+    for (let listed = 0; listed !== TOTAL;) {
+      if (Date.now() > deadline) throw new Error(`${listed} of ${TOTAL} conversations stored after 60 s`);
       await new Promise((r) => setTimeout(r, 100));
+      listed = (await api('/conversations?limit=50')).body.data.length;
     }
     browser = await launchBrowser();
     page = await browser.context.newPage();

@@ -42,7 +42,7 @@ def base_url(proxy) -> str:
     return f"{proxy.url}/v1"
 
 
-def captured(proxy, user: str, turns: int, within: float = 15.0) -> list[dict]:
+def captured(proxy, user: str, turns: int, within: float = 30.0) -> list[dict]:
     """The conversations of `user` (with their turns) once they hold
     `turns` stored turns in all; fails with what it last saw otherwise."""
     headers = {"Authorization": f"Bearer {proxy.admin_token}"}

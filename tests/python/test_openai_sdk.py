@@ -237,7 +237,7 @@ def test_a_tool_result_turn_gets_a_text_answer(proxy):
     assert "Threat type:" in completion.choices[0].message.content
 
 
-def admin_conversation(proxy, conversation: str, turns: int, within: float = 10.0) -> dict:
+def admin_conversation(proxy, conversation: str, turns: int, within: float = 30.0) -> dict:
     """The conversation as the admin API shows it once it holds `turns`
     stored turns; fails with what it last saw when that takes too long."""
     deadline = time.monotonic() + within

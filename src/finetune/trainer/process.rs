@@ -326,6 +326,18 @@ mod tests {
         assert_eq!(run.drain(), (Vec::new(), 0), "drained once");
     }
 
+    /// Whether process `pid` ignores SIGTERM (signal 15: bit 14 of the
+    /// `SigIgn` mask in its `/proc` status).
+    fn ignores_term(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .is_some_and(|mask| mask & (1 << 14) != 0)
+    }
+
     #[tokio::test]
     async fn a_stop_ends_the_whole_group_and_a_flood_is_bounded() {
         let dir = std::env::temp_dir();
@@ -337,8 +349,13 @@ mod tests {
         )
         .unwrap();
         let pid = run.pid;
+        // Ready once the shell ignores SIGTERM — so `seq`, run in the
+        // foreground before the trap, has ended — and another process is
+        // in the group: the subshell, which inherits the ignored signal at
+        // its fork. Counting two processes alone could count `seq`, and a
+        // stop sent then ends the shell at once, before it read a line.
         tokio::time::timeout(Duration::from_secs(10), async {
-            while group(pid).len() < 2 {
+            while !(ignores_term(pid) && group(pid).len() >= 2) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

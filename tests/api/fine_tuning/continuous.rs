@@ -26,7 +26,7 @@ async fn a_full_check(app: &TestApp) {
     let before = app.metric(CHECKS).await;
     eventually(
         "two more continuous-learning checks",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let now = app.metric(CHECKS).await;
             (now >= before + 2.0)
@@ -46,7 +46,7 @@ async fn enough_approvals_start_a_job_by_themselves() {
     assert!(jobs(&app).await.is_empty(), "started below the threshold");
 
     reviewed_conversations_from(&app, 29, 1).await;
-    let started = eventually("a job to be started", Duration::from_secs(15), || async {
+    let started = eventually("a job to be started", Duration::from_secs(60), || async {
         jobs(&app).await.into_iter().next()
     })
     .await;

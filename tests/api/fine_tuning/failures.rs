@@ -286,7 +286,7 @@ async fn an_unreachable_provider_is_tried_again_rather_than_failing_the_job() {
         .to_string();
     let (job, warns) = eventually(
         "two retries noted in the job's events",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || async {
             let job = job(&app, &id).await;
             let warns: Vec<Value> = job["events"]

@@ -7,7 +7,12 @@ use flywheel::store::JobStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_resumes_after_a_restart_without_a_second_submission() {
-    let sim = spawn_simulator(simulator(Duration::from_millis(700))).await;
+    // The provider's job must still be going when the app stops: had the
+    // poller seen it succeed, the edit below would fall on a finished job
+    // with its version registered, and there would be nothing to resume.
+    // A status lasts 1.5 s, so the job ends some 4.5 s after its
+    // submission, long after the stop that follows seeing it.
+    let sim = spawn_simulator(simulator(Duration::from_millis(1500))).await;
     let dir = tempfile::tempdir().unwrap();
     let opts = || Options {
         data_dir: Some(dir.path().to_path_buf()),
@@ -30,6 +35,10 @@ async fn a_job_resumes_after_a_restart_without_a_second_submission() {
     // were sent, but their answers never stored.
     let store = reopen(dir.path()).await;
     let mut record = store.job(&id).unwrap().unwrap();
+    assert!(
+        !record.status.is_final(),
+        "the job ended before the stop: {record:?}"
+    );
     assert!(record.attempts.submit && record.attempts.validation_upload);
     record.provider_job_id = None;
     record.provider_files.validation_file = None;
@@ -82,7 +91,7 @@ pub async fn reopen(dir: &std::path::Path) -> flywheel::store::SharedStore {
     }
     eventually(
         "the stopped app's store to be free to open",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             match flywheel::store::open(dir) {
                 Err(e @ flywheel::store::StoreError::Locked { .. }) => Err(e.to_string()),

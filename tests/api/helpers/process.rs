@@ -122,8 +122,8 @@ pub fn serve(config: &Path) -> Process {
 /// Waits until the server at `base` answers `GET /readyz` with a 200.
 pub async fn ready(http: &reqwest::Client, base: &str) {
     eventually(
-        &format!("{base}/readyz to answer 200"),
-        Duration::from_secs(20),
+        &format!("{base}/readyz to answer 600"),
+        Duration::from_secs(60),
         || async {
             let response = http.get(format!("{base}/readyz")).send().await;
             response.is_ok_and(|r| r.status() == 200).then_some(())

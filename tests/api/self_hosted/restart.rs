@@ -110,7 +110,7 @@ async fn a_trainer_running_when_flywheel_stopped_is_stopped_and_its_job_fails_on
         .as_str()
         .unwrap_or_else(|| panic!("{created}"))
         .to_string();
-    let pid = eventually("the trainer to start", Duration::from_secs(20), || async {
+    let pid = eventually("the trainer to start", Duration::from_secs(60), || async {
         let job = get_job(id.clone()).await;
         job["trainer"]["pid"].as_u64().ok_or(format!("{job:#}"))
     })
@@ -119,7 +119,7 @@ async fn a_trainer_running_when_flywheel_stopped_is_stopped_and_its_job_fails_on
     // The trainer is under way (it said so, and sleeps through its first
     // step), so it outlives Flywheel rather than dying on its next write
     // to the pipe Flywheel held.
-    eventually("the trainer to report", Duration::from_secs(20), || async {
+    eventually("the trainer to report", Duration::from_secs(60), || async {
         let job = get_job(id.clone()).await;
         let said = job["events"].as_array().unwrap().iter().any(|e| {
             e["message"]
@@ -136,7 +136,7 @@ async fn a_trainer_running_when_flywheel_stopped_is_stopped_and_its_job_fails_on
 
     let _server = serve(&config);
     ready(&http, &base).await;
-    let failed = eventually("the job to fail", Duration::from_secs(30), || async {
+    let failed = eventually("the job to fail", Duration::from_secs(60), || async {
         let job = get_job(id.clone()).await;
         (job["status"] == "failed")
             .then_some(job.clone())

@@ -35,9 +35,9 @@ function provider(user) {
 }
 
 /** The conversations `user` has once they hold `turns` stored turns in
- * all; fails with what it last saw after 15 s. */
+ * all; fails with what it last saw after 30 s. */
 async function captured(user, turns) {
-  const deadline = Date.now() + 15000;
+  const deadline = Date.now() + 30000;
   let last;
   while (Date.now() < deadline) {
     const list = await admin(`/conversations?user=${encodeURIComponent(user)}`);
