@@ -165,7 +165,7 @@ async fn an_alert_a_dead_replica_could_not_deliver_is_delivered_by_the_survivor(
     // A attempted it, so A holds the lease, before B starts.
     eventually(
         "A's first refused attempt",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             a_store
                 .queued_webhooks(10)
