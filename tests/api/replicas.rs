@@ -28,7 +28,9 @@ requests_per_minute = 0
 
 [store]
 kind = "postgres"
-lease_ttl_s = 3
+# Short, so the survivor takes over soon after a death; long enough that a
+# loaded machine's stall of the holder does not hand its leases over early.
+lease_ttl_s = 6
 
 [fine_tuning]
 poll_interval_s = 1
