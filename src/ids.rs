@@ -1,4 +1,5 @@
-//! Time-ordered ids with a kind prefix (`inf_01J…`) and RFC 3339 timestamps.
+//! Time-ordered ids with a kind prefix (`inf_01J…`), RFC 3339 timestamps
+//! and Unix milliseconds.
 
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -27,6 +28,12 @@ pub fn new_id(prefix: &str) -> String {
 /// Now as RFC 3339 UTC with seconds, e.g. `2026-11-25T03:00:00Z`.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// `t` in milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -40,7 +40,10 @@ pub fn purge_once(
     let cutoff = now.checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
     // Ids are `inf_` + a ULID: everything created before the cutoff sorts
     // before the ULID of the cutoff with no random bits.
-    let before = format!("inf_{}", ulid::Ulid::from_parts(ms_since_epoch(cutoff), 0));
+    let before = format!(
+        "inf_{}",
+        ulid::Ulid::from_parts(crate::ids::unix_ms(cutoff), 0)
+    );
     let mut purged = 0;
     let mut after: Option<String> = None;
     loop {
@@ -59,11 +62,6 @@ pub fn purge_once(
         }
     }
     Ok(purged)
-}
-
-fn ms_since_epoch(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The service's step: [`purge_once`] off the async workers, of what is
@@ -155,7 +153,7 @@ mod tests {
         let store = crate::store::open(dir.path()).unwrap();
         let at = |age_days: u64| {
             let t = SystemTime::now() - Duration::from_secs(age_days * 86_400);
-            format!("inf_{}", ulid::Ulid::from_parts(ms_since_epoch(t), 0))
+            format!("inf_{}", ulid::Ulid::from_parts(crate::ids::unix_ms(t), 0))
         };
         let (old, recent) = (at(10), at(1));
         let mut batch: Vec<crate::store::CapturedTurn> = [&old, &recent]
@@ -177,7 +175,7 @@ mod tests {
         let now = SystemTime::now();
         let id_at = |age_days: u64, n: u128| {
             let t = now - Duration::from_secs(age_days * 86_400);
-            format!("inf_{}", ulid::Ulid::from_parts(ms_since_epoch(t), n))
+            format!("inf_{}", ulid::Ulid::from_parts(crate::ids::unix_ms(t), n))
         };
         let old: Vec<String> = (0..1200).map(|n| id_at(40, n)).collect();
         let recent = id_at(1, 0);

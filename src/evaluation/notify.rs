@@ -10,6 +10,7 @@
 //! wait.
 
 use crate::config::EvaluationConfig;
+use crate::ids::unix_ms;
 use crate::service::{Lease, Next, Service, StepError, blocking, periodic};
 use crate::store::{AlertRecord, QueuedWebhook, SharedStore, Store, StoreError};
 use crate::upstream::Webhook;
@@ -140,11 +141,6 @@ impl Delivery {
         blocking(move || s.dequeue_webhook(&entry.alert_id)).await?;
         Ok(true)
     }
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `first`, doubled for each attempt already made, at most [`MAX_BACKOFF`].

@@ -121,7 +121,7 @@ pub struct QueuedWebhook {
     /// Attempts made so far, all failed.
     pub attempts: u32,
     /// Unix milliseconds before which the next attempt waits.
-    pub next_attempt_ms: i64,
+    pub next_attempt_ms: u64,
 }
 
 /// Which tally an inference or feedback counts towards: a version of an

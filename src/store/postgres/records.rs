@@ -338,7 +338,7 @@ impl PgStore {
                 .map(|row| QueuedWebhook {
                     alert_id: row.get(0),
                     attempts: u32::try_from(row.get::<_, i32>(1)).unwrap_or(0),
-                    next_attempt_ms: row.get(2),
+                    next_attempt_ms: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
                 })
                 .collect())
         })
@@ -622,12 +622,13 @@ async fn upsert_webhook(
     webhook: &QueuedWebhook,
 ) -> Result<(), StoreError> {
     let attempts = i32::try_from(webhook.attempts).unwrap_or(i32::MAX);
+    let next_attempt_ms = i64::try_from(webhook.next_attempt_ms).unwrap_or(i64::MAX);
     client
         .execute(
             "INSERT INTO alert_webhooks (alert_id, attempts, next_attempt_ms) VALUES ($1, $2, $3)
              ON CONFLICT (alert_id) DO UPDATE
                SET attempts = excluded.attempts, next_attempt_ms = excluded.next_attempt_ms",
-            &[&webhook.alert_id, &attempts, &webhook.next_attempt_ms],
+            &[&webhook.alert_id, &attempts, &next_attempt_ms],
         )
         .await
         .map_err(db_error)?;
