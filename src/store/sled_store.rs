@@ -23,6 +23,7 @@ mod evaluations;
 mod jobs;
 mod migrate;
 mod models;
+mod owners;
 mod postings;
 mod runs;
 mod tallies;
@@ -94,8 +95,7 @@ pub struct SledStore {
     tally_lock: parking_lot::Mutex<()>,
     /// Held while a conversation, its listings and the tallies change
     /// together; only capture, feedback and review take it, never a request.
-    /// Holds the tallies as last committed, once read.
-    conversation_lock: parking_lot::Mutex<Option<ConversationTallies>>,
+    conversation_lock: parking_lot::Mutex<conversations::Held>,
     /// The last capture batch id handed out (see `postings`).
     last_batch: AtomicU64,
 }
@@ -135,7 +135,7 @@ impl SledStore {
             evaluation_examples: tree("evaluation_examples")?,
             performance: tree("model_performance")?,
             tally_lock: parking_lot::Mutex::new(()),
-            conversation_lock: parking_lot::Mutex::new(None),
+            conversation_lock: parking_lot::Mutex::new(conversations::Held::default()),
             last_batch: AtomicU64::new(0),
             db,
         };

@@ -6,6 +6,7 @@
 //! owns the text — logged for the runs.
 
 use super::conversations::{Changes, Tree};
+use super::owners::{Owner, TextOwners};
 use super::postings::{self, Entry, Posting};
 use super::runs::{self, Kind, Runs};
 use super::{SledStore, codec};
@@ -65,6 +66,7 @@ impl SledStore {
         let mut by_id: HashMap<String, usize> = HashMap::new();
         let mut owners: HashMap<String, Option<String>> = HashMap::new();
         let mut pairs: Vec<(Kind, runs::Key, runs::Value)> = Vec::new();
+        let mut new_owners = Vec::new();
         let mut changes = Changes::default();
         let mut deltas: Vec<(TallyKey, VersionTally)> = Vec::new();
         for &i in &fresh {
@@ -87,7 +89,14 @@ impl SledStore {
                 let conversation = &mut touched[at];
                 let index = conversation.after.append(turn);
                 turn.record.turn = Some(index);
-                let duplicate = self.text_owner(turn, conversation, &mut owners, &mut pairs)?;
+                let duplicate = self.text_owner(
+                    turn,
+                    conversation,
+                    &mut owners,
+                    &mut held.owners,
+                    &mut pairs,
+                    &mut new_owners,
+                )?;
                 conversation.after.signals = ConversationSignals {
                     upstream_error: conversation.after.signals.upstream_error
                         || turn.signals.upstream_error,
@@ -132,7 +141,11 @@ impl SledStore {
         // from the batch can miss its lookups; a pair whose batch then
         // failed points at a record that is not there, which reads as none.
         self.runs.committed(&log, &pairs)?;
-        self.commit(&mut held, &states, changes)
+        self.commit(&mut held, &states, changes)?;
+        for (key, owner) in new_owners {
+            held.owners.remember(key, owner);
+        }
+        Ok(())
     }
 
     /// The conversation a turn goes to, as stored, or a new one (with its
@@ -163,14 +176,16 @@ impl SledStore {
     }
 
     /// The conversation that owns the turn's text, when another one does;
-    /// else this one becomes its owner. A pair found for the text is only
-    /// believed while its conversation still holds that text, first.
+    /// else this one becomes its owner (in `new_owners` once the batch is
+    /// written).
     fn text_owner(
         &self,
         turn: &CapturedTurn,
         conversation: &Touched,
         owners: &mut HashMap<String, Option<String>>,
+        remembered: &mut TextOwners,
         pairs: &mut Vec<(Kind, runs::Key, runs::Value)>,
+        new_owners: &mut Vec<(runs::Key, Owner)>,
     ) -> Result<Option<String>, StoreError> {
         let Some(text) = turn.signals.text_hash.as_deref() else {
             return Ok(None);
@@ -180,17 +195,21 @@ impl SledStore {
             Some(owner) => owner.clone(),
             None => {
                 let key = hashed(text);
-                let found = match self.runs.get(Kind::Text, &key)? {
-                    Some(slot) => self.signals_at(&slot)?.filter(|(_, signals)| {
-                        signals.text_hash.as_deref() == Some(text) && signals.duplicate_of.is_none()
-                    }),
-                    None => None,
+                let owner = match remembered.get(&key) {
+                    Some(owner) => Some(owner.id),
+                    None => self.stored_owner(text, key, remembered)?,
                 };
-                let owner = found.map(|(id, _)| id);
                 if owner.is_none()
                     && let Some(slot) = value_of(&conversation.slot)
                 {
                     pairs.push((Kind::Text, key, slot));
+                    new_owners.push((
+                        key,
+                        Owner {
+                            slot: conversation.slot.clone(),
+                            id: this.clone(),
+                        },
+                    ));
                 }
                 owners.insert(
                     text.to_string(),
@@ -200,6 +219,34 @@ impl SledStore {
             }
         };
         Ok(owner.filter(|o| o != this))
+    }
+
+    /// The owner of a text as stored. A pair found for the text is only
+    /// believed while its conversation still holds that text, first; one
+    /// that does is remembered.
+    fn stored_owner(
+        &self,
+        text: &str,
+        key: runs::Key,
+        remembered: &mut TextOwners,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(slot) = self.runs.get(Kind::Text, &key)? else {
+            return Ok(None);
+        };
+        let Some((id, signals)) = self.signals_at(&slot)? else {
+            return Ok(None);
+        };
+        if signals.text_hash.as_deref() != Some(text) || signals.duplicate_of.is_some() {
+            return Ok(None);
+        }
+        remembered.remember(
+            key,
+            Owner {
+                slot: slot.to_vec(),
+                id: id.clone(),
+            },
+        );
+        Ok(Some(id))
     }
 
     /// Gives the batch's new conversations their positions and writes their

@@ -4,6 +4,7 @@
 //! writes them with the record in one sled transaction: a crash leaves all
 //! of them or none.
 
+use super::owners::TextOwners;
 use super::postings::{self, Entry, Posting};
 use super::{LOCK_WAIT, SledStore, busy, codec, decode, encode, io};
 use crate::store::{
@@ -17,6 +18,14 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use std::collections::HashSet;
 
 pub(super) const TALLIES: &[u8] = b"conversation_tallies";
+
+/// What the conversation lock keeps besides the right to change them.
+#[derive(Default)]
+pub(super) struct Held {
+    /// The tallies as last committed, once read.
+    tallies: Option<ConversationTallies>,
+    pub(super) owners: TextOwners,
+}
 
 /// The trees a conversation change may touch, in transaction order.
 #[derive(Clone, Copy)]
@@ -112,17 +121,17 @@ impl SledStore {
     /// The tallies as last committed, from memory once read.
     pub(super) fn current_tallies(&self) -> Result<ConversationTallies, StoreError> {
         let mut held = self.lock()?;
-        if let Some(t) = held.as_ref() {
+        if let Some(t) = held.tallies.as_ref() {
             return Ok(t.clone());
         }
         let t = self.read_tallies()?;
-        *held = Some(t.clone());
+        held.tallies = Some(t.clone());
         Ok(t)
     }
 
     /// Waits for the lock at most [`LOCK_WAIT`]: a store stuck on a
     /// failing disk gives an error, not a thread that waits for ever.
-    pub(super) fn lock(&self) -> Result<MutexGuard<'_, Option<ConversationTallies>>, StoreError> {
+    pub(super) fn lock(&self) -> Result<MutexGuard<'_, Held>, StoreError> {
         self.conversation_lock
             .try_lock_for(LOCK_WAIT)
             .ok_or_else(|| busy("conversations"))
@@ -310,7 +319,7 @@ impl SledStore {
     /// The caller holds the lock, so nothing read before it moved since.
     pub(super) fn commit(
         &self,
-        cached: &mut Option<ConversationTallies>,
+        held: &mut Held,
         conversations: &[(
             Vec<u8>,
             Option<&ConversationRecord>,
@@ -318,7 +327,7 @@ impl SledStore {
         )],
         mut changes: Changes,
     ) -> Result<(), StoreError> {
-        let mut tallies = match cached.take() {
+        let mut tallies = match held.tallies.take() {
             Some(t) => t,
             None => self.read_tallies()?,
         };
@@ -347,8 +356,11 @@ impl SledStore {
         let result = self.apply(&changes);
         // The cached tallies are those last committed: on failure, read
         // them again next time.
-        if result.is_ok() && touched {
-            *cached = Some(tallies);
+        if result.is_ok() {
+            held.owners.committed(conversations);
+            if touched {
+                held.tallies = Some(tallies);
+            }
         }
         result
     }
@@ -759,6 +771,19 @@ mod tests {
                 .duplicate_of
                 .as_deref(),
             Some("conv_4")
+        );
+        // An owner whose later turn moves to another text owns it no more,
+        // though the check remembered it a moment ago.
+        with_hash("conv_4", "inf_41", "cc", false);
+        assert_eq!(
+            with_hash("conv_6", "inf_60", "aa", false).duplicate_of,
+            None
+        );
+        assert_eq!(
+            with_hash("conv_7", "inf_70", "aa", false)
+                .duplicate_of
+                .as_deref(),
+            Some("conv_6")
         );
     }
 }
