@@ -84,6 +84,10 @@ fn join(path: &str, key: &str) -> String {
 /// as `\ufffd` (the same length, so nothing else moves); borrowed when
 /// there is none.
 pub fn without_lone_surrogates(bytes: &[u8]) -> Cow<'_, [u8]> {
+    // Most bodies hold no `\u` escape at all.
+    if memchr::memmem::find(bytes, b"\\u").is_none() {
+        return Cow::Borrowed(bytes);
+    }
     let mut out: Option<Vec<u8>> = None;
     let mut i = 0;
     let mut in_string = false;

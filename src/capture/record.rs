@@ -90,12 +90,21 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
         version: ex.route.version.as_deref().map(String::from),
         provider_model: ex.route.upstream_model.to_string(),
         request: if omitted.is_empty() {
-            json!({"messages": messages, "params": params})
+            object([("messages", messages), ("params", Value::Object(params))])
         } else {
             // The turn says exactly what it could not hold, and why.
-            json!({"messages": messages, "params": params, "omitted": omitted, "omitted_reason": lenient::TOO_DEEP})
+            object([
+                ("messages", messages),
+                ("params", Value::Object(params)),
+                ("omitted", omitted.into()),
+                ("omitted_reason", lenient::TOO_DEEP.into()),
+            ])
         },
-        response: json!({"choices": answer.choices, "usage": answer.usage, "error": answer.error}),
+        response: object([
+            ("choices", Value::Array(answer.choices)),
+            ("usage", answer.usage),
+            ("error", answer.error),
+        ]),
         streamed: ex.streamed,
         status: ex.outcome.as_str().to_string(),
         http_status: ex.status,
@@ -114,7 +123,7 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Answer {
     completion_id: Option<String>,
     /// `[{index, message, finish_reason}]`.
@@ -135,6 +144,21 @@ impl Answer {
     }
 
     fn from_body(body: &[u8]) -> Self {
+        // What a completion's body usually is, read without building the
+        // fields the record does not keep; anything else as a tree.
+        if let Ok(unary) = serde_json::from_slice::<Unary>(&lenient::without_lone_surrogates(body))
+        {
+            return Self {
+                completion_id: unary.id,
+                choices: unary.choices.into_iter().map(UnaryChoice::kept).collect(),
+                usage: unary.usage,
+                error: Value::Null,
+            };
+        }
+        Self::from_tree(body)
+    }
+
+    fn from_tree(body: &[u8]) -> Self {
         let Some(Value::Object(mut v)) = lenient::parse(body).map(|p| p.value) else {
             return Self::default();
         };
@@ -144,8 +168,12 @@ impl Answer {
             Some(Value::Array(cs)) => cs
                 .into_iter()
                 .map(|mut c| {
-                    json!({"index": take(&mut c, "index"), "message": take(&mut c, "message"),
-                        "finish_reason": take(&mut c, "finish_reason")})
+                    UnaryChoice {
+                        index: take(&mut c, "index"),
+                        message: take(&mut c, "message"),
+                        finish_reason: take(&mut c, "finish_reason"),
+                    }
+                    .kept()
                 })
                 .collect(),
             _ => Vec::new(),
@@ -196,6 +224,46 @@ impl Answer {
         answer.choices = choices.into_iter().map(|(i, c)| c.into_value(i)).collect();
         answer
     }
+}
+
+/// The parts of a unary completion's body a record keeps.
+#[derive(serde::Deserialize)]
+struct Unary {
+    id: Option<String>,
+    #[serde(default)]
+    choices: Vec<UnaryChoice>,
+    #[serde(default)]
+    usage: Value,
+}
+
+#[derive(serde::Deserialize)]
+struct UnaryChoice {
+    #[serde(default)]
+    index: Value,
+    #[serde(default)]
+    message: Value,
+    #[serde(default)]
+    finish_reason: Value,
+}
+
+impl UnaryChoice {
+    fn kept(self) -> Value {
+        object([
+            ("index", self.index),
+            ("message", self.message),
+            ("finish_reason", self.finish_reason),
+        ])
+    }
+}
+
+/// A JSON object of `fields`, moved in (`json!` would copy each value).
+fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
 #[derive(Default)]
@@ -268,6 +336,31 @@ mod tests {
             (Some("call_1"), Some("{\"a\":1}"))
         );
         assert_eq!(a.usage["total_tokens"], 5);
+    }
+
+    #[test]
+    fn a_unary_body_reads_the_same_whichever_way_it_is_parsed() {
+        let bodies = [
+            r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"T \ud800","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5},"system_fingerprint":"fp"}"#,
+            r#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}},{"index":1}]}"#,
+            r#"{"id":7,"choices":[{"index":0,"message":{"content":"x"}}],"usage":null}"#,
+            r#"{"id":"a","choices":[null,3]}"#,
+            r#"{"id":"a","choices":{"0":{}}}"#,
+            r#"{"error":{"message":"no"}}"#,
+            r#"[1,2]"#,
+            "not json",
+        ];
+        for body in bodies {
+            let typed = Answer::from_body(body.as_bytes());
+            assert_eq!(typed, Answer::from_tree(body.as_bytes()), "{body}");
+        }
+        let a = Answer::from_body(bodies[0].as_bytes());
+        assert_eq!(a.choices[0]["message"]["content"], "T \u{fffd}");
+        assert_eq!(
+            a.choices[0].as_object().map(|o| o.len()),
+            Some(3),
+            "index, message, finish_reason"
+        );
     }
 
     #[test]
