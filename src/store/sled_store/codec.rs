@@ -36,9 +36,15 @@ static ENCODER: LazyLock<EncoderDictionary<'static>> =
 static DECODER: LazyLock<DecoderDictionary<'static>> =
     LazyLock::new(|| DecoderDictionary::copy(DICTIONARY));
 
+/// The format byte and the raw length before a compressed record's frame.
+const HEADER: usize = 5;
+/// A JSON buffer grown past this by a large record is not kept.
+const KEPT_BUFFER: usize = 1 << 20;
+
 thread_local! {
     // A context per thread: preparing one costs far more than a record.
-    static COMPRESSOR: RefCell<Option<Compressor<'static>>> = const { RefCell::new(None) };
+    // The JSON is written into a buffer kept with it.
+    static ENCODING: RefCell<Option<(Compressor<'static>, Vec<u8>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -48,21 +54,29 @@ fn codec_error(detail: impl std::fmt::Display) -> StoreError {
 
 /// The record as stored: compressed JSON after its format byte.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    let json = serde_json::to_vec(value).map_err(codec_error)?;
-    COMPRESSOR.with(|cell| {
+    ENCODING.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let compressor = match slot.as_mut() {
-            Some(c) => c,
-            None => {
-                slot.insert(Compressor::with_prepared_dictionary(&ENCODER).map_err(codec_error)?)
-            }
+        let (compressor, json) = match slot.as_mut() {
+            Some(e) => e,
+            None => slot.insert((
+                Compressor::with_prepared_dictionary(&ENCODER).map_err(codec_error)?,
+                Vec::new(),
+            )),
         };
-        let frame = compressor.compress(&json).map_err(codec_error)?;
-        let mut out = Vec::with_capacity(frame.len() + 5);
+        json.clear();
+        serde_json::to_writer(&mut *json, value).map_err(codec_error)?;
+        let mut out = Vec::with_capacity(HEADER + zstd::zstd_safe::compress_bound(json.len()));
         out.push(ZSTD_DICT_1);
         out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        out.extend_from_slice(&frame);
-        Ok(out)
+        let mut frame = std::io::Cursor::new(out);
+        frame.set_position(HEADER as u64);
+        compressor
+            .compress_to_buffer(json.as_slice(), &mut frame)
+            .map_err(codec_error)?;
+        if json.capacity() > KEPT_BUFFER {
+            *json = Vec::new();
+        }
+        Ok(frame.into_inner())
     })
 }
 
