@@ -22,7 +22,9 @@ use crate::config::WriterPriority;
 use crate::exchange::{Exchange, InFlight};
 use crate::ids::now_rfc3339;
 use crate::store::{CapturedTurn, InferenceRecord, SharedStore, StoreError};
-use std::sync::Arc;
+use crate::telemetry::Handles;
+use metrics::Counter;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -299,14 +301,22 @@ fn prepare(
     })
 }
 
+/// The token counters by alias and version, kept: registering them by
+/// their labels on each record showed in the writer's profile.
+static TOKEN_COUNTERS: LazyLock<Handles<[Counter; 2]>> = LazyLock::new(Handles::default);
+
 fn count_tokens(record: &InferenceRecord) {
     let usage = &record.response["usage"];
-    let alias = record.alias.clone().unwrap_or_default();
-    let version = record.version.clone().unwrap_or_default();
-    for kind in ["prompt", "completion"] {
-        if let Some(n) = usage[format!("{kind}_tokens")].as_u64() {
-            metrics::counter!("flywheel_tokens_total", "alias" => alias.clone(), "version" => version.clone(), "kind" => kind)
-                .increment(n);
+    let alias = record.alias.as_deref().unwrap_or_default();
+    let version = record.version.as_deref().unwrap_or_default();
+    let counters = TOKEN_COUNTERS.get([alias, version], || {
+        ["prompt", "completion"].map(|kind| {
+            metrics::counter!("flywheel_tokens_total", "alias" => alias.to_string(), "version" => version.to_string(), "kind" => kind)
+        })
+    });
+    for (field, counter) in ["prompt_tokens", "completion_tokens"].iter().zip(&counters) {
+        if let Some(n) = usage[field].as_u64() {
+            counter.increment(n);
         }
     }
 }

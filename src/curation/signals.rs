@@ -7,6 +7,7 @@ use super::example::{Candidate, Message, correction, finish_reason, lenient_text
 use crate::store::{ConversationSignals, InferenceRecord};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,19 +118,46 @@ pub fn normalised_hash(messages: &[Message]) -> String {
 /// into `out`. Capture hashes every turn: one buffer, not a string a word.
 fn normalise(text: &str, out: &mut String) {
     out.clear();
-    let lower = text.to_lowercase();
+    // ASCII is lower-cased in place once joined, without a copy first.
+    let lower = if text.is_ascii() {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.to_lowercase())
+    };
     for word in lower.split_whitespace() {
         if !out.is_empty() {
             out.push(' ');
         }
         out.push_str(word);
     }
+    out.make_ascii_lowercase();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::curation::tests::{candidate, feedback, with_answer};
+
+    #[test]
+    fn plain_ascii_is_normalised_as_any_other_text() {
+        for text in [
+            "  Alert:\tEVIL.exe \x0b\x0c ran\r\n",
+            "",
+            " \n ",
+            "ONE",
+            "a  b",
+            "\u{c9}T\u{c9}  \u{3a3}A\u{3a3}",
+        ] {
+            let mut out = String::new();
+            normalise(text, &mut out);
+            let words: Vec<_> = text
+                .to_lowercase()
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            assert_eq!(out, words.join(" "), "{text:?}");
+        }
+    }
 
     #[test]
     fn copies_differing_in_case_and_spacing_hash_alike() {

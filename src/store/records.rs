@@ -114,22 +114,28 @@ pub fn preview_of(messages: &serde_json::Value) -> String {
     let first_user = messages
         .as_array()
         .and_then(|m| m.iter().find(|m| m["role"] == "user"))
-        .map(|m| crate::capture::threading::message_text(&m["content"]))
+        .map(|m| match &m["content"] {
+            serde_json::Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            parts => std::borrow::Cow::Owned(crate::capture::threading::message_text(parts)),
+        })
         .unwrap_or_default();
     let mut out = String::with_capacity(PREVIEW_CHARS);
     let mut chars = 0;
-    'words: for word in first_user.split_whitespace() {
-        for c in (!out.is_empty())
-            .then_some(' ')
-            .into_iter()
-            .chain(word.chars())
-        {
+    for word in first_user.split_whitespace() {
+        if !out.is_empty() {
             if chars == PREVIEW_CHARS {
-                break 'words;
+                break;
             }
-            out.push(c);
+            out.push(' ');
             chars += 1;
         }
+        // Cut inside the word that reaches the limit.
+        if let Some((cut, _)) = word.char_indices().nth(PREVIEW_CHARS - chars) {
+            out.push_str(&word[..cut]);
+            break;
+        }
+        out.push_str(word);
+        chars += word.chars().count();
     }
     out
 }
@@ -556,4 +562,53 @@ pub struct FeedbackRecord {
     pub correction: Option<String>,
     pub approved_for_training: Option<bool>,
     pub created_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The preview as first written: character by character.
+    fn reference(text: &str) -> String {
+        let mut out = String::new();
+        let mut chars = 0;
+        'words: for word in text.split_whitespace() {
+            for c in (!out.is_empty())
+                .then_some(' ')
+                .into_iter()
+                .chain(word.chars())
+            {
+                if chars == PREVIEW_CHARS {
+                    break 'words;
+                }
+                out.push(c);
+                chars += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_preview_keeps_the_first_characters_on_one_line() {
+        let word = "é".repeat(PREVIEW_CHARS - 3);
+        let texts = [
+            String::new(),
+            "  Alert:\n\tpowershell  -enc  ".into(),
+            format!("{word} ab cd"),
+            format!("{word} abc"),
+            format!("{word} a"),
+            format!("{word}xy z"),
+            "x".repeat(PREVIEW_CHARS + 5),
+            "word ".repeat(100),
+        ];
+        for text in texts {
+            let messages = serde_json::json!([
+                {"role": "system", "content": "not this"},
+                {"role": "user", "content": text}
+            ]);
+            assert_eq!(preview_of(&messages), reference(&text), "{text:?}");
+        }
+        let parts = serde_json::json!([{"role": "user", "content": [{"type": "text", "text": "a b"}, {"type": "text", "text": "c"}]}]);
+        assert_eq!(preview_of(&parts), "a b c");
+    }
 }
