@@ -492,7 +492,7 @@ impl Store for PgStore {
     }
 
     fn put_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {
-        self.write_alert(alert)
+        self.write_alert(alert, None)
     }
 
     fn raise_alert(
@@ -500,7 +500,7 @@ impl Store for PgStore {
         alert: &AlertRecord,
         webhook: Option<&QueuedWebhook>,
     ) -> Result<(), StoreError> {
-        self.write_raised_alert(alert, webhook)
+        self.write_alert(alert, webhook)
     }
 
     fn queued_webhooks(&self, limit: usize) -> Result<Vec<QueuedWebhook>, StoreError> {

@@ -450,7 +450,7 @@ impl Store for SledStore {
     }
 
     fn put_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {
-        self.write_alert(alert)
+        self.write_alert(alert, None)
     }
 
     fn raise_alert(
@@ -458,7 +458,7 @@ impl Store for SledStore {
         alert: &AlertRecord,
         webhook: Option<&QueuedWebhook>,
     ) -> Result<(), StoreError> {
-        self.write_raised_alert(alert, webhook)
+        self.write_alert(alert, webhook)
     }
 
     fn queued_webhooks(&self, limit: usize) -> Result<Vec<QueuedWebhook>, StoreError> {

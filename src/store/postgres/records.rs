@@ -281,23 +281,9 @@ impl PgStore {
         })
     }
 
-    pub(super) fn write_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {
-        let (id, value) = (alert.id.clone(), to_json(alert)?);
-        self.call(move |ctx| async move {
-            let client = ctx.pool.get().await.map_err(pool_error)?;
-            client
-                .execute(
-                    "INSERT INTO alerts (id, record) VALUES ($1, $2::text::json)
-                     ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-                    &[&id, &value],
-                )
-                .await
-                .map_err(db_error)?;
-            Ok(())
-        })
-    }
-
-    pub(super) fn write_raised_alert(
+    /// The alert, with its webhook delivery queued when one is given, in
+    /// one transaction.
+    pub(super) fn write_alert(
         &self,
         alert: &AlertRecord,
         webhook: Option<&QueuedWebhook>,

@@ -35,6 +35,16 @@ fn value_of(key: &[u8]) -> Option<runs::Value> {
     key.try_into().ok()
 }
 
+/// The owners of the texts a batch has met so far.
+#[derive(Default)]
+struct BatchOwners {
+    /// Text hash → the conversation that owns it.
+    seen: HashMap<String, String>,
+    /// The batch's conversations that became owners, remembered once the
+    /// batch is written.
+    new: Vec<(runs::Key, Owner)>,
+}
+
 /// A conversation this batch changes.
 struct Touched {
     slot: Vec<u8>,
@@ -64,9 +74,8 @@ impl SledStore {
         let batch_id = self.next_batch();
         let mut touched: Vec<Touched> = Vec::new();
         let mut by_id: HashMap<String, usize> = HashMap::new();
-        let mut owners: HashMap<String, Option<String>> = HashMap::new();
+        let mut owners = BatchOwners::default();
         let mut pairs: Vec<(Kind, runs::Key, runs::Value)> = Vec::new();
-        let mut new_owners = Vec::new();
         let mut changes = Changes::default();
         let mut deltas: Vec<(TallyKey, VersionTally)> = Vec::new();
         for &i in &fresh {
@@ -95,7 +104,6 @@ impl SledStore {
                     &mut owners,
                     &mut held.owners,
                     &mut pairs,
-                    &mut new_owners,
                 )?;
                 conversation.after.signals = ConversationSignals {
                     upstream_error: conversation.after.signals.upstream_error
@@ -142,7 +150,7 @@ impl SledStore {
         // failed points at a record that is not there, which reads as none.
         self.runs.committed(&log, &pairs)?;
         self.commit(&mut held, &states, changes)?;
-        for (key, owner) in new_owners {
+        for (key, owner) in owners.new {
             held.owners.remember(key, owner);
         }
         Ok(())
@@ -176,23 +184,21 @@ impl SledStore {
     }
 
     /// The conversation that owns the turn's text, when another one does;
-    /// else this one becomes its owner (in `new_owners` once the batch is
-    /// written).
+    /// else this one becomes its owner.
     fn text_owner(
         &self,
         turn: &CapturedTurn,
         conversation: &Touched,
-        owners: &mut HashMap<String, Option<String>>,
+        owners: &mut BatchOwners,
         remembered: &mut TextOwners,
         pairs: &mut Vec<(Kind, runs::Key, runs::Value)>,
-        new_owners: &mut Vec<(runs::Key, Owner)>,
     ) -> Result<Option<String>, StoreError> {
         let Some(text) = turn.signals.text_hash.as_deref() else {
             return Ok(None);
         };
         let this = &conversation.after.id;
-        let owner = match owners.get(text) {
-            Some(owner) => owner.clone(),
+        let owner = match owners.seen.get(text) {
+            Some(owner) => Some(owner.clone()),
             None => {
                 let key = hashed(text);
                 let owner = match remembered.get(&key) {
@@ -203,7 +209,7 @@ impl SledStore {
                     && let Some(slot) = value_of(&conversation.slot)
                 {
                     pairs.push((Kind::Text, key, slot));
-                    new_owners.push((
+                    owners.new.push((
                         key,
                         Owner {
                             slot: conversation.slot.clone(),
@@ -211,9 +217,9 @@ impl SledStore {
                         },
                     ));
                 }
-                owners.insert(
+                owners.seen.insert(
                     text.to_string(),
-                    Some(owner.clone().unwrap_or_else(|| this.clone())),
+                    owner.clone().unwrap_or_else(|| this.clone()),
                 );
                 owner
             }

@@ -358,9 +358,7 @@ impl SledStore {
         // them again next time.
         if result.is_ok() {
             held.owners.committed(conversations);
-            if touched {
-                held.tallies = Some(tallies);
-            }
+            held.tallies = Some(tallies);
         }
         result
     }

@@ -59,14 +59,9 @@ impl SledStore {
             .collect()
     }
 
-    pub(super) fn write_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {
-        self.alerts
-            .insert(alert.id.as_bytes(), encode(alert)?)
-            .map_err(io)?;
-        self.db.flush().map(drop).map_err(io)
-    }
-
-    pub(super) fn write_raised_alert(
+    /// The alert, with its webhook delivery queued when one is given, in
+    /// one transaction.
+    pub(super) fn write_alert(
         &self,
         alert: &AlertRecord,
         webhook: Option<&QueuedWebhook>,
