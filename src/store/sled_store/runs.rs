@@ -12,8 +12,11 @@
 //!   header holding the count and a Bloom filter; the log entries go in the
 //!   same transaction;
 //! - eight runs of the smallest size tier are merged into one of the
-//!   next, on a background thread, so a lookup reads few runs — and no
-//!   larger ones, so a merge's memory stays bounded ([`MAX_MERGED_TIER`]);
+//!   next, on a background thread, so a lookup reads few runs. A merge
+//!   streams: it reads its inputs a chunk at a time and writes the merged
+//!   run in small batches, holding a few chunks and the new filter, not
+//!   the pairs. Larger runs are not merged ([`MAX_MERGED_TIER`]), so a
+//!   merge's time and filter stay bounded too;
 //! - a lookup checks `pending`, then the runs newest first, skipping those
 //!   whose filter says the key is absent: a chunk seek and a binary search.
 //!
@@ -34,9 +37,9 @@ const RUN_PAIRS: usize = 32_768;
 const CHUNK_PAIRS: usize = 256;
 /// Runs of one tier merged at once.
 const FANOUT: usize = 8;
-/// The highest tier whose runs are merged. A merge holds its pairs in
-/// memory, so merging tier 1 (eight runs of up to a million pairs) would
-/// make memory grow with the store; beyond it runs accumulate, and a
+/// The highest tier whose runs are merged. Merging tier 1 (eight runs of
+/// up to a million pairs) would rewrite millions of pairs at once and
+/// build a filter for all of them; beyond it runs accumulate, and a
 /// lookup tests one more Bloom filter (in memory) per run of about a
 /// quarter of a million to a million pairs.
 const MAX_MERGED_TIER: u32 = 0;
@@ -292,7 +295,7 @@ impl Runs {
             count: sorted.len() as u64,
             bloom: bloom_of(sorted.iter().map(|(k, _)| k), sorted.len()),
         };
-        let written = self.store_run(&run, &sorted, &logged, &[]);
+        let written = self.store_run(&run, &sorted, &logged);
         let mut state = self.state.lock();
         state.flushing.remove(&kind);
         match written {
@@ -316,28 +319,31 @@ impl Runs {
         }
     }
 
-    /// Writes a run's chunks, then in one transaction its header, the
-    /// removal of `logged` log entries and of the `replaced` runs' headers.
+    /// Writes a run's chunks, then publishes it (see [`Runs::publish`]).
     fn store_run(
         &self,
         run: &Run,
         sorted: &[(Key, Value)],
         logged: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let mut out = ChunkWriter::new(&self.chunks, run.id());
+        for (key, value) in sorted {
+            out.push(key, value)?;
+        }
+        out.finish()?;
+        self.publish(run, logged, &[])
+    }
+
+    /// Makes a run whose chunks are written live: in one transaction its
+    /// header, the removal of `logged` log entries and of the `replaced`
+    /// runs' headers. Chunks without a header are dropped at the next open.
+    fn publish(
+        &self,
+        run: &Run,
+        logged: &[Vec<u8>],
         replaced: &[[u8; 11]],
     ) -> Result<(), StoreError> {
         let id = run.id();
-        let mut chunks = sled::Batch::default();
-        for chunk in sorted.chunks(CHUNK_PAIRS) {
-            let mut key = id.to_vec();
-            key.extend_from_slice(&chunk[0].0);
-            let mut packed = Vec::with_capacity(chunk.len() * PAIR);
-            for (k, v) in chunk {
-                packed.extend_from_slice(k);
-                packed.extend_from_slice(v);
-            }
-            chunks.insert(key, packed);
-        }
-        self.chunks.apply_batch(chunks).map_err(io)?;
         let mut header = run.count.to_le_bytes().to_vec();
         header.extend_from_slice(&run.bloom);
         use sled::Transactional;
@@ -391,25 +397,42 @@ impl Runs {
         let Some(newest) = inputs.first() else {
             return Ok(());
         };
-        let mut merged: std::collections::BTreeMap<Key, Value> = Default::default();
-        for run in inputs.iter().rev() {
-            for chunk in self.chunks.scan_prefix(run.id()).values() {
-                for pair in chunk.map_err(io)?.chunks_exact(PAIR) {
-                    let (k, v) = split_pair(pair);
-                    merged.insert(k, v);
-                }
-            }
-        }
-        let sorted: Vec<(Key, Value)> = merged.into_iter().collect();
-        let run = Run {
+        let mut readers = inputs
+            .iter()
+            .map(|run| RunReader::new(self.chunks.scan_prefix(run.id())))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Sized for every input pair: a key in several inputs only leaves
+        // the filter a little emptier.
+        let mut bloom = empty_bloom(inputs.iter().map(|r| r.count as usize).sum());
+        let mut run = Run {
             kind: newest.kind,
             rank: newest.rank,
             generation: newest.generation.saturating_add(1),
-            count: sorted.len() as u64,
-            bloom: bloom_of(sorted.iter().map(|(k, _)| k), sorted.len()),
+            count: 0,
+            bloom: Vec::new(),
         };
+        let mut out = ChunkWriter::new(&self.chunks, run.id());
+        while let Some(key) = readers.iter().filter_map(RunReader::key).min() {
+            // Readers are newest first: the first holding the key gives
+            // its value, the others skip theirs.
+            let mut value = None;
+            for reader in &mut readers {
+                if reader.key() == Some(key) {
+                    let v = reader.value();
+                    value.get_or_insert(v);
+                    reader.advance()?;
+                }
+            }
+            if let Some(value) = value {
+                bloom_insert(&mut bloom, &key);
+                out.push(&key, &value)?;
+                run.count += 1;
+            }
+        }
+        out.finish()?;
+        run.bloom = bloom;
         let replaced: Vec<[u8; 11]> = inputs.iter().map(|r| r.id()).collect();
-        self.store_run(&run, &sorted, &[], &replaced)?;
+        self.publish(&run, &[], &replaced)?;
         {
             let mut state = self.state.lock();
             state
@@ -453,6 +476,125 @@ impl Runs {
             }
         }
         Ok(())
+    }
+}
+
+/// A run's pairs in key order, read a chunk at a time.
+struct RunReader {
+    chunks: sled::Iter,
+    chunk: sled::IVec,
+    at: usize,
+}
+
+impl RunReader {
+    fn new(chunks: sled::Iter) -> Result<Self, StoreError> {
+        let mut reader = Self {
+            chunks,
+            chunk: sled::IVec::default(),
+            at: 0,
+        };
+        reader.next_chunk()?;
+        Ok(reader)
+    }
+
+    /// The current pair, `None` once the run is read.
+    fn pair(&self) -> Option<&[u8]> {
+        self.chunk.get(self.at..self.at + PAIR)
+    }
+
+    fn key(&self) -> Option<Key> {
+        self.pair().map(|p| split_pair(p).0)
+    }
+
+    fn value(&self) -> Value {
+        self.pair().map_or([0; VALUE], |p| split_pair(p).1)
+    }
+
+    fn advance(&mut self) -> Result<(), StoreError> {
+        self.at += PAIR;
+        if self.pair().is_none() {
+            self.next_chunk()?;
+        }
+        Ok(())
+    }
+
+    /// Moves to the next chunk holding a pair, or to the end.
+    fn next_chunk(&mut self) -> Result<(), StoreError> {
+        self.at = 0;
+        loop {
+            match self.chunks.next() {
+                Some(entry) => {
+                    self.chunk = entry.map_err(io)?.1;
+                    if self.pair().is_some() {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    self.chunk = sled::IVec::default();
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Chunks of sorted pairs written as they fill, a few at a time.
+struct ChunkWriter<'a> {
+    tree: &'a sled::Tree,
+    id: [u8; 11],
+    chunk: Vec<u8>,
+    batch: sled::Batch,
+    batched: usize,
+}
+
+/// Chunks per write: about half a MiB.
+const CHUNKS_PER_WRITE: usize = 64;
+
+impl<'a> ChunkWriter<'a> {
+    fn new(tree: &'a sled::Tree, id: [u8; 11]) -> Self {
+        Self {
+            tree,
+            id,
+            chunk: Vec::with_capacity(CHUNK_PAIRS * PAIR),
+            batch: sled::Batch::default(),
+            batched: 0,
+        }
+    }
+
+    fn push(&mut self, key: &Key, value: &Value) -> Result<(), StoreError> {
+        self.chunk.extend_from_slice(key);
+        self.chunk.extend_from_slice(value);
+        if self.chunk.len() == CHUNK_PAIRS * PAIR {
+            self.end_chunk()?;
+        }
+        Ok(())
+    }
+
+    /// A chunk is keyed by the run and its first key.
+    fn end_chunk(&mut self) -> Result<(), StoreError> {
+        let Some(first) = self.chunk.get(..KEY) else {
+            return Ok(());
+        };
+        let key = [&self.id[..], first].concat();
+        let packed = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_PAIRS * PAIR));
+        self.batch.insert(key, packed);
+        self.batched += 1;
+        if self.batched == CHUNKS_PER_WRITE {
+            self.write()?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self) -> Result<(), StoreError> {
+        self.batched = 0;
+        self.tree
+            .apply_batch(std::mem::take(&mut self.batch))
+            .map_err(io)
+    }
+
+    fn finish(mut self) -> Result<(), StoreError> {
+        self.end_chunk()?;
+        self.write()
     }
 }
 
@@ -537,14 +679,24 @@ fn probes(key: &Key, bits: u64) -> impl Iterator<Item = u64> {
 }
 
 fn bloom_of<'a>(keys: impl Iterator<Item = &'a Key>, count: usize) -> Vec<u8> {
-    let bits = (count * BLOOM_BITS_PER_PAIR).max(64).next_multiple_of(8);
-    let mut bloom = vec![0u8; bits / 8];
+    let mut bloom = empty_bloom(count);
     for key in keys {
-        for p in probes(key, bits as u64) {
-            bloom[(p / 8) as usize] |= 1 << (p % 8);
-        }
+        bloom_insert(&mut bloom, key);
     }
     bloom
+}
+
+/// A filter sized for `count` keys.
+fn empty_bloom(count: usize) -> Vec<u8> {
+    let bits = (count * BLOOM_BITS_PER_PAIR).max(64).next_multiple_of(8);
+    vec![0u8; bits / 8]
+}
+
+fn bloom_insert(bloom: &mut [u8], key: &Key) {
+    let bits = (bloom.len() * 8) as u64;
+    for p in probes(key, bits) {
+        bloom[(p / 8) as usize] |= 1 << (p % 8);
+    }
 }
 
 fn bloom_contains(bloom: &[u8], key: &Key) -> bool {
@@ -652,6 +804,17 @@ mod tests {
         assert!(picked.iter().all(|r| r.tier() == 0));
     }
 
+    fn wait_for_one_run(runs: &Runs) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while runs.state.lock().runs.len() > 1 || runs.state.lock().merging {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the merge never finished"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn eight_runs_of_a_tier_merge_into_one_that_answers_the_same() {
         let dir = tempfile::tempdir().unwrap();
@@ -663,14 +826,7 @@ mod tests {
         }
         // A newer value for a key of the oldest run, in a ninth run's pending.
         feed(&runs, 3, 4, 100, 7);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while runs.state.lock().runs.len() > 1 || runs.state.lock().merging {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the merge never finished"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_for_one_run(&runs);
         assert_eq!(runs.get(Kind::Thread, &key(3)).unwrap(), Some(value(3 + 7)));
         for n in [0, per_run, 5 * per_run + 17, 8 * per_run - 1] {
             assert_eq!(
@@ -685,6 +841,44 @@ mod tests {
             (8 * per_run as usize).div_ceil(CHUNK_PAIRS),
             "old chunks removed"
         );
+    }
+
+    #[test]
+    fn a_merge_keeps_the_newest_value_of_a_key_several_runs_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .temporary(false)
+            .open()
+            .unwrap();
+        let runs = Runs::open(&db).unwrap();
+        let (per_run, overlap, runs_made) = (RUN_PAIRS as u64, 100, FANOUT as u64);
+        // Run r's first `overlap` keys are run r-1's last, with newer values.
+        let first = |r: u64| r * (per_run - overlap);
+        for r in 0..runs_made {
+            feed(&runs, first(r), first(r) + per_run, r, r * 1_000_000);
+        }
+        wait_for_one_run(&runs);
+        let distinct = runs_made * per_run - (runs_made - 1) * overlap;
+        assert_eq!(runs.state.lock().runs[0].count, distinct);
+        drop(runs);
+        let runs = Runs::open(&db).unwrap();
+        assert_eq!(runs.chunks.len(), (distinct as usize).div_ceil(CHUNK_PAIRS));
+        for r in 1..runs_made {
+            let (shared, older) = (first(r) + overlap / 2, first(r) - 1);
+            assert_eq!(
+                runs.get(Kind::Thread, &key(shared)).unwrap(),
+                Some(value(shared + r * 1_000_000)),
+                "key {shared}, in runs {} and {r}",
+                r - 1
+            );
+            assert_eq!(
+                runs.get(Kind::Thread, &key(older)).unwrap(),
+                Some(value(older + (r - 1) * 1_000_000)),
+                "key {older}, in run {} only",
+                r - 1
+            );
+        }
     }
 
     #[test]
