@@ -733,14 +733,20 @@ mod tests {
         runs.committed(&log, &pairs).unwrap();
     }
 
-    #[test]
-    fn pairs_are_found_pending_in_runs_and_after_a_reopen_newest_value_winning() {
+    /// A database that outlives the `Runs` opened on it, to reopen them.
+    fn lasting_db() -> (tempfile::TempDir, sled::Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new()
             .path(dir.path())
             .temporary(false)
             .open()
             .unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn pairs_are_found_pending_in_runs_and_after_a_reopen_newest_value_winning() {
+        let (_dir, db) = lasting_db();
         let runs = Runs::open(&db).unwrap();
         // Enough for a few runs, then the same keys again with new values.
         let total = (RUN_PAIRS * 3 + 3_000) as u64;
@@ -845,12 +851,7 @@ mod tests {
 
     #[test]
     fn a_merge_keeps_the_newest_value_of_a_key_several_runs_hold() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path())
-            .temporary(false)
-            .open()
-            .unwrap();
+        let (_dir, db) = lasting_db();
         let runs = Runs::open(&db).unwrap();
         let (per_run, overlap, runs_made) = (RUN_PAIRS as u64, 100, FANOUT as u64);
         // Run r's first `overlap` keys are run r-1's last, with newer values.
