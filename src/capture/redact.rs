@@ -97,7 +97,14 @@ impl Redactor {
         }
         let mut out: Option<String> = None;
         for (i, (kind, re)) in self.rules.iter().enumerate() {
-            if matched.as_ref().is_some_and(|m| !m.matched(i)) {
+            // A rule applies where it matches the text as given, whichever
+            // way that is found: a marker put in by another rule is not
+            // redacted again.
+            let applies = match &matched {
+                Some(m) => m.matched(i),
+                None => re.is_match(text),
+            };
+            if !applies {
                 continue;
             }
             let current = out.as_deref().unwrap_or(text);
@@ -212,6 +219,15 @@ mod tests {
             let expected = r.redact(text).map(|out| format!("{filler}{out} {filler}"));
             assert_eq!(r.redact(&long), expected, "{text}");
         }
+        // A rule matching another's marker leaves it alone either way.
+        let marker = Redactor::new(&["credentials".into(), "REDACTED".into()]).unwrap();
+        let text = "key AKIAIOSFODNN7EXAMPLE used";
+        let short = marker.redact(text);
+        assert_eq!(short.as_deref(), Some("key [REDACTED:aws_access_key] used"));
+        assert_eq!(
+            marker.redact(&format!("{filler}{text} {filler}")),
+            short.map(|out| format!("{filler}{out} {filler}"))
+        );
     }
 
     #[test]
