@@ -123,10 +123,7 @@ fn normalise(text: &str, out: &mut String) {
         return;
     }
     for word in text.to_lowercase().split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
+        push_word(out, word);
     }
 }
 

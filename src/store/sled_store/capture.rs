@@ -6,7 +6,7 @@
 //! owns the text — logged for the runs.
 
 use super::conversations::{Changes, Tree};
-use super::owners::{Owner, TextOwners};
+use super::owners::{Owner, TextOwners, owned_text};
 use super::postings::{self, Entry, Posting};
 use super::runs::{self, Kind, Runs};
 use super::{SledStore, codec};
@@ -242,7 +242,7 @@ impl SledStore {
         let Some((id, signals)) = self.signals_at(&slot)? else {
             return Ok(None);
         };
-        if signals.text_hash.as_deref() != Some(text) || signals.duplicate_of.is_some() {
+        if owned_text(&signals) != Some(text) {
             return Ok(None);
         }
         remembered.remember(

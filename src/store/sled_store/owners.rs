@@ -8,7 +8,7 @@
 //! owners go first.
 
 use super::runs;
-use crate::store::ConversationRecord;
+use crate::store::{ConversationRecord, ConversationSignals};
 use lru::LruCache;
 use std::num::NonZeroUsize;
 
@@ -54,10 +54,10 @@ impl TextOwners {
         )],
     ) {
         for (slot, before, after) in states {
-            let Some(text) = before.and_then(|b| owned_text(b)) else {
+            let Some(text) = before.and_then(|b| owned_text(&b.signals)) else {
                 continue;
             };
-            if after.and_then(|a| owned_text(a)) == Some(text) {
+            if after.and_then(|a| owned_text(&a.signals)) == Some(text) {
                 continue;
             }
             let key = super::capture::hashed(text);
@@ -68,11 +68,11 @@ impl TextOwners {
     }
 }
 
-/// The text a conversation owns: its text hash, unless it is a duplicate
-/// of another's.
-pub fn owned_text(c: &ConversationRecord) -> Option<&str> {
-    match &c.signals.duplicate_of {
-        None => c.signals.text_hash.as_deref(),
+/// The text a conversation with these signals owns: its text hash,
+/// unless it is a duplicate of another's.
+pub fn owned_text(signals: &ConversationSignals) -> Option<&str> {
+    match &signals.duplicate_of {
+        None => signals.text_hash.as_deref(),
         Some(_) => None,
     }
 }
