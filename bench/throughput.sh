@@ -46,7 +46,10 @@ fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 upstream_port=$(free_port); nginx_port=$(free_port); proxy_port=$(free_port)
 
-answer=$(tr -d '\n' < bench/upstream-answer.json)
+# nginx reads `\n` in a quoted string as a newline, which would put raw
+# newlines inside the answer's JSON strings: every backslash is doubled so
+# the answer arrives as the valid JSON a provider sends (checked below).
+answer=$(tr -d '\n' < bench/upstream-answer.json | sed 's/\\/\\\\/g')
 cat >"$work/upstream.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -101,6 +104,9 @@ proxy_pid=$!
 for port in $upstream_port $nginx_port $proxy_port; do
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
+curl -s -X POST "127.0.0.1:$upstream_port/v1/chat/completions" -d '{}' | python3 -c '
+import json, sys
+json.loads(sys.stdin.buffer.read())' || { echo "the static upstream does not answer valid JSON" >&2; exit 1; }
 
 cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
