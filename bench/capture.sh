@@ -30,16 +30,7 @@ sim_port=$(free_port); proxy_port=$(free_port)
 export FLYWHEEL_ADMIN_TOKEN=bench-admin-token
 
 # What a SOC sends: the bundled alerts, each seen on twenty hosts.
-python3 - "$work/requests.jsonl" <<'PY'
-import json, sys
-alerts = [json.loads(l) for l in open("src/demo/alerts.jsonl")]
-with open(sys.argv[1], "w") as out:
-    for host in range(20):
-        for a in alerts:
-            out.write(json.dumps({"model": "triage", "messages": [
-                {"role": "system", "content": "You are a SOC analyst. Classify the alert: give the threat type, the severity and a short rationale."},
-                {"role": "user", "content": f"{a['alert']} Host: WS-{host:03d}."}]}) + "\n")
-PY
+python3 bench/alert_requests.py "$work/requests.jsonl"
 
 RUST_LOG=warn taskset -c 0 "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.log" &
 cat >"$work/flywheel.toml" <<TOML

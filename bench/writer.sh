@@ -38,16 +38,8 @@ flywheel=${FLYWHEEL_BIN:-$root/target/release/flywheel}
 loadgen=$root/bench/loadgen/target/release/loadgen
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-python3 - "$work/requests.jsonl" <<'PY'
-import json, sys
-alerts = [json.loads(l) for l in open("src/demo/alerts.jsonl")]
-with open(sys.argv[1], "w") as out:
-    for host in range(20):
-        for a in alerts:
-            out.write(json.dumps({"model": "triage", "messages": [
-                {"role": "system", "content": "You are a SOC analyst. Classify the alert: give the threat type, the severity and a short rationale."},
-                {"role": "user", "content": f"{a['alert']} Host: WS-{host:03d}."}]}) + "\n")
-PY
+# What a SOC sends: the bundled alerts, each seen on twenty hosts.
+python3 bench/alert_requests.py "$work/requests.jsonl"
 
 sim_port=$(free_port)
 RUST_LOG=warn taskset -c 0 "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.log" &
