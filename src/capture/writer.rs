@@ -366,8 +366,9 @@ mod tests {
     use bytes::Bytes;
     use std::time::Instant;
 
-    /// A finished unary chat exchange of these bodies, not captured.
-    fn uncaptured(request: &str, response: &str) -> Exchange {
+    /// A finished unary chat exchange of these bodies; its meta leaves
+    /// it uncaptured.
+    fn unary(request: &str, response: &str) -> Exchange {
         Exchange {
             inference_id: crate::ids::new_id("inf"),
             caller_id: "key_1".into(),
@@ -409,22 +410,22 @@ mod tests {
             ("usage twice", r#", "usage": {"prompt_tokens": 1}, "usage": {"prompt_tokens": 2}"#),
             ("a lone surrogate", r#", "usage": {"prompt_tokens": 5, "completion_tokens": 6}, "note": "\ud800""#),
         ]
-        .map(|(name, usage)| (name, uncaptured(request, &answer(usage))))
+        .map(|(name, usage)| (name, unary(request, &answer(usage))))
         .into();
-        let mut streamed = uncaptured(
+        let mut streamed = unary(
             request,
             "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Threat\"}}],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n",
         );
         streamed.streamed = true;
         cases.push(("streamed", streamed));
-        let mut failed = uncaptured(
+        let mut failed = unary(
             request,
             r#"{"error": {"message": "overloaded", "type": "server_error"}, "usage": {"prompt_tokens": 3}}"#,
         );
         failed.outcome = Outcome::UpstreamError;
         cases.push(("an upstream error", failed));
-        cases.push(("not JSON", uncaptured(request, "<html>bad gateway</html>")));
-        let mut responses = uncaptured(
+        cases.push(("not JSON", unary(request, "<html>bad gateway</html>")));
+        let mut responses = unary(
             r#"{"model": "triage", "input": "Classify: powershell -enc on WS-1"}"#,
             r#"{"id": "resp_1", "object": "response", "status": "completed", "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Threat type: execution"}]}], "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}}"#,
         );
@@ -466,35 +467,18 @@ mod tests {
                 let response = serde_json::json!({"id": format!("chatcmpl-{i:016x}"), "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Threat type: {}\nSeverity: {}\nRationale: {} seen on WS-{i}.", alert["threat_type"].as_str().unwrap(), alert["severity"].as_str().unwrap(), alert["title"].as_str().unwrap()), "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 118, "completion_tokens": 61, "total_tokens": 179}});
-                let inference_id = crate::ids::new_id("inf");
+                let mut exchange = unary(&request.to_string(), &response.to_string());
                 // As the proxy names a new conversation: after its first turn.
-                let conversation_id = format!("conv_{}", &inference_id[4..]);
-                Exchange {
-                    inference_id,
-                    caller_id: "key_1".into(),
-                    route: Route {
-                        alias: Some("triage".into()),
-                        version: Some("base".into()),
-                        provider: 0,
-                        upstream_model: "gpt-4o-mini".into(),
-                        candidate: false,
-                    },
-                    wire: crate::exchange::Wire::Chat,
-                    streamed: false,
-                    request: Bytes::from(request.to_string()),
-                    response: Bytes::from(response.to_string()),
-                    outcome: Outcome::Ok,
-                    status: 200,
-                    first_byte: Some(std::time::Duration::from_millis(3)),
-                    total: std::time::Duration::from_millis(9),
-                    meta: crate::capture::CaptureMeta {
-                        conversation_id,
-                        enabled: true,
-                        sticky: Some("key:key_1".into()),
-                        continuations: vec![format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15)],
-                        ..Default::default()
-                    },
-                }
+                let conversation_id = format!("conv_{}", &exchange.inference_id[4..]);
+                exchange.first_byte = Some(std::time::Duration::from_millis(3));
+                exchange.meta = crate::capture::CaptureMeta {
+                    conversation_id,
+                    enabled: true,
+                    sticky: Some("key:key_1".into()),
+                    continuations: vec![format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15)],
+                    ..Default::default()
+                };
+                exchange
             })
             .collect();
         let redactor = Redactor::new(&["credentials".to_string()]).unwrap();
