@@ -15,6 +15,7 @@
 # Prints a Markdown report and writes bench/results/capture.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 root=$(pwd)
 fill_rate=${FILL_RATE:-2000}
 fill_seconds=${FILL_SECONDS:-600}
@@ -25,7 +26,6 @@ cargo build --release --bin flywheel -q
 (cd bench/loadgen && cargo build --release -q)
 flywheel=$root/target/release/flywheel
 loadgen=$root/bench/loadgen/target/release/loadgen
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sim_port=$(free_port); proxy_port=$(free_port)
 export FLYWHEEL_ADMIN_TOKEN=bench-admin-token
 
@@ -33,30 +33,10 @@ export FLYWHEEL_ADMIN_TOKEN=bench-admin-token
 python3 bench/alert_requests.py "$work/requests.jsonl"
 
 RUST_LOG=warn taskset -c 0 "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.log" &
-cat >"$work/flywheel.toml" <<TOML
-[server]
-listen = "127.0.0.1:$proxy_port"
-data_dir = "$work/data"
-[auth]
-allow_anonymous_clients = true
-[limits]
-requests_per_minute = 0
-[[providers]]
-name = "sim"
-base_url = "http://127.0.0.1:$sim_port/v1"
-[[models]]
-name = "triage"
-model_type = "threat_detection"
-  [[models.versions]]
-  name = "base"
-  provider = "sim"
-  model = "gpt-4o-mini"
-TOML
+flywheel_config "$proxy_port" "$work/data" sim "http://127.0.0.1:$sim_port/v1" >"$work/flywheel.toml"
 RUST_LOG=warn taskset -c 1 "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
 proxy_pid=$!
-for port in $sim_port $proxy_port; do
-  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+wait_for_ports $sim_port $proxy_port
 
 metric() { local n; n=$(curl -s "127.0.0.1:$proxy_port/metrics" | awk -v m="$1" '$1==m {print int($2)}' | head -1); echo "${n:-0}"; }
 # CPU time (ns) of the process's threads whose name starts with $1.

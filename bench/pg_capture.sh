@@ -20,6 +20,7 @@
 # Prints a Markdown report and writes bench/results/pg_capture.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 root=$(pwd)
 rate=${RATE:-5000}
 seconds=${SECONDS_:-60}
@@ -45,7 +46,6 @@ cargo build --release --bin flywheel -q
 (cd bench/loadgen && cargo build --release -q)
 flywheel=$root/target/release/flywheel
 loadgen=$root/bench/loadgen/target/release/loadgen
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pg_port=$(free_port); sim_port=$(free_port)
 export FLYWHEEL_ADMIN_TOKEN=bench-admin-token
 
@@ -62,30 +62,9 @@ RUST_LOG=warn "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.l
 # `serve NAME STORE_SECTION`: a proxy on a free port, its port in $port.
 serve() {
   port=$(free_port)
-  cat >"$work/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-data_dir = "$work/$1-data"
-[auth]
-allow_anonymous_clients = true
-[limits]
-requests_per_minute = 0
-$2
-[[providers]]
-name = "sim"
-base_url = "http://127.0.0.1:$sim_port/v1"
-[[models]]
-name = "triage"
-model_type = "threat_detection"
-  [[models.versions]]
-  name = "base"
-  provider = "sim"
-  model = "gpt-4o-mini"
-TOML
+  { flywheel_config "$port" "$work/$1-data" sim "http://127.0.0.1:$sim_port/v1"; printf '%s\n' "$2"; } >"$work/$1.toml"
   RUST_LOG=warn "$flywheel" serve --config "$work/$1.toml" 2>"$work/$1.log" &
-  for p in $sim_port $port; do
-    for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
-  done
+  wait_for_ports $sim_port $port
 }
 metric() { local n; n=$(curl -s "127.0.0.1:$1/metrics" | awk -v m="$2" '$1==m {print int($2)}' | head -1); echo "${n:-0}"; }
 # Waits until the proxy on port $1 has captured or dropped $2 exchanges.

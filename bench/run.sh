@@ -9,6 +9,7 @@
 # Writes bench/results/latest.json and prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 root=$(pwd)
 duration=${DURATION:-10}
 [ -n "${QUICK:-}" ] && duration=3
@@ -21,40 +22,19 @@ cargo build --release --bin flywheel -q
 flywheel=$root/target/release/flywheel
 loadgen=$root/bench/loadgen/target/release/loadgen
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sim_port=$(free_port); proxy_port=$(free_port); nginx_port=$(free_port)
 
 # The proxy under test (Flywheel or nginx) gets core 1 to itself; the
 # simulator and the load generator share core 0, as if they were the
 # provider and the clients on other machines.
 RUST_LOG=warn taskset -c 0 "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.log" &
-cat >"$work/flywheel.toml" <<TOML
-[server]
-listen = "127.0.0.1:$proxy_port"
-data_dir = "$work/data"
-[auth]
-allow_anonymous_clients = true
-[limits]
-requests_per_minute = 0
-[[providers]]
-name = "sim"
-base_url = "http://127.0.0.1:$sim_port/v1"
-[[models]]
-name = "triage"
-model_type = "threat_detection"
-  [[models.versions]]
-  name = "base"
-  provider = "sim"
-  model = "gpt-4o-mini"
-TOML
+flywheel_config "$proxy_port" "$work/data" sim "http://127.0.0.1:$sim_port/v1" >"$work/flywheel.toml"
 RUST_LOG=warn taskset -c 1 "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
 proxy_pid=$!
 sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$sim_port#" bench/nginx.conf >"$work/nginx.conf"
 taskset -c 1 nginx -c "$work/nginx.conf" &
 
-for port in $sim_port $proxy_port $nginx_port; do
-  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+wait_for_ports $sim_port $proxy_port $nginx_port
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 run() { # name port body extra-args…

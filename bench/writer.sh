@@ -21,6 +21,7 @@
 # the difference within each round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 root=$(pwd)
 rounds=${ROUNDS:-3}
 rate=${RATE:-2000}
@@ -36,42 +37,23 @@ fi
 flywheel=${FLYWHEEL_BIN:-$root/target/release/flywheel}
 (cd bench/loadgen && cargo build --release -q)
 loadgen=$root/bench/loadgen/target/release/loadgen
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # What a SOC sends: the bundled alerts, each seen on twenty hosts.
 python3 bench/alert_requests.py "$work/requests.jsonl"
 
 sim_port=$(free_port)
 RUST_LOG=warn taskset -c 0 "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.log" &
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$sim_port) 2>/dev/null && break; sleep 0.1; done
+wait_for_ports $sim_port
 
 # One round: prints the writer's µs of CPU per stored inference.
 round() { # binary
   local port pid tid data=$work/data-$RANDOM
   port=$(free_port)
-  cat >"$work/flywheel.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-data_dir = "$data"
-[auth]
-allow_anonymous_clients = true
-[limits]
-requests_per_minute = 0
-[[providers]]
-name = "sim"
-base_url = "http://127.0.0.1:$sim_port/v1"
-[[models]]
-name = "triage"
-model_type = "threat_detection"
-  [[models.versions]]
-  name = "base"
-  provider = "sim"
-  model = "gpt-4o-mini"
-TOML
+  flywheel_config "$port" "$data" sim "http://127.0.0.1:$sim_port/v1" >"$work/flywheel.toml"
   printf "${EXTRA_CONFIG:-}" >>"$work/flywheel.toml"
   RUST_LOG=warn taskset -c 1 "$1" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
   pid=$!
-  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  wait_for_ports $port
   # The writer thread's name, cut to 15 characters by the kernel.
   tid=""
   for _ in $(seq 50); do
