@@ -9,6 +9,7 @@ use crate::evaluation::extract::Extractor;
 use crate::store::{ConversationRecord, FeedbackRecord, InferenceRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// A conversation offered for a dataset, with its turns in order, each
 /// with the feedback given on it.
@@ -78,7 +79,7 @@ pub fn build_example(
         threat_type: review.threat_type.as_deref(),
         severity: review.severity.as_deref(),
     };
-    let source = match (&correction, complete_answer(turn, answer.as_deref())) {
+    let source = match (&correction, complete_answer(turn, answer)) {
         (Some(c), _) => c.clone(),
         // The analyst said the answer is wrong but gave no right one:
         // training on it would teach what they rejected.
@@ -92,7 +93,7 @@ pub fn build_example(
         severity: review.severity.clone(),
         target: template.render(labels, &source)?,
         input,
-        answer,
+        answer: answer.map(String::from),
         correction,
     })
 }
@@ -119,6 +120,12 @@ fn request_messages(turn: &InferenceRecord) -> Result<Vec<Message>, String> {
 }
 
 fn message(m: &Value) -> Result<Message, String> {
+    text_message(m).map(|(role, content)| Message::new(role, &content))
+}
+
+/// A message's role as examples name it and its text, borrowed from the
+/// record where it is one string.
+fn text_message(m: &Value) -> Result<(&str, Cow<'_, str>), String> {
     let role = match m["role"].as_str() {
         // Newer clients send the system prompt as `developer`.
         Some("system" | "developer") => "system",
@@ -135,32 +142,29 @@ fn message(m: &Value) -> Result<Message, String> {
         return Err("calls tools; examples carry text messages only".into());
     }
     let content = text(&m["content"]).ok_or("has no text content (images or audio?)")?;
-    Ok(Message::new(role, &content))
+    Ok((role, content))
 }
 
 /// A string, or the text parts of a content array.
-fn text(content: &Value) -> Option<String> {
+fn text(content: &Value) -> Option<Cow<'_, str>> {
     if let Some(s) = content.as_str() {
-        return Some(s.to_string());
+        return Some(Cow::Borrowed(s));
     }
     let parts = content.as_array()?;
     parts
         .iter()
         .map(|p| (p["type"] == "text").then(|| p["text"].as_str()).flatten())
         .collect::<Option<Vec<_>>>()
-        .map(|texts| texts.concat())
+        .map(|texts| Cow::Owned(texts.concat()))
 }
 
 /// The first choice's text, if the turn has one.
-fn answer_text(turn: &InferenceRecord) -> Result<Option<String>, String> {
+fn answer_text(turn: &InferenceRecord) -> Result<Option<&str>, String> {
     let message = &turn.response["choices"][0]["message"];
     if message.get("tool_calls").is_some_and(|c| !c.is_null()) {
         return Err("its last answer calls tools; examples carry text messages only".into());
     }
-    Ok(message["content"]
-        .as_str()
-        .filter(|s| !s.trim().is_empty())
-        .map(String::from))
+    Ok(message["content"].as_str().filter(|s| !s.trim().is_empty()))
 }
 
 /// The first choice's finish reason.
@@ -205,27 +209,35 @@ pub(super) fn correction(candidate: &Candidate) -> Option<String> {
     })
 }
 
+/// A text message as the text hash reads it: role and text, borrowed
+/// from the record where they can be (capture hashes every turn).
+pub(super) type TextMessage<'a> = (&'a str, Cow<'a, str>);
+
 /// The last turn's request messages and answer (the correction, when
 /// there is one) as far as they are text, for signals that must not fail
 /// on what an example would refuse.
-pub(super) fn lenient_text(candidate: &Candidate) -> Vec<Message> {
+pub(super) fn lenient_text(candidate: &Candidate) -> Vec<TextMessage<'_>> {
     let Some((turn, _)) = candidate.turns.last() else {
         return Vec::new();
     };
-    turn_text(turn, correction(candidate))
+    turn_text(turn, correction(candidate).map(Cow::Owned))
 }
 
 /// One turn's request messages and `answer` (its own when `None`), as far
 /// as they are text.
-pub(super) fn turn_text(turn: &InferenceRecord, answer: Option<String>) -> Vec<Message> {
-    let mut messages: Vec<Message> = turn.request["messages"]
+pub(super) fn turn_text<'a>(
+    turn: &'a InferenceRecord,
+    answer: Option<Cow<'a, str>>,
+) -> Vec<TextMessage<'a>> {
+    let mut messages: Vec<TextMessage<'a>> = turn.request["messages"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|m| message(m).ok())
+        .filter_map(|m| text_message(m).ok())
         .collect();
-    if let Some(answer) = answer.or_else(|| answer_text(turn).ok().flatten()) {
-        messages.push(Message::new("assistant", &answer));
+    let own = || answer_text(turn).ok().flatten().map(Cow::Borrowed);
+    if let Some(answer) = answer.or_else(own) {
+        messages.push(("assistant", answer));
     }
     messages
 }

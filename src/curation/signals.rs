@@ -3,7 +3,9 @@
 //! near-verbatim duplicate of another, is it labelled, rated, corrected,
 //! did the upstream fail.
 
-use super::example::{Candidate, Message, correction, finish_reason, lenient_text, turn_text};
+use super::example::{
+    Candidate, Message, TextMessage, correction, finish_reason, lenient_text, turn_text,
+};
 use crate::store::{ConversationSignals, InferenceRecord};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -60,7 +62,7 @@ fn signals_of(c: &Candidate) -> QualitySignals {
         conversation_id: c.conversation.id.clone(),
         complete_answer: last.is_some_and(|t| t.status == "ok" && finish_reason(t) == Some("stop")),
         answer_chars,
-        text_hash: normalised_hash(&lenient_text(c)),
+        text_hash: hash_of(&lenient_text(c)),
         duplicate_of: None,
         has_labels: review.threat_type.is_some() || review.severity.is_some(),
         has_rating: review.rating_count > 0
@@ -90,7 +92,7 @@ pub fn turn_signals(turn: &InferenceRecord) -> ConversationSignals {
             == Some(crate::capture::background::BACKGROUND_TASK),
         answer_chars: u32::try_from(answer_chars).unwrap_or(u32::MAX),
         upstream_error: turn.status == "upstream_error",
-        text_hash: Some(normalised_hash(&turn_text(turn, None))),
+        text_hash: Some(hash_of(&turn_text(turn, None))),
         duplicate_of: None,
     }
 }
@@ -99,61 +101,66 @@ pub fn turn_signals(turn: &InferenceRecord) -> ConversationSignals {
 /// whitespace runs collapsed, so copies differing only in case or spacing
 /// hash alike.
 pub fn normalised_hash(messages: &[Message]) -> String {
+    text_hash(
+        messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str())),
+    )
+}
+
+/// [`normalised_hash`] of messages given as role and text.
+fn text_hash<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut hasher = Sha256::new();
-    let mut normal = String::new();
-    for m in messages {
-        normalise(&m.content, &mut normal);
+    let mut normal = Vec::new();
+    for (role, text) in messages {
+        normalise(text, &mut normal);
         // Length-prefixed, so no text can pass for a boundary between
         // role and content or between messages.
-        for part in [m.role.as_str(), normal.as_str()] {
+        for part in [role.as_bytes(), &normal] {
             hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part.as_bytes());
+            hasher.update(part);
         }
     }
     hex::encode(hasher.finalize())
 }
 
+/// [`text_hash`] of messages whose texts may be owned.
+fn hash_of(messages: &[TextMessage<'_>]) -> String {
+    text_hash(messages.iter().map(|(role, text)| (*role, text.as_ref())))
+}
+
 /// `text` lower-cased with whitespace runs made one space and trimmed,
 /// into `out`. Capture hashes every turn: one buffer, not a string a word.
-fn normalise(text: &str, out: &mut String) {
+fn normalise(text: &str, out: &mut Vec<u8>) {
     out.clear();
     if text.is_ascii() {
-        ascii_words(text, out);
-        out.make_ascii_lowercase();
+        ascii_words(text.as_bytes(), out);
         return;
     }
     for word in text.to_lowercase().split_whitespace() {
-        push_word(out, word);
+        push_word(out, word.as_bytes());
     }
 }
 
-/// `split_whitespace` for ASCII text, joined with one space: the words are
-/// found byte by byte rather than by decoding characters, which was most
-/// of the cost of hashing a turn.
-fn ascii_words(text: &str, out: &mut String) {
+/// `split_whitespace` and `to_lowercase` for ASCII text in one pass, the
+/// words joined with one space: read byte by byte rather than by decoding
+/// characters, which was most of the cost of hashing a turn.
+fn ascii_words(text: &[u8], out: &mut Vec<u8>) {
     // `char::is_whitespace` on ASCII, which also counts the vertical tab.
-    let space = |b: u8| b.is_ascii_whitespace() || b == 0x0B;
-    let mut start = None;
-    for (i, b) in text.bytes().enumerate() {
-        match (space(b), start) {
-            (true, Some(from)) => {
-                push_word(out, &text[from..i]);
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
+    let space = |b: &u8| b.is_ascii_whitespace() || *b == 0x0B;
+    for word in text.split(space).filter(|w| !w.is_empty()) {
+        if !out.is_empty() {
+            out.push(b' ');
         }
-    }
-    if let Some(from) = start {
-        push_word(out, &text[from..]);
+        out.extend(word.iter().map(u8::to_ascii_lowercase));
     }
 }
 
-fn push_word(out: &mut String, word: &str) {
+fn push_word(out: &mut Vec<u8>, word: &[u8]) {
     if !out.is_empty() {
-        out.push(' ');
+        out.push(b' ');
     }
-    out.push_str(word);
+    out.extend_from_slice(word);
 }
 
 #[cfg(test)]
@@ -174,15 +181,35 @@ mod tests {
             "\x1c not\x1fspace\u{7f}",
             "\u{c9}T\u{c9}  \u{3a3}A\u{3a3}",
         ] {
-            let mut out = String::new();
+            let mut out = Vec::new();
             normalise(text, &mut out);
             let words: Vec<_> = text
                 .to_lowercase()
                 .split_whitespace()
                 .map(String::from)
                 .collect();
-            assert_eq!(out, words.join(" "), "{text:?}");
+            assert_eq!(out, words.join(" ").as_bytes(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn the_text_hash_is_the_one_stores_already_hold() {
+        // Stored conversations' hashes are compared with new turns' to
+        // find duplicates: the value must never change.
+        let messages = [
+            Message::new("system", "You are  a SOC analyst."),
+            Message::new("user", "Alert:\tEVIL.exe RAN\n on WS-001"),
+            Message::new("assistant", "Threat type: Execution\nSeverity: high"),
+        ];
+        assert_eq!(
+            normalised_hash(&messages),
+            "cf583c2a630dba88577b270c6faefb72db4332d17431c72c5f446851c1a0549c"
+        );
+        let borrowed: Vec<TextMessage<'_>> = messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str().into()))
+            .collect();
+        assert_eq!(hash_of(&borrowed), normalised_hash(&messages));
     }
 
     #[test]
