@@ -119,6 +119,9 @@ pub fn preview_of(messages: &serde_json::Value) -> String {
             parts => std::borrow::Cow::Owned(crate::capture::threading::message_text(parts)),
         })
         .unwrap_or_default();
+    // ASCII text, most of what is captured, is counted in bytes: counting
+    // characters showed in the capture writer's profile.
+    let ascii = first_user.is_ascii();
     let mut out = String::with_capacity(PREVIEW_CHARS);
     let mut chars = 0;
     for word in first_user.split_whitespace() {
@@ -130,12 +133,22 @@ pub fn preview_of(messages: &serde_json::Value) -> String {
             chars += 1;
         }
         // Cut inside the word that reaches the limit.
-        if let Some((cut, _)) = word.char_indices().nth(PREVIEW_CHARS - chars) {
+        let room = PREVIEW_CHARS - chars;
+        let cut = if ascii {
+            (word.len() > room).then_some(room)
+        } else {
+            word.char_indices().nth(room).map(|(at, _)| at)
+        };
+        if let Some(cut) = cut {
             out.push_str(&word[..cut]);
             break;
         }
         out.push_str(word);
-        chars += word.chars().count();
+        chars += if ascii {
+            word.len()
+        } else {
+            word.chars().count()
+        };
     }
     out
 }
@@ -600,6 +613,11 @@ mod tests {
             format!("{word}xy z"),
             "x".repeat(PREVIEW_CHARS + 5),
             "word ".repeat(100),
+            format!("{} ab cd", "a".repeat(PREVIEW_CHARS - 3)),
+            format!("{} abc", "a".repeat(PREVIEW_CHARS - 3)),
+            format!("{} a", "a".repeat(PREVIEW_CHARS - 2)),
+            "x".repeat(PREVIEW_CHARS),
+            "tab\tvertical\x0btab\x1cnot space".into(),
         ];
         for text in texts {
             let messages = serde_json::json!([
