@@ -21,6 +21,7 @@
 # Prints a Markdown table and writes bench/results/throughput.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 root=$(pwd)
 duration=${DURATION:-15}
 capture=${CAPTURE:-on}
@@ -43,7 +44,6 @@ else
   cargo build --release --bin flywheel -q
   flywheel=$root/target/release/flywheel
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 upstream_port=$(free_port); nginx_port=$(free_port); proxy_port=$(free_port)
 
 # nginx reads `\n` in a quoted string as a newline, which would put raw
@@ -74,25 +74,7 @@ CONF
 workers=$([ "$placement" = shared ] && echo auto || echo 1)
 sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$upstream_port#" \
   -e "s#^worker_processes 1;#worker_processes $workers;#" bench/nginx.conf >"$work/nginx.conf"
-cat >"$work/flywheel.toml" <<TOML
-[server]
-listen = "127.0.0.1:$proxy_port"
-data_dir = "$work/data"
-[auth]
-allow_anonymous_clients = true
-[limits]
-requests_per_minute = 0
-[[providers]]
-name = "upstream"
-base_url = "http://127.0.0.1:$upstream_port/v1"
-[[models]]
-name = "triage"
-model_type = "threat_detection"
-  [[models.versions]]
-  name = "base"
-  provider = "upstream"
-  model = "gpt-4o-mini"
-TOML
+flywheel_config "$proxy_port" "$work/data" upstream "http://127.0.0.1:$upstream_port/v1" >"$work/flywheel.toml"
 if [ "$capture" = off ]; then
   printf '[capture]\nenabled = false\n' >>"$work/flywheel.toml"
 fi
@@ -101,9 +83,7 @@ fi
 "${core1[@]}" nginx -c "$work/nginx.conf" &
 RUST_LOG=warn "${core1[@]}" "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
 proxy_pid=$!
-for port in $upstream_port $nginx_port $proxy_port; do
-  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+wait_for_ports $upstream_port $nginx_port $proxy_port
 curl -s -X POST "127.0.0.1:$upstream_port/v1/chat/completions" -d '{}' | python3 -c '
 import json, sys
 json.loads(sys.stdin.buffer.read())' || { echo "the static upstream does not answer valid JSON" >&2; exit 1; }

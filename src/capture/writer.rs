@@ -439,11 +439,15 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(uncaptured_tokens(&cases[0].1), [Some(118), Some(61)]);
-        let [prompt, completion] = uncaptured_tokens(&cases[1].1);
+        let tokens_of = |case: &str| {
+            let (_, exchange) = cases.iter().find(|(name, _)| *name == case).unwrap();
+            uncaptured_tokens(exchange)
+        };
+        assert_eq!(tokens_of("usage"), [Some(118), Some(61)]);
+        let [prompt, completion] = tokens_of("no usage: estimated");
         assert!(prompt.is_some_and(|n| n > 0) && completion.is_some_and(|n| n > 0));
-        assert_eq!(uncaptured_tokens(&cases[9].1), [Some(9), Some(1)]);
-        assert_eq!(uncaptured_tokens(&cases[12].1), [Some(5), Some(2)]);
+        assert_eq!(tokens_of("streamed"), [Some(9), Some(1)]);
+        assert_eq!(tokens_of("the Responses API"), [Some(5), Some(2)]);
     }
 
     /// Capture's cost per inference, stage by stage, on this machine:

@@ -138,7 +138,7 @@ fn normalise(text: &str, out: &mut Vec<u8>) {
         return;
     }
     for word in text.to_lowercase().split_whitespace() {
-        push_word(out, word.as_bytes());
+        push_word(out, word.bytes());
     }
 }
 
@@ -149,18 +149,15 @@ fn ascii_words(text: &[u8], out: &mut Vec<u8>) {
     // `char::is_whitespace` on ASCII, which also counts the vertical tab.
     let space = |b: &u8| b.is_ascii_whitespace() || *b == 0x0B;
     for word in text.split(space).filter(|w| !w.is_empty()) {
-        if !out.is_empty() {
-            out.push(b' ');
-        }
-        out.extend(word.iter().map(u8::to_ascii_lowercase));
+        push_word(out, word.iter().map(u8::to_ascii_lowercase));
     }
 }
 
-fn push_word(out: &mut Vec<u8>, word: &[u8]) {
+fn push_word(out: &mut Vec<u8>, word: impl IntoIterator<Item = u8>) {
     if !out.is_empty() {
         out.push(b' ');
     }
-    out.extend_from_slice(word);
+    out.extend(word);
 }
 
 #[cfg(test)]
