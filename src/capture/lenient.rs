@@ -6,10 +6,12 @@
 //! levels, kept here down to where it gets too deep, the rest replaced by
 //! a marker and noted in the record's `omitted` list.
 
+use memchr::memmem::Finder;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 /// What the record says in place of a part it could not hold.
 pub const TOO_DEEP: &str = "[omitted: nested deeper than 128 levels]";
@@ -84,8 +86,8 @@ fn join(path: &str, key: &str) -> String {
 /// as `\ufffd` (the same length, so nothing else moves); borrowed when
 /// there is none.
 pub fn without_lone_surrogates(bytes: &[u8]) -> Cow<'_, [u8]> {
-    // Most bodies hold no `\u` escape at all.
-    if memchr::memmem::find(bytes, b"\\u").is_none() {
+    // Most bodies hold no surrogate escape at all.
+    if !may_hold_surrogate(bytes) {
         return Cow::Borrowed(bytes);
     }
     let mut out: Option<Vec<u8>> = None;
@@ -125,6 +127,22 @@ pub fn without_lone_surrogates(bytes: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// Finds `\u`; built once, as building it costs more than most searches.
+static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+
+/// Whether the bytes hold something like a `\uD800`–`\uDFFF` escape (an
+/// escaped backslash before `uD8…` counts too); a body without one needs
+/// no closer reading.
+fn may_hold_surrogate(bytes: &[u8]) -> bool {
+    ESCAPE.find_iter(bytes).any(|at| {
+        matches!(bytes.get(at + 2), Some(b'd' | b'D'))
+            && matches!(
+                bytes.get(at + 3),
+                Some(b'8' | b'9' | b'a'..=b'f' | b'A'..=b'F')
+            )
+    })
+}
+
 /// The code unit of a `\uXXXX` escape starting at `at`.
 fn escape(bytes: &[u8], at: usize) -> Option<u32> {
     let e = bytes.get(at..at + 6)?;
@@ -150,6 +168,23 @@ mod tests {
             without_lone_surrogates(br#"{"c":"\ud83d\ude00"}"#),
             Cow::Borrowed(_)
         ));
+        let upper = parse(br#"{"a":"\uD83D x","b":"\uDFFF","c":"\u00e9\uCAFE\uE000"}"#)
+            .unwrap()
+            .value;
+        assert_eq!(upper["a"], "\u{fffd} x");
+        assert_eq!(upper["b"], "\u{fffd}");
+        assert_eq!(upper["c"], "\u{e9}\u{cafe}\u{e000}");
+        for plain in [
+            &br#"{"c":"caf\u00e9 \uCAFE \ue000 \n"}"#[..],
+            b"{}",
+            b"\\u",
+            b"\\ud",
+        ] {
+            assert!(
+                matches!(without_lone_surrogates(plain), Cow::Borrowed(_)),
+                "{plain:?} holds no surrogate escape"
+            );
+        }
     }
 
     #[test]
