@@ -48,7 +48,20 @@ impl CaptureMeta {
     }
 }
 
-pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
+/// What an exchange's bodies hold, as a record keeps them.
+pub struct Content {
+    /// The upstream's completion id, when it sent one.
+    pub completion_id: Option<String>,
+    /// `{messages, params}`, and `omitted` with its reason where the body
+    /// was too deep to hold whole.
+    pub request: Value,
+    /// `{choices: [{index, message, finish_reason}], usage, error}`; usage
+    /// estimated where the answer carried none.
+    pub response: Value,
+}
+
+/// Reads the request and the answer of an exchange.
+pub fn read_content(ex: &Exchange) -> Content {
     let (request, omitted) = match lenient::parse(&ex.request) {
         Some(parsed) => (parsed.value, parsed.omitted),
         None => (Value::Null, vec![".".to_string()]),
@@ -83,12 +96,8 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
     if answer.usage.is_null() && !answer.choices.is_empty() {
         answer.usage = super::usage::estimate(&ex.route.upstream_model, &messages, &answer.choices);
     }
-    InferenceRecord {
-        id: ex.inference_id.clone(),
+    Content {
         completion_id: answer.completion_id,
-        alias: ex.route.alias.as_deref().map(String::from),
-        version: ex.route.version.as_deref().map(String::from),
-        provider_model: ex.route.upstream_model.to_string(),
         request: if omitted.is_empty() {
             object([("messages", messages), ("params", Value::Object(params))])
         } else {
@@ -105,20 +114,36 @@ pub fn build_record(ex: &Exchange, created_at: String) -> InferenceRecord {
             ("usage", answer.usage),
             ("error", answer.error),
         ]),
+    }
+}
+
+/// The exchange as an inference record; what the proxy knew of it moves
+/// into the record rather than being copied.
+pub fn build_record(ex: Exchange, created_at: String) -> InferenceRecord {
+    let content = read_content(&ex);
+    let meta = ex.meta;
+    InferenceRecord {
+        id: ex.inference_id,
+        completion_id: content.completion_id,
+        alias: ex.route.alias.as_deref().map(String::from),
+        version: ex.route.version.as_deref().map(String::from),
+        provider_model: ex.route.upstream_model.to_string(),
+        request: content.request,
+        response: content.response,
         streamed: ex.streamed,
         status: ex.outcome.as_str().to_string(),
         http_status: ex.status,
         latency_ms: ex.total.as_secs_f64() * 1000.0,
         first_byte_ms: ex.first_byte.map(|d| d.as_secs_f64() * 1000.0),
         key_id: ex.caller_id.to_string(),
-        user: ex.meta.user.clone(),
-        tags: ex.meta.tags.iter().cloned().collect(),
-        conversation_id: ex.meta.conversation_id.clone(),
+        user: meta.user,
+        tags: meta.tags.into_iter().collect(),
+        conversation_id: meta.conversation_id,
         created_at,
-        fallback_from: ex.meta.fallback_from.clone(),
-        shadow_of: ex.meta.shadow_of.clone(),
+        fallback_from: meta.fallback_from,
+        shadow_of: meta.shadow_of,
         turn: None,
-        sticky: ex.meta.sticky.clone(),
+        sticky: meta.sticky,
         opens: None,
     }
 }
@@ -257,13 +282,14 @@ impl UnaryChoice {
 }
 
 /// A JSON object of `fields`, moved in (`json!` would copy each value).
+/// Inserted one by one: collecting would first gather and sort them in a
+/// vector of their own, which cost more than the few inserts.
 fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    Value::Object(
-        fields
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-    )
+    let mut object = Map::new();
+    for (key, value) in fields {
+        object.insert(key.to_string(), value);
+    }
+    Value::Object(object)
 }
 
 #[derive(Default)]

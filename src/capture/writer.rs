@@ -17,12 +17,13 @@
 
 use super::background::{BACKGROUND_TASK, ORIGIN_TAG};
 use super::priority::Priority;
+use super::record::read_content;
 use super::{BackgroundTasks, Redactor, build_record};
 use crate::config::WriterPriority;
 use crate::exchange::{Exchange, InFlight, Outcome, Wire};
 use crate::ids::now_rfc3339;
 use crate::routing::Route;
-use crate::store::{CapturedTurn, InferenceRecord, SharedStore, StoreError};
+use crate::store::{CapturedTurn, SharedStore, StoreError};
 use crate::telemetry::Handles;
 use metrics::Counter;
 use std::sync::{Arc, LazyLock};
@@ -195,7 +196,7 @@ impl Writer {
         }
         rx.close();
         while let Some(exchange) = rx.recv().await {
-            self.take(&exchange);
+            self.take(exchange);
         }
         self.write_before_stopping().await;
     }
@@ -208,7 +209,7 @@ impl Writer {
         while taken < MAX_BATCH && self.held.len() < self.max_pending {
             match rx.try_recv() {
                 Ok(exchange) => {
-                    self.take(&exchange);
+                    self.take(exchange);
                     taken += 1;
                 }
                 Err(mpsc::error::TryRecvError::Empty) => return (taken, true),
@@ -220,7 +221,7 @@ impl Writer {
 
     /// Adds the exchange's record to the batch; one that is not captured
     /// is done with at once.
-    fn take(&mut self, exchange: &Exchange) {
+    fn take(&mut self, exchange: Exchange) {
         match prepare(exchange, &self.redactor, &self.background) {
             Some(turn) => self.held.push(turn),
             None => self.in_flight.done(1),
@@ -275,27 +276,30 @@ impl Writer {
 /// The turn to store for one exchange, redacted; `None` when capture is
 /// off for it (its tokens are still counted).
 fn prepare(
-    exchange: &Exchange,
+    mut exchange: Exchange,
     redactor: &Redactor,
     background: &BackgroundTasks,
 ) -> Option<CapturedTurn> {
+    let route = exchange.route.clone();
     if !exchange.meta.enabled {
-        add_tokens(&exchange.route, uncaptured_tokens(exchange));
+        add_tokens(&route, uncaptured_tokens(&exchange));
         return None;
     }
+    let parent_id = exchange.meta.parent_id.take();
+    let continuations = std::mem::take(&mut exchange.meta.continuations);
     let mut record = build_record(exchange, now_rfc3339());
     if background.matches(&record.request["messages"]) {
         record
             .tags
             .insert(ORIGIN_TAG.to_string(), BACKGROUND_TASK.to_string());
     }
-    add_tokens(&exchange.route, record_tokens(&record));
+    add_tokens(&route, response_tokens(&record.response));
     // Nothing reaches the store before redaction.
     redactor.redact_value(&mut record.request);
     redactor.redact_value(&mut record.response);
     Some(CapturedTurn {
-        parent_id: exchange.meta.parent_id.clone(),
-        continuations: exchange.meta.continuations.clone(),
+        parent_id,
+        continuations,
         preview: record.preview(),
         signals: crate::curation::turn_signals(&record),
         tally: crate::experiment::tally::of_inference(&record),
@@ -325,18 +329,18 @@ fn add_tokens(route: &Route, tokens: Tokens) {
     }
 }
 
-/// The tokens a record's usage counts: the answer's own, or the estimate
-/// `build_record` made for an answer without any.
-fn record_tokens(record: &InferenceRecord) -> Tokens {
-    let usage = &record.response["usage"];
+/// The tokens a record's answer (`response`) counts in its usage: the
+/// answer's own, or the estimate [`read_content`] made for an answer
+/// without any.
+fn response_tokens(response: &serde_json::Value) -> Tokens {
+    let usage = &response["usage"];
     ["prompt_tokens", "completion_tokens"].map(|field| usage[field].as_u64())
 }
 
 /// The tokens of an exchange that is not captured. A unary chat answer
 /// that carries its usage is read for that alone: building a whole record
 /// only to drop it was most of what such an exchange cost the writer
-/// (about 5 µs, against 1). Anything else is counted as a record would
-/// count it.
+/// (about 5 µs, against 1). Anything else is read as a record reads it.
 fn uncaptured_tokens(exchange: &Exchange) -> Tokens {
     #[derive(serde::Deserialize)]
     struct Answer {
@@ -355,7 +359,7 @@ fn uncaptured_tokens(exchange: &Exchange) -> Tokens {
     {
         return [usage.prompt_tokens, usage.completion_tokens];
     }
-    record_tokens(&build_record(exchange, String::new()))
+    response_tokens(&read_content(exchange).response)
 }
 
 #[cfg(test)]
@@ -431,17 +435,18 @@ mod tests {
         );
         responses.wire = crate::exchange::Wire::Responses;
         cases.push(("the Responses API", responses));
-        for (name, exchange) in &cases {
-            let record = build_record(exchange, String::new());
-            assert_eq!(
-                uncaptured_tokens(exchange),
-                record_tokens(&record),
-                "{name}"
-            );
-        }
+        let counted: Vec<(&str, Tokens)> = cases
+            .into_iter()
+            .map(|(name, exchange)| {
+                let uncaptured = uncaptured_tokens(&exchange);
+                let record = build_record(exchange, String::new());
+                assert_eq!(uncaptured, response_tokens(&record.response), "{name}");
+                (name, uncaptured)
+            })
+            .collect();
         let tokens_of = |case: &str| {
-            let (_, exchange) = cases.iter().find(|(name, _)| *name == case).unwrap();
-            uncaptured_tokens(exchange)
+            let (_, tokens) = counted.iter().find(|(name, _)| *name == case).unwrap();
+            *tokens
         };
         assert_eq!(tokens_of("usage"), [Some(118), Some(61)]);
         let [prompt, completion] = tokens_of("no usage: estimated");
@@ -462,7 +467,10 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         let n = 20_000;
-        let exchanges: Vec<Exchange> = (0..n)
+        // Each stage takes exchanges of its own: a record is built from
+        // the exchange it consumes.
+        let exchanges = || -> Vec<Exchange> {
+            (0..n)
             .map(|i| {
                 let alert = &alerts[i % alerts.len()];
                 let request = serde_json::json!({"model": "triage", "messages": [
@@ -484,7 +492,9 @@ mod tests {
                 };
                 exchange
             })
-            .collect();
+            .collect()
+        };
+        let route = unary("", "").route;
         let redactor = Redactor::new(&["credentials".to_string()]).unwrap();
         let stage = |name: &str, f: &mut dyn FnMut()| {
             let cpu = thread_cpu_ns();
@@ -495,16 +505,17 @@ mod tests {
             );
         };
         let mut records: Vec<crate::store::InferenceRecord> = Vec::new();
+        let mut owned = exchanges();
         stage("build_record", &mut || {
-            records = exchanges
-                .iter()
+            records = std::mem::take(&mut owned)
+                .into_iter()
                 .map(|e| build_record(e, now_rfc3339()))
                 .collect();
         });
         stage("count_tokens", &mut || {
             records
                 .iter()
-                .for_each(|r| add_tokens(&exchanges[0].route, record_tokens(r)))
+                .for_each(|r| add_tokens(&route, response_tokens(&r.response)))
         });
         stage("redact", &mut || {
             for r in &mut records {
@@ -527,9 +538,10 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::open(dir.path()).unwrap();
+        let owned = exchanges();
         let (wall, cpu) = (Instant::now(), thread_cpu_ns());
-        let mut turns: Vec<CapturedTurn> = exchanges
-            .iter()
+        let mut turns: Vec<CapturedTurn> = owned
+            .into_iter()
             .filter_map(|e| prepare(e, &redactor, &BackgroundTasks::from_validated(false, &[])))
             .collect();
         let prepared = (wall.elapsed(), thread_cpu_ns() - cpu);
