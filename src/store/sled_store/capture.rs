@@ -27,7 +27,9 @@ pub fn hashed(text: &str) -> runs::Key {
 
 /// A continuation key (32 hex digits) as lookup key bytes.
 pub fn thread_key(hex_key: &str) -> Option<runs::Key> {
-    hex::decode(hex_key).ok()?.try_into().ok()
+    let mut key = [0u8; runs::KEY];
+    hex::decode_to_slice(hex_key, &mut key).ok()?;
+    Some(key)
 }
 
 /// A lookup value: a 17-byte store key.
@@ -50,6 +52,8 @@ struct Touched {
     slot: Vec<u8>,
     before: Option<ConversationRecord>,
     after: ConversationRecord,
+    /// For a conversation this batch opens: its first turn's place in the batch.
+    opened_by: Option<usize>,
 }
 
 impl SledStore {
@@ -89,7 +93,7 @@ impl SledStore {
                 let at = match by_id.get(&turn.record.conversation_id) {
                     Some(at) => *at,
                     None => {
-                        let loaded = self.load_or_create(turn)?;
+                        let loaded = self.load_or_create(turn, i)?;
                         touched.push(loaded);
                         by_id.insert(turn.record.conversation_id.clone(), touched.len() - 1);
                         touched.len() - 1
@@ -124,7 +128,7 @@ impl SledStore {
         }
         self.list_new(batch_id, &mut touched, &mut changes);
         for t in &touched {
-            embed(t, batch, &fresh, &mut changes);
+            embed(t, batch, &mut changes);
         }
         for &i in &fresh {
             let record = &batch[i].record;
@@ -156,17 +160,27 @@ impl SledStore {
         Ok(())
     }
 
-    /// The conversation a turn goes to, as stored, or a new one (with its
-    /// slot, remembered for a client-named id).
-    fn load_or_create(&self, turn: &CapturedTurn) -> Result<Touched, StoreError> {
+    /// The conversation a fresh turn (the batch's `at`) goes to, as
+    /// stored, or a new one (with its slot, remembered for a client-named
+    /// id).
+    fn load_or_create(&self, turn: &CapturedTurn, at: usize) -> Result<Touched, StoreError> {
         let id = &turn.record.conversation_id;
-        if let Some(slot) = self.slot_of(id)?
-            && let Some(before) = self.conversation_at(&slot)?
-        {
+        let stored = match self.slot_of(id)? {
+            // The fresh turn's own key holds no record yet, so a
+            // conversation slotted there is kept as a conversation record
+            // or not at all: one lookup, not two.
+            Some(slot) if slot == codec::id_key(&turn.record.id) => {
+                self.conversation_record_at(&slot)?.map(|c| (slot, c))
+            }
+            Some(slot) => self.conversation_at(&slot)?.map(|c| (slot, c)),
+            None => None,
+        };
+        if let Some((slot, before)) = stored {
             return Ok(Touched {
                 slot,
                 after: before.clone(),
                 before: Some(before),
+                opened_by: None,
             });
         }
         let slot = match codec::ulid_of(id) {
@@ -180,6 +194,7 @@ impl SledStore {
             slot,
             before: None,
             after: ConversationRecord::opening(turn),
+            opened_by: Some(at),
         })
     }
 
@@ -286,16 +301,17 @@ impl SledStore {
 /// when the record's key is its slot: the record carries what the
 /// conversation adds (see [`ConversationRecord::opened_by`]) and no
 /// conversation record is written until a second turn or a review.
-fn embed(t: &Touched, batch: &mut [CapturedTurn], fresh: &[usize], changes: &mut Changes) {
-    let (Some(position), [first]) = (t.after.position, t.after.inference_ids.as_slice()) else {
+fn embed(t: &Touched, batch: &mut [CapturedTurn], changes: &mut Changes) {
+    let (Some(position), Some(i), [first]) = (
+        t.after.position,
+        t.opened_by,
+        t.after.inference_ids.as_slice(),
+    ) else {
         return;
     };
-    if t.before.is_some() || codec::id_key(first) != t.slot {
+    if batch[i].record.id != *first || codec::id_key(first) != t.slot {
         return;
     }
-    let Some(&i) = fresh.iter().find(|&&i| batch[i].record.id == *first) else {
-        return;
-    };
     let opening = Opening {
         position,
         parent_id: t.after.parent_id.clone(),

@@ -167,14 +167,27 @@ impl SledStore {
         &self,
         slot: &[u8],
     ) -> Result<Option<ConversationRecord>, StoreError> {
-        if let Some(v) = self.conversations.get(slot).map_err(io)? {
-            return codec::decode("conversation", &v).map(Some);
+        if let Some(conversation) = self.conversation_record_at(slot)? {
+            return Ok(Some(conversation));
         }
         let Some(v) = self.inferences.get(slot).map_err(io)? else {
             return Ok(None);
         };
         let turn: FirstTurn = codec::decode("inference", &v)?;
         Ok(turn.conversation())
+    }
+
+    /// The conversation record at a slot, when one is written: not what a
+    /// first turn kept under the same key says.
+    pub(super) fn conversation_record_at(
+        &self,
+        slot: &[u8],
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        self.conversations
+            .get(slot)
+            .map_err(io)?
+            .map(|v| codec::decode("conversation", &v))
+            .transpose()
     }
 
     /// The id and signals of the conversation at a slot, without decoding
