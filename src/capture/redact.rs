@@ -91,10 +91,16 @@ impl Redactor {
         // its own: a rule skips ahead to the literal it needs (`AKIA`,
         // `sk-`, …), which the set's one automaton cannot, and all of
         // them together read faster than the set.
-        let matched = (text.len() < LONG_TEXT).then(|| self.any.matches(text));
-        if matched.as_ref().is_some_and(|m| !m.matched_any()) {
-            return None;
-        }
+        // The set answers whether any rule matches faster than which
+        // ones do, and most texts hold no secret: which, only after.
+        let matched = if text.len() < LONG_TEXT {
+            if !self.any.is_match(text) {
+                return None;
+            }
+            Some(self.any.matches(text))
+        } else {
+            None
+        };
         let mut out: Option<String> = None;
         for (i, (kind, re)) in self.rules.iter().enumerate() {
             // A rule applies where it matches the text as given, whichever
