@@ -121,7 +121,8 @@ fn text_hash<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>) -> Stri
             hasher.update(part);
         }
     }
-    hex::encode(hasher.finalize())
+    // Written at once: `hex::encode` builds its string a character at a time.
+    format!("{:x}", hasher.finalize())
 }
 
 /// [`text_hash`] of messages whose texts may be owned.
@@ -138,7 +139,10 @@ fn normalise(text: &str, out: &mut Vec<u8>) {
         return;
     }
     for word in text.to_lowercase().split_whitespace() {
-        push_word(out, word.bytes());
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(word.as_bytes());
     }
 }
 
@@ -146,18 +150,19 @@ fn normalise(text: &str, out: &mut Vec<u8>) {
 /// words joined with one space: read byte by byte rather than by decoding
 /// characters, which was most of the cost of hashing a turn.
 fn ascii_words(text: &[u8], out: &mut Vec<u8>) {
-    // `char::is_whitespace` on ASCII, which also counts the vertical tab.
-    let space = |b: &u8| b.is_ascii_whitespace() || *b == 0x0B;
-    for word in text.split(space).filter(|w| !w.is_empty()) {
-        push_word(out, word.iter().map(u8::to_ascii_lowercase));
+    out.reserve(text.len());
+    let mut gap = false;
+    for &b in text {
+        if crate::store::is_ascii_space(b) {
+            gap = true;
+            continue;
+        }
+        if gap && !out.is_empty() {
+            out.push(b' ');
+        }
+        gap = false;
+        out.push(b.to_ascii_lowercase());
     }
-}
-
-fn push_word(out: &mut Vec<u8>, word: impl IntoIterator<Item = u8>) {
-    if !out.is_empty() {
-        out.push(b' ');
-    }
-    out.extend(word);
 }
 
 #[cfg(test)]

@@ -119,9 +119,9 @@ pub fn preview_of(messages: &serde_json::Value) -> String {
             parts => std::borrow::Cow::Owned(crate::capture::threading::message_text(parts)),
         })
         .unwrap_or_default();
-    // ASCII text, most of what is captured, is counted in bytes: counting
-    // characters showed in the capture writer's profile.
-    let ascii = first_user.is_ascii();
+    if first_user.is_ascii() {
+        return ascii_preview(first_user.as_bytes());
+    }
     let mut out = String::with_capacity(PREVIEW_CHARS);
     let mut chars = 0;
     for word in first_user.split_whitespace() {
@@ -134,23 +134,46 @@ pub fn preview_of(messages: &serde_json::Value) -> String {
         }
         // Cut inside the word that reaches the limit.
         let room = PREVIEW_CHARS - chars;
-        let cut = if ascii {
-            (word.len() > room).then_some(room)
-        } else {
-            word.char_indices().nth(room).map(|(at, _)| at)
-        };
-        if let Some(cut) = cut {
+        if let Some((cut, _)) = word.char_indices().nth(room) {
             out.push_str(&word[..cut]);
             break;
         }
         out.push_str(word);
-        chars += if ascii {
-            word.len()
-        } else {
-            word.chars().count()
-        };
+        chars += word.chars().count();
     }
     out
+}
+
+/// [`preview_of`] for ASCII text, most of what is captured, in one pass
+/// over its bytes: splitting it into words by characters showed in the
+/// capture writer's profile.
+fn ascii_preview(text: &[u8]) -> String {
+    let mut out = String::with_capacity(PREVIEW_CHARS);
+    let mut gap = false;
+    for &b in text {
+        if is_ascii_space(b) {
+            gap = true;
+            continue;
+        }
+        if gap && !out.is_empty() {
+            if out.len() == PREVIEW_CHARS {
+                break;
+            }
+            out.push(' ');
+        }
+        gap = false;
+        if out.len() == PREVIEW_CHARS {
+            break;
+        }
+        out.push(char::from(b));
+    }
+    out
+}
+
+/// `char::is_whitespace` of an ASCII byte: `u8::is_ascii_whitespace`
+/// leaves out the vertical tab.
+pub fn is_ascii_space(b: u8) -> bool {
+    b.is_ascii_whitespace() || b == 0x0B
 }
 
 /// The fields of a first turn its conversation shows while it has no
@@ -618,6 +641,9 @@ mod tests {
             format!("{} a", "a".repeat(PREVIEW_CHARS - 2)),
             "x".repeat(PREVIEW_CHARS),
             "tab\tvertical\x0btab\x1cnot space".into(),
+            format!("{}  \n b", "a".repeat(PREVIEW_CHARS - 1)),
+            format!("{} ", "a".repeat(PREVIEW_CHARS)),
+            format!(" \x0b{}", "ab ".repeat(PREVIEW_CHARS)),
         ];
         for text in texts {
             let messages = serde_json::json!([
