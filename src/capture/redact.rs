@@ -86,13 +86,13 @@ impl Redactor {
 
     /// The text with every match replaced, or `None` when nothing matched.
     pub fn redact(&self, text: &str) -> Option<String> {
-        // A short text is read once by the set, which costs less than
-        // starting every rule on it. A long one is read by each rule on
-        // its own: a rule skips ahead to the literal it needs (`AKIA`,
-        // `sk-`, …), which the set's one automaton cannot, and all of
-        // them together read faster than the set.
-        // The set answers whether any rule matches faster than which
-        // ones do, and most texts hold no secret: which, only after.
+        // A short text is read by the set, which costs less than starting
+        // every rule on it; most hold no secret, and the set says whether
+        // any rule matches faster than which ones do, so which is asked
+        // only after. A long text is read by each rule on its own: a rule
+        // skips ahead to the literal it needs (`AKIA`, `sk-`, …), which
+        // the set's one automaton cannot, and all of them together read
+        // faster than the set.
         let matched = if text.len() < LONG_TEXT {
             if !self.any.is_match(text) {
                 return None;

@@ -280,11 +280,11 @@ fn prepare(
     redactor: &Redactor,
     background: &BackgroundTasks,
 ) -> Option<CapturedTurn> {
-    let route = exchange.route.clone();
     if !exchange.meta.enabled {
-        add_tokens(&route, uncaptured_tokens(&exchange));
+        add_tokens(&exchange.route, uncaptured_tokens(&exchange));
         return None;
     }
+    let route = exchange.route.clone();
     let parent_id = exchange.meta.parent_id.take();
     let continuations = std::mem::take(&mut exchange.meta.continuations);
     let mut record = build_record(exchange, now_rfc3339());
@@ -467,33 +467,30 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         let n = 20_000;
+        let exchange = |i: usize| -> Exchange {
+            let alert = &alerts[i % alerts.len()];
+            let request = serde_json::json!({"model": "triage", "messages": [
+                {"role": "system", "content": "You are a SOC analyst. Classify the alert: give the threat type, the severity and a short rationale."},
+                {"role": "user", "content": format!("{} Host WS-{i}.", alert["alert"].as_str().unwrap())}]});
+            let response = serde_json::json!({"id": format!("chatcmpl-{i:016x}"), "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Threat type: {}\nSeverity: {}\nRationale: {} seen on WS-{i}.", alert["threat_type"].as_str().unwrap(), alert["severity"].as_str().unwrap(), alert["title"].as_str().unwrap()), "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 118, "completion_tokens": 61, "total_tokens": 179}});
+            let mut exchange = unary(&request.to_string(), &response.to_string());
+            // As the proxy names a new conversation: after its first turn.
+            let conversation_id = format!("conv_{}", &exchange.inference_id[4..]);
+            exchange.first_byte = Some(std::time::Duration::from_millis(3));
+            exchange.meta = crate::capture::CaptureMeta {
+                conversation_id,
+                enabled: true,
+                sticky: Some("key:key_1".into()),
+                continuations: vec![format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15)],
+                ..Default::default()
+            };
+            exchange
+        };
         // Each stage takes exchanges of its own: a record is built from
         // the exchange it consumes.
-        let exchanges = || -> Vec<Exchange> {
-            (0..n)
-            .map(|i| {
-                let alert = &alerts[i % alerts.len()];
-                let request = serde_json::json!({"model": "triage", "messages": [
-                    {"role": "system", "content": "You are a SOC analyst. Classify the alert: give the threat type, the severity and a short rationale."},
-                    {"role": "user", "content": format!("{} Host WS-{i}.", alert["alert"].as_str().unwrap())}]});
-                let response = serde_json::json!({"id": format!("chatcmpl-{i:016x}"), "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Threat type: {}\nSeverity: {}\nRationale: {} seen on WS-{i}.", alert["threat_type"].as_str().unwrap(), alert["severity"].as_str().unwrap(), alert["title"].as_str().unwrap()), "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 118, "completion_tokens": 61, "total_tokens": 179}});
-                let mut exchange = unary(&request.to_string(), &response.to_string());
-                // As the proxy names a new conversation: after its first turn.
-                let conversation_id = format!("conv_{}", &exchange.inference_id[4..]);
-                exchange.first_byte = Some(std::time::Duration::from_millis(3));
-                exchange.meta = crate::capture::CaptureMeta {
-                    conversation_id,
-                    enabled: true,
-                    sticky: Some("key:key_1".into()),
-                    continuations: vec![format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15)],
-                    ..Default::default()
-                };
-                exchange
-            })
-            .collect()
-        };
+        let exchanges = || -> Vec<Exchange> { (0..n).map(&exchange).collect() };
         let route = unary("", "").route;
         let redactor = Redactor::new(&["credentials".to_string()]).unwrap();
         let stage = |name: &str, f: &mut dyn FnMut()| {
