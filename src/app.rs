@@ -184,6 +184,7 @@ impl Application {
                 store: state.store.clone(),
                 redactor: state.redactor.clone(),
                 in_flight: state.exchanges.in_flight(),
+                queue: state.exchanges.depth(),
                 flush_every,
                 priority: state.config.capture.writer_priority,
                 max_pending: state.config.capture.queue_capacity,

@@ -163,6 +163,26 @@ impl ExchangeSink {
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.clone()
     }
+
+    /// How full the queue is, for whoever watches the writer.
+    pub fn depth(&self) -> QueueDepth {
+        QueueDepth(self.tx.downgrade())
+    }
+}
+
+/// How many exchanges wait in the queue, read from the sending side: the
+/// writer's watchdog reads it while the writer itself may not get to run.
+/// It does not keep the queue open.
+#[derive(Clone)]
+pub struct QueueDepth(mpsc::WeakSender<Exchange>);
+
+impl QueueDepth {
+    /// Exchanges waiting and the queue's capacity; `(0, 0)` once it is closed.
+    pub fn get(&self) -> (usize, usize) {
+        self.0.upgrade().map_or((0, 0), |tx| {
+            (tx.max_capacity() - tx.capacity(), tx.max_capacity())
+        })
+    }
 }
 
 /// Counts every drop; logs at most once a second (with how many went
@@ -211,6 +231,21 @@ mod tests {
             total: Duration::ZERO,
             meta: CaptureMeta::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn the_depth_counts_what_waits_and_does_not_keep_the_queue_open() {
+        let (sink, mut rx) = ExchangeSink::new(4, QueueFullPolicy::Drop, Duration::from_secs(1));
+        let depth = sink.depth();
+        assert_eq!(depth.get(), (0, 4));
+        (0..3).for_each(|n| sink.submit(exchange(n)));
+        assert_eq!(depth.get(), (3, 4));
+        assert!(rx.recv().await.is_some());
+        assert_eq!(depth.get(), (2, 4));
+        drop(sink);
+        assert_eq!(depth.get(), (0, 0));
+        assert!(rx.recv().await.is_some() && rx.recv().await.is_some());
+        assert!(rx.recv().await.is_none(), "closed once the sink is gone");
     }
 
     #[tokio::test]

@@ -3,9 +3,11 @@
 //! when no request needs the CPU, preempted the moment one does, so
 //! capture never shows in the proxy's latency. It must not starve either:
 //! it returns to normal priority while a backlog builds (queue an eighth
-//! full) or when a watchdog on the request runtime sees it has not run for
-//! two flush intervals, and goes back to the background once the queue is
-//! nearly empty.
+//! full), seen by the writer or by a watchdog on the request runtime,
+//! which also brings back a writer that has not run for two flush
+//! intervals; it goes back to the background once the queue is nearly
+//! empty. The watchdog matters most: a writer starved in the background
+//! does not run to see its own backlog.
 
 use crate::config::WriterPriority;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +17,12 @@ use thread_priority::{
     NormalThreadSchedulePolicy, ThreadId, ThreadPriority, ThreadPriorityOsValue,
     ThreadSchedulePolicy,
 };
+
+/// How often the watchdog looks, at most: at the fastest this machine
+/// serves (about 20,000 requests a second) a tenth of a second fills a
+/// quarter of the default queue, so a backlog is caught well before the
+/// queue is full.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
 
 /// Shared between the writer thread and its watchdog.
 pub struct Priority {
@@ -64,30 +72,39 @@ impl Priority {
             return;
         }
         let background = self.background.load(Ordering::Relaxed);
-        if background && queued > capacity / 8 {
+        if background && backlog(queued, capacity) {
             self.set(false);
         } else if !background && queued <= capacity / 64 {
             self.set(true);
         }
     }
 
-    /// Runs on the request runtime until `stop`: brings a writer that has
-    /// not run for two flush intervals back to normal priority.
-    pub async fn watch(self: Arc<Self>, flush_every: Duration, stop: impl Future<Output = ()>) {
+    /// Runs on the request runtime until `stop`: brings the writer back to
+    /// normal priority once its queue holds a backlog (`queue` says how
+    /// many exchanges wait, and how many it holds) or it has not run for
+    /// two flush intervals.
+    pub async fn watch(
+        self: Arc<Self>,
+        flush_every: Duration,
+        queue: impl Fn() -> (usize, usize),
+        stop: impl Future<Output = ()>,
+    ) {
         if !self.adaptive {
             return stop.await;
         }
-        let period = flush_every.max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval(period);
+        let flush_every = flush_every.max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(flush_every.min(WATCH_EVERY));
         let watch = async {
             loop {
                 tick.tick().await;
+                if !self.background.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let idle_for = self
                     .now_ms()
                     .saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
-                if self.background.load(Ordering::Relaxed)
-                    && idle_for > 2 * period.as_millis() as u64
-                {
+                let (queued, capacity) = queue();
+                if backlog(queued, capacity) || idle_for > 2 * flush_every.as_millis() as u64 {
                     self.set(false);
                 }
             }
@@ -114,6 +131,12 @@ impl Priority {
             self.background.store(background, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether `queued` exchanges are a backlog the writer must catch up on
+/// at normal priority.
+fn backlog(queued: usize, capacity: usize) -> bool {
+    queued > capacity / 8
 }
 
 /// `SCHED_IDLE` or `SCHED_OTHER`, nice 0 either way.
@@ -146,4 +169,59 @@ fn returns_from_background() -> bool {
     })
     .join()
     .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn more_than_an_eighth_of_the_queue_is_a_backlog() {
+        assert!(!backlog(1024, 8192));
+        assert!(backlog(1025, 8192));
+        assert!(!backlog(0, 0));
+    }
+
+    /// A writer starved in the background never runs its loop to see its
+    /// own backlog: the watchdog sees it for it.
+    #[tokio::test]
+    async fn the_watchdog_brings_back_a_writer_whose_queue_fills() {
+        let priority = Priority::new(WriterPriority::Background);
+        // A writer that enters the background, then does not run.
+        let (release, parked) = std::sync::mpsc::channel::<()>();
+        let writer = priority.clone();
+        let thread = std::thread::spawn(move || {
+            writer.enter();
+            let _ = parked.recv();
+        });
+        while priority.thread.get().is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Without the right to return, it never left normal priority.
+        assert_eq!(
+            priority.background.load(Ordering::Relaxed),
+            priority.adaptive
+        );
+        let queued = Arc::new(AtomicUsize::new(2));
+        let watch = |queued: Arc<AtomicUsize>| {
+            // Idle for longer than this test: only the queue can bring it back.
+            priority.clone().watch(
+                Duration::from_secs(600),
+                move || (queued.load(Ordering::Relaxed), 16),
+                tokio::time::sleep(3 * WATCH_EVERY),
+            )
+        };
+        watch(queued.clone()).await;
+        assert_eq!(
+            priority.background.load(Ordering::Relaxed),
+            priority.adaptive,
+            "two of sixteen is no backlog"
+        );
+        queued.store(3, Ordering::Relaxed);
+        watch(queued).await;
+        assert!(!priority.background.load(Ordering::Relaxed));
+        drop(release);
+        thread.join().unwrap();
+    }
 }

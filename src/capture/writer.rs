@@ -20,7 +20,7 @@ use super::priority::Priority;
 use super::record::read_content;
 use super::{BackgroundTasks, Redactor, build_record};
 use crate::config::WriterPriority;
-use crate::exchange::{Exchange, InFlight, Outcome, Wire};
+use crate::exchange::{Exchange, InFlight, Outcome, QueueDepth, Wire};
 use crate::ids::now_rfc3339;
 use crate::routing::Route;
 use crate::store::{CapturedTurn, SharedStore, StoreError};
@@ -49,6 +49,8 @@ pub struct WriterSetup {
     pub max_pending: usize,
     /// Recognises chat apps' housekeeping requests, to tag them.
     pub background: Arc<BackgroundTasks>,
+    /// The queue's depth, for the watchdog of the writer's priority.
+    pub queue: QueueDepth,
 }
 
 /// Starts the writer on its own thread; the future completes once it has
@@ -62,6 +64,7 @@ pub fn start_writer(
     let priority = Priority::new(setup.priority);
     let writer_priority = priority.clone();
     let flush_every = setup.flush_every.max(Duration::from_millis(1));
+    let queue = setup.queue.clone();
     let spawned = std::thread::Builder::new()
         .name("flywheel-capture".into())
         .spawn(move || {
@@ -82,7 +85,7 @@ pub fn start_writer(
         match spawned {
             Ok(_) => {
                 priority
-                    .watch(flush_every, async {
+                    .watch(flush_every, move || queue.get(), async {
                         let _ = on_stop.await;
                     })
                     .await;
