@@ -7,10 +7,7 @@
 //! which also brings back a writer that has not run for two flush
 //! intervals; it goes back to the background once the queue is nearly
 //! empty. The watchdog matters most: a writer starved in the background
-//! does not run to see its own backlog. Whatever the priority, the
-//! watchdog also wakes a writer that waits for its next flush tick while
-//! such a backlog builds: at tens of thousands of requests a second, one
-//! tick's worth fills most of the queue.
+//! does not run to see its own backlog.
 
 use crate::config::WriterPriority;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +17,6 @@ use thread_priority::{
     NormalThreadSchedulePolicy, ThreadId, ThreadPriority, ThreadPriorityOsValue,
     ThreadSchedulePolicy,
 };
-use tokio::sync::Notify;
 
 /// How often the watchdog looks, at most: at the fastest this machine
 /// serves (about 20,000 requests a second) a tenth of a second fills a
@@ -36,8 +32,6 @@ pub struct Priority {
     /// Milliseconds since `epoch` when the writer last ran its loop.
     heartbeat_ms: AtomicU64,
     epoch: Instant,
-    /// Rung by the watchdog when the queue holds a backlog.
-    backlog: Notify,
 }
 
 impl Priority {
@@ -57,7 +51,6 @@ impl Priority {
             thread: OnceLock::new(),
             heartbeat_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            backlog: Notify::new(),
         })
     }
 
@@ -86,39 +79,32 @@ impl Priority {
         }
     }
 
-    /// Completes when the watchdog has seen a backlog in the queue: the
-    /// writer takes it then rather than at its next tick.
-    pub async fn backlog_seen(&self) {
-        self.backlog.notified().await;
-    }
-
-    /// Runs on the request runtime until `stop`. Once the queue holds a
-    /// backlog (`queue` says how many exchanges wait, and how many it
-    /// holds) it wakes the writer and brings it back to normal priority,
-    /// as it does a writer that has not run for two flush intervals.
+    /// Runs on the request runtime until `stop`: brings the writer back to
+    /// normal priority once its queue holds a backlog (`queue` says how
+    /// many exchanges wait, and how many it holds) or it has not run for
+    /// two flush intervals.
     pub async fn watch(
         self: Arc<Self>,
         flush_every: Duration,
         queue: impl Fn() -> (usize, usize),
         stop: impl Future<Output = ()>,
     ) {
+        if !self.adaptive {
+            return stop.await;
+        }
         let flush_every = flush_every.max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(flush_every.min(WATCH_EVERY));
         let watch = async {
             loop {
                 tick.tick().await;
-                let (queued, capacity) = queue();
-                let behind = backlog(queued, capacity);
-                if behind {
-                    self.backlog.notify_one();
-                }
-                if !self.adaptive || !self.background.load(Ordering::Relaxed) {
+                if !self.background.load(Ordering::Relaxed) {
                     continue;
                 }
                 let idle_for = self
                     .now_ms()
                     .saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
-                if behind || idle_for > 2 * flush_every.as_millis() as u64 {
+                let (queued, capacity) = queue();
+                if backlog(queued, capacity) || idle_for > 2 * flush_every.as_millis() as u64 {
                     self.set(false);
                 }
             }
@@ -200,7 +186,7 @@ mod tests {
     /// A writer starved in the background never runs its loop to see its
     /// own backlog: the watchdog sees it for it.
     #[tokio::test]
-    async fn the_watchdog_wakes_and_brings_back_a_writer_whose_queue_fills() {
+    async fn the_watchdog_brings_back_a_writer_whose_queue_fills() {
         let priority = Priority::new(WriterPriority::Background);
         // A writer that enters the background, then does not run.
         let (release, parked) = std::sync::mpsc::channel::<()>();
@@ -226,18 +212,15 @@ mod tests {
                 tokio::time::sleep(3 * WATCH_EVERY),
             )
         };
-        let woken = || tokio::time::timeout(Duration::from_millis(1), priority.backlog_seen());
         watch(queued.clone()).await;
         assert_eq!(
             priority.background.load(Ordering::Relaxed),
             priority.adaptive,
             "two of sixteen is no backlog"
         );
-        assert!(woken().await.is_err(), "nor a reason to wake the writer");
         queued.store(3, Ordering::Relaxed);
         watch(queued).await;
         assert!(!priority.background.load(Ordering::Relaxed));
-        assert!(woken().await.is_ok(), "the writer is woken to take it");
         drop(release);
         thread.join().unwrap();
     }

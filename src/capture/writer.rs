@@ -1,7 +1,7 @@
 //! The capture writer: drains the exchange queue, turns each exchange into
 //! an inference record (redacted) and stores them in batches: every
 //! `capture.flush_every_ms`, and at once while the queue still holds a
-//! full batch or holds a backlog (see [`super::priority`]). Each batch: every record's turn in its conversation,
+//! full batch. Each batch: every record's turn in its conversation,
 //! then the records, then a flush. On shutdown it drains the queue first.
 //!
 //! A batch the store refuses (a full disk, any I/O error) is kept and
@@ -177,12 +177,10 @@ impl Writer {
         // The writer wakes once per tick and takes what queued meanwhile,
         // not once per exchange: a wake-up per request cost more CPU than
         // storing the request. A queue still filling faster than a tick
-        // drains it is taken again at once, and a backlog the watchdog
-        // sees wakes the writer before its tick.
+        // drains it is taken again at once.
         'running: loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = priority.backlog_seen() => {}
                 () = shutdown.cancelled() => break,
             }
             loop {
