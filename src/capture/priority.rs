@@ -19,9 +19,9 @@ use thread_priority::{
 };
 
 /// How often the watchdog looks, at most: at the fastest this machine
-/// serves (about 20,000 requests a second) a tenth of a second fills a
-/// quarter of the default queue, so a backlog is caught well before the
-/// queue is full.
+/// serves (about 36,000 requests a second, capture off) a tenth of a
+/// second fills under half of the default queue, so a backlog is caught
+/// before the queue is full.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 
 /// Shared between the writer thread and its watchdog.
@@ -189,15 +189,15 @@ mod tests {
     async fn the_watchdog_brings_back_a_writer_whose_queue_fills() {
         let priority = Priority::new(WriterPriority::Background);
         // A writer that enters the background, then does not run.
+        let (entered, has_entered) = std::sync::mpsc::channel::<()>();
         let (release, parked) = std::sync::mpsc::channel::<()>();
         let writer = priority.clone();
         let thread = std::thread::spawn(move || {
             writer.enter();
+            let _ = entered.send(());
             let _ = parked.recv();
         });
-        while priority.thread.get().is_none() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        has_entered.recv().unwrap();
         // Without the right to return, it never left normal priority.
         assert_eq!(
             priority.background.load(Ordering::Relaxed),
