@@ -30,7 +30,7 @@ pub use postgres::PgStore;
 pub use records::{
     ApiKeyRecord, AuditRecord, CapturedTurn, ConversationRecord, ConversationSignals,
     ConversationTallies, FeedbackRecord, HIGH_QUALITY, InferenceRecord, Opening, Position, Review,
-    ReviewStatus, ThreadPoint, TurnHead, is_ascii_space, preview_of,
+    ReviewStatus, ThreadPoint, TurnHead, join_ascii_words, preview_of,
 };
 pub use resilient::Resilient;
 pub use sled_store::SledStore;

@@ -111,12 +111,12 @@ pub fn normalised_hash(messages: &[Message]) -> String {
 /// [`normalised_hash`] of messages given as role and text.
 fn text_hash<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut hasher = Sha256::new();
-    let mut normal = Vec::new();
+    let mut normal = String::new();
     for (role, text) in messages {
         normalise(text, &mut normal);
         // Length-prefixed, so no text can pass for a boundary between
         // role and content or between messages.
-        for part in [role.as_bytes(), &normal] {
+        for part in [role.as_bytes(), normal.as_bytes()] {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part);
         }
@@ -131,37 +131,25 @@ fn hash_of(messages: &[TextMessage<'_>]) -> String {
 }
 
 /// `text` lower-cased with whitespace runs made one space and trimmed,
-/// into `out`. Capture hashes every turn: one buffer, not a string a word.
-fn normalise(text: &str, out: &mut Vec<u8>) {
+/// into `out`. Capture hashes every turn: one buffer, not a string a word;
+/// ASCII text read byte by byte rather than by decoding characters, which
+/// was most of the cost of hashing a turn.
+fn normalise(text: &str, out: &mut String) {
     out.clear();
     if text.is_ascii() {
-        ascii_words(text.as_bytes(), out);
+        crate::store::join_ascii_words(
+            text.as_bytes(),
+            usize::MAX,
+            |b| b.to_ascii_lowercase(),
+            out,
+        );
         return;
     }
     for word in text.to_lowercase().split_whitespace() {
         if !out.is_empty() {
-            out.push(b' ');
+            out.push(' ');
         }
-        out.extend_from_slice(word.as_bytes());
-    }
-}
-
-/// `split_whitespace` and `to_lowercase` for ASCII text in one pass, the
-/// words joined with one space: read byte by byte rather than by decoding
-/// characters, which was most of the cost of hashing a turn.
-fn ascii_words(text: &[u8], out: &mut Vec<u8>) {
-    out.reserve(text.len());
-    let mut gap = false;
-    for &b in text {
-        if crate::store::is_ascii_space(b) {
-            gap = true;
-            continue;
-        }
-        if gap && !out.is_empty() {
-            out.push(b' ');
-        }
-        gap = false;
-        out.push(b.to_ascii_lowercase());
+        out.push_str(word);
     }
 }
 
@@ -183,14 +171,14 @@ mod tests {
             "\x1c not\x1fspace\u{7f}",
             "\u{c9}T\u{c9}  \u{3a3}A\u{3a3}",
         ] {
-            let mut out = Vec::new();
+            let mut out = String::new();
             normalise(text, &mut out);
             let words: Vec<_> = text
                 .to_lowercase()
                 .split_whitespace()
                 .map(String::from)
                 .collect();
-            assert_eq!(out, words.join(" ").as_bytes(), "{text:?}");
+            assert_eq!(out.as_bytes(), words.join(" ").as_bytes(), "{text:?}");
         }
     }
 

@@ -144,36 +144,39 @@ pub fn preview_of(messages: &serde_json::Value) -> String {
     out
 }
 
-/// [`preview_of`] for ASCII text, most of what is captured, in one pass
-/// over its bytes: splitting it into words by characters showed in the
-/// capture writer's profile.
+/// [`preview_of`] for ASCII text, most of what is captured: splitting it
+/// into words by characters showed in the capture writer's profile.
 fn ascii_preview(text: &[u8]) -> String {
     let mut out = String::with_capacity(PREVIEW_CHARS);
+    join_ascii_words(text, PREVIEW_CHARS, |b| b, &mut out);
+    out
+}
+
+/// The words of ASCII `text` (split where `char::is_whitespace` splits,
+/// which counts the vertical tab that `u8::is_ascii_whitespace` leaves
+/// out), each byte passed through `byte`, appended to the empty `out`
+/// joined by one space, in one pass over the bytes; `out` stops at
+/// `limit` bytes, inside a word if that is where the limit falls.
+pub fn join_ascii_words(text: &[u8], limit: usize, byte: impl Fn(u8) -> u8, out: &mut String) {
+    out.reserve(text.len().min(limit));
     let mut gap = false;
     for &b in text {
-        if is_ascii_space(b) {
+        if b.is_ascii_whitespace() || b == 0x0B {
             gap = true;
             continue;
         }
         if gap && !out.is_empty() {
-            if out.len() == PREVIEW_CHARS {
+            if out.len() == limit {
                 break;
             }
             out.push(' ');
         }
         gap = false;
-        if out.len() == PREVIEW_CHARS {
+        if out.len() == limit {
             break;
         }
-        out.push(char::from(b));
+        out.push(char::from(byte(b)));
     }
-    out
-}
-
-/// `char::is_whitespace` of an ASCII byte: `u8::is_ascii_whitespace`
-/// leaves out the vertical tab.
-pub fn is_ascii_space(b: u8) -> bool {
-    b.is_ascii_whitespace() || b == 0x0B
 }
 
 /// The fields of a first turn its conversation shows while it has no
