@@ -149,11 +149,11 @@ impl TurnThreading {
             .unwrap_or_default();
         if let Some(turn) = self.turn {
             self.recent.register(Registration {
-                conversation_id: conversation_id.to_string(),
+                conversation_id,
                 turn,
-                inference_id: inference_id.to_string(),
-                sticky: sticky.map(String::from),
-                continuations: continuations.clone(),
+                inference_id,
+                sticky,
+                continuations: &continuations,
             });
         }
         continuations
