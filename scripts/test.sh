@@ -37,8 +37,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade -r tests/python/requirements.txt
 .venv/bin/python -c 'import openai, httpx, pytest; print(f"openai {openai.__version__}, httpx {httpx.__version__}, pytest {pytest.__version__}")'
 
-stage "curl and jq for the README's steps (tests/api/demo.rs runs them)"
-for tool in curl jq; do
+stage "curl and jq for the README's steps (tests/api/demo.rs runs them), openssl for the database's TLS"
+for tool in curl jq openssl; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "$tool is missing; installing it" >&2

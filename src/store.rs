@@ -364,6 +364,7 @@ pub fn postgres_options(
         url: url.expose_secret().to_string(),
         pool_size: config.store.pool_size,
         statement_timeout: std::time::Duration::from_millis(config.store.statement_timeout_ms),
+        ca_file: config.store.ca_file.clone(),
     })
 }
 

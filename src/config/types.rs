@@ -49,6 +49,10 @@ pub struct StoreConfig {
     /// its holder's last renewal — how soon another replica takes over
     /// the work of one that died.
     pub lease_ttl_s: u64,
+    /// With PostgreSQL and `sslmode=require` in the URL: certificates (PEM)
+    /// of the CAs that may sign the server's certificate, besides the
+    /// public roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -59,6 +63,7 @@ impl Default for StoreConfig {
             pool_size: 8,
             statement_timeout_ms: 5_000,
             lease_ttl_s: 30,
+            ca_file: None,
         }
     }
 }

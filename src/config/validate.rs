@@ -1,7 +1,7 @@
 //! Start-up checks of what types alone cannot say: references between
 //! sections, ranges, uniqueness. Each error names the key.
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, StoreKind};
 use std::collections::HashSet;
 
 mod command;
@@ -42,6 +42,12 @@ fn check_store(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "store.lease_ttl_s",
             "must be between 3 and 3600 seconds",
+        ));
+    }
+    if s.ca_file.is_some() && s.kind != StoreKind::Postgres {
+        return Err(ConfigError::invalid(
+            "store.ca_file",
+            "applies only with kind = \"postgres\"",
         ));
     }
     Ok(())
@@ -501,6 +507,19 @@ model_type = "threat_detection"
         Config::from_toml_str(&format!("{MINIMAL}\n[fine_tuning]\n{extra}\n"), "t", [])
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn a_ca_file_applies_only_to_the_postgres_store() {
+        let sled = Config::from_toml_str(
+            &format!("{MINIMAL}\n[store]\nca_file = \"ca.pem\"\n"),
+            "t",
+            [],
+        );
+        let e = sled.unwrap_err().to_string();
+        assert!(e.contains("store.ca_file") && e.contains("postgres"), "{e}");
+        let postgres = format!("{MINIMAL}\n[store]\nkind = \"postgres\"\nca_file = \"ca.pem\"\n");
+        assert!(Config::from_toml_str(&postgres, "t", []).is_ok());
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod feed;
 mod import;
 mod migrate;
 mod records;
+mod tls;
 
 pub use feed::{Change, ChangeFeed};
 pub use import::Counts;
@@ -59,6 +60,8 @@ pub struct PgOptions {
     pub url: String,
     pub pool_size: usize,
     pub statement_timeout: Duration,
+    /// Certificates (PEM) of CAs trusted besides the public roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Shared by every task of the store's runtime.
@@ -74,7 +77,7 @@ pub struct PgStore {
     handle: tokio::runtime::Handle,
     ctx: Arc<Ctx>,
     limit: Duration,
-    config: tokio_postgres::Config,
+    endpoint: Endpoint,
 }
 
 /// The store's runtime, shut down without waiting when dropped: a store
@@ -99,7 +102,7 @@ fn config_error(problem: impl Into<String>) -> StoreError {
 }
 
 /// Where a connection goes, without its password.
-pub(crate) fn describe(config: &tokio_postgres::Config) -> String {
+fn describe(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()
         .first()
@@ -116,24 +119,68 @@ pub(crate) fn describe(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
-/// Parses the URL and adds the statement timeout to its options.
-pub(crate) fn connection_config(options: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = options
-        .url
-        .parse()
-        .map_err(|e| config_error(format!("the URL cannot be read: {e}")))?;
-    let timeout = format!(
-        "-c statement_timeout={}",
-        options.statement_timeout.as_millis()
-    );
-    let joined = match config.get_options() {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing} {timeout}"),
-        _ => timeout,
-    };
-    config.options(joined);
-    config.application_name("flywheel");
-    config.connect_timeout(options.statement_timeout);
-    Ok(config)
+/// Where the database is and how to reach it: the URL's settings and
+/// the TLS they ask for (see `tls`).
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl Endpoint {
+    /// Parses the URL, adds the statement timeout to its options and sets
+    /// up its TLS.
+    pub(crate) fn of(options: &PgOptions) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| config_error(format!("the URL cannot be read: {e}")))?;
+        let timeout = format!(
+            "-c statement_timeout={}",
+            options.statement_timeout.as_millis()
+        );
+        let joined = match config.get_options() {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing} {timeout}"),
+            _ => timeout,
+        };
+        config.options(joined);
+        config.application_name("flywheel");
+        config.connect_timeout(options.statement_timeout);
+        let tls = tls::connector(&mut config, options.ca_file.as_deref())?;
+        Ok(Self { config, tls })
+    }
+
+    /// One connection of its own, outside the pool; its driver is the
+    /// caller's to poll.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                impl tokio_postgres::tls::TlsStream + Unpin + use<>,
+            >,
+        ),
+        tokio_postgres::Error,
+    > {
+        self.config.connect(self.tls.clone()).await
+    }
+
+    /// Where connections go, without the password.
+    pub(crate) fn describe(&self) -> String {
+        describe(&self.config)
+    }
+
+    /// Why the database cannot be used, for a start-up message.
+    fn unusable(&self, error: impl std::fmt::Display) -> StoreError {
+        let error = error.to_string();
+        config_error(format!(
+            "cannot use the database at {}: {error}{}",
+            self.describe(),
+            tls::hint(&error)
+        ))
+    }
 }
 
 impl PgStore {
@@ -141,7 +188,7 @@ impl PgStore {
     /// URL or a database that cannot be reached is a
     /// [`StoreError::Config`] naming `store.url_env`.
     pub fn open(options: &PgOptions) -> Result<Self, StoreError> {
-        let config = connection_config(options)?;
+        let endpoint = Endpoint::of(options)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("flywheel-postgres")
@@ -150,25 +197,23 @@ impl PgStore {
             .map_err(|e| StoreError::Io(format!("cannot start the database runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let runtime = OwnedRuntime(Some(runtime));
-        let where_to = describe(&config);
+        let where_to = endpoint.describe();
         let limit = options.statement_timeout;
         // Migrations first, on a connection of their own: they may take a
         // lock the pool's connections would wait on.
-        let migrated = run_on(&handle, limit * 4, migrate::run(config.clone()));
+        let migrated = run_on(&handle, limit * 4, migrate::run(endpoint.clone()));
         match migrated {
             Ok(()) => {}
             Err(StoreError::Unavailable(e)) | Err(StoreError::Io(e)) => {
-                return Err(config_error(format!(
-                    "cannot use the database at {where_to}: {e}"
-                )));
+                return Err(endpoint.unusable(e));
             }
             Err(e) => return Err(e),
         }
         let pool = {
             let _entered = handle.enter();
             let manager = Manager::from_config(
-                config.clone(),
-                tokio_postgres::NoTls,
+                endpoint.config.clone(),
+                endpoint.tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -192,7 +237,7 @@ impl PgStore {
             let name: String = row.get(0);
             Ok(feed::channel_name(&name))
         })
-        .map_err(|e| config_error(format!("cannot use the database at {where_to}: {e}")))?;
+        .map_err(|e| endpoint.unusable(e))?;
         let ctx = Arc::new(Ctx {
             pool,
             healthy: AtomicBool::new(true),
@@ -205,7 +250,7 @@ impl PgStore {
             handle,
             ctx,
             limit,
-            config,
+            endpoint,
         })
     }
 
@@ -301,10 +346,18 @@ pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
     let Some(db) = e.as_db_error() else {
         let connection = e.is_closed()
             || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        // The driver's own words are only the kind ("error performing TLS
+        // handshake"); what went wrong is in the causes.
+        let mut said = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            said.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
         return if connection {
-            StoreError::Unavailable(format!("the database cannot be reached: {e}"))
+            StoreError::Unavailable(format!("the database cannot be reached: {said}"))
         } else {
-            StoreError::Io(format!("database call failed: {e}"))
+            StoreError::Io(format!("database call failed: {said}"))
         };
     };
     let code = db.code();
@@ -640,7 +693,7 @@ impl Store for PgStore {
     fn change_feed(&self) -> Option<ChangeFeed> {
         Some(ChangeFeed::new(
             self.handle.clone(),
-            self.config.clone(),
+            self.endpoint.clone(),
             self.ctx.channel.clone(),
         ))
     }

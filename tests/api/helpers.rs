@@ -249,6 +249,8 @@ pub struct Options {
     /// Use PostgreSQL with this URL (`postgres::database_in`) whatever
     /// `FLYWHEEL_TEST_STORE` says.
     pub database: Option<String>,
+    /// `store.ca_file` for that database.
+    pub database_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -265,6 +267,7 @@ impl Default for Options {
             upstream: None,
             data_dir: None,
             database: None,
+            database_ca: None,
         }
     }
 }
@@ -296,6 +299,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     if let Some(store) = &database {
         toml.push_str(&store.toml);
+        if let Some(ca) = &options.database_ca {
+            toml.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+        }
     }
     let config = Config::from_toml_str(&toml, "test", Vec::new()).unwrap();
     let mut env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();

@@ -25,6 +25,7 @@ fn open(url: &str) -> SharedStore {
         url: url.to_string(),
         pool_size: 2,
         statement_timeout: Duration::from_secs(5),
+        ca_file: None,
     };
     Arc::new(flywheel::store::PgStore::open(&options).unwrap())
 }

@@ -1,7 +1,8 @@
 //! The PostgreSQL store with a real PostgreSQL server (a cluster of each
 //! test's own): the database going away and coming back while the app
 //! serves, and two replicas sharing one database (changes, feedback, and
-//! a conversation that moves between them keeping its version).
+//! a conversation that moves between them keeping its version), and TLS
+//! to the database.
 
 use crate::helpers::postgres::{Cluster, database_in};
 use crate::helpers::{Options, TestApp, eventually, spawn_app_with, triage_request};
@@ -349,4 +350,49 @@ async fn a_database_restart_under_load_loses_no_acknowledged_feedback() {
     }
     // Capture goes on by itself.
     captured_inference(&app).await;
+}
+
+#[tokio::test]
+async fn with_sslmode_require_every_connection_to_the_database_is_verified_tls() {
+    let cluster = Cluster::start_tls();
+    let app = spawn_app_with(Options {
+        database: Some(format!("{}?sslmode=require", cluster.url())),
+        database_ca: Some(cluster.ca()),
+        ..Options::default()
+    })
+    .await;
+    let id = captured_inference(&app).await;
+    assert_eq!(feedback(&app, &id).await.status(), 201);
+
+    // What the server says of Flywheel's connections, asked over its
+    // socket: the pool's and the change feed's (which waits in LISTEN).
+    let (client, connection) =
+        tokio_postgres::connect(&cluster.socket_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let connections = eventually(
+        "the change feed to listen",
+        Duration::from_secs(10),
+        || async {
+            let rows = client
+                .query(
+                    "SELECT s.ssl, a.query FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                     WHERE a.application_name = 'flywheel'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let listening = rows
+                .iter()
+                .any(|r| r.get::<_, String>(1).starts_with("LISTEN"));
+            listening.then(|| rows.iter().map(|r| r.get::<_, bool>(0)).collect::<Vec<_>>())
+        },
+    )
+    .await;
+    assert!(connections.len() >= 2, "{connections:?}");
+    assert!(
+        connections.iter().all(|tls| *tls),
+        "every connection uses TLS: {connections:?}"
+    );
 }

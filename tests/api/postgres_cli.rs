@@ -1,6 +1,6 @@
 //! The command line with the PostgreSQL store: start-up errors that name
-//! the key, `flywheel migrate`, and keys and export beside a running
-//! server (which the embedded store cannot allow).
+//! the key, `flywheel migrate`, TLS to the database, and keys and export
+//! beside a running server (which the embedded store cannot allow).
 
 use crate::helpers::eventually;
 use crate::helpers::postgres::{Cluster, database_in};
@@ -48,6 +48,54 @@ fn run(config: &Path, url: &str, args: &[&str]) -> std::process::Output {
         .env(URL_ENV, url)
         .output()
         .unwrap()
+}
+
+/// `config` with `store.ca_file` set to `ca`.
+fn with_ca_file(config: &Path, ca: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "kind = \"postgres\"\n",
+        &format!("kind = \"postgres\"\nca_file = \"{}\"\n", ca.display()),
+    );
+    let path = config.with_file_name("with-ca.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn tls_to_the_database_is_verified_and_a_ca_file_needs_sslmode_require() {
+    let cluster = Cluster::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let plain = write_config(dir.path(), free_port());
+    let trusting = with_ca_file(&plain, &cluster.ca());
+    let require = format!("{}?sslmode=require", cluster.url());
+
+    let out = run(&trusting, &require, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is up to date"));
+
+    // The server's certificate is not signed by a public root.
+    let out = run(&plain, &require, &["migrate"]);
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("store.url_env")
+            && message.contains("certificate")
+            && message.contains("store.ca_file"),
+        "{message}"
+    );
+
+    // A CA file is never left unused while the URL goes without TLS.
+    let out = run(&trusting, &cluster.url(), &["serve"]);
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("store.ca_file") && message.contains("sslmode=require"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -30,6 +30,7 @@ async fn backends() -> Backends {
         url: db.url,
         pool_size: 4,
         statement_timeout: Duration::from_secs(5),
+        ca_file: None,
     };
     let pg: SharedStore = Arc::new(flywheel::store::PgStore::open(&options).unwrap());
     Backends {

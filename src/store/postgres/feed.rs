@@ -70,19 +70,19 @@ pub(super) async fn notify(
 /// Follows the changes other replicas announce.
 pub struct ChangeFeed {
     handle: tokio::runtime::Handle,
-    config: tokio_postgres::Config,
+    endpoint: super::Endpoint,
     channel: String,
 }
 
 impl ChangeFeed {
     pub(super) fn new(
         handle: tokio::runtime::Handle,
-        config: tokio_postgres::Config,
+        endpoint: super::Endpoint,
         channel: String,
     ) -> Self {
         Self {
             handle,
-            config,
+            endpoint,
             channel,
         }
     }
@@ -112,7 +112,7 @@ impl ChangeFeed {
         };
         let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
         loop {
-            match self.config.connect(tokio_postgres::NoTls).await {
+            match self.endpoint.connect().await {
                 Err(e) => tracing::debug!(error = %e, "cannot listen for changes yet"),
                 Ok((client, mut connection)) => {
                     let mut messages =

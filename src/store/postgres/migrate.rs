@@ -4,7 +4,7 @@
 //! advisory lock makes the others wait while one applies them, so a
 //! rolling upgrade migrates once.
 
-use super::{PgOptions, connection_config, db_error, describe};
+use super::{Endpoint, PgOptions, db_error, tls};
 use crate::store::StoreError;
 
 mod embedded {
@@ -14,13 +14,10 @@ mod embedded {
 /// The table refinery records applied migrations in.
 const HISTORY_TABLE: &str = "schema_migrations";
 
-/// Connects with `config` on the current runtime and applies every
+/// Connects to `endpoint` on the current runtime and applies every
 /// migration not applied yet.
-pub(super) async fn run(config: tokio_postgres::Config) -> Result<(), StoreError> {
-    let (mut client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(db_error)?;
+pub(super) async fn run(endpoint: Endpoint) -> Result<(), StoreError> {
+    let (mut client, connection) = endpoint.connect().await.map_err(db_error)?;
     let driver = tokio::spawn(connection);
     let result = async {
         client
@@ -57,15 +54,15 @@ pub(super) async fn run(config: tokio_postgres::Config) -> Result<(), StoreError
 /// `flywheel migrate`: applies the migrations and returns what the
 /// database said, for the command's output.
 pub fn migrate(options: &PgOptions) -> Result<String, StoreError> {
-    let config = connection_config(options)?;
+    let endpoint = Endpoint::of(options)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StoreError::Io(format!("cannot start the database runtime: {e}")))?;
-    let where_to = describe(&config);
+    let where_to = endpoint.describe();
     runtime
         .block_on(async {
-            tokio::time::timeout(options.statement_timeout * 4, run(config))
+            tokio::time::timeout(options.statement_timeout * 4, run(endpoint))
                 .await
                 .unwrap_or_else(|_| {
                     Err(StoreError::Unavailable(
@@ -73,9 +70,15 @@ pub fn migrate(options: &PgOptions) -> Result<String, StoreError> {
                     ))
                 })
         })
-        .map_err(|e| StoreError::Config {
-            key: "store.url_env",
-            problem: format!("cannot migrate the database at {where_to}: {e}"),
+        .map_err(|e| {
+            let e = e.to_string();
+            StoreError::Config {
+                key: "store.url_env",
+                problem: format!(
+                    "cannot migrate the database at {where_to}: {e}{}",
+                    tls::hint(&e)
+                ),
+            }
         })?;
     Ok(format!("the database at {where_to} is up to date"))
 }

@@ -86,6 +86,7 @@ pub async fn reopen(dir: &std::path::Path) -> flywheel::store::SharedStore {
             url: db.url,
             pool_size: 2,
             statement_timeout: Duration::from_secs(5),
+            ca_file: None,
         };
         return std::sync::Arc::new(flywheel::store::PgStore::open(&options).unwrap());
     }

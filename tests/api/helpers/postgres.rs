@@ -99,6 +99,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     pub port: u16,
     user: String,
+    /// Serves TLS with a certificate for 127.0.0.1 signed by `ca()`.
+    tls: bool,
 }
 
 fn run_as_owner(owner: Option<&str>, program: &std::path::Path, args: &[&str]) -> bool {
@@ -150,6 +152,16 @@ impl Cluster {
     /// `FLYWHEEL_TEST_PG_BIN` (set by `scripts/test.sh`), else Debian's
     /// newest under `/usr/lib/postgresql`.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A cluster that also serves TLS, with a server certificate for
+    /// 127.0.0.1 signed by a CA of its own (`ca()`), made by `openssl`.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = std::env::var("FLYWHEEL_TEST_PG_BIN")
             .map(std::path::PathBuf::from)
             .ok()
@@ -183,7 +195,11 @@ impl Cluster {
             dir,
             port,
             user,
+            tls,
         };
+        if tls {
+            cluster.make_certificates();
+        }
         cluster.up();
         cluster
     }
@@ -196,15 +212,118 @@ impl Cluster {
         format!("postgres://{}@127.0.0.1:{}/postgres", self.user, self.port)
     }
 
+    /// A URL over the cluster's Unix socket, which never uses TLS.
+    pub fn socket_url(&self) -> String {
+        format!(
+            "postgres://{}@localhost/postgres?host={}&port={}",
+            self.user,
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
+    /// The certificate of the CA that signed the server's (`start_tls`).
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn make_certificates(&self) {
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl runs (Debian: apt-get install openssl)");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &key[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=flywheel test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"],
+                &key[..],
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        // The server refuses a key others may read; it runs as the owner.
+        let key = dir.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        if let Some(owner) = self.owner() {
+            for file in ["server.key", "server.pem"] {
+                std::process::Command::new("chown")
+                    .args([owner, &dir.join(file).display().to_string()])
+                    .status()
+                    .unwrap();
+            }
+        }
+    }
+
     /// Starts the server and waits until it accepts connections.
     pub fn up(&self) {
         let data = self.dir.path().join("data").display().to_string();
         let log = self.dir.path().join("log").display().to_string();
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            let dir = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key"
+            ));
+        }
         assert!(
             run_as_owner(
                 self.owner(),
