@@ -20,7 +20,8 @@ root=$(pwd)
 fill_rate=${FILL_RATE:-2000}
 fill_seconds=${FILL_SECONDS:-600}
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Waits for what it stopped: a server still flushing would leave files behind rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 cargo build --release --bin flywheel -q
 (cd bench/loadgen && cargo build --release -q)

@@ -14,7 +14,8 @@ root=$(pwd)
 duration=${DURATION:-10}
 [ -n "${QUICK:-}" ] && duration=3
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Waits for what it stopped: a server still flushing would leave files behind rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx-light; }
 cargo build --release --bin flywheel -q

@@ -33,7 +33,8 @@ case $placement in pinned|shared) ;; *) echo "PLACEMENT must be pinned or shared
 core0=(); core1=()
 if [ "$placement" = pinned ]; then core0=(taskset -c 0); core1=(taskset -c 1); fi
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Waits for what it stopped: a server still flushing would leave files behind rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 for tool in wrk nginx; do
   command -v $tool >/dev/null || { apt-get update -q && apt-get install -y -q wrk nginx-light; }

@@ -29,7 +29,8 @@ seconds=${MEASURE:-20}
 warm=${WARM:-10}
 warm_rate=${WARM_RATE:-2000}
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Waits for what it stopped: a server still flushing would leave files behind rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 if [ -z "${FLYWHEEL_BIN:-}" ]; then
   cargo build --release --bin flywheel -q
