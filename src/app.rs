@@ -178,6 +178,8 @@ impl Application {
         } = self;
         let shutdown = state.shutdown.clone();
         let tasks = TaskTracker::new();
+        // First, so the first token is asked for before the first request.
+        tasks.spawn(state.upstreams.clone().renew_tokens(shutdown.clone()));
         let flush_every = Duration::from_millis(state.config.capture.flush_every_ms);
         tasks.spawn(crate::capture::start_writer(
             crate::capture::WriterSetup {

@@ -11,7 +11,8 @@ mod types;
 mod validate;
 
 pub use azure::{
-    AzureDeploymentConfig, AzureUrlStyle, MANAGEMENT_API_VERSION as AZURE_MANAGEMENT_API_VERSION,
+    AzureDeploymentConfig, AzureUrlStyle, EntraConfig,
+    MANAGEMENT_API_VERSION as AZURE_MANAGEMENT_API_VERSION,
 };
 pub use load::{ConfigError, ENV_PREFIX, SEED_ENV_ALIASES};
 pub use secrets::Secrets;

@@ -63,6 +63,21 @@ enum Command {
         /// Azure mode: how long a created deployment stays `Creating`, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         azure_provisioning_ms: u64,
+        /// Azure mode: serve Entra ID's token endpoint
+        /// (`POST /{tenant}/oauth2/v2.0/token`) for one app registration
+        /// whose client secret is in this variable; its tokens are accepted
+        /// as bearers until they expire.
+        #[arg(long, requires = "azure")]
+        azure_entra_secret_env: Option<String>,
+        /// Azure mode: the tenant the token endpoint serves.
+        #[arg(long, default_value = "sim-tenant")]
+        azure_entra_tenant: String,
+        /// Azure mode: the app registration's client id.
+        #[arg(long, default_value = "sim-client")]
+        azure_entra_client_id: String,
+        /// Azure mode: how long an issued token lasts, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        azure_entra_token_ttl_s: u64,
     },
     /// Simulator + proxy + admin UI on loopback with a fresh data directory.
     Demo {
@@ -226,27 +241,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             azure_deployments,
             azure_management_token_env,
             azure_provisioning_ms,
+            azure_entra_secret_env,
+            azure_entra_tenant,
+            azure_entra_client_id,
+            azure_entra_token_ttl_s,
         } => {
-            let management_token = match azure_management_token_env {
-                Some(var) => Some(std::env::var(&var).map_err(|_| {
-                    eprintln!("error: --azure-management-token-env names {var}, which is not set");
+            let variable = |flag: &str, var: Option<String>| match var {
+                Some(var) => std::env::var(&var).map(Some).map_err(|_| {
+                    eprintln!("error: {flag} names {var}, which is not set");
                     anyhow::Error::new(Exit(2))
-                })?),
-                None => None,
+                }),
+                None => Ok(None),
             };
+            let management_token =
+                variable("--azure-management-token-env", azure_management_token_env)?;
+            let entra = variable("--azure-entra-secret-env", azure_entra_secret_env)?.map(
+                |client_secret| flywheel_simulator::EntraMode {
+                    tenant: azure_entra_tenant,
+                    client_id: azure_entra_client_id,
+                    client_secret,
+                    token_ttl: Duration::from_secs(azure_entra_token_ttl_s),
+                },
+            );
             let azure = azure.then(|| flywheel_simulator::AzureMode {
                 deployments: azure_deployments.into_iter().collect(),
                 management_token,
                 provisioning_delay: Duration::from_millis(azure_provisioning_ms),
+                entra,
                 ..flywheel_simulator::AzureMode::default()
             });
-            let api_key = match api_key_env {
-                Some(var) => Some(std::env::var(&var).map_err(|_| {
-                    eprintln!("error: --api-key-env names {var}, which is not set");
-                    anyhow::Error::new(Exit(2))
-                })?),
-                None => None,
-            };
+            let api_key = variable("--api-key-env", api_key_env)?;
             runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await

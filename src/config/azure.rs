@@ -1,7 +1,9 @@
 //! The keys of a provider with `kind = "azure"` (Azure OpenAI): the URL
-//! style, the `api-version`, Entra ID bearer auth as an alternative to the
-//! `api-key`, and the management API section through which fine-tuned
-//! models are deployed — and their start-up checks, each naming its key.
+//! style, the `api-version`, Entra ID auth as an alternative to the
+//! `api-key` (a token from a variable, or an app registration's client
+//! credentials that Flywheel turns into tokens itself), and the management
+//! API section through which fine-tuned models are deployed — and their
+//! start-up checks, each naming its key.
 
 use super::{ConfigError, ProviderConfig, ProviderKind};
 use serde::{Deserialize, Serialize};
@@ -46,6 +48,31 @@ pub struct AzureDeploymentConfig {
     pub provisioning_timeout_s: u64,
 }
 
+/// Microsoft Entra ID client credentials (an app registration or service
+/// principal): Flywheel asks `{authority}/{tenant_id}/oauth2/v2.0/token`
+/// for tokens and renews each before it expires.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    /// The variable holding the client secret.
+    pub client_secret_env: String,
+    /// The identity platform's host; a sovereign cloud has its own.
+    #[serde(default = "authority")]
+    pub authority: String,
+    /// What the token is for.
+    #[serde(default = "scope")]
+    pub scope: String,
+}
+
+fn authority() -> String {
+    "https://login.microsoftonline.com".into()
+}
+fn scope() -> String {
+    "https://cognitiveservices.azure.com/.default".into()
+}
+
 fn sku() -> String {
     "standard".into()
 }
@@ -82,6 +109,7 @@ pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
             ("api_version", p.api_version.is_some()),
             ("url_style", p.url_style.is_some()),
             ("bearer_token_env", p.bearer_token_env.is_some()),
+            ("entra", p.entra.is_some()),
             ("deployment", p.deployment.is_some()),
         ] {
             if set {
@@ -123,20 +151,29 @@ pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
             "names no variable",
         ));
     }
-    match (&p.api_key_env, &p.bearer_token_env) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid(
-                key("bearer_token_env"),
-                "set either api_key_env (the api-key header) or bearer_token_env (Entra ID), not both",
-            ));
-        }
-        (None, None) => {
+    let credentials = [
+        ("api_key_env", p.api_key_env.is_some()),
+        ("bearer_token_env", p.bearer_token_env.is_some()),
+        ("entra", p.entra.is_some()),
+    ];
+    match credentials.iter().filter(|(_, set)| *set).count() {
+        0 => {
             return Err(ConfigError::invalid(
                 key("api_key_env"),
-                "kind = \"azure\" needs api_key_env (the api-key header) or bearer_token_env (Entra ID)",
+                "kind = \"azure\" needs one of api_key_env (the api-key header), bearer_token_env (an Entra ID token) or [providers.entra] (client credentials)",
             ));
         }
-        _ => {}
+        1 => {}
+        _ => {
+            let second = credentials.iter().filter(|(_, set)| *set).nth(1);
+            return Err(ConfigError::invalid(
+                key(second.map_or("entra", |(field, _)| field)),
+                "set one of api_key_env, bearer_token_env and [providers.entra], not several",
+            ));
+        }
+    }
+    if let Some(entra) = &p.entra {
+        check_entra(i, entra)?;
     }
     let Some(d) = &p.deployment else {
         return Ok(());
@@ -173,6 +210,37 @@ pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
         _ => Err(ConfigError::invalid(
             dkey("management_url"),
             format!("`{}` is not an http(s) URL", d.management_url),
+        )),
+    }
+}
+
+#[expect(
+    clippy::disallowed_types,
+    reason = "the authority is read as the token client will read it"
+)]
+fn check_entra(i: usize, e: &EntraConfig) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("providers[{i}].entra.{field}");
+    for (field, value) in [
+        ("tenant_id", &e.tenant_id),
+        ("client_id", &e.client_id),
+        ("client_secret_env", &e.client_secret_env),
+        ("scope", &e.scope),
+    ] {
+        if value.trim().is_empty() {
+            return Err(ConfigError::invalid(key(field), "must not be empty"));
+        }
+    }
+    if e.tenant_id.contains(['/', '?', '#']) {
+        return Err(ConfigError::invalid(
+            key("tenant_id"),
+            format!("`{}` must not contain `/`, `?` or `#`", e.tenant_id),
+        ));
+    }
+    match reqwest::Url::parse(&e.authority) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => Ok(()),
+        _ => Err(ConfigError::invalid(
+            key("authority"),
+            format!("`{}` is not an http(s) URL", e.authority),
         )),
     }
 }
@@ -227,6 +295,43 @@ model_type = "threat_detection"
             ),
         ] {
             let error = load(extra).unwrap_err();
+            assert!(error.contains(&format!("`{key}`")), "{extra}: {error}");
+        }
+    }
+
+    #[test]
+    fn entra_client_credentials_are_one_credential_checked_key_by_key() {
+        let entra = |fields: &str| {
+            format!("kind = \"azure\"\nurl_style = \"v1\"\n[providers.entra]\n{fields}")
+        };
+        let complete = "tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret_env = \"S\"";
+        let config = load(&entra(complete)).unwrap();
+        let e = config.providers[0].entra.as_ref().unwrap();
+        assert_eq!(e.authority, "https://login.microsoftonline.com");
+        assert_eq!(e.scope, "https://cognitiveservices.azure.com/.default");
+        for (extra, key) in [
+            (
+                format!("api_key_env = \"K\"\n{}", entra(complete)),
+                "providers[0].entra",
+            ),
+            (
+                entra("tenant_id = \"\"\nclient_id = \"c\"\nclient_secret_env = \"S\""),
+                "providers[0].entra.tenant_id",
+            ),
+            (
+                entra("tenant_id = \"a/b\"\nclient_id = \"c\"\nclient_secret_env = \"S\""),
+                "providers[0].entra.tenant_id",
+            ),
+            (
+                entra(&format!("{complete}\nauthority = \"login.example\"")),
+                "providers[0].entra.authority",
+            ),
+            (
+                format!("[providers.entra]\n{complete}"),
+                "providers[0].entra",
+            ),
+        ] {
+            let error = load(&extra).unwrap_err();
             assert!(error.contains(&format!("`{key}`")), "{extra}: {error}");
         }
     }

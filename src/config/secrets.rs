@@ -13,6 +13,8 @@ pub struct Secrets {
     pub provider_keys: HashMap<String, SecretString>,
     /// Azure provider name → its management API (ARM) bearer token.
     pub management_tokens: HashMap<String, SecretString>,
+    /// Azure provider name → the client secret of its Entra ID credentials.
+    pub entra_secrets: HashMap<String, SecretString>,
     /// The PostgreSQL connection URL (`store.url_env`), when set.
     pub database_url: Option<SecretString>,
 }
@@ -26,6 +28,10 @@ impl std::fmt::Debug for Secrets {
                 &self.provider_keys.keys().collect::<Vec<_>>(),
             )
             .field("database_url", &self.database_url.as_ref().map(|_| "[set]"))
+            .field(
+                "entra_secrets",
+                &self.entra_secrets.keys().collect::<Vec<_>>(),
+            )
             .field(
                 "management_tokens",
                 &self.management_tokens.keys().collect::<Vec<_>>(),
@@ -59,10 +65,19 @@ impl Secrets {
                 Some((p.name.clone(), get(var)?))
             })
             .collect();
+        let entra_secrets = config
+            .providers
+            .iter()
+            .filter_map(|p| {
+                let var = &p.entra.as_ref()?.client_secret_env;
+                Some((p.name.clone(), get(var)?))
+            })
+            .collect();
         Self {
             admin_token: get(&config.auth.admin_token_env),
             provider_keys,
             management_tokens,
+            entra_secrets,
             database_url: (config.store.kind == super::StoreKind::Postgres)
                 .then(|| get(&config.store.url_env))
                 .flatten(),
@@ -100,6 +115,14 @@ impl Secrets {
                     "providers.{}.bearer_token_env = {var}: {}",
                     p.name,
                     state(var)
+                ));
+            }
+            if let Some(e) = &p.entra {
+                lines.push(format!(
+                    "providers.{}.entra.client_secret_env = {}: {}",
+                    p.name,
+                    e.client_secret_env,
+                    state(&e.client_secret_env)
                 ));
             }
             if let Some(d) = &p.deployment {

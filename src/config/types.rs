@@ -1,6 +1,6 @@
 //! The configuration's typed sections and their defaults, in one place.
 
-use super::azure::{AzureDeploymentConfig, AzureUrlStyle};
+use super::azure::{AzureDeploymentConfig, AzureUrlStyle, EntraConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -233,6 +233,10 @@ pub struct ProviderConfig {
     /// instead of an `api-key` (`api_key_env`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token_env: Option<String>,
+    /// Azure: Entra ID client credentials, which Flywheel exchanges for
+    /// tokens and renews, instead of `api_key_env` or `bearer_token_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra: Option<EntraConfig>,
     /// Azure: the management API through which a fine-tuned model is
     /// deployed; without it a succeeded job awaits an admin's deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +287,7 @@ impl ProviderConfig {
             api_version: None,
             url_style: None,
             bearer_token_env: None,
+            entra: None,
             deployment: None,
             lora: false,
             command: Vec::new(),

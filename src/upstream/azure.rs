@@ -1,9 +1,11 @@
 //! Azure OpenAI's request shapes for a provider with `kind = "azure"`:
 //! where a request goes (`/openai/deployments/{deployment}/…?api-version=`
 //! or `/openai/v1/…`) and how it is authorised (the `api-key` header, or
-//! an Entra ID bearer token). The management API calls that deploy a
-//! fine-tuned model live in `azure/management.rs`.
+//! an Entra ID bearer token — read from a variable, or obtained and
+//! renewed from client credentials by `azure/entra.rs`). The management
+//! API calls that deploy a fine-tuned model live in `azure/management.rs`.
 
+pub mod entra;
 pub mod management;
 
 use crate::config::{AzureUrlStyle, ProviderConfig, ProviderKind};
@@ -35,7 +37,7 @@ impl Azure {
                 .api_version
                 .as_deref()
                 .map(|v| format!("api-version={}", v.trim())),
-            bearer: config.bearer_token_env.is_some(),
+            bearer: config.bearer_token_env.is_some() || config.entra.is_some(),
         })
     }
 

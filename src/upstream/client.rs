@@ -31,6 +31,9 @@ pub struct Provider {
     /// Our provider key as the provider reads it (`Authorization: Bearer
     /// <key>`, or Azure's `api-key`), built once, marked sensitive.
     auth: Option<(HeaderName, HeaderValue)>,
+    /// An Azure provider's Entra ID tokens, renewed in the background
+    /// (`run_token_renewal`), instead of `auth`.
+    entra: Option<Arc<azure::entra::Entra>>,
     /// Azure OpenAI's URL shapes and auth, for a provider with `kind = "azure"`.
     pub(super) azure: Option<Azure>,
     /// Azure Resource Manager access, when the provider deploys its
@@ -163,6 +166,7 @@ impl Provider {
         config: &ProviderConfig,
         key: Option<SecretString>,
         management_token: Option<SecretString>,
+        entra_secret: Option<SecretString>,
     ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
@@ -196,6 +200,14 @@ impl Provider {
             base_url,
             chat_uri,
             auth: key.as_ref().and_then(|k| authorization(azure.as_ref(), k)),
+            entra: config.entra.as_ref().map(|e| {
+                Arc::new(azure::entra::Entra::new(
+                    &config.name,
+                    e,
+                    entra_secret,
+                    http.clone(),
+                ))
+            }),
             management: azure::management::Management::of(config, management_token, &http),
             azure,
             http,
@@ -310,9 +322,28 @@ impl Provider {
             .http
             .request(method, self.url(path, None))
             .timeout(self.total_timeout);
-        match &self.auth {
-            Some((name, value)) => builder.header(name.clone(), value.clone()),
-            None => builder,
+        match self.our_authorization() {
+            Ok(Some((name, value))) => builder.header(name, value),
+            // Without a token the provider's 401 says so; the renewal's
+            // failure is in the log.
+            Ok(None) | Err(_) => builder,
+        }
+    }
+
+    /// Our credentials as the provider reads them, or why there are none
+    /// to send.
+    fn our_authorization(&self) -> Result<Option<(HeaderName, HeaderValue)>, String> {
+        match &self.entra {
+            Some(entra) => Ok(Some((header::AUTHORIZATION, entra.header()?))),
+            None => Ok(self.auth.clone()),
+        }
+    }
+
+    /// Keeps this provider's Entra ID token valid until `stop`, when it
+    /// has `[providers.entra]`; returns at once otherwise.
+    pub async fn run_token_renewal(&self, stop: tokio_util::sync::CancellationToken) {
+        if let Some(entra) = &self.entra {
+            entra.clone().run(stop).await;
         }
     }
 
@@ -326,7 +357,9 @@ impl Provider {
         let mut headers = req.headers.clone();
         let authorization = match req.client_key {
             Some(key) => authorization(self.azure.as_ref(), key),
-            None => self.auth.clone(),
+            None => self
+                .our_authorization()
+                .map_err(TransportError::Credentials)?,
         };
         if self.azure.is_some() {
             // An Azure SDK sends its key to Flywheel as `api-key`: never
@@ -475,6 +508,7 @@ impl Upstreams {
                             p,
                             secrets.provider_keys.get(&p.name).cloned(),
                             secrets.management_tokens.get(&p.name).cloned(),
+                            secrets.entra_secrets.get(&p.name).cloned(),
                         )
                     })
                     .transpose()
@@ -486,6 +520,16 @@ impl Upstreams {
             .position(|p| p.as_ref().is_some_and(|p| *p.name == **default_name))
             .unwrap_or(0);
         Ok(Self { providers, default })
+    }
+
+    /// Keeps every Azure provider's Entra ID token valid until `stop`.
+    pub async fn renew_tokens(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let renewals = self
+            .providers
+            .iter()
+            .flatten()
+            .map(|p| p.run_token_renewal(stop.clone()));
+        futures_util::future::join_all(renewals).await;
     }
 
     pub fn get(&self, index: usize) -> Option<&Provider> {
@@ -520,7 +564,7 @@ mod tests {
             base_url = "http://exämple.test/open ai/v1/"
         "#;
         let config: ProviderConfig = toml::from_str(toml).unwrap();
-        let provider = Provider::new(&config, None, None).unwrap();
+        let provider = Provider::new(&config, None, None, None).unwrap();
         assert_eq!(
             provider.chat_uri.to_string(),
             "http://xn--exmple-cua.test/open%20ai/v1/chat/completions"

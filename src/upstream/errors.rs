@@ -135,10 +135,10 @@ pub fn transport_error(provider: &str, e: &TransportError) -> ApiError {
             seconds: 0,
         };
     }
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
+    let kind = match e {
+        TransportError::Credentials(_) => "not sent",
+        _ if e.is_connect() => "connection failed",
+        _ => "request failed",
     };
     ApiError::UpstreamUnreachable {
         provider: provider.to_string(),

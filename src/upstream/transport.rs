@@ -201,6 +201,9 @@ pub enum TransportError {
     Proxied(reqwest::Error),
     /// The URL could not be handed to reqwest.
     Address(String),
+    /// Our credentials for the provider are not to be had (an Entra ID
+    /// token that could not be renewed): nothing was sent.
+    Credentials(String),
 }
 
 impl TransportError {
@@ -210,6 +213,8 @@ impl TransportError {
             TransportError::Direct(e) => e.is_connect(),
             TransportError::Proxied(e) => e.is_connect(),
             TransportError::Address(_) => false,
+            // Retried as a refused connection is: a renewal may come.
+            TransportError::Credentials(_) => true,
         }
     }
 
@@ -227,7 +232,7 @@ impl TransportError {
                 false
             }
             TransportError::Proxied(e) => e.is_timeout(),
-            TransportError::Address(_) => false,
+            TransportError::Address(_) | TransportError::Credentials(_) => false,
         }
     }
 
@@ -238,7 +243,9 @@ impl TransportError {
             TransportError::Direct(e) => Some(e),
             // reqwest's own Display would add the URL; its causes do not.
             TransportError::Proxied(e) => e.source(),
-            TransportError::Address(detail) => return format!(": {detail}"),
+            TransportError::Address(detail) | TransportError::Credentials(detail) => {
+                return format!(": {detail}");
+            }
         };
         while let Some(s) = source {
             out.push_str(": ");

@@ -27,6 +27,7 @@ fn azure_simulator(management_token: &str) -> SimulatorConfig {
             management_token: Some(management_token.into()),
             provisioning_delay: Duration::from_millis(300),
             file_import_delay: Duration::from_millis(300),
+            entra: None,
         }),
         ..SimulatorConfig::default()
     }
@@ -917,5 +918,79 @@ async fn a_restart_after_submitting_to_azure_finds_the_job_by_its_training_file(
             .count(),
         1,
         "{messages:#?}"
+    );
+}
+
+/// Providers whose Entra ID client credentials the simulator's token
+/// endpoint knows (`azent`) or does not (`azbad`, an unknown client id),
+/// and an alias `entra` with a version on each.
+fn entra_extra(sim: SocketAddr) -> String {
+    let provider = |name: &str, client: &str| {
+        format!(
+            "[[providers]]\nname = \"{name}\"\nkind = \"azure\"\nbase_url = \"http://{sim}\"\n\
+             url_style = \"v1\"\nmax_retries = 1\n\
+             [providers.entra]\ntenant_id = \"soc-tenant\"\nclient_id = \"{client}\"\n\
+             client_secret_env = \"SIM_KEY\"\nauthority = \"http://{sim}\"\n"
+        )
+    };
+    format!(
+        "{}\n{}\n[[models]]\nname = \"entra\"\nmodel_type = \"threat_detection\"\nproduction = \"good\"\n\
+         [[models.versions]]\nname = \"good\"\nprovider = \"azent\"\nmodel = \"triage-prod\"\n\
+         [[models.versions]]\nname = \"bad\"\nprovider = \"azbad\"\nmodel = \"triage-prod\"\n",
+        provider("azent", "flywheel-app"),
+        provider("azbad", "nobody")
+    )
+}
+
+#[tokio::test]
+async fn entra_client_credentials_are_exchanged_for_tokens_renewed_before_they_expire() {
+    let mut simulator = azure_simulator(PROVIDER_KEY);
+    if let Some(azure) = &mut simulator.azure {
+        azure.entra = Some(flywheel_simulator::EntraMode {
+            tenant: "soc-tenant".into(),
+            client_id: "flywheel-app".into(),
+            client_secret: PROVIDER_KEY.into(),
+            token_ttl: Duration::from_secs(2),
+        });
+    }
+    let sim = spawn_simulator(simulator).await;
+    let app = spawn_app_with(azure_options(sim, "", &entra_extra(sim))).await;
+    let entra = |variant: &'static str| {
+        let mut body = chat(false);
+        body["model"] = json!("entra");
+        soc(&app, variant, body, &[])
+    };
+    // The first token is asked for at start; a request a moment early
+    // waits through its retries.
+    let first = eventually(
+        "a chat under the first token",
+        Duration::from_secs(10),
+        || async {
+            let response = entra("good").await;
+            (response.status() == 200).then_some(response)
+        },
+    )
+    .await;
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(body["model"], "gpt-4o-mini", "{body}");
+
+    // Each token lasts 2 s: chats 5 s on go out under renewed ones.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        let later = entra("good").await;
+        assert_eq!(later.status(), 200, "{}", later.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    // Credentials the identity platform refuses: nothing is sent to the
+    // deployment, and the client is told why.
+    let (status, error) = azure_error(entra("bad").await).await;
+    assert_eq!(status, 502, "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Microsoft Entra ID")
+            && message.contains("unauthorized_client")
+            && message.contains("AADSTS700016"),
+        "{message}"
     );
 }

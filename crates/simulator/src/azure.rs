@@ -7,11 +7,13 @@
 //! | `/openai/v1/{chat/completions, responses, files, fine_tuning/jobs…}` | the OpenAI-compatible surface; `model` names a deployment |
 //! | `/openai/{files, fine_tuning/jobs…, responses}?api-version=…` | files and fine-tuning; an upload is `pending` for `file_import_delay`, and a job naming it meanwhile is refused (400 `invalidPayload`); jobs as the dated api-versions show them (`pending`, `notRunning`, …, no `metadata`) |
 //! | `/subscriptions/…/accounts/{account}/deployments/{name}?api-version=…` | the management API: `PUT` creates a deployment (`Creating`, then `Succeeded` after `provisioning_delay`), `GET` reads it, `DELETE` removes it |
+//! | `POST /{tenant}/oauth2/v2.0/token` | with `entra` set: Microsoft Entra ID's token endpoint for client credentials; a token it issues is accepted as the bearer for `token_ttl`, then refused as expired |
 //!
 //! Outside `/openai/v1/` a request without `api-version` is refused (400
 //! `MissingApiVersionParameter`); every `/openai/` request needs the
-//! `api-key` header (or `Authorization: Bearer`) with the simulator's key
-//! (401 otherwise), and the management API the management token (401
+//! `api-key` header (or `Authorization: Bearer`) with the simulator's key,
+//! or a bearer its token endpoint issued that has not expired (401
+//! otherwise), and the management API the management token (401
 //! `ExpiredAuthenticationToken` for another). A deployment is a base model
 //! under its own name, one of `deployments`, or one created through the
 //! management API once it has succeeded; any other name answers 404
@@ -19,8 +21,9 @@
 //! ends `Failed`. `x-sim-content-filter: 1` makes a chat completion
 //! answer Azure's content-filter 400. The plain OpenAI paths (`/v1/…`)
 //! stay served, so one simulator can stand in for both kinds of provider.
-//! Every credential a request presents must be the key, so a client's own
-//! `Authorization` passed on beside the `api-key` is refused.
+//! Every credential a request presents must be the key (or an issued
+//! token), so a client's own `Authorization` passed on beside the
+//! `api-key` is refused.
 
 use super::Sim;
 use axum::Router;
@@ -49,6 +52,8 @@ pub struct AzureMode {
     /// How long an uploaded file stays `pending` (being imported), when a
     /// job naming it is refused.
     pub file_import_delay: Duration,
+    /// The identity platform's client credentials flow, when set.
+    pub entra: Option<EntraMode>,
 }
 
 impl Default for AzureMode {
@@ -58,9 +63,23 @@ impl Default for AzureMode {
             management_token: None,
             provisioning_delay: Duration::from_millis(500),
             file_import_delay: Duration::from_millis(200),
+            entra: None,
         }
     }
 }
+
+/// The one app registration the token endpoint knows.
+#[derive(Debug, Clone)]
+pub struct EntraMode {
+    pub tenant: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// How long an issued token is accepted (`expires_in`).
+    pub token_ttl: Duration,
+}
+
+/// The scope a token for Azure OpenAI is asked for.
+const COGNITIVE_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 
 /// A header that makes a chat completion trip the content filter.
 pub const CONTENT_FILTER: &str = "x-sim-content-filter";
@@ -96,6 +115,8 @@ struct Azure {
     created: Arc<Mutex<HashMap<String, Deployment>>>,
     /// Uploaded file id → when its import is done.
     imports: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Entra ID tokens issued → when each expires.
+    tokens: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// The Azure routes in front of `inner`, which keeps serving `/v1/…`.
@@ -106,10 +127,12 @@ pub fn router(sim: Sim, mode: AzureMode, inner: Router) -> Router {
         inner: inner.clone(),
         created: Arc::default(),
         imports: Arc::default(),
+        tokens: Arc::default(),
     };
     Router::new()
         .route("/openai/{*rest}", axum::routing::any(data_plane))
         .route("/subscriptions/{*rest}", axum::routing::any(management))
+        .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
         .with_state(azure)
         .fallback_service(inner)
 }
@@ -148,7 +171,18 @@ impl Azure {
                 .unwrap_or("")
         });
         let presented: Vec<&str> = [api_key, bearer].into_iter().flatten().collect();
-        !presented.is_empty() && presented.iter().all(|k| k.trim() == expected)
+        !presented.is_empty()
+            && presented
+                .iter()
+                .all(|k| k.trim() == expected || self.issued(k.trim()))
+    }
+
+    /// Whether the token endpoint issued `token` and it has not expired.
+    fn issued(&self, token: &str) -> bool {
+        let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        tokens
+            .get(token)
+            .is_some_and(|&expires| Instant::now() < expires)
     }
 
     /// The model behind `deployment`, if it serves now.
@@ -196,6 +230,101 @@ fn content_filtered() -> Response {
         },
     }});
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// The identity platform's error: `{error, error_description, error_codes}`.
+fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let body = json!({
+        "error": error,
+        "error_description": format!("AADSTS{code}: {description}"),
+        "error_codes": [code],
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`: the client credentials grant, as
+/// Microsoft Entra ID answers it.
+async fn token(
+    State(azure): State<Azure>,
+    axum::extract::Path(tenant): axum::extract::Path<String>,
+    form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some(entra) = &azure.mode.entra else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if tenant != entra.tenant {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    let Ok(axum::Form(form)) = form else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'grant_type'.",
+        );
+    };
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    if field("grant_type") != "client_credentials" {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        );
+    }
+    if field("client_id") != entra.client_id {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{}' was not found in the directory.",
+                field("client_id")
+            ),
+        );
+    }
+    if field("client_secret") != entra.client_secret {
+        return entra_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the \
+             client secret value, not the client secret ID.",
+        );
+    }
+    if field("scope") != COGNITIVE_SCOPE {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            &format!(
+                "The provided value for scope {} is not valid.",
+                field("scope")
+            ),
+        );
+    }
+    let access_token = format!("sim-entra-{}", uuid_like());
+    let now = Instant::now();
+    let mut tokens = azure.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+    tokens.retain(|_, expires| *expires > now);
+    tokens.insert(access_token.clone(), now + entra.token_ttl);
+    axum::Json(json!({
+        "token_type": "Bearer",
+        "expires_in": entra.token_ttl.as_secs().max(1),
+        "ext_expires_in": entra.token_ttl.as_secs().max(1),
+        "access_token": access_token,
+    }))
+    .into_response()
+}
+
+/// 32 random hex digits.
+fn uuid_like() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// `/openai/…`: checked and translated, then answered by the OpenAI router.

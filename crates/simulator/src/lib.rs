@@ -41,7 +41,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-pub use azure::AzureMode;
+pub use azure::{AzureMode, EntraMode};
 pub use faults::parse_fail_rate;
 use std::collections::HashMap;
 use std::future::Future;

@@ -192,3 +192,85 @@ async fn the_management_api_provisions_deployments_after_a_delay() {
         404
     );
 }
+
+fn token_request(tenant: &str, form: &str) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri(format!("/{tenant}/oauth2/v2.0/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(form.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
+    let app = router(SimulatorConfig {
+        api_key: Some(KEY.into()),
+        azure: Some(AzureMode {
+            entra: Some(crate::EntraMode {
+                tenant: "t1".into(),
+                client_id: "app".into(),
+                client_secret: "s3cret".into(),
+                token_ttl: Duration::from_secs(1),
+            }),
+            ..AzureMode::default()
+        }),
+        ..SimulatorConfig::default()
+    });
+    let scope = "scope=https%3A%2F%2Fcognitiveservices.azure.com%2F.default";
+    let grant = format!("grant_type=client_credentials&client_id=app&client_secret=s3cret&{scope}");
+    for (tenant, form, status, error) in [
+        ("t2", grant.clone(), 400, "invalid_tenant"),
+        (
+            "t1",
+            grant.replace("client_id=app", "client_id=x"),
+            400,
+            "unauthorized_client",
+        ),
+        (
+            "t1",
+            grant.replace("s3cret", "wrong"),
+            401,
+            "invalid_client",
+        ),
+        (
+            "t1",
+            grant.replace("client_credentials", "password"),
+            400,
+            "unsupported_grant_type",
+        ),
+        ("t1", grant.replace(scope, "scope=x"), 400, "invalid_scope"),
+    ] {
+        let (got, body) = call(&app, token_request(tenant, &form)).await;
+        assert_eq!(
+            (got, body["error"].as_str()),
+            (status, Some(error)),
+            "{form}: {body}"
+        );
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .starts_with("AADSTS")
+        );
+    }
+    let (status, issued) = call(&app, token_request("t1", &grant)).await;
+    assert_eq!(
+        (status, &issued["expires_in"]),
+        (200, &json!(1)),
+        "{issued}"
+    );
+    let bearer = format!("Bearer {}", issued["access_token"].as_str().unwrap());
+    let chat = || {
+        let mut body = triage(false);
+        body["model"] = json!("gpt-4o-mini");
+        post(
+            "/openai/v1/chat/completions",
+            &body,
+            &[("authorization", &bearer)],
+        )
+    };
+    assert_eq!(call(&app, chat()).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(call(&app, chat()).await.0, 401, "an expired token");
+}
