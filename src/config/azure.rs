@@ -39,8 +39,11 @@ pub struct AzureDeploymentConfig {
     #[serde(default = "capacity")]
     pub capacity: u32,
     /// The variable holding the ARM bearer token
-    /// (`az account get-access-token --resource https://management.azure.com`).
-    pub token_env: String,
+    /// (`az account get-access-token --resource https://management.azure.com`);
+    /// without it, the provider's `[providers.entra]` credentials sign in to
+    /// the management API too (scope `{management_url}/.default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
     #[serde(default = "management_url")]
     pub management_url: String,
     /// How long a deployment may take to provision before the job fails.
@@ -179,17 +182,28 @@ pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
         return Ok(());
     };
     let dkey = |field: &str| format!("providers[{i}].deployment.{field}");
+    match (&d.token_env, &p.entra) {
+        (Some(var), _) if var.trim().is_empty() => {
+            return Err(ConfigError::invalid(dkey("token_env"), "must not be empty"));
+        }
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                dkey("token_env"),
+                "is required unless the provider has [providers.entra], whose credentials then sign in to the management API too",
+            ));
+        }
+        _ => {}
+    }
     for (field, value) in [
         ("subscription_id", &d.subscription_id),
         ("resource_group", &d.resource_group),
         ("account", &d.account),
         ("sku", &d.sku),
-        ("token_env", &d.token_env),
     ] {
         if value.trim().is_empty() {
             return Err(ConfigError::invalid(dkey(field), "must not be empty"));
         }
-        if field != "token_env" && value.contains(['/', '?', '#']) {
+        if value.contains(['/', '?', '#']) {
             return Err(ConfigError::invalid(
                 dkey(field),
                 format!("`{value}` must not contain `/`, `?` or `#`"),
@@ -306,6 +320,12 @@ model_type = "threat_detection"
         };
         let complete = "tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret_env = \"S\"";
         let config = load(&entra(complete)).unwrap();
+        // Its credentials sign in to the management API when no token is named.
+        let deploying = format!(
+            "{}\n[providers.deployment]\nsubscription_id = \"s\"\nresource_group = \"rg\"\naccount = \"a\"",
+            entra(complete)
+        );
+        assert!(load(&deploying).is_ok(), "{deploying}");
         let e = config.providers[0].entra.as_ref().unwrap();
         assert_eq!(e.authority, "https://login.microsoftonline.com");
         assert_eq!(e.scope, "https://cognitiveservices.azure.com/.default");
@@ -329,6 +349,10 @@ model_type = "threat_detection"
             (
                 format!("[providers.entra]\n{complete}"),
                 "providers[0].entra",
+            ),
+            (
+                "kind = \"azure\"\nurl_style = \"v1\"\napi_key_env = \"K\"\n[providers.deployment]\nsubscription_id = \"s\"\nresource_group = \"rg\"\naccount = \"a\"".to_string(),
+                "providers[0].deployment.token_env",
             ),
         ] {
             let error = load(&extra).unwrap_err();

@@ -61,7 +61,7 @@ impl Secrets {
             .providers
             .iter()
             .filter_map(|p| {
-                let var = &p.deployment.as_ref()?.token_env;
+                let var = p.deployment.as_ref()?.token_env.as_deref()?;
                 Some((p.name.clone(), get(var)?))
             })
             .collect();
@@ -125,12 +125,11 @@ impl Secrets {
                     state(&e.client_secret_env)
                 ));
             }
-            if let Some(d) = &p.deployment {
+            if let Some(var) = p.deployment.as_ref().and_then(|d| d.token_env.as_ref()) {
                 lines.push(format!(
-                    "providers.{}.deployment.token_env = {}: {}",
+                    "providers.{}.deployment.token_env = {var}: {}",
                     p.name,
-                    d.token_env,
-                    state(&d.token_env)
+                    state(var)
                 ));
             }
         }

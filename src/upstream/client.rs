@@ -204,11 +204,17 @@ impl Provider {
                 Arc::new(azure::entra::Entra::new(
                     &config.name,
                     e,
-                    entra_secret,
+                    &e.scope,
+                    entra_secret.clone(),
                     http.clone(),
                 ))
             }),
-            management: azure::management::Management::of(config, management_token, &http),
+            management: azure::management::Management::of(
+                config,
+                management_token,
+                entra_secret,
+                &http,
+            ),
             azure,
             http,
             relay,
@@ -339,12 +345,19 @@ impl Provider {
         }
     }
 
-    /// Keeps this provider's Entra ID token valid until `stop`, when it
-    /// has `[providers.entra]`; returns at once otherwise.
+    /// Keeps this provider's Entra ID tokens valid until `stop` (the data
+    /// plane's and the management API's), when it has `[providers.entra]`;
+    /// returns at once otherwise.
     pub async fn run_token_renewal(&self, stop: tokio_util::sync::CancellationToken) {
-        if let Some(entra) = &self.entra {
-            entra.clone().run(stop).await;
-        }
+        let sources = [
+            self.entra.clone(),
+            self.management.as_ref().and_then(|m| m.entra()),
+        ];
+        let renewals = sources
+            .into_iter()
+            .flatten()
+            .map(|entra| entra.run(stop.clone()));
+        futures_util::future::join_all(renewals).await;
     }
 
     /// One request as `req` describes it, with our provider key unless

@@ -994,3 +994,51 @@ async fn entra_client_credentials_are_exchanged_for_tokens_renewed_before_they_e
         "{message}"
     );
 }
+
+/// `options` with provider `az` signing in with Entra ID client
+/// credentials instead of its `api-key`, for the data plane and, when it
+/// has a `[providers.deployment]` section, for the management API too.
+fn signed_in_with_entra(mut options: Options, sim: SocketAddr) -> Options {
+    options.extra = options
+        .extra
+        .replacen("api_key_env = \"SIM_KEY\"\napi_version", "api_version", 1)
+        .replacen(
+            "max_retries = 2\n",
+            &format!(
+                "max_retries = 2\n[providers.entra]\ntenant_id = \"soc-tenant\"\n\
+                 client_id = \"flywheel-app\"\nclient_secret_env = \"SIM_KEY\"\n\
+                 authority = \"http://{sim}\"\n"
+            ),
+            1,
+        )
+        .replace("\ntoken_env = \"SIM_KEY\"\n", "\n");
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_credentials_also_sign_in_to_the_management_api_for_deployments() {
+    let mut simulator = azure_simulator("a management token nobody has");
+    if let Some(azure) = &mut simulator.azure {
+        azure.entra = Some(flywheel_simulator::EntraMode {
+            tenant: "soc-tenant".into(),
+            client_id: "flywheel-app".into(),
+            client_secret: PROVIDER_KEY.into(),
+            token_ttl: Duration::from_secs(3600),
+        });
+    }
+    let sim = spawn_simulator(simulator).await;
+    let options = azure_options(sim, "sku = \"standard\"", FT);
+    assert!(options.extra.contains("token_env"));
+    let app = spawn_app_with(signed_in_with_entra(options, sim)).await;
+    let data = labelled_dataset(&app).await;
+    let created = create_job(
+        &app,
+        json!({"alias": "triage", "dataset_id": data.dataset_id, "provider": "az", "suffix": "soc"}),
+    )
+    .await;
+    let done = until_finished(&app, created["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["deployment"]["state"], "succeeded", "{done:#}");
+    assert_eq!(done["deployment"]["managed"], true, "{done:#}");
+    assert!(done["registered_version"].is_string(), "{done:#}");
+}

@@ -7,7 +7,7 @@
 //! | `/openai/v1/{chat/completions, responses, files, fine_tuning/jobs…}` | the OpenAI-compatible surface; `model` names a deployment |
 //! | `/openai/{files, fine_tuning/jobs…, responses}?api-version=…` | files and fine-tuning; an upload is `pending` for `file_import_delay`, and a job naming it meanwhile is refused (400 `invalidPayload`); jobs as the dated api-versions show them (`pending`, `notRunning`, …, no `metadata`) |
 //! | `/subscriptions/…/accounts/{account}/deployments/{name}?api-version=…` | the management API: `PUT` creates a deployment (`Creating`, then `Succeeded` after `provisioning_delay`), `GET` reads it, `DELETE` removes it |
-//! | `POST /{tenant}/oauth2/v2.0/token` | with `entra` set: Microsoft Entra ID's token endpoint for client credentials; a token it issues is accepted as the bearer for `token_ttl`, then refused as expired |
+//! | `POST /{tenant}/oauth2/v2.0/token` | with `entra` set: Microsoft Entra ID's token endpoint for client credentials; a token it issues is accepted as the bearer for `token_ttl`, then refused as expired — by the data plane for the scope `https://cognitiveservices.azure.com/.default`, by the management API for any other `…/.default` |
 //!
 //! Outside `/openai/v1/` a request without `api-version` is refused (400
 //! `MissingApiVersionParameter`); every `/openai/` request needs the
@@ -115,8 +115,29 @@ struct Azure {
     created: Arc<Mutex<HashMap<String, Deployment>>>,
     /// Uploaded file id → when its import is done.
     imports: Arc<Mutex<HashMap<String, Instant>>>,
-    /// Entra ID tokens issued → when each expires.
-    tokens: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Entra ID tokens issued → when each expires, and what for.
+    tokens: Arc<Mutex<HashMap<String, (Instant, Audience)>>>,
+}
+
+/// What an Entra ID token was asked for: its scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// `https://cognitiveservices.azure.com/.default`: the data plane.
+    OpenAi,
+    /// Any other `…/.default` (the management URL's): the management API.
+    Management,
+}
+
+impl Audience {
+    fn of(scope: &str) -> Option<Self> {
+        if scope == COGNITIVE_SCOPE {
+            Some(Self::OpenAi)
+        } else if scope.starts_with("http") && scope.ends_with("/.default") {
+            Some(Self::Management)
+        } else {
+            None
+        }
+    }
 }
 
 /// The Azure routes in front of `inner`, which keeps serving `/v1/…`.
@@ -174,15 +195,16 @@ impl Azure {
         !presented.is_empty()
             && presented
                 .iter()
-                .all(|k| k.trim() == expected || self.issued(k.trim()))
+                .all(|k| k.trim() == expected || self.issued(k.trim(), Audience::OpenAi))
     }
 
-    /// Whether the token endpoint issued `token` and it has not expired.
-    fn issued(&self, token: &str) -> bool {
+    /// Whether the token endpoint issued `token` for `audience` and it has
+    /// not expired.
+    fn issued(&self, token: &str, audience: Audience) -> bool {
         let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        tokens
-            .get(token)
-            .is_some_and(|&expires| Instant::now() < expires)
+        tokens.get(token).is_some_and(|&(expires, issued_for)| {
+            issued_for == audience && Instant::now() < expires
+        })
     }
 
     /// The model behind `deployment`, if it serves now.
@@ -297,7 +319,7 @@ async fn token(
              client secret value, not the client secret ID.",
         );
     }
-    if field("scope") != COGNITIVE_SCOPE {
+    let Some(audience) = Audience::of(field("scope")) else {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
@@ -307,12 +329,12 @@ async fn token(
                 field("scope")
             ),
         );
-    }
+    };
     let access_token = format!("sim-entra-{}", uuid_like());
     let now = Instant::now();
     let mut tokens = azure.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-    tokens.retain(|_, expires| *expires > now);
-    tokens.insert(access_token.clone(), now + entra.token_ttl);
+    tokens.retain(|_, (expires, _)| *expires > now);
+    tokens.insert(access_token.clone(), (now + entra.token_ttl, audience));
     axum::Json(json!({
         "token_type": "Bearer",
         "expires_in": entra.token_ttl.as_secs().max(1),
@@ -577,6 +599,7 @@ async fn management(State(azure): State<Azure>, request: Request) -> Response {
             );
         }
         (Some(t), Some(expected)) if t.trim() == expected => {}
+        (Some(t), _) if azure.issued(t.trim(), Audience::Management) => {}
         (Some(_), _) => {
             return error(
                 StatusCode::UNAUTHORIZED,

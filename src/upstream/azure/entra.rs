@@ -61,11 +61,13 @@ struct Refused {
 }
 
 impl Entra {
-    /// The token source of `provider`, with its client secret (`None`
-    /// when the variable is not set: every request then says so).
+    /// The source of `provider`'s tokens for `scope`, with its client
+    /// secret (`None` when the variable is not set: every request then
+    /// says so).
     pub fn new(
         provider: &str,
         config: &EntraConfig,
+        scope: &str,
         secret: Option<SecretString>,
         http: reqwest::Client,
     ) -> Self {
@@ -77,7 +79,7 @@ impl Entra {
                 config.tenant_id.trim()
             ),
             client_id: config.client_id.trim().to_string(),
-            scope: config.scope.trim().to_string(),
+            scope: scope.trim().to_string(),
             secret,
             http,
             current: ArcSwapOption::empty(),
@@ -217,7 +219,7 @@ mod tests {
             authority: "http://127.0.0.1:9/".into(),
             scope: "s".into(),
         };
-        let entra = Entra::new("az", &config, None, reqwest::Client::new());
+        let entra = Entra::new("az", &config, &config.scope, None, reqwest::Client::new());
         assert_eq!(entra.url, "http://127.0.0.1:9/t/oauth2/v2.0/token");
         assert!(entra.header().unwrap_err().contains("being requested"));
         entra

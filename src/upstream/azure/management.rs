@@ -4,21 +4,31 @@
 //! request (`DELETE`). Each call is made once, with the ARM bearer token;
 //! an error answer is kept as sent, as the fine-tuning calls keep theirs.
 
+use super::entra::Entra;
 use crate::config::{AzureDeploymentConfig, ProviderConfig};
 use crate::upstream::{FineTuningError, Provider};
 use http::{Method, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where and how a provider's deployments are managed.
 pub struct Management {
     config: AzureDeploymentConfig,
-    /// `None` when the configured variable is not set: every call then
-    /// fails, naming it.
-    token: Option<SecretString>,
+    credential: Credential,
     http: reqwest::Client,
+}
+
+/// How the management API is signed in to.
+enum Credential {
+    /// The token in `deployment.token_env`, read once; `None` when the
+    /// variable is not set: every call then fails, naming it.
+    Token(Option<SecretString>),
+    /// Tokens from the provider's `[providers.entra]` credentials, for
+    /// the scope `{management_url}/.default`.
+    Entra(Arc<Entra>),
 }
 
 /// A deployment as much as Flywheel reads of it.
@@ -46,13 +56,57 @@ impl Management {
     pub(in crate::upstream) fn of(
         config: &ProviderConfig,
         token: Option<SecretString>,
+        entra_secret: Option<SecretString>,
         http: &reqwest::Client,
     ) -> Option<Self> {
+        let deployment = config.deployment.clone()?;
+        let credential = match (&deployment.token_env, &config.entra) {
+            (None, Some(entra)) => {
+                let scope = format!(
+                    "{}/.default",
+                    deployment.management_url.trim_end_matches('/')
+                );
+                Credential::Entra(Arc::new(Entra::new(
+                    &config.name,
+                    entra,
+                    &scope,
+                    entra_secret,
+                    http.clone(),
+                )))
+            }
+            _ => Credential::Token(token),
+        };
         Some(Self {
-            config: config.deployment.clone()?,
-            token,
+            config: deployment,
+            credential,
             http: http.clone(),
         })
+    }
+
+    /// Its Entra ID token source, when it signs in with one.
+    pub(in crate::upstream) fn entra(&self) -> Option<Arc<Entra>> {
+        match &self.credential {
+            Credential::Entra(entra) => Some(entra.clone()),
+            Credential::Token(_) => None,
+        }
+    }
+
+    /// The `Authorization` value of a call, or why there is none.
+    fn authorization(&self) -> Result<http::HeaderValue, String> {
+        match &self.credential {
+            Credential::Entra(entra) => entra.header(),
+            Credential::Token(None) => Err(format!(
+                "the management token variable `{}` (deployment.token_env) is not set",
+                self.config.token_env.as_deref().unwrap_or_default()
+            )),
+            Credential::Token(Some(token)) => {
+                let mut value =
+                    http::HeaderValue::try_from(format!("Bearer {}", token.expose_secret()))
+                        .map_err(|_| "the management token is not a header value".to_string())?;
+                value.set_sensitive(true);
+                Ok(value)
+            }
+        }
     }
 
     fn url(&self, name: &str) -> String {
@@ -88,42 +142,45 @@ impl Provider {
     }
 
     /// Why deployments cannot be managed, if they cannot: no `[deployment]`
-    /// section, or its token variable is not set.
+    /// section, or its token variable is not set. (An Entra ID token that
+    /// cannot be had is told by the call that needs it.)
     pub fn management_problem(&self) -> Option<String> {
         match &self.management {
             None => Some(format!(
                 "provider `{}` has no [providers.deployment] section",
                 self.name
             )),
-            Some(m) if m.token.is_none() => Some(format!(
-                "provider `{}`: the management token variable `{}` (deployment.token_env) is not set",
-                self.name, m.config.token_env
-            )),
-            Some(_) => None,
+            Some(m) => match &m.credential {
+                Credential::Token(None) => m
+                    .authorization()
+                    .err()
+                    .map(|why| format!("provider `{}`: {why}", self.name)),
+                _ => None,
+            },
         }
     }
 
-    fn management_request(&self, method: Method, name: &str) -> Option<reqwest::RequestBuilder> {
-        let m = self.management.as_ref()?;
-        let token = m.token.as_ref()?;
-        let mut value =
-            http::HeaderValue::try_from(format!("Bearer {}", token.expose_secret())).ok()?;
-        value.set_sensitive(true);
-        Some(
-            m.http
-                .request(method, m.url(name))
-                .timeout(self.total_timeout)
-                .header(header::AUTHORIZATION, value),
-        )
-    }
-
-    fn unmanaged(&self) -> FineTuningError {
-        FineTuningError::Invalid {
+    /// A call to the deployment `name`, signed in, with the section it
+    /// is made under.
+    fn management_request(
+        &self,
+        method: Method,
+        name: &str,
+    ) -> Result<(&Management, reqwest::RequestBuilder), FineTuningError> {
+        let unmanaged = |detail: String| FineTuningError::Invalid {
             provider: self.name.to_string(),
-            detail: self
-                .management_problem()
-                .unwrap_or_else(|| "the management token is not a header value".into()),
-        }
+            detail,
+        };
+        let Some(m) = self.management.as_ref() else {
+            return Err(unmanaged(self.management_problem().unwrap_or_default()));
+        };
+        let value = m.authorization().map_err(unmanaged)?;
+        let request = m
+            .http
+            .request(method, m.url(name))
+            .timeout(self.total_timeout)
+            .header(header::AUTHORIZATION, value);
+        Ok((m, request))
     }
 
     /// `GET …/deployments/{name}`; `None` when there is none by that name.
@@ -131,9 +188,7 @@ impl Provider {
         &self,
         name: &str,
     ) -> Result<Option<DeploymentObject>, FineTuningError> {
-        let request = self
-            .management_request(Method::GET, name)
-            .ok_or_else(|| self.unmanaged())?;
+        let (_, request) = self.management_request(Method::GET, name)?;
         match self.call(request).await {
             Ok(found) => Ok(Some(found)),
             Err(FineTuningError::Status { status: 404, .. }) => Ok(None),
@@ -148,14 +203,12 @@ impl Provider {
         name: &str,
         model: &str,
     ) -> Result<DeploymentObject, FineTuningError> {
-        let m = self.management.as_ref().ok_or_else(|| self.unmanaged())?;
+        let (m, request) = self.management_request(Method::PUT, name)?;
         let body = json!({
             "sku": {"name": m.config.sku, "capacity": m.config.capacity},
             "properties": {"model": {"format": "OpenAI", "name": model, "version": "1"}},
         });
-        let request = self
-            .management_request(Method::PUT, name)
-            .ok_or_else(|| self.unmanaged())?
+        let request = request
             .header(header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
         self.call(request).await
@@ -163,9 +216,7 @@ impl Provider {
 
     /// `DELETE …/deployments/{name}`; a deployment already gone is fine.
     pub async fn delete_deployment(&self, name: &str) -> Result<(), FineTuningError> {
-        let request = self
-            .management_request(Method::DELETE, name)
-            .ok_or_else(|| self.unmanaged())?;
+        let (_, request) = self.management_request(Method::DELETE, name)?;
         let response = request.send().await.map_err(|e| self.transport(&e))?;
         let status = response.status();
         if status.is_success() || status.as_u16() == 404 {

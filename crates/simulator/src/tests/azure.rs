@@ -271,6 +271,25 @@ async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
         )
     };
     assert_eq!(call(&app, chat()).await.0, 200);
+    // A token is for its scope's API only.
+    let bearer_only = bearer.trim_start_matches("Bearer ");
+    let listed = management("GET", "any", bearer_only, None);
+    assert_eq!(call(&app, listed).await.0, 401, "a data-plane token");
+    let arm = grant.replace(scope, "scope=https%3A%2F%2Fmanagement.azure.com%2F.default");
+    let (_, arm) = call(&app, token_request("t1", &arm)).await;
+    let arm = arm["access_token"].as_str().unwrap();
+    assert_eq!(
+        call(&app, management("GET", "none", arm, None)).await.0,
+        404
+    );
+    let mut body = triage(false);
+    body["model"] = json!("gpt-4o-mini");
+    let wrong = post(
+        "/openai/v1/chat/completions",
+        &body,
+        &[("authorization", &format!("Bearer {arm}"))],
+    );
+    assert_eq!(call(&app, wrong).await.0, 401, "a management token");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(call(&app, chat()).await.0, 401, "an expired token");
 }
