@@ -83,8 +83,9 @@ impl Application {
             &config.evaluation.extractor,
             &config.taxonomy,
         )?;
-        let alert_hook =
-            crate::evaluation::AlertHook::new(&config.evaluation).map_err(StartError::Upstream)?;
+        let alert_hook = Arc::new(
+            crate::evaluation::AlertHook::new(&config.evaluation).map_err(StartError::Upstream)?,
+        );
         let config = Arc::new(config);
         let registry = Arc::new(Registry::open(store.clone(), config.clone())?);
         let upstreams = Arc::new(Upstreams::new(&config, &secrets).map_err(StartError::Upstream)?);
@@ -97,7 +98,7 @@ impl Application {
             threat_types: config.taxonomy.threat_types.clone(),
             extractor: extractor.clone(),
             runner: crate::evaluation::Runner::default(),
-            alert_hook,
+            alert_hook: alert_hook.clone(),
         });
         let fine_tuning = Arc::new(crate::finetune::Context {
             store: store.clone(),
@@ -110,6 +111,7 @@ impl Application {
             store: store.clone(),
             registry: registry.clone(),
             config: config.clone(),
+            alerts: alert_hook,
         });
         let feedback = Arc::new(crate::feedback::Context {
             store: store.clone(),

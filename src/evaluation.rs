@@ -45,5 +45,5 @@ pub struct Context {
     /// Woken when a run is queued.
     pub runner: Runner,
     /// Sends evaluation alerts to the webhook, when one is configured.
-    pub alert_hook: AlertHook,
+    pub alert_hook: Arc<AlertHook>,
 }

@@ -78,7 +78,7 @@ impl Parts {
             threat_types: config.taxonomy.threat_types.clone(),
             extractor: Arc::new(extractor),
             runner: crate::evaluation::Runner::default(),
-            alert_hook: crate::evaluation::AlertHook::new(&config.evaluation).unwrap(),
+            alert_hook: Arc::new(crate::evaluation::AlertHook::new(&config.evaluation).unwrap()),
         })
     }
 
@@ -97,6 +97,7 @@ impl Parts {
             store: self.store.clone(),
             registry: self.registry.clone(),
             config: self.config.clone(),
+            alerts: Arc::new(crate::evaluation::AlertHook::new(&self.config.evaluation).unwrap()),
         })
     }
 }

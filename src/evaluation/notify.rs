@@ -1,7 +1,7 @@
-//! Evaluation alerts to `evaluation.webhook_url`. Raising an alert stores
-//! it and queues its delivery in one step (`Store::raise_alert`), so a
-//! delivery outlives the process — or the replica — that raised it. One
-//! delivery service (leased, so among replicas one sends) POSTs the queued
+//! Alerts (evaluations', and guardrail stops) to `evaluation.webhook_url`.
+//! Raising an alert stores it and queues its delivery in one step
+//! (`Store::raise_alert`), so a delivery outlives the process — or the
+//! replica — that raised it. One delivery service (leased, so among replicas one sends) POSTs the queued
 //! alerts as Slack-compatible JSON, oldest first, and retries a failed one
 //! after an exponential backoff, without holding up the others, up to
 //! `evaluation.webhook_attempts` attempts. Delivery is at least once: a

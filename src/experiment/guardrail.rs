@@ -6,6 +6,7 @@
 
 use super::report::{MetricComparison, comparisons};
 use crate::config::{Config, GuardrailConfig};
+use crate::evaluation::AlertHook;
 use crate::evaluation::online::Verdict;
 use crate::ids::{new_id, now_rfc3339};
 use crate::registry::{Change, Registry, RegistryError, Request};
@@ -22,6 +23,9 @@ pub struct Guardrails {
     pub registry: Arc<Registry>,
     /// Each alias's `guardrails` section.
     pub config: Arc<Config>,
+    /// Stores a stop's alert and queues it for the webhook, as the
+    /// evaluations' alerts are.
+    pub alerts: Arc<AlertHook>,
 }
 
 /// The guardrails of an alias: its config's, or the defaults for an alias
@@ -116,7 +120,7 @@ fn stop(
         acknowledged_by: None,
         acknowledged_at: None,
     };
-    app.store.put_alert(&alert)?;
+    app.alerts.raise(&*app.store, &alert)?;
     tracing::warn!(alias = %alias, version = %c.candidate, metric = c.metric, "guardrail stopped a candidate");
     metrics::counter!("flywheel_guardrail_stops_total", "alias" => alias.clone(), "metric" => c.metric)
         .increment(1);

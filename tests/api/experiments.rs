@@ -2,6 +2,7 @@
 //! this test makes from the captured records, and a failing candidate is
 //! stopped by its guardrail without a single failed request.
 
+use crate::evaluation_fixtures::webhook_receiver;
 use crate::helpers::{Options, TestApp, eventually, spawn_app_with};
 use flywheel_simulator::SimulatorConfig;
 use futures_util::StreamExt;
@@ -267,9 +268,11 @@ async fn experiment_figures_equal_a_count_from_the_captured_records() {
 
 /// A candidate that fails 70% of its requests: every client request still
 /// succeeds (production stands in), and the guardrail takes the
-/// candidate's traffic away, with an alert, a history entry and an audit.
+/// candidate's traffic away, with an alert (also at the webhook), a
+/// history entry and an audit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_candidate_is_stopped_by_its_guardrail() {
+    let (hook, receiver) = webhook_receiver(axum::http::StatusCode::OK).await;
     let app = Arc::new(
         spawn_app_with(Options {
             simulator: SimulatorConfig {
@@ -292,8 +295,11 @@ production = "base"
   model = "gpt-4o"
   [models.guardrails]
   check_interval_s = 1
+
+[evaluation]
+webhook_url = "http://{hook}/hook"
 "#
-            .into(),
+            .replace("{hook}", &hook.to_string()),
             ..Options::default()
         })
         .await,
@@ -334,6 +340,23 @@ production = "base"
     assert_eq!(
         (alert["alias"].as_str(), alert["metric"].as_str()),
         (Some("guarded"), Some("error_rate"))
+    );
+    let delivered = eventually(
+        "the alert at the webhook",
+        Duration::from_secs(20),
+        || async {
+            let bodies = receiver.bodies.lock().unwrap().clone();
+            bodies.into_iter().find(|b| b["alert_id"] == alert["id"])
+        },
+    )
+    .await;
+    assert_eq!(delivered["kind"], "guardrail", "{delivered}");
+    assert!(
+        delivered["text"]
+            .as_str()
+            .unwrap()
+            .contains("went to production"),
+        "{delivered}"
     );
     let alias = app.admin_get("/admin/api/models/guarded").await;
     let weight = |name: &str| {
