@@ -413,7 +413,7 @@ fn migrate_store(config: &Config, from: &std::path::Path) -> anyhow::Result<()> 
     let target = flywheel::store::PgStore::open(&options).map_err(store_error)?;
     let report = flywheel::store::transfer::copy_into(source.as_ref(), &target)?;
     eprintln!(
-        "copied {} conversations, {} inferences, {} feedback, {} keys, {} audit entries, {} aliases, {} alerts, {} datasets, {} jobs, {} evaluations; the database's counts match",
+        "copied {} conversations, {} inferences, {} feedback, {} keys, {} audit entries, {} aliases, {} alerts ({} deliveries queued), {} datasets, {} jobs, {} evaluations, {} continuation keys, {} idempotency keys; the database's counts match",
         report.source.conversations,
         report.source.inferences,
         report.source.feedback,
@@ -421,9 +421,12 @@ fn migrate_store(config: &Config, from: &std::path::Path) -> anyhow::Result<()> 
         report.audit,
         report.aliases,
         report.alerts,
+        report.webhooks,
         report.datasets,
         report.jobs,
-        report.evaluations
+        report.evaluations,
+        report.continuation_keys,
+        report.idempotency_keys
     );
     Ok(())
 }

@@ -29,8 +29,8 @@ pub use model_records::{
 pub use postgres::PgStore;
 pub use records::{
     ApiKeyRecord, AuditRecord, CapturedTurn, ConversationRecord, ConversationSignals,
-    ConversationTallies, FeedbackRecord, HIGH_QUALITY, InferenceRecord, Opening, Position, Review,
-    ReviewStatus, ThreadPoint, TurnHead, join_ascii_words, preview_of,
+    ConversationTallies, FeedbackRecord, HIGH_QUALITY, InferenceRecord, Lookup, Opening, Position,
+    Review, ReviewStatus, ThreadPoint, TurnHead, join_ascii_words, preview_of,
 };
 pub use resilient::Resilient;
 pub use sled_store::SledStore;
@@ -134,6 +134,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Where the turn that left continuation key `key` (hex) sits.
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError>;
+    /// Visits every lookup entry kept beside the records (continuation
+    /// and idempotency keys), for copying a store; a continuation key may
+    /// come more than once, its newest entry first.
+    fn for_each_lookup(
+        &self,
+        visit: &mut dyn FnMut(Lookup) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
 
     /// Stores feedback, applies it to its conversation through `review`
     /// (in the same atomic step) and, with an idempotency key, remembers

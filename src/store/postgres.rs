@@ -38,7 +38,7 @@ pub use migrate::migrate;
 use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationPage, ConversationRecord,
     ConversationScan, ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord,
-    ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord,
+    ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, Lookup, ModelAliasRecord,
     ModelHistoryRecord, PerformanceRecord, QueuedWebhook, Store, StoreError, TallyKey, ThreadPoint,
     VersionTally,
 };
@@ -496,6 +496,13 @@ impl Store for PgStore {
 
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError> {
         self.read_thread(key)
+    }
+
+    fn for_each_lookup(
+        &self,
+        visit: &mut dyn FnMut(Lookup) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.read_lookups(visit)
     }
 
     fn insert_feedback(

@@ -572,6 +572,16 @@ fn bump(counts: &mut BTreeMap<String, i64>, key: Option<&str>, sign: i64) {
     }
 }
 
+/// An entry a store keeps beside its records, to find one by a key the
+/// record does not hold (see [`crate::store::Store::for_each_lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A continuation key (hex) and the inference that left it.
+    Thread { key: String, inference_id: String },
+    /// A feedback idempotency key and the feedback it produced.
+    Idempotency { key: String, feedback_id: String },
+}
+
 /// Where a thread key was left: which conversation, after which turn.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ThreadPoint {

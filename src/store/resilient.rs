@@ -11,7 +11,7 @@
 use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationPage, ConversationRecord,
     ConversationScan, ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord,
-    ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord,
+    ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, Lookup, ModelAliasRecord,
     ModelHistoryRecord, PerformanceRecord, QueuedWebhook, Store, StoreError, TallyKey, ThreadPoint,
     VersionTally,
 };
@@ -264,6 +264,12 @@ impl Store for Resilient {
     }
     fn thread(&self, key: &str) -> Result<Option<ThreadPoint>, StoreError> {
         self.read(|s| s.thread(key))
+    }
+    fn for_each_lookup(
+        &self,
+        visit: &mut dyn FnMut(Lookup) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.read(|s| s.for_each_lookup(visit))
     }
     fn insert_feedback(
         &self,

@@ -31,7 +31,7 @@ mod tallies;
 use super::{
     AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationPage, ConversationRecord,
     ConversationScan, ConversationTallies, DatasetRecord, DatasetSplit, EvaluationRecord,
-    ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, ModelAliasRecord,
+    ExampleResult, FeedbackRecord, FineTuneJobRecord, InferenceRecord, Lookup, ModelAliasRecord,
     ModelHistoryRecord, PerformanceRecord, QueuedWebhook, Store, StoreError, TallyKey, ThreadPoint,
     VersionTally,
 };
@@ -378,6 +378,36 @@ impl Store for SledStore {
                 sticky: r.sticky,
             })
         }))
+    }
+
+    fn for_each_lookup(
+        &self,
+        visit: &mut dyn FnMut(Lookup) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.runs.for_each(runs::Kind::Thread, &mut |key, at| {
+            // The record names its id; one whose batch a crash lost is
+            // no turn to continue.
+            match self.inference_at(at)? {
+                Some(r) => visit(Lookup::Thread {
+                    key: hex::encode(key),
+                    inference_id: r.id,
+                }),
+                None => Ok(()),
+            }
+        })?;
+        for entry in self.idempotency.iter() {
+            let (key, value) = entry.map_err(io)?;
+            // `{inference id}/{feedback id}`, the feedback's own key.
+            let value = String::from_utf8_lossy(&value);
+            let Some((_, feedback_id)) = value.split_once('/') else {
+                continue;
+            };
+            visit(Lookup::Idempotency {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                feedback_id: feedback_id.to_string(),
+            })?;
+        }
+        Ok(())
     }
 
     fn insert_feedback(

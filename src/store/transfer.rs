@@ -3,17 +3,19 @@
 //! compared. Records already in the database are kept as they are, so
 //! running it again copies only what is new.
 //!
-//! What is copied: keys, audit, the registry with its history, alerts,
-//! datasets and their files, fine-tuning jobs, evaluations with their
-//! results and performance, every conversation with its turns, shadow
-//! answers and feedback, and the tallies. What is not: lookup entries
-//! that the source keeps as indexes rather than records — the
-//! continuation keys of turns (a follow-up to a conversation captured
-//! before the move opens a new conversation) and feedback idempotency
-//! keys (a retry of feedback sent before the move is stored again).
+//! What is copied: keys, audit, the registry with its history, alerts and
+//! the webhook deliveries still queued, datasets and their files,
+//! fine-tuning jobs, evaluations with their results and performance, every
+//! conversation with its turns, shadow answers and feedback, the tallies,
+//! and the lookup entries kept beside the records: the continuation keys
+//! of turns (so a follow-up to a conversation captured before the move
+//! threads onto it) and feedback idempotency keys (so a retry of feedback
+//! sent before the move is not stored twice).
 
 use super::postgres::Counts;
-use super::{ConversationTallies, EvaluationRecord, PerformanceRecord, PgStore, Store, StoreError};
+use super::{
+    ConversationTallies, EvaluationRecord, Lookup, PerformanceRecord, PgStore, Store, StoreError,
+};
 use std::collections::BTreeMap;
 
 /// Listings are read this many records at a time.
@@ -29,6 +31,10 @@ pub struct Report {
     pub datasets: usize,
     pub jobs: usize,
     pub evaluations: usize,
+    /// Alert deliveries still queued for the webhook.
+    pub webhooks: usize,
+    pub continuation_keys: usize,
+    pub idempotency_keys: usize,
     /// In the source.
     pub source: Counts,
     /// In the database after the copy.
@@ -78,6 +84,11 @@ pub fn copy_into(from: &dyn Store, to: &PgStore) -> Result<Report, StoreError> {
         |a| to.put_alert(a),
         |a| a.id.clone(),
     )?;
+    // Few wait at any time: a delivery is queued until sent or given up.
+    for webhook in from.queued_webhooks(usize::MAX)? {
+        to.requeue_webhook(&webhook)?;
+        report.webhooks += 1;
+    }
     report.datasets = copy_pages(
         |c| from.datasets(c, PAGE),
         |d| {
@@ -143,6 +154,20 @@ pub fn copy_into(from: &dyn Store, to: &PgStore) -> Result<Report, StoreError> {
         versions.extend(from.version_tallies(&alias.alias)?);
     }
     to.import_tallies(&tallies, &versions)?;
+    // After the turns: a continuation key points at one.
+    let mut batch = Vec::with_capacity(PAGE);
+    from.for_each_lookup(&mut |lookup| {
+        match &lookup {
+            Lookup::Thread { .. } => report.continuation_keys += 1,
+            Lookup::Idempotency { .. } => report.idempotency_keys += 1,
+        }
+        batch.push(lookup);
+        if batch.len() == PAGE {
+            to.import_lookups(&std::mem::take(&mut batch))?;
+        }
+        Ok(())
+    })?;
+    to.import_lookups(&batch)?;
     report.source = source;
     report.target = to.counts()?;
     if report.target != report.source {

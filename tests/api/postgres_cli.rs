@@ -213,31 +213,51 @@ async fn keys_and_export_work_while_a_server_runs() {
 async fn an_embedded_store_moves_into_postgres_and_a_second_run_is_safe() {
     use crate::helpers::{Options, spawn_app, spawn_app_with, triage_request};
     use flywheel::store::ConversationScan;
-    // An embedded store with conversations, feedback and keys.
+    use serde_json::{Value, json};
+    // An embedded store with conversations, feedback (sent with an
+    // idempotency key), keys and an alert delivery still queued.
     let app = spawn_app().await;
     let mut inferences = Vec::new();
+    // The three ask the same: the continuation key is the last one's.
+    let mut last_turn = None;
     for _ in 0..3 {
         let response = app
             .post("/v1/chat/completions", &triage_request(false))
             .await;
         assert_eq!(response.status(), 200);
-        inferences.push(
-            response.headers()["x-flywheel-inference-id"]
-                .to_str()
-                .unwrap()
-                .to_string(),
-        );
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+        inferences.push(header("x-flywheel-inference-id"));
+        let conversation = header("x-flywheel-conversation-id");
+        let answer: Value = response.json().await.unwrap();
+        last_turn = Some((conversation, answer["choices"][0]["message"].clone()));
     }
     app.capture_settled().await;
-    let rated = app
-        .send(
-            reqwest::Method::POST,
-            "/v1/feedback",
-            &app.client_key,
-            Some(&serde_json::json!({"inference_id": inferences[0], "rating": 5})),
-        )
-        .await;
+    // The same client (its key moves too) rates once, then retries.
+    let client_key = app.client_key.clone();
+    let rate = |app: &crate::helpers::TestApp| {
+        app.http
+            .post(app.url("/v1/feedback"))
+            .bearer_auth(&client_key)
+            .header("idempotency-key", "rated-once")
+            .json(&json!({"inference_id": inferences[0], "rating": 5}))
+            .send()
+    };
+    let rated = rate(&app).await.unwrap();
     assert_eq!(rated.status(), 201);
+    let rated: Value = rated.json().await.unwrap();
+    let queued = crate::evaluation_fixtures::an_alert(
+        "alert_01JQUEUED0000000000000000",
+        "2026-12-01T00:00:00Z",
+    );
+    let delivery = flywheel::store::QueuedWebhook {
+        alert_id: queued.id.clone(),
+        attempts: 2,
+        next_attempt_ms: 1,
+    };
+    app.state
+        .store
+        .raise_alert(&queued, Some(&delivery))
+        .unwrap();
     let before = app.state.store.tallies().unwrap();
     let (data_dir, _kept) = app.stop().await;
 
@@ -256,6 +276,8 @@ async fn an_embedded_store_moves_into_postgres_and_a_second_run_is_safe() {
         assert!(out.status.success(), "run {run_number}: {message}");
         assert!(
             message.contains("copied 3 conversations, 3 inferences, 1 feedback")
+                && message.contains("(1 deliveries queued)")
+                && message.contains("1 idempotency keys")
                 && message.contains("counts match"),
             "run {run_number}: {message}"
         );
@@ -273,6 +295,35 @@ async fn an_embedded_store_moves_into_postgres_and_a_second_run_is_safe() {
     for id in &inferences {
         assert!(store.inference(id).unwrap().is_some(), "{id}");
     }
+    assert_eq!(store.queued_webhooks(10).unwrap(), vec![delivery]);
+    // The feedback's retry is still a retry…
+    let retried = rate(&moved).await.unwrap();
+    assert_eq!(retried.status(), 201);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["id"], rated["id"]);
+    assert_eq!(store.feedback_for(&inferences[0]).unwrap().len(), 1);
+    // …and a follow-up of a moved conversation continues it.
+    let (conversation, answer) = last_turn.unwrap();
+    let mut history = triage_request(false)["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    history.push(answer);
+    history.push(json!({"role": "user", "content": "Which host should be isolated first?"}));
+    let follow_up = moved
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "triage", "messages": history}),
+        )
+        .await;
+    assert_eq!(follow_up.status(), 200);
+    assert_eq!(
+        follow_up.headers()["x-flywheel-conversation-id"]
+            .to_str()
+            .unwrap(),
+        conversation,
+        "the follow-up threads onto the moved conversation"
+    );
     // New conversations list before the moved ones.
     let response = moved
         .post("/v1/chat/completions", &triage_request(false))

@@ -8,8 +8,8 @@ use crate::evaluation_fixtures::an_alert;
 use crate::helpers::postgres::{Cluster, fresh_schema};
 use flywheel::store::{
     AlertRecord, ApiKeyRecord, AuditRecord, CapturedTurn, ConversationScan, ConversationSignals,
-    ConversationTallies, FeedbackRecord, IndexField, InferenceRecord, QueuedWebhook, ReviewStatus,
-    SharedStore, StoreError,
+    ConversationTallies, FeedbackRecord, IndexField, InferenceRecord, Lookup, QueuedWebhook,
+    ReviewStatus, SharedStore, StoreError,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -92,6 +92,18 @@ fn all_ids(store: &SharedStore, scan: ConversationScan) -> Vec<String> {
             None => return ids,
         }
     }
+}
+
+/// Every lookup entry the store keeps, as `for_each_lookup` gives them.
+fn lookups(store: &SharedStore) -> Vec<Lookup> {
+    let mut all = Vec::new();
+    store
+        .for_each_lookup(&mut |l| {
+            all.push(l);
+            Ok(())
+        })
+        .unwrap();
+    all
 }
 
 fn recount(store: &SharedStore) -> ConversationTallies {
@@ -254,6 +266,11 @@ async fn capture_threads_retries_and_lookups_agree_on_every_backend() {
             None
         );
         assert_eq!(store.thread("not hex").unwrap(), None, "{name}");
+        let left = Lookup::Thread {
+            key: "00112233445566778899aabbccddeeff".into(),
+            inference_id: first.clone(),
+        };
+        assert!(lookups(store).contains(&left), "{name}");
         assert_eq!(
             store
                 .inference_by_completion("chatcmpl-abc")
@@ -294,6 +311,7 @@ async fn capture_threads_retries_and_lookups_agree_on_every_backend() {
             None,
             "{name}: a deleted turn is no thread"
         );
+        assert!(!lookups(store).contains(&left), "{name}");
     }
 }
 
@@ -337,6 +355,14 @@ async fn feedback_keys_audit_and_leases_agree_on_every_backend() {
                 .unwrap()
                 .map(|f| f.id),
             Some("fb_1".to_string()),
+            "{name}"
+        );
+        assert_eq!(
+            lookups(store),
+            [Lookup::Idempotency {
+                key: "k:idem".into(),
+                feedback_id: "fb_1".into()
+            }],
             "{name}"
         );
         assert_eq!(store.feedback_by_idempotency("k:other").unwrap(), None);

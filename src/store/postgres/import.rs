@@ -2,13 +2,18 @@
 //! each conversation with its turns, shadow answers and feedback in one
 //! transaction, kept where it is (its listing position included); a record
 //! already there is left as it is, so a second run adds only what is new.
+//! The lookup entries beside them (continuation and idempotency keys) are
+//! copied the same way, and read back for [`crate::store::Store::for_each_lookup`].
 
 use super::conversations::upsert_conversations;
 use super::{PgStore, db_error, pool_error, to_json};
 use crate::store::{
-    ConversationRecord, ConversationTallies, FeedbackRecord, InferenceRecord, StoreError, TallyKey,
-    VersionTally,
+    ConversationRecord, ConversationTallies, FeedbackRecord, InferenceRecord, Lookup, StoreError,
+    TallyKey, VersionTally,
 };
+
+/// Lookup entries read or written per statement.
+const LOOKUP_PAGE: i64 = 1_000;
 
 /// What one import call counts in the database afterwards.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -164,6 +169,89 @@ impl PgStore {
     }
 
     /// How many conversations, inferences and feedback the database holds.
+    /// Stores lookup entries, newest first: a key already held (by an
+    /// earlier, newer entry or an earlier run) keeps what it points at,
+    /// and a continuation key whose inference is not here is left out.
+    pub fn import_lookups(&self, lookups: &[Lookup]) -> Result<(), StoreError> {
+        let (mut threads, mut turns, mut keys, mut feedback) = (vec![], vec![], vec![], vec![]);
+        for lookup in lookups {
+            match lookup {
+                Lookup::Thread { key, inference_id } => {
+                    threads.push(key.clone());
+                    turns.push(inference_id.clone());
+                }
+                Lookup::Idempotency { key, feedback_id } => {
+                    keys.push(key.clone());
+                    feedback.push(feedback_id.clone());
+                }
+            }
+        }
+        self.call(move |ctx| async move {
+            let client = ctx.pool.get().await.map_err(pool_error)?;
+            // DISTINCT ON keeps each key's first row, the newest.
+            client
+                .execute(
+                    "INSERT INTO thread_keys (key, inference_id)
+                     SELECT DISTINCT ON (key) key, inference_id
+                       FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(key, inference_id, n)
+                      WHERE EXISTS (SELECT 1 FROM inferences i WHERE i.id = t.inference_id)
+                      ORDER BY key, n
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&threads, &turns],
+                )
+                .await
+                .map_err(db_error)?;
+            client
+                .execute(
+                    "INSERT INTO feedback_idempotency (key, feedback_id)
+                     SELECT * FROM unnest($1::text[], $2::text[])
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&keys, &feedback],
+                )
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+    }
+
+    /// Every continuation key with its inference, then every idempotency
+    /// key with its feedback, each in key order.
+    pub(super) fn read_lookups(
+        &self,
+        visit: &mut dyn FnMut(Lookup) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let thread: fn(String, String) -> Lookup =
+            |key, inference_id| Lookup::Thread { key, inference_id };
+        let idempotency: fn(String, String) -> Lookup =
+            |key, feedback_id| Lookup::Idempotency { key, feedback_id };
+        for (table, target, lookup) in [
+            ("thread_keys", "inference_id", thread),
+            ("feedback_idempotency", "feedback_id", idempotency),
+        ] {
+            let mut after = String::new();
+            loop {
+                let sql = format!(
+                    "SELECT key, {target} FROM {table} WHERE key > $1 ORDER BY key LIMIT {LOOKUP_PAGE}"
+                );
+                let from = after.clone();
+                let rows: Vec<(String, String)> = self.call(move |ctx| async move {
+                    let client = ctx.pool.get().await.map_err(pool_error)?;
+                    let rows = client.query(&sql, &[&from]).await.map_err(db_error)?;
+                    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                })?;
+                let full = rows.len() as i64 == LOOKUP_PAGE;
+                for (key, id) in rows {
+                    after.clone_from(&key);
+                    visit(lookup(key, id))?;
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn counts(&self) -> Result<Counts, StoreError> {
         self.call(|ctx| async move {
             let client = ctx.pool.get().await.map_err(pool_error)?;

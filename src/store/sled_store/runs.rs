@@ -262,6 +262,46 @@ impl Runs {
         Ok(None)
     }
 
+    /// Visits every pair of `kind`, each key's newest value first: a key
+    /// met again carries an older value.
+    pub fn for_each(
+        &self,
+        kind: Kind,
+        visit: &mut dyn FnMut(&Key, &Value) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let (recent, runs) = {
+            let state = self.state.lock();
+            let recent: Vec<(Key, Value)> = [
+                state.pending.get(&kind),
+                state.flushing.get(&kind).map(|f| &**f),
+            ]
+            .into_iter()
+            .flatten()
+            .flat_map(|pairs| pairs.iter().map(|(k, v)| (*k, *v)))
+            .collect();
+            let runs: Vec<Arc<Run>> = state
+                .runs
+                .iter()
+                .filter(|r| r.kind == kind)
+                .cloned()
+                .collect();
+            (recent, runs)
+        };
+        for (key, value) in &recent {
+            visit(key, value)?;
+        }
+        for run in &runs {
+            for entry in self.chunks.scan_prefix(run.id()) {
+                let (_, chunk) = entry.map_err(io)?;
+                for pair in chunk.chunks_exact(PAIR) {
+                    let (key, value) = split_pair(pair);
+                    visit(&key, &value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn find_in_run(&self, run: &Run, key: &Key) -> Result<Option<Value>, StoreError> {
         let id = run.id();
         let mut upper = id.to_vec();
@@ -731,6 +771,34 @@ mod tests {
             runs.log_tree().insert(k.as_slice(), v.as_slice()).unwrap();
         }
         runs.committed(&log, &pairs).unwrap();
+    }
+
+    #[test]
+    fn every_pair_is_visited_from_runs_and_pending_each_key_newest_first() {
+        let runs = Runs::open(&sled::Config::new().temporary(true).open().unwrap()).unwrap();
+        let total = (RUN_PAIRS + 500) as u64;
+        for (batch, start) in (0..total).step_by(1000).enumerate() {
+            feed(&runs, start, (start + 1000).min(total), batch as u64, 0);
+        }
+        // Key 7 again, newer: pending while its older value sits in a run.
+        feed(&runs, 7, 8, 9_999, 1_000_000);
+        assert!(!runs.state.lock().runs.is_empty(), "a run was written");
+        let mut seen: HashMap<Key, Vec<Value>> = HashMap::new();
+        runs.for_each(Kind::Thread, &mut |k, v| {
+            seen.entry(*k).or_default().push(*v);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), total as usize);
+        assert_eq!(seen[&key(7)], [value(7 + 1_000_000), value(7)]);
+        assert_eq!(seen[&key(total - 1)], [value(total - 1)]);
+        let mut completions = 0;
+        runs.for_each(Kind::Completion, &mut |_, _| {
+            completions += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(completions, 0, "kinds are apart");
     }
 
     /// A database that outlives the `Runs` opened on it, to reopen them.
