@@ -101,10 +101,6 @@ impl ProviderConfig {
 
 /// Checks the Azure keys of `providers[i]`: present only with
 /// `kind = "azure"`, and complete there.
-#[expect(
-    clippy::disallowed_types,
-    reason = "the management URL is read as the provider's client will read it"
-)]
 pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
     let key = |field: &str| format!("providers[{i}].{field}");
     if p.kind != ProviderKind::Azure {
@@ -200,15 +196,7 @@ pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
         ("account", &d.account),
         ("sku", &d.sku),
     ] {
-        if value.trim().is_empty() {
-            return Err(ConfigError::invalid(dkey(field), "must not be empty"));
-        }
-        if value.contains(['/', '?', '#']) {
-            return Err(ConfigError::invalid(
-                dkey(field),
-                format!("`{value}` must not contain `/`, `?` or `#`"),
-            ));
-        }
+        check_segment(&dkey(field), value)?;
     }
     if d.capacity == 0 {
         return Err(ConfigError::invalid(dkey("capacity"), "must be at least 1"));
@@ -219,23 +207,13 @@ pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
             "must be at least 1 second",
         ));
     }
-    match reqwest::Url::parse(&d.management_url) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
-        _ => Err(ConfigError::invalid(
-            dkey("management_url"),
-            format!("`{}` is not an http(s) URL", d.management_url),
-        )),
-    }
+    check_http_url(&dkey("management_url"), &d.management_url)
 }
 
-#[expect(
-    clippy::disallowed_types,
-    reason = "the authority is read as the token client will read it"
-)]
 fn check_entra(i: usize, e: &EntraConfig) -> Result<(), ConfigError> {
     let key = |field: &str| format!("providers[{i}].entra.{field}");
+    check_segment(&key("tenant_id"), &e.tenant_id)?;
     for (field, value) in [
-        ("tenant_id", &e.tenant_id),
         ("client_id", &e.client_id),
         ("client_secret_env", &e.client_secret_env),
         ("scope", &e.scope),
@@ -244,17 +222,34 @@ fn check_entra(i: usize, e: &EntraConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid(key(field), "must not be empty"));
         }
     }
-    if e.tenant_id.contains(['/', '?', '#']) {
+    check_http_url(&key("authority"), &e.authority)
+}
+
+/// A value that becomes one segment of a URL's path.
+fn check_segment(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::invalid(key, "must not be empty"));
+    }
+    if value.contains(['/', '?', '#']) {
         return Err(ConfigError::invalid(
-            key("tenant_id"),
-            format!("`{}` must not contain `/`, `?` or `#`", e.tenant_id),
+            key,
+            format!("`{value}` must not contain `/`, `?` or `#`"),
         ));
     }
-    match reqwest::Url::parse(&e.authority) {
+    Ok(())
+}
+
+/// A base URL that paths are appended to.
+#[expect(
+    clippy::disallowed_types,
+    reason = "read as the provider's client will read it"
+)]
+fn check_http_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(value) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => Ok(()),
         _ => Err(ConfigError::invalid(
-            key("authority"),
-            format!("`{}` is not an http(s) URL", e.authority),
+            key,
+            format!("`{value}` is not an http(s) URL"),
         )),
     }
 }

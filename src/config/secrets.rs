@@ -1,6 +1,6 @@
 //! Secrets named by the config, resolved from the environment once at start-up.
 
-use super::Config;
+use super::{Config, ProviderConfig};
 use secrecy::SecretString;
 use std::collections::HashMap;
 
@@ -49,30 +49,18 @@ impl Secrets {
                 .filter(|v| !v.trim().is_empty())
                 .map(SecretString::from)
         };
-        let provider_keys = config
-            .providers
-            .iter()
-            .filter_map(|p| {
-                let var = p.api_key_env.as_deref().or(p.bearer_token_env.as_deref())?;
-                Some((p.name.clone(), get(var)?))
-            })
-            .collect();
-        let management_tokens = config
-            .providers
-            .iter()
-            .filter_map(|p| {
-                let var = p.deployment.as_ref()?.token_env.as_deref()?;
-                Some((p.name.clone(), get(var)?))
-            })
-            .collect();
-        let entra_secrets = config
-            .providers
-            .iter()
-            .filter_map(|p| {
-                let var = &p.entra.as_ref()?.client_secret_env;
-                Some((p.name.clone(), get(var)?))
-            })
-            .collect();
+        // Provider name → the value of the variable `var` names for it.
+        let per_provider = |var: &dyn Fn(&ProviderConfig) -> Option<&str>| {
+            config
+                .providers
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), get(var(p)?)?)))
+                .collect::<HashMap<_, _>>()
+        };
+        let provider_keys =
+            per_provider(&|p| p.api_key_env.as_deref().or(p.bearer_token_env.as_deref()));
+        let management_tokens = per_provider(&|p| p.deployment.as_ref()?.token_env.as_deref());
+        let entra_secrets = per_provider(&|p| Some(&p.entra.as_ref()?.client_secret_env));
         Self {
             admin_token: get(&config.auth.admin_token_env),
             provider_keys,

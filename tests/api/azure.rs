@@ -921,6 +921,30 @@ async fn a_restart_after_submitting_to_azure_finds_the_job_by_its_training_file(
     );
 }
 
+/// The simulator in Azure mode whose token endpoint knows one app
+/// registration (`flywheel-app` in `soc-tenant`, the provider key as its
+/// secret) and issues tokens lasting `ttl`.
+fn entra_simulator(management_token: &str, ttl: Duration) -> SimulatorConfig {
+    let mut simulator = azure_simulator(management_token);
+    if let Some(azure) = &mut simulator.azure {
+        azure.entra = Some(flywheel_simulator::EntraMode {
+            tenant: "soc-tenant".into(),
+            client_id: "flywheel-app".into(),
+            client_secret: PROVIDER_KEY.into(),
+            token_ttl: ttl,
+        });
+    }
+    simulator
+}
+
+/// A provider's `[providers.entra]` section for `client` at the simulator.
+fn entra_section(sim: SocketAddr, client: &str) -> String {
+    format!(
+        "[providers.entra]\ntenant_id = \"soc-tenant\"\nclient_id = \"{client}\"\n\
+         client_secret_env = \"SIM_KEY\"\nauthority = \"http://{sim}\"\n"
+    )
+}
+
 /// Providers whose Entra ID client credentials the simulator's token
 /// endpoint knows (`azent`) or does not (`azbad`, an unknown client id),
 /// and an alias `entra` with a version on each.
@@ -928,9 +952,8 @@ fn entra_extra(sim: SocketAddr) -> String {
     let provider = |name: &str, client: &str| {
         format!(
             "[[providers]]\nname = \"{name}\"\nkind = \"azure\"\nbase_url = \"http://{sim}\"\n\
-             url_style = \"v1\"\nmax_retries = 1\n\
-             [providers.entra]\ntenant_id = \"soc-tenant\"\nclient_id = \"{client}\"\n\
-             client_secret_env = \"SIM_KEY\"\nauthority = \"http://{sim}\"\n"
+             url_style = \"v1\"\nmax_retries = 1\n{}",
+            entra_section(sim, client)
         )
     };
     format!(
@@ -944,16 +967,7 @@ fn entra_extra(sim: SocketAddr) -> String {
 
 #[tokio::test]
 async fn entra_client_credentials_are_exchanged_for_tokens_renewed_before_they_expire() {
-    let mut simulator = azure_simulator(PROVIDER_KEY);
-    if let Some(azure) = &mut simulator.azure {
-        azure.entra = Some(flywheel_simulator::EntraMode {
-            tenant: "soc-tenant".into(),
-            client_id: "flywheel-app".into(),
-            client_secret: PROVIDER_KEY.into(),
-            token_ttl: Duration::from_secs(2),
-        });
-    }
-    let sim = spawn_simulator(simulator).await;
+    let sim = spawn_simulator(entra_simulator(PROVIDER_KEY, Duration::from_secs(2))).await;
     let app = spawn_app_with(azure_options(sim, "", &entra_extra(sim))).await;
     let entra = |variant: &'static str| {
         let mut body = chat(false);
@@ -1004,11 +1018,7 @@ fn signed_in_with_entra(mut options: Options, sim: SocketAddr) -> Options {
         .replacen("api_key_env = \"SIM_KEY\"\napi_version", "api_version", 1)
         .replacen(
             "max_retries = 2\n",
-            &format!(
-                "max_retries = 2\n[providers.entra]\ntenant_id = \"soc-tenant\"\n\
-                 client_id = \"flywheel-app\"\nclient_secret_env = \"SIM_KEY\"\n\
-                 authority = \"http://{sim}\"\n"
-            ),
+            &format!("max_retries = 2\n{}", entra_section(sim, "flywheel-app")),
             1,
         )
         .replace("\ntoken_env = \"SIM_KEY\"\n", "\n");
@@ -1017,16 +1027,8 @@ fn signed_in_with_entra(mut options: Options, sim: SocketAddr) -> Options {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entra_credentials_also_sign_in_to_the_management_api_for_deployments() {
-    let mut simulator = azure_simulator("a management token nobody has");
-    if let Some(azure) = &mut simulator.azure {
-        azure.entra = Some(flywheel_simulator::EntraMode {
-            tenant: "soc-tenant".into(),
-            client_id: "flywheel-app".into(),
-            client_secret: PROVIDER_KEY.into(),
-            token_ttl: Duration::from_secs(3600),
-        });
-    }
-    let sim = spawn_simulator(simulator).await;
+    let no_token = "a management token nobody has";
+    let sim = spawn_simulator(entra_simulator(no_token, Duration::from_secs(3600))).await;
     let options = azure_options(sim, "sku = \"standard\"", FT);
     assert!(options.extra.contains("token_env"));
     let app = spawn_app_with(signed_in_with_entra(options, sim)).await;
