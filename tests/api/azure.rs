@@ -1007,6 +1007,31 @@ async fn entra_client_credentials_are_exchanged_for_tokens_renewed_before_they_e
             && message.contains("AADSTS700016"),
         "{message}"
     );
+
+    // Renewals are counted per provider and outcome.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let renewals = |provider: &str, outcome: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("flywheel_upstream_token_renewals_total{"))
+            .filter(|l| {
+                l.contains(&format!("provider=\"{provider}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(renewals("azent", "ok") >= 3.0, "{metrics}");
+    assert!(renewals("azbad", "failed") >= 1.0, "{metrics}");
+    assert_eq!(renewals("azbad", "ok"), 0.0);
 }
 
 /// `options` with provider `az` signing in with Entra ID client

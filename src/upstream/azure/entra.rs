@@ -107,7 +107,12 @@ impl Entra {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut retry = RETRY_FIRST;
         loop {
-            let wait = match self.renew().await {
+            let renewed = self.renew().await;
+            metrics::counter!("flywheel_upstream_token_renewals_total",
+                "provider" => self.provider.to_string(),
+                "outcome" => if renewed.is_ok() { "ok" } else { "failed" })
+            .increment(1);
+            let wait = match renewed {
                 Ok(lifetime) => {
                     retry = RETRY_FIRST;
                     (lifetime * 3 / 4).max(Duration::from_secs(1))
