@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 /// The longest one token request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed renewal, the next is tried this soon, doubling up to
-/// [`RETRY_AT_MOST`] (never past the current token's expiry).
+/// [`RETRY_AT_MOST`]; a quarter of an hour-long token's life is left then.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_AT_MOST: Duration = Duration::from_secs(30);
 
