@@ -29,6 +29,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; the simulator's flags make one variant large"
+)]
 enum Command {
     /// Run the proxy.
     Serve,
@@ -78,6 +82,10 @@ enum Command {
         /// Azure mode: how long an issued token lasts, in seconds.
         #[arg(long, default_value_t = 3600)]
         azure_entra_token_ttl_s: u64,
+        /// Azure mode: the variable holding a federated token (client
+        /// assertion) the token endpoint also accepts for the app.
+        #[arg(long, requires = "azure_entra_secret_env")]
+        azure_entra_assertion_env: Option<String>,
     },
     /// Simulator + proxy + admin UI on loopback with a fresh data directory.
     Demo {
@@ -245,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             azure_entra_tenant,
             azure_entra_client_id,
             azure_entra_token_ttl_s,
+            azure_entra_assertion_env,
         } => {
             let variable = |flag: &str, var: Option<String>| match var {
                 Some(var) => std::env::var(&var).map(Some).map_err(|_| {
@@ -255,11 +264,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let management_token =
                 variable("--azure-management-token-env", azure_management_token_env)?;
+            let client_assertion =
+                variable("--azure-entra-assertion-env", azure_entra_assertion_env)?;
             let entra = variable("--azure-entra-secret-env", azure_entra_secret_env)?.map(
                 |client_secret| flywheel_simulator::EntraMode {
                     tenant: azure_entra_tenant,
                     client_id: azure_entra_client_id,
                     client_secret,
+                    client_assertion,
                     token_ttl: Duration::from_secs(azure_entra_token_ttl_s),
                 },
             );

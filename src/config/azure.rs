@@ -59,8 +59,13 @@ pub struct AzureDeploymentConfig {
 pub struct EntraConfig {
     pub tenant_id: String,
     pub client_id: String,
-    /// The variable holding the client secret.
-    pub client_secret_env: String,
+    /// The variable holding the client secret; or
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_env: Option<String>,
+    /// a file holding a federated token (a signed assertion, as AKS
+    /// workload identity writes and rotates it), read at every renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_assertion_file: Option<std::path::PathBuf>,
     /// The identity platform's host; a sovereign cloud has its own.
     #[serde(default = "authority")]
     pub authority: String,
@@ -213,13 +218,30 @@ pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
 fn check_entra(i: usize, e: &EntraConfig) -> Result<(), ConfigError> {
     let key = |field: &str| format!("providers[{i}].entra.{field}");
     check_segment(&key("tenant_id"), &e.tenant_id)?;
-    for (field, value) in [
-        ("client_id", &e.client_id),
-        ("client_secret_env", &e.client_secret_env),
-        ("scope", &e.scope),
-    ] {
+    for (field, value) in [("client_id", &e.client_id), ("scope", &e.scope)] {
         if value.trim().is_empty() {
             return Err(ConfigError::invalid(key(field), "must not be empty"));
+        }
+    }
+    match (&e.client_secret_env, &e.client_assertion_file) {
+        (Some(var), None) if var.trim().is_empty() => {
+            return Err(ConfigError::invalid(
+                key("client_secret_env"),
+                "names no variable",
+            ));
+        }
+        (Some(_), None) | (None, Some(_)) => {}
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                key("client_assertion_file"),
+                "set either client_secret_env or client_assertion_file, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                key("client_secret_env"),
+                "needs client_secret_env (a client secret) or client_assertion_file (a federated token, as AKS workload identity writes)",
+            ));
         }
     }
     check_http_url(&key("authority"), &e.authority)
@@ -321,6 +343,9 @@ model_type = "threat_detection"
             entra(complete)
         );
         assert!(load(&deploying).is_ok(), "{deploying}");
+        let federated =
+            "tenant_id = \"t\"\nclient_id = \"c\"\nclient_assertion_file = \"/tokens/t\"";
+        assert!(load(&entra(federated)).is_ok());
         let e = config.providers[0].entra.as_ref().unwrap();
         assert_eq!(e.authority, "https://login.microsoftonline.com");
         assert_eq!(e.scope, "https://cognitiveservices.azure.com/.default");
@@ -344,6 +369,14 @@ model_type = "threat_detection"
             (
                 format!("[providers.entra]\n{complete}"),
                 "providers[0].entra",
+            ),
+            (
+                entra(&format!("{complete}\nclient_assertion_file = \"/tokens/t\"")),
+                "providers[0].entra.client_assertion_file",
+            ),
+            (
+                entra("tenant_id = \"t\"\nclient_id = \"c\""),
+                "providers[0].entra.client_secret_env",
             ),
             (
                 "kind = \"azure\"\nurl_style = \"v1\"\napi_key_env = \"K\"\n[providers.deployment]\nsubscription_id = \"s\"\nresource_group = \"rg\"\naccount = \"a\"".to_string(),

@@ -60,7 +60,7 @@ impl Secrets {
         let provider_keys =
             per_provider(&|p| p.api_key_env.as_deref().or(p.bearer_token_env.as_deref()));
         let management_tokens = per_provider(&|p| p.deployment.as_ref()?.token_env.as_deref());
-        let entra_secrets = per_provider(&|p| Some(&p.entra.as_ref()?.client_secret_env));
+        let entra_secrets = per_provider(&|p| p.entra.as_ref()?.client_secret_env.as_deref());
         Self {
             admin_token: get(&config.auth.admin_token_env),
             provider_keys,
@@ -105,12 +105,11 @@ impl Secrets {
                     state(var)
                 ));
             }
-            if let Some(e) = &p.entra {
+            if let Some(var) = p.entra.as_ref().and_then(|e| e.client_secret_env.as_ref()) {
                 lines.push(format!(
-                    "providers.{}.entra.client_secret_env = {}: {}",
+                    "providers.{}.entra.client_secret_env = {var}: {}",
                     p.name,
-                    e.client_secret_env,
-                    state(&e.client_secret_env)
+                    state(var)
                 ));
             }
             if let Some(var) = p.deployment.as_ref().and_then(|d| d.token_env.as_ref()) {

@@ -931,6 +931,7 @@ fn entra_simulator(management_token: &str, ttl: Duration) -> SimulatorConfig {
             tenant: "soc-tenant".into(),
             client_id: "flywheel-app".into(),
             client_secret: PROVIDER_KEY.into(),
+            client_assertion: Some(FEDERATED.into()),
             token_ttl: ttl,
         });
     }
@@ -1068,4 +1069,60 @@ async fn entra_credentials_also_sign_in_to_the_management_api_for_deployments() 
     assert_eq!(done["deployment"]["state"], "succeeded", "{done:#}");
     assert_eq!(done["deployment"]["managed"], true, "{done:#}");
     assert!(done["registered_version"].is_string(), "{done:#}");
+}
+
+/// The federated token the simulator's token endpoint accepts for
+/// `flywheel-app`, as a workload identity's token file would hold it.
+const FEDERATED: &str = "federated-token-of-the-pod";
+
+#[tokio::test]
+async fn a_federated_token_file_signs_in_and_is_read_again_when_it_changes() {
+    let sim = spawn_simulator(entra_simulator(PROVIDER_KEY, Duration::from_secs(3600))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, "an expired token\n").unwrap();
+    let extra = format!(
+        "[[providers]]\nname = \"azfed\"\nkind = \"azure\"\nbase_url = \"http://{sim}\"\n\
+         url_style = \"v1\"\nmax_retries = 0\n[providers.entra]\ntenant_id = \"soc-tenant\"\n\
+         client_id = \"flywheel-app\"\nclient_assertion_file = \"{}\"\nauthority = \"http://{sim}\"\n\
+         [[models]]\nname = \"fed\"\nmodel_type = \"threat_detection\"\n\
+         [[models.versions]]\nname = \"base\"\nprovider = \"azfed\"\nmodel = \"triage-prod\"\n",
+        token_file.display()
+    );
+    let app = spawn_app_with(azure_options(sim, "", &extra)).await;
+    let fed = || {
+        let mut body = chat(false);
+        body["model"] = json!("fed");
+        app.http
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&app.client_key)
+            .json(&body)
+            .send()
+    };
+    // The token endpoint refuses what the file holds: nothing is sent.
+    let refused = eventually(
+        "the refusal to be known",
+        Duration::from_secs(10),
+        || async {
+            let (status, error) = azure_error(fed().await.unwrap()).await;
+            let message = error["message"].as_str().unwrap_or_default().to_string();
+            (status == 502 && message.contains("AADSTS700027")).then_some(message)
+        },
+    )
+    .await;
+    assert!(refused.contains("invalid_client"), "{refused}");
+
+    // The file is rotated, as the cluster does: the next renewal reads it.
+    std::fs::write(&token_file, format!("{FEDERATED}\n")).unwrap();
+    let answered = eventually(
+        "a chat under the federated token",
+        Duration::from_secs(20),
+        || async {
+            let response = fed().await.unwrap();
+            (response.status() == 200).then_some(response)
+        },
+    )
+    .await;
+    let body: Value = answered.json().await.unwrap();
+    assert_eq!(body["model"], "gpt-4o-mini", "{body}");
 }

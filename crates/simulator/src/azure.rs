@@ -74,9 +74,15 @@ pub struct EntraMode {
     pub tenant: String,
     pub client_id: String,
     pub client_secret: String,
+    /// The federated token (client assertion) it also accepts in place of
+    /// the secret, as a workload identity presents one; `None`: none is.
+    pub client_assertion: Option<String>,
     /// How long an issued token is accepted (`expires_in`).
     pub token_ttl: Duration,
 }
+
+/// The assertion type of a federated token.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The scope a token for Azure OpenAI is asked for.
 const COGNITIVE_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
@@ -310,7 +316,24 @@ async fn token(
             ),
         );
     }
-    if field("client_secret") != entra.client_secret {
+    if let Some(assertion) = form.get("client_assertion") {
+        if field("client_assertion_type") != JWT_BEARER {
+            return entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "Invalid client_assertion_type.",
+            );
+        }
+        if entra.client_assertion.as_deref() != Some(assertion.as_str()) {
+            return entra_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                700027,
+                "Client assertion failed signature validation.",
+            );
+        }
+    } else if field("client_secret") != entra.client_secret {
         return entra_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",

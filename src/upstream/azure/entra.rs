@@ -1,8 +1,10 @@
 //! Microsoft Entra ID tokens for an Azure provider with `[providers.entra]`:
-//! the app registration's client credentials exchanged at
-//! `{authority}/{tenant}/oauth2/v2.0/token` for a bearer token, renewed by
-//! a background task when three quarters of its lifetime have passed, so
-//! a token never runs out under a request (they last about an hour).
+//! the app registration's client credentials — its secret, or a federated
+//! token from a file (AKS workload identity), read afresh each time as it
+//! is rotated — exchanged at `{authority}/{tenant}/oauth2/v2.0/token` for
+//! a bearer token, renewed by a background task when three quarters of its
+//! lifetime have passed, so a token never runs out under a request (they
+//! last about an hour).
 //!
 //! The request path only reads the current token (one atomic load). While
 //! none is valid — before the first arrives, or once renewals have failed
@@ -31,12 +33,23 @@ pub struct Entra {
     url: String,
     client_id: String,
     scope: String,
-    secret: Option<SecretString>,
+    credential: Credential,
     http: reqwest::Client,
     current: ArcSwapOption<Token>,
     /// Why the last request for a token failed, when it did.
     failure: ArcSwapOption<String>,
 }
+
+/// What proves the app's identity to the token endpoint.
+enum Credential {
+    /// The client secret; `None` when its variable is not set.
+    Secret(Option<SecretString>),
+    /// A file holding a signed assertion (a federated token).
+    Assertion(std::path::PathBuf),
+}
+
+/// The assertion type of a federated token.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 struct Token {
     /// `Bearer …`, marked sensitive.
@@ -62,8 +75,8 @@ struct Refused {
 
 impl Entra {
     /// The source of `provider`'s tokens for `scope`, with its client
-    /// secret (`None` when the variable is not set: every request then
-    /// says so).
+    /// secret unless it proves itself with an assertion file (`None` when
+    /// the variable is not set: every request then says so).
     pub fn new(
         provider: &str,
         config: &EntraConfig,
@@ -80,7 +93,10 @@ impl Entra {
             ),
             client_id: config.client_id.trim().to_string(),
             scope: scope.trim().to_string(),
-            secret,
+            credential: match &config.client_assertion_file {
+                Some(path) => Credential::Assertion(path.clone()),
+                None => Credential::Secret(secret),
+            },
             http,
             current: ArcSwapOption::empty(),
             failure: ArcSwapOption::empty(),
@@ -134,15 +150,32 @@ impl Entra {
 
     /// Asks for a token and keeps it; its lifetime.
     async fn renew(&self) -> Result<Duration, String> {
-        let Some(secret) = &self.secret else {
-            return Err("its client secret (entra.client_secret_env) is not set".into());
+        let proof = match &self.credential {
+            Credential::Secret(Some(secret)) => {
+                vec![("client_secret", secret.expose_secret().to_string())]
+            }
+            Credential::Secret(None) => {
+                return Err("its client secret (entra.client_secret_env) is not set".into());
+            }
+            Credential::Assertion(path) => {
+                let assertion = tokio::fs::read_to_string(path).await.map_err(|e| {
+                    format!(
+                        "cannot read entra.client_assertion_file {}: {e}",
+                        path.display()
+                    )
+                })?;
+                vec![
+                    ("client_assertion_type", JWT_BEARER.to_string()),
+                    ("client_assertion", assertion.trim().to_string()),
+                ]
+            }
         };
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", secret.expose_secret()),
-            ("scope", self.scope.as_str()),
+        let mut form = vec![
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", self.client_id.clone()),
+            ("scope", self.scope.clone()),
         ];
+        form.extend(proof);
         let asked = Instant::now();
         let response = self
             .http
@@ -220,7 +253,8 @@ mod tests {
         let config = EntraConfig {
             tenant_id: "t".into(),
             client_id: "c".into(),
-            client_secret_env: "S".into(),
+            client_secret_env: Some("S".into()),
+            client_assertion_file: None,
             authority: "http://127.0.0.1:9/".into(),
             scope: "s".into(),
         };

@@ -211,6 +211,7 @@ async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
                 tenant: "t1".into(),
                 client_id: "app".into(),
                 client_secret: "s3cret".into(),
+                client_assertion: Some("federated".into()),
                 token_ttl: Duration::from_secs(1),
             }),
             ..AzureMode::default()
@@ -219,6 +220,8 @@ async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
     });
     let scope = "scope=https%3A%2F%2Fcognitiveservices.azure.com%2F.default";
     let grant = format!("grant_type=client_credentials&client_id=app&client_secret=s3cret&{scope}");
+    let assertion =
+        "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
     for (tenant, form, status, error) in [
         ("t2", grant.clone(), 400, "invalid_tenant"),
         (
@@ -240,6 +243,24 @@ async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
             "unsupported_grant_type",
         ),
         ("t1", grant.replace(scope, "scope=x"), 400, "invalid_scope"),
+        (
+            "t1",
+            grant.replace(
+                "client_secret=s3cret",
+                &format!("client_assertion=forged&{assertion}"),
+            ),
+            401,
+            "invalid_client",
+        ),
+        (
+            "t1",
+            grant.replace(
+                "client_secret=s3cret",
+                "client_assertion=federated&client_assertion_type=x",
+            ),
+            400,
+            "invalid_request",
+        ),
     ] {
         let (got, body) = call(&app, token_request(tenant, &form)).await;
         assert_eq!(
@@ -254,6 +275,11 @@ async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
                 .starts_with("AADSTS")
         );
     }
+    let federated = grant.replace(
+        "client_secret=s3cret",
+        &format!("client_assertion=federated&{assertion}"),
+    );
+    assert_eq!(call(&app, token_request("t1", &federated)).await.0, 200);
     let (status, issued) = call(&app, token_request("t1", &grant)).await;
     assert_eq!(
         (status, &issued["expires_in"]),
