@@ -174,9 +174,14 @@ impl Endpoint {
 
     /// Why the database cannot be used, for a start-up message.
     fn unusable(&self, error: impl std::fmt::Display) -> StoreError {
+        self.refused("use", error)
+    }
+
+    /// Why the database cannot be put to `use` (a verb), naming the key.
+    pub(crate) fn refused(&self, doing: &str, error: impl std::fmt::Display) -> StoreError {
         let error = error.to_string();
         config_error(format!(
-            "cannot use the database at {}: {error}{}",
+            "cannot {doing} the database at {}: {error}{}",
             self.describe(),
             tls::hint(&error)
         ))

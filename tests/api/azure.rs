@@ -1010,29 +1010,15 @@ async fn entra_client_credentials_are_exchanged_for_tokens_renewed_before_they_e
     );
 
     // Renewals are counted per provider and outcome.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let renewals = |provider: &str, outcome: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("flywheel_upstream_token_renewals_total{"))
-            .filter(|l| {
-                l.contains(&format!("provider=\"{provider}\""))
-                    && l.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let app = &app;
+    let renewals = |provider: &'static str, outcome: &'static str| async move {
+        let labels = [("provider", provider), ("outcome", outcome)];
+        app.metric_where("flywheel_upstream_token_renewals_total", &labels)
+            .await
     };
-    assert!(renewals("azent", "ok") >= 3.0, "{metrics}");
-    assert!(renewals("azbad", "failed") >= 1.0, "{metrics}");
-    assert_eq!(renewals("azbad", "ok"), 0.0);
+    assert!(renewals("azent", "ok").await >= 3.0);
+    assert!(renewals("azbad", "failed").await >= 1.0);
+    assert_eq!(renewals("azbad", "ok").await, 0.0);
 }
 
 /// `options` with provider `az` signing in with Entra ID client

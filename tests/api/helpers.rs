@@ -201,6 +201,12 @@ impl TestApp {
     /// The sum of a Prometheus metric over its labels, 0 when `/metrics`
     /// does not show it.
     pub async fn metric(&self, name: &str) -> f64 {
+        self.metric_where(name, &[]).await
+    }
+
+    /// The sum of a Prometheus metric over the series carrying every one
+    /// of `labels` (name, value), 0 when `/metrics` shows none.
+    pub async fn metric_where(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = self
             .http
             .get(self.url("/metrics"))
@@ -215,6 +221,11 @@ impl TestApp {
             .filter(|l| {
                 l.strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()

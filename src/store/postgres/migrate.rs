@@ -4,7 +4,7 @@
 //! advisory lock makes the others wait while one applies them, so a
 //! rolling upgrade migrates once.
 
-use super::{Endpoint, PgOptions, db_error, tls};
+use super::{Endpoint, PgOptions, db_error};
 use crate::store::StoreError;
 
 mod embedded {
@@ -62,7 +62,7 @@ pub fn migrate(options: &PgOptions) -> Result<String, StoreError> {
     let where_to = endpoint.describe();
     runtime
         .block_on(async {
-            tokio::time::timeout(options.statement_timeout * 4, run(endpoint))
+            tokio::time::timeout(options.statement_timeout * 4, run(endpoint.clone()))
                 .await
                 .unwrap_or_else(|_| {
                     Err(StoreError::Unavailable(
@@ -70,15 +70,6 @@ pub fn migrate(options: &PgOptions) -> Result<String, StoreError> {
                     ))
                 })
         })
-        .map_err(|e| {
-            let e = e.to_string();
-            StoreError::Config {
-                key: "store.url_env",
-                problem: format!(
-                    "cannot migrate the database at {where_to}: {e}{}",
-                    tls::hint(&e)
-                ),
-            }
-        })?;
+        .map_err(|e| endpoint.refused("migrate", e))?;
     Ok(format!("the database at {where_to} is up to date"))
 }
