@@ -3,6 +3,7 @@
 
 use super::azure::{self, Azure};
 use super::errors::{error_from_reply, transport_error};
+use super::fine_tuning::FineTuningError;
 use super::retry::{RetryDecision, backoff, retry_after};
 use super::transport::{ByteStream, Payload, Transport, TransportError};
 use crate::config::{Config, ProviderConfig, Secrets};
@@ -322,17 +323,26 @@ impl Provider {
 
     /// A request to `path` under the base URL carrying our provider key,
     /// bounded by the provider's whole-request timeout; for the files and
-    /// fine-tuning calls, which are not relayed to a client.
-    pub(super) fn authorized(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    /// fine-tuning calls, which are not relayed to a client. Without a
+    /// valid Entra ID token nothing is sent: the error carries the
+    /// identity platform's reason and is transient, so a job's poller
+    /// tries again once a renewal has succeeded.
+    pub(super) fn authorized(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, FineTuningError> {
         let builder = self
             .http
             .request(method, self.url(path, None))
             .timeout(self.total_timeout);
         match self.our_authorization() {
-            Ok(Some((name, value))) => builder.header(name, value),
-            // Without a token the provider's 401 says so; the renewal's
-            // failure is in the log.
-            Ok(None) | Err(_) => builder,
+            Ok(Some((name, value))) => Ok(builder.header(name, value)),
+            Ok(None) => Ok(builder),
+            Err(why) => Err(FineTuningError::Transport {
+                provider: self.name.to_string(),
+                detail: format!("not sent: {why}"),
+            }),
         }
     }
 

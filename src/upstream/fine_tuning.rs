@@ -201,21 +201,21 @@ impl Provider {
         let form = reqwest::multipart::Form::new()
             .text("purpose", "fine-tune")
             .part("file", part);
-        let request = self.authorized(Method::POST, FILES_PATH).multipart(form);
+        let request = self.authorized(Method::POST, FILES_PATH)?.multipart(form);
         self.call(request).await
     }
 
     /// `GET /files?purpose=fine-tune`: the uploads the provider holds.
     pub async fn list_files(&self) -> Result<Page<FileObject>, FineTuningError> {
         let request = self
-            .authorized(Method::GET, FILES_PATH)
+            .authorized(Method::GET, FILES_PATH)?
             .query(&[("purpose", "fine-tune")]);
         self.call(request).await
     }
 
     /// `GET /files/{id}`.
     pub async fn get_file(&self, id: &str) -> Result<FileObject, FineTuningError> {
-        let request = self.authorized(Method::GET, &format!("{FILES_PATH}/{id}"));
+        let request = self.authorized(Method::GET, &format!("{FILES_PATH}/{id}"))?;
         self.call(request).await
     }
 
@@ -232,7 +232,7 @@ impl Provider {
             }
         }
         let request = self
-            .authorized(Method::POST, JOBS_PATH)
+            .authorized(Method::POST, JOBS_PATH)?
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
         self.call(request).await
@@ -240,7 +240,7 @@ impl Provider {
 
     /// `GET /fine_tuning/jobs/{id}`.
     pub async fn get_job(&self, id: &str) -> Result<JobObject, FineTuningError> {
-        let request = self.authorized(Method::GET, &format!("{JOBS_PATH}/{id}"));
+        let request = self.authorized(Method::GET, &format!("{JOBS_PATH}/{id}"))?;
         self.call(request).await
     }
 
@@ -251,7 +251,7 @@ impl Provider {
         limit: usize,
     ) -> Result<Page<JobObject>, FineTuningError> {
         let request = self
-            .authorized(Method::GET, JOBS_PATH)
+            .authorized(Method::GET, JOBS_PATH)?
             .query(&page_query(after, limit));
         self.call(request).await
     }
@@ -266,14 +266,14 @@ impl Provider {
         limit: usize,
     ) -> Result<Page<EventObject>, FineTuningError> {
         let request = self
-            .authorized(Method::GET, &format!("{JOBS_PATH}/{id}/events"))
+            .authorized(Method::GET, &format!("{JOBS_PATH}/{id}/events"))?
             .query(&page_query(after, limit));
         self.call(request).await
     }
 
     /// `POST /fine_tuning/jobs/{id}/cancel`.
     pub async fn cancel_job(&self, id: &str) -> Result<JobObject, FineTuningError> {
-        let request = self.authorized(Method::POST, &format!("{JOBS_PATH}/{id}/cancel"));
+        let request = self.authorized(Method::POST, &format!("{JOBS_PATH}/{id}/cancel"))?;
         self.call(request).await
     }
 

@@ -89,7 +89,7 @@ impl Provider {
     /// otherwise; the error is kept as sent.
     async fn admin_call(&self, path: &str, body: &Value) -> Result<(), FineTuningError> {
         let response = self
-            .authorized(Method::POST, path)
+            .authorized(Method::POST, path)?
             .header(header::CONTENT_TYPE, "application/json")
             .body(body.to_string())
             .send()

@@ -1057,6 +1057,53 @@ async fn entra_credentials_also_sign_in_to_the_management_api_for_deployments() 
     assert!(done["registered_version"].is_string(), "{done:#}");
 }
 
+/// A fine-tuning provider whose Entra ID credentials are refused: the
+/// job's calls are not sent unsigned (Azure's bare 401 would hide why);
+/// the job waits out the failure with the identity platform's reason.
+#[tokio::test]
+async fn a_fine_tuning_job_without_an_entra_token_sends_nothing_and_says_why() {
+    let sim = spawn_simulator(entra_simulator(PROVIDER_KEY, Duration::from_secs(3600))).await;
+    let extra = format!(
+        "{FT}[[providers]]\nname = \"azbadft\"\nkind = \"azure\"\nbase_url = \"http://{sim}\"\n\
+         url_style = \"v1\"\nfine_tuning = true\n{}",
+        entra_section(sim, "nobody")
+    );
+    let app = spawn_app_with(azure_options(sim, "", &extra)).await;
+    let data = labelled_dataset(&app).await;
+    let created = create_job(
+        &app,
+        json!({"alias": "triage", "dataset_id": data.dataset_id, "provider": "azbadft"}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap();
+    let waiting = eventually(
+        "the job to note why it cannot upload",
+        Duration::from_secs(20),
+        || async {
+            let job = crate::fine_tuning::job(&app, id).await;
+            let events = job["events"].as_array().cloned().unwrap_or_default();
+            let noted = events.iter().find_map(|e| {
+                let message = e["message"].as_str()?;
+                message
+                    .contains("AADSTS700016")
+                    .then(|| message.to_string())
+            });
+            noted.map(|message| (job, message))
+        },
+    )
+    .await;
+    let (job, message) = waiting;
+    assert!(
+        message.contains("not sent") && message.contains("trying again"),
+        "{message}"
+    );
+    assert_ne!(job["status"], "failed", "{job:#}");
+    assert!(
+        job["provider_file_ids"]["training_file"].is_null(),
+        "{job:#}"
+    );
+}
+
 /// The federated token the simulator's token endpoint accepts for
 /// `flywheel-app`, as a workload identity's token file would hold it.
 const FEDERATED: &str = "federated-token-of-the-pod";
