@@ -12,7 +12,7 @@ mod validate;
 
 pub use azure::{
     AzureDeploymentConfig, AzureUrlStyle, EntraConfig,
-    MANAGEMENT_API_VERSION as AZURE_MANAGEMENT_API_VERSION,
+    MANAGEMENT_API_VERSION as AZURE_MANAGEMENT_API_VERSION, ManagedIdentityHost,
 };
 pub use load::{ConfigError, ENV_PREFIX, SEED_ENV_ALIASES};
 pub use secrets::Secrets;

@@ -86,6 +86,13 @@ enum Command {
         /// assertion) the token endpoint also accepts for the app.
         #[arg(long, requires = "azure_entra_secret_env")]
         azure_entra_assertion_env: Option<String>,
+        /// Azure mode: also serve App Service's managed identity endpoint
+        /// (`GET /msi/token`), which wants the secret in this variable as
+        /// `X-IDENTITY-HEADER` (the metadata service's endpoint,
+        /// `/metadata/identity/oauth2/token`, is served with the token
+        /// endpoint).
+        #[arg(long, requires = "azure_entra_secret_env")]
+        azure_entra_identity_header_env: Option<String>,
     },
     /// Simulator + proxy + admin UI on loopback with a fresh data directory.
     Demo {
@@ -254,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             azure_entra_client_id,
             azure_entra_token_ttl_s,
             azure_entra_assertion_env,
+            azure_entra_identity_header_env,
         } => {
             let variable = |flag: &str, var: Option<String>| match var {
                 Some(var) => std::env::var(&var).map(Some).map_err(|_| {
@@ -266,6 +274,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 variable("--azure-management-token-env", azure_management_token_env)?;
             let client_assertion =
                 variable("--azure-entra-assertion-env", azure_entra_assertion_env)?;
+            let identity_header = variable(
+                "--azure-entra-identity-header-env",
+                azure_entra_identity_header_env,
+            )?;
             let entra = variable("--azure-entra-secret-env", azure_entra_secret_env)?.map(
                 |client_secret| flywheel_simulator::EntraMode {
                     tenant: azure_entra_tenant,
@@ -273,6 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     client_secret,
                     client_assertion,
                     token_ttl: Duration::from_secs(azure_entra_token_ttl_s),
+                    identity_header,
                 },
             );
             let azure = azure.then(|| flywheel_simulator::AzureMode {

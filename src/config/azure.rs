@@ -51,27 +51,96 @@ pub struct AzureDeploymentConfig {
     pub provisioning_timeout_s: u64,
 }
 
-/// Microsoft Entra ID client credentials (an app registration or service
-/// principal): Flywheel asks `{authority}/{tenant_id}/oauth2/v2.0/token`
-/// for tokens and renews each before it expires.
+/// Microsoft Entra ID tokens, renewed before they expire, from either an
+/// app registration's client credentials (Flywheel asks
+/// `{authority}/{tenant_id}/oauth2/v2.0/token`) or the managed identity
+/// of the host Flywheel runs on (`managed_identity = true`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntraConfig {
-    pub tenant_id: String,
-    pub client_id: String,
+    /// Client credentials: the directory the app registration is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Client credentials: the app registration's client id. A managed
+    /// identity: a user-assigned identity's client id (the host's
+    /// system-assigned identity when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// The variable holding the client secret; or
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_env: Option<String>,
     /// a file holding a federated token (a signed assertion, as AKS
-    /// workload identity writes and rotates it), read at every renewal.
+    /// workload identity writes and rotates it), read at every renewal; or
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_assertion_file: Option<std::path::PathBuf>,
-    /// The identity platform's host; a sovereign cloud has its own.
+    /// the host's managed identity (a VM's, through the instance metadata
+    /// service; App Service's, Container Apps' or Functions', through the
+    /// endpoint their environment names).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub managed_identity: bool,
+    /// Client credentials: the identity platform's host; a sovereign
+    /// cloud has its own.
     #[serde(default = "authority")]
     pub authority: String,
     /// What the token is for.
     #[serde(default = "scope")]
     pub scope: String,
+}
+
+/// Where the host's managed identity hands out tokens, as the platform
+/// announces it in the environment.
+#[derive(Clone)]
+pub enum ManagedIdentityHost {
+    /// App Service, Container Apps, Functions: `IDENTITY_ENDPOINT`, asked
+    /// with the secret in `IDENTITY_HEADER`.
+    AppService {
+        endpoint: String,
+        header: secrecy::SecretString,
+    },
+    /// A VM, a scale set, an AKS node: the instance metadata service, at
+    /// `AZURE_POD_IDENTITY_AUTHORITY_HOST` when that is set (as Azure's own
+    /// SDKs read it), else its link-local address.
+    Imds { endpoint: String },
+}
+
+/// The instance metadata service's address.
+const IMDS_HOST: &str = "http://169.254.169.254";
+
+impl ManagedIdentityHost {
+    /// The host's endpoint, from the variables `lookup` reads (the process
+    /// environment in `main`); empty values count as unset.
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        match (get("IDENTITY_ENDPOINT"), get("IDENTITY_HEADER")) {
+            (Some(endpoint), Some(header)) => Self::AppService {
+                endpoint,
+                header: header.into(),
+            },
+            _ => {
+                let host = get("AZURE_POD_IDENTITY_AUTHORITY_HOST");
+                let host = host.as_deref().unwrap_or(IMDS_HOST).trim_end_matches('/');
+                Self::Imds {
+                    endpoint: format!("{host}/metadata/identity/oauth2/token"),
+                }
+            }
+        }
+    }
+
+    /// Where tokens are asked for, and by which protocol.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::AppService { endpoint, .. } => format!(
+                "the platform's identity endpoint {endpoint} (IDENTITY_ENDPOINT, with IDENTITY_HEADER)"
+            ),
+            Self::Imds { endpoint } => format!("the instance metadata service at {endpoint}"),
+        }
+    }
+}
+
+impl Default for ManagedIdentityHost {
+    fn default() -> Self {
+        Self::from_env(|_| None)
+    }
 }
 
 fn authority() -> String {
@@ -217,11 +286,32 @@ pub(super) fn check(i: usize, p: &ProviderConfig) -> Result<(), ConfigError> {
 
 fn check_entra(i: usize, e: &EntraConfig) -> Result<(), ConfigError> {
     let key = |field: &str| format!("providers[{i}].entra.{field}");
-    check_segment(&key("tenant_id"), &e.tenant_id)?;
-    for (field, value) in [("client_id", &e.client_id), ("scope", &e.scope)] {
-        if value.trim().is_empty() {
-            return Err(ConfigError::invalid(key(field), "must not be empty"));
+    if e.scope.trim().is_empty() {
+        return Err(ConfigError::invalid(key("scope"), "must not be empty"));
+    }
+    if e.client_id
+        .as_deref()
+        .is_some_and(|id| id.trim().is_empty())
+    {
+        return Err(ConfigError::invalid(key("client_id"), "must not be empty"));
+    }
+    if e.managed_identity {
+        return check_managed_identity(&key, e);
+    }
+    match &e.tenant_id {
+        Some(tenant) => check_segment(&key("tenant_id"), tenant)?,
+        None => {
+            return Err(ConfigError::invalid(
+                key("tenant_id"),
+                "is required for client credentials (or set managed_identity = true)",
+            ));
         }
+    }
+    if e.client_id.is_none() {
+        return Err(ConfigError::invalid(
+            key("client_id"),
+            "is required for client credentials (or set managed_identity = true)",
+        ));
     }
     match (&e.client_secret_env, &e.client_assertion_file) {
         (Some(var), None) if var.trim().is_empty() => {
@@ -240,11 +330,33 @@ fn check_entra(i: usize, e: &EntraConfig) -> Result<(), ConfigError> {
         (None, None) => {
             return Err(ConfigError::invalid(
                 key("client_secret_env"),
-                "needs client_secret_env (a client secret) or client_assertion_file (a federated token, as AKS workload identity writes)",
+                "needs client_secret_env (a client secret), client_assertion_file (a federated token, as AKS workload identity writes) or managed_identity = true (the host's identity)",
             ));
         }
     }
     check_http_url(&key("authority"), &e.authority)
+}
+
+/// A managed identity takes its identity and the endpoint from the host:
+/// the client credentials' keys would be ignored, so they are refused.
+fn check_managed_identity(
+    key: &dyn Fn(&str) -> String,
+    e: &EntraConfig,
+) -> Result<(), ConfigError> {
+    for (field, set) in [
+        ("tenant_id", e.tenant_id.is_some()),
+        ("client_secret_env", e.client_secret_env.is_some()),
+        ("client_assertion_file", e.client_assertion_file.is_some()),
+        ("authority", e.authority != authority()),
+    ] {
+        if set {
+            return Err(ConfigError::invalid(
+                key(field),
+                "is for client credentials; with managed_identity = true the host's identity is used (set client_id only for a user-assigned identity)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A value that becomes one segment of a URL's path.
@@ -347,6 +459,7 @@ model_type = "threat_detection"
             "tenant_id = \"t\"\nclient_id = \"c\"\nclient_assertion_file = \"/tokens/t\"";
         assert!(load(&entra(federated)).is_ok());
         let e = config.providers[0].entra.as_ref().unwrap();
+        assert!(!e.managed_identity);
         assert_eq!(e.authority, "https://login.microsoftonline.com");
         assert_eq!(e.scope, "https://cognitiveservices.azure.com/.default");
         for (extra, key) in [
@@ -386,6 +499,97 @@ model_type = "threat_detection"
             let error = load(&extra).unwrap_err();
             assert!(error.contains(&format!("`{key}`")), "{extra}: {error}");
         }
+    }
+
+    #[test]
+    fn a_managed_identity_takes_only_an_optional_client_id() {
+        let entra = |fields: &str| {
+            format!("kind = \"azure\"\nurl_style = \"v1\"\n[providers.entra]\n{fields}")
+        };
+        let system = load(&entra("managed_identity = true")).unwrap();
+        let e = system.providers[0].entra.as_ref().unwrap();
+        assert!(e.managed_identity && e.client_id.is_none());
+        assert!(load(&entra("managed_identity = true\nclient_id = \"u\"")).is_ok());
+        let deploying = format!(
+            "{}\n[providers.deployment]\nsubscription_id = \"s\"\nresource_group = \"rg\"\naccount = \"a\"",
+            entra("managed_identity = true")
+        );
+        assert!(load(&deploying).is_ok(), "{deploying}");
+        for (fields, key) in [
+            ("managed_identity = true\ntenant_id = \"t\"", "tenant_id"),
+            (
+                "managed_identity = true\nclient_secret_env = \"S\"",
+                "client_secret_env",
+            ),
+            (
+                "managed_identity = true\nclient_assertion_file = \"/t\"",
+                "client_assertion_file",
+            ),
+            (
+                "managed_identity = true\nauthority = \"https://login.example\"",
+                "authority",
+            ),
+            ("managed_identity = true\nclient_id = \" \"", "client_id"),
+            (
+                "managed_identity = false\nclient_id = \"c\"\nclient_secret_env = \"S\"",
+                "tenant_id",
+            ),
+            ("tenant_id = \"t\"\nclient_secret_env = \"S\"", "client_id"),
+        ] {
+            let error = load(&entra(fields)).unwrap_err();
+            assert!(
+                error.contains(&format!("`providers[0].entra.{key}`")),
+                "{fields}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_managed_identity_endpoint_is_the_one_the_platform_announces() {
+        use super::ManagedIdentityHost;
+        use secrecy::ExposeSecret;
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        match ManagedIdentityHost::from_env(env(&[])) {
+            ManagedIdentityHost::Imds { endpoint } => assert_eq!(
+                endpoint,
+                "http://169.254.169.254/metadata/identity/oauth2/token"
+            ),
+            ManagedIdentityHost::AppService { .. } => panic!("no App Service here"),
+        }
+        let pod = env(&[("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://10.0.0.9:2579/")]);
+        match ManagedIdentityHost::from_env(pod) {
+            ManagedIdentityHost::Imds { endpoint } => {
+                assert_eq!(
+                    endpoint,
+                    "http://10.0.0.9:2579/metadata/identity/oauth2/token"
+                );
+            }
+            ManagedIdentityHost::AppService { .. } => panic!("no App Service here"),
+        }
+        let app_service = env(&[
+            ("IDENTITY_ENDPOINT", "http://localhost:4141/msi/token"),
+            ("IDENTITY_HEADER", "h3ad3r"),
+        ]);
+        match ManagedIdentityHost::from_env(app_service) {
+            ManagedIdentityHost::AppService { endpoint, header } => {
+                assert_eq!(endpoint, "http://localhost:4141/msi/token");
+                assert_eq!(header.expose_secret(), "h3ad3r");
+            }
+            ManagedIdentityHost::Imds { .. } => panic!("App Service announced itself"),
+        }
+        // An endpoint without its header is not App Service's protocol.
+        let half = env(&[("IDENTITY_ENDPOINT", "http://localhost:4141/msi/token")]);
+        assert!(matches!(
+            ManagedIdentityHost::from_env(half),
+            ManagedIdentityHost::Imds { .. }
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Secrets named by the config, resolved from the environment once at start-up.
 
-use super::{Config, ProviderConfig};
+use super::{Config, ManagedIdentityHost, ProviderConfig};
 use secrecy::SecretString;
 use std::collections::HashMap;
 
@@ -17,6 +17,9 @@ pub struct Secrets {
     pub entra_secrets: HashMap<String, SecretString>,
     /// The PostgreSQL connection URL (`store.url_env`), when set.
     pub database_url: Option<SecretString>,
+    /// Where the host's managed identity hands out tokens, for providers
+    /// with `entra.managed_identity = true`.
+    pub managed_identity: ManagedIdentityHost,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -36,6 +39,7 @@ impl std::fmt::Debug for Secrets {
                 "management_tokens",
                 &self.management_tokens.keys().collect::<Vec<_>>(),
             )
+            .field("managed_identity", &self.managed_identity.describe())
             .finish()
     }
 }
@@ -44,6 +48,7 @@ impl Secrets {
     /// Reads every variable the config names through `lookup` (the process
     /// environment in `main`, a map in tests). Empty values count as unset.
     pub fn resolve(config: &Config, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let managed_identity = ManagedIdentityHost::from_env(&lookup);
         let get = |name: &str| {
             lookup(name)
                 .filter(|v| !v.trim().is_empty())
@@ -69,6 +74,7 @@ impl Secrets {
             database_url: (config.store.kind == super::StoreKind::Postgres)
                 .then(|| get(&config.store.url_env))
                 .flatten(),
+            managed_identity,
         }
     }
 
@@ -110,6 +116,13 @@ impl Secrets {
                     "providers.{}.entra.client_secret_env = {var}: {}",
                     p.name,
                     state(var)
+                ));
+            }
+            if p.entra.as_ref().is_some_and(|e| e.managed_identity) {
+                lines.push(format!(
+                    "providers.{}.entra.managed_identity: tokens from {}",
+                    p.name,
+                    ManagedIdentityHost::from_env(&lookup).describe()
                 ));
             }
             if let Some(var) = p.deployment.as_ref().and_then(|d| d.token_env.as_ref()) {

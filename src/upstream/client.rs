@@ -163,12 +163,8 @@ impl Reply {
 }
 
 impl Provider {
-    pub fn new(
-        config: &ProviderConfig,
-        key: Option<SecretString>,
-        management_token: Option<SecretString>,
-        entra_secret: Option<SecretString>,
-    ) -> Result<Self, String> {
+    /// The provider `config` describes, with its credentials from `secrets`.
+    pub fn new(config: &ProviderConfig, secrets: &Secrets) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(config.connect_timeout_s))
@@ -200,22 +196,21 @@ impl Provider {
             name: config.name.as_str().into(),
             base_url,
             chat_uri,
-            auth: key.as_ref().and_then(|k| authorization(azure.as_ref(), k)),
+            auth: secrets
+                .provider_keys
+                .get(&config.name)
+                .and_then(|k| authorization(azure.as_ref(), k)),
             entra: config.entra.as_ref().map(|e| {
                 Arc::new(azure::entra::Entra::new(
                     &config.name,
                     e,
                     &e.scope,
-                    entra_secret.clone(),
+                    secrets.entra_secrets.get(&config.name).cloned(),
+                    &secrets.managed_identity,
                     http.clone(),
                 ))
             }),
-            management: azure::management::Management::of(
-                config,
-                management_token,
-                entra_secret,
-                &http,
-            ),
+            management: azure::management::Management::of(config, secrets, &http),
             azure,
             http,
             relay,
@@ -524,18 +519,7 @@ impl Upstreams {
         let providers = config
             .providers
             .iter()
-            .map(|p| {
-                p.serves()
-                    .then(|| {
-                        Provider::new(
-                            p,
-                            secrets.provider_keys.get(&p.name).cloned(),
-                            secrets.management_tokens.get(&p.name).cloned(),
-                            secrets.entra_secrets.get(&p.name).cloned(),
-                        )
-                    })
-                    .transpose()
-            })
+            .map(|p| p.serves().then(|| Provider::new(p, secrets)).transpose())
             .collect::<Result<Vec<_>, _>>()?;
         let default_name = &config.default_provider().name;
         let default = providers
@@ -587,7 +571,7 @@ mod tests {
             base_url = "http://exämple.test/open ai/v1/"
         "#;
         let config: ProviderConfig = toml::from_str(toml).unwrap();
-        let provider = Provider::new(&config, None, None, None).unwrap();
+        let provider = Provider::new(&config, &Secrets::default()).unwrap();
         assert_eq!(
             provider.chat_uri.to_string(),
             "http://xn--exmple-cua.test/open%20ai/v1/chat/completions"

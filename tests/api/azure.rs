@@ -933,10 +933,15 @@ fn entra_simulator(management_token: &str, ttl: Duration) -> SimulatorConfig {
             client_secret: PROVIDER_KEY.into(),
             client_assertion: Some(FEDERATED.into()),
             token_ttl: ttl,
+            identity_header: Some(IDENTITY_HEADER.into()),
         });
     }
     simulator
 }
+
+/// The secret App Service hands its apps in `IDENTITY_HEADER`, as the
+/// simulator's identity endpoint wants it.
+const IDENTITY_HEADER: &str = "identity-header-of-the-host";
 
 /// A provider's `[providers.entra]` section for `client` at the simulator.
 fn entra_section(sim: SocketAddr, client: &str) -> String {
@@ -1102,6 +1107,90 @@ async fn a_fine_tuning_job_without_an_entra_token_sends_nothing_and_says_why() {
         job["provider_file_ids"]["training_file"].is_null(),
         "{job:#}"
     );
+}
+
+/// Providers signing in with the host's managed identity: the
+/// system-assigned one (`azmi`) and a user-assigned one the host does not
+/// have (`azmibad`), and an alias `managed` with a version on each.
+fn managed_identity_extra(sim: SocketAddr) -> String {
+    let provider = |name: &str, client_id: &str| {
+        format!(
+            "[[providers]]\nname = \"{name}\"\nkind = \"azure\"\nbase_url = \"http://{sim}\"\n\
+             url_style = \"v1\"\nmax_retries = 1\n[providers.entra]\nmanaged_identity = true\n{client_id}\n"
+        )
+    };
+    format!(
+        "{}\n{}\n[[models]]\nname = \"managed\"\nmodel_type = \"threat_detection\"\nproduction = \"good\"\n\
+         [[models.versions]]\nname = \"good\"\nprovider = \"azmi\"\nmodel = \"triage-prod\"\n\
+         [[models.versions]]\nname = \"bad\"\nprovider = \"azmibad\"\nmodel = \"triage-prod\"\n",
+        provider("azmi", ""),
+        provider("azmibad", "client_id = \"nobody\"")
+    )
+}
+
+/// Flywheel on a host whose managed identity is announced by `env`
+/// (the simulator's short-lived tokens): chats go out under tokens renewed
+/// before they expire, and an identity the host lacks gives the client
+/// the endpoint's reason with nothing sent.
+async fn chats_signed_in_with_a_managed_identity(env: Vec<(&'static str, String)>, refusal: &str) {
+    let sim = spawn_simulator(entra_simulator(PROVIDER_KEY, Duration::from_secs(2))).await;
+    let mut options = azure_options(sim, "", &managed_identity_extra(sim));
+    options.env = env
+        .into_iter()
+        .map(|(name, value)| (name, value.replace("{sim}", &sim.to_string())))
+        .collect();
+    let app = spawn_app_with(options).await;
+    let managed = |variant: &'static str| {
+        let mut body = chat(false);
+        body["model"] = json!("managed");
+        soc(&app, variant, body, &[])
+    };
+    eventually(
+        "a chat under the managed identity's first token",
+        Duration::from_secs(10),
+        || async { (managed("good").await.status() == 200).then_some(()) },
+    )
+    .await;
+    // Tokens last 2 s: chats 5 s on go out under renewed ones.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        let later = managed("good").await;
+        assert_eq!(later.status(), 200, "{}", later.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let (status, error) = azure_error(managed("bad").await).await;
+    assert_eq!(status, 502, "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not sent")
+            && message.contains("refused the managed identity")
+            && message.contains(refusal),
+        "{message}"
+    );
+    let labels = [("provider", "azmi"), ("outcome", "ok")];
+    assert!(
+        app.metric_where("flywheel_upstream_token_renewals_total", &labels)
+            .await
+            >= 3.0
+    );
+}
+
+#[tokio::test]
+async fn a_vms_managed_identity_signs_in_through_the_instance_metadata_service() {
+    let env = vec![(
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        "http://{sim}".to_string(),
+    )];
+    chats_signed_in_with_a_managed_identity(env, "invalid_request: Identity not found").await;
+}
+
+#[tokio::test]
+async fn an_app_services_managed_identity_signs_in_through_the_endpoint_it_announces() {
+    let env = vec![
+        ("IDENTITY_ENDPOINT", "http://{sim}/msi/token".to_string()),
+        ("IDENTITY_HEADER", IDENTITY_HEADER.to_string()),
+    ];
+    chats_signed_in_with_a_managed_identity(env, "(400 Bad Request): Identity not found").await;
 }
 
 /// The federated token the simulator's token endpoint accepts for

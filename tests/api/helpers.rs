@@ -262,6 +262,9 @@ pub struct Options {
     pub database: Option<String>,
     /// `store.ca_file` for that database.
     pub database_ca: Option<std::path::PathBuf>,
+    /// Environment variables the app reads its secrets from, beside
+    /// `SIM_KEY` (the provider key) and the database URL.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -279,6 +282,7 @@ impl Default for Options {
             data_dir: None,
             database: None,
             database_ca: None,
+            env: Vec::new(),
         }
     }
 }
@@ -316,6 +320,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     }
     let config = Config::from_toml_str(&toml, "test", Vec::new()).unwrap();
     let mut env: HashMap<&str, &str> = [("SIM_KEY", PROVIDER_KEY)].into();
+    env.extend(
+        options
+            .env
+            .iter()
+            .map(|(name, value)| (*name, value.as_str())),
+    );
     if let Some(store) = &database {
         env.insert(postgres::URL_ENV, &store.url);
     }

@@ -8,6 +8,8 @@
 //! | `/openai/{files, fine_tuning/jobs…, responses}?api-version=…` | files and fine-tuning; an upload is `pending` for `file_import_delay`, and a job naming it meanwhile is refused (400 `invalidPayload`); jobs as the dated api-versions show them (`pending`, `notRunning`, …, no `metadata`) |
 //! | `/subscriptions/…/accounts/{account}/deployments/{name}?api-version=…` | the management API: `PUT` creates a deployment (`Creating`, then `Succeeded` after `provisioning_delay`), `GET` reads it, `DELETE` removes it |
 //! | `POST /{tenant}/oauth2/v2.0/token` | with `entra` set: Microsoft Entra ID's token endpoint for client credentials; a token it issues is accepted as the bearer for `token_ttl`, then refused as expired — by the data plane for the scope `https://cognitiveservices.azure.com/.default`, by the management API for any other `…/.default` |
+//! | `GET /metadata/identity/oauth2/token?api-version=&resource=[&client_id=]` | with `entra` set: a VM's managed identity, as the instance metadata service serves it (`Metadata: true` required); tokens for the system-assigned identity, or the user-assigned one whose client id is `entra.client_id` |
+//! | `GET /msi/token?api-version=&resource=[&client_id=]` | with `entra.identity_header` set: the same identity as App Service and Container Apps serve it, asked with `X-IDENTITY-HEADER` |
 //!
 //! Outside `/openai/v1/` a request without `api-version` is refused (400
 //! `MissingApiVersionParameter`); every `/openai/` request needs the
@@ -28,7 +30,7 @@
 use super::Sim;
 use axum::Router;
 use axum::body::{Body, Bytes, to_bytes};
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -79,6 +81,9 @@ pub struct EntraMode {
     pub client_assertion: Option<String>,
     /// How long an issued token is accepted (`expires_in`).
     pub token_ttl: Duration,
+    /// The secret App Service's identity endpoint (`/msi/token`) wants in
+    /// `X-IDENTITY-HEADER`; `None`: that endpoint is not served.
+    pub identity_header: Option<String>,
 }
 
 /// The assertion type of a federated token.
@@ -160,6 +165,11 @@ pub fn router(sim: Sim, mode: AzureMode, inner: Router) -> Router {
         .route("/openai/{*rest}", axum::routing::any(data_plane))
         .route("/subscriptions/{*rest}", axum::routing::any(management))
         .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+        .route(
+            "/metadata/identity/oauth2/token",
+            axum::routing::get(imds_token),
+        )
+        .route("/msi/token", axum::routing::get(app_service_token))
         .with_state(azure)
         .fallback_service(inner)
 }
@@ -353,11 +363,7 @@ async fn token(
             ),
         );
     };
-    let access_token = format!("sim-entra-{}", uuid_like());
-    let now = Instant::now();
-    let mut tokens = azure.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-    tokens.retain(|_, (expires, _)| *expires > now);
-    tokens.insert(access_token.clone(), (now + entra.token_ttl, audience));
+    let access_token = azure.issue(entra.token_ttl, audience);
     axum::Json(json!({
         "token_type": "Bearer",
         "expires_in": entra.token_ttl.as_secs().max(1),
@@ -365,6 +371,140 @@ async fn token(
         "access_token": access_token,
     }))
     .into_response()
+}
+
+/// What a managed identity endpoint is asked: `api-version`, `resource`
+/// and, for a user-assigned identity, `client_id`.
+struct IdentityQuery {
+    api_version: Option<String>,
+    resource: Option<String>,
+    client_id: Option<String>,
+}
+
+impl IdentityQuery {
+    fn of(Query(pairs): Query<HashMap<String, String>>) -> Self {
+        let get = |name: &str| pairs.get(name).cloned();
+        Self {
+            api_version: get("api-version"),
+            resource: get("resource"),
+            client_id: get("client_id"),
+        }
+    }
+}
+
+/// Which identity's token is asked for, and for what: the system-assigned
+/// identity or the user-assigned one the simulator knows; or the refusal's
+/// description.
+fn managed_identity(entra: &EntraMode, query: &IdentityQuery) -> Result<Audience, String> {
+    if query.api_version.is_none() {
+        return Err("Required query variable 'api-version' is missing".into());
+    }
+    if query
+        .client_id
+        .as_ref()
+        .is_some_and(|id| *id != entra.client_id)
+    {
+        return Err("Identity not found".into());
+    }
+    let resource = query.resource.as_deref().unwrap_or_default();
+    Audience::of(&format!("{}/.default", resource.trim_end_matches('/')))
+        .ok_or_else(|| format!("Resource '{resource}' is not a valid resource"))
+}
+
+/// Unix seconds `ttl` from now, as the managed identity endpoints write
+/// them (a string).
+fn expires_on(ttl: Duration) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + ttl).as_secs().to_string()
+}
+
+/// `GET /metadata/identity/oauth2/token`: the instance metadata service's
+/// managed identity endpoint (`expires_in` and `expires_on` are strings).
+async fn imds_token(
+    State(azure): State<Azure>,
+    headers: axum::http::HeaderMap,
+    query: Query<HashMap<String, String>>,
+) -> Response {
+    let query = IdentityQuery::of(query);
+    let Some(entra) = &azure.mode.entra else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let refuse = |description: &str| {
+        let body = json!({"error": "invalid_request", "error_description": description});
+        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    };
+    if headers.get("metadata").is_none_or(|v| v != "true") {
+        return refuse("Required metadata header not specified");
+    }
+    let audience = match managed_identity(entra, &query) {
+        Ok(audience) => audience,
+        Err(why) => return refuse(&why),
+    };
+    let ttl = entra.token_ttl.as_secs().max(1);
+    axum::Json(json!({
+        "access_token": azure.issue(entra.token_ttl, audience),
+        "client_id": entra.client_id,
+        "expires_in": ttl.to_string(),
+        "expires_on": expires_on(entra.token_ttl),
+        "ext_expires_in": ttl.to_string(),
+        "resource": query.resource,
+        "token_type": "Bearer",
+    }))
+    .into_response()
+}
+
+/// `GET /msi/token`: App Service's and Container Apps' identity endpoint
+/// (only `expires_on`; refusals are `{statusCode, message}`).
+async fn app_service_token(
+    State(azure): State<Azure>,
+    headers: axum::http::HeaderMap,
+    query: Query<HashMap<String, String>>,
+) -> Response {
+    let query = IdentityQuery::of(query);
+    let Some((entra, secret)) = azure
+        .mode
+        .entra
+        .as_ref()
+        .and_then(|e| Some((e, e.identity_header.as_deref()?)))
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let refuse = |status: StatusCode, message: &str| {
+        let body = json!({"statusCode": status.as_u16(), "message": message});
+        (status, axum::Json(body)).into_response()
+    };
+    if headers.get("x-identity-header").is_none_or(|v| v != secret) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "The X-IDENTITY-HEADER is missing or not this host's.",
+        );
+    }
+    let audience = match managed_identity(entra, &query) {
+        Ok(audience) => audience,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, &why),
+    };
+    axum::Json(json!({
+        "access_token": azure.issue(entra.token_ttl, audience),
+        "client_id": entra.client_id,
+        "expires_on": expires_on(entra.token_ttl),
+        "resource": query.resource,
+        "token_type": "Bearer",
+    }))
+    .into_response()
+}
+
+impl Azure {
+    /// A new token for `audience`, accepted for `ttl`.
+    fn issue(&self, ttl: Duration, audience: Audience) -> String {
+        let access_token = format!("sim-entra-{}", uuid_like());
+        let now = Instant::now();
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        tokens.retain(|_, (expires, _)| *expires > now);
+        tokens.insert(access_token.clone(), (now + ttl, audience));
+        access_token
+    }
 }
 
 /// 32 random hex digits.

@@ -5,6 +5,7 @@
 //! an error answer is kept as sent, as the fine-tuning calls keep theirs.
 
 use super::entra::Entra;
+use crate::config::Secrets;
 use crate::config::{AzureDeploymentConfig, ProviderConfig};
 use crate::upstream::{FineTuningError, Provider};
 use http::{Method, header};
@@ -55,8 +56,7 @@ pub struct DeploymentProperties {
 impl Management {
     pub(in crate::upstream) fn of(
         config: &ProviderConfig,
-        token: Option<SecretString>,
-        entra_secret: Option<SecretString>,
+        secrets: &Secrets,
         http: &reqwest::Client,
     ) -> Option<Self> {
         let deployment = config.deployment.clone()?;
@@ -70,11 +70,12 @@ impl Management {
                     &config.name,
                     entra,
                     &scope,
-                    entra_secret,
+                    secrets.entra_secrets.get(&config.name).cloned(),
+                    &secrets.managed_identity,
                     http.clone(),
                 )))
             }
-            _ => Credential::Token(token),
+            _ => Credential::Token(secrets.management_tokens.get(&config.name).cloned()),
         };
         Some(Self {
             config: deployment,

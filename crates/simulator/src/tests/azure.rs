@@ -213,6 +213,7 @@ async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
                 client_secret: "s3cret".into(),
                 client_assertion: Some("federated".into()),
                 token_ttl: Duration::from_secs(1),
+                identity_header: None,
             }),
             ..AzureMode::default()
         }),
@@ -318,4 +319,126 @@ async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
     assert_eq!(call(&app, wrong).await.0, 401, "a management token");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(call(&app, chat()).await.0, 401, "an expired token");
+}
+
+fn identity_request(path: &str, query: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = Request::builder().uri(format!("{path}?{query}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn managed_identity_tokens_come_from_the_metadata_service_and_app_services_endpoint() {
+    let app = router(SimulatorConfig {
+        api_key: Some(KEY.into()),
+        azure: Some(AzureMode {
+            entra: Some(crate::EntraMode {
+                tenant: "t1".into(),
+                client_id: "user-assigned".into(),
+                client_secret: "s3cret".into(),
+                client_assertion: None,
+                token_ttl: Duration::from_secs(3600),
+                identity_header: Some("h3ad3r".into()),
+            }),
+            ..AzureMode::default()
+        }),
+        ..SimulatorConfig::default()
+    });
+    const IMDS: &str = "/metadata/identity/oauth2/token";
+    const APP_SERVICE: &str = "/msi/token";
+    let cognitive = "resource=https%3A%2F%2Fcognitiveservices.azure.com";
+    let imds = format!("api-version=2018-02-01&{cognitive}");
+    let metadata = [("metadata", "true")];
+    for (query, headers, why) in [
+        (
+            imds.clone(),
+            &[][..],
+            "Required metadata header not specified",
+        ),
+        (
+            cognitive.to_string(),
+            &metadata[..],
+            "Required query variable 'api-version' is missing",
+        ),
+        (
+            format!("{imds}&client_id=other"),
+            &metadata[..],
+            "Identity not found",
+        ),
+        (
+            "api-version=2018-02-01&resource=x".to_string(),
+            &metadata[..],
+            "Resource 'x' is not a valid resource",
+        ),
+    ] {
+        let (status, body) = call(&app, identity_request(IMDS, &query, headers)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{query}"
+        );
+        assert_eq!(body["error_description"], why, "{query}");
+    }
+    let (status, issued) = call(&app, identity_request(IMDS, &imds, &metadata)).await;
+    assert_eq!(status, 200, "{issued}");
+    assert_eq!(issued["expires_in"], "3600", "{issued}");
+    assert!(
+        issued["expires_on"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok(),
+        "{issued}"
+    );
+    let user_assigned = format!("{imds}&client_id=user-assigned");
+    assert_eq!(
+        call(&app, identity_request(IMDS, &user_assigned, &metadata))
+            .await
+            .0,
+        200
+    );
+
+    // A managed identity's token is a bearer like any the simulator issued.
+    let bearer = format!("Bearer {}", issued["access_token"].as_str().unwrap());
+    let mut body = triage(false);
+    body["model"] = json!("gpt-4o-mini");
+    let chat = post(
+        "/openai/v1/chat/completions",
+        &body,
+        &[("authorization", &bearer)],
+    );
+    assert_eq!(call(&app, chat).await.0, 200);
+
+    let app_service = format!("api-version=2019-08-01&{cognitive}");
+    let (status, refused) = call(
+        &app,
+        identity_request(APP_SERVICE, &app_service, &[("x-identity-header", "guess")]),
+    )
+    .await;
+    assert_eq!(
+        (status, &refused["statusCode"]),
+        (401, &json!(401)),
+        "{refused}"
+    );
+    let (status, issued) = call(
+        &app,
+        identity_request(
+            APP_SERVICE,
+            &app_service,
+            &[("x-identity-header", "h3ad3r")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{issued}");
+    assert!(issued.get("expires_in").is_none(), "{issued}");
+    assert!(
+        issued["expires_on"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok(),
+        "{issued}"
+    );
 }
