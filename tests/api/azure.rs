@@ -994,25 +994,15 @@ async fn entra_client_credentials_are_exchanged_for_tokens_renewed_before_they_e
     let body: Value = first.json().await.unwrap();
     assert_eq!(body["model"], "gpt-4o-mini", "{body}");
 
-    // Each token lasts 2 s: chats 5 s on go out under renewed ones.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    for _ in 0..3 {
-        let later = entra("good").await;
-        assert_eq!(later.status(), 200, "{}", later.text().await.unwrap());
-        tokio::time::sleep(Duration::from_millis(700)).await;
-    }
+    answered_under_renewed_tokens(async || entra("good").await).await;
 
     // Credentials the identity platform refuses: nothing is sent to the
     // deployment, and the client is told why.
-    let (status, error) = azure_error(entra("bad").await).await;
-    assert_eq!(status, 502, "{error}");
-    let message = error["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("Microsoft Entra ID")
-            && message.contains("unauthorized_client")
-            && message.contains("AADSTS700016"),
-        "{message}"
-    );
+    refused_unsent(
+        entra("bad").await,
+        &["Microsoft Entra ID", "unauthorized_client", "AADSTS700016"],
+    )
+    .await;
 
     // Renewals are counted per provider and outcome.
     let app = &app;
@@ -1109,6 +1099,32 @@ async fn a_fine_tuning_job_without_an_entra_token_sends_nothing_and_says_why() {
     );
 }
 
+/// With tokens lasting 2 s, chats `send` makes 5 s on and later still
+/// go out, under renewed tokens.
+async fn answered_under_renewed_tokens(send: impl AsyncFn() -> reqwest::Response) {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        let later = send().await;
+        assert_eq!(later.status(), 200, "{}", later.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}
+
+/// A chat answered 502 as not sent, for want of a token, with a message
+/// holding each of `reasons`.
+async fn refused_unsent(response: reqwest::Response, reasons: &[&str]) {
+    let (status, error) = azure_error(response).await;
+    assert_eq!(status, 502, "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not sent: no valid Microsoft Entra ID token"),
+        "{message}"
+    );
+    for reason in reasons {
+        assert!(message.contains(reason), "{reason}: {message}");
+    }
+}
+
 /// Providers signing in with the host's managed identity: the
 /// system-assigned one (`azmi`) and a user-assigned one the host does not
 /// have (`azmibad`), and an alias `managed` with a version on each.
@@ -1151,22 +1167,12 @@ async fn chats_signed_in_with_a_managed_identity(env: Vec<(&'static str, String)
         || async { (managed("good").await.status() == 200).then_some(()) },
     )
     .await;
-    // Tokens last 2 s: chats 5 s on go out under renewed ones.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    for _ in 0..3 {
-        let later = managed("good").await;
-        assert_eq!(later.status(), 200, "{}", later.text().await.unwrap());
-        tokio::time::sleep(Duration::from_millis(700)).await;
-    }
-    let (status, error) = azure_error(managed("bad").await).await;
-    assert_eq!(status, 502, "{error}");
-    let message = error["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("not sent")
-            && message.contains("refused the managed identity")
-            && message.contains(refusal),
-        "{message}"
-    );
+    answered_under_renewed_tokens(async || managed("good").await).await;
+    refused_unsent(
+        managed("bad").await,
+        &["refused the managed identity", refusal],
+    )
+    .await;
     let labels = [("provider", "azmi"), ("outcome", "ok")];
     assert!(
         app.metric_where("flywheel_upstream_token_renewals_total", &labels)

@@ -202,22 +202,33 @@ fn token_request(tenant: &str, form: &str) -> Request<Body> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
-    let app = router(SimulatorConfig {
+/// Azure mode with an identity platform that knows `client_id` in tenant
+/// `t1` (secret `s3cret`) and issues tokens lasting `ttl`; `more` sets
+/// the rest.
+fn with_entra(client_id: &str, ttl: Duration, more: impl FnOnce(&mut crate::EntraMode)) -> Router {
+    let mut entra = crate::EntraMode {
+        tenant: "t1".into(),
+        client_id: client_id.into(),
+        client_secret: "s3cret".into(),
+        client_assertion: None,
+        token_ttl: ttl,
+        identity_header: None,
+    };
+    more(&mut entra);
+    router(SimulatorConfig {
         api_key: Some(KEY.into()),
         azure: Some(AzureMode {
-            entra: Some(crate::EntraMode {
-                tenant: "t1".into(),
-                client_id: "app".into(),
-                client_secret: "s3cret".into(),
-                client_assertion: Some("federated".into()),
-                token_ttl: Duration::from_secs(1),
-                identity_header: None,
-            }),
+            entra: Some(entra),
             ..AzureMode::default()
         }),
         ..SimulatorConfig::default()
+    })
+}
+
+#[tokio::test]
+async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
+    let app = with_entra("app", Duration::from_secs(1), |e| {
+        e.client_assertion = Some("federated".into());
     });
     let scope = "scope=https%3A%2F%2Fcognitiveservices.azure.com%2F.default";
     let grant = format!("grant_type=client_credentials&client_id=app&client_secret=s3cret&{scope}");
@@ -331,20 +342,8 @@ fn identity_request(path: &str, query: &str, headers: &[(&str, &str)]) -> Reques
 
 #[tokio::test]
 async fn managed_identity_tokens_come_from_the_metadata_service_and_app_services_endpoint() {
-    let app = router(SimulatorConfig {
-        api_key: Some(KEY.into()),
-        azure: Some(AzureMode {
-            entra: Some(crate::EntraMode {
-                tenant: "t1".into(),
-                client_id: "user-assigned".into(),
-                client_secret: "s3cret".into(),
-                client_assertion: None,
-                token_ttl: Duration::from_secs(3600),
-                identity_header: Some("h3ad3r".into()),
-            }),
-            ..AzureMode::default()
-        }),
-        ..SimulatorConfig::default()
+    let app = with_entra("user-assigned", Duration::from_secs(3600), |e| {
+        e.identity_header = Some("h3ad3r".into());
     });
     const IMDS: &str = "/metadata/identity/oauth2/token";
     const APP_SERVICE: &str = "/msi/token";
