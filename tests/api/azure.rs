@@ -951,23 +951,37 @@ fn entra_section(sim: SocketAddr, client: &str) -> String {
     )
 }
 
+/// Two Azure providers at the simulator, each signing in as its
+/// `[providers.entra]` section says — `good` as the simulator knows,
+/// `bad` as it refuses — and an alias `alias` with a version on each
+/// (`good` and `bad`).
+fn good_and_bad(sim: SocketAddr, alias: &str, good: (&str, &str), bad: (&str, &str)) -> String {
+    let provider = |(name, entra): (&str, &str)| {
+        format!(
+            "[[providers]]\nname = \"{name}\"\nkind = \"azure\"\nbase_url = \"http://{sim}\"\n\
+             url_style = \"v1\"\nmax_retries = 1\n{entra}"
+        )
+    };
+    format!(
+        "{}\n{}\n[[models]]\nname = \"{alias}\"\nmodel_type = \"threat_detection\"\nproduction = \"good\"\n\
+         [[models.versions]]\nname = \"good\"\nprovider = \"{}\"\nmodel = \"triage-prod\"\n\
+         [[models.versions]]\nname = \"bad\"\nprovider = \"{}\"\nmodel = \"triage-prod\"\n",
+        provider(good),
+        provider(bad),
+        good.0,
+        bad.0
+    )
+}
+
 /// Providers whose Entra ID client credentials the simulator's token
 /// endpoint knows (`azent`) or does not (`azbad`, an unknown client id),
 /// and an alias `entra` with a version on each.
 fn entra_extra(sim: SocketAddr) -> String {
-    let provider = |name: &str, client: &str| {
-        format!(
-            "[[providers]]\nname = \"{name}\"\nkind = \"azure\"\nbase_url = \"http://{sim}\"\n\
-             url_style = \"v1\"\nmax_retries = 1\n{}",
-            entra_section(sim, client)
-        )
-    };
-    format!(
-        "{}\n{}\n[[models]]\nname = \"entra\"\nmodel_type = \"threat_detection\"\nproduction = \"good\"\n\
-         [[models.versions]]\nname = \"good\"\nprovider = \"azent\"\nmodel = \"triage-prod\"\n\
-         [[models.versions]]\nname = \"bad\"\nprovider = \"azbad\"\nmodel = \"triage-prod\"\n",
-        provider("azent", "flywheel-app"),
-        provider("azbad", "nobody")
+    good_and_bad(
+        sim,
+        "entra",
+        ("azent", &entra_section(sim, "flywheel-app")),
+        ("azbad", &entra_section(sim, "nobody")),
     )
 }
 
@@ -1129,18 +1143,13 @@ async fn refused_unsent(response: reqwest::Response, reasons: &[&str]) {
 /// system-assigned one (`azmi`) and a user-assigned one the host does not
 /// have (`azmibad`), and an alias `managed` with a version on each.
 fn managed_identity_extra(sim: SocketAddr) -> String {
-    let provider = |name: &str, client_id: &str| {
-        format!(
-            "[[providers]]\nname = \"{name}\"\nkind = \"azure\"\nbase_url = \"http://{sim}\"\n\
-             url_style = \"v1\"\nmax_retries = 1\n[providers.entra]\nmanaged_identity = true\n{client_id}\n"
-        )
-    };
-    format!(
-        "{}\n{}\n[[models]]\nname = \"managed\"\nmodel_type = \"threat_detection\"\nproduction = \"good\"\n\
-         [[models.versions]]\nname = \"good\"\nprovider = \"azmi\"\nmodel = \"triage-prod\"\n\
-         [[models.versions]]\nname = \"bad\"\nprovider = \"azmibad\"\nmodel = \"triage-prod\"\n",
-        provider("azmi", ""),
-        provider("azmibad", "client_id = \"nobody\"")
+    let system_assigned = "[providers.entra]\nmanaged_identity = true\n";
+    let unknown = format!("{system_assigned}client_id = \"nobody\"\n");
+    good_and_bad(
+        sim,
+        "managed",
+        ("azmi", system_assigned),
+        ("azmibad", &unknown),
     )
 }
 
