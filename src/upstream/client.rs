@@ -185,6 +185,13 @@ impl Provider {
         }
         .parse()
         .map_err(|e| format!("provider `{}`: base_url: {e}", config.name))?;
+        let token_http = match &config.entra {
+            Some(e) if e.managed_identity => {
+                azure::entra::host_client(Duration::from_secs(config.connect_timeout_s))
+                    .map_err(|e| format!("provider `{}`: {e}", config.name))?
+            }
+            _ => http.clone(),
+        };
         let relay = Transport::new(
             &chat_uri,
             Duration::from_secs(config.connect_timeout_s),
@@ -207,10 +214,10 @@ impl Provider {
                     &e.scope,
                     secrets.entra_secrets.get(&config.name).cloned(),
                     &secrets.managed_identity,
-                    http.clone(),
+                    token_http.clone(),
                 ))
             }),
-            management: azure::management::Management::of(config, secrets, &http),
+            management: azure::management::Management::of(config, secrets, &http, &token_http),
             azure,
             http,
             relay,

@@ -1208,6 +1208,68 @@ async fn an_app_services_managed_identity_signs_in_through_the_endpoint_it_annou
     chats_signed_in_with_a_managed_identity(env, "(400 Bad Request): Identity not found").await;
 }
 
+/// The real binary behind an egress proxy that answers nothing, as a
+/// SOC's network often has (`HTTP_PROXY`, the provider excepted by
+/// `NO_PROXY`): its managed identity's tokens still come, because the
+/// host's endpoint is never asked through a proxy.
+#[tokio::test]
+async fn a_managed_identity_is_asked_directly_whatever_proxy_the_environment_names() {
+    use crate::helpers::process::{Process, flywheel, free_port, ready};
+    let sim = spawn_simulator(entra_simulator(PROVIDER_KEY, Duration::from_secs(3600))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("flywheel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\
+             [auth]\nallow_anonymous_clients = true\n\
+             [[providers]]\nname = \"azmi\"\nkind = \"azure\"\n\
+             base_url = \"http://localhost:{}\"\nurl_style = \"v1\"\nmax_retries = 0\n\
+             [providers.entra]\nmanaged_identity = true\n\
+             [[models]]\nname = \"soc\"\nmodel_type = \"threat_detection\"\n\
+             [[models.versions]]\nname = \"base\"\nprovider = \"azmi\"\nmodel = \"triage-prod\"\n",
+            dir.path().join("data").display(),
+            sim.port()
+        ),
+    )
+    .unwrap();
+    let _server = Process::spawn(
+        "flywheel serve",
+        flywheel()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("HTTP_PROXY", format!("http://127.0.0.1:{}", free_port()))
+            .env("NO_PROXY", "localhost")
+            .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", format!("http://{sim}"))
+            .stderr(std::process::Stdio::inherit()),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    ready(&http, &base).await;
+    let answered = eventually(
+        "a chat under the managed identity's token",
+        Duration::from_secs(20),
+        || async {
+            let response = http
+                .post(format!("{base}/v1/chat/completions"))
+                .json(&chat(false))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response.text().await.map_err(|e| e.to_string())?;
+            if status == 200 {
+                Ok(body)
+            } else {
+                Err(format!("{status}: {body}"))
+            }
+        },
+    )
+    .await;
+    assert!(answered.contains("chat.completion"), "{answered}");
+}
+
 /// The federated token the simulator's token endpoint accepts for
 /// `flywheel-app`, as a workload identity's token file would hold it.
 const FEDERATED: &str = "federated-token-of-the-pod";

@@ -32,6 +32,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_AT_MOST: Duration = Duration::from_secs(30);
 
+/// The client a managed identity's tokens are asked with: its endpoint is
+/// on the host (link-local, or loopback on App Service), which no egress
+/// proxy the environment names (`HTTP_PROXY` …) can reach, so none is
+/// used, as Azure's own SDKs do.
+pub fn host_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(connect_timeout)
+        .build()
+        .map_err(|e| format!("cannot build the managed identity's HTTP client: {e}"))
+}
+
 /// The `api-version` each managed identity endpoint is asked with.
 const IMDS_API_VERSION: &str = "2018-02-01";
 const APP_SERVICE_API_VERSION: &str = "2019-08-01";

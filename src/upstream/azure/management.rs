@@ -54,10 +54,14 @@ pub struct DeploymentProperties {
 }
 
 impl Management {
+    /// The management API of `config`'s deployment section, when it has
+    /// one; its calls go through `http`, its Entra ID tokens (when it has
+    /// no token of its own) are asked for through `token_http`.
     pub(in crate::upstream) fn of(
         config: &ProviderConfig,
         secrets: &Secrets,
         http: &reqwest::Client,
+        token_http: &reqwest::Client,
     ) -> Option<Self> {
         let deployment = config.deployment.clone()?;
         let credential = match (&deployment.token_env, &config.entra) {
@@ -72,7 +76,7 @@ impl Management {
                     &scope,
                     secrets.entra_secrets.get(&config.name).cloned(),
                     &secrets.managed_identity,
-                    http.clone(),
+                    token_http.clone(),
                 )))
             }
             _ => Credential::Token(secrets.management_tokens.get(&config.name).cloned()),
