@@ -6,7 +6,8 @@
 # and integration tests, the openai SDK compatibility suite against the real
 # binary, the client-compatibility suite (tests/clients: the Python clients
 # pinned in tests/clients/requirements.txt in .venv-clients, and the Vercel
-# AI SDK pinned by tests/clients/js/package-lock.json), then the admin UI end
+# AI SDK and the openai SDK for JavaScript pinned by
+# tests/clients/js/package-lock.json), then the admin UI end
 # to end in headless Chromium. Stops at the first stage that fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -158,7 +159,7 @@ fi
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 "$CHROMIUM_PATH" --version 2>/dev/null | grep -v '^$' || true
 
-stage "Client-compatibility suite: the Vercel AI SDK (tests/clients/js, pinned by package-lock.json)"
+stage "Client-compatibility suite: the Vercel AI SDK and the openai SDK for JavaScript (tests/clients/js, pinned by package-lock.json)"
 (cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
 (cd tests/clients/js && FLYWHEEL_BIN="$(pwd)/../../../target/debug/flywheel" \
   node --test --test-concurrency=1 --test-timeout=120000)

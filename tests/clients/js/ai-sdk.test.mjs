@@ -15,6 +15,7 @@ import { createOpenAI } from '@ai-sdk/openai';
 import { generateText, streamText, generateObject, tool, stepCountIs } from 'ai';
 import { z } from 'zod';
 import { startStack, adminApi } from '../../browser/harness.mjs';
+import { captured as capturedFor } from './captured.mjs';
 
 const ALERT = 'Endpoint alert: LSASS memory dumped by rundll32.exe via comsvcs.dll MiniDump on host WS-042.';
 let stack;
@@ -34,25 +35,9 @@ function provider(user) {
   return createOpenAI({ baseURL: `${stack.url}/v1`, apiKey: stack.keys.client, headers: { 'x-flywheel-user': user } });
 }
 
-/** The conversations `user` has once they hold `turns` stored turns in
- * all; fails with what it last saw after 30 s. */
-async function captured(user, turns) {
-  const deadline = Date.now() + 30000;
-  let last;
-  while (Date.now() < deadline) {
-    const list = await admin(`/conversations?user=${encodeURIComponent(user)}`);
-    last = list.body;
-    if (list.status === 200) {
-      const details = [];
-      for (const summary of list.body.data) {
-        details.push((await admin(`/conversations/${summary.id}`)).body);
-      }
-      const stored = details.flatMap((d) => d.turns ?? []).filter((t) => t.status === 'ok');
-      if (stored.length >= turns) return details;
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${user} never had ${turns} stored turns: ${JSON.stringify(last)}`);
+/** The conversations `user` has once they hold `turns` stored turns. */
+function captured(user, turns) {
+  return capturedFor(admin, user, turns);
 }
 
 test('unary generateText is answered and captured', async () => {
