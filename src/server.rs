@@ -22,13 +22,28 @@ use guard::GuardLayer;
 use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let client_api = Router::new()
+    let openai = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
         .route("/v1/responses", post(proxy::responses))
         .route("/v1/feedback", post(crate::feedback::post_feedback))
         .route("/v1/models", get(proxy::list_models))
         .route("/v1/models/{id}", get(proxy::get_model))
-        .route("/v1/{*rest}", any(proxy::passthrough))
+        .route("/v1/{*rest}", any(proxy::passthrough));
+    // Apps written against Azure OpenAI change only their endpoint: its v1
+    // API is the same routes under `/openai`, its dated API names the
+    // deployment (the alias) in the path.
+    let client_api = openai
+        .clone()
+        .nest("/openai", openai)
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(proxy::azure_chat_completions),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(proxy::azure_embeddings),
+        )
+        .route("/openai/responses", post(proxy::responses))
         .route_layer(GuardLayer::new(state.clone(), Role::Client));
     let admin_api = Router::new()
         .route(

@@ -19,4 +19,5 @@ pub use client::{
     BodyStream, CHAT_PATH, Collected, Cut, Provider, Reply, UpstreamRequest, Upstreams,
 };
 pub use fine_tuning::{EventObject, FileObject, FineTuningError, JobObject, JobSpec, Page};
+pub use transport::ByteStream;
 pub use webhook::Webhook;

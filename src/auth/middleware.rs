@@ -57,10 +57,12 @@ pub fn authenticate(
     headers: &HeaderMap,
     peer: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
-    let Some(token) = bearer(headers)? else {
+    let Some(token) = presented_key(headers)? else {
         return anonymous(policy, peer).ok_or_else(|| {
             ApiError::Unauthorized(
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.".into(),
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` \
+                 (or `api-key: <key>`, as Azure OpenAI clients do)."
+                    .into(),
             )
         });
     };
@@ -127,6 +129,25 @@ fn anonymous_id(ip: IpAddr) -> Arc<str> {
     kept.insert(ip, id.clone());
     id
 }
+
+/// The key a request presents: `Authorization: Bearer <key>`, or else
+/// the `api-key` header Azure OpenAI's clients send it in.
+fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return bearer(headers);
+    }
+    let Some(value) = headers.get(AZURE_API_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("The api-key header is not valid text.".into()))?
+        .trim();
+    Ok((!key.is_empty()).then_some(key))
+}
+
+/// Where Azure OpenAI's clients put the key.
+const AZURE_API_KEY: &str = "api-key";
 
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -207,6 +228,31 @@ mod tests {
                 .status(),
             401
         );
+    }
+
+    #[test]
+    fn azure_clients_present_the_key_as_api_key() {
+        let p = policy(false, true);
+        let azure = |key: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AZURE_API_KEY, key.parse().unwrap());
+            h
+        };
+        let c = authenticate(&p, &azure("fw-good"), None).unwrap();
+        assert_eq!((&*c.id, c.role), ("key_1", Role::Analyst));
+        // Their own provider key, with pass-through on, as with a bearer.
+        let c = authenticate(&p, &azure("azure-resource-key"), None).unwrap();
+        assert!(matches!(c.credential, Credential::Passthrough(_)));
+        assert_eq!(
+            authenticate(&p, &azure("fw-bad"), None)
+                .unwrap_err()
+                .status(),
+            401
+        );
+        // `Authorization` decides when both are sent.
+        let mut both = azure("fw-good");
+        both.insert(header::AUTHORIZATION, "Bearer fw-bad".parse().unwrap());
+        assert_eq!(authenticate(&p, &both, None).unwrap_err().status(), 401);
     }
 
     #[test]

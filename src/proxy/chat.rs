@@ -39,7 +39,7 @@ pub async fn chat_completions(
     State(app): State<Arc<AppState>>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    handle(&app, request, Wire::Chat).await
+    handle(&app, request, Wire::Chat, None).await
 }
 
 /// `POST /v1/responses`: routed, sent, relayed and captured as a chat
@@ -48,10 +48,17 @@ pub async fn responses(
     State(app): State<Arc<AppState>>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    handle(&app, request, Wire::Responses).await
+    handle(&app, request, Wire::Responses, None).await
 }
 
-async fn handle(app: &AppState, request: Request, wire: Wire) -> Result<Response, ApiError> {
+/// One chat completion or response; with `deployment` (Azure's path),
+/// the body's `model` is set to it first.
+pub(super) async fn handle(
+    app: &AppState,
+    request: Request,
+    wire: Wire,
+    deployment: Option<&str>,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
@@ -59,7 +66,10 @@ async fn handle(app: &AppState, request: Request, wire: Wire) -> Result<Response
     let caller = extensions.remove::<Caller>().ok_or_else(|| {
         ApiError::Internal("the request reached the handler unauthenticated".into())
     })?;
-    let body = read_body(body, app.config.server.max_body_bytes).await?;
+    let mut body = read_body(body, app.config.server.max_body_bytes).await?;
+    if let Some(deployment) = deployment {
+        body = super::azure::named(body, deployment);
+    }
     let request = match wire {
         Wire::Chat => ChatRequest::parse(&body)?,
         Wire::Responses => ChatRequest::parse_responses(&body)?,

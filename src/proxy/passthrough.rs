@@ -2,10 +2,11 @@
 //! byte-for-byte to the default provider, bodies streamed both ways, not
 //! captured and not retried (a streamed body cannot be sent twice).
 
+use super::azure::without_api_version;
 use crate::auth::{Caller, Credential};
 use crate::openai::ApiError;
 use crate::state::AppState;
-use crate::upstream::{UpstreamRequest, headers};
+use crate::upstream::{ByteStream, UpstreamRequest, headers};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
@@ -31,29 +32,54 @@ pub async fn passthrough(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
+    let forwarded = Forwarded {
+        method,
+        path: uri.path().strip_prefix("/v1/").unwrap_or_default(),
+        query: uri.query(),
+        headers: &request_headers,
+    };
+    forward(&app, &caller, forwarded, Box::pin(limited(body, limit))).await
+}
+
+/// A request to pass on: `path` under the provider's base URL, the
+/// client's query and headers.
+pub struct Forwarded<'a> {
+    pub method: Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// Sends `forwarded` with `upload` as its body to the default provider and
+/// relays the answer as it comes.
+pub async fn forward(
+    app: &AppState,
+    caller: &Caller,
+    forwarded: Forwarded<'_>,
+    upload: ByteStream,
+) -> Result<Response, ApiError> {
     let provider = app
         .upstreams
         .default_provider()
         .ok_or_else(|| ApiError::Unavailable("no provider is configured".into()))?;
-    let path = uri.path().strip_prefix("/v1/").unwrap_or_default();
     let client_key = match &caller.credential {
         Credential::Passthrough(key) => Some(key),
         _ => None,
     };
-    let mut out_headers = headers::outgoing(&request_headers, true, client_key.is_some());
-    if let Some(length) = request_headers.get(header::CONTENT_LENGTH) {
+    let mut out_headers = headers::outgoing(forwarded.headers, true, client_key.is_some());
+    if let Some(length) = forwarded.headers.get(header::CONTENT_LENGTH) {
         out_headers.insert(header::CONTENT_LENGTH, length.clone());
     }
+    let query = without_api_version(forwarded.query);
     let request = UpstreamRequest {
-        method,
-        path,
-        query: uri.query(),
+        method: forwarded.method,
+        path: forwarded.path,
+        query: query.as_deref(),
         headers: out_headers,
         body: Bytes::new(),
         client_key,
         model: None,
     };
-    let upload = Box::pin(limited(body, limit));
     let deadline = Instant::now() + provider.total_timeout;
     let (status, upstream_headers, stream) = provider.forward(request, upload, deadline).await?;
     let mut response = Response::new(Body::from_stream(stream));

@@ -386,11 +386,6 @@ impl Provider {
                 .our_authorization()
                 .map_err(TransportError::Credentials)?,
         };
-        if self.azure.is_some() {
-            // An Azure SDK sends its key to Flywheel as `api-key`: never
-            // passed on as if it were ours.
-            headers.remove(azure::API_KEY);
-        }
         if let Some((name, value)) = authorization {
             headers.insert(name, value);
         }

@@ -28,6 +28,7 @@ pub fn outgoing(incoming: &HeaderMap, keep_encoding: bool, keep_account: bool) -
         let dropped = HOP_BY_HOP.contains(name)
             || *name == header::HOST
             || *name == header::AUTHORIZATION
+            || n == "api-key"
             || *name == header::CONTENT_LENGTH
             || n.starts_with("x-flywheel-")
             || (!keep_encoding && *name == header::ACCEPT_ENCODING)
@@ -71,6 +72,7 @@ mod tests {
         let mut h = HeaderMap::new();
         for (k, v) in [
             ("authorization", "Bearer fw-x"),
+            ("api-key", "fw-y"),
             ("x-flywheel-user", "u"),
             ("x-stainless-lang", "python"),
             ("connection", "keep-alive"),

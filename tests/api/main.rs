@@ -14,6 +14,7 @@ mod helpers;
 
 mod auth;
 mod azure;
+mod azure_clients;
 mod capture;
 mod chat;
 mod cli;

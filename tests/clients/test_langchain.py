@@ -1,11 +1,12 @@
 """langchain-openai's ChatOpenAI: invoke, stream, with_structured_output
-and a tool loop with bind_tools."""
+and a tool loop with bind_tools; and its AzureChatOpenAI, as an app built
+for Azure OpenAI has it, pointed at Flywheel."""
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
-from langchain_openai import ChatOpenAI
+from langchain_openai import AzureChatOpenAI, ChatOpenAI
 from pydantic import BaseModel
 
-from conftest import ALERT, SYSTEM, base_url, one_conversation
+from conftest import ALERT, SYSTEM, base_url, captured, one_conversation
 
 
 class Triage(BaseModel):
@@ -66,3 +67,17 @@ def test_tool_loop(proxy, user):
     assert messages[-1].content.startswith("Threat type:")
     conversation = one_conversation(proxy, user, 2)
     assert conversation["turns"][0]["response"]["message"]["tool_calls"][0]["function"]["name"] == "lookup_host"
+
+
+def test_azure_chat_openai_invokes_and_streams(proxy, user):
+    llm = AzureChatOpenAI(azure_endpoint=proxy.url, azure_deployment="triage", api_version="2024-10-21",
+                          api_key=proxy.keys["client"], default_headers={"x-flywheel-user": user},
+                          max_retries=0)
+    answer = llm.invoke(MESSAGES)
+    assert answer.content.startswith("Threat type: credential_access")
+    text = "".join(c.content for c in llm.stream(MESSAGES))
+    assert text == answer.content
+    conversations = captured(proxy, user, 2)
+    stored = [t for c in conversations for t in c["turns"]]
+    assert {t["alias"] for t in stored} == {"triage"}
+    assert sorted(t["streamed"] for t in stored) == [False, True]

@@ -617,3 +617,63 @@ def test_async_client_maps_errors(proxy):
 
     with pytest.raises(openai.NotFoundError):
         asyncio.run(run())
+
+
+# --- apps written against Azure OpenAI ------------------------------------------------------
+
+API_VERSION = "2024-10-21"
+
+
+def azure_client(proxy, **kw) -> openai.AzureOpenAI:
+    """The SDK's Azure client as an app built for Azure OpenAI has it, with
+    only its endpoint changed: the key goes as `api-key`, the deployment in
+    the path."""
+    return openai.AzureOpenAI(azure_endpoint=proxy.url, api_key=proxy.keys["client"],
+                              api_version=API_VERSION, **kw)
+
+
+def test_azure_client_unary_names_the_alias_as_its_deployment(proxy):
+    raw = azure_client(proxy).chat.completions.with_raw_response.create(model="triage", messages=MESSAGES)
+    assert raw.status_code == 200
+    assert raw.headers["x-flywheel-variant"] == "base"
+    assert raw.headers["x-flywheel-inference-id"].startswith("inf_")
+    assert raw.parse().choices[0].message.content == unary_text(proxy)
+
+
+def test_azure_client_with_a_fixed_deployment_ignores_the_model_it_sends(proxy):
+    c = azure_client(proxy, azure_deployment="triage")
+    completion = c.chat.completions.create(model="whatever-the-app-says", messages=MESSAGES)
+    assert completion.choices[0].message.content == unary_text(proxy)
+
+
+def test_azure_client_streams(proxy):
+    stream = azure_client(proxy).chat.completions.create(
+        model="triage", messages=MESSAGES, stream=True, stream_options={"include_usage": True})
+    text, usage = "", None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for ch in chunk.choices:
+            text += ch.delta.content or ""
+    assert text == unary_text(proxy)
+    assert usage is not None and usage.total_tokens > 0
+
+
+def test_azure_client_embeddings_and_errors(proxy):
+    c = azure_client(proxy, max_retries=0)
+    result = c.embeddings.create(model="text-embedding-3-small", input="mimikatz on DC01")
+    assert len(result.data[0].embedding) > 0
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="no-such-deployment", messages=MESSAGES)
+    stranger = openai.AzureOpenAI(azure_endpoint=proxy.url, api_key="fw-not-a-key",
+                                  api_version=API_VERSION, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.chat.completions.create(model="triage", messages=MESSAGES)
+
+
+def test_azure_v1_api_through_the_plain_client(proxy):
+    """Azure's v1 API is used with the plain client at `/openai/v1/`."""
+    c = openai.OpenAI(base_url=f"{proxy.url}/openai/v1/", api_key=proxy.keys["client"])
+    assert c.chat.completions.create(model="triage", messages=MESSAGES).choices[0].message.content \
+        == unary_text(proxy)
+    assert "triage" in [m.id for m in c.models.list()]
+    assert c.responses.create(model="triage", input=ALERT).output_text.startswith("Threat type:")

@@ -6,14 +6,15 @@
 // helper), structured output through `parse()` and zod, a tool loop, the
 // Responses API with a `previous_response_id` chain, embeddings in the
 // SDK's default base64 encoding, the SDK's error classes and its retries,
-// a stream broken upstream, and feedback riding a request's header.
+// a stream broken upstream, feedback riding a request's header, and the
+// SDK's `AzureOpenAI` client of an app built for Azure OpenAI.
 // Exchanges are checked captured through the admin API; every test sends
 // its own `x-flywheel-user`.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import OpenAI from 'openai';
+import OpenAI, { AzureOpenAI } from 'openai';
 import { zodResponseFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
 import { startStack, adminApi } from '../../browser/harness.mjs';
@@ -254,4 +255,23 @@ test('feedback rides the next request\'s header', async () => {
     if (feedback.length === 0) await new Promise((r) => setTimeout(r, 100));
   }
   assert.equal(feedback[0]?.rating, 5);
+});
+
+test('the AzureOpenAI client of an app built for Azure reaches the alias as its deployment', async () => {
+  const user = `openai-node-azure-${randomUUID()}`;
+  const azure = new AzureOpenAI({
+    endpoint: stack.url, apiKey: stack.keys.client, apiVersion: '2024-10-21', deployment: 'triage',
+    defaultHeaders: { 'x-flywheel-user': user },
+  });
+  const { data, response } = await azure.chat.completions
+    .create({ model: 'what-the-app-calls-it', messages: MESSAGES })
+    .withResponse();
+  assert.equal(response.headers.get('x-flywheel-variant'), 'base');
+  assert.match(data.choices[0].message.content, /^Threat type: credential_access/);
+  const stream = await azure.chat.completions.create({ model: 'what-the-app-calls-it', messages: MESSAGES, stream: true });
+  let text = '';
+  for await (const chunk of stream) for (const choice of chunk.choices) text += choice.delta?.content ?? '';
+  assert.equal(text, data.choices[0].message.content);
+  const conversations = await captured(user, 2);
+  assert.deepEqual(new Set(conversations.flatMap((c) => c.turns).map((t) => t.alias)), new Set(['triage']));
 });
