@@ -95,6 +95,7 @@ const HTTP_EDGE: &[&str] = &[
     "src/admin.rs",
     "src/admin/",
     "src/proxy/chat.rs",
+    "src/proxy/azure.rs",
     "src/proxy/models.rs",
     "src/proxy/passthrough.rs",
     "src/feedback/route.rs",
