@@ -8,36 +8,19 @@
 // conversation. Every test sends its own `x-flywheel-user`, so the admin
 // API's `user` filter finds exactly its exchanges.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { createOpenAI } from '@ai-sdk/openai';
 import { generateText, streamText, generateObject, tool, stepCountIs } from 'ai';
 import { z } from 'zod';
-import { startStack, adminApi } from '../../browser/harness.mjs';
-import { captured as capturedFor } from './captured.mjs';
+import { ALERT, suiteStack } from './suite.mjs';
 
-const ALERT = 'Endpoint alert: LSASS memory dumped by rundll32.exe via comsvcs.dll MiniDump on host WS-042.';
-let stack;
-let admin;
-
-before(async () => {
-  stack = await startStack({ client: 'client' });
-  admin = adminApi(stack.url, stack.admin);
-});
-
-after(async () => {
-  await stack?.stop();
-});
+const suite = suiteStack();
 
 /** A provider whose every request names `user` to Flywheel. */
 function provider(user) {
-  return createOpenAI({ baseURL: `${stack.url}/v1`, apiKey: stack.keys.client, headers: { 'x-flywheel-user': user } });
-}
-
-/** The conversations `user` has once they hold `turns` stored turns. */
-function captured(user, turns) {
-  return capturedFor(admin, user, turns);
+  return createOpenAI({ baseURL: `${suite.stack.url}/v1`, apiKey: suite.stack.keys.client, headers: { 'x-flywheel-user': user } });
 }
 
 test('unary generateText is answered and captured', async () => {
@@ -45,7 +28,7 @@ test('unary generateText is answered and captured', async () => {
   const { text, usage } = await generateText({ model: provider(user).chat('triage'), prompt: ALERT });
   assert.match(text, /^Threat type: credential_access/);
   assert.ok(usage.inputTokens > 0 && usage.outputTokens > 0);
-  const [conversation] = await captured(user, 1);
+  const [conversation] = await suite.captured(user, 1);
   assert.equal(conversation.turns[0].response.message.content, text);
 });
 
@@ -57,7 +40,7 @@ test('streamText streams and is captured whole', async () => {
   assert.ok(parts.length > 3, 'several deltas');
   const text = parts.join('');
   assert.match(text, /^Threat type: credential_access/);
-  const [conversation] = await captured(user, 1);
+  const [conversation] = await suite.captured(user, 1);
   assert.equal(conversation.turns[0].streamed, true);
   assert.equal(conversation.turns[0].response.message.content, text);
 });
@@ -74,7 +57,7 @@ test('generateObject gets an object valid against its schema', async () => {
   assert.equal(object.threat_type, 'credential_access');
   assert.equal(object.severity, 'high');
   assert.ok(object.indicators.length >= 1);
-  const [conversation] = await captured(user, 1);
+  const [conversation] = await suite.captured(user, 1);
   assert.equal(conversation.turns[0].request.params.response_format.type, 'json_schema');
 });
 
@@ -100,7 +83,7 @@ async function toolLoop(model, user) {
   assert.equal(calls.length, 1, 'the tool ran once');
   assert.equal(result.steps.length, 2, 'a call, then the answer');
   assert.match(result.text, /Threat type:/);
-  const conversations = await captured(user, 2);
+  const conversations = await suite.captured(user, 2);
   assert.equal(conversations.length, 1, 'one conversation');
   const turns = conversations[0].turns;
   assert.equal(turns.length, 2);
@@ -143,7 +126,7 @@ test('the Responses provider with the alias', async () => {
   });
   const parts = [];
   for await (const part of streamed.textStream) parts.push(part);
-  const conversations = await captured(user, 2);
+  const conversations = await suite.captured(user, 2);
   assert.equal(conversations.length, 1, 'one conversation');
   const turns = conversations[0].turns;
   assert.equal(turns.length, 2);
@@ -169,7 +152,7 @@ test('the Responses provider gets an object valid against its schema', async () 
   const { object } = await generateObject({ model: provider(user)('triage'), schema, prompt: ALERT });
   assert.equal(object.threat_type, 'credential_access');
   assert.equal(object.severity, 'high');
-  const [conversation] = await captured(user, 1);
+  const [conversation] = await suite.captured(user, 1);
   assert.equal(conversation.turns[0].request.params.text.format.type, 'json_schema');
 });
 
@@ -183,7 +166,7 @@ test('the Responses provider threads a chat that resends its messages', async ()
   messages.push(...first.response.messages, { role: 'user', content: 'Is the host isolated already?' });
   const second = await generateText({ model, messages });
   assert.match(second.text, /\S/);
-  const conversations = await captured(user, 2);
+  const conversations = await suite.captured(user, 2);
   assert.equal(conversations.length, 1, 'one conversation');
   assert.equal(conversations[0].turns.length, 2);
 });

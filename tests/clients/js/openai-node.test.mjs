@@ -11,41 +11,25 @@
 // Exchanges are checked captured through the admin API; every test sends
 // its own `x-flywheel-user`.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import OpenAI, { AzureOpenAI } from 'openai';
 import { zodResponseFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
-import { startStack, adminApi } from '../../browser/harness.mjs';
-import { captured as capturedFor } from './captured.mjs';
+import { ALERT, suiteStack } from './suite.mjs';
 
-const ALERT = 'Endpoint alert: LSASS memory dumped by rundll32.exe via comsvcs.dll MiniDump on host WS-042.';
 const MESSAGES = [{ role: 'user', content: ALERT }];
-let stack;
-let admin;
-
-before(async () => {
-  stack = await startStack({ client: 'client' });
-  admin = adminApi(stack.url, stack.admin);
-});
-
-after(async () => {
-  await stack?.stop();
-});
+const suite = suiteStack();
 
 /** A client whose every request names `user` to Flywheel. */
 function client(user, options = {}) {
   return new OpenAI({
-    baseURL: `${stack.url}/v1`,
-    apiKey: stack.keys.client,
+    baseURL: `${suite.stack.url}/v1`,
+    apiKey: suite.stack.keys.client,
     defaultHeaders: { 'x-flywheel-user': user },
     ...options,
   });
-}
-
-function captured(user, turns) {
-  return capturedFor(admin, user, turns);
 }
 
 /** A fresh id for the simulator's fault counters. */
@@ -66,7 +50,7 @@ test('a unary completion carries Flywheel headers and is captured', async () => 
   assert.equal(data.choices[0].finish_reason, 'stop');
   assert.match(data.choices[0].message.content, /^Threat type: credential_access/);
   assert.equal(data.usage.total_tokens, data.usage.prompt_tokens + data.usage.completion_tokens);
-  const [conversation] = await captured(user, 1);
+  const [conversation] = await suite.captured(user, 1);
   assert.equal(conversation.turns[0].inference_id, response.headers.get('x-flywheel-inference-id'));
   assert.equal(conversation.turns[0].response.message.content, data.choices[0].message.content);
 });
@@ -87,7 +71,7 @@ test('a raw stream with include_usage matches the unary answer and ends with usa
   assert.ok(deltas.length > 3, 'several deltas');
   assert.equal(deltas.join(''), unary.choices[0].message.content);
   assert.deepEqual(usage, unary.usage);
-  const conversations = await captured(user, 2);
+  const conversations = await suite.captured(user, 2);
   const streamed = conversations.flatMap((c) => c.turns).find((t) => t.streamed);
   assert.equal(streamed.response.message.content, deltas.join(''));
 });
@@ -100,7 +84,7 @@ test('the stream() helper gives content events and the final completion', async 
   const final = await runner.finalChatCompletion();
   assert.equal(final.choices[0].message.content, deltas.join(''));
   assert.match(final.choices[0].message.content, /^Threat type: credential_access/);
-  const [conversation] = await captured(user, 1);
+  const [conversation] = await suite.captured(user, 1);
   assert.equal(conversation.turns[0].streamed, true);
 });
 
@@ -117,7 +101,7 @@ test('parse() with a zod response format gets a valid object', async () => {
   const verdict = completion.choices[0].message.parsed;
   assert.equal(verdict.threat_type, 'credential_access');
   assert.equal(verdict.severity, 'high');
-  const [conversation] = await captured(user, 1);
+  const [conversation] = await suite.captured(user, 1);
   assert.equal(conversation.turns[0].request.params.response_format.type, 'json_schema');
 });
 
@@ -142,7 +126,7 @@ test('a tool loop is answered and threaded as one conversation', async () => {
   });
   const second = await openai.chat.completions.create({ model: 'triage', messages, tools });
   assert.match(second.choices[0].message.content, /Threat type:/);
-  const conversations = await captured(user, 2);
+  const conversations = await suite.captured(user, 2);
   assert.equal(conversations.length, 1, 'one conversation');
   assert.equal(conversations[0].turns.length, 2);
 });
@@ -160,7 +144,7 @@ test('the Responses API chains previous_response_id into one conversation', asyn
   stream.on('response.output_text.delta', (event) => deltas.push(event.delta));
   const second = await stream.finalResponse();
   assert.equal(second.output_text, deltas.join(''));
-  const conversations = await captured(user, 2);
+  const conversations = await suite.captured(user, 2);
   assert.equal(conversations.length, 1, 'one conversation');
   assert.equal(conversations[0].turns[1].streamed, true);
 });
@@ -195,7 +179,7 @@ test('errors arrive as the SDK\'s classes with OpenAI\'s fields', async () => {
     assert.equal(e.param, 'messages');
     return true;
   });
-  const stranger = new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: 'fw-not-a-key', maxRetries: 0 });
+  const stranger = new OpenAI({ baseURL: `${suite.stack.url}/v1`, apiKey: 'fw-not-a-key', maxRetries: 0 });
   await assert.rejects(stranger.models.list(), (e) => {
     assert.ok(e instanceof OpenAI.AuthenticationError, e.constructor.name);
     assert.equal(e.status, 401);
@@ -250,7 +234,7 @@ test('feedback rides the next request\'s header', async () => {
   const deadline = Date.now() + 30000;
   let feedback = [];
   while (Date.now() < deadline && feedback.length === 0) {
-    const [conversation] = await captured(user, 1);
+    const [conversation] = await suite.captured(user, 1);
     feedback = conversation.turns[0].feedback ?? [];
     if (feedback.length === 0) await new Promise((r) => setTimeout(r, 100));
   }
@@ -260,7 +244,7 @@ test('feedback rides the next request\'s header', async () => {
 test('the AzureOpenAI client of an app built for Azure reaches the alias as its deployment', async () => {
   const user = `openai-node-azure-${randomUUID()}`;
   const azure = new AzureOpenAI({
-    endpoint: stack.url, apiKey: stack.keys.client, apiVersion: '2024-10-21', deployment: 'triage',
+    endpoint: suite.stack.url, apiKey: suite.stack.keys.client, apiVersion: '2024-10-21', deployment: 'triage',
     defaultHeaders: { 'x-flywheel-user': user },
   });
   const { data, response } = await azure.chat.completions
@@ -272,6 +256,6 @@ test('the AzureOpenAI client of an app built for Azure reaches the alias as its 
   let text = '';
   for await (const chunk of stream) for (const choice of chunk.choices) text += choice.delta?.content ?? '';
   assert.equal(text, data.choices[0].message.content);
-  const conversations = await captured(user, 2);
+  const conversations = await suite.captured(user, 2);
   assert.deepEqual(new Set(conversations.flatMap((c) => c.turns).map((t) => t.alias)), new Set(['triage']));
 });
