@@ -44,6 +44,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(proxy::azure_embeddings),
         )
         .route("/openai/responses", post(proxy::responses))
+        .route("/openai/models", get(proxy::list_models))
+        .route("/openai/models/{id}", get(proxy::get_model))
         .route_layer(GuardLayer::new(state.clone(), Role::Client));
     let admin_api = Router::new()
         .route(

@@ -2,12 +2,12 @@
 //! for, with their versions, in the OpenAI list shape. An id that is no
 //! alias is asked of the default provider, so provider models stay visible.
 
+use super::passthrough::{Forwarded, forward};
 use crate::auth::Caller;
 use crate::openai::ApiError;
 use crate::state::AppState;
 use crate::store::ModelAliasRecord;
 use axum::Extension;
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Json, Response};
@@ -26,16 +26,29 @@ pub async fn list_models(State(app): State<Arc<AppState>>) -> Json<Value> {
 
 pub async fn get_model(
     State(app): State<Arc<AppState>>,
-    caller: Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(alias) = app.registry.alias(&id) {
         return Ok(Json(model_object(&alias, app.started_unix)).into_response());
     }
-    super::passthrough(State(app), caller, method, uri, headers, Body::empty()).await
+    // The id as the client wrote it (percent-encoded), under whichever
+    // mount it came (`/v1/models/…`, Azure's `/openai/models/…`).
+    let raw = uri
+        .path()
+        .rsplit_once("/models/")
+        .map_or(id.as_str(), |(_, raw)| raw);
+    let path = format!("models/{raw}");
+    let forwarded = Forwarded {
+        method: Method::GET,
+        path: &path,
+        query: uri.query(),
+        headers: &headers,
+    };
+    let nothing = futures_util::stream::empty();
+    forward(&app, &caller, forwarded, Box::pin(nothing)).await
 }
 
 fn model_object(alias: &ModelAliasRecord, created: u64) -> Value {

@@ -103,6 +103,15 @@ async fn the_deployment_in_the_path_names_the_alias_and_azures_credentials_stay_
     )
     .await;
     assert_eq!(embedded.status(), 200);
+    // A model that is no alias is the provider's to describe.
+    let described = app
+        .http
+        .get(app.url("/openai/models/gpt-4o?api-version=2024-10-21"))
+        .header("api-key", &app.client_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.status(), 200);
 
     let seen = seen.lock().unwrap().clone();
     let paths: Vec<&str> = seen.iter().map(|r| r.path.as_str()).collect();
@@ -112,7 +121,8 @@ async fn the_deployment_in_the_path_names_the_alias_and_azures_credentials_stay_
             "/v1/chat/completions",
             "/v1/chat/completions",
             "/v1/chat/completions",
-            "/v1/embeddings"
+            "/v1/embeddings",
+            "/v1/models/gpt-4o"
         ]
     );
     for received in &seen {

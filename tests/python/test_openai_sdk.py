@@ -658,8 +658,10 @@ def test_azure_client_streams(proxy):
     assert usage is not None and usage.total_tokens > 0
 
 
-def test_azure_client_embeddings_and_errors(proxy):
+def test_azure_client_models_embeddings_and_errors(proxy):
     c = azure_client(proxy, max_retries=0)
+    assert "triage" in [m.id for m in c.models.list()]
+    assert c.models.retrieve("triage").id == "triage"
     result = c.embeddings.create(model="text-embedding-3-small", input="mimikatz on DC01")
     assert len(result.data[0].embedding) > 0
     with pytest.raises(openai.NotFoundError):
