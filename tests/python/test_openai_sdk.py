@@ -672,6 +672,18 @@ def test_azure_client_models_embeddings_and_errors(proxy):
         stranger.chat.completions.create(model="triage", messages=MESSAGES)
 
 
+def test_azure_client_responses_chain_into_one_conversation(proxy):
+    c = openai.AzureOpenAI(azure_endpoint=proxy.url, api_key=proxy.keys["client"],
+                           api_version="2025-04-01-preview")
+    first = c.responses.with_raw_response.create(model="triage", input=ALERT)
+    response = first.parse()
+    assert response.output_text.startswith("Threat type:")
+    second = c.responses.with_raw_response.create(
+        model="triage", input="Is the host isolated already?", previous_response_id=response.id)
+    assert second.parse().output_text
+    assert second.headers["x-flywheel-conversation-id"] == first.headers["x-flywheel-conversation-id"]
+
+
 def test_azure_v1_api_through_the_plain_client(proxy):
     """Azure's v1 API is used with the plain client at `/openai/v1/`."""
     c = openai.OpenAI(base_url=f"{proxy.url}/openai/v1/", api_key=proxy.keys["client"])
