@@ -12,7 +12,10 @@ mod request;
 mod shadow;
 mod thread;
 
-pub use azure::{chat_completions as azure_chat_completions, embeddings as azure_embeddings};
+pub use azure::{
+    chat_completions as azure_chat_completions, embeddings as azure_embeddings,
+    passthrough as azure_passthrough,
+};
 pub use chat::{chat_completions, responses};
 pub use models::{get_model, list_models};
 pub use passthrough::passthrough;

@@ -58,6 +58,21 @@ pub async fn embeddings(
     passthrough::forward(&app, &caller, forwarded, Box::pin(upload)).await
 }
 
+/// Any other `/openai/…` route (Azure's dated files, batches, fine-tuning
+/// …): passed on as the same path under the default provider, as `/v1/…`
+/// routes are.
+pub async fn passthrough(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let path = uri.path().strip_prefix("/openai/").unwrap_or_default();
+    passthrough::pass_on(&app, &caller, method, path, &uri, &headers, body).await
+}
+
 /// The body with `model` set to `deployment`. Azure reads the deployment
 /// from the path, so its clients may send another `model` (ignored there)
 /// or none. A body that is no JSON object is left for the route's parser

@@ -25,6 +25,21 @@ pub async fn passthrough(
     request_headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let path = uri.path().strip_prefix("/v1/").unwrap_or_default();
+    pass_on(&app, &caller, method, path, &uri, &request_headers, body).await
+}
+
+/// Passes a request on to `path` under the default provider's base URL,
+/// its body streamed under `server.max_body_bytes`.
+pub async fn pass_on(
+    app: &AppState,
+    caller: &Caller,
+    method: Method,
+    path: &str,
+    uri: &Uri,
+    request_headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let limit = app.config.server.max_body_bytes;
     let declared = request_headers
         .get(header::CONTENT_LENGTH)
@@ -34,11 +49,11 @@ pub async fn passthrough(
     }
     let forwarded = Forwarded {
         method,
-        path: uri.path().strip_prefix("/v1/").unwrap_or_default(),
+        path,
         query: uri.query(),
-        headers: &request_headers,
+        headers: request_headers,
     };
-    forward(&app, &caller, forwarded, Box::pin(limited(body, limit))).await
+    forward(app, caller, forwarded, Box::pin(limited(body, limit))).await
 }
 
 /// A request to pass on: `path` under the provider's base URL, the

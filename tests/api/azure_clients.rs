@@ -112,6 +112,15 @@ async fn the_deployment_in_the_path_names_the_alias_and_azures_credentials_stay_
         .await
         .unwrap();
     assert_eq!(described.status(), 200);
+    // Azure's dated routes for the rest (files, batches …) are passed on.
+    let files = app
+        .http
+        .get(app.url("/openai/files?api-version=2024-10-21&purpose=batch"))
+        .header("api-key", &app.client_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(files.status(), 200);
 
     let seen = seen.lock().unwrap().clone();
     let paths: Vec<&str> = seen.iter().map(|r| r.path.as_str()).collect();
@@ -122,11 +131,16 @@ async fn the_deployment_in_the_path_names_the_alias_and_azures_credentials_stay_
             "/v1/chat/completions",
             "/v1/chat/completions",
             "/v1/embeddings",
-            "/v1/models/gpt-4o"
+            "/v1/models/gpt-4o",
+            "/v1/files"
         ]
     );
-    for received in &seen {
+    let (files, relayed) = seen.split_last().unwrap();
+    assert_eq!(files.query.as_deref(), Some("purpose=batch"));
+    for received in relayed {
         assert_eq!(received.query, None, "{received:?}");
+    }
+    for received in &seen {
         assert!(!received.headers.contains_key("api-key"), "{received:?}");
         assert_eq!(
             received.headers["authorization"],

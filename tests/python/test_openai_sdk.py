@@ -662,6 +662,7 @@ def test_azure_client_models_embeddings_and_errors(proxy):
     c = azure_client(proxy, max_retries=0)
     assert "triage" in [m.id for m in c.models.list()]
     assert c.models.retrieve("triage").id == "triage"
+    assert isinstance(c.files.list().data, list)  # Azure's dated files route, passed on
     result = c.embeddings.create(model="text-embedding-3-small", input="mimikatz on DC01")
     assert len(result.data[0].embedding) > 0
     with pytest.raises(openai.NotFoundError):
