@@ -10,6 +10,7 @@ mod fine_tuning;
 mod keys;
 mod me;
 mod models;
+mod providers;
 mod ui;
 
 pub use alerts::{acknowledge_alert, list_alerts};
@@ -31,6 +32,7 @@ pub use models::{
     experiment, get_model, history as model_history, list_models, promote, promotion_gate,
     register_version, rollback, set_traffic,
 };
+pub use providers::list_providers;
 pub use ui::{ui_asset, ui_index};
 
 use crate::openai::blocking;

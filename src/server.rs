@@ -57,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/audit", get(admin::list_audit))
         .route("/admin/api/me", get(admin::me))
         .route("/admin/api/stats", get(admin::get_stats))
+        .route("/admin/api/providers", get(admin::list_providers))
         .route("/admin/api/conversations", get(admin::list_conversations))
         .route("/admin/api/conversations/bulk", post(admin::bulk_review))
         .route(

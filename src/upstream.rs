@@ -11,6 +11,7 @@ mod fine_tuning;
 pub mod headers;
 mod lora;
 mod retry;
+mod signing;
 mod transport;
 mod webhook;
 
@@ -19,5 +20,6 @@ pub use client::{
     BodyStream, CHAT_PATH, Collected, Cut, Provider, Reply, UpstreamRequest, Upstreams,
 };
 pub use fine_tuning::{EventObject, FileObject, FineTuningError, JobObject, JobSpec, Page};
+pub use signing::Signing;
 pub use transport::ByteStream;
 pub use webhook::Webhook;

@@ -32,6 +32,8 @@ pub struct Provider {
     /// Our provider key as the provider reads it (`Authorization: Bearer
     /// <key>`, or Azure's `api-key`), built once, marked sensitive.
     auth: Option<(HeaderName, HeaderValue)>,
+    /// The variable `auth` is read from, when one is named.
+    key_env: Option<String>,
     /// An Azure provider's Entra ID tokens, renewed in the background
     /// (`run_token_renewal`), instead of `auth`.
     entra: Option<Arc<azure::entra::Entra>>,
@@ -207,6 +209,10 @@ impl Provider {
                 .provider_keys
                 .get(&config.name)
                 .and_then(|k| authorization(azure.as_ref(), k)),
+            key_env: config
+                .api_key_env
+                .clone()
+                .or_else(|| config.bearer_token_env.clone()),
             entra: config.entra.as_ref().map(|e| {
                 Arc::new(azure::entra::Entra::new(
                     &config.name,
@@ -355,6 +361,25 @@ impl Provider {
             Some(entra) => Ok(Some((header::AUTHORIZATION, entra.header()?))),
             None => Ok(self.auth.clone()),
         }
+    }
+
+    /// How this provider's requests are signed, and whether they can be now.
+    pub fn signing(&self) -> super::Signing {
+        use super::Signing;
+        if let Some(entra) = &self.entra {
+            return Signing::entra(entra);
+        }
+        match (&self.key_env, &self.auth) {
+            (None, _) => Signing::none(),
+            (Some(_), Some(_)) => Signing::key(None),
+            (Some(var), None) => Signing::key(Some(format!("the variable `{var}` is not set"))),
+        }
+    }
+
+    /// How the management API (deploying fine-tuned models) is signed in
+    /// to, when this provider deploys them itself.
+    pub fn management_signing(&self) -> Option<super::Signing> {
+        self.management.as_ref().map(|m| m.signing())
     }
 
     /// Keeps this provider's Entra ID tokens valid until `stop` (the data

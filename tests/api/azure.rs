@@ -1017,6 +1017,21 @@ async fn entra_client_credentials_are_exchanged_for_tokens_renewed_before_they_e
         &["Microsoft Entra ID", "unauthorized_client", "AADSTS700016"],
     )
     .await;
+    let signing = providers_signing(&app).await;
+    assert_eq!(signing["azent"]["source"], "entra");
+    assert_eq!(signing["azent"]["ready"], true, "{signing}");
+    assert!(
+        signing["azent"]["valid_for_s"].as_u64().unwrap() <= 2,
+        "{signing}"
+    );
+    assert_eq!(signing["azbad"]["ready"], false, "{signing}");
+    assert!(
+        signing["azbad"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS700016"),
+        "{signing}"
+    );
 
     // Renewals are counted per provider and outcome.
     let app = &app;
@@ -1063,6 +1078,15 @@ async fn entra_credentials_also_sign_in_to_the_management_api_for_deployments() 
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["deployment"]["state"], "succeeded", "{done:#}");
     assert_eq!(done["deployment"]["managed"], true, "{done:#}");
+    let listed = app.admin_get("/admin/api/providers").await;
+    let az = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "az")
+        .unwrap();
+    assert_eq!(az["management_signing"]["source"], "entra", "{az}");
+    assert_eq!(az["management_signing"]["ready"], true, "{az}");
     assert!(done["registered_version"].is_string(), "{done:#}");
 }
 
@@ -1124,6 +1148,24 @@ async fn answered_under_renewed_tokens(send: impl AsyncFn() -> reqwest::Response
     }
 }
 
+/// Each provider's `signing`, by name, as `GET /admin/api/providers`
+/// shows it.
+async fn providers_signing(app: &TestApp) -> Value {
+    let listed = app.admin_get("/admin/api/providers").await;
+    let by_name = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["signing"].clone(),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>();
+    Value::Object(by_name)
+}
+
 /// A chat answered 502 as not sent, for want of a token, with a message
 /// holding each of `reasons`.
 async fn refused_unsent(response: reqwest::Response, reasons: &[&str]) {
@@ -1182,6 +1224,10 @@ async fn chats_signed_in_with_a_managed_identity(env: Vec<(&'static str, String)
         &["refused the managed identity", refusal],
     )
     .await;
+    let signing = providers_signing(&app).await;
+    assert_eq!(signing["azmi"]["source"], "managed_identity");
+    assert_eq!(signing["azmi"]["ready"], true, "{signing}");
+    assert_eq!(signing["azmibad"]["ready"], false, "{signing}");
     let labels = [("provider", "azmi"), ("outcome", "ok")];
     assert!(
         app.metric_where("flywheel_upstream_token_renewals_total", &labels)

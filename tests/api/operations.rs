@@ -2,7 +2,7 @@
 
 use crate::helpers::*;
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
@@ -103,4 +103,55 @@ async fn shutdown_lets_an_in_flight_stream_finish_and_refuses_new_connections() 
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting"
     );
+}
+
+#[tokio::test]
+async fn the_providers_say_whether_their_requests_can_be_signed() {
+    let app = spawn_app_with(Options {
+        extra: "[[providers]]\nname = \"unkeyed\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+                api_key_env = \"FLYWHEEL_TEST_NEVER_SET\"\n"
+            .into(),
+        ..Options::default()
+    })
+    .await;
+    let listed = app.admin_get("/admin/api/providers").await;
+    let provider = |name: &str| {
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no provider {name}: {listed}"))
+    };
+    let sim = provider("sim");
+    assert_eq!(
+        (&sim["kind"], &sim["default"]),
+        (&json!("openai"), &json!(true))
+    );
+    assert_eq!(sim["signing"], json!({"source": "key", "ready": true}));
+    assert_eq!(
+        provider("dead")["signing"],
+        json!({"source": "none", "ready": true})
+    );
+    let unkeyed = provider("unkeyed")["signing"].clone();
+    assert_eq!(unkeyed["ready"], false, "{unkeyed}");
+    assert!(
+        unkeyed["problem"]
+            .as_str()
+            .unwrap()
+            .contains("FLYWHEEL_TEST_NEVER_SET"),
+        "{unkeyed}"
+    );
+    assert!(!listed.to_string().contains(PROVIDER_KEY));
+    // Analysts may read it; clients may not.
+    let as_client = app
+        .send(
+            reqwest::Method::GET,
+            "/admin/api/providers",
+            &app.client_key,
+            None,
+        )
+        .await;
+    assert_eq!(as_client.status(), 403);
 }

@@ -30,6 +30,9 @@ export function freePort() {
 function childEnv() {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('FLYWHEEL__')));
   env.FLYWHEEL_ADMIN_TOKEN = ADMIN_TOKEN;
+  // The Azure provider's key stays unset (the simulator takes requests
+  // without one), and the overview says so.
+  delete env.AZURE_OPENAI_API_KEY;
   env.RUST_LOG = env.RUST_LOG || 'info';
   env.NO_COLOR = '1';
   env.NO_PROXY = [env.NO_PROXY, '127.0.0.1', 'localhost'].filter(Boolean).join(',');

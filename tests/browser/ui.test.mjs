@@ -106,6 +106,12 @@ describe('admin UI', { timeout: 240000 }, () => {
     await page.getByText('No evaluation yet.').waitFor();
     await page.locator('.traffic', { hasText: 'triage' }).getByText('100 %').waitFor();
     await page.getByText('No open alerts.').waitFor();
+    // Providers: whether each can sign its requests.
+    await page.locator('tr[data-provider=sim]', { hasText: 'unsigned' }).waitFor();
+    await page.locator('tr[data-provider=trainer]', { hasText: 'serves no chats' }).waitFor();
+    const azure = page.locator('tr[data-provider=azure] [data-test=signing-problem]');
+    await azure.waitFor();
+    assert.match(await azure.textContent(), /cannot sign.*AZURE_OPENAI_API_KEY/s);
     await shot(page, '02-overview');
   });
 

@@ -25,18 +25,50 @@ export async function render(ctx) {
   const metrics = h('div', null, loading());
   const alerts = h('div', null, loading());
   const traffic = h('div', null, loading());
+  const providers = h('div', null, loading());
   const coverage = stats.taxonomy_coverage || { covered: 0, total: 0, missing: [] };
   page.append(h('div', { class: 'grid-2' },
     card('Success metrics', metrics),
     card('Open alerts', alerts),
     card('Traffic by version', traffic),
     card('Labels by threat type', labels(stats, coverage)),
+    card('Providers', providers),
   ));
   clear(ctx.root).append(page);
 
   successMetrics(ctx, metrics);
   openAlerts(alerts);
   trafficByVersion(traffic);
+  providerSigning(providers);
+}
+
+/** Each provider and whether its requests can be signed now: a missing
+ * key or Entra ID tokens that stopped renewing show here before chats
+ * fail. */
+async function providerSigning(el) {
+  try {
+    const list = await api('/providers');
+    const rows = list.data.map((p) => h('tr', { dataset: { provider: p.name } },
+      h('td', null, p.name, p.default ? h('span', { class: 'muted small' }, ' (default)') : ''),
+      h('td', null, p.kind),
+      h('td', null, signing(p.signing)),
+      h('td', null, p.management_signing ? signing(p.management_signing) : h('span', { class: 'muted' }, '—'))));
+    el.replaceChildren(h('div', { class: 'table-wrap' }, h('table', { class: 'table' },
+      h('thead', null, h('tr', null, ['Provider', 'Kind', 'Requests signed with', 'Deployments'].map((t) => h('th', null, t)))),
+      h('tbody', null, rows))));
+  } catch (e) {
+    el.replaceChildren(errorBox(e));
+  }
+}
+
+const SIGNED_WITH = { key: 'key', entra: 'Entra ID (client credentials)', managed_identity: 'managed identity', none: 'nothing (no key configured)' };
+
+function signing(s) {
+  if (!s) return h('span', { class: 'muted' }, 'serves no chats');
+  const what = SIGNED_WITH[s.source] ?? s.source;
+  if (!s.ready) return h('span', { 'data-test': 'signing-problem' }, badge('cannot sign', 'bad'), ' ', what, h('div', { class: 'small' }, s.problem));
+  const left = s.valid_for_s == null ? '' : `, token valid ${Math.round(s.valid_for_s / 60)} min more`;
+  return h('span', null, badge(s.source === 'none' ? 'unsigned' : 'ready', s.source === 'none' ? 'neutral' : 'good'), ` ${what}${left}`);
 }
 
 /** The entry to the guided path: what there is to learn from, and one

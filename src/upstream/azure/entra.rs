@@ -159,11 +159,28 @@ impl Entra {
         {
             return Ok(token.header.clone());
         }
-        let why = match self.failure.load().as_deref() {
+        Err(self.why_none())
+    }
+
+    /// How long the current token stays valid, or why there is none.
+    pub fn valid_for(&self) -> Result<Duration, String> {
+        let now = Instant::now();
+        match self.current.load().as_deref() {
+            Some(token) if now < token.expires_at => Ok(token.expires_at - now),
+            _ => Err(self.why_none()),
+        }
+    }
+
+    fn why_none(&self) -> String {
+        match self.failure.load().as_deref() {
             Some(failure) => format!("no valid Microsoft Entra ID token: {failure}"),
             None => "no Microsoft Entra ID token yet: the first is being requested".into(),
-        };
-        Err(why)
+        }
+    }
+
+    /// Whether the tokens are the host's managed identity's.
+    pub fn is_managed_identity(&self) -> bool {
+        matches!(self.source, Source::Host(_))
     }
 
     /// Keeps a valid token until `stop`: one now, then each renewed at

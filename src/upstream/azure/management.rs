@@ -114,6 +114,19 @@ impl Management {
         }
     }
 
+    /// How calls are signed, and whether they can be now.
+    pub(in crate::upstream) fn signing(&self) -> crate::upstream::Signing {
+        use crate::upstream::Signing;
+        match &self.credential {
+            Credential::Entra(entra) => Signing::entra(entra),
+            Credential::Token(Some(_)) => Signing::key(None),
+            Credential::Token(None) => Signing::key(Some(format!(
+                "the variable `{}` (deployment.token_env) is not set",
+                self.config.token_env.as_deref().unwrap_or_default()
+            ))),
+        }
+    }
+
     fn url(&self, name: &str) -> String {
         let c = &self.config;
         format!(
