@@ -1017,7 +1017,7 @@ async fn entra_client_credentials_are_exchanged_for_tokens_renewed_before_they_e
         &["Microsoft Entra ID", "unauthorized_client", "AADSTS700016"],
     )
     .await;
-    let signing = providers_signing(&app).await;
+    let signing = providers_signing(&app, "signing").await;
     assert_eq!(signing["azent"]["source"], "entra");
     assert_eq!(signing["azent"]["ready"], true, "{signing}");
     assert!(
@@ -1078,15 +1078,9 @@ async fn entra_credentials_also_sign_in_to_the_management_api_for_deployments() 
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["deployment"]["state"], "succeeded", "{done:#}");
     assert_eq!(done["deployment"]["managed"], true, "{done:#}");
-    let listed = app.admin_get("/admin/api/providers").await;
-    let az = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "az")
-        .unwrap();
-    assert_eq!(az["management_signing"]["source"], "entra", "{az}");
-    assert_eq!(az["management_signing"]["ready"], true, "{az}");
+    let management = providers_signing(&app, "management_signing").await;
+    assert_eq!(management["az"]["source"], "entra", "{management}");
+    assert_eq!(management["az"]["ready"], true, "{management}");
     assert!(done["registered_version"].is_string(), "{done:#}");
 }
 
@@ -1148,20 +1142,15 @@ async fn answered_under_renewed_tokens(send: impl AsyncFn() -> reqwest::Response
     }
 }
 
-/// Each provider's `signing`, by name, as `GET /admin/api/providers`
-/// shows it.
-async fn providers_signing(app: &TestApp) -> Value {
+/// Each provider's `field` (`signing`, `management_signing`), by name, as
+/// `GET /admin/api/providers` shows it.
+async fn providers_signing(app: &TestApp, field: &str) -> Value {
     let listed = app.admin_get("/admin/api/providers").await;
     let by_name = listed["data"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap().to_string(),
-                p["signing"].clone(),
-            )
-        })
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p[field].clone()))
         .collect::<serde_json::Map<_, _>>();
     Value::Object(by_name)
 }
@@ -1224,7 +1213,7 @@ async fn chats_signed_in_with_a_managed_identity(env: Vec<(&'static str, String)
         &["refused the managed identity", refusal],
     )
     .await;
-    let signing = providers_signing(&app).await;
+    let signing = providers_signing(&app, "signing").await;
     assert_eq!(signing["azmi"]["source"], "managed_identity");
     assert_eq!(signing["azmi"]["ready"], true, "{signing}");
     assert_eq!(signing["azmibad"]["ready"], false, "{signing}");

@@ -65,6 +65,16 @@ async fn azure_post(app: &TestApp, path: &str, body: &Value) -> reqwest::Respons
         .unwrap()
 }
 
+/// A GET as an `AzureOpenAI` client sends it.
+async fn azure_get(app: &TestApp, path: &str) -> reqwest::Response {
+    app.http
+        .get(app.url(path))
+        .header("api-key", &app.client_key)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn alert() -> Value {
     json!([{"role": "user", "content": "Endpoint alert: LSASS memory dumped by rundll32.exe on WS-7."}])
 }
@@ -104,22 +114,10 @@ async fn the_deployment_in_the_path_names_the_alias_and_azures_credentials_stay_
     .await;
     assert_eq!(embedded.status(), 200);
     // A model that is no alias is the provider's to describe.
-    let described = app
-        .http
-        .get(app.url("/openai/models/gpt-4o?api-version=2024-10-21"))
-        .header("api-key", &app.client_key)
-        .send()
-        .await
-        .unwrap();
+    let described = azure_get(&app, "/openai/models/gpt-4o?api-version=2024-10-21").await;
     assert_eq!(described.status(), 200);
     // Azure's dated routes for the rest (files, batches …) are passed on.
-    let files = app
-        .http
-        .get(app.url("/openai/files?api-version=2024-10-21&purpose=batch"))
-        .header("api-key", &app.client_key)
-        .send()
-        .await
-        .unwrap();
+    let files = azure_get(&app, "/openai/files?api-version=2024-10-21&purpose=batch").await;
     assert_eq!(files.status(), 200);
 
     let seen = seen.lock().unwrap().clone();
@@ -185,13 +183,7 @@ async fn an_azure_client_is_answered_and_captured_like_any_other() {
     );
 
     // Azure's v1 API is the same routes: the model list, the Responses API.
-    let models = app
-        .http
-        .get(app.url("/openai/v1/models"))
-        .header("api-key", &app.client_key)
-        .send()
-        .await
-        .unwrap();
+    let models = azure_get(&app, "/openai/v1/models").await;
     let models: Value = models.json().await.unwrap();
     assert!(
         models["data"]
