@@ -217,7 +217,7 @@ impl Provider {
                 Arc::new(azure::entra::Entra::new(
                     &config.name,
                     e,
-                    &e.scope,
+                    azure::entra::Purpose::Inference,
                     secrets.entra_secrets.get(&config.name).cloned(),
                     &secrets.managed_identity,
                     token_http.clone(),

@@ -1041,6 +1041,19 @@ async fn entra_client_credentials_are_exchanged_for_tokens_renewed_before_they_e
             .await
     };
     assert!(renewals("azent", "ok").await >= 3.0);
+    // The current token's expiry, for an alert before it runs out.
+    let labels = [("provider", "azent"), ("api", "inference")];
+    let expiry = app
+        .metric_where("flywheel_upstream_token_expiry_timestamp_seconds", &labels)
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now - 1.0 && expiry <= now + 2.5,
+        "{expiry} against {now}"
+    );
     assert!(renewals("azbad", "failed").await >= 1.0);
     assert_eq!(renewals("azbad", "ok").await, 0.0);
 }
@@ -1078,6 +1091,11 @@ async fn entra_credentials_also_sign_in_to_the_management_api_for_deployments() 
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["deployment"]["state"], "succeeded", "{done:#}");
     assert_eq!(done["deployment"]["managed"], true, "{done:#}");
+    let labels = [("provider", "az"), ("api", "management")];
+    let expiry = app
+        .metric_where("flywheel_upstream_token_expiry_timestamp_seconds", &labels)
+        .await;
+    assert!(expiry > 1.7e9, "the management token's expiry: {expiry}");
     let management = providers_signing(&app, "management_signing").await;
     assert_eq!(management["az"]["source"], "entra", "{management}");
     assert_eq!(management["az"]["ready"], true, "{management}");

@@ -48,9 +48,20 @@ pub fn host_client(connect_timeout: Duration) -> Result<reqwest::Client, String>
 const IMDS_API_VERSION: &str = "2018-02-01";
 const APP_SERVICE_API_VERSION: &str = "2019-08-01";
 
+/// What a source's tokens are for.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose<'a> {
+    /// The data plane, with the configured `entra.scope`.
+    Inference,
+    /// The management API at this URL (scope `{url}/.default`).
+    Management(&'a str),
+}
+
 /// One provider's token source.
 pub struct Entra {
     provider: Arc<str>,
+    /// `inference` or `management`, for the expiry gauge.
+    api: &'static str,
     /// The client id: the app registration's, or a user-assigned
     /// identity's (`None`: the host's system-assigned identity).
     client_id: Option<String>,
@@ -114,17 +125,24 @@ struct Refused {
 }
 
 impl Entra {
-    /// The source of `provider`'s tokens for `scope`: its client
+    /// The source of `provider`'s tokens for `purpose`: its client
     /// credentials (the secret `None` when its variable is not set: every
     /// request then says so), or the managed identity of `host`.
     pub fn new(
         provider: &str,
         config: &EntraConfig,
-        scope: &str,
+        purpose: Purpose<'_>,
         secret: Option<SecretString>,
         host: &ManagedIdentityHost,
         http: reqwest::Client,
     ) -> Self {
+        let (api, scope) = match purpose {
+            Purpose::Inference => ("inference", config.scope.trim().to_string()),
+            Purpose::Management(url) => (
+                "management",
+                format!("{}/.default", url.trim().trim_end_matches('/')),
+            ),
+        };
         let source = if config.managed_identity {
             Source::Host(host.clone())
         } else {
@@ -142,8 +160,9 @@ impl Entra {
         };
         Self {
             provider: provider.into(),
+            api,
             client_id: config.client_id.as_deref().map(|id| id.trim().to_string()),
-            scope: scope.trim().to_string(),
+            scope,
             source,
             http,
             current: ArcSwapOption::empty(),
@@ -250,6 +269,16 @@ impl Entra {
             header,
             expires_at: asked + lifetime,
         })));
+        let expiry = SystemTime::now()
+            .checked_sub(asked.elapsed())
+            .unwrap_or_else(SystemTime::now)
+            + lifetime;
+        let unix = expiry
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!("flywheel_upstream_token_expiry_timestamp_seconds",
+            "provider" => self.provider.to_string(), "api" => self.api)
+        .set(unix.as_secs_f64());
         self.failure.store(None);
         Ok(lifetime)
     }
@@ -437,7 +466,7 @@ mod tests {
         let platform = Entra::new(
             "az",
             &config(false),
-            "s/.default",
+            Purpose::Inference,
             None,
             &host,
             http.clone(),
@@ -450,7 +479,7 @@ mod tests {
         let imds = Entra::new(
             "az",
             &config(true),
-            &config(true).scope,
+            Purpose::Inference,
             None,
             &host,
             http.clone(),
@@ -475,7 +504,7 @@ mod tests {
         let entra = Entra::new(
             "az",
             &system_assigned,
-            "https://management.azure.com/.default",
+            Purpose::Management("https://management.azure.com/"),
             None,
             &app_service,
             http,
@@ -495,7 +524,7 @@ mod tests {
         let entra = Entra::new(
             "az",
             &config(false),
-            "s",
+            Purpose::Inference,
             None,
             &host,
             reqwest::Client::new(),

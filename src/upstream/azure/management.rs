@@ -4,7 +4,7 @@
 //! request (`DELETE`). Each call is made once, with the ARM bearer token;
 //! an error answer is kept as sent, as the fine-tuning calls keep theirs.
 
-use super::entra::Entra;
+use super::entra::{Entra, Purpose};
 use crate::config::Secrets;
 use crate::config::{AzureDeploymentConfig, ProviderConfig};
 use crate::upstream::{FineTuningError, Provider};
@@ -65,20 +65,14 @@ impl Management {
     ) -> Option<Self> {
         let deployment = config.deployment.clone()?;
         let credential = match (&deployment.token_env, &config.entra) {
-            (None, Some(entra)) => {
-                let scope = format!(
-                    "{}/.default",
-                    deployment.management_url.trim_end_matches('/')
-                );
-                Credential::Entra(Arc::new(Entra::new(
-                    &config.name,
-                    entra,
-                    &scope,
-                    secrets.entra_secrets.get(&config.name).cloned(),
-                    &secrets.managed_identity,
-                    token_http.clone(),
-                )))
-            }
+            (None, Some(entra)) => Credential::Entra(Arc::new(Entra::new(
+                &config.name,
+                entra,
+                Purpose::Management(&deployment.management_url),
+                secrets.entra_secrets.get(&config.name).cloned(),
+                &secrets.managed_identity,
+                token_http.clone(),
+            ))),
             _ => Credential::Token(secrets.management_tokens.get(&config.name).cloned()),
         };
         Some(Self {
