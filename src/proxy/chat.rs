@@ -140,8 +140,8 @@ fn route(
             app.config.capture.enabled,
         )
     };
-    // Shadow copies are chat completions; a Responses request has none.
-    if let Some(alias) = route.alias.as_ref().filter(|_| request.wire == Wire::Chat) {
+    // A request naming what only its provider stored gets no copies.
+    if let Some(alias) = route.alias.as_ref().filter(|_| request.self_contained) {
         let shadows = table.shadows(alias);
         if !shadows.is_empty() {
             app.mirror

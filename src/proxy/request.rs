@@ -28,6 +28,11 @@ pub struct ChatRequest {
     pub thread_prefix: Option<ThreadHasher>,
     /// OpenAI's `user` field: the end user, when the app names one.
     pub user: Option<String>,
+    /// Whether the body holds all it refers to. A Responses request that
+    /// names a stored response (`previous_response_id`) or stored items
+    /// (`item_reference`) does not: only the provider that stored them can
+    /// answer it, so no shadow copy is sent.
+    pub self_contained: bool,
     /// Where the `model` value (with its quotes) sits in the body.
     model_span: Range<usize>,
 }
@@ -124,6 +129,7 @@ impl ChatRequest {
             history_key,
             thread_prefix: Some(thread_prefix),
             user: end_user(view.user),
+            self_contained: true,
             model_span: start..start + raw_model.get().len(),
         })
     }
@@ -149,11 +155,11 @@ impl ChatRequest {
             .as_deref()
             .map(str::trim)
             .filter(|id| !id.is_empty());
-        let (history_key, thread_prefix) = match previous {
-            Some(id) => (Some(response_key(id)), None),
+        let (history_key, thread_prefix, self_contained) = match previous {
+            Some(id) => (Some(response_key(id)), None, false),
             None => {
-                let (history, prefix) = responses_thread_keys(view.instructions, view.input);
-                (history, Some(prefix))
+                let keys = responses_thread_keys(view.instructions, view.input);
+                (keys.history, Some(keys.prefix), !keys.references_stored)
             }
         };
         Ok(Self {
@@ -163,6 +169,7 @@ impl ChatRequest {
             history_key,
             thread_prefix,
             user: end_user(view.user),
+            self_contained,
             model_span: start..start + raw_model.get().len(),
         })
     }
@@ -232,14 +239,22 @@ fn end_user(user: Option<Cow<'_, str>>) -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
-/// A Responses request's history key and prefix, from its input read as
-/// the chat messages capture stores it as (instructions first); when the
-/// history's last assistant item is an `item_reference`, the key is that
-/// item's.
+/// What threads a Responses request that names no previous response.
+struct ResponsesKeys {
+    /// The history key: the input read as the chat messages capture stores
+    /// it as (instructions first); when the history's last assistant item
+    /// is an `item_reference`, that item's key.
+    history: Option<String>,
+    prefix: ThreadHasher,
+    /// Whether any input item is an `item_reference` (stored at the
+    /// provider).
+    references_stored: bool,
+}
+
 fn responses_thread_keys(
     instructions: Option<&RawValue>,
     input: Option<&RawValue>,
-) -> (Option<String>, ThreadHasher) {
+) -> ResponsesKeys {
     // Only the two fields that make the history are read into values, not
     // the whole body again.
     let value = |raw: Option<&RawValue>| {
@@ -251,6 +266,9 @@ fn responses_thread_keys(
         .filter(|item| item["type"] == "item_reference")
         .and_then(|item| item["id"].as_str())
         .map(item_key);
+    let references_stored = request["input"]
+        .as_array()
+        .is_some_and(|items| items.iter().any(|item| item["type"] == "item_reference"));
     let chat = crate::capture::responses::request_as_chat(request);
     let messages = chat["messages"]
         .as_array()
@@ -265,7 +283,11 @@ fn responses_thread_keys(
             history = Some(hasher.key());
         }
     }
-    (referenced.or(history), hasher)
+    ResponsesKeys {
+        history: referenced.or(history),
+        prefix: hasher,
+        references_stored,
+    }
 }
 
 /// The last input item the model wrote: an assistant message, a function
@@ -352,6 +374,7 @@ fn check_ranges(view: &View<'_>) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn param(body: &str) -> Option<String> {
         match ChatRequest::parse(body.as_bytes()) {
@@ -434,6 +457,33 @@ mod tests {
                 "{body}: param {got:?}, expected {expected}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_request_that_names_nothing_stored_is_self_contained() {
+        let parse = |body: serde_json::Value| {
+            ChatRequest::parse_responses(body.to_string().as_bytes())
+                .unwrap()
+                .self_contained
+        };
+        assert!(parse(json!({"model": "m", "input": "alert"})));
+        assert!(parse(json!({"model": "m", "input": [
+            {"role": "user", "content": "alert"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "x"}]},
+            {"role": "user", "content": "and?"}]})));
+        assert!(!parse(
+            json!({"model": "m", "input": "and?", "previous_response_id": "resp_1"})
+        ));
+        assert!(!parse(json!({"model": "m", "input": [
+            {"role": "user", "content": "alert"},
+            {"type": "item_reference", "id": "msg_1"},
+            {"role": "user", "content": "and?"}]})));
+        let chat = json!({"model": "m", "messages": [{"role": "user", "content": "alert"}]});
+        assert!(
+            ChatRequest::parse(chat.to_string().as_bytes())
+                .unwrap()
+                .self_contained
+        );
     }
 
     #[test]

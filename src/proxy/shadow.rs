@@ -1,5 +1,6 @@
-//! Shadow traffic: a copy of each live request of an alias goes to its
-//! shadow versions in the background. Their answers are captured for
+//! Shadow traffic: a copy of each live request of an alias (a chat
+//! completion, or a Responses request that refers to nothing stored at
+//! its provider) goes to its shadow versions in the background. Their answers are captured for
 //! comparison and never returned; a shadow can neither slow nor fail the
 //! live request — it runs on its own task, gets no retries, and when too
 //! many shadow requests are already in flight the copy is skipped (and
@@ -7,7 +8,7 @@
 
 use super::request::ChatRequest;
 use crate::capture::CaptureMeta;
-use crate::exchange::{Exchange, ExchangeSink, Outcome};
+use crate::exchange::{Exchange, ExchangeSink, Outcome, Wire};
 use crate::ids::new_id;
 use crate::routing::Route;
 use crate::upstream::{UpstreamRequest, Upstreams, headers};
@@ -59,6 +60,7 @@ impl Mirror {
             let copy = Copy {
                 body: request.body_for(body, &route.upstream_model),
                 original: body.clone(),
+                wire: request.wire,
                 streamed: request.stream,
                 headers: headers::outgoing(request_headers, false, false),
                 meta: CaptureMeta {
@@ -87,6 +89,7 @@ struct Copy {
     body: Bytes,
     /// The client's body, as the record of the exchange keeps it.
     original: Bytes,
+    wire: Wire,
     streamed: bool,
     headers: HeaderMap,
     meta: CaptureMeta,
@@ -99,8 +102,12 @@ impl Copy {
         };
         let started = Instant::now();
         let deadline = started + provider.total_timeout;
-        let request = UpstreamRequest::chat(self.headers.clone(), self.body.clone(), None)
-            .for_model(&self.route.upstream_model);
+        let (headers, body) = (self.headers.clone(), self.body.clone());
+        let request = match self.wire {
+            Wire::Chat => UpstreamRequest::chat(headers, body, None),
+            Wire::Responses => UpstreamRequest::responses(headers, body, None),
+        }
+        .for_model(&self.route.upstream_model);
         let (outcome, status, response, first_byte) =
             match provider.send_retrying(request, deadline, 0).await {
                 Ok(reply) => {
@@ -127,7 +134,7 @@ impl Copy {
             inference_id: new_id("inf"),
             caller_id: Arc::from("shadow"),
             route: self.route,
-            wire: crate::exchange::Wire::Chat,
+            wire: self.wire,
             streamed: self.streamed,
             request: self.original,
             response,

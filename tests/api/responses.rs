@@ -345,3 +345,79 @@ model_type = "threat_detection"
     assert_eq!(error["param"], "previous_response_id");
     assert_ne!(error["code"], "responses_unsupported");
 }
+
+/// The shadow answers stored beside a conversation's first turn, once
+/// there are `at_least`.
+async fn shadows_of(app: &TestApp, conversation: &str, turn: usize, at_least: usize) -> Value {
+    let path = format!("/admin/api/conversations/{conversation}");
+    eventually(
+        "the shadows beside the turn",
+        std::time::Duration::from_secs(30),
+        || async {
+            let detail: Value = app
+                .admin(Method::GET, &path, None)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let shadows = detail["turns"][turn]["shadows"].clone();
+            if shadows.as_array().is_some_and(|s| s.len() >= at_least) {
+                Ok(shadows)
+            } else {
+                Err(detail.to_string())
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_self_contained_response_is_shadowed_and_a_stored_reference_is_not() {
+    let app = spawn_app().await;
+    let shadowed = app
+        .admin(
+            Method::PUT,
+            "/admin/api/models/triage/traffic",
+            Some(&json!({"weights": {"base": 100}, "shadow": ["large"], "reason": "compare quietly"})),
+        )
+        .await;
+    assert_eq!(shadowed.status(), 200);
+    let first = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "input": ALERT, "stream": true}),
+        )
+        .await;
+    assert_eq!(header(&first, "x-flywheel-variant"), "base");
+    let conversation = header(&first, "x-flywheel-conversation-id");
+    let streamed = events(&first.text().await.unwrap());
+    let (_, done) = streamed.last().unwrap();
+    assert_eq!(
+        done["response"]["model"], "gpt-4o-mini",
+        "the shadow's answer is never returned"
+    );
+    let shadows = shadows_of(&app, &conversation, 0, 1).await;
+    assert_eq!(shadows[0]["version"], "large", "{shadows}");
+    assert_eq!(shadows[0]["provider_model"], "gpt-4o");
+    assert!(
+        shadows[0]["response"]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Threat type:"),
+        "the shadow's streamed answer is read as a chat turn: {shadows}"
+    );
+
+    // A follow-up naming the stored response: only its provider knows it.
+    let first_id = done["response"]["id"].clone();
+    let follow_up = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "previous_response_id": first_id, "input": "Isolated yet?"}),
+        )
+        .await;
+    assert_eq!(follow_up.status(), 200);
+    let detail = app.stored_turns(&conversation, 2).await;
+    assert_eq!(detail["turns"][1]["shadows"], json!([]), "{detail}");
+    let sent = app.metric("flywheel_shadow_requests_total").await;
+    assert_eq!(sent, 1.0, "one copy, for the self-contained request only");
+}
