@@ -121,6 +121,61 @@ fn check_config_masks_secrets() {
 }
 
 #[test]
+fn check_config_names_the_managed_identity_endpoint_and_hides_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flywheel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n\
+             [[providers]]\nname = \"azmi\"\nkind = \"azure\"\n\
+             base_url = \"https://contoso.openai.azure.com\"\nurl_style = \"v1\"\n\
+             [providers.entra]\nmanaged_identity = true\n\
+             [[models]]\nname = \"triage\"\nmodel_type = \"threat_detection\"\n\
+             [[models.versions]]\nname = \"base\"\nprovider = \"azmi\"\nmodel = \"gpt-4o-mini\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)]| {
+        let mut command = flywheel();
+        command.args(["check-config", "--config"]).arg(&path);
+        for var in [
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        ] {
+            command.env_remove(var);
+        }
+        command.envs(env.iter().copied());
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let vm = check(&[]);
+    assert!(
+        vm.contains("providers.azmi.entra.managed_identity: tokens from the instance metadata service at http://169.254.169.254/metadata/identity/oauth2/token"),
+        "{vm}"
+    );
+    let app_service = check(&[
+        ("IDENTITY_ENDPOINT", "http://localhost:4141/msi/token"),
+        ("IDENTITY_HEADER", "secret-identity-header"),
+    ]);
+    assert!(
+        app_service.contains("the platform's identity endpoint http://localhost:4141/msi/token"),
+        "{app_service}"
+    );
+    assert!(
+        !app_service.contains("secret-identity-header"),
+        "{app_service}"
+    );
+}
+
+#[test]
 fn keys_are_created_listed_and_revoked_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "");
