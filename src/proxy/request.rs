@@ -29,9 +29,10 @@ pub struct ChatRequest {
     /// OpenAI's `user` field: the end user, when the app names one.
     pub user: Option<String>,
     /// Whether the body holds all it refers to. A Responses request that
-    /// names a stored response (`previous_response_id`) or stored items
-    /// (`item_reference`) does not: only the provider that stored them can
-    /// answer it, so no shadow copy is sent.
+    /// names a stored response (`previous_response_id`), stored items
+    /// (`item_reference`), a stored conversation (`conversation`) or a
+    /// prompt template (`prompt`) does not: only the provider that stored
+    /// them can answer it, so no shadow copy is sent.
     pub self_contained: bool,
     /// Where the `model` value (with its quotes) sits in the body.
     model_span: Range<usize>,
@@ -75,6 +76,10 @@ struct ResponsesView<'a> {
     user: Option<Cow<'a, str>>,
     #[serde(borrow)]
     previous_response_id: Option<Cow<'a, str>>,
+    /// A conversation object or a prompt template stored at the provider:
+    /// only whether they are named is read.
+    conversation: Option<IgnoredAny>,
+    prompt: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -155,11 +160,16 @@ impl ChatRequest {
             .as_deref()
             .map(str::trim)
             .filter(|id| !id.is_empty());
+        let names_stored = view.conversation.is_some() || view.prompt.is_some();
         let (history_key, thread_prefix, self_contained) = match previous {
             Some(id) => (Some(response_key(id)), None, false),
             None => {
                 let keys = responses_thread_keys(view.instructions, view.input);
-                (keys.history, Some(keys.prefix), !keys.references_stored)
+                (
+                    keys.history,
+                    Some(keys.prefix),
+                    !keys.references_stored && !names_stored,
+                )
             }
         };
         Ok(Self {
@@ -473,6 +483,12 @@ mod tests {
             {"role": "user", "content": "and?"}]})));
         assert!(!parse(
             json!({"model": "m", "input": "and?", "previous_response_id": "resp_1"})
+        ));
+        assert!(!parse(
+            json!({"model": "m", "input": "and?", "conversation": "conv_1"})
+        ));
+        assert!(!parse(
+            json!({"model": "m", "input": "alert", "prompt": {"id": "pmpt_1"}})
         ));
         assert!(!parse(json!({"model": "m", "input": [
             {"role": "user", "content": "alert"},
