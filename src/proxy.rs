@@ -12,10 +12,7 @@ mod request;
 mod shadow;
 mod thread;
 
-pub use azure::{
-    chat_completions as azure_chat_completions, embeddings as azure_embeddings,
-    passthrough as azure_passthrough,
-};
+pub use azure::{chat_completions as azure_chat_completions, embeddings as azure_embeddings};
 pub use chat::{chat_completions, responses};
 pub use models::{get_model, list_models};
 pub use passthrough::passthrough;

@@ -46,7 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openai/responses", post(proxy::responses))
         .route("/openai/models", get(proxy::list_models))
         .route("/openai/models/{id}", get(proxy::get_model))
-        .route("/openai/{*rest}", any(proxy::azure_passthrough))
+        .route("/openai/{*rest}", any(proxy::passthrough))
         .route_layer(GuardLayer::new(state.clone(), Role::Client));
     let admin_api = Router::new()
         .route(

@@ -2,7 +2,7 @@
 
 use super::{KEY_PREFIX, KeyRing, Role, hash_key};
 use crate::openai::ApiError;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use parking_lot::RwLock;
 use secrecy::SecretString;
 use std::collections::HashMap;
@@ -133,8 +133,8 @@ fn anonymous_id(ip: IpAddr) -> Arc<str> {
 /// The key a request presents: `Authorization: Bearer <key>`, or else
 /// the `api-key` header Azure OpenAI's clients send it in.
 fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    if headers.contains_key(header::AUTHORIZATION) {
-        return bearer(headers);
+    if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+        return bearer(authorization);
     }
     let Some(value) = headers.get(AZURE_API_KEY) else {
         return Ok(None);
@@ -149,10 +149,7 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// Where Azure OpenAI's clients put the key.
 const AZURE_API_KEY: &str = "api-key";
 
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
+fn bearer(value: &HeaderValue) -> Result<Option<&str>, ApiError> {
     let text = value.to_str().map_err(|_| {
         ApiError::Unauthorized("The Authorization header is not valid text.".into())
     })?;

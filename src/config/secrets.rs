@@ -96,6 +96,7 @@ impl Secrets {
                 state(&config.store.url_env)
             ));
         }
+        let host = ManagedIdentityHost::from_env(&lookup);
         for p in &config.providers {
             if let Some(var) = &p.api_key_env {
                 lines.push(format!(
@@ -122,7 +123,7 @@ impl Secrets {
                 lines.push(format!(
                     "providers.{}.entra.managed_identity: tokens from {}",
                     p.name,
-                    ManagedIdentityHost::from_env(&lookup).describe()
+                    host.describe()
                 ));
             }
             if let Some(var) = p.deployment.as_ref().and_then(|d| d.token_env.as_ref()) {

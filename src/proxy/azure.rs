@@ -58,21 +58,6 @@ pub async fn embeddings(
     passthrough::forward(&app, &caller, forwarded, Box::pin(upload)).await
 }
 
-/// Any other `/openai/…` route (Azure's dated files, batches, fine-tuning
-/// …): passed on as the same path under the default provider, as `/v1/…`
-/// routes are.
-pub async fn passthrough(
-    State(app): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Result<Response, ApiError> {
-    let path = uri.path().strip_prefix("/openai/").unwrap_or_default();
-    passthrough::pass_on(&app, &caller, method, path, &uri, &headers, body).await
-}
-
 /// The body with `model` set to `deployment`. Azure reads the deployment
 /// from the path, so its clients may send another `model` (ignored there)
 /// or none. A body that is no JSON object is left for the route's parser
@@ -84,12 +69,15 @@ pub fn named(body: Bytes, deployment: &str) -> Bytes {
         #[serde(borrow, default, deserialize_with = "present")]
         model: Option<&'a RawValue>,
     }
-    // serde would read a struct from an array too.
-    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    let Some(view) = object
-        .then(|| serde_json::from_slice::<ModelOf<'_>>(&body).ok())
-        .flatten()
+    // Only an object (serde would read a struct from an array too).
+    let Some(open) = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .filter(|&i| body[i] == b'{')
     else {
+        return body;
+    };
+    let Ok(view) = serde_json::from_slice::<ModelOf<'_>>(&body) else {
         return body;
     };
     let quoted = serde_json::Value::from(deployment).to_string();
@@ -100,9 +88,6 @@ pub fn named(body: Bytes, deployment: &str) -> Bytes {
             (start, start + raw.get().len(), quoted)
         }
         None => {
-            let Some(open) = body.iter().position(|&b| b == b'{') else {
-                return body;
-            };
             let empty = body[open + 1..]
                 .iter()
                 .find(|b| !b.is_ascii_whitespace())

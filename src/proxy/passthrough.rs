@@ -17,6 +17,9 @@ use futures_util::TryStreamExt;
 use std::sync::Arc;
 use tokio::time::Instant;
 
+/// `/v1/{path}` (and Azure's `/openai/{path}`, which names the same
+/// routes) to `{path}` under the default provider's base URL, the body
+/// streamed under `server.max_body_bytes`.
 pub async fn passthrough(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -25,21 +28,10 @@ pub async fn passthrough(
     request_headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let path = uri.path().strip_prefix("/v1/").unwrap_or_default();
-    pass_on(&app, &caller, method, path, &uri, &request_headers, body).await
-}
-
-/// Passes a request on to `path` under the default provider's base URL,
-/// its body streamed under `server.max_body_bytes`.
-pub async fn pass_on(
-    app: &AppState,
-    caller: &Caller,
-    method: Method,
-    path: &str,
-    uri: &Uri,
-    request_headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+    let path = ["/v1/", "/openai/"]
+        .into_iter()
+        .find_map(|prefix| uri.path().strip_prefix(prefix))
+        .unwrap_or_default();
     let limit = app.config.server.max_body_bytes;
     let declared = request_headers
         .get(header::CONTENT_LENGTH)
@@ -51,9 +43,9 @@ pub async fn pass_on(
         method,
         path,
         query: uri.query(),
-        headers: request_headers,
+        headers: &request_headers,
     };
-    forward(app, caller, forwarded, Box::pin(limited(body, limit))).await
+    forward(&app, &caller, forwarded, Box::pin(limited(body, limit))).await
 }
 
 /// A request to pass on: `path` under the provider's base URL, the

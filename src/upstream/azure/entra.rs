@@ -235,7 +235,7 @@ impl Entra {
     /// Asks for a token and keeps it; its lifetime.
     async fn renew(&self) -> Result<Duration, String> {
         let (url, request) = self.request().await?;
-        let asked = Instant::now();
+        let (asked, asked_at) = (Instant::now(), SystemTime::now());
         let response = request
             .timeout(REQUEST_TIMEOUT)
             .send()
@@ -269,11 +269,7 @@ impl Entra {
             header,
             expires_at: asked + lifetime,
         })));
-        let expiry = SystemTime::now()
-            .checked_sub(asked.elapsed())
-            .unwrap_or_else(SystemTime::now)
-            + lifetime;
-        let unix = expiry
+        let unix = (asked_at + lifetime)
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         metrics::gauge!("flywheel_upstream_token_expiry_timestamp_seconds",
