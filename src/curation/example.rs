@@ -3,6 +3,11 @@
 //! it) as the target, and the system prompt policy. An answer the
 //! analyst's labels contradict is never a target: without a correction
 //! the conversation is refused.
+//!
+//! A Responses-API turn that continues what the provider stored (a
+//! `previous_response_id` or a `conversation`) sent only what was new;
+//! the earlier turns' messages and answers are put in front of it, as the
+//! provider put them, so that an example holds what the model saw.
 
 use super::template::{AnswerTemplate, Labels};
 use crate::evaluation::extract::Extractor;
@@ -68,7 +73,7 @@ pub fn build_example(
         .turns
         .last()
         .ok_or("the conversation has no turns")?;
-    let mut input = request_messages(turn)?;
+    let mut input = history(&candidate.turns)?;
     if !input.iter().any(|m| m.role == "system") {
         input.insert(0, Message::new("system", system_prompt));
     }
@@ -104,6 +109,92 @@ fn contradicts(labels: Labels<'_>, answer: &str, extractor: &Extractor) -> bool 
     let stated = extractor.extract(answer);
     let differs = |label: Option<&str>, said: Option<String>| matches!((label, said), (Some(label), Some(said)) if label != said);
     differs(labels.threat_type, stated.threat_type) || differs(labels.severity, stated.severity)
+}
+
+/// Why a conversation that opens by continuing a stored response is no
+/// example.
+const HISTORY_UNKNOWN: &str = "its first turn continues a response this conversation does not hold (`previous_response_id`: not captured, or in the conversation it branched from); what the model saw before it is unknown";
+
+/// The messages the last turn's model saw before its answer: the last
+/// request's own, preceded, while turns continue stored state, by the
+/// earlier turns' messages and answers. The provider does not carry
+/// `instructions` over, so earlier turns' system messages are left out
+/// and the last turn's come first.
+fn history(turns: &[(InferenceRecord, Vec<FeedbackRecord>)]) -> Result<Vec<Message>, String> {
+    let Some(((last, _), earlier)) = turns.split_last() else {
+        return Err("the conversation has no turns".into());
+    };
+    let own = request_messages(last)?;
+    if continues_stored(last) == Continues::Nothing {
+        return Ok(own);
+    }
+    // A conversation object starts empty unless created with items,
+    // which pass through Flywheel uncaptured: its first captured turn is
+    // taken as its start. A `previous_response_id` there names a response
+    // that was not captured.
+    let start = match earlier
+        .iter()
+        .rposition(|(turn, _)| continues_stored(turn) == Continues::Nothing)
+    {
+        Some(start) => start,
+        None if continues_stored(&turns[0].0) == Continues::Conversation => 0,
+        None => return Err(HISTORY_UNKNOWN.into()),
+    };
+    let (system, new): (Vec<Message>, Vec<Message>) =
+        own.into_iter().partition(|m| m.role == "system");
+    let mut messages = system;
+    for (n, (turn, _)) in earlier.iter().enumerate().skip(start) {
+        let at = |why: String| format!("turn {}: {why}", n + 1);
+        messages.extend(
+            request_messages(turn)
+                .map_err(at)?
+                .into_iter()
+                .filter(|m| m.role != "system"),
+        );
+        let answer = earlier_answer(turn).map_err(at)?;
+        messages.push(Message::new("assistant", answer));
+    }
+    messages.extend(new);
+    Ok(messages)
+}
+
+/// What stored state a turn continues, having sent only what is new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Continues {
+    /// It sent its whole history.
+    Nothing,
+    /// A Responses request naming the response it follows
+    /// (`previous_response_id`).
+    Response,
+    /// A Responses request in a conversation the provider keeps
+    /// (`conversation`).
+    Conversation,
+}
+
+fn continues_stored(turn: &InferenceRecord) -> Continues {
+    let params = &turn.request["params"];
+    if params["previous_response_id"]
+        .as_str()
+        .is_some_and(|id| !id.trim().is_empty())
+    {
+        Continues::Response
+    } else if params["conversation"].is_null() {
+        Continues::Nothing
+    } else {
+        Continues::Conversation
+    }
+}
+
+/// An earlier turn's answer, which the model saw as part of the history.
+fn earlier_answer(turn: &InferenceRecord) -> Result<&str, String> {
+    let message = &turn.response["choices"][0]["message"];
+    if message.get("tool_calls").is_some_and(|c| !c.is_null()) {
+        return Err("its answer calls tools; examples carry text messages only".into());
+    }
+    message["content"]
+        .as_str()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| "it has no answer text, so what the model saw after it is unknown".into())
 }
 
 /// The request's messages; tool use and non-text content are refused, as
@@ -351,6 +442,124 @@ mod tests {
         assert_eq!(
             build_example(&c, "p", &labelled(), &extractor()).unwrap_err(),
             "the conversation has no turns"
+        );
+    }
+
+    /// A Responses turn after `c`'s last: `params` says what it continues.
+    fn follow_up(c: &mut Candidate, params: serde_json::Value, answer: &str) {
+        let mut next = c.turns[0].clone();
+        next.0.request = serde_json::json!({"messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": format!("follow-up {}", c.turns.len())},
+        ], "params": params});
+        with_answer(&mut next.0, answer, "stop");
+        c.turns.push(next);
+    }
+
+    fn texts(ex: &Example) -> Vec<(String, String)> {
+        ex.input
+            .iter()
+            .map(|m| (m.role.clone(), m.content.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_of_stored_responses_is_the_whole_history_without_earlier_instructions() {
+        let mut c = candidate("conv_1", "malware");
+        c.turns[0].0.request["messages"]
+            .as_array_mut()
+            .unwrap()
+            .insert(
+                0,
+                serde_json::json!({"role": "system", "content": "Triage alerts."}),
+            );
+        let first_answer = answer_text(&c.turns[0].0).unwrap().unwrap().to_string();
+        let alert = c.turns[0].0.request["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        follow_up(
+            &mut c,
+            serde_json::json!({"previous_response_id": "resp_1"}),
+            "Second.",
+        );
+        follow_up(
+            &mut c,
+            serde_json::json!({"previous_response_id": "resp_2"}),
+            "Third.",
+        );
+        let ex = build_example(&c, "p", &AnswerTemplate::Answer, &extractor()).unwrap();
+        let s = |role: &str, text: &str| (role.to_string(), text.to_string());
+        assert_eq!(
+            texts(&ex),
+            [
+                s("system", "Answer briefly."),
+                s("user", &alert),
+                s("assistant", &first_answer),
+                s("user", "follow-up 1"),
+                s("assistant", "Second."),
+                s("user", "follow-up 2"),
+            ]
+        );
+        assert_eq!(ex.answer.as_deref(), Some("Third."));
+
+        // A turn that resends its history starts it again.
+        c.turns[1].0.request["params"] = serde_json::json!({});
+        let ex = build_example(&c, "p", &AnswerTemplate::Answer, &extractor()).unwrap();
+        assert_eq!(
+            texts(&ex),
+            [
+                s("system", "Answer briefly."),
+                s("user", "follow-up 1"),
+                s("assistant", "Second."),
+                s("user", "follow-up 2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_conversation_object_starts_at_its_first_captured_turn() {
+        let mut c = candidate("conv_1", "malware");
+        c.turns[0].0.request["params"] = serde_json::json!({"conversation": "conv_abc"});
+        let alert = c.turns[0].0.request["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        follow_up(
+            &mut c,
+            serde_json::json!({"conversation": {"id": "conv_abc"}}),
+            "Second.",
+        );
+        let ex = build_example(&c, "p", &AnswerTemplate::Answer, &extractor()).unwrap();
+        assert_eq!(ex.input.len(), 4, "{:?}", texts(&ex));
+        assert_eq!(ex.input[0].content, "Answer briefly.");
+        assert_eq!(ex.input[1].content, alert);
+        assert_eq!(ex.input[3].content, "follow-up 1");
+    }
+
+    #[test]
+    fn a_chain_whose_start_was_not_captured_or_whose_answers_are_not_text_is_refused() {
+        let mut c = candidate("conv_1", "malware");
+        c.turns[0].0.request["params"] = serde_json::json!({"previous_response_id": "resp_0"});
+        let e = build_example(&c, "p", &labelled(), &extractor()).unwrap_err();
+        assert_eq!(e, HISTORY_UNKNOWN);
+
+        let mut c = candidate("conv_1", "malware");
+        c.turns[0].0.response["choices"][0]["message"]["content"] = serde_json::Value::Null;
+        follow_up(
+            &mut c,
+            serde_json::json!({"previous_response_id": "resp_1"}),
+            "Second.",
+        );
+        let e = build_example(&c, "p", &labelled(), &extractor()).unwrap_err();
+        assert!(e.starts_with("turn 1: it has no answer text"), "{e}");
+
+        c.turns[0].0.response["choices"][0]["message"]["tool_calls"] =
+            serde_json::json!([{"id": "t", "type": "function"}]);
+        let e = build_example(&c, "p", &labelled(), &extractor()).unwrap_err();
+        assert_eq!(
+            e,
+            "turn 1: its answer calls tools; examples carry text messages only"
         );
     }
 

@@ -479,3 +479,94 @@ async fn bad_requests_name_their_field_and_analysts_cannot_build() {
         json!([])
     );
 }
+
+/// A Responses-API chain: the alert, then a follow-up naming the first
+/// response by its id; the conversation's id and the first answer.
+async fn chain(app: &TestApp, alert: &str) -> (String, String) {
+    let first = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "instructions": "Triage the alert.", "input": alert}),
+        )
+        .await;
+    assert_eq!(first.status(), 200);
+    let conversation = first.headers()["x-flywheel-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let first: Value = first.json().await.unwrap();
+    let answer = first["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "triage", "instructions": "Answer in one line.",
+                "input": "Is the host isolated already?", "previous_response_id": first["id"]}),
+        )
+        .await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(
+        second.headers()["x-flywheel-conversation-id"],
+        conversation.as_str()
+    );
+    second.text().await.unwrap();
+    (conversation, answer)
+}
+
+#[tokio::test]
+async fn a_chain_of_stored_responses_is_trained_on_everything_its_model_saw() {
+    let app = app().await;
+    let mut ids = Vec::new();
+    let mut first_answers = std::collections::HashMap::new();
+    for i in 0..12 {
+        let alert =
+            format!("Endpoint alert #{i}: rundll32 loaded an unsigned DLL from %TEMP% on WS-{i}");
+        let (id, answer) = chain(&app, &alert).await;
+        ids.push(id);
+        first_answers.insert(alert, answer);
+    }
+    for id in &ids {
+        app.stored_turns(id, 2).await;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        label(&app, id, review(i)).await;
+    }
+    approve(&app, &ids).await;
+    let (status, ds) = build(&app, &json!({"name": "chains", "format": "sft"})).await;
+    assert_eq!(status, 201, "{ds}");
+    assert_eq!(ds["counts"]["accepted"], 12, "{ds}");
+    let id = ds["id"].as_str().unwrap();
+    let (_, train) = file(&app, id, "train.jsonl").await;
+    let (_, validation) = file(&app, id, "validation.jsonl").await;
+    assert_eq!(
+        check_jsonl(&train, check_sft) + check_jsonl(&validation, check_sft),
+        12
+    );
+    for line in train.lines().chain(validation.lines()) {
+        let line: Value = serde_json::from_str(line).unwrap();
+        let messages = line["messages"].as_array().unwrap();
+        let said = |m: &Value| {
+            (
+                m["role"].as_str().unwrap().to_string(),
+                m["content"].as_str().unwrap().to_string(),
+            )
+        };
+        let said: Vec<_> = messages.iter().map(said).collect();
+        // The follow-up's own instructions, the alert and the first
+        // answer the provider put in front, the follow-up, the target.
+        assert_eq!(said.len(), 5, "{said:?}");
+        assert_eq!(said[0], ("system".into(), "Answer in one line.".into()));
+        assert_eq!(said[1].0, "user");
+        let answer = first_answers.remove(&said[1].1);
+        assert_eq!(answer.as_ref(), Some(&said[2].1), "{said:?}");
+        assert_eq!(said[2].0, "assistant");
+        assert_eq!(
+            said[3],
+            ("user".into(), "Is the host isolated already?".into())
+        );
+        assert_eq!(said[4].0, "assistant");
+    }
+    assert!(first_answers.is_empty(), "every chain is an example once");
+}
