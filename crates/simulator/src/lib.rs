@@ -12,6 +12,7 @@
 mod azure;
 mod chat;
 mod classifier;
+mod conversations;
 mod dataset;
 mod embeddings;
 mod faults;
@@ -103,6 +104,8 @@ struct Sim {
     lab: Arc<lab::Lab>,
     /// Stored Responses-API responses, for `previous_response_id`.
     responses: Arc<responses::Log>,
+    /// Conversation objects, for a response's `conversation`.
+    conversations: Arc<conversations::Conversations>,
 }
 
 pub fn router(config: SimulatorConfig) -> Router {
@@ -111,12 +114,18 @@ pub fn router(config: SimulatorConfig) -> Router {
         failures: Arc::default(),
         lab: Arc::new(lab::Lab::new(config.job_step)),
         responses: Arc::default(),
+        conversations: Arc::default(),
         config: Arc::new(config),
     };
     let openai = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/responses", post(responses::create))
         .route("/v1/responses/{id}", get(responses::retrieve))
+        .route("/v1/conversations", post(conversations::create))
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::retrieve).delete(conversations::delete),
+        )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/embeddings", post(embeddings::create))

@@ -19,11 +19,14 @@
 //! `response.incomplete` when `max_output_tokens` cut the answer).
 //!
 //! Responses made with `store` (the default) are kept in memory, the
-//! newest [`KEPT`], for `previous_response_id` and retrieval.
+//! newest [`KEPT`], for `previous_response_id` and retrieval; a response
+//! in a `conversation` reads and extends that conversation's items (see
+//! `conversations`).
 
 use super::MODELS;
 use super::Sim;
 use super::chat::{self, Completion, Reply};
+use super::conversations::{self, Conversations};
 use super::faults::{self, Pacing};
 use super::request::{
     ChatRequest, Format, boolean, choice_of, format_of, given, integer, invalid_type,
@@ -92,6 +95,9 @@ struct ResponsesRequest {
     chat: ChatRequest,
     /// The input turned into messages, with the previous conversation.
     history: Vec<Value>,
+    /// The conversation object it is in, and what it adds to it.
+    conversation: Option<String>,
+    input: Vec<Value>,
     store: bool,
     echo: Value,
 }
@@ -117,7 +123,12 @@ pub async fn create(
             .then(|| sim.lab.state().model(model))
             .flatten()
     };
-    let request = match parse(&body, &|model| lookup(model).is_some(), &sim.responses) {
+    let request = match parse(
+        &body,
+        &|model| lookup(model).is_some(),
+        &sim.responses,
+        &sim.conversations,
+    ) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
@@ -137,6 +148,11 @@ pub async fn create(
             object: answer.object.clone(),
         };
         sim.responses.put(answer.id.clone(), stored);
+    }
+    if let Some(id) = &request.conversation {
+        let added = request.input.iter().cloned();
+        sim.conversations
+            .append(id, added.chain([answer.message.clone()]));
     }
     let tokens = completion.completion_tokens();
     if request.chat.stream {
@@ -165,6 +181,7 @@ fn parse(
     body: &[u8],
     tuned: &dyn Fn(&str) -> bool,
     log: &Log,
+    conversations: &Conversations,
 ) -> Result<ResponsesRequest, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|_| ApiError::invalid("We could not parse the JSON body of your request."))?;
@@ -189,9 +206,16 @@ fn parse(
         Some(Value::String(id)) => Some(id.clone()),
         Some(other) => return Err(invalid_type("previous_response_id", "a string", other)),
     };
-    let mut history = match &previous {
-        None => Vec::new(),
-        Some(id) => {
+    let conversation = conversation_of(&request)?;
+    let mut history = match (&previous, &conversation) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "Mutually exclusive parameters: Ensure you are only providing one of: 'previous_response_id' or 'conversation'.",
+            )
+            .param("conversation")
+            .code("mutually_exclusive_parameters"));
+        }
+        (Some(id), None) => {
             log.get(id)
                 .ok_or_else(|| {
                     ApiError::new(
@@ -203,8 +227,13 @@ fn parse(
                 })?
                 .messages
         }
+        (None, Some(id)) => conversations
+            .messages(id)
+            .ok_or_else(|| conversations::not_found(id).param("conversation"))?,
+        (None, None) => Vec::new(),
     };
-    history.extend(input_messages(given(&request, "input"))?);
+    let input = input_messages(given(&request, "input"), "input")?;
+    history.extend(input.iter().cloned());
     let stream = boolean(&request, "stream", "stream")?.unwrap_or(false);
     let store = boolean(&request, "store", "store")?.unwrap_or(true);
     number(&request, "temperature", 0.0, 2.0)?;
@@ -241,6 +270,7 @@ fn parse(
         "model": model,
         "parallel_tool_calls": given(&request, "parallel_tool_calls").cloned().unwrap_or(json!(true)),
         "previous_response_id": previous,
+        "conversation": conversation.as_ref().map(|id| json!({"id": id})),
         "reasoning": {"effort": null, "summary": null},
         "store": store,
         "temperature": given(&request, "temperature").cloned().unwrap_or(json!(1.0)),
@@ -263,9 +293,27 @@ fn parse(
             format,
         },
         history,
+        conversation,
+        input,
         store,
         echo,
     })
+}
+
+/// The conversation object named by `conversation`: its id, or
+/// `{"id": …}`.
+fn conversation_of(request: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let id = match given(request, "conversation") {
+        None => return Ok(None),
+        Some(Value::String(id)) => id,
+        Some(Value::Object(fields)) => match given(fields, "id") {
+            Some(Value::String(id)) => id,
+            None => return Err(missing("conversation.id")),
+            Some(other) => return Err(invalid_type("conversation.id", "a string", other)),
+        },
+        Some(other) => return Err(invalid_type("conversation", "a string or object", other)),
+    };
+    Ok(Some(id.clone()))
 }
 
 /// The function tools (flat: `{"type":"function","name","parameters"}`).
@@ -305,20 +353,21 @@ fn functions(request: &Map<String, Value>) -> Result<Vec<Tool>, ApiError> {
         .collect()
 }
 
-/// `input` as chat messages: a string is one user message; items are
+/// `input` (or a conversation's `items`, as `name` says) as chat
+/// messages: a string is one user message; items are
 /// messages (`role` and `content`, string or parts), function calls and
 /// their outputs. Reasoning items and references carry nothing the
 /// simulator reads.
-fn input_messages(input: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+pub fn input_messages(input: Option<&Value>, name: &str) -> Result<Vec<Value>, ApiError> {
     let items = match input {
-        None => return Err(missing("input")),
+        None => return Err(missing(name)),
         Some(Value::String(text)) => return Ok(vec![json!({"role": "user", "content": text})]),
         Some(Value::Array(items)) => items,
-        Some(other) => return Err(invalid_type("input", "a string or array", other)),
+        Some(other) => return Err(invalid_type(name, "a string or array", other)),
     };
     let mut messages: Vec<Value> = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let at = format!("input[{i}]");
+        let at = format!("{name}[{i}]");
         let Value::Object(fields) = item else {
             return Err(invalid_type(&at, "an object", item));
         };
@@ -625,7 +674,13 @@ mod tests {
     use super::*;
 
     fn parse_ok(body: Value, log: &Log) -> ResponsesRequest {
-        parse(body.to_string().as_bytes(), &|_| false, log).unwrap()
+        parse(
+            body.to_string().as_bytes(),
+            &|_| false,
+            log,
+            &Conversations::default(),
+        )
+        .unwrap()
     }
 
     fn answer(body: Value, log: &Log) -> (ResponsesRequest, Answer) {
@@ -812,12 +867,56 @@ mod tests {
     }
 
     #[test]
+    fn a_conversation_is_read_in_front_of_the_input_without_instructions() {
+        let conversations = Conversations::default();
+        let id = "conv_1";
+        conversations.insert_empty(id);
+        let text = "Alert: mimikatz ran on DC-01";
+        let parse = |body: Value| {
+            parse(
+                body.to_string().as_bytes(),
+                &|_| false,
+                &Log::default(),
+                &conversations,
+            )
+            .unwrap()
+        };
+        let first = parse(
+            json!({"model": "gpt-4o", "instructions": "Triage.", "input": text,
+            "conversation": id}),
+        );
+        assert_eq!(first.conversation.as_deref(), Some(id));
+        assert_eq!(first.echo["conversation"], json!({"id": id}));
+        let answer = Answer::new(&first, &Completion::plan(&first.chat, None));
+        conversations.append(
+            id,
+            first.input.iter().cloned().chain([answer.message.clone()]),
+        );
+        let second = parse(json!({"model": "gpt-4o", "input": "and?",
+            "conversation": {"id": id}}));
+        let roles: Vec<&str> = second
+            .chat
+            .messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "user"]);
+        assert_eq!(second.chat.messages[0]["content"], text);
+        assert_eq!(second.input, [json!({"role": "user", "content": "and?"})]);
+    }
+
+    #[test]
     fn bad_requests_name_the_param() {
         let log = Log::default();
         let param = |body: Value| {
-            parse(body.to_string().as_bytes(), &|_| false, &log)
-                .err()
-                .map(|e| (e.status.as_u16(), e.param))
+            parse(
+                body.to_string().as_bytes(),
+                &|_| false,
+                &log,
+                &Conversations::default(),
+            )
+            .err()
+            .map(|e| (e.status.as_u16(), e.param))
         };
         let p = |s: &str| Some(s.to_string());
         assert_eq!(param(json!({"input": "x"})), Some((400, p("model"))));
@@ -829,6 +928,21 @@ mod tests {
         assert_eq!(
             param(json!({"model": "gpt-4o", "input": "x", "previous_response_id": "resp_nope"})),
             Some((404, p("previous_response_id")))
+        );
+        assert_eq!(
+            param(json!({"model": "gpt-4o", "input": "x", "conversation": "conv_nope"})),
+            Some((404, p("conversation")))
+        );
+        assert_eq!(
+            param(json!({"model": "gpt-4o", "input": "x", "conversation": {"id": 1}})),
+            Some((400, p("conversation.id")))
+        );
+        assert_eq!(
+            param(
+                json!({"model": "gpt-4o", "input": "x", "conversation": "conv_1",
+                "previous_response_id": "resp_1"})
+            ),
+            Some((400, p("conversation")))
         );
         assert_eq!(
             param(json!({"model": "gpt-4o", "input": "x", "max_output_tokens": 5})),

@@ -1,0 +1,233 @@
+//! The part of the Conversations API that the Responses API leans on:
+//! `POST /v1/conversations` (with optional `items` and `metadata`), `GET`
+//! and `DELETE /v1/conversations/{id}`. A response created with
+//! `conversation` reads the conversation's items in front of its input and
+//! then appends its input and output to them, as OpenAI's does; the
+//! conversation holds no `instructions`.
+//!
+//! Conversations live in memory, the newest [`KEPT`] of them.
+
+use super::Sim;
+use super::request::invalid_type;
+use super::responses::input_messages;
+use super::wire::{self, ApiError, kind_of};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// How many conversations are kept; the oldest go first.
+pub const KEPT: usize = 4096;
+
+#[derive(Default)]
+pub struct Conversations {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Conversation>,
+    order: VecDeque<String>,
+}
+
+struct Conversation {
+    object: Value,
+    /// Its items as chat messages.
+    messages: Vec<Value>,
+}
+
+impl Conversations {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The conversation's items as chat messages.
+    pub fn messages(&self, id: &str) -> Option<Vec<Value>> {
+        self.inner().by_id.get(id).map(|c| c.messages.clone())
+    }
+
+    /// Appends a response's input and output; false when the
+    /// conversation is gone.
+    pub fn append(&self, id: &str, messages: impl IntoIterator<Item = Value>) -> bool {
+        match self.inner().by_id.get_mut(id) {
+            Some(conversation) => {
+                conversation.messages.extend(messages);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&self, id: String, conversation: Conversation) {
+        let mut inner = self.inner();
+        inner.order.push_back(id.clone());
+        inner.by_id.insert(id, conversation);
+        while inner.order.len() > KEPT {
+            if let Some(oldest) = inner.order.pop_front() {
+                inner.by_id.remove(&oldest);
+            }
+        }
+    }
+
+    /// An empty conversation under `id`: for tests.
+    #[cfg(test)]
+    pub fn insert_empty(&self, id: &str) {
+        let object = json!({"id": id, "object": "conversation"});
+        let messages = Vec::new();
+        self.insert(id.to_string(), Conversation { object, messages });
+    }
+
+    fn object(&self, id: &str) -> Option<Value> {
+        self.inner().by_id.get(id).map(|c| c.object.clone())
+    }
+
+    fn remove(&self, id: &str) -> bool {
+        let mut inner = self.inner();
+        let removed = inner.by_id.remove(id).is_some();
+        if removed {
+            inner.order.retain(|kept| kept != id);
+        }
+        removed
+    }
+}
+
+/// The error of a conversation that does not exist (or no longer).
+pub fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("Conversation with id '{id}' not found."),
+    )
+}
+
+pub async fn create(State(sim): State<Sim>, body: Result<Bytes, BytesRejection>) -> Response {
+    match created(body) {
+        Ok((object, messages)) => {
+            let id = object["id"].as_str().unwrap_or_default().to_string();
+            sim.conversations.insert(
+                id,
+                Conversation {
+                    object: object.clone(),
+                    messages,
+                },
+            );
+            axum::Json(object).into_response()
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The new conversation's object and its items as chat messages; an
+/// empty body is an empty conversation.
+fn created(body: Result<Bytes, BytesRejection>) -> Result<(Value, Vec<Value>), ApiError> {
+    let body =
+        body.map_err(|r| ApiError::new(r.status(), "invalid_request_error", r.body_text()))?;
+    let request: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|_| ApiError::invalid("We could not parse the JSON body of your request."))?
+    };
+    let Value::Object(fields) = &request else {
+        return Err(ApiError::invalid(format!(
+            "Invalid type for request body: expected an object, but got {} instead.",
+            kind_of(&request)
+        )));
+    };
+    let messages = match fields.get("items") {
+        None | Some(Value::Null) => Vec::new(),
+        items => input_messages(items, "items")?,
+    };
+    let metadata = match fields.get("metadata") {
+        None | Some(Value::Null) => json!({}),
+        Some(Value::Object(m)) => Value::Object(m.clone()),
+        Some(other) => return Err(invalid_type("metadata", "an object", other)),
+    };
+    let object = json!({
+        "id": wire::random_id("conv_"),
+        "object": "conversation",
+        "created_at": wire::now_unix(),
+        "metadata": metadata,
+    });
+    Ok((object, messages))
+}
+
+pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    match sim.conversations.object(&id) {
+        Some(object) => axum::Json(object).into_response(),
+        None => not_found(&id).into_response(),
+    }
+}
+
+pub async fn delete(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    if sim.conversations.remove(&id) {
+        axum::Json(json!({"id": id, "object": "conversation.deleted", "deleted": true}))
+            .into_response()
+    } else {
+        not_found(&id).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn made(body: &str) -> Result<(Value, Vec<Value>), ApiError> {
+        created(Ok(Bytes::from(body.to_string())))
+    }
+
+    #[test]
+    fn a_conversation_is_made_empty_or_with_items() {
+        let (object, messages) = made("").unwrap();
+        assert!(object["id"].as_str().unwrap().starts_with("conv_"));
+        assert_eq!(object["object"], "conversation");
+        assert_eq!(object["metadata"], json!({}));
+        assert!(messages.is_empty());
+        let (object, messages) = made(
+            r#"{"items": [{"type": "message", "role": "user", "content": "alert"}], "metadata": {"app": "soc"}}"#,
+        )
+        .unwrap();
+        assert_eq!(object["metadata"]["app"], "soc");
+        assert_eq!(messages, [json!({"role": "user", "content": "alert"})]);
+    }
+
+    #[test]
+    fn bad_bodies_name_what_is_wrong() {
+        let param = |body: &str| made(body).err().map(|e| (e.status.as_u16(), e.param));
+        assert_eq!(param("[]").map(|p| p.0), Some(400));
+        assert_eq!(param("{").map(|p| p.0), Some(400));
+        assert_eq!(
+            param(r#"{"metadata": 1}"#),
+            Some((400, Some("metadata".into())))
+        );
+        assert_eq!(
+            param(r#"{"items": [{"role": "robot", "content": "x"}]}"#),
+            Some((400, Some("items[0].role".into())))
+        );
+    }
+
+    #[test]
+    fn the_oldest_conversations_go_first_and_deleted_ones_are_gone() {
+        let kept = Conversations::default();
+        for n in 0..=KEPT {
+            let object = json!({"id": format!("conv_{n}")});
+            kept.insert(
+                format!("conv_{n}"),
+                Conversation {
+                    object,
+                    messages: Vec::new(),
+                },
+            );
+        }
+        assert!(kept.messages("conv_0").is_none());
+        assert!(kept.append("conv_1", [json!({"role": "user", "content": "x"})]));
+        assert_eq!(kept.messages("conv_1").map(|m| m.len()), Some(1));
+        assert!(kept.remove("conv_1"));
+        assert!(!kept.remove("conv_1"));
+        assert!(!kept.append("conv_1", []));
+    }
+}
