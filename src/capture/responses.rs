@@ -12,7 +12,8 @@
 //! `previous_response_id` presents, in the same lookup as chat's keys.
 //! Its last output item's id does the same for a follow-up that names
 //! that item in an `item_reference` instead of writing it out
-//! ([`item_key`]).
+//! ([`item_key`]), and a conversation object's id for the turns held in
+//! it ([`conversation_key`]).
 
 use super::answer::AnswerKey;
 use super::threading::{CallKey, ThreadHasher};
@@ -24,6 +25,15 @@ use serde_json::{Map, Value, json};
 pub fn response_key(id: &str) -> String {
     let mut hasher = ThreadHasher::default();
     hasher.add("response", id, &[], None);
+    hasher.key()
+}
+
+/// The thread key of a conversation object kept by the provider: each
+/// of its turns presents it and leaves it, so they follow each other in
+/// the order they are answered.
+pub fn conversation_key(id: &str) -> String {
+    let mut hasher = ThreadHasher::default();
+    hasher.add("conversation", id, &[], None);
     hasher.key()
 }
 

@@ -232,6 +232,7 @@ async fn respond(
         wire: request.wire,
         prefix: request.thread_prefix.clone(),
         turn: routed.thread.turn,
+        conversation_key: request.conversation_key.clone(),
         recent: app.recent.clone(),
     });
     let pending = Pending {

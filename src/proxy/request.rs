@@ -3,7 +3,7 @@
 //! forwarded as received, with only the model name spliced in.
 
 use crate::capture::answer::calls_of;
-use crate::capture::responses::{item_key, response_key};
+use crate::capture::responses::{conversation_key, item_key, response_key};
 use crate::capture::threading::{ThreadHasher, message_text};
 use crate::exchange::Wire;
 use crate::openai::{ApiError, parse_json};
@@ -26,6 +26,10 @@ pub struct ChatRequest {
     /// Every message hashed: the answer completes the key a follow-up of
     /// this request will present.
     pub thread_prefix: Option<ThreadHasher>,
+    /// The key a Responses request in a conversation the provider keeps
+    /// (`conversation`) both presents and leaves: its turns follow each
+    /// other whatever they say.
+    pub conversation_key: Option<String>,
     /// OpenAI's `user` field: the end user, when the app names one.
     pub user: Option<String>,
     /// Whether the body holds all it refers to. A Responses request that
@@ -76,9 +80,12 @@ struct ResponsesView<'a> {
     user: Option<Cow<'a, str>>,
     #[serde(borrow)]
     previous_response_id: Option<Cow<'a, str>>,
-    /// A conversation object or a prompt template stored at the provider:
-    /// only whether they are named is read.
-    conversation: Option<IgnoredAny>,
+    /// A conversation object stored at the provider: its id, or
+    /// `{"id": …}`.
+    #[serde(borrow)]
+    conversation: Option<&'a RawValue>,
+    /// A prompt template stored at the provider: only whether one is
+    /// named is read.
     prompt: Option<IgnoredAny>,
 }
 
@@ -133,6 +140,7 @@ impl ChatRequest {
             stream: view.stream.unwrap_or(false),
             history_key,
             thread_prefix: Some(thread_prefix),
+            conversation_key: None,
             user: end_user(view.user),
             self_contained: true,
             model_span: start..start + raw_model.get().len(),
@@ -161,9 +169,14 @@ impl ChatRequest {
             .map(str::trim)
             .filter(|id| !id.is_empty());
         let names_stored = view.conversation.is_some() || view.prompt.is_some();
-        let (history_key, thread_prefix, self_contained) = match previous {
-            Some(id) => (Some(response_key(id)), None, false),
-            None => {
+        let conversation_key = view
+            .conversation
+            .and_then(conversation_id)
+            .map(|id| conversation_key(&id));
+        let (history_key, thread_prefix, self_contained) = match (previous, &conversation_key) {
+            (Some(id), _) => (Some(response_key(id)), None, false),
+            (None, Some(key)) => (Some(key.clone()), None, false),
+            (None, None) => {
                 let keys = responses_thread_keys(view.instructions, view.input);
                 (
                     keys.history,
@@ -178,6 +191,7 @@ impl ChatRequest {
             stream: view.stream.unwrap_or(false),
             history_key,
             thread_prefix,
+            conversation_key,
             user: end_user(view.user),
             self_contained,
             model_span: start..start + raw_model.get().len(),
@@ -259,6 +273,21 @@ struct ResponsesKeys {
     /// Whether any input item is an `item_reference` (stored at the
     /// provider).
     references_stored: bool,
+}
+
+/// The id of a `conversation` value, a string or `{"id": …}`; any other
+/// shape is the provider's to refuse.
+fn conversation_id(raw: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+    }
+    let id = serde_json::from_str::<Cow<'_, str>>(raw.get())
+        .or_else(|_| serde_json::from_str::<Named<'_>>(raw.get()).map(|n| n.id))
+        .ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 fn responses_thread_keys(
@@ -500,6 +529,42 @@ mod tests {
                 .unwrap()
                 .self_contained
         );
+    }
+
+    #[test]
+    fn a_conversation_objects_turns_present_and_leave_its_key() {
+        let parse = |body: serde_json::Value| {
+            ChatRequest::parse_responses(body.to_string().as_bytes()).unwrap()
+        };
+        let by_id = parse(json!({"model": "m", "input": "alert", "conversation": "conv_1"}));
+        let key = Some(conversation_key("conv_1"));
+        assert_eq!(by_id.conversation_key, key);
+        assert_eq!(by_id.history_key, key);
+        assert!(
+            by_id.thread_prefix.is_none(),
+            "its input is not the history"
+        );
+        let by_object = parse(
+            json!({"model": "m", "input": [{"role": "user", "content": "and?"}],
+            "conversation": {"id": " conv_1 "}}),
+        );
+        assert_eq!(by_object.conversation_key, key);
+        assert_eq!(by_object.history_key, key);
+        // A named response is what the turn follows; the provider refuses
+        // both at once, and nothing blank or odd is a conversation.
+        let both = parse(
+            json!({"model": "m", "input": "and?", "conversation": "conv_1",
+            "previous_response_id": "resp_1"}),
+        );
+        assert_eq!(both.history_key, Some(response_key("resp_1")));
+        for odd in [json!(""), json!({"id": 7}), json!(7), json!(null)] {
+            let request = parse(json!({"model": "m", "input": "alert", "conversation": odd}));
+            assert_eq!(request.conversation_key, None, "{odd}");
+            assert!(request.thread_prefix.is_some(), "{odd}");
+        }
+        let chat = json!({"model": "m", "messages": [{"role": "user", "content": "alert"}]});
+        let chat = ChatRequest::parse(chat.to_string().as_bytes()).unwrap();
+        assert_eq!(chat.conversation_key, None);
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub struct TurnThreading {
     /// The turn, when threaded implicitly (explicit conversations are
     /// named by the client on every turn and need no registration).
     pub turn: Option<usize>,
+    /// The key of the provider's conversation object the turn was in: the
+    /// next turn in it presents the same.
+    pub conversation_key: Option<String>,
     pub recent: Arc<RecentThreads>,
 }
 
@@ -144,9 +147,12 @@ impl TurnThreading {
         sticky: Option<&str>,
         answered: Option<(&[u8], bool)>,
     ) -> Vec<String> {
-        let continuations = answered
+        let mut continuations = answered
             .map(|(body, streamed)| self.continuations(body, streamed))
             .unwrap_or_default();
+        if answered.is_some() {
+            continuations.extend(self.conversation_key);
+        }
         if let Some(turn) = self.turn {
             self.recent.register(Registration {
                 conversation_id,

@@ -1,7 +1,7 @@
 //! `POST /v1/responses` through the proxy: the alias routed (split and
 //! sticky), unary and streamed answers relayed and captured as chat
-//! turns, `previous_response_id` chains and resent histories (a tool
-//! loop) threaded, feedback by response id,
+//! turns, `previous_response_id` chains, conversation objects and resent
+//! histories (a tool loop) threaded, feedback by response id,
 //! and a provider without the route named in a clear error.
 
 use crate::helpers::*;
@@ -140,6 +140,51 @@ async fn a_previous_response_id_chain_is_one_conversation_and_takes_feedback_by_
     let stored = app.state.store.feedback_for(&second).unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].rating, Some(5));
+}
+
+#[tokio::test]
+async fn a_conversation_objects_turns_are_one_conversation() {
+    let app = spawn_app().await;
+    let mut conversations = BTreeSet::new();
+    for n in 0..3 {
+        // The Conversations API passes through to the provider.
+        let created = app.post("/v1/conversations", &json!({})).await;
+        assert_eq!(created.status(), 200);
+        let created: Value = created.json().await.unwrap();
+        let object = created["id"].as_str().unwrap().to_string();
+        assert!(object.starts_with("conv_"), "{created}");
+        let turns = [
+            json!({"model": "triage", "input": format!("{ALERT} (case {n})"), "conversation": object}),
+            json!({"model": "triage", "input": "Is the host isolated already?", "stream": true,
+                "conversation": {"id": object}}),
+            json!({"model": "triage", "input": "Then isolate it.", "conversation": object}),
+        ];
+        let mut seen = Vec::new();
+        for turn in &turns {
+            let response = app.post("/v1/responses", turn).await;
+            assert_eq!(response.status(), 200);
+            seen.push(header(&response, "x-flywheel-conversation-id"));
+            response.text().await.unwrap();
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+        let conversation = seen.swap_remove(0);
+        assert!(
+            conversations.insert(conversation.clone()),
+            "a new conversation per object"
+        );
+        let detail = app.stored_turns(&conversation, 3).await;
+        let turns = detail["turns"].as_array().unwrap();
+        assert_eq!(turns.len(), 3);
+        // Each turn keeps what it sent; the provider held the rest.
+        assert_eq!(
+            turns[1]["request"]["messages"],
+            json!([{"role": "user", "content": "Is the host isolated already?"}])
+        );
+        assert_eq!(
+            turns[1]["request"]["params"]["conversation"],
+            json!({"id": object})
+        );
+    }
 }
 
 #[tokio::test]

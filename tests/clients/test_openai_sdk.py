@@ -1,5 +1,6 @@
 """The official openai SDK: chat, `chat.completions.parse`, the streaming
-helper, a tool loop, and the Responses API."""
+helper, a tool loop, and the Responses API (chained by response id, or
+in a conversation object)."""
 import json
 
 import openai
@@ -101,3 +102,25 @@ def test_responses_with_the_alias(proxy, user):
     assert turns[0]["response"]["message"]["content"] == first.output_text
     assert turns[1]["streamed"] is True
     assert turns[1]["response"]["message"]["content"] == second.output_text
+
+
+def test_responses_in_a_conversation_object(proxy, user):
+    """Turns in a conversation object (the Conversations API, passed
+    through to the provider) send only what is new; they are captured as
+    one conversation, and the provider's object is managed through Flywheel."""
+    c = client(proxy, user)
+    held = c.conversations.create(metadata={"case": "ws-042"})
+    assert held.id.startswith("conv_") and held.metadata == {"case": "ws-042"}
+    first = c.responses.create(model="triage", instructions=SYSTEM, input=ALERT, conversation=held.id)
+    assert first.output_text.startswith("Threat type: credential_access")
+    with c.responses.stream(model="triage", conversation={"id": held.id},
+                            input="Is the host isolated already?") as stream:
+        second = stream.get_final_response()
+    assert second.output_text
+    turns = one_conversation(proxy, user, 2)["turns"]
+    assert turns[1]["request"]["messages"] == [{"role": "user", "content": "Is the host isolated already?"}]
+    assert turns[1]["response"]["message"]["content"] == second.output_text
+    assert c.conversations.retrieve(held.id).id == held.id
+    assert c.conversations.delete(held.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        c.responses.create(model="triage", input="and now?", conversation=held.id)
