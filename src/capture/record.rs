@@ -109,11 +109,17 @@ pub fn read_content(ex: &Exchange) -> Content {
                 ("omitted_reason", lenient::TOO_DEEP.into()),
             ])
         },
-        response: object([
-            ("choices", Value::Array(answer.choices)),
-            ("usage", answer.usage),
-            ("error", answer.error),
-        ]),
+        response: {
+            let mut response = object([
+                ("choices", Value::Array(answer.choices)),
+                ("usage", answer.usage),
+                ("error", answer.error),
+            ]);
+            if !answer.output_items.is_null() {
+                response["output_items"] = answer.output_items;
+            }
+            response
+        },
     }
 }
 
@@ -154,6 +160,8 @@ struct Answer {
     /// `[{index, message, finish_reason}]`.
     choices: Vec<Value>,
     usage: Value,
+    /// A Responses answer's output items, `[{id, type}]`; null for chat.
+    output_items: Value,
     error: Value,
 }
 
@@ -177,6 +185,7 @@ impl Answer {
                 completion_id: unary.id,
                 choices: unary.choices.into_iter().map(UnaryChoice::kept).collect(),
                 usage: unary.usage,
+                output_items: unary.output_items,
                 error: Value::Null,
             };
         }
@@ -207,6 +216,7 @@ impl Answer {
             completion_id: v.get("id").and_then(Value::as_str).map(String::from),
             choices,
             usage: v.remove("usage").unwrap_or(Value::Null),
+            output_items: v.remove("output_items").unwrap_or(Value::Null),
             error: Value::Null,
         }
     }
@@ -259,6 +269,8 @@ struct Unary {
     choices: Vec<UnaryChoice>,
     #[serde(default)]
     usage: Value,
+    #[serde(default)]
+    output_items: Value,
 }
 
 #[derive(serde::Deserialize)]

@@ -114,6 +114,10 @@ fn push_item(messages: &mut Vec<Value>, item: &Value) {
         }
         Some("function_call_output") => messages.push(json!({"role": "tool",
             "tool_call_id": item["call_id"], "content": text_of(&item["output"])})),
+        // An earlier output named by its id: kept as a marker, so that a
+        // dataset can put the answer it names in its place.
+        Some("item_reference") => messages.push(json!({"role": "assistant", "content": null,
+            "item_reference": item["id"]})),
         Some("message") | None if item.get("role").is_some() => {
             messages.push(json!({"role": item["role"], "content": text_of(&item["content"])}));
         }
@@ -138,7 +142,9 @@ fn text_of(content: &Value) -> Value {
 }
 
 /// The answer as a chat completion body (`id`, one choice, `usage`), for
-/// capture's reader of chat answers.
+/// capture's reader of chat answers, with the id and type of each output
+/// item (`output_items`): a later turn may name them in an
+/// `item_reference` instead of writing them out.
 pub fn answer_as_chat(body: &[u8], streamed: bool) -> Bytes {
     Bytes::from(completion_of(&response_of(body, streamed)).to_string())
 }
@@ -178,7 +184,11 @@ fn from_stream(body: &[u8]) -> Value {
 fn completion_of(response: &Value) -> Value {
     let mut content: Option<String> = None;
     let mut calls = Vec::new();
+    let mut items = Vec::new();
     for item in response["output"].as_array().into_iter().flatten() {
+        if item["id"].is_string() {
+            items.push(json!({"id": item["id"], "type": item["type"]}));
+        }
         match item["type"].as_str() {
             Some("message") => {
                 for part in item["content"].as_array().into_iter().flatten() {
@@ -211,7 +221,7 @@ fn completion_of(response: &Value) -> Value {
     };
     json!({"id": response["id"], "object": "chat.completion",
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-        "usage": usage})
+        "usage": usage, "output_items": items})
 }
 
 /// The JSON payloads of a stream's `data:` lines (the Responses API sends
@@ -232,7 +242,8 @@ mod tests {
         let chat = request_as_chat(json!({"model": "triage", "instructions": "Be brief.",
             "input": [{"role": "user", "content": [{"type": "input_text", "text": "Alert"}]},
                 {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
-                {"type": "function_call_output", "call_id": "c1", "output": "clean"}],
+                {"type": "function_call_output", "call_id": "c1", "output": "clean"},
+                {"type": "item_reference", "id": "msg_1"}],
             "temperature": 0.2}));
         assert_eq!(
             chat["messages"],
@@ -240,7 +251,8 @@ mod tests {
                 {"role": "user", "content": "Alert"},
                 {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
                     "function": {"name": "lookup", "arguments": "{}"}}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "clean"}])
+                {"role": "tool", "tool_call_id": "c1", "content": "clean"},
+                {"role": "assistant", "content": null, "item_reference": "msg_1"}])
         );
         assert_eq!(chat["temperature"], 0.2);
         assert!(chat.get("input").is_none() && chat.get("model").is_none());
@@ -249,8 +261,9 @@ mod tests {
     #[test]
     fn a_streamed_answer_is_read_from_its_completed_event() {
         let done = json!({"type": "response.completed", "response": {"id": "resp_1",
-            "output": [{"type": "message", "content": [{"type": "output_text", "text": "Hi"}]},
-                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{\"a\":1}"}],
+            "output": [{"type": "reasoning", "id": "rs_1", "summary": []},
+                {"type": "message", "id": "msg_1", "content": [{"type": "output_text", "text": "Hi"}]},
+                {"type": "function_call", "id": "fc_1", "call_id": "c", "name": "f", "arguments": "{\"a\":1}"}],
             "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}}});
         let body = format!(
             "event: response.created\ndata: {}\n\nevent: response.completed\ndata: {done}\n\n",
@@ -269,6 +282,11 @@ mod tests {
         );
         assert_eq!(chat["usage"]["prompt_tokens"], 5);
         assert_eq!(chat["usage"]["completion_tokens"], 2);
+        assert_eq!(
+            chat["output_items"],
+            json!([{"id": "rs_1", "type": "reasoning"}, {"id": "msg_1", "type": "message"},
+                {"id": "fc_1", "type": "function_call"}])
+        );
     }
 
     #[test]

@@ -120,11 +120,11 @@ const HISTORY_UNKNOWN: &str = "its first turn continues a response this conversa
 /// earlier turns' messages and answers. The provider does not carry
 /// `instructions` over, so earlier turns' system messages are left out
 /// and the last turn's come first.
-fn history(turns: &[(InferenceRecord, Vec<FeedbackRecord>)]) -> Result<Vec<Message>, String> {
+fn history(turns: &[Turn]) -> Result<Vec<Message>, String> {
     let Some(((last, _), earlier)) = turns.split_last() else {
         return Err("the conversation has no turns".into());
     };
-    let own = request_messages(last)?;
+    let own = request_messages(last, earlier)?;
     if continues_stored(last) == Continues::Nothing {
         return Ok(own);
     }
@@ -146,7 +146,7 @@ fn history(turns: &[(InferenceRecord, Vec<FeedbackRecord>)]) -> Result<Vec<Messa
     for (n, (turn, _)) in earlier.iter().enumerate().skip(start) {
         let at = |why: String| format!("turn {}: {why}", n + 1);
         messages.extend(
-            request_messages(turn)
+            request_messages(turn, &earlier[..n])
                 .map_err(at)?
                 .into_iter()
                 .filter(|m| m.role != "system"),
@@ -197,17 +197,50 @@ fn earlier_answer(turn: &InferenceRecord) -> Result<&str, String> {
         .ok_or_else(|| "it has no answer text, so what the model saw after it is unknown".into())
 }
 
-/// The request's messages; tool use and non-text content are refused, as
-/// examples carry text messages only.
-fn request_messages(turn: &InferenceRecord) -> Result<Vec<Message>, String> {
+/// A turn of a candidate, with the feedback given on it.
+type Turn = (InferenceRecord, Vec<FeedbackRecord>);
+
+/// The request's messages, an earlier answer in place of each reference
+/// to it (`item_reference`, resolved among the `earlier` turns); tool use
+/// and non-text content are refused, as examples carry text messages
+/// only.
+fn request_messages(turn: &InferenceRecord, earlier: &[Turn]) -> Result<Vec<Message>, String> {
     let Some(messages) = turn.request["messages"].as_array() else {
         return Err("its last turn's request has no messages".into());
     };
-    messages
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let at = |why: String| format!("request message {}: {why}", i + 1);
+        match m["item_reference"].as_str() {
+            Some(id) => out.extend(referenced(id, earlier).map_err(at)?),
+            None => out.push(message(m).map_err(at)?),
+        }
+    }
+    Ok(out)
+}
+
+/// The message an `item_reference` stands for: the answer of the earlier
+/// turn whose output holds the item. A reasoning item stands for nothing
+/// an example carries.
+fn referenced(id: &str, earlier: &[Turn]) -> Result<Option<Message>, String> {
+    let (turn, kind) = earlier
         .iter()
-        .enumerate()
-        .map(|(i, m)| message(m).map_err(|why| format!("request message {}: {why}", i + 1)))
-        .collect()
+        .rev()
+        .find_map(|(turn, _)| {
+            let items = turn.response["output_items"].as_array()?;
+            let item = items.iter().find(|item| item["id"] == id)?;
+            Some((turn, item["type"].as_str().unwrap_or_default()))
+        })
+        .ok_or_else(|| {
+            format!("names a stored item ({id}) that no earlier turn of this conversation answered")
+        })?;
+    match kind {
+        "reasoning" => Ok(None),
+        "message" => earlier_answer(turn).map(|answer| Some(Message::new("assistant", answer))),
+        other => Err(format!(
+            "names a stored {other} item ({id}); examples carry text messages only"
+        )),
+    }
 }
 
 fn message(m: &Value) -> Result<Message, String> {
@@ -560,6 +593,40 @@ mod tests {
         assert_eq!(
             e,
             "turn 1: its answer calls tools; examples carry text messages only"
+        );
+    }
+
+    #[test]
+    fn a_reference_to_an_earlier_output_item_is_that_turns_answer() {
+        let mut c = candidate("conv_1", "malware");
+        let first_answer = answer_text(&c.turns[0].0).unwrap().unwrap().to_string();
+        c.turns[0].0.response["output_items"] = serde_json::json!([
+            {"id": "rs_1", "type": "reasoning"}, {"id": "msg_1", "type": "message"},
+            {"id": "fc_1", "type": "function_call"}]);
+        let alert = c.turns[0].0.request["messages"][0].clone();
+        let mut next = c.turns[0].clone();
+        next.0.request = serde_json::json!({"messages": [alert,
+            {"role": "assistant", "content": null, "item_reference": "rs_1"},
+            {"role": "assistant", "content": null, "item_reference": "msg_1"},
+            {"role": "user", "content": "and?"}], "params": {}});
+        with_answer(&mut next.0, "Second.", "stop");
+        c.turns.push(next);
+        let ex = build_example(&c, "p", &AnswerTemplate::Answer, &extractor()).unwrap();
+        let roles: Vec<&str> = ex.input.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(ex.input[2].content, first_answer);
+
+        let refer = |c: &mut Candidate, id: &str| {
+            c.turns[1].0.request["messages"][2]["item_reference"] = serde_json::json!(id);
+            build_example(c, "p", &AnswerTemplate::Answer, &extractor()).unwrap_err()
+        };
+        assert_eq!(
+            refer(&mut c, "fc_1"),
+            "request message 3: names a stored function_call item (fc_1); examples carry text messages only"
+        );
+        assert_eq!(
+            refer(&mut c, "msg_9"),
+            "request message 3: names a stored item (msg_9) that no earlier turn of this conversation answered"
         );
     }
 

@@ -309,14 +309,18 @@ fn responses_thread_keys(
         .as_array()
         .is_some_and(|items| items.iter().any(|item| item["type"] == "item_reference"));
     let chat = crate::capture::responses::request_as_chat(request);
-    let messages = chat["messages"]
+    // A reference stands for an item whose text the request does not
+    // hold; the item's own key threads it (`referenced`).
+    let messages: Vec<&serde_json::Value> = chat["messages"]
         .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+        .into_iter()
+        .flatten()
+        .filter(|m| m.get("item_reference").is_none())
+        .collect();
     let last_assistant = messages.iter().rposition(|m| m["role"] == "assistant");
     let mut hasher = ThreadHasher::default();
     let mut history = None;
-    for (i, message) in messages.iter().enumerate() {
+    for (i, message) in messages.into_iter().enumerate() {
         hasher.add_value(message);
         if Some(i) == last_assistant {
             history = Some(hasher.key());

@@ -570,3 +570,76 @@ async fn a_chain_of_stored_responses_is_trained_on_everything_its_model_saw() {
     }
     assert!(first_answers.is_empty(), "every chain is an example once");
 }
+
+#[tokio::test]
+async fn a_history_naming_earlier_answers_by_item_id_is_trained_with_their_text() {
+    // A client that stores responses resends the history with each
+    // earlier answer named by its output item id (the AI SDK with
+    // `store: true`); the example holds the answer's text in its place.
+    let app = app().await;
+    let mut ids = Vec::new();
+    let mut first_answers = std::collections::HashMap::new();
+    for i in 0..12 {
+        let alert =
+            format!("Endpoint alert #{i}: rundll32 loaded an unsigned DLL from %TEMP% on WS-{i}");
+        let first = app
+            .post("/v1/responses", &json!({"model": "triage", "input": alert}))
+            .await;
+        assert_eq!(first.status(), 200);
+        let conversation = first.headers()["x-flywheel-conversation-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let first: Value = first.json().await.unwrap();
+        let item = &first["output"][0];
+        first_answers.insert(
+            alert.clone(),
+            item["content"][0]["text"].as_str().unwrap().to_string(),
+        );
+        let second = app
+            .post(
+                "/v1/responses",
+                &json!({"model": "triage", "input": [
+                    {"role": "user", "content": alert},
+                    {"type": "item_reference", "id": item["id"]},
+                    {"role": "user", "content": "Is the host isolated already?"}]}),
+            )
+            .await;
+        assert_eq!(second.status(), 200);
+        assert_eq!(
+            second.headers()["x-flywheel-conversation-id"],
+            conversation.as_str()
+        );
+        second.text().await.unwrap();
+        ids.push(conversation);
+    }
+    for id in &ids {
+        app.stored_turns(id, 2).await;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        label(&app, id, review(i)).await;
+    }
+    approve(&app, &ids).await;
+    let (status, ds) = build(&app, &json!({"name": "references", "format": "sft"})).await;
+    assert_eq!(status, 201, "{ds}");
+    assert_eq!(ds["counts"]["accepted"], 12, "{ds}");
+    let id = ds["id"].as_str().unwrap();
+    let (_, train) = file(&app, id, "train.jsonl").await;
+    let (_, validation) = file(&app, id, "validation.jsonl").await;
+    for line in train.lines().chain(validation.lines()) {
+        let line: Value = serde_json::from_str(line).unwrap();
+        let messages = line["messages"].as_array().unwrap();
+        let roles: Vec<&str> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user", "assistant"]);
+        let alert = messages[1]["content"].as_str().unwrap();
+        let answer = first_answers.remove(alert);
+        assert_eq!(answer.as_deref(), messages[2]["content"].as_str(), "{line}");
+    }
+    assert!(
+        first_answers.is_empty(),
+        "every conversation is an example once"
+    );
+}

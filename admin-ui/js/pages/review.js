@@ -342,6 +342,7 @@ function message(role, m, isAnswer = false) {
   else if (Array.isArray(c)) for (const p of c) parts.push(p?.type === 'text' ? p.text : `[${p?.type || 'part'}]`);
   if (m.tool_calls) parts.push(m.tool_calls.map((tc) => `→ ${tc.function?.name}(${tc.function?.arguments ?? ''})`).join('\n'));
   if (m.refusal) parts.push(`Refusal: ${m.refusal}`);
+  if (m.item_reference) parts.push(`[an earlier answer, named by its item id ${m.item_reference}]`);
   return h('div', { class: `msg msg-${role}${isAnswer ? ' msg-answer' : ''}` },
     h('div', { class: 'msg-role' }, isAnswer ? 'answer' : role),
     h('div', { class: 'msg-text' }, parts.join('\n') || dash));
