@@ -169,4 +169,8 @@ test('the Responses provider threads a chat that resends its messages', async ()
   const conversations = await suite.captured(user, 2);
   assert.equal(conversations.length, 1, 'one conversation');
   assert.equal(conversations[0].turns.length, 2);
+  // The first answer went back as a reference to its stored item, which
+  // the record keeps for datasets to put the answer's text in its place.
+  const sent = conversations[0].turns[1].request.messages;
+  assert.ok(sent.some((m) => m.role === 'assistant' && /^msg_/.test(m.item_reference ?? '')), JSON.stringify(sent));
 });
