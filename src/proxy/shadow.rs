@@ -1,6 +1,7 @@
 //! Shadow traffic: a copy of each live request of an alias (a chat
 //! completion, or a Responses request that refers to nothing stored at
-//! its provider) goes to its shadow versions in the background. Their answers are captured for
+//! its provider, sent with `store: false`) goes to its shadow versions in
+//! the background. Their answers are captured for
 //! comparison and never returned; a shadow can neither slow nor fail the
 //! live request — it runs on its own task, gets no retries, and when too
 //! many shadow requests are already in flight the copy is skipped (and
@@ -84,6 +85,19 @@ impl Mirror {
     }
 }
 
+/// A Responses copy asks its provider not to store the answer: nothing
+/// can name a shadow's response later (it is never returned), so storing
+/// it would only leave the alert with one more provider. A body that is
+/// not an object goes as it came, for the provider to refuse.
+fn unstored(body: &Bytes) -> Bytes {
+    let Ok(mut fields) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+    else {
+        return body.clone();
+    };
+    fields.insert("store".into(), serde_json::Value::Bool(false));
+    serde_json::to_vec(&fields).map_or_else(|_| body.clone(), Bytes::from)
+}
+
 struct Copy {
     route: Route,
     body: Bytes,
@@ -102,10 +116,10 @@ impl Copy {
         };
         let started = Instant::now();
         let deadline = started + provider.total_timeout;
-        let (headers, body) = (self.headers.clone(), self.body.clone());
+        let headers = self.headers.clone();
         let request = match self.wire {
-            Wire::Chat => UpstreamRequest::chat(headers, body, None),
-            Wire::Responses => UpstreamRequest::responses(headers, body, None),
+            Wire::Chat => UpstreamRequest::chat(headers, self.body.clone(), None),
+            Wire::Responses => UpstreamRequest::responses(headers, unstored(&self.body), None),
         }
         .for_model(&self.route.upstream_model);
         let (outcome, status, response, first_byte) =
@@ -144,5 +158,25 @@ impl Copy {
             total: started.elapsed(),
             meta: self.meta,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_responses_copy_is_not_stored_whatever_the_client_asked() {
+        for body in [
+            r#"{"model":"m","input":"alert"}"#,
+            r#"{"model":"m","input":"alert","store":true}"#,
+        ] {
+            let sent: serde_json::Value =
+                serde_json::from_slice(&unstored(&Bytes::from(body))).unwrap();
+            assert_eq!(sent["store"], false, "{body}");
+            assert_eq!(sent["input"], "alert");
+        }
+        let odd = Bytes::from_static(b"[1]");
+        assert_eq!(unstored(&odd), odd);
     }
 }

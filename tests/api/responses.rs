@@ -452,8 +452,22 @@ async fn a_self_contained_response_is_shadowed_and_a_stored_reference_is_not() {
         "the shadow's streamed answer is read as a chat turn: {shadows}"
     );
 
-    // A follow-up naming the stored response: only its provider knows it.
+    // The live response is stored at the provider as the client asked;
+    // the shadow's, never returned, is not.
     let first_id = done["response"]["id"].clone();
+    let stored = |id: &Value| {
+        let path = format!("/v1/responses/{}", id.as_str().unwrap());
+        let app = &app;
+        async move {
+            app.send(Method::GET, &path, &app.client_key, None)
+                .await
+                .status()
+        }
+    };
+    assert_eq!(stored(&first_id).await, 200);
+    assert_eq!(stored(&shadows[0]["completion_id"]).await, 404, "{shadows}");
+
+    // A follow-up naming the stored response: only its provider knows it.
     let follow_up = app
         .post(
             "/v1/responses",
