@@ -42,25 +42,55 @@ impl DatasetFormat {
 
 #[derive(Serialize)]
 struct SftLine<'a> {
-    messages: &'a [Message],
+    messages: Vec<SftMessage<'a>>,
+}
+
+/// A message of an SFT line. An assistant message before the target has
+/// `weight: 0`: it is what the model said in an earlier turn, which no
+/// analyst reviewed (only the last answer is the example's target), so
+/// the model sees it as context and is not trained to say it.
+#[derive(Serialize)]
+struct SftMessage<'a> {
+    role: &'a str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weight: Option<u8>,
 }
 
 /// The input followed by the target as the assistant's message.
 pub fn sft_line(example: &Example) -> Result<Line, String> {
     let mut messages = example.input.clone();
     messages.push(Message::new("assistant", &example.target));
+    let (target, input) = messages.split_last().ok_or("has no messages")?;
+    let written = input
+        .iter()
+        .map(|m| SftMessage {
+            role: &m.role,
+            content: &m.content,
+            weight: (m.role == "assistant").then_some(0),
+        })
+        .chain([SftMessage {
+            role: &target.role,
+            content: &target.content,
+            weight: None,
+        }])
+        .collect();
     Ok(Line {
-        json: to_json(&SftLine {
-            messages: &messages,
-        })?,
+        json: to_json(&SftLine { messages: written })?,
         hash: normalised_hash(&messages),
         chats: vec![("", messages)],
     })
 }
 
+/// The DPO line's input: its messages as they are.
+#[derive(Serialize)]
+struct DpoInput<'a> {
+    messages: &'a [Message],
+}
+
 #[derive(Serialize)]
 struct DpoLine<'a> {
-    input: SftLine<'a>,
+    input: DpoInput<'a>,
     preferred_output: [&'a Message; 1],
     non_preferred_output: [&'a Message; 1],
 }
@@ -89,7 +119,7 @@ pub fn dpo_line(example: &Example) -> Result<Line, String> {
         );
     }
     let json = to_json(&DpoLine {
-        input: SftLine {
+        input: DpoInput {
             messages: &example.input,
         },
         preferred_output: [&preferred],
@@ -145,6 +175,27 @@ mod tests {
         );
         assert!(!line.json.contains('\n'));
         assert_eq!(line.chats.len(), 1);
+    }
+
+    #[test]
+    fn earlier_answers_are_context_not_targets() {
+        let mut example = example();
+        example.input.extend([
+            Message::new("assistant", "Threat type: benign"),
+            Message::new("user", "Look again: it ran from %TEMP%."),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&sft_line(&example).unwrap().json).unwrap();
+        let weights: Vec<&serde_json::Value> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["weight"])
+            .collect();
+        let none = &serde_json::Value::Null;
+        assert_eq!(weights, [none, none, &json!(0), none, none]);
+        let dpo: serde_json::Value =
+            serde_json::from_str(&dpo_line(&example).unwrap().json).unwrap();
+        assert!(dpo["input"]["messages"][2].get("weight").is_none());
     }
 
     #[test]

@@ -557,6 +557,18 @@ async fn a_chain_of_stored_responses_is_trained_on_everything_its_model_saw() {
         // The follow-up's own instructions, the alert and the first
         // answer the provider put in front, the follow-up, the target.
         assert_eq!(said.len(), 5, "{said:?}");
+        // The earlier answer is context: only the reviewed target is learnt.
+        let weights: Vec<&Value> = messages.iter().map(|m| &m["weight"]).collect();
+        assert_eq!(
+            weights,
+            [
+                &Value::Null,
+                &Value::Null,
+                &json!(0),
+                &Value::Null,
+                &Value::Null
+            ]
+        );
         assert_eq!(said[0], ("system".into(), "Answer in one line.".into()));
         assert_eq!(said[1].0, "user");
         let answer = first_answers.remove(&said[1].1);
