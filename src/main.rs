@@ -93,6 +93,10 @@ enum Command {
         /// endpoint).
         #[arg(long, requires = "azure_entra_secret_env")]
         azure_entra_identity_header_env: Option<String>,
+        /// Azure mode: the app roles the app registration holds, comma
+        /// separated: its tokens' `roles` claim.
+        #[arg(long, value_delimiter = ',', requires = "azure_entra_secret_env")]
+        azure_entra_app_roles: Vec<String>,
     },
     /// Simulator + proxy + admin UI on loopback with a fresh data directory.
     Demo {
@@ -262,6 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             azure_entra_token_ttl_s,
             azure_entra_assertion_env,
             azure_entra_identity_header_env,
+            azure_entra_app_roles,
         } => {
             let variable = |flag: &str, var: Option<String>| match var {
                 Some(var) => std::env::var(&var).map(Some).map_err(|_| {
@@ -286,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     client_assertion,
                     token_ttl: Duration::from_secs(azure_entra_token_ttl_s),
                     identity_header,
+                    app_roles: azure_entra_app_roles,
                 },
             );
             let azure = azure.then(|| flywheel_simulator::AzureMode {

@@ -934,6 +934,7 @@ fn entra_simulator(management_token: &str, ttl: Duration) -> SimulatorConfig {
             client_assertion: Some(FEDERATED.into()),
             token_ttl: ttl,
             identity_header: Some(IDENTITY_HEADER.into()),
+            app_roles: Vec::new(),
         });
     }
     simulator

@@ -7,7 +7,8 @@
 //! | `/openai/v1/{chat/completions, responses, files, fine_tuning/jobs…}` | the OpenAI-compatible surface; `model` names a deployment |
 //! | `/openai/{files, fine_tuning/jobs…, responses}?api-version=…` | files and fine-tuning; an upload is `pending` for `file_import_delay`, and a job naming it meanwhile is refused (400 `invalidPayload`); jobs as the dated api-versions show them (`pending`, `notRunning`, …, no `metadata`) |
 //! | `/subscriptions/…/accounts/{account}/deployments/{name}?api-version=…` | the management API: `PUT` creates a deployment (`Creating`, then `Succeeded` after `provisioning_delay`), `GET` reads it, `DELETE` removes it |
-//! | `POST /{tenant}/oauth2/v2.0/token` | with `entra` set: Microsoft Entra ID's token endpoint for client credentials; a token it issues is accepted as the bearer for `token_ttl`, then refused as expired — by the data plane for the scope `https://cognitiveservices.azure.com/.default`, by the management API for any other `…/.default` |
+//! | `POST /{tenant}/oauth2/v2.0/token` | with `entra` set: Microsoft Entra ID's token endpoint for client credentials; a token it issues (an RS256 JWT, see `tokens`) is accepted as the bearer for `token_ttl`, then refused as expired — by the data plane for the scope `https://cognitiveservices.azure.com/.default`, by the management API for any other `https://…/.default`; an `api://…/.default` token is for another app's API (Flywheel's) and carries `entra.app_roles` |
+//! | `GET /{tenant}/discovery/v2.0/keys` | with `entra` set: the keys the tokens are signed with |
 //! | `GET /metadata/identity/oauth2/token?api-version=&resource=[&client_id=]` | with `entra` set: a VM's managed identity, as the instance metadata service serves it (`Metadata: true` required); tokens for the system-assigned identity, or the user-assigned one whose client id is `entra.client_id` |
 //! | `GET /msi/token?api-version=&resource=[&client_id=]` | with `entra.identity_header` set: the same identity as App Service and Container Apps serve it, asked with `X-IDENTITY-HEADER` |
 //!
@@ -28,6 +29,7 @@
 //! `api-key` is refused.
 
 use super::Sim;
+use super::tokens;
 use axum::Router;
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{Query, Request, State};
@@ -84,6 +86,9 @@ pub struct EntraMode {
     /// The secret App Service's identity endpoint (`/msi/token`) wants in
     /// `X-IDENTITY-HEADER`; `None`: that endpoint is not served.
     pub identity_header: Option<String>,
+    /// The app roles the app holds on any API it asks a token for: the
+    /// tokens' `roles` claim.
+    pub app_roles: Vec<String>,
 }
 
 /// The assertion type of a federated token.
@@ -135,16 +140,25 @@ struct Azure {
 enum Audience {
     /// `https://cognitiveservices.azure.com/.default`: the data plane.
     OpenAi,
-    /// Any other `…/.default` (the management URL's): the management API.
+    /// Any other `https://…/.default` (the management URL's): the
+    /// management API.
     Management,
+    /// `api://…/.default`: an app's own API (Flywheel's, as an app
+    /// registration exposes it), which the simulator does not serve.
+    Api,
 }
 
 impl Audience {
-    fn of(scope: &str) -> Option<Self> {
+    /// What the scope asks a token for, and the token's `aud`: the scope
+    /// without `/.default`.
+    fn of(scope: &str) -> Option<(Self, &str)> {
+        let resource = scope.strip_suffix("/.default")?;
         if scope == COGNITIVE_SCOPE {
-            Some(Self::OpenAi)
-        } else if scope.starts_with("http") && scope.ends_with("/.default") {
-            Some(Self::Management)
+            Some((Self::OpenAi, resource))
+        } else if scope.starts_with("http") {
+            Some((Self::Management, resource))
+        } else if scope.starts_with("api://") {
+            Some((Self::Api, resource))
         } else {
             None
         }
@@ -165,6 +179,10 @@ pub fn router(sim: Sim, mode: AzureMode, inner: Router) -> Router {
         .route("/openai/{*rest}", axum::routing::any(data_plane))
         .route("/subscriptions/{*rest}", axum::routing::any(management))
         .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+        .route(
+            "/{tenant}/discovery/v2.0/keys",
+            axum::routing::get(signing_keys),
+        )
         .route(
             "/metadata/identity/oauth2/token",
             axum::routing::get(imds_token),
@@ -285,6 +303,7 @@ fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) ->
 async fn token(
     State(azure): State<Azure>,
     axum::extract::Path(tenant): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Some(entra) = &azure.mode.entra else {
@@ -352,7 +371,7 @@ async fn token(
              client secret value, not the client secret ID.",
         );
     }
-    let Some(audience) = Audience::of(field("scope")) else {
+    let Some((audience, resource)) = Audience::of(field("scope")) else {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
@@ -363,7 +382,7 @@ async fn token(
             ),
         );
     };
-    let access_token = azure.issue(entra.token_ttl, audience);
+    let access_token = azure.issue(entra, audience, resource, &issuer(&headers, &tenant));
     axum::Json(json!({
         "token_type": "Bearer",
         "expires_in": entra.token_ttl.as_secs().max(1),
@@ -395,7 +414,10 @@ impl IdentityQuery {
 /// Which identity's token is asked for, and for what: the system-assigned
 /// identity or the user-assigned one the simulator knows; or the refusal's
 /// description.
-fn managed_identity(entra: &EntraMode, query: &IdentityQuery) -> Result<Audience, String> {
+fn managed_identity(
+    entra: &EntraMode,
+    query: &IdentityQuery,
+) -> Result<(Audience, String), String> {
     if query.api_version.is_none() {
         return Err("Required query variable 'api-version' is missing".into());
     }
@@ -408,6 +430,7 @@ fn managed_identity(entra: &EntraMode, query: &IdentityQuery) -> Result<Audience
     }
     let resource = query.resource.as_deref().unwrap_or_default();
     Audience::of(&format!("{}/.default", resource.trim_end_matches('/')))
+        .map(|(audience, resource)| (audience, resource.to_string()))
         .ok_or_else(|| format!("Resource '{resource}' is not a valid resource"))
 }
 
@@ -438,13 +461,13 @@ async fn imds_token(
     if headers.get("metadata").is_none_or(|v| v != "true") {
         return refuse("Required metadata header not specified");
     }
-    let audience = match managed_identity(entra, &query) {
-        Ok(audience) => audience,
+    let (audience, resource) = match managed_identity(entra, &query) {
+        Ok(asked) => asked,
         Err(why) => return refuse(&why),
     };
     let ttl = entra.token_ttl.as_secs().max(1);
     axum::Json(json!({
-        "access_token": azure.issue(entra.token_ttl, audience),
+        "access_token": azure.issue(entra, audience, &resource, &issuer(&headers, &entra.tenant)),
         "client_id": entra.client_id,
         "expires_in": ttl.to_string(),
         "expires_on": expires_on(entra.token_ttl),
@@ -481,12 +504,12 @@ async fn app_service_token(
             "The X-IDENTITY-HEADER is missing or not this host's.",
         );
     }
-    let audience = match managed_identity(entra, &query) {
-        Ok(audience) => audience,
+    let (audience, resource) = match managed_identity(entra, &query) {
+        Ok(asked) => asked,
         Err(why) => return refuse(StatusCode::BAD_REQUEST, &why),
     };
     axum::Json(json!({
-        "access_token": azure.issue(entra.token_ttl, audience),
+        "access_token": azure.issue(entra, audience, &resource, &issuer(&headers, &entra.tenant)),
         "client_id": entra.client_id,
         "expires_on": expires_on(entra.token_ttl),
         "resource": query.resource,
@@ -496,14 +519,52 @@ async fn app_service_token(
 }
 
 impl Azure {
-    /// A new token for `audience`, accepted for `ttl`.
-    fn issue(&self, ttl: Duration, audience: Audience) -> String {
-        let access_token = format!("sim-entra-{}", uuid_like());
+    /// A new token for `audience` (`resource` its `aud`), accepted for
+    /// the app registration's `token_ttl`: a signed JWT, as Entra ID
+    /// issues them.
+    fn issue(&self, entra: &EntraMode, audience: Audience, resource: &str, issuer: &str) -> String {
+        let access_token = tokens::sign(&tokens::Grant {
+            issuer,
+            audience: resource,
+            tenant: &entra.tenant,
+            client_id: &entra.client_id,
+            roles: &entra.app_roles,
+            ttl: entra.token_ttl,
+        })
+        .unwrap_or_else(|| format!("sim-entra-{}", uuid_like()));
         let now = Instant::now();
         let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
         tokens.retain(|_, (expires, _)| *expires > now);
-        tokens.insert(access_token.clone(), (now + ttl, audience));
+        tokens.insert(access_token.clone(), (now + entra.token_ttl, audience));
         access_token
+    }
+}
+
+/// The issuer of the tenant's tokens, `{authority}/{tenant}/v2.0`, with
+/// the authority as the client reached it.
+fn issuer(headers: &axum::http::HeaderMap, tenant: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/{tenant}/v2.0")
+}
+
+/// `GET /{tenant}/discovery/v2.0/keys`: the keys the tenant's tokens are
+/// signed with.
+async fn signing_keys(
+    State(azure): State<Azure>,
+    axum::extract::Path(tenant): axum::extract::Path<String>,
+) -> Response {
+    match &azure.mode.entra {
+        Some(entra) if entra.tenant == tenant => axum::Json(tokens::jwks()).into_response(),
+        Some(_) => entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        ),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 

@@ -30,6 +30,7 @@ mod rules;
 mod schema;
 mod stream;
 mod targets;
+mod tokens;
 mod tools;
 mod training;
 mod triage;

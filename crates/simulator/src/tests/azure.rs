@@ -213,6 +213,7 @@ fn with_entra(client_id: &str, ttl: Duration, more: impl FnOnce(&mut crate::Entr
         client_assertion: None,
         token_ttl: ttl,
         identity_header: None,
+        app_roles: Vec::new(),
     };
     more(&mut entra);
     router(SimulatorConfig {
@@ -223,6 +224,60 @@ fn with_entra(client_id: &str, ttl: Duration, more: impl FnOnce(&mut crate::Entr
         }),
         ..SimulatorConfig::default()
     })
+}
+
+#[tokio::test]
+async fn a_token_for_an_apps_api_is_a_jwt_with_the_apps_roles_and_its_keys_are_published() {
+    let app = with_entra("app", Duration::from_secs(60), |e| {
+        e.app_roles = vec!["Flywheel.Client".into()];
+    });
+    let form = "grant_type=client_credentials&client_id=app&client_secret=s3cret\
+        &scope=api%3A%2F%2Fflywheel%2F.default";
+    let mut request = token_request("t1", form);
+    request
+        .headers_mut()
+        .insert("host", "login.example:443".parse().unwrap());
+    let (status, body) = call(&app, request).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let keys = |tenant: &str| {
+        Request::builder()
+            .uri(format!("/{tenant}/discovery/v2.0/keys"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, jwks) = call(&app, keys("t1")).await;
+    assert_eq!(status, 200);
+    let key = &jwks["keys"][0];
+    assert_eq!(
+        (&key["kty"], &key["kid"]),
+        (&json!("RSA"), &json!("flywheel-simulator-1"))
+    );
+    assert_eq!(call(&app, keys("t2")).await.0, 400);
+    let verifying = jsonwebtoken::DecodingKey::from_rsa_components(
+        key["n"].as_str().unwrap(),
+        key["e"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut checks = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    checks.set_audience(&["api://flywheel"]);
+    let claims = jsonwebtoken::decode::<Value>(token, &verifying, &checks)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["aud"], "api://flywheel");
+    assert_eq!(claims["iss"], "http://login.example:443/t1/v2.0");
+    assert_eq!(claims["roles"], json!(["Flywheel.Client"]));
+    // Not a token the data plane takes: it is for another API.
+    let chat = Request::builder()
+        .method("POST")
+        .uri("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"messages":[{"role":"user","content":"x"}]}"#,
+        ))
+        .unwrap();
+    assert_eq!(call(&app, chat).await.0, 401);
 }
 
 #[tokio::test]
