@@ -71,6 +71,12 @@ impl Application {
                 .map(|t| hash_key(t.expose_secret())),
             allow_anonymous: config.auth.allow_anonymous_clients,
             passthrough: config.auth.passthrough_client_keys,
+            entra: match &config.auth.entra {
+                Some(e) => Some(Arc::new(
+                    crate::auth::EntraTokens::new(e).map_err(StartError::Upstream)?,
+                )),
+                None => None,
+            },
         };
         let (exchanges, exchange_rx) = ExchangeSink::new(
             config.capture.queue_capacity,
@@ -182,6 +188,9 @@ impl Application {
         let tasks = TaskTracker::new();
         // First, so the first token is asked for before the first request.
         tasks.spawn(state.upstreams.clone().renew_tokens(shutdown.clone()));
+        if let Some(entra) = state.auth.entra.clone() {
+            tasks.spawn(fetch_entra_keys(entra, shutdown.clone()));
+        }
         let flush_every = Duration::from_millis(state.config.capture.flush_every_ms);
         tasks.spawn(crate::capture::start_writer(
             crate::capture::WriterSetup {
@@ -342,6 +351,22 @@ async fn drop_within<T: Send + 'static>(bound: Duration, value: T) -> bool {
 }
 
 /// Prunes the rate limits at start and once a minute.
+/// Keeps the keys that sign accepted Entra ID tokens current: at start,
+/// every hour, and when a token named a key not known yet.
+async fn fetch_entra_keys(entra: Arc<crate::auth::EntraTokens>, shutdown: CancellationToken) {
+    let service =
+        Service::every("entra-keys", crate::auth::ENTRA_REFRESH_EVERY).woken_by(entra.wanted());
+    periodic(service, shutdown, || {
+        let entra = entra.clone();
+        async move {
+            let count = entra.refresh().await?;
+            tracing::debug!(keys = count, "Entra ID signing keys are current");
+            Ok::<_, String>(crate::service::Next::Wait)
+        }
+    })
+    .await;
+}
+
 async fn prune_limits(state: Arc<AppState>, shutdown: CancellationToken) {
     let service = Service::every("rate-limit-pruning", Duration::from_secs(60));
     periodic(service, shutdown, || {

@@ -1,13 +1,16 @@
 //! Who is calling: Flywheel keys with roles, the bootstrap admin token,
-//! anonymous clients and client-supplied provider keys.
+//! Microsoft Entra ID access tokens, anonymous clients and client-supplied
+//! provider keys.
 //!
 //! Keys are stored as SHA-256 hashes; the live set is held in memory and
 //! swapped atomically on change, so authentication never touches the store.
 
+mod entra;
 mod keyring;
 mod keys;
 mod middleware;
 
+pub use entra::{EntraTokens, REFRESH_EVERY as ENTRA_REFRESH_EVERY};
 pub use keyring::KeyRing;
 pub use keys::{CreatedKey, KeyError, KeyService, hash_key, new_secret_token};
 pub use middleware::{AuthPolicy, Caller, Credential, authenticate};

@@ -5,6 +5,7 @@
 //! hold them, and [`Secrets`] resolves those once at start-up.
 
 mod azure;
+mod entra_auth;
 mod load;
 mod secrets;
 mod types;
@@ -14,6 +15,7 @@ pub use azure::{
     AzureDeploymentConfig, AzureUrlStyle, EntraConfig,
     MANAGEMENT_API_VERSION as AZURE_MANAGEMENT_API_VERSION, ManagedIdentityHost,
 };
+pub use entra_auth::{EntraAuthConfig, EntraRoles};
 pub use load::{ConfigError, ENV_PREFIX, SEED_ENV_ALIASES};
 pub use secrets::Secrets;
 pub use types::*;

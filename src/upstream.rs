@@ -2,7 +2,9 @@
 //! requests go through (`transport`: hyper's client, or reqwest through a
 //! proxy), with the timeouts and the retry policy of the config; the files
 //! and fine-tuning calls (`fine_tuning`, reqwest), runtime LoRA adapters
-//! (`lora`), and the alert webhook's client. Only this module names the HTTP client crates.
+//! (`lora`), the alert webhook's client, and documents services publish
+//! (`published`: an identity platform's signing keys). Only this module
+//! names the HTTP client crates.
 
 mod azure;
 mod client;
@@ -10,6 +12,7 @@ mod errors;
 mod fine_tuning;
 pub mod headers;
 mod lora;
+mod published;
 mod retry;
 mod signing;
 mod transport;
@@ -20,6 +23,7 @@ pub use client::{
     BodyStream, CHAT_PATH, Collected, Cut, Provider, Reply, UpstreamRequest, Upstreams,
 };
 pub use fine_tuning::{EventObject, FileObject, FineTuningError, JobObject, JobSpec, Page};
+pub use published::Published;
 pub use signing::Signing;
 pub use transport::ByteStream;
 pub use webhook::Webhook;

@@ -1,6 +1,6 @@
 //! Turning a request's credentials into a [`Caller`].
 
-use super::{KEY_PREFIX, KeyRing, Role, hash_key};
+use super::{EntraTokens, KEY_PREFIX, KeyRing, Role, hash_key};
 use crate::openai::ApiError;
 use axum::http::{HeaderMap, HeaderValue, header};
 use parking_lot::RwLock;
@@ -15,6 +15,8 @@ use subtle::ConstantTimeEq;
 pub enum Credential {
     Key,
     AdminToken,
+    /// A Microsoft Entra ID access token (`[auth.entra]`).
+    Entra,
     Anonymous,
     /// A client's own provider key, forwarded upstream instead of ours.
     Passthrough(SecretString),
@@ -50,6 +52,8 @@ pub struct AuthPolicy {
     pub admin_token_hash: Option<String>,
     pub allow_anonymous: bool,
     pub passthrough: bool,
+    /// Entra ID tokens accepted in place of a key, when configured.
+    pub entra: Option<Arc<EntraTokens>>,
 }
 
 pub fn authenticate(
@@ -66,6 +70,11 @@ pub fn authenticate(
             )
         });
     };
+    if let Some(entra) = &policy.entra
+        && EntraTokens::looks_like_jwt(token)
+    {
+        return entra.verify(token);
+    }
     let hash = hash_key(token);
     if let Some(admin) = &policy.admin_token_hash
         && bool::from(hash.as_bytes().ct_eq(admin.as_bytes()))
@@ -182,6 +191,7 @@ mod tests {
             admin_token_hash: Some(hash_key("root-token")),
             allow_anonymous: anonymous,
             passthrough,
+            entra: None,
         }
     }
 

@@ -143,7 +143,7 @@ impl Default for ManagedIdentityHost {
     }
 }
 
-fn authority() -> String {
+pub(super) fn authority() -> String {
     "https://login.microsoftonline.com".into()
 }
 fn scope() -> String {
@@ -378,7 +378,7 @@ fn check_segment(key: &str, value: &str) -> Result<(), ConfigError> {
     clippy::disallowed_types,
     reason = "read as the provider's client will read it"
 )]
-fn check_http_url(key: &str, value: &str) -> Result<(), ConfigError> {
+pub(super) fn check_http_url(key: &str, value: &str) -> Result<(), ConfigError> {
     match reqwest::Url::parse(value) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => Ok(()),
         _ => Err(ConfigError::invalid(

@@ -142,6 +142,9 @@ pub struct AuthConfig {
     pub allow_anonymous_clients: bool,
     /// Forward a client's own provider key (one that is no Flywheel key) upstream.
     pub passthrough_client_keys: bool,
+    /// Microsoft Entra ID access tokens accepted in place of a key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entra: Option<super::EntraAuthConfig>,
 }
 
 impl Default for AuthConfig {
@@ -150,6 +153,7 @@ impl Default for AuthConfig {
             admin_token_env: "FLYWHEEL_ADMIN_TOKEN".into(),
             allow_anonymous_clients: false,
             passthrough_client_keys: false,
+            entra: None,
         }
     }
 }

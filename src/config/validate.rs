@@ -8,6 +8,9 @@ mod command;
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     check_server(c)?;
+    if let Some(entra) = &c.auth.entra {
+        super::entra_auth::check(entra)?;
+    }
     check_limits(c)?;
     check_providers(c)?;
     check_models(c)?;

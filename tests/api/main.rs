@@ -21,6 +21,7 @@ mod cli;
 mod datasets;
 mod demo;
 mod durability;
+mod entra_apps;
 mod errors;
 mod evaluation_finetune;
 mod evaluation_fixtures;

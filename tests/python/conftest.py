@@ -243,15 +243,16 @@ def create_key(config_path: Path, role: str, name: str) -> subprocess.CompletedP
 
 
 def start_proxy(processes: Processes, workdir: Path, name: str, sim: Simulator,
-                rpm: int, burst: int, keys: dict) -> Proxy:
-    """`keys` maps a handle to a role; each handle gets its own key."""
+                rpm: int, burst: int, keys: dict, extra: str = "") -> Proxy:
+    """`keys` maps a handle to a role; each handle gets its own key;
+    `extra` is appended to the config."""
     config_path = workdir / f"{name}.toml"
     sim_port = int(sim.url.rsplit(":", 1)[1])
 
     def write_config(port: int) -> None:
         config_path.write_text(PROXY_CONFIG.format(
             port=port, data_dir=(workdir / f"{name}-data").as_posix(), max_body_bytes=MAX_BODY_BYTES,
-            rpm=rpm, burst=burst, sim_port=sim_port))
+            rpm=rpm, burst=burst, sim_port=sim_port) + extra)
 
     write_config(free_port())
     created = {handle: create_key(config_path, role, f"python {name} {handle}") for handle, role in keys.items()}
@@ -304,6 +305,56 @@ def proxy(processes, workdir, sim) -> Proxy:
     """The proxy most tests use: limits high enough never to matter."""
     return start_proxy(processes, workdir, "main", sim, rpm=6000, burst=1000,
                        keys={"client": "client", "analyst": "analyst", "admin": "admin"})
+
+
+ENTRA_TENANT = "soc-tenant"
+ENTRA_APP = ("triage-app", "triage-app-secret")
+
+
+@dataclass
+class EntraPlatform:
+    """The simulator as Microsoft Entra ID: one app registration holding
+    the `Flywheel.Client` app role on the APIs it asks tokens for."""
+    url: str
+
+    def token(self, scope: str = "api://flywheel/.default") -> str:
+        client_id, secret = ENTRA_APP
+        response = httpx.post(f"{self.url}/{ENTRA_TENANT}/oauth2/v2.0/token", data={
+            "grant_type": "client_credentials", "client_id": client_id,
+            "client_secret": secret, "scope": scope})
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+
+@pytest.fixture(scope="session")
+def entra_platform(processes) -> EntraPlatform:
+    os.environ["FLYWHEEL_TEST_ENTRA_SECRET"] = ENTRA_APP[1]
+    _, port = processes.launch(
+        "entra-platform",
+        lambda port: ["simulate", "--listen", f"127.0.0.1:{port}", "--azure",
+                      "--azure-entra-secret-env", "FLYWHEEL_TEST_ENTRA_SECRET",
+                      "--azure-entra-tenant", ENTRA_TENANT, "--azure-entra-client-id", ENTRA_APP[0],
+                      "--azure-entra-app-roles", "Flywheel.Client"],
+        lambda port: f"http://127.0.0.1:{port}/v1/models",
+    )
+    return EntraPlatform(url=f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def entra_proxy(processes, workdir, sim, entra_platform) -> Proxy:
+    """A proxy that also takes the platform's tokens for `api://flywheel`,
+    once it holds the tenant's signing keys (fetched in the background)."""
+    extra = (f'\n[auth.entra]\ntenant_id = "{ENTRA_TENANT}"\naudiences = ["api://flywheel"]\n'
+             f'authority = "{entra_platform.url}"\n')
+    proxy = start_proxy(processes, workdir, "entra", sim, rpm=6000, burst=1000,
+                        keys={"client": "client"}, extra=extra)
+    headers = {"Authorization": f"Bearer {entra_platform.token()}"}
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{proxy.url}/v1/models", headers=headers).status_code == 401:
+        if time.monotonic() > deadline:
+            pytest.fail("the proxy never fetched the tenant's signing keys")
+        time.sleep(0.1)
+    return proxy
 
 
 @pytest.fixture(scope="session")

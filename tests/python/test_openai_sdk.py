@@ -685,6 +685,35 @@ def test_azure_client_responses_chain_into_one_conversation(proxy):
     assert second.headers["x-flywheel-conversation-id"] == first.headers["x-flywheel-conversation-id"]
 
 
+def test_azure_client_signed_in_with_entra_id(entra_proxy, entra_platform):
+    """A keyless app: `AzureOpenAI` with a token provider, as
+    `azure.identity`'s `get_bearer_token_provider` makes one, sends a
+    Microsoft Entra ID token for Flywheel's API instead of a key."""
+    asked = []
+
+    def token_provider() -> str:
+        asked.append(time.monotonic())
+        return entra_platform.token()
+
+    c = openai.AzureOpenAI(azure_endpoint=entra_proxy.url, azure_ad_token_provider=token_provider,
+                           api_version=API_VERSION, max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(model="triage", messages=MESSAGES)
+    assert raw.parse().choices[0].message.content.startswith("Threat type:")
+    assert asked, "the SDK asked its provider for a token"
+    with c.chat.completions.stream(model="triage", messages=MESSAGES) as stream:
+        assert stream.get_final_completion().choices[0].message.content.startswith("Threat type:")
+    # A token for Azure OpenAI itself is not one for Flywheel.
+    other = openai.AzureOpenAI(
+        azure_endpoint=entra_proxy.url, api_version=API_VERSION, max_retries=0,
+        azure_ad_token_provider=lambda: entra_platform.token("https://cognitiveservices.azure.com/.default"))
+    with pytest.raises(openai.AuthenticationError, match="another audience"):
+        other.chat.completions.create(model="triage", messages=MESSAGES)
+    # The app role grants a client's access, not an analyst's.
+    me = httpx.get(f"{entra_proxy.url}/admin/api/me",
+                   headers={"Authorization": f"Bearer {entra_platform.token()}"})
+    assert me.status_code == 403, me.text
+
+
 def test_azure_v1_api_through_the_plain_client(proxy):
     """Azure's v1 API is used with the plain client at `/openai/v1/`."""
     c = openai.OpenAI(base_url=f"{proxy.url}/openai/v1/", api_key=proxy.keys["client"])
