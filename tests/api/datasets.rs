@@ -480,6 +480,34 @@ async fn bad_requests_name_their_field_and_analysts_cannot_build() {
     );
 }
 
+/// The SFT lines of the two-turn conversations `ids`, once stored,
+/// labelled and approved: every one an example, each line in OpenAI's
+/// format.
+async fn sft_examples(app: &TestApp, ids: &[String], name: &str) -> Vec<Value> {
+    for id in ids {
+        app.stored_turns(id, 2).await;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        label(app, id, review(i)).await;
+    }
+    approve(app, ids).await;
+    let (status, ds) = build(app, &json!({"name": name, "format": "sft"})).await;
+    assert_eq!(status, 201, "{ds}");
+    assert_eq!(ds["counts"]["accepted"], ids.len(), "{ds}");
+    let id = ds["id"].as_str().unwrap();
+    let (_, train) = file(app, id, "train.jsonl").await;
+    let (_, validation) = file(app, id, "validation.jsonl").await;
+    assert_eq!(
+        check_jsonl(&train, check_sft) + check_jsonl(&validation, check_sft),
+        ids.len()
+    );
+    train
+        .lines()
+        .chain(validation.lines())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// A Responses-API chain: the alert, then a follow-up naming the first
 /// response by its id; the conversation's id and the first answer.
 async fn chain(app: &TestApp, alert: &str) -> (String, String) {
@@ -527,25 +555,7 @@ async fn a_chain_of_stored_responses_is_trained_on_everything_its_model_saw() {
         ids.push(id);
         first_answers.insert(alert, answer);
     }
-    for id in &ids {
-        app.stored_turns(id, 2).await;
-    }
-    for (i, id) in ids.iter().enumerate() {
-        label(&app, id, review(i)).await;
-    }
-    approve(&app, &ids).await;
-    let (status, ds) = build(&app, &json!({"name": "chains", "format": "sft"})).await;
-    assert_eq!(status, 201, "{ds}");
-    assert_eq!(ds["counts"]["accepted"], 12, "{ds}");
-    let id = ds["id"].as_str().unwrap();
-    let (_, train) = file(&app, id, "train.jsonl").await;
-    let (_, validation) = file(&app, id, "validation.jsonl").await;
-    assert_eq!(
-        check_jsonl(&train, check_sft) + check_jsonl(&validation, check_sft),
-        12
-    );
-    for line in train.lines().chain(validation.lines()) {
-        let line: Value = serde_json::from_str(line).unwrap();
+    for line in sft_examples(&app, &ids, "chains").await {
         let messages = line["messages"].as_array().unwrap();
         let said = |m: &Value| {
             (
@@ -625,21 +635,7 @@ async fn a_history_naming_earlier_answers_by_item_id_is_trained_with_their_text(
         second.text().await.unwrap();
         ids.push(conversation);
     }
-    for id in &ids {
-        app.stored_turns(id, 2).await;
-    }
-    for (i, id) in ids.iter().enumerate() {
-        label(&app, id, review(i)).await;
-    }
-    approve(&app, &ids).await;
-    let (status, ds) = build(&app, &json!({"name": "references", "format": "sft"})).await;
-    assert_eq!(status, 201, "{ds}");
-    assert_eq!(ds["counts"]["accepted"], 12, "{ds}");
-    let id = ds["id"].as_str().unwrap();
-    let (_, train) = file(&app, id, "train.jsonl").await;
-    let (_, validation) = file(&app, id, "validation.jsonl").await;
-    for line in train.lines().chain(validation.lines()) {
-        let line: Value = serde_json::from_str(line).unwrap();
+    for line in sft_examples(&app, &ids, "references").await {
         let messages = line["messages"].as_array().unwrap();
         let roles: Vec<&str> = messages
             .iter()
