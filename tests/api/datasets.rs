@@ -91,12 +91,16 @@ fn review(i: usize) -> Value {
     json!({"threat_type": threat, "severity": "high", "quality_score": 4, "correction": correction})
 }
 
+/// The `i`th of the distinct alerts the tests converse about.
+fn dll_alert(i: usize) -> String {
+    format!("Endpoint alert #{i}: rundll32 loaded an unsigned DLL from %TEMP% on WS-{i}")
+}
+
 /// `n` labelled conversations on distinct alerts, threat types in turn.
 async fn labelled(app: &TestApp, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let alert =
-            format!("Endpoint alert #{i}: rundll32 loaded an unsigned DLL from %TEMP% on WS-{i}");
+        let alert = dll_alert(i);
         ids.push(converse(app, &alert, json!({})).await);
     }
     captured(app, &ids).await;
@@ -549,8 +553,7 @@ async fn a_chain_of_stored_responses_is_trained_on_everything_its_model_saw() {
     let mut ids = Vec::new();
     let mut first_answers = std::collections::HashMap::new();
     for i in 0..12 {
-        let alert =
-            format!("Endpoint alert #{i}: rundll32 loaded an unsigned DLL from %TEMP% on WS-{i}");
+        let alert = dll_alert(i);
         let (id, answer) = chain(&app, &alert).await;
         ids.push(id);
         first_answers.insert(alert, answer);
@@ -602,8 +605,7 @@ async fn a_history_naming_earlier_answers_by_item_id_is_trained_with_their_text(
     let mut ids = Vec::new();
     let mut first_answers = std::collections::HashMap::new();
     for i in 0..12 {
-        let alert =
-            format!("Endpoint alert #{i}: rundll32 loaded an unsigned DLL from %TEMP% on WS-{i}");
+        let alert = dll_alert(i);
         let first = app
             .post("/v1/responses", &json!({"model": "triage", "input": alert}))
             .await;
