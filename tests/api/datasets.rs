@@ -512,39 +512,31 @@ async fn sft_examples(app: &TestApp, ids: &[String], name: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A Responses-API chain: the alert, then a follow-up naming the first
-/// response by its id; the conversation's id and the first answer.
-async fn chain(app: &TestApp, alert: &str) -> (String, String) {
-    let first = app
-        .post(
-            "/v1/responses",
-            &json!({"model": "triage", "instructions": "Triage the alert.", "input": alert}),
-        )
-        .await;
-    assert_eq!(first.status(), 200);
-    let conversation = first.headers()["x-flywheel-conversation-id"]
+/// A two-turn Responses conversation: `first`, then the follow-up `then`
+/// writes from the first response, both threaded as one conversation;
+/// the conversation's id and the first answer's text and item id.
+async fn two_turns(
+    app: &TestApp,
+    first: Value,
+    then: impl FnOnce(&Value) -> Value,
+) -> (String, String, Value) {
+    let response = app.post("/v1/responses", &first).await;
+    assert_eq!(response.status(), 200);
+    let conversation = response.headers()["x-flywheel-conversation-id"]
         .to_str()
         .unwrap()
         .to_string();
-    let first: Value = first.json().await.unwrap();
-    let answer = first["output"][0]["content"][0]["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let second = app
-        .post(
-            "/v1/responses",
-            &json!({"model": "triage", "instructions": "Answer in one line.",
-                "input": "Is the host isolated already?", "previous_response_id": first["id"]}),
-        )
-        .await;
+    let first: Value = response.json().await.unwrap();
+    let item = &first["output"][0];
+    let answer = item["content"][0]["text"].as_str().unwrap().to_string();
+    let second = app.post("/v1/responses", &then(&first)).await;
     assert_eq!(second.status(), 200);
     assert_eq!(
         second.headers()["x-flywheel-conversation-id"],
         conversation.as_str()
     );
     second.text().await.unwrap();
-    (conversation, answer)
+    (conversation, answer, item["id"].clone())
 }
 
 #[tokio::test]
@@ -554,7 +546,15 @@ async fn a_chain_of_stored_responses_is_trained_on_everything_its_model_saw() {
     let mut first_answers = std::collections::HashMap::new();
     for i in 0..12 {
         let alert = dll_alert(i);
-        let (id, answer) = chain(&app, &alert).await;
+        let (id, answer, _) = two_turns(
+            &app,
+            json!({"model": "triage", "instructions": "Triage the alert.", "input": alert}),
+            |first| {
+                json!({"model": "triage", "instructions": "Answer in one line.",
+                    "input": "Is the host isolated already?", "previous_response_id": first["id"]})
+            },
+        )
+        .await;
         ids.push(id);
         first_answers.insert(alert, answer);
     }
@@ -606,35 +606,15 @@ async fn a_history_naming_earlier_answers_by_item_id_is_trained_with_their_text(
     let mut first_answers = std::collections::HashMap::new();
     for i in 0..12 {
         let alert = dll_alert(i);
-        let first = app
-            .post("/v1/responses", &json!({"model": "triage", "input": alert}))
-            .await;
-        assert_eq!(first.status(), 200);
-        let conversation = first.headers()["x-flywheel-conversation-id"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let first: Value = first.json().await.unwrap();
-        let item = &first["output"][0];
-        first_answers.insert(
-            alert.clone(),
-            item["content"][0]["text"].as_str().unwrap().to_string(),
-        );
-        let second = app
-            .post(
-                "/v1/responses",
-                &json!({"model": "triage", "input": [
+        let (conversation, answer, _) =
+            two_turns(&app, json!({"model": "triage", "input": alert}), |first| {
+                json!({"model": "triage", "input": [
                     {"role": "user", "content": alert},
-                    {"type": "item_reference", "id": item["id"]},
-                    {"role": "user", "content": "Is the host isolated already?"}]}),
-            )
+                    {"type": "item_reference", "id": first["output"][0]["id"]},
+                    {"role": "user", "content": "Is the host isolated already?"}]})
+            })
             .await;
-        assert_eq!(second.status(), 200);
-        assert_eq!(
-            second.headers()["x-flywheel-conversation-id"],
-            conversation.as_str()
-        );
-        second.text().await.unwrap();
+        first_answers.insert(alert.clone(), answer);
         ids.push(conversation);
     }
     for line in sft_examples(&app, &ids, "references").await {
