@@ -1,11 +1,11 @@
 """The OpenAI Agents SDK (`openai-agents`) on the Responses API: an agent
-that calls a tool, and agents whose history the provider keeps — by
-response id or in a conversation object — each captured as one
-conversation."""
+that calls a tool, an agent whose session the app keeps (and resends),
+and agents whose history the provider keeps — by response id or in a
+conversation object — each captured as one conversation."""
 import asyncio
 
 import pytest
-from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+from agents import Agent, OpenAIResponsesModel, Runner, SQLiteSession, function_tool, set_tracing_disabled
 from openai import AsyncOpenAI
 
 from conftest import ALERT, SYSTEM, base_url, one_conversation
@@ -60,3 +60,17 @@ def test_a_chat_whose_history_the_provider_keeps_is_one_conversation(proxy, user
     turns = one_conversation(proxy, user, 2)["turns"]
     assert turns[1]["request"]["messages"][-1] == {"role": "user", "content": "Is the host isolated already?"}
     assert [t["response"]["message"]["content"] for t in turns] == answers
+
+
+def test_a_session_the_app_keeps_is_one_conversation(proxy, user, tmp_path):
+    """The SDK's own session store resends the whole history, the
+    earlier answers as the output items they came as."""
+    triage, _ = agent(proxy, user)
+    session = SQLiteSession(user, str(tmp_path / "sessions.db"))
+    first = Runner.run_sync(triage, ALERT, session=session)
+    second = Runner.run_sync(triage, "Is the host isolated already?", session=session)
+    turns = one_conversation(proxy, user, 2)["turns"]
+    sent = turns[1]["request"]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"], sent
+    assert sent[2]["content"] == first.final_output
+    assert turns[1]["response"]["message"]["content"] == second.final_output
