@@ -160,7 +160,7 @@ fn history(turns: &[Turn]) -> Result<Vec<Message>, String> {
 
 /// What stored state a turn continues, having sent only what is new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Continues {
+pub(super) enum Continues {
     /// It sent its whole history.
     Nothing,
     /// A Responses request naming the response it follows
@@ -171,7 +171,7 @@ enum Continues {
     Conversation,
 }
 
-fn continues_stored(turn: &InferenceRecord) -> Continues {
+pub(super) fn continues_stored(turn: &InferenceRecord) -> Continues {
     let params = &turn.request["params"];
     if params["previous_response_id"]
         .as_str()

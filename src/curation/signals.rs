@@ -4,7 +4,8 @@
 //! did the upstream fail.
 
 use super::example::{
-    Candidate, Message, TextMessage, correction, finish_reason, lenient_text, turn_text,
+    Candidate, Continues, Message, TextMessage, continues_stored, correction, finish_reason,
+    lenient_text, turn_text,
 };
 use crate::store::{ConversationSignals, InferenceRecord};
 use serde::Serialize;
@@ -19,7 +20,8 @@ pub struct QualitySignals {
     /// Characters of the last turn's answer as the model gave it.
     pub answer_chars: usize,
     /// [`normalised_hash`] of the last turn's messages and its answer (the
-    /// correction, when there is one).
+    /// correction, when there is one), after every earlier turn's when
+    /// the last one sent only what was new (a Responses chain).
     pub text_hash: String,
     /// The conversation (smallest id among those given) this one repeats.
     pub duplicate_of: Option<String>,
@@ -62,7 +64,7 @@ fn signals_of(c: &Candidate) -> QualitySignals {
         conversation_id: c.conversation.id.clone(),
         complete_answer: last.is_some_and(|t| t.status == "ok" && finish_reason(t) == Some("stop")),
         answer_chars,
-        text_hash: hash_of(&lenient_text(c)),
+        text_hash: hash_of(&conversation_text(c)),
         duplicate_of: None,
         has_labels: review.threat_type.is_some() || review.severity.is_some(),
         has_rating: review.rating_count > 0
@@ -92,8 +94,29 @@ pub fn turn_signals(turn: &InferenceRecord) -> ConversationSignals {
             == Some(crate::capture::background::BACKGROUND_TASK),
         answer_chars: u32::try_from(answer_chars).unwrap_or(u32::MAX),
         upstream_error: turn.status == "upstream_error",
-        text_hash: Some(hash_of(&turn_text(turn, None))),
+        // A turn that sent only what is new holds too little of its
+        // conversation for copies to be told by it.
+        text_hash: (continues_stored(turn) == Continues::Nothing)
+            .then(|| hash_of(&turn_text(turn, None))),
         duplicate_of: None,
+    }
+}
+
+/// What a conversation's copies are told by: its last turn's messages and
+/// answer; when that turn sent only what is new (a Responses chain), every
+/// turn's, which hold its whole history.
+fn conversation_text(c: &Candidate) -> Vec<TextMessage<'_>> {
+    match c.turns.last() {
+        Some((last, _)) if continues_stored(last) != Continues::Nothing => {
+            let (earlier, _) = c.turns.split_at(c.turns.len() - 1);
+            let mut text: Vec<TextMessage<'_>> = earlier
+                .iter()
+                .flat_map(|(turn, _)| turn_text(turn, None))
+                .collect();
+            text.extend(lenient_text(c));
+            text
+        }
+        _ => lenient_text(c),
     }
 }
 
@@ -268,5 +291,33 @@ mod tests {
         assert_eq!(s[0].duplicate_of.as_deref(), Some("conv_5"));
         assert_eq!(s[1].duplicate_of, None);
         assert_eq!(s[2].duplicate_of, None);
+    }
+
+    #[test]
+    fn chains_ending_alike_are_told_apart_by_their_whole_history() {
+        // Two chains about different alerts whose follow-ups and answers
+        // are the same text.
+        let chain = |id: &str| {
+            let mut c = candidate(id, "malware");
+            let mut next = c.turns[0].clone();
+            next.0.request = serde_json::json!({"messages": [
+                {"role": "user", "content": "Is the host isolated already?"}],
+                "params": {"previous_response_id": "resp_1"}});
+            with_answer(&mut next.0, "Not yet.", "stop");
+            c.turns.push(next);
+            c
+        };
+        let s = quality_signals(&[chain("conv_1"), chain("conv_2")]);
+        assert_eq!(s[0].duplicate_of, None);
+        assert_eq!(s[1].duplicate_of, None);
+        let same = quality_signals(&[chain("conv_1"), chain("conv_1")]);
+        assert_eq!(same[0].text_hash, same[1].text_hash);
+        // Stored turn by turn, the follow-up's text alone says nothing.
+        assert_eq!(turn_signals(&chain("conv_1").turns[1].0).text_hash, None);
+        assert!(
+            turn_signals(&chain("conv_1").turns[0].0)
+                .text_hash
+                .is_some()
+        );
     }
 }
