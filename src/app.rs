@@ -354,8 +354,8 @@ async fn drop_within<T: Send + 'static>(bound: Duration, value: T) -> bool {
 /// Keeps the keys that sign accepted Entra ID tokens current: at start,
 /// every hour, and when a token named a key not known yet.
 async fn fetch_entra_keys(entra: Arc<crate::auth::EntraTokens>, shutdown: CancellationToken) {
-    let service =
-        Service::every("entra-keys", crate::auth::ENTRA_REFRESH_EVERY).woken_by(entra.wanted());
+    let service = Service::every("entra-keys", crate::auth::EntraTokens::REFRESH_EVERY)
+        .woken_by(entra.wanted());
     periodic(service, shutdown, || {
         let entra = entra.clone();
         async move {

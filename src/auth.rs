@@ -10,7 +10,7 @@ mod keyring;
 mod keys;
 mod middleware;
 
-pub use entra::{EntraTokens, REFRESH_EVERY as ENTRA_REFRESH_EVERY};
+pub use entra::EntraTokens;
 pub use keyring::KeyRing;
 pub use keys::{CreatedKey, KeyError, KeyService, hash_key, new_secret_token};
 pub use middleware::{AuthPolicy, Caller, Credential, authenticate};

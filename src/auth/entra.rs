@@ -34,13 +34,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 /// Verified tokens remembered at once.
-pub const REMEMBERED: usize = 4096;
+const REMEMBERED: usize = 4096;
 
 /// Clock skew allowed on `exp` and `nbf`, as Microsoft's own libraries do.
 const LEEWAY_S: u64 = 60;
-
-/// How often the keys are fetched when nothing asks sooner.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(3600);
 
 /// The least time between two fetches a missing key asks for.
 const REFETCH_AFTER: Duration = Duration::from_secs(60);
@@ -102,6 +99,9 @@ struct PublishedKey {
 }
 
 impl EntraTokens {
+    /// How often the keys are fetched when nothing asks sooner.
+    pub const REFRESH_EVERY: Duration = Duration::from_secs(3600);
+
     pub fn new(config: &EntraAuthConfig) -> Result<Self, String> {
         Ok(Self {
             audiences: config.audiences.clone(),
