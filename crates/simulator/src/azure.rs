@@ -9,6 +9,7 @@
 //! | `/subscriptions/…/accounts/{account}/deployments/{name}?api-version=…` | the management API: `PUT` creates a deployment (`Creating`, then `Succeeded` after `provisioning_delay`), `GET` reads it, `DELETE` removes it |
 //! | `POST /{tenant}/oauth2/v2.0/token` | with `entra` set: Microsoft Entra ID's token endpoint for client credentials; a token it issues (an RS256 JWT, see `tokens`) is accepted as the bearer for `token_ttl`, then refused as expired — by the data plane for the scope `https://cognitiveservices.azure.com/.default`, by the management API for any other `https://…/.default`; an `api://…/.default` token is for another app's API (Flywheel's) and carries `entra.app_roles` |
 //! | `GET /{tenant}/discovery/v2.0/keys` | with `entra` set: the keys the tokens are signed with |
+//! | `GET /{tenant}/oauth2/v2.0/authorize` | with `entra` set: a person signing in to a single-page app (authorization code with PKCE, see `sign_in`); the token endpoint redeems the code |
 //! | `GET /metadata/identity/oauth2/token?api-version=&resource=[&client_id=]` | with `entra` set: a VM's managed identity, as the instance metadata service serves it (`Metadata: true` required); tokens for the system-assigned identity, or the user-assigned one whose client id is `entra.client_id` |
 //! | `GET /msi/token?api-version=&resource=[&client_id=]` | with `entra.identity_header` set: the same identity as App Service and Container Apps serve it, asked with `X-IDENTITY-HEADER` |
 //!
@@ -27,6 +28,8 @@
 //! Every credential a request presents must be the key (or an issued
 //! token), so a client's own `Authorization` passed on beside the
 //! `api-key` is refused.
+
+mod sign_in;
 
 use super::Sim;
 use super::tokens;
@@ -133,6 +136,8 @@ struct Azure {
     imports: Arc<Mutex<HashMap<String, Instant>>>,
     /// Entra ID tokens issued → when each expires, and what for.
     tokens: Arc<Mutex<HashMap<String, (Instant, Audience)>>>,
+    /// Authorization codes handed out and not yet redeemed.
+    codes: Arc<Mutex<HashMap<String, sign_in::Pending>>>,
 }
 
 /// What an Entra ID token was asked for: its scope.
@@ -174,11 +179,16 @@ pub fn router(sim: Sim, mode: AzureMode, inner: Router) -> Router {
         created: Arc::default(),
         imports: Arc::default(),
         tokens: Arc::default(),
+        codes: Arc::default(),
     };
     Router::new()
         .route("/openai/{*rest}", axum::routing::any(data_plane))
         .route("/subscriptions/{*rest}", axum::routing::any(management))
         .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize",
+            axum::routing::get(sign_in::authorize),
+        )
         .route(
             "/{tenant}/discovery/v2.0/keys",
             axum::routing::get(signing_keys),
@@ -326,6 +336,9 @@ async fn token(
         );
     };
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    if field("grant_type") == "authorization_code" {
+        return sign_in::redeem(&azure, entra, &headers, &form);
+    }
     if field("grant_type") != "client_credentials" {
         return entra_error(
             StatusCode::BAD_REQUEST,
@@ -528,15 +541,21 @@ impl Azure {
             audience: resource,
             tenant: &entra.tenant,
             client_id: &entra.client_id,
+            subject: None,
             roles: &entra.app_roles,
             ttl: entra.token_ttl,
         })
         .unwrap_or_else(|| format!("sim-entra-{}", uuid_like()));
+        self.remember(&access_token, entra.token_ttl, audience);
+        access_token
+    }
+
+    /// Accepts `token` as a bearer for `audience` until `ttl` from now.
+    fn remember(&self, token: &str, ttl: Duration, audience: Audience) {
         let now = Instant::now();
         let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
         tokens.retain(|_, (expires, _)| *expires > now);
-        tokens.insert(access_token.clone(), (now + entra.token_ttl, audience));
-        access_token
+        tokens.insert(token.to_string(), (now + ttl, audience));
     }
 }
 

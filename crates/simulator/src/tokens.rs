@@ -26,6 +26,9 @@ pub struct Grant<'a> {
     pub tenant: &'a str,
     /// The app the token was issued to (`azp`, `appid`).
     pub client_id: &'a str,
+    /// The person signed in to it (`preferred_username`, and the `oid`
+    /// derived from it); `None`: the app itself.
+    pub subject: Option<&'a str>,
     /// The app roles the app was granted on the resource (`roles`).
     pub roles: &'a [String],
     pub ttl: Duration,
@@ -38,7 +41,7 @@ pub fn sign(grant: &Grant<'_>) -> Option<String> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let object_id = object_id(grant.client_id);
+    let object_id = object_id(grant.subject.unwrap_or(grant.client_id));
     let mut claims = json!({
         "aud": grant.audience,
         "iss": grant.issuer,
@@ -57,6 +60,10 @@ pub fn sign(grant: &Grant<'_>) -> Option<String> {
     });
     if !grant.roles.is_empty() {
         claims["roles"] = json!(grant.roles);
+    }
+    if let Some(user) = grant.subject {
+        claims["preferred_username"] = json!(user);
+        claims["scp"] = json!("user_impersonation");
     }
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(KEY_ID.into());
@@ -100,6 +107,7 @@ mod tests {
             audience: "api://flywheel",
             tenant: "tenant-1",
             client_id: "app-1",
+            subject: None,
             roles: &roles,
             ttl: Duration::from_secs(60),
         })

@@ -281,6 +281,77 @@ async fn a_token_for_an_apps_api_is_a_jwt_with_the_apps_roles_and_its_keys_are_p
 }
 
 #[tokio::test]
+async fn a_person_signs_in_with_a_code_the_app_redeems_with_its_verifier() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let app = with_entra("spa", Duration::from_secs(60), |e| {
+        e.app_roles = vec!["Flywheel.Analyst".into()];
+    });
+    let verifier = "a-long-random-verifier-of-the-single-page-app-0123456789";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let authorize = |challenge: &str| {
+        Request::builder()
+            .uri(format!(
+                "/t1/oauth2/v2.0/authorize?client_id=spa&response_type=code\
+                 &redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fadmin%2F&scope=api%3A%2F%2Fflywheel%2F.default\
+                 &state=s%201&code_challenge={challenge}&code_challenge_method=S256"
+            ))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let response = app.clone().oneshot(authorize(&challenge)).await.unwrap();
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let (back, query) = location.split_once('?').unwrap();
+    assert_eq!(back, "http://127.0.0.1:9/admin/");
+    let code = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("code="))
+        .unwrap()
+        .to_string();
+    assert!(query.ends_with("state=s%201"), "{query}");
+    let redeem = |code: &str, verifier: &str| {
+        token_request(
+            "t1",
+            &format!(
+                "grant_type=authorization_code&client_id=spa&code={code}&code_verifier={verifier}\
+                 &redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fadmin%2F"
+            ),
+        )
+    };
+    let (status, body) = call(&app, redeem(&code, "another-verifier")).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("invalid_grant")),
+        "{body}"
+    );
+    // A code is redeemed once: the failed try above spent it.
+    let response = app.clone().oneshot(authorize(&challenge)).await.unwrap();
+    let location = response.headers()["location"].to_str().unwrap();
+    let code = location
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let response = app.clone().oneshot(redeem(code, verifier)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let (status, body) = call(&app, redeem(code, verifier)).await;
+    assert_eq!(status, 400, "{body}");
+
+    // Without a challenge there is no sign-in: PKCE is required.
+    let (status, body) = call(&app, authorize("")).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("invalid_request")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn entra_tokens_are_issued_for_the_one_app_and_refused_once_expired() {
     let app = with_entra("app", Duration::from_secs(1), |e| {
         e.client_assertion = Some("federated".into());
