@@ -11,6 +11,7 @@ mod keys;
 mod me;
 mod models;
 mod providers;
+mod sign_in;
 mod ui;
 
 pub use alerts::{acknowledge_alert, list_alerts};
@@ -33,6 +34,7 @@ pub use models::{
     register_version, rollback, set_traffic,
 };
 pub use providers::list_providers;
+pub use sign_in::sign_in;
 pub use ui::{ui_asset, ui_index};
 
 use crate::openai::blocking;

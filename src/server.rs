@@ -134,6 +134,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        // Before any key: how the admin UI may sign a person in.
+        .route("/admin/api/sign-in", get(admin::sign_in))
         .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
         .route("/admin/", get(admin::ui_index))
         .route("/admin/{*path}", get(admin::ui_asset))

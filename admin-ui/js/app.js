@@ -3,6 +3,7 @@
 // time into <main id="view">.
 
 import { api, session, whenUnauthorized, ApiError } from './api.js';
+import { startEntraSignIn, finishEntraSignIn } from './entra.js';
 import { h, clear, errorBox, loading, toast } from './dom.js';
 import * as overview from './pages/overview.js';
 import * as review from './pages/review.js';
@@ -129,8 +130,19 @@ function globalKeys(e) {
   if (e.key === 'g') { globalKeys.g = true; setTimeout(() => { globalKeys.g = false; }, 1200); }
 }
 
-function start() {
-  whenUnauthorized(() => { session.clear(); showSignin('Your key is no longer accepted; sign in again.'); });
+/** Offers signing in with a Microsoft account when the server does. */
+async function offerEntra() {
+  let methods;
+  try { methods = await api('/sign-in', { key: '' }); } catch { return; }
+  if (!methods.entra) return;
+  document.getElementById('signin-entra').hidden = false;
+  document.getElementById('signin-entra-button').addEventListener('click', () => {
+    startEntraSignIn(methods.entra).catch((err) => showSignin(err.message));
+  });
+}
+
+async function start() {
+  whenUnauthorized(() => { session.clear(); showSignin('Your sign-in is no longer accepted (a revoked key, or an expired Microsoft sign-in); sign in again.'); });
   document.getElementById('signin-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const input = document.getElementById('signin-key');
@@ -150,7 +162,15 @@ function start() {
   document.getElementById('help-button').addEventListener('click', () => document.getElementById('help').showModal());
   document.addEventListener('keydown', globalKeys);
   window.addEventListener('hashchange', route);
-  const key = session.key;
+  offerEntra();
+  let returned = null;
+  try {
+    returned = await finishEntraSignIn();
+  } catch (err) {
+    showSignin(`Signing in with Microsoft failed: ${err.message}`);
+    return;
+  }
+  const key = returned ?? session.key;
   if (key) signIn(key).catch((err) => { session.clear(); showSignin(err.message); });
   else showSignin();
 }

@@ -1,37 +1,55 @@
 //! The static admin UI from `admin-ui/`, embedded into the binary at build
 //! time, so a single file is the whole deployment.
 
-use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use crate::state::AppState;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rust_embed::RustEmbed;
+use std::sync::Arc;
 
 #[derive(RustEmbed)]
 #[folder = "admin-ui/"]
 struct Assets;
 
-/// No inline script anywhere: captured chats carry attacker-controlled text.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
-
-pub async fn ui_index() -> Response {
-    serve("index.html")
+/// No inline script anywhere: captured chats carry attacker-controlled
+/// text. Pages call only Flywheel, and the identity platform when people
+/// sign in with a Microsoft account (`{connect}`).
+fn content_security_policy(connect: Option<&str>) -> String {
+    let extra = connect
+        .map(|origin| format!(" {origin}"))
+        .unwrap_or_default();
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'{extra}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
 }
 
-pub async fn ui_asset(Path(path): Path<String>) -> Response {
-    serve(if path.is_empty() { "index.html" } else { &path })
+pub async fn ui_index(State(app): State<Arc<AppState>>) -> Response {
+    serve("index.html", &app)
 }
 
-fn serve(path: &str) -> Response {
+pub async fn ui_asset(State(app): State<Arc<AppState>>, Path(path): Path<String>) -> Response {
+    serve(if path.is_empty() { "index.html" } else { &path }, &app)
+}
+
+fn serve(path: &str, app: &AppState) -> Response {
     let Some(file) = Assets::get(path) else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };
     let mime = mime_for(path);
+    let origin = super::sign_in::sign_in_origin(&app.config);
+    let csp = HeaderValue::from_str(&content_security_policy(origin.as_deref()))
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'"));
     (
         [
-            (header::CONTENT_TYPE, mime),
-            (header::CONTENT_SECURITY_POLICY, CSP),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_TYPE, HeaderValue::from_static(mime)),
+            (header::CONTENT_SECURITY_POLICY, csp),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         file.data.into_owned(),
     )

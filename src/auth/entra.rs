@@ -296,6 +296,7 @@ mod tests {
             audiences: vec!["api://flywheel".into()],
             authority: "https://login.microsoftonline.com".into(),
             roles: Default::default(),
+            admin_ui_client_id: None,
         }
     }
 

@@ -22,6 +22,11 @@ pub struct EntraAuthConfig {
     /// role.
     #[serde(default)]
     pub roles: EntraRoles,
+    /// The admin UI's own app registration (a single-page application
+    /// whose redirect URI is Flywheel's `/admin/`): when set, people sign
+    /// in to the UI with their Microsoft account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_ui_client_id: Option<String>,
 }
 
 /// App role values, as the app registration defines them, per Flywheel
@@ -65,6 +70,43 @@ impl EntraAuthConfig {
         )
     }
 
+    /// Where the admin UI sends people to sign in, and redeems the code.
+    pub fn authorize_url(&self) -> String {
+        self.endpoint("oauth2/v2.0/authorize")
+    }
+
+    pub fn token_url(&self) -> String {
+        self.endpoint("oauth2/v2.0/token")
+    }
+
+    /// What the admin UI asks a token for: Flywheel's API, with the roles
+    /// its user was given.
+    pub fn admin_ui_scope(&self) -> String {
+        let audience = self.audiences.first().map_or("", String::as_str);
+        format!("{}/.default", audience.trim_end_matches('/'))
+    }
+
+    /// The identity platform's origin (`scheme://host[:port]`), which the
+    /// admin UI's pages must be allowed to call.
+    pub fn authority_origin(&self) -> String {
+        let uri = self.authority.parse::<http::Uri>().ok();
+        match uri
+            .as_ref()
+            .and_then(|u| Some((u.scheme_str()?, u.authority()?)))
+        {
+            Some((scheme, host)) => format!("{scheme}://{host}"),
+            None => self.authority.clone(),
+        }
+    }
+
+    fn endpoint(&self, path: &str) -> String {
+        format!(
+            "{}/{}/{path}",
+            self.authority.trim_end_matches('/'),
+            self.tenant_id
+        )
+    }
+
     /// The issuers of the tenant's tokens: v2.0's, and v1.0's (what an
     /// app registration that leaves `accessTokenAcceptedVersion` unset
     /// is issued) on the public cloud.
@@ -93,6 +135,15 @@ pub(super) fn check(e: &EntraAuthConfig) -> Result<(), ConfigError> {
         ));
     }
     check_http_url("auth.entra.authority", &e.authority)?;
+    if e.admin_ui_client_id
+        .as_deref()
+        .is_some_and(|id| id.trim().is_empty())
+    {
+        return Err(ConfigError::invalid(
+            "auth.entra.admin_ui_client_id",
+            "must be the admin UI's app registration's client id",
+        ));
+    }
     let roles = e.roles.granted();
     for (i, (value, role)) in roles.iter().enumerate() {
         let key = format!("auth.entra.roles.{}", role.as_str());
@@ -141,6 +192,12 @@ mod tests {
             ]
         );
         assert_eq!(e.roles.client, "Flywheel.Client");
+        assert_eq!(e.admin_ui_scope(), "api://flywheel/.default");
+        assert_eq!(e.authority_origin(), "https://login.microsoftonline.com");
+        assert_eq!(
+            e.authorize_url(),
+            "https://login.microsoftonline.com/soc-tenant/oauth2/v2.0/authorize"
+        );
         let sovereign = load(&format!(
             "{COMPLETE}\nauthority = \"https://login.microsoftonline.us/\""
         ))
@@ -176,6 +233,10 @@ mod tests {
                 "auth.entra.roles.admin",
             ),
             (&format!("{COMPLETE}\nscope = \"x\""), "scope"),
+            (
+                &format!("{COMPLETE}\nadmin_ui_client_id = \" \""),
+                "auth.entra.admin_ui_client_id",
+            ),
         ] {
             let error = load(entra).unwrap_err();
             assert!(error.contains(key), "{entra}: {error}");

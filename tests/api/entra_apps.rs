@@ -155,3 +155,62 @@ async fn a_token_for_another_api_or_without_an_app_role_is_refused_with_the_reas
     assert!(message.contains("another audience"), "{message}");
     assert!(message.contains("api://flywheel"), "{message}");
 }
+
+#[tokio::test]
+async fn the_admin_ui_offers_a_microsoft_sign_in_only_when_configured() {
+    let plain = spawn_app().await;
+    let http = reqwest::Client::new();
+    let methods = |app: &TestApp| {
+        let (http, url) = (http.clone(), app.url("/admin/api/sign-in"));
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "no key is needed");
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let csp = |app: &TestApp| {
+        let (http, url) = (http.clone(), app.url("/admin/"));
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            response.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(
+        methods(&plain).await,
+        json!({"object": "sign_in", "methods": ["key"]})
+    );
+    assert!(csp(&plain).await.contains("connect-src 'self';"));
+
+    let platform = identity_platform(&["Flywheel.Analyst"]).await;
+    let app = spawn_app_with(Options {
+        upstream: Some(platform),
+        extra: format!(
+            "[auth.entra]\ntenant_id = \"{TENANT}\"\naudiences = [\"api://flywheel\"]\n\
+             authority = \"http://{platform}/\"\nadmin_ui_client_id = \"triage-app\"\n"
+        ),
+        ..Options::default()
+    })
+    .await;
+    let offered = methods(&app).await;
+    assert_eq!(offered["methods"], json!(["key", "entra"]));
+    assert_eq!(
+        offered["entra"],
+        json!({
+            "authorize_url": format!("http://{platform}/{TENANT}/oauth2/v2.0/authorize"),
+            "token_url": format!("http://{platform}/{TENANT}/oauth2/v2.0/token"),
+            "client_id": "triage-app",
+            "scope": "api://flywheel/.default",
+        })
+    );
+    // The page may call the identity platform to redeem its code.
+    assert!(
+        csp(&app)
+            .await
+            .contains(&format!("connect-src 'self' http://{platform};")),
+        "{}",
+        csp(&app).await
+    );
+}

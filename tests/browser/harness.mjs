@@ -17,6 +17,8 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const ARTIFACTS = join(ROOT, 'test-artifacts');
 export const BIN = resolve(process.env.FLYWHEEL_BIN || join(ROOT, 'target', 'debug', 'flywheel'));
 export const ADMIN_TOKEN = `fw-browser-suite-admin-${randomBytes(8).toString('hex')}`;
+/** The admin UI's app registration at the simulated identity platform. */
+export const ENTRA = { tenant: 'soc-tenant', uiClientId: 'flywheel-admin-ui', secret: `ui-${randomBytes(8).toString('hex')}` };
 const run = promisify(execFile);
 
 export function freePort() {
@@ -30,6 +32,7 @@ export function freePort() {
 function childEnv() {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('FLYWHEEL__')));
   env.FLYWHEEL_ADMIN_TOKEN = ADMIN_TOKEN;
+  env.FLYWHEEL_TEST_ENTRA_SECRET = ENTRA.secret;
   // The Azure provider's key stays unset (the simulator takes requests
   // without one), and the overview says so.
   delete env.AZURE_OPENAI_API_KEY;
@@ -120,8 +123,20 @@ function launch(name, args) {
   return spawn(BIN, args, { cwd: ROOT, env: childEnv(), stdio: ['ignore', log, log] });
 }
 
-/** Starts simulator and proxy; `keys` maps a handle to a role. */
-export async function startStack(keys = {}) {
+/** People sign in to the admin UI with Microsoft accounts: Entra ID's
+ * tokens (the simulator's) for Flywheel's API, `roles` their app roles. */
+const entraConfig = (simPort) => `
+[auth.entra]
+tenant_id = "${ENTRA.tenant}"
+audiences = ["api://flywheel"]
+authority = "http://127.0.0.1:${simPort}"
+admin_ui_client_id = "${ENTRA.uiClientId}"
+`;
+
+/** Starts simulator and proxy; `keys` maps a handle to a role. With
+ * `entraRoles`, the simulator is also the identity platform, signing
+ * everyone in with those app roles, and the admin UI offers it. */
+export async function startStack(keys = {}, { entraRoles } = {}) {
   if (!existsSync(BIN)) throw new Error(`flywheel binary not found at ${BIN}: run \`cargo build --bin flywheel\` or set FLYWHEEL_BIN`);
   const work = mkdtempSync(join(tmpdir(), 'flywheel-browser-'));
   const children = [];
@@ -138,13 +153,15 @@ export async function startStack(keys = {}) {
   };
   try {
     const simPort = await freePort();
-    const sim = launch('simulator', ['simulate', '--azure', '--listen', `127.0.0.1:${simPort}`, '--job-step-ms', '1000']);
+    const entra = entraRoles ? ['--azure-entra-secret-env', 'FLYWHEEL_TEST_ENTRA_SECRET', '--azure-entra-tenant', ENTRA.tenant,
+      '--azure-entra-client-id', ENTRA.uiClientId, '--azure-entra-app-roles', entraRoles.join(',')] : [];
+    const sim = launch('simulator', ['simulate', '--azure', '--listen', `127.0.0.1:${simPort}`, '--job-step-ms', '1000', ...entra]);
     children.push(sim);
     await waitReady(sim, `http://127.0.0.1:${simPort}/v1/models`, 'simulator');
 
     const port = await freePort();
     const configPath = join(work, 'flywheel.toml');
-    writeFileSync(configPath, config({ port, dataDir: join(work, 'data'), simPort }));
+    writeFileSync(configPath, config({ port, dataDir: join(work, 'data'), simPort }) + (entraRoles ? entraConfig(simPort) : ''));
     const made = {};
     for (const [handle, role] of Object.entries(keys)) {
       const { stdout } = await run(BIN, ['keys', 'create', '--role', role, '--name', `browser ${handle}`, '--config', configPath], { cwd: ROOT, env: childEnv() });

@@ -1,0 +1,51 @@
+// Signing a person in with a Microsoft account: the authorization code
+// flow with PKCE, which a single-page app runs itself. The browser goes to
+// the identity platform and comes back to /admin/ with a code; this page
+// redeems it, with the verifier only it holds, for a token for Flywheel's
+// API, kept for this tab as a key is.
+
+const PENDING = 'flywheel.entra-sign-in';
+
+const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+  .replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+const random = (n) => base64url(crypto.getRandomValues(new Uint8Array(n)));
+const redirectUri = () => `${location.origin}/admin/`;
+
+/** Sends the browser to the identity platform (`entra` as
+ * `GET /admin/api/sign-in` describes it). */
+export async function startEntraSignIn(entra) {
+  if (!crypto.subtle) throw new Error('Signing in with a Microsoft account needs the console on HTTPS (or on this machine).');
+  const verifier = random(32);
+  const state = random(16);
+  const challenge = base64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
+  sessionStorage.setItem(PENDING, JSON.stringify({ verifier, state, ...entra }));
+  const query = new URLSearchParams({
+    client_id: entra.client_id, response_type: 'code', response_mode: 'query',
+    redirect_uri: redirectUri(), scope: entra.scope, state,
+    code_challenge: challenge, code_challenge_method: 'S256',
+  });
+  location.assign(`${entra.authorize_url}?${query}`);
+}
+
+/** On the way back from the identity platform: the token the code is
+ * redeemed for; null when this page load is no such return. Throws with
+ * the platform's own words when the sign-in failed. */
+export async function finishEntraSignIn() {
+  const back = new URLSearchParams(location.search);
+  if (!back.has('code') && !back.has('error')) return null;
+  history.replaceState(null, '', `${location.pathname}${location.hash}`);
+  const pending = JSON.parse(sessionStorage.getItem(PENDING) || 'null');
+  sessionStorage.removeItem(PENDING);
+  if (back.has('error')) throw new Error(back.get('error_description') || back.get('error'));
+  if (!pending || back.get('state') !== pending.state) throw new Error('This sign-in was not started from this tab; try again.');
+  const res = await fetch(pending.token_url, {
+    method: 'POST',
+    body: new URLSearchParams({
+      client_id: pending.client_id, grant_type: 'authorization_code', code: back.get('code'),
+      redirect_uri: redirectUri(), code_verifier: pending.verifier, scope: pending.scope,
+    }),
+  });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok || !body.access_token) throw new Error(body.error_description || `The identity platform answered ${res.status}.`);
+  return body.access_token;
+}
