@@ -13,8 +13,8 @@ use std::sync::Arc;
 struct Assets;
 
 /// No inline script anywhere: captured chats carry attacker-controlled
-/// text. Pages call only Flywheel, and the identity platform when people
-/// sign in with a Microsoft account (`{connect}`).
+/// text. Pages call only Flywheel and, when people sign in with a
+/// Microsoft account, the identity platform's origin (`connect`).
 fn content_security_policy(connect: Option<&str>) -> String {
     let extra = connect
         .map(|origin| format!(" {origin}"))
