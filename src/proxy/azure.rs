@@ -54,6 +54,7 @@ pub async fn embeddings(
         path: "embeddings",
         query: uri.query(),
         headers: &headers,
+        provider: None,
     };
     passthrough::forward(&app, &caller, forwarded, Box::pin(upload)).await
 }

@@ -46,6 +46,7 @@ pub async fn get_model(
         path: &path,
         query: uri.query(),
         headers: &headers,
+        provider: None,
     };
     let nothing = futures_util::stream::empty();
     forward(&app, &caller, forwarded, Box::pin(nothing)).await

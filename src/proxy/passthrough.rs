@@ -1,10 +1,13 @@
 //! Every other `/v1/*` route (embeddings, moderations, files …) forwarded
 //! byte-for-byte to the default provider, bodies streamed both ways, not
-//! captured and not retried (a streamed body cannot be sent twice).
+//! captured and not retried (a streamed body cannot be sent twice). A
+//! stored response's routes (`responses/{id}…`) go to the provider that
+//! answered it, when capture has stored it: with versions on several
+//! providers, only that one holds it.
 
 use super::azure::without_api_version;
 use crate::auth::{Caller, Credential};
-use crate::openai::ApiError;
+use crate::openai::{ApiError, blocking};
 use crate::state::AppState;
 use crate::upstream::{ByteStream, UpstreamRequest, headers};
 use axum::Extension;
@@ -39,13 +42,44 @@ pub async fn passthrough(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
+    let provider = match stored_response(path) {
+        Some(id) => provider_of_response(&app, id).await?,
+        None => None,
+    };
     let forwarded = Forwarded {
         method,
         path,
         query: uri.query(),
         headers: &request_headers,
+        provider,
     };
     forward(&app, &caller, forwarded, Box::pin(limited(body, limit))).await
+}
+
+/// The response id of a stored response's route: `responses/{id}` and
+/// what lies under it (`input_items`, `cancel`).
+fn stored_response(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("responses/")?;
+    let id = rest.split('/').next().unwrap_or_default();
+    id.starts_with("resp_").then_some(id)
+}
+
+/// The provider that answered response `id`, by its captured inference's
+/// version; `None` (the default provider) when capture has not stored it
+/// or its version no longer routes anywhere.
+async fn provider_of_response(app: &AppState, id: &str) -> Result<Option<usize>, ApiError> {
+    let (store, id) = (app.store.clone(), id.to_string());
+    let Some(inference) = blocking(move || store.inference_by_completion(&id)).await? else {
+        return Ok(None);
+    };
+    let table = app.registry.table();
+    let provider = inference
+        .alias
+        .as_deref()
+        .and_then(|alias| table.alias(alias))
+        .zip(inference.version.as_deref())
+        .and_then(|(alias, version)| alias.version(version)?.provider);
+    Ok(provider)
 }
 
 /// A request to pass on: `path` under the provider's base URL, the
@@ -55,19 +89,22 @@ pub struct Forwarded<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The provider to send it to (its index); the default one when `None`.
+    pub provider: Option<usize>,
 }
 
-/// Sends `forwarded` with `upload` as its body to the default provider and
-/// relays the answer as it comes.
+/// Sends `forwarded` with `upload` as its body to its provider and relays
+/// the answer as it comes.
 pub async fn forward(
     app: &AppState,
     caller: &Caller,
     forwarded: Forwarded<'_>,
     upload: ByteStream,
 ) -> Result<Response, ApiError> {
-    let provider = app
-        .upstreams
-        .default_provider()
+    let provider = forwarded
+        .provider
+        .and_then(|index| app.upstreams.get(index))
+        .or_else(|| app.upstreams.default_provider())
         .ok_or_else(|| ApiError::Unavailable("no provider is configured".into()))?;
     let client_key = match &caller.credential {
         Credential::Passthrough(key) => Some(key),
@@ -113,4 +150,28 @@ fn limited(
             };
             std::future::ready(result)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_responses_routes_are_told_by_their_id() {
+        assert_eq!(stored_response("responses/resp_1"), Some("resp_1"));
+        assert_eq!(
+            stored_response("responses/resp_1/input_items"),
+            Some("resp_1")
+        );
+        assert_eq!(stored_response("responses/resp_1/cancel"), Some("resp_1"));
+        for other in [
+            "responses",
+            "responses/",
+            "responses/input_items",
+            "files/resp_1",
+            "embeddings",
+        ] {
+            assert_eq!(stored_response(other), None, "{other}");
+        }
+    }
 }

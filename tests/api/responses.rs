@@ -480,3 +480,55 @@ async fn a_self_contained_response_is_shadowed_and_a_stored_reference_is_not() {
     let sent = app.metric("flywheel_shadow_requests_total").await;
     assert_eq!(sent, 1.0, "one copy, for the self-contained request only");
 }
+
+#[tokio::test]
+async fn a_stored_response_is_fetched_from_the_provider_that_answered_it() {
+    // An alias served by a second provider: only it holds its responses.
+    let other = spawn_simulator(flywheel_simulator::SimulatorConfig {
+        api_key: Some(PROVIDER_KEY.into()),
+        ..Default::default()
+    })
+    .await;
+    let app = spawn_app_with(Options {
+        extra: format!(
+            "[[providers]]\nname = \"other\"\nbase_url = \"http://{other}/v1\"\n\
+             api_key_env = \"SIM_KEY\"\n\
+             [[models]]\nname = \"elsewhere\"\nmodel_type = \"threat_detection\"\n\
+             versions = [{{name = \"v1\", provider = \"other\", model = \"gpt-4o\"}}]\n"
+        ),
+        ..Options::default()
+    })
+    .await;
+    let created = app
+        .post(
+            "/v1/responses",
+            &json!({"model": "elsewhere", "input": ALERT}),
+        )
+        .await;
+    assert_eq!(created.status(), 200);
+    let conversation = header(&created, "x-flywheel-conversation-id");
+    let created: Value = created.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    app.stored_turns(&conversation, 1).await;
+    let fetched = app
+        .send(
+            Method::GET,
+            &format!("/v1/responses/{id}"),
+            &app.client_key,
+            None,
+        )
+        .await;
+    assert_eq!(
+        fetched.status(),
+        200,
+        "the default provider does not hold it"
+    );
+    let fetched: Value = fetched.json().await.unwrap();
+    assert_eq!(fetched["id"], id);
+    assert_eq!(fetched["output"], created["output"]);
+    // Other routes still go to the default provider.
+    let files = app
+        .send(Method::GET, "/v1/files", &app.client_key, None)
+        .await;
+    assert_eq!(files.status(), 200);
+}
