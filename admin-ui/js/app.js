@@ -3,7 +3,7 @@
 // time into <main id="view">.
 
 import { api, session, whenUnauthorized, ApiError } from './api.js';
-import { startEntraSignIn, finishEntraSignIn } from './entra.js';
+import { startEntraSignIn, finishEntraSignIn, signedInAs } from './entra.js';
 import { h, clear, errorBox, loading, toast } from './dom.js';
 import * as overview from './pages/overview.js';
 import * as review from './pages/review.js';
@@ -89,7 +89,9 @@ function buildNav() {
   }
   document.getElementById('who-role').textContent = state.me.role;
   document.getElementById('who-role').className = `badge badge-${state.me.role === 'admin' ? 'warn' : 'info'}`;
-  document.getElementById('who-id').textContent = state.me.id;
+  const who = document.getElementById('who-id');
+  who.textContent = signedInAs(session.key) ?? state.me.id;
+  who.title = state.me.id;
   document.body.dataset.role = state.me.role;
 }
 

@@ -11,6 +11,19 @@ const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
 const random = (n) => base64url(crypto.getRandomValues(new Uint8Array(n)));
 const redirectUri = () => `${location.origin}/admin/`;
 
+/** The account a Microsoft sign-in's token names (`preferred_username`),
+ * for display only (the server checks the token); null for a key. */
+export function signedInAs(token) {
+  const claims = token?.split('.')[1];
+  if (!claims || !token.startsWith('eyJ')) return null;
+  try {
+    const json = atob(claims.replace(/-/g, '+').replace(/_/g, '/'));
+    return JSON.parse(json).preferred_username ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** Sends the browser to the identity platform (`entra` as
  * `GET /admin/api/sign-in` describes it). */
 export async function startEntraSignIn(entra) {

@@ -43,7 +43,9 @@ describe('signing in with Microsoft', { timeout: 120000 }, () => {
       assert.ok(attempt < 20 && /try again shortly/.test(said), said);
       await page.waitForTimeout(250);
     }
-    assert.match(await page.locator('#who-id').textContent(), /^entra:/);
+    // The account is shown; the caller id the server knows it by is its title.
+    assert.equal(await page.locator('#who-id').textContent(), 'analyst@soc.example');
+    assert.match(await page.locator('#who-id').getAttribute('title'), /^entra:/);
     assert.equal(new URL(page.url()).search, '', 'the code is not left in the address bar');
     assert.deepEqual(await page.locator('#nav a').allTextContents(),
       ['Overview', 'Review', 'Datasets', 'Fine-tuning', 'Models', 'Performance']);
