@@ -30,6 +30,13 @@ export async function launchBrowser() {
   };
 }
 
+/** A browser with one page open, and what `watch` collects on it. */
+export async function openPage() {
+  const browser = await launchBrowser();
+  const page = await browser.context.newPage();
+  return { browser, page, problems: watch(page) };
+}
+
 /** Collects what must never happen on a page: script errors, CSP
  * violations, failed console errors. */
 export function watch(page) {

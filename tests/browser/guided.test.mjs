@@ -8,7 +8,7 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { startDemo, adminApi, chat } from './harness.mjs';
-import { launchBrowser, watch, shot, strays } from './browser.mjs';
+import { openPage, shot, strays } from './browser.mjs';
 
 const MAX_ACTIONS = 10;
 const MAX_MS = 5 * 60 * 1000;
@@ -19,9 +19,7 @@ describe('the guided path from approved conversations to a better model', { time
   before(async () => {
     demo = await startDemo();
     api = adminApi(demo.url, demo.admin);
-    browser = await launchBrowser();
-    page = await browser.context.newPage();
-    problems = watch(page);
+    ({ browser, page, problems } = await openPage());
   });
 
   after(async () => {

@@ -6,16 +6,14 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { startStack } from './harness.mjs';
-import { launchBrowser, watch, shot } from './browser.mjs';
+import { openPage, shot } from './browser.mjs';
 
 let stack, browser, page, problems;
 
 describe('signing in with Microsoft', { timeout: 120000 }, () => {
   before(async () => {
     stack = await startStack({}, { entraRoles: ['Flywheel.Analyst'] });
-    browser = await launchBrowser();
-    page = await browser.context.newPage();
-    problems = watch(page);
+    ({ browser, page, problems } = await openPage());
   });
 
   after(async () => {

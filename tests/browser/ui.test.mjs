@@ -6,7 +6,7 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { startStack, adminApi, chat } from './harness.mjs';
-import { launchBrowser, watch, shot, strays } from './browser.mjs';
+import { openPage, watch, shot, strays } from './browser.mjs';
 
 const ALERTS = [
   'Endpoint alert: LSASS memory read by rundll32.exe comsvcs.dll MiniDump on host FIN-WS-014',
@@ -72,9 +72,7 @@ describe('admin UI', { timeout: 240000 }, () => {
       await new Promise((r) => setTimeout(r, 100));
       listed = (await api('/conversations?limit=50')).body.data.length;
     }
-    browser = await launchBrowser();
-    page = await browser.context.newPage();
-    problems = watch(page);
+    ({ browser, page, problems } = await openPage());
   });
 
   after(async () => {
