@@ -24,8 +24,13 @@ export class ApiError extends Error {
 let onUnauthorized = () => {};
 export function whenUnauthorized(fn) { onUnauthorized = fn; }
 
+// What may renew the tab's sign-in once it is refused (a Microsoft
+// sign-in's expired token): the new key, or null.
+let renew = async () => null;
+export function renewingWith(fn) { renew = fn; }
+
 /** `api('/stats')`, `api('/conversations/x', {method: 'PATCH', body: {...}})`. */
-export async function api(path, { method = 'GET', body, headers = {}, text = false, key } = {}) {
+export async function api(path, { method = 'GET', body, headers = {}, text = false, key, renewed = false } = {}) {
   const h = { ...headers };
   const k = key ?? session.key;
   if (k) h.Authorization = `Bearer ${k}`;
@@ -42,7 +47,14 @@ export async function api(path, { method = 'GET', body, headers = {}, text = fal
     let error = null;
     try { error = JSON.parse(raw).error; } catch { /* not JSON */ }
     const err = new ApiError(res.status, error ?? { message: raw.slice(0, 300) || `The server answered ${res.status}.` });
-    if (res.status === 401 && key === undefined) onUnauthorized(err);
+    if (res.status === 401 && key === undefined) {
+      const fresh = renewed ? null : await renew();
+      if (fresh) {
+        session.set(fresh);
+        return api(path, { method, body, headers, text, renewed: true });
+      }
+      onUnauthorized(err);
+    }
     throw err;
   }
   if (text) return raw;

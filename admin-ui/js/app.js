@@ -2,8 +2,8 @@
 // hash router (`#/review`, `#/models/triage`) that renders one page at a
 // time into <main id="view">.
 
-import { api, session, whenUnauthorized, ApiError } from './api.js';
-import { startEntraSignIn, finishEntraSignIn, signedInAs } from './entra.js';
+import { api, session, whenUnauthorized, renewingWith, ApiError } from './api.js';
+import { startEntraSignIn, finishEntraSignIn, renewEntraSignIn, forgetEntraSignIn, signedInAs } from './entra.js';
 import { h, clear, errorBox, loading, toast } from './dom.js';
 import * as overview from './pages/overview.js';
 import * as review from './pages/review.js';
@@ -144,7 +144,8 @@ async function offerEntra() {
 }
 
 async function start() {
-  whenUnauthorized(() => { session.clear(); showSignin('Your sign-in is no longer accepted (a revoked key, or an expired Microsoft sign-in); sign in again.'); });
+  whenUnauthorized(() => { session.clear(); forgetEntraSignIn(); showSignin('Your sign-in is no longer accepted (a revoked key, or a Microsoft sign-in that could not be renewed); sign in again.'); });
+  renewingWith(renewEntraSignIn);
   document.getElementById('signin-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const input = document.getElementById('signin-key');
@@ -160,7 +161,7 @@ async function start() {
       button.disabled = false;
     }
   });
-  document.getElementById('signout').addEventListener('click', () => { session.clear(); showSignin(); toast('Signed out.'); });
+  document.getElementById('signout').addEventListener('click', () => { session.clear(); forgetEntraSignIn(); showSignin(); toast('Signed out.'); });
   document.getElementById('help-button').addEventListener('click', () => document.getElementById('help').showModal());
   document.addEventListener('keydown', globalKeys);
   window.addEventListener('hashchange', route);
@@ -173,8 +174,21 @@ async function start() {
     return;
   }
   const key = returned ?? session.key;
-  if (key) signIn(key).catch((err) => { session.clear(); showSignin(err.message); });
+  if (key) resume(key).catch((err) => { session.clear(); forgetEntraSignIn(); showSignin(err.message); });
   else showSignin();
+}
+
+/** Signs the tab in with what it kept: its key, or, when that is a
+ * Microsoft sign-in's token that has expired, the token it renews to. */
+async function resume(key) {
+  try {
+    await signIn(key);
+  } catch (err) {
+    if (err.status !== 401) throw err;
+    const fresh = await renewEntraSignIn();
+    if (!fresh) throw err;
+    await signIn(fresh);
+  }
 }
 
 start();

@@ -2,9 +2,11 @@
 // flow with PKCE, which a single-page app runs itself. The browser goes to
 // the identity platform and comes back to /admin/ with a code; this page
 // redeems it, with the verifier only it holds, for a token for Flywheel's
-// API, kept for this tab as a key is.
+// API, kept for this tab as a key is, and a refresh token that renews it
+// when Flywheel says it has expired (access tokens last about an hour).
 
 const PENDING = 'flywheel.entra-sign-in';
+const RENEWAL = 'flywheel.entra-renewal';
 
 const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
   .replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
@@ -34,7 +36,7 @@ export async function startEntraSignIn(entra) {
   sessionStorage.setItem(PENDING, JSON.stringify({ verifier, state, ...entra }));
   const query = new URLSearchParams({
     client_id: entra.client_id, response_type: 'code', response_mode: 'query',
-    redirect_uri: redirectUri(), scope: entra.scope, state,
+    redirect_uri: redirectUri(), scope: `${entra.scope} offline_access`, state,
     code_challenge: challenge, code_challenge_method: 'S256',
   });
   location.assign(`${entra.authorize_url}?${query}`);
@@ -51,14 +53,41 @@ export async function finishEntraSignIn() {
   sessionStorage.removeItem(PENDING);
   if (back.has('error')) throw new Error(back.get('error_description') || back.get('error'));
   if (!pending || back.get('state') !== pending.state) throw new Error('This sign-in was not started from this tab; try again.');
-  const res = await fetch(pending.token_url, {
+  return redeem(pending, {
+    grant_type: 'authorization_code', code: back.get('code'),
+    redirect_uri: redirectUri(), code_verifier: pending.verifier,
+  });
+}
+
+/** A new token for the tab's Microsoft sign-in, from its refresh token;
+ * null when the tab signed in with a key or cannot renew. */
+export async function renewEntraSignIn() {
+  const renewal = JSON.parse(sessionStorage.getItem(RENEWAL) || 'null');
+  if (!renewal) return null;
+  sessionStorage.removeItem(RENEWAL);
+  try {
+    return await redeem(renewal, { grant_type: 'refresh_token', refresh_token: renewal.refresh_token });
+  } catch {
+    return null;
+  }
+}
+
+/** Forgets how to renew the tab's sign-in (signing out). */
+export function forgetEntraSignIn() {
+  sessionStorage.removeItem(RENEWAL);
+}
+
+/** Redeems a grant at the token endpoint: the access token; the refresh
+ * token that came with it is kept for the next renewal. */
+async function redeem({ token_url, client_id, scope }, grant) {
+  const res = await fetch(token_url, {
     method: 'POST',
-    body: new URLSearchParams({
-      client_id: pending.client_id, grant_type: 'authorization_code', code: back.get('code'),
-      redirect_uri: redirectUri(), code_verifier: pending.verifier, scope: pending.scope,
-    }),
+    body: new URLSearchParams({ client_id, scope: `${scope} offline_access`, ...grant }),
   });
   const body = await res.json().catch(() => ({}));
   if (!res.ok || !body.access_token) throw new Error(body.error_description || `The identity platform answered ${res.status}.`);
+  if (body.refresh_token) {
+    sessionStorage.setItem(RENEWAL, JSON.stringify({ token_url, client_id, scope, refresh_token: body.refresh_token }));
+  }
   return body.access_token;
 }

@@ -52,8 +52,38 @@ describe('signing in with Microsoft', { timeout: 120000 }, () => {
     assert.deepEqual(problems, []);
   });
 
+  test('a token Flywheel refuses is renewed with the refresh token, once', async () => {
+    // As if the hour were up: the token kept for the tab is no longer one
+    // Flywheel takes. The next call renews it and carries on, whether the
+    // page moves on or is loaded again.
+    const expire = () => page.evaluate(() => sessionStorage.setItem('flywheel.key', 'eyJhbGciOiJSUzI1NiJ9.e30.expired'));
+    const kept = () => page.evaluate(() => sessionStorage.getItem('flywheel.key'));
+    const before = await kept();
+    await expire();
+    await page.goto(`${stack.url}/admin/#/review`);
+    await page.locator('#review-search').waitFor();
+    const renewed = await kept();
+    assert.notEqual(renewed, before);
+    assert.match(renewed, /^eyJ/);
+    await expire();
+    await page.reload();
+    await page.locator('#who-role', { hasText: 'analyst' }).waitFor();
+    assert.notEqual(await kept(), renewed);
+    assert.match(await kept(), /^eyJ/);
+    // A refresh token that no longer works: back to the sign-in page.
+    await page.evaluate(() => {
+      const renewal = JSON.parse(sessionStorage.getItem('flywheel.entra-renewal'));
+      sessionStorage.setItem('flywheel.entra-renewal', JSON.stringify({ ...renewal, refresh_token: 'spent' }));
+      sessionStorage.setItem('flywheel.key', 'eyJhbGciOiJSUzI1NiJ9.e30.expired');
+    });
+    await page.reload();
+    await page.locator('#signin-error:not([hidden])').waitFor();
+    assert.equal(await kept(), null);
+    assert.deepEqual(problems, []);
+  });
+
   test('a sign-in that did not start in this tab is refused', async () => {
-    await page.click('#signout');
+    await page.evaluate(() => sessionStorage.clear());
     await page.goto(`${stack.url}/admin/?code=stolen&state=forged`);
     await page.getByText('This sign-in was not started from this tab').waitFor();
     assert.equal(await page.evaluate(() => sessionStorage.getItem('flywheel.key')), null);

@@ -138,6 +138,8 @@ struct Azure {
     tokens: Arc<Mutex<HashMap<String, (Instant, Audience)>>>,
     /// Authorization codes handed out and not yet redeemed.
     codes: Arc<Mutex<HashMap<String, sign_in::Pending>>>,
+    /// Refresh tokens handed out and not yet redeemed → their scopes.
+    refresh_tokens: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// What an Entra ID token was asked for: its scope.
@@ -180,6 +182,7 @@ pub fn router(sim: Sim, mode: AzureMode, inner: Router) -> Router {
         imports: Arc::default(),
         tokens: Arc::default(),
         codes: Arc::default(),
+        refresh_tokens: Arc::default(),
     };
     Router::new()
         .route("/openai/{*rest}", axum::routing::any(data_plane))
@@ -336,9 +339,25 @@ async fn token(
         );
     };
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    if field("grant_type") == "authorization_code" {
-        return sign_in::redeem(&azure, entra, &headers, &form);
-    }
+    // A single-page app's grants, answered to any origin, errors too.
+    let mut signed_in = match field("grant_type") {
+        "authorization_code" => sign_in::redeem(&azure, entra, &headers, &form),
+        "refresh_token" => sign_in::refresh(&azure, entra, &headers, &form),
+        _ => return client_credentials(&azure, entra, &headers, &form),
+    };
+    sign_in::any_origin(&mut signed_in);
+    signed_in
+}
+
+/// The client credentials grant: the app itself, with its secret or a
+/// federated assertion.
+fn client_credentials(
+    azure: &Azure,
+    entra: &EntraMode,
+    headers: &axum::http::HeaderMap,
+    form: &HashMap<String, String>,
+) -> Response {
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
     if field("grant_type") != "client_credentials" {
         return entra_error(
             StatusCode::BAD_REQUEST,
@@ -395,7 +414,7 @@ async fn token(
             ),
         );
     };
-    let access_token = azure.issue(entra, audience, resource, &issuer(&headers, &tenant));
+    let access_token = azure.issue(entra, audience, resource, &issuer(headers, &entra.tenant));
     axum::Json(json!({
         "token_type": "Bearer",
         "expires_in": entra.token_ttl.as_secs().max(1),

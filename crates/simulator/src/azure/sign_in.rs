@@ -4,7 +4,9 @@
 //! and sends the browser back to the app's `redirect_uri` with a code; the
 //! app redeems the code at the token endpoint with its `code_verifier`,
 //! from the browser (the answer allows any origin, as Entra's does for
-//! single-page apps), for a token for the scope it asked.
+//! single-page apps), for a token for the scope it asked — and, when the
+//! scopes include `offline_access`, a refresh token, which the same
+//! endpoint redeems once (`grant_type=refresh_token`) for a new pair.
 
 use super::{Audience, Azure, EntraMode, entra_error, issuer};
 use crate::tokens;
@@ -88,7 +90,7 @@ pub async fn authorize(
             "The redirect URI specified in the request does not match the redirect URIs configured for the application.",
         );
     }
-    if Audience::of(field("scope")).is_none() {
+    if Audience::of(resource_scope(field("scope"))).is_none() {
         return refuse(
             "invalid_scope",
             1002012,
@@ -159,8 +161,53 @@ pub fn redeem(
             "The code_verifier does not match the code_challenge supplied in the authorization request for PKCE.",
         );
     }
-    let Some((audience, resource)) = Audience::of(&pending.scope) else {
-        return invalid_grant("The scope the code was issued for is not valid.");
+    issue(azure, entra, headers, &pending.scope)
+}
+
+/// The refresh token grant: a refresh token redeemed once, by the app it
+/// was given to, for a new access token and a new refresh token.
+pub fn refresh(
+    azure: &Azure,
+    entra: &EntraMode,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Response {
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    let scope = azure
+        .refresh_tokens
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(field("refresh_token"));
+    let Some(scope) = scope.filter(|_| field("client_id") == entra.client_id) else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            700082,
+            "The refresh token has expired, was already redeemed, or was issued to another application.",
+        );
+    };
+    issue(azure, entra, headers, &scope)
+}
+
+/// The scope among `scopes` (space-separated) that names a resource
+/// (`…/.default`); `offline_access` and the like name none.
+fn resource_scope(scopes: &str) -> &str {
+    scopes
+        .split_whitespace()
+        .find(|s| s.ends_with("/.default"))
+        .unwrap_or(scopes)
+}
+
+/// A token for the signed-in user and `scopes`, and a refresh token when
+/// they include `offline_access`.
+fn issue(azure: &Azure, entra: &EntraMode, headers: &HeaderMap, scopes: &str) -> Response {
+    let Some((audience, resource)) = Audience::of(resource_scope(scopes)) else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            70008,
+            "The scope the grant was issued for is not valid.",
+        );
     };
     let tenant = &entra.tenant;
     let token = tokens::sign(&tokens::Grant {
@@ -176,16 +223,23 @@ pub fn redeem(
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     azure.remember(&access_token, entra.token_ttl, audience);
-    let mut response = axum::Json(json!({
+    let mut answer = json!({
         "token_type": "Bearer",
-        "scope": pending.scope,
+        "scope": scopes,
         "expires_in": entra.token_ttl.as_secs().max(1),
         "ext_expires_in": entra.token_ttl.as_secs().max(1),
         "access_token": access_token,
-    }))
-    .into_response();
-    any_origin(&mut response);
-    response
+    });
+    if scopes.split_whitespace().any(|s| s == "offline_access") {
+        let refresh_token = format!("sim-refresh-{:032x}", rand::random::<u128>());
+        azure
+            .refresh_tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(refresh_token.clone(), scopes.to_string());
+        answer["refresh_token"] = json!(refresh_token);
+    }
+    axum::Json(answer).into_response()
 }
 
 /// Lets a page of any origin read the answer, as Entra's token endpoint

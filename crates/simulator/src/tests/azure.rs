@@ -294,7 +294,7 @@ async fn a_person_signs_in_with_a_code_the_app_redeems_with_its_verifier() {
         Request::builder()
             .uri(format!(
                 "/t1/oauth2/v2.0/authorize?client_id=spa&response_type=code\
-                 &redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fadmin%2F&scope=api%3A%2F%2Fflywheel%2F.default\
+                 &redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fadmin%2F&scope=api%3A%2F%2Fflywheel%2F.default%20offline_access\
                  &state=s%201&code_challenge={challenge}&code_challenge_method=S256"
             ))
             .body(Body::empty())
@@ -341,6 +341,38 @@ async fn a_person_signs_in_with_a_code_the_app_redeems_with_its_verifier() {
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
     let (status, body) = call(&app, redeem(code, verifier)).await;
     assert_eq!(status, 400, "{body}");
+
+    // `offline_access` brought a refresh token, redeemed once for a new pair.
+    let response = app.clone().oneshot(authorize(&challenge)).await.unwrap();
+    let location = response.headers()["location"].to_str().unwrap();
+    let code = location
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let (status, first) = call(&app, redeem(code, verifier)).await;
+    assert_eq!(status, 200, "{first}");
+    let refresh = |token: &Value| {
+        token_request(
+            "t1",
+            &format!(
+                "grant_type=refresh_token&client_id=spa&refresh_token={}",
+                token["refresh_token"].as_str().unwrap()
+            ),
+        )
+    };
+    let (status, second) = call(&app, refresh(&first)).await;
+    assert_eq!(status, 200, "{second}");
+    assert_ne!(second["access_token"], first["access_token"]);
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    let (status, spent) = call(&app, refresh(&first)).await;
+    assert_eq!(
+        (status, &spent["error"]),
+        (400, &json!("invalid_grant")),
+        "{spent}"
+    );
 
     // Without a challenge there is no sign-in: PKCE is required.
     let (status, body) = call(&app, authorize("")).await;
