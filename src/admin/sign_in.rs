@@ -5,7 +5,7 @@
 //! identity platform (a single-page app redeems its code from the
 //! browser).
 
-use crate::config::Config;
+use crate::config::{Config, EntraAuthConfig};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::response::Json;
@@ -16,13 +16,15 @@ pub async fn sign_in(State(app): State<Arc<AppState>>) -> Json<Value> {
     Json(sign_in_methods(&app.config))
 }
 
+/// Flywheel's Entra ID settings and the admin UI's client id, when
+/// people sign in to the UI with a Microsoft account.
+fn microsoft_sign_in(config: &Config) -> Option<(&EntraAuthConfig, &str)> {
+    let entra = config.auth.entra.as_ref()?;
+    Some((entra, entra.admin_ui_client_id.as_deref()?))
+}
+
 fn sign_in_methods(config: &Config) -> Value {
-    let entra = config
-        .auth
-        .entra
-        .as_ref()
-        .and_then(|e| Some((e, e.admin_ui_client_id.as_deref()?)));
-    match entra {
+    match microsoft_sign_in(config) {
         Some((e, client_id)) => json!({
             "object": "sign_in",
             "methods": ["key", "entra"],
@@ -40,7 +42,5 @@ fn sign_in_methods(config: &Config) -> Value {
 /// The identity platform the admin UI's pages call to redeem a sign-in
 /// code, when people sign in with a Microsoft account.
 pub fn sign_in_origin(config: &Config) -> Option<String> {
-    let entra = config.auth.entra.as_ref()?;
-    entra.admin_ui_client_id.as_ref()?;
-    Some(entra.authority_origin())
+    microsoft_sign_in(config).map(|(entra, _)| entra.authority_origin())
 }

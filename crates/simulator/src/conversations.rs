@@ -5,9 +5,10 @@
 //! then appends its input and output to them, as OpenAI's does; the
 //! conversation holds no `instructions`.
 //!
-//! Conversations live in memory, the newest [`KEPT`] of them.
+//! Conversations live in memory, the newest 4096 of them (see `kept`).
 
 use super::Sim;
+use super::kept::Newest;
 use super::request::invalid_type;
 use super::responses::input_messages;
 use super::wire::{self, ApiError, kind_of};
@@ -17,60 +18,26 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// How many conversations are kept; the oldest go first.
-pub const KEPT: usize = 4096;
+/// Conversation objects, the newest 4096 (see `kept`).
+pub type Conversations = Newest<Conversation>;
 
-#[derive(Default)]
-pub struct Conversations {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    by_id: HashMap<String, Conversation>,
-    order: VecDeque<String>,
-}
-
-struct Conversation {
+pub struct Conversation {
     object: Value,
     /// Its items as chat messages.
     messages: Vec<Value>,
 }
 
-impl Conversations {
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+impl Newest<Conversation> {
     /// The conversation's items as chat messages.
     pub fn messages(&self, id: &str) -> Option<Vec<Value>> {
-        self.inner().by_id.get(id).map(|c| c.messages.clone())
+        self.read(id, |c| c.messages.clone())
     }
 
     /// Appends a response's input and output; false when the
     /// conversation is gone.
     pub fn append(&self, id: &str, messages: impl IntoIterator<Item = Value>) -> bool {
-        match self.inner().by_id.get_mut(id) {
-            Some(conversation) => {
-                conversation.messages.extend(messages);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn insert(&self, id: String, conversation: Conversation) {
-        let mut inner = self.inner();
-        inner.order.push_back(id.clone());
-        inner.by_id.insert(id, conversation);
-        while inner.order.len() > KEPT {
-            if let Some(oldest) = inner.order.pop_front() {
-                inner.by_id.remove(&oldest);
-            }
-        }
+        self.update(id, |c| c.messages.extend(messages))
     }
 
     /// An empty conversation under `id`: for tests.
@@ -79,19 +46,6 @@ impl Conversations {
         let object = json!({"id": id, "object": "conversation"});
         let messages = Vec::new();
         self.insert(id.to_string(), Conversation { object, messages });
-    }
-
-    fn object(&self, id: &str) -> Option<Value> {
-        self.inner().by_id.get(id).map(|c| c.object.clone())
-    }
-
-    fn remove(&self, id: &str) -> bool {
-        let mut inner = self.inner();
-        let removed = inner.by_id.remove(id).is_some();
-        if removed {
-            inner.order.retain(|kept| kept != id);
-        }
-        removed
     }
 }
 
@@ -157,7 +111,7 @@ fn created(body: Result<Bytes, BytesRejection>) -> Result<(Value, Vec<Value>), A
 }
 
 pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
-    match sim.conversations.object(&id) {
+    match sim.conversations.read(&id, |c| c.object.clone()) {
         Some(object) => axum::Json(object).into_response(),
         None => not_found(&id).into_response(),
     }
@@ -208,26 +162,5 @@ mod tests {
             param(r#"{"items": [{"role": "robot", "content": "x"}]}"#),
             Some((400, Some("items[0].role".into())))
         );
-    }
-
-    #[test]
-    fn the_oldest_conversations_go_first_and_deleted_ones_are_gone() {
-        let kept = Conversations::default();
-        for n in 0..=KEPT {
-            let object = json!({"id": format!("conv_{n}")});
-            kept.insert(
-                format!("conv_{n}"),
-                Conversation {
-                    object,
-                    messages: Vec::new(),
-                },
-            );
-        }
-        assert!(kept.messages("conv_0").is_none());
-        assert!(kept.append("conv_1", [json!({"role": "user", "content": "x"})]));
-        assert_eq!(kept.messages("conv_1").map(|m| m.len()), Some(1));
-        assert!(kept.remove("conv_1"));
-        assert!(!kept.remove("conv_1"));
-        assert!(!kept.append("conv_1", []));
     }
 }

@@ -20,6 +20,7 @@ mod files;
 mod fine_tuning;
 mod job_request;
 mod jobs;
+mod kept;
 mod lab;
 mod lora;
 mod models;

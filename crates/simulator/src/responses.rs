@@ -19,7 +19,7 @@
 //! `response.incomplete` when `max_output_tokens` cut the answer).
 //!
 //! Responses made with `store` (the default) are kept in memory, the
-//! newest [`KEPT`], for `previous_response_id` and retrieval; a response
+//! newest 4096 (see `kept`), for `previous_response_id` and retrieval; a response
 //! in a `conversation` reads and extends that conversation's items (see
 //! `conversations`).
 
@@ -28,6 +28,7 @@ use super::Sim;
 use super::chat::{self, Completion, Reply};
 use super::conversations::{self, Conversations};
 use super::faults::{self, Pacing};
+use super::kept::Newest;
 use super::request::{
     ChatRequest, Format, boolean, choice_of, format_of, given, integer, invalid_type,
     json_mentioned, missing, number, parameters,
@@ -41,53 +42,19 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-
-/// How many stored responses are kept; the oldest go first.
-pub const KEPT: usize = 4096;
 
 /// The OpenAI floor for `max_output_tokens`.
 const MIN_OUTPUT_TOKENS: i64 = 16;
 
 /// Stored responses: the conversation each ends (for a follow-up) and
 /// the object (for retrieval).
-#[derive(Default)]
-pub struct Log {
-    inner: Mutex<LogInner>,
-}
+pub type Log = Newest<Stored>;
 
-#[derive(Default)]
-struct LogInner {
-    by_id: HashMap<String, Stored>,
-    order: VecDeque<String>,
-}
-
-#[derive(Clone)]
-struct Stored {
+pub struct Stored {
     /// Input and output as chat messages, without `instructions` (a
     /// follow-up does not inherit them).
     messages: Vec<Value>,
     object: Value,
-}
-
-impl Log {
-    fn get(&self, id: &str) -> Option<Stored> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.by_id.get(id).cloned()
-    }
-
-    fn put(&self, id: String, stored: Stored) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.by_id.insert(id.clone(), stored).is_none() {
-            inner.order.push_back(id);
-        }
-        while inner.order.len() > KEPT {
-            if let Some(oldest) = inner.order.pop_front() {
-                inner.by_id.remove(&oldest);
-            }
-        }
-    }
 }
 
 /// A valid request: what the models answer, and what the response echoes.
@@ -147,7 +114,7 @@ pub async fn create(
             messages,
             object: answer.object.clone(),
         };
-        sim.responses.put(answer.id.clone(), stored);
+        sim.responses.insert(answer.id.clone(), stored);
     }
     if let Some(id) = &request.conversation {
         let added = request.input.iter().cloned();
@@ -163,8 +130,8 @@ pub async fn create(
 }
 
 pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
-    match sim.responses.get(&id) {
-        Some(stored) => axum::Json(stored.object).into_response(),
+    match sim.responses.read(&id, |stored| stored.object.clone()) {
+        Some(object) => axum::Json(object).into_response(),
         None => not_found(&id).into_response(),
     }
 }
@@ -215,18 +182,16 @@ fn parse(
             .param("conversation")
             .code("mutually_exclusive_parameters"));
         }
-        (Some(id), None) => {
-            log.get(id)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        "invalid_request_error",
-                        format!("Previous response with id '{id}' not found."),
-                    )
-                    .param("previous_response_id")
-                })?
-                .messages
-        }
+        (Some(id), None) => log
+            .read(id, |stored| stored.messages.clone())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    format!("Previous response with id '{id}' not found."),
+                )
+                .param("previous_response_id")
+            })?,
         (None, Some(id)) => conversations
             .messages(id)
             .ok_or_else(|| conversations::not_found(id).param("conversation"))?,
@@ -812,7 +777,7 @@ mod tests {
         assert!(parsed["host"].is_string());
         let call_id = answer.item["call_id"].as_str().unwrap().to_string();
         assert!(call_id.starts_with("call_"));
-        log.put(
+        log.insert(
             answer.id.clone(),
             Stored {
                 messages: {

@@ -9,7 +9,7 @@
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The `kid` of the one signing key.
 pub const KEY_ID: &str = "flywheel-simulator-1";
@@ -37,10 +37,7 @@ pub struct Grant<'a> {
 /// The signed token; `None` only if the published key could not sign,
 /// which a test of this module rules out.
 pub fn sign(grant: &Grant<'_>) -> Option<String> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = super::wire::now_unix();
     let object_id = object_id(grant.subject.unwrap_or(grant.client_id));
     let mut claims = json!({
         "aud": grant.audience,

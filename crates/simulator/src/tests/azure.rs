@@ -280,6 +280,16 @@ async fn a_token_for_an_apps_api_is_a_jwt_with_the_apps_roles_and_its_keys_are_p
     assert_eq!(call(&app, chat).await.0, 401);
 }
 
+/// The code a sign-in sends the browser back with.
+fn code_in(location: &str) -> String {
+    let (_, query) = location.split_once('?').unwrap();
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("code="))
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test]
 async fn a_person_signs_in_with_a_code_the_app_redeems_with_its_verifier() {
     use base64::Engine as _;
@@ -305,11 +315,7 @@ async fn a_person_signs_in_with_a_code_the_app_redeems_with_its_verifier() {
     let location = response.headers()["location"].to_str().unwrap().to_string();
     let (back, query) = location.split_once('?').unwrap();
     assert_eq!(back, "http://127.0.0.1:9/admin/");
-    let code = query
-        .split('&')
-        .find_map(|p| p.strip_prefix("code="))
-        .unwrap()
-        .to_string();
+    let code = code_in(&location);
     assert!(query.ends_with("state=s%201"), "{query}");
     let redeem = |code: &str, verifier: &str| {
         token_request(
@@ -328,14 +334,7 @@ async fn a_person_signs_in_with_a_code_the_app_redeems_with_its_verifier() {
     );
     // A code is redeemed once: the failed try above spent it.
     let response = app.clone().oneshot(authorize(&challenge)).await.unwrap();
-    let location = response.headers()["location"].to_str().unwrap();
-    let code = location
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
+    let code = &code_in(response.headers()["location"].to_str().unwrap());
     let response = app.clone().oneshot(redeem(code, verifier)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
@@ -344,14 +343,7 @@ async fn a_person_signs_in_with_a_code_the_app_redeems_with_its_verifier() {
 
     // `offline_access` brought a refresh token, redeemed once for a new pair.
     let response = app.clone().oneshot(authorize(&challenge)).await.unwrap();
-    let location = response.headers()["location"].to_str().unwrap();
-    let code = location
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
+    let code = &code_in(response.headers()["location"].to_str().unwrap());
     let (status, first) = call(&app, redeem(code, verifier)).await;
     assert_eq!(status, 200, "{first}");
     let refresh = |token: &Value| {
