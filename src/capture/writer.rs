@@ -26,6 +26,7 @@ use crate::routing::Route;
 use crate::store::{CapturedTurn, SharedStore, StoreError};
 use crate::telemetry::Handles;
 use metrics::Counter;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -223,9 +224,13 @@ impl Writer {
     }
 
     /// Adds the exchange's record to the batch; one that is not captured
-    /// is done with at once.
+    /// is done with at once, as is one capture could not read.
     fn take(&mut self, exchange: Exchange) {
-        match prepare(exchange, &self.redactor, &self.background) {
+        let inference_id = exchange.inference_id.clone();
+        let prepared = unless_it_panics(&inference_id, || {
+            prepare(exchange, &self.redactor, &self.background)
+        });
+        match prepared {
             Some(turn) => self.held.push(turn),
             None => self.in_flight.done(1),
         }
@@ -276,9 +281,20 @@ impl Writer {
     }
 }
 
+/// What `prepare` gives, or `None` when it panicked on an exchange's
+/// bytes (a bug): that exchange is lost alone, logged by id and counted,
+/// and the writer, and with it capture, carries on.
+fn unless_it_panics<T>(inference_id: &str, prepare: impl FnOnce() -> Option<T>) -> Option<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(prepare)).unwrap_or_else(|_| {
+        tracing::error!(%inference_id, "capture could not read this exchange (a bug in Flywheel): it is not stored");
+        metrics::counter!("flywheel_capture_failed_total").increment(1);
+        None
+    })
+}
+
 /// The turn to store for one exchange, redacted; `None` when capture is
 /// off for it (its tokens are still counted).
-fn prepare(
+pub(crate) fn prepare(
     mut exchange: Exchange,
     redactor: &Redactor,
     background: &BackgroundTasks,
@@ -396,6 +412,15 @@ mod tests {
             total: std::time::Duration::from_millis(9),
             meta: crate::capture::CaptureMeta::default(),
         }
+    }
+
+    #[test]
+    fn an_exchange_capture_cannot_read_is_lost_alone() {
+        #[allow(clippy::panic, reason = "the bug under test")]
+        let broken = || -> Option<u8> { panic!("a bug") };
+        assert_eq!(unless_it_panics("inf_1", broken), None);
+        assert_eq!(unless_it_panics("inf_2", || Some(7)), Some(7));
+        assert_eq!(unless_it_panics("inf_3", || None::<u8>), None);
     }
 
     #[test]

@@ -9,16 +9,19 @@
 //! preflight, unseen by the metrics), then the metrics and the log line.
 
 use crate::config::RequestLog;
+use crate::openai::ApiError;
 use crate::proxy::RouteLabels;
 use crate::telemetry::Handles;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service};
 
@@ -202,7 +205,12 @@ where
         match &mut self.0 {
             State::Answered(response) => Poll::Ready(Ok(response.take().unwrap_or_default())),
             State::Running { inner, seen } => {
-                let Ok(mut response) = ready!(Pin::new(inner).poll(cx));
+                let polled = catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx)));
+                let mut response = match polled {
+                    Ok(Poll::Ready(Ok(response))) => response,
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Err(_) => failed(seen.as_ref()),
+                };
                 if let Some(seen) = seen.take() {
                     observe(&seen, &response);
                     seen.cors.decorate(&mut response, seen.allow_origin);
@@ -212,6 +220,20 @@ where
             }
         }
     }
+}
+
+/// The answer to a request whose handler panicked (a bug): an OpenAI
+/// error rather than a connection dropped without one, and a log line
+/// with the request id the client is given. A handler is not polled again
+/// after it panicked: the edge answers at once.
+fn failed(seen: Option<&Seen>) -> Response {
+    let id = seen.and_then(|s| s.id.to_str().ok()).unwrap_or("");
+    tracing::error!(
+        request_id = id,
+        "the request's handler failed (a bug in Flywheel)"
+    );
+    ApiError::Internal("Flywheel failed on this request; its log has the request id".into())
+        .into_response()
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -470,6 +492,35 @@ mod tests {
             let response = router.clone().oneshot(request).await.unwrap();
             assert_eq!(response.headers()[X_REQUEST_ID], "theirs-1");
         }
+    }
+
+    /// A handler that panics (a bug) still answers: an OpenAI error with
+    /// the request id, CORS headers, and the server carries on.
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_an_openai_error() {
+        #[allow(clippy::panic, reason = "the bug under test")]
+        async fn broken() -> &'static str {
+            panic!("a bug")
+        }
+        let router = Router::new()
+            .route("/broken", post(broken))
+            .layer(EdgeLayer::new(&["*".to_string()], RequestLog::Info));
+        let mut request = Request::new(Body::empty());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = "/broken".parse().unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        let headers = response.headers();
+        assert!(headers[X_REQUEST_ID].to_str().unwrap().starts_with("req_"));
+        assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["type"], "api_error");
+        assert_eq!(body["error"]["code"], "internal_error");
+        assert!(body["error"]["param"].is_null());
     }
 
     #[test]
