@@ -42,7 +42,7 @@ pub enum StartError {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
-    exchange_rx: tokio::sync::mpsc::Receiver<exchange::Exchange>,
+    exchange_rx: tokio::sync::mpsc::Receiver<exchange::Queued>,
 }
 
 impl Application {
@@ -80,6 +80,7 @@ impl Application {
         };
         let (exchanges, exchange_rx) = ExchangeSink::new(
             config.capture.queue_capacity,
+            config.capture.queue_max_bytes,
             config.capture.on_queue_full,
             Duration::from_millis(config.capture.queue_wait_ms),
         );

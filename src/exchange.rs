@@ -4,14 +4,17 @@
 //! queue carries the finished [`Exchange`] to the capture writer
 //! (`capture::run_writer`), which parses and stores it away from any
 //! client. A full queue drops the record — counted and logged — rather
-//! than slow a response.
+//! than slow a response. The queue is bounded twice: by exchanges
+//! (`capture.queue_capacity`) and by the bytes they hold until stored
+//! (`capture.queue_max_bytes`), so memory stays bounded when the bodies are
+//! large, not only when they are many.
 
 use crate::capture::CaptureMeta;
 use crate::config::QueueFullPolicy;
 use crate::routing::Route;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -98,9 +101,64 @@ impl InFlight {
     }
 }
 
+/// What the queue carries: an exchange and the bytes it holds of the
+/// queue's budget.
+pub type Queued = (Exchange, Room);
+
+/// Bytes of request and answer held by exchanges handed to capture and not
+/// yet stored (queued, parked, or prepared and waiting for the store):
+/// each [`Room`] gives its bytes back when it drops.
+#[derive(Clone)]
+struct Budget {
+    used: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Budget {
+    /// Room for `bytes`, if that many are left.
+    fn take(&self, bytes: usize) -> Option<Room> {
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.max {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return None;
+        }
+        Some(Room {
+            bytes,
+            used: Some(self.used.clone()),
+        })
+    }
+}
+
+/// The bytes one exchange, or a batch of them, holds of capture's budget
+/// while it lives.
+#[derive(Debug, Default)]
+pub struct Room {
+    bytes: usize,
+    used: Option<Arc<AtomicUsize>>,
+}
+
+impl Room {
+    /// Holds `other`'s bytes too, so that a batch gives them back at once.
+    pub fn absorb(&mut self, mut other: Room) {
+        self.bytes += std::mem::take(&mut other.bytes);
+        if self.used.is_none() {
+            self.used = other.used.take();
+        }
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if let Some(used) = &self.used {
+            used.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ExchangeSink {
-    tx: mpsc::Sender<Exchange>,
+    tx: mpsc::Sender<Queued>,
+    budget: Budget,
     in_flight: InFlight,
     policy: QueueFullPolicy,
     wait: Duration,
@@ -110,16 +168,22 @@ pub struct ExchangeSink {
 }
 
 impl ExchangeSink {
+    /// A queue of `capacity` exchanges holding `max_bytes` of bodies at most.
     pub fn new(
         capacity: usize,
+        max_bytes: usize,
         policy: QueueFullPolicy,
         wait: Duration,
-    ) -> (Self, mpsc::Receiver<Exchange>) {
+    ) -> (Self, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(capacity);
         let waiting_room = Arc::new(Semaphore::new(capacity));
         (
             Self {
                 tx,
+                budget: Budget {
+                    used: Arc::default(),
+                    max: max_bytes,
+                },
                 in_flight: InFlight::default(),
                 policy,
                 wait,
@@ -137,9 +201,15 @@ impl ExchangeSink {
             self.in_flight.done(1);
             dropped(reason);
         };
-        match self.tx.try_send(exchange) {
+        let Some(room) = self
+            .budget
+            .take(exchange.request.len() + exchange.response.len())
+        else {
+            return drop_one("the exchanges waiting hold capture.queue_max_bytes");
+        };
+        match self.tx.try_send((exchange, room)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(exchange))
+            Err(mpsc::error::TrySendError::Full(queued))
                 if self.policy == QueueFullPolicy::Wait =>
             {
                 let Ok(seat) = self.waiting_room.clone().try_acquire_owned() else {
@@ -147,7 +217,7 @@ impl ExchangeSink {
                 };
                 let (tx, wait, in_flight) = (self.tx.clone(), self.wait, self.in_flight.clone());
                 tokio::spawn(async move {
-                    if tx.send_timeout(exchange, wait).await.is_err() {
+                    if tx.send_timeout(queued, wait).await.is_err() {
                         in_flight.done(1);
                         dropped("the queue stayed full");
                     }
@@ -174,7 +244,7 @@ impl ExchangeSink {
 /// writer's watchdog reads it while the writer itself may not get to run.
 /// It does not keep the queue open.
 #[derive(Clone)]
-pub struct QueueDepth(mpsc::WeakSender<Exchange>);
+pub struct QueueDepth(mpsc::WeakSender<Queued>);
 
 impl QueueDepth {
     /// Exchanges waiting and the queue's capacity; `(0, 0)` once it is closed.
@@ -235,7 +305,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_depth_counts_what_waits_and_does_not_keep_the_queue_open() {
-        let (sink, mut rx) = ExchangeSink::new(4, QueueFullPolicy::Drop, Duration::from_secs(1));
+        let (sink, mut rx) =
+            ExchangeSink::new(4, 1 << 20, QueueFullPolicy::Drop, Duration::from_secs(1));
         let depth = sink.depth();
         assert_eq!(depth.get(), (0, 4));
         (0..3).for_each(|n| sink.submit(exchange(n)));
@@ -250,11 +321,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_with_the_drop_policy() {
-        let (sink, mut rx) = ExchangeSink::new(1, QueueFullPolicy::Drop, Duration::from_secs(1));
+        let (sink, mut rx) =
+            ExchangeSink::new(1, 1 << 20, QueueFullPolicy::Drop, Duration::from_secs(1));
         (0..3).for_each(|n| sink.submit(exchange(n)));
         drop(sink);
         let mut got = Vec::new();
-        while let Some(e) = rx.recv().await {
+        while let Some((e, _)) = rx.recv().await {
             got.push(e.inference_id);
         }
         assert_eq!(got, ["inf_0"]);
@@ -262,15 +334,66 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_parks_as_many_exchanges_as_it_holds_with_the_wait_policy() {
-        let (sink, mut rx) = ExchangeSink::new(2, QueueFullPolicy::Wait, Duration::from_secs(5));
+        let (sink, mut rx) =
+            ExchangeSink::new(2, 1 << 20, QueueFullPolicy::Wait, Duration::from_secs(5));
         // Two queued, two parked, the fifth dropped: memory stays bounded.
         (0..5).for_each(|n| sink.submit(exchange(n)));
         drop(sink);
         let mut got = Vec::new();
-        while let Some(e) = rx.recv().await {
+        while let Some((e, _)) = rx.recv().await {
             got.push(e.inference_id);
         }
         got.sort();
         assert_eq!(got, ["inf_0", "inf_1", "inf_2", "inf_3"]);
+    }
+
+    fn sized(n: usize, bytes: usize) -> Exchange {
+        Exchange {
+            request: Bytes::from(vec![b'x'; bytes / 2]),
+            response: Bytes::from(vec![b'y'; bytes - bytes / 2]),
+            ..exchange(n)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_holds_bytes_up_to_its_budget_until_they_are_stored() {
+        let (sink, mut rx) =
+            ExchangeSink::new(64, 1000, QueueFullPolicy::Drop, Duration::from_secs(1));
+        // 400 + 400 fit; the third would pass 1000 and is dropped, as is
+        // one larger than the whole budget.
+        [(0, 400), (1, 400), (2, 400), (3, 1001)]
+            .into_iter()
+            .for_each(|(n, bytes)| sink.submit(sized(n, bytes)));
+        let (first, room) = rx.recv().await.unwrap();
+        assert_eq!(first.inference_id, "inf_0");
+        // Taken by the writer but not stored: its bytes are still held.
+        let mut batch = Room::default();
+        batch.absorb(room);
+        sink.submit(sized(4, 300));
+        // Stored: the batch's bytes come back.
+        drop(batch);
+        sink.submit(sized(5, 500));
+        drop(sink);
+        let mut got = Vec::new();
+        while let Some((e, _)) = rx.recv().await {
+            got.push(e.inference_id);
+        }
+        assert_eq!(got, ["inf_1", "inf_5"]);
+    }
+
+    #[tokio::test]
+    async fn parked_exchanges_hold_their_bytes_too() {
+        let (sink, mut rx) =
+            ExchangeSink::new(2, 1000, QueueFullPolicy::Wait, Duration::from_secs(5));
+        // Two queued and one parked hold 900: the fourth finds a seat in
+        // the waiting room but no bytes.
+        (0..4).for_each(|n| sink.submit(sized(n, 300)));
+        drop(sink);
+        let mut got = Vec::new();
+        while let Some((e, _)) = rx.recv().await {
+            got.push(e.inference_id);
+        }
+        got.sort();
+        assert_eq!(got, ["inf_0", "inf_1", "inf_2"]);
     }
 }

@@ -20,7 +20,7 @@ use super::priority::Priority;
 use super::record::read_content;
 use super::{BackgroundTasks, Redactor, build_record};
 use crate::config::WriterPriority;
-use crate::exchange::{Exchange, InFlight, Outcome, QueueDepth, Wire};
+use crate::exchange::{Exchange, InFlight, Outcome, QueueDepth, Queued, Room, Wire};
 use crate::ids::now_rfc3339;
 use crate::routing::Route;
 use crate::store::{CapturedTurn, SharedStore, StoreError};
@@ -58,7 +58,7 @@ pub struct WriterSetup {
 /// drained the queue and stopped.
 pub fn start_writer(
     setup: WriterSetup,
-    rx: mpsc::Receiver<Exchange>,
+    rx: mpsc::Receiver<Queued>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> {
     let (stopped, on_stop) = tokio::sync::oneshot::channel::<()>();
@@ -108,6 +108,8 @@ struct Writer {
     max_pending: usize,
     /// Taken from the queue, not durably stored yet.
     held: Vec<CapturedTurn>,
+    /// The bytes the held records' exchanges hold of the queue's budget.
+    held_room: Room,
     failures: Failures,
 }
 
@@ -161,13 +163,14 @@ impl Writer {
             in_flight: setup.in_flight,
             max_pending: setup.max_pending.max(MAX_BATCH),
             held: Vec::new(),
+            held_room: Room::default(),
             failures: Failures::default(),
         }
     }
 
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Exchange>,
+        mut rx: mpsc::Receiver<Queued>,
         flush_every: Duration,
         priority: &Priority,
         shutdown: CancellationToken,
@@ -199,8 +202,8 @@ impl Writer {
             }
         }
         rx.close();
-        while let Some(exchange) = rx.recv().await {
-            self.take(exchange);
+        while let Some((exchange, room)) = rx.recv().await {
+            self.take(exchange, room);
         }
         self.write_before_stopping().await;
     }
@@ -208,12 +211,12 @@ impl Writer {
     /// Takes what the queue holds, up to a batch and within the room left
     /// for held records, writing each full batch; says how many it took
     /// and whether the queue is still open.
-    fn drain(&mut self, rx: &mut mpsc::Receiver<Exchange>) -> (usize, bool) {
+    fn drain(&mut self, rx: &mut mpsc::Receiver<Queued>) -> (usize, bool) {
         let mut taken = 0;
         while taken < MAX_BATCH && self.held.len() < self.max_pending {
             match rx.try_recv() {
-                Ok(exchange) => {
-                    self.take(exchange);
+                Ok((exchange, room)) => {
+                    self.take(exchange, room);
                     taken += 1;
                 }
                 Err(mpsc::error::TryRecvError::Empty) => return (taken, true),
@@ -223,15 +226,19 @@ impl Writer {
         (taken, true)
     }
 
-    /// Adds the exchange's record to the batch; one that is not captured
-    /// is done with at once, as is one capture could not read.
-    fn take(&mut self, exchange: Exchange) {
+    /// Adds the exchange's record to the batch, which holds its bytes of
+    /// the queue's budget until stored; one that is not captured is done
+    /// with at once, as is one capture could not read.
+    fn take(&mut self, exchange: Exchange, room: Room) {
         let inference_id = exchange.inference_id.clone();
         let prepared = unless_it_panics(&inference_id, || {
             prepare(exchange, &self.redactor, &self.background)
         });
         match prepared {
-            Some(turn) => self.held.push(turn),
+            Some(turn) => {
+                self.held.push(turn);
+                self.held_room.absorb(room);
+            }
             None => self.in_flight.done(1),
         }
     }
@@ -251,6 +258,7 @@ impl Writer {
                 metrics::counter!("flywheel_captured_total").increment(count as u64);
                 self.in_flight.done(count);
                 self.held.clear();
+                self.held_room = Room::default();
                 self.failures.recovered();
             }
             Err(e) => self.failures.failed(&e, self.held.len()),

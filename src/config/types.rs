@@ -381,6 +381,9 @@ pub struct CaptureConfig {
     pub flush_every_ms: u64,
     /// Finished exchanges waiting for the capture writer.
     pub queue_capacity: usize,
+    /// The bytes of requests and answers those exchanges (and the records
+    /// the writer made of them, until stored) may hold.
+    pub queue_max_bytes: usize,
     /// What happens to an exchange when the queue is full.
     pub on_queue_full: QueueFullPolicy,
     /// With `wait`: how long an exchange may wait for room before it is dropped.
@@ -442,6 +445,7 @@ impl Default for CaptureConfig {
             redact: vec!["credentials".into()],
             flush_every_ms: 200,
             queue_capacity: 8192,
+            queue_max_bytes: 256 * 1024 * 1024,
             on_queue_full: QueueFullPolicy::Drop,
             queue_wait_ms: 1000,
             retention_days: None,

@@ -299,6 +299,16 @@ fn check_capture(c: &Config) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    // Smaller, every request near the largest allowed would go uncaptured.
+    if c.capture.queue_max_bytes < c.server.max_body_bytes {
+        return Err(ConfigError::invalid(
+            "capture.queue_max_bytes",
+            format!(
+                "must be at least server.max_body_bytes ({}): a request that large could never be captured",
+                c.server.max_body_bytes
+            ),
+        ));
+    }
     if c.capture.flush_every_ms == 0 {
         return Err(ConfigError::invalid(
             "capture.flush_every_ms",
@@ -523,6 +533,22 @@ model_type = "threat_detection"
         assert!(e.contains("store.ca_file") && e.contains("postgres"), "{e}");
         let postgres = format!("{MINIMAL}\n[store]\nkind = \"postgres\"\nca_file = \"ca.pem\"\n");
         assert!(Config::from_toml_str(&postgres, "t", []).is_ok());
+    }
+
+    #[test]
+    fn the_capture_queues_byte_budget_holds_the_largest_request() {
+        let with = |extra: &str| Config::from_toml_str(&format!("{MINIMAL}\n{extra}\n"), "t", []);
+        let e = with("[capture]\nqueue_max_bytes = 1048576")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("capture.queue_max_bytes") && e.contains("server.max_body_bytes (10485760)"),
+            "{e}"
+        );
+        let smaller_bodies =
+            "[server]\nmax_body_bytes = 1048576\n[capture]\nqueue_max_bytes = 1048576";
+        assert!(with(smaller_bodies).is_ok());
+        assert_eq!(with("").unwrap().capture.queue_max_bytes, 256 * 1024 * 1024);
     }
 
     #[test]

@@ -180,6 +180,38 @@ async fn no_capture_header_and_config_keep_exchanges_out_of_the_store() {
     assert!(app.state.store.inference(&id).unwrap().is_none());
 }
 
+/// The bytes waiting for capture are bounded, not only their count: an
+/// exchange that would pass `capture.queue_max_bytes` is answered as any
+/// other, then dropped before capture and counted; a smaller one after it
+/// is stored.
+#[tokio::test]
+async fn an_exchange_too_large_for_the_capture_queue_is_answered_and_not_stored() {
+    // As large as the tests' `server.max_body_bytes`, the smallest the
+    // budget may be: a request of 65,200 bytes fits, with its answer not.
+    let app = spawn_app_with(Options {
+        extra: "[capture]\nqueue_max_bytes = 65536".into(),
+        ..Options::default()
+    })
+    .await;
+    let envelope = json!({"model": "triage", "messages": [{"role": "user", "content": ""}]});
+    let evidence = "x".repeat(65_200 - envelope.to_string().len());
+    let large = json!({"model": "triage", "messages": [{"role": "user", "content": evidence}]});
+    assert_eq!(large.to_string().len(), 65_200);
+    let response = app.post("/v1/chat/completions", &large).await;
+    assert_eq!(response.status(), 200);
+    let dropped = inference_id(&response);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert!(answer["choices"][0]["message"]["content"].is_string());
+    let response = app
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
+    let kept = inference_id(&response);
+    stored(&app, &kept).await;
+    app.capture_settled().await;
+    assert!(app.state.store.inference(&dropped).unwrap().is_none());
+    assert_eq!(app.metric("flywheel_exchange_dropped_total").await, 1.0);
+}
+
 #[tokio::test]
 async fn credentials_are_redacted_before_storage_and_indicators_kept() {
     let app = spawn_app().await;
