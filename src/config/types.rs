@@ -223,6 +223,10 @@ pub struct ProviderConfig {
     /// A `retry-after` longer than this is not waited for: the 429 goes to the client.
     #[serde(default = "defaults::max_retry_wait_s")]
     pub max_retry_wait_s: u64,
+    /// The largest answer read whole (a unary reply: 502 past it) or kept
+    /// for capture (a stream, relayed whole all the same).
+    #[serde(default = "defaults::max_answer_bytes")]
+    pub max_answer_bytes: usize,
     /// This provider accepts `/files` and `/fine_tuning/jobs`, or (a
     /// `command` provider) runs its trainer.
     #[serde(default)]
@@ -287,6 +291,7 @@ impl ProviderConfig {
             connect_timeout_s: defaults::connect_timeout_s(),
             max_retries: defaults::max_retries(),
             max_retry_wait_s: defaults::max_retry_wait_s(),
+            max_answer_bytes: defaults::max_answer_bytes(),
             fine_tuning: false,
             api_version: None,
             url_style: None,
@@ -714,6 +719,10 @@ mod defaults {
     }
     pub fn connect_timeout_s() -> u64 {
         10
+    }
+    /// 64 MiB: far above a chat answer's size, even with log probabilities.
+    pub fn max_answer_bytes() -> usize {
+        64 * 1024 * 1024
     }
     pub fn max_retries() -> u32 {
         2

@@ -181,6 +181,12 @@ fn check_providers(c: &Config) -> Result<(), ConfigError> {
                 "must not exceed timeout_s",
             ));
         }
+        if p.max_answer_bytes < 65_536 {
+            return Err(ConfigError::invalid(
+                key("max_answer_bytes"),
+                "must be at least 65536: a chat answer can be that large",
+            ));
+        }
         if p.api_key_env
             .as_deref()
             .is_some_and(|v| v.trim().is_empty())
@@ -549,6 +555,20 @@ model_type = "threat_detection"
             "[server]\nmax_body_bytes = 1048576\n[capture]\nqueue_max_bytes = 1048576";
         assert!(with(smaller_bodies).is_ok());
         assert_eq!(with("").unwrap().capture.queue_max_bytes, 256 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_providers_answer_limit_is_checked() {
+        let config = MINIMAL.replace(
+            "base_url = \"http://127.0.0.1:9\"",
+            "base_url = \"http://127.0.0.1:9\"\nmax_answer_bytes = 1000",
+        );
+        let e = Config::from_toml_str(&config, "t", [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_answer_bytes") && e.contains("65536"), "{e}");
+        let config = Config::from_toml_str(MINIMAL, "t", []).unwrap();
+        assert_eq!(config.providers[0].max_answer_bytes, 64 * 1024 * 1024);
     }
 
     #[test]

@@ -480,6 +480,12 @@ async fn unary_response(
                 .saturating_duration_since(pending.started)
                 .as_secs(),
         },
+        Cut::TooLarge(limit) => ApiError::UpstreamInvalid {
+            provider: provider.to_string(),
+            detail: format!(
+                "the answer is larger than the provider's max_answer_bytes ({limit} bytes)"
+            ),
+        },
     });
     let body = whole.body;
     let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');

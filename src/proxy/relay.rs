@@ -80,7 +80,11 @@ struct Relay {
     rest: BodyStream,
     deadline: Instant,
     boundary: sse::Boundary,
+    /// The stream as relayed, for capture: at most `max_copy` bytes.
     copy: BytesMut,
+    max_copy: usize,
+    /// The stream passed `max_copy`: capture keeps its beginning only.
+    copy_cut: bool,
     status: u16,
     first_byte: Duration,
     /// Taken when the exchange is finished; still here on drop means the
@@ -97,22 +101,41 @@ struct Relay {
 impl Relay {
     fn forward(&mut self, chunk: Bytes) -> Bytes {
         self.boundary.observe(&chunk);
-        self.copy.extend_from_slice(&chunk);
+        self.keep(&chunk);
         // The stream is complete with its `[DONE]` event: hand the
         // exchange to capture before the client can read it and send the
         // next turn, which then finds this one threaded.
-        let complete = match self.pending.as_ref().map(|p| p.wire) {
-            Some(Wire::Chat) => ends_with_done(&chunk),
-            Some(Wire::Responses) => ends_with_final_event(&self.copy),
-            None => false,
-        };
-        if complete {
+        let complete = self.pending.as_ref().map(|p| p.wire);
+        if complete.is_some_and(|wire| completes(wire, &chunk, &self.copy)) {
             self.finish(Outcome::Ok);
         }
         chunk
     }
 
+    /// Adds `chunk` to the copy for capture while it stays within the
+    /// provider's `max_answer_bytes`: a stream is relayed whole however
+    /// long, but what it holds in memory is bounded.
+    fn keep(&mut self, chunk: &[u8]) {
+        if self.copy_cut {
+            return;
+        }
+        if self.copy.len() + chunk.len() <= self.max_copy {
+            self.copy.extend_from_slice(chunk);
+            return;
+        }
+        self.copy_cut = true;
+        metrics::counter!("flywheel_capture_incomplete_total").increment(1);
+        tracing::warn!(provider = %self.provider, limit = self.max_copy,
+            "a stream passed the provider's max_answer_bytes: relayed whole, captured in part");
+    }
+
     fn finish(&mut self, outcome: Outcome) {
+        // What capture has of a stream it could not keep whole is partial.
+        let outcome = if self.copy_cut {
+            Outcome::Partial
+        } else {
+            outcome
+        };
         if let Some(p) = self.pending.take() {
             let copy = std::mem::take(&mut self.copy).freeze();
             p.finish(outcome, self.status, copy, Some(self.first_byte));
@@ -161,6 +184,8 @@ pub fn relay_stream(
         deadline,
         boundary: sse::Boundary::default(),
         copy: BytesMut::new(),
+        max_copy: reply.max_bytes,
+        copy_cut: false,
         status: reply.status.as_u16(),
         first_byte: pending.started.elapsed(),
         timeout_s: deadline
@@ -219,6 +244,15 @@ async fn next_chunk(mut relay: Relay) -> Option<(Result<Bytes, std::io::Error>, 
             let event = relay.fail(error);
             Some((Ok(event), relay))
         }
+    }
+}
+
+/// Whether the stream is complete with `chunk`: chat's `[DONE]` event, or
+/// an event that ends the response (`so_far`, the whole stream, names it).
+pub(crate) fn completes(wire: Wire, chunk: &[u8], so_far: &[u8]) -> bool {
+    match wire {
+        Wire::Chat => ends_with_done(chunk),
+        Wire::Responses => ends_with_final_event(so_far),
     }
 }
 

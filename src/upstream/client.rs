@@ -50,6 +50,8 @@ pub struct Provider {
     pub total_timeout: Duration,
     pub max_retries: u32,
     max_retry_wait: Duration,
+    /// `max_answer_bytes`: the most of an answer read whole.
+    max_answer_bytes: usize,
     /// With `lora = true`: the adapters Flywheel registered on it, so one
     /// the server forgot is loaded again (`lora.rs`).
     pub(super) adapters: Option<super::lora::Adapters>,
@@ -114,6 +116,8 @@ pub struct Reply {
     pub first: Option<Bytes>,
     pub rest: BodyStream,
     pub retries: u32,
+    /// The provider's `max_answer_bytes`: the most of the body read whole.
+    pub max_bytes: usize,
 }
 
 /// A reply read to its end, or as far as it came.
@@ -132,6 +136,8 @@ pub enum Cut {
     Broken(std::io::Error),
     /// The deadline came first.
     TimedOut,
+    /// The body passed `max_answer_bytes` (the limit); the rest was not read.
+    TooLarge(usize),
 }
 
 impl Reply {
@@ -144,10 +150,14 @@ impl Reply {
             headers,
             first,
             mut rest,
+            max_bytes,
             ..
         } = self;
         let mut body = BytesMut::from(first.unwrap_or_default().as_ref());
         let cut = loop {
+            if body.len() > max_bytes {
+                break Some(Cut::TooLarge(max_bytes));
+            }
             match timeout_at(deadline, rest.next()).await {
                 Ok(Some(Ok(chunk))) => body.extend_from_slice(&chunk),
                 Ok(None) => break None,
@@ -231,6 +241,7 @@ impl Provider {
             total_timeout: Duration::from_secs(config.timeout_s),
             max_retries: config.max_retries,
             max_retry_wait: Duration::from_secs(config.max_retry_wait_s),
+            max_answer_bytes: config.max_answer_bytes,
             adapters: config.lora.then(super::lora::Adapters::default),
         })
     }
@@ -472,6 +483,7 @@ impl Provider {
             first,
             rest,
             retries: 0,
+            max_bytes: self.max_answer_bytes,
         })
     }
 

@@ -212,6 +212,83 @@ async fn an_exchange_too_large_for_the_capture_queue_is_answered_and_not_stored(
     assert_eq!(app.metric("flywheel_exchange_dropped_total").await, 1.0);
 }
 
+/// An upstream whose answers are about 100 KB: a unary answer whose
+/// content is that long, or a stream of 1,000 chunks of 100 characters.
+async fn long_winded_upstream() -> std::net::SocketAddr {
+    async fn answer(axum::Json(body): axum::Json<serde_json::Value>) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let words = "lateral movement seen on WS-7 by a service account; ".repeat(2_000);
+        if body["stream"] != true {
+            return axum::Json(json!({"id": "chatcmpl-long", "object": "chat.completion", "created": 1,
+                "model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": words},
+                "finish_reason": "stop"}]}))
+            .into_response();
+        }
+        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-long", "object": "chat.completion.chunk",
+                "created": 1, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            )
+        };
+        let mut events = chunk(json!({"role": "assistant", "content": ""}), None);
+        for _ in 0..1_000 {
+            events.push_str(&chunk(json!({"content": "x".repeat(100)}), None));
+        }
+        events.push_str(&chunk(json!({}), Some("stop")));
+        events.push_str("data: [DONE]\n\n");
+        ([("content-type", "text/event-stream")], events).into_response()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route("/v1/chat/completions", axum::routing::post(answer));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// What Flywheel holds of one answer is bounded by the provider's
+/// `max_answer_bytes`: a unary answer past it is a 502 naming the key; a
+/// stream past it still reaches the client whole, and capture keeps its
+/// beginning, as `partial` (so no dataset trains on it uncorrected).
+#[tokio::test]
+async fn an_answer_past_the_providers_limit_is_refused_or_captured_in_part() {
+    let app = spawn_app_with(Options {
+        upstream: Some(long_winded_upstream().await),
+        provider_extra: "max_answer_bytes = 65536".into(),
+        ..Options::default()
+    })
+    .await;
+    let response = app
+        .post("/v1/chat/completions", &triage_request(false))
+        .await;
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_invalid_response");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("max_answer_bytes (65536 bytes)"),
+        "{message}"
+    );
+
+    let response = app
+        .post("/v1/chat/completions", &triage_request(true))
+        .await;
+    assert_eq!(response.status(), 200);
+    let id = inference_id(&response);
+    let events = response.text().await.unwrap();
+    assert!(events.len() > 100_000 && events.ends_with("data: [DONE]\n\n"));
+    let r = stored(&app, &id).await;
+    assert_eq!(r.status, "partial");
+    let kept = r.response["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .len();
+    // The first 65,536 bytes of events, each about 250 bytes for its 100
+    // characters: some 25,000 characters kept of the 100,000 relayed.
+    assert!((20_000..30_000).contains(&kept), "{kept} characters kept");
+    assert_eq!(app.metric("flywheel_capture_incomplete_total").await, 1.0);
+}
+
 #[tokio::test]
 async fn credentials_are_redacted_before_storage_and_indicators_kept() {
     let app = spawn_app().await;

@@ -39,6 +39,9 @@ pub(super) async fn ask(
     match whole.cut {
         Some(Cut::Broken(e)) => Err(format!("the answer broke off: {e}")),
         Some(Cut::TimedOut) => Err("the answer did not finish in time".into()),
+        Some(Cut::TooLarge(limit)) => Err(format!(
+            "the answer is larger than the provider's max_answer_bytes ({limit} bytes)"
+        )),
         None => answer_text(&whole.body),
     }
 }
