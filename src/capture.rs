@@ -19,4 +19,6 @@ pub use recent::{RecentThreads, Registration};
 pub use record::{CaptureMeta, build_record};
 pub use redact::Redactor;
 pub use retention::{purge_once, run_retention};
+#[cfg(any(test, fuzzing))]
+pub(crate) use writer::prepare;
 pub use writer::{WriterSetup, start_writer};

@@ -18,6 +18,8 @@ pub mod experiment;
 pub mod export;
 pub mod feedback;
 pub mod finetune;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod health;
 pub mod ids;
 pub mod limits;

@@ -16,6 +16,8 @@ pub use azure::{chat_completions as azure_chat_completions, embeddings as azure_
 pub use chat::{chat_completions, responses};
 pub use models::{get_model, list_models};
 pub use passthrough::passthrough;
+#[cfg(any(test, fuzzing))]
+pub(crate) use relay::completes;
 pub use request::ChatRequest;
 pub use shadow::Mirror;
 
