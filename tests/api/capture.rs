@@ -29,6 +29,16 @@ async fn stored(app: &TestApp, id: &str) -> InferenceRecord {
     .await
 }
 
+/// Inference `id` was not stored, for good: capture has taken every
+/// exchange answered so far.
+async fn never_stored(app: &TestApp, id: &str) {
+    app.capture_settled().await;
+    assert!(
+        app.state.store.inference(id).unwrap().is_none(),
+        "{id} was stored"
+    );
+}
+
 fn inference_id(response: &reqwest::Response) -> String {
     response.headers()["x-flywheel-inference-id"]
         .to_str()
@@ -161,10 +171,8 @@ async fn no_capture_header_and_config_keep_exchanges_out_of_the_store() {
     stored(&app, &kept).await;
     // `kept` being stored proves nothing about `skipped`: the two
     // exchanges reach capture each on its own (the first one's body is
-    // never even read). Once capture has taken every exchange answered
-    // so far, an absence is for good.
-    app.capture_settled().await;
-    assert!(app.state.store.inference(&skipped).unwrap().is_none());
+    // never even read).
+    never_stored(&app, &skipped).await;
 
     let app = spawn_app_with(Options {
         extra: "[capture]\nenabled = false".into(),
@@ -174,10 +182,8 @@ async fn no_capture_header_and_config_keep_exchanges_out_of_the_store() {
     let response = app
         .post("/v1/chat/completions", &triage_request(false))
         .await;
-    let id = inference_id(&response);
     // Capture has seen the exchange: not storing it was its decision.
-    app.capture_settled().await;
-    assert!(app.state.store.inference(&id).unwrap().is_none());
+    never_stored(&app, &inference_id(&response)).await;
 }
 
 /// The bytes waiting for capture are bounded, not only their count: an
@@ -205,10 +211,8 @@ async fn an_exchange_too_large_for_the_capture_queue_is_answered_and_not_stored(
     let response = app
         .post("/v1/chat/completions", &triage_request(false))
         .await;
-    let kept = inference_id(&response);
-    stored(&app, &kept).await;
-    app.capture_settled().await;
-    assert!(app.state.store.inference(&dropped).unwrap().is_none());
+    stored(&app, &inference_id(&response)).await;
+    never_stored(&app, &dropped).await;
     assert_eq!(app.metric("flywheel_exchange_dropped_total").await, 1.0);
 }
 
