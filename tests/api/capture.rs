@@ -192,8 +192,9 @@ async fn no_capture_header_and_config_keep_exchanges_out_of_the_store() {
 /// is stored.
 #[tokio::test]
 async fn an_exchange_too_large_for_the_capture_queue_is_answered_and_not_stored() {
-    // As large as the tests' `server.max_body_bytes`, the smallest the
-    // budget may be: a request of 65,200 bytes fits, with its answer not.
+    // The smallest budget allowed, as large as the tests'
+    // `server.max_body_bytes`: a request of 65,200 bytes fits, with its
+    // answer not.
     let app = spawn_app_with(Options {
         extra: "[capture]\nqueue_max_bytes = 65536".into(),
         ..Options::default()
