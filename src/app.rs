@@ -144,6 +144,7 @@ impl Application {
             recent: Arc::new(crate::capture::RecentThreads::new(
                 4 * config.capture.queue_capacity,
             )),
+            conversation_items: Arc::default(),
             mirror,
             redactor: Arc::new(redactor),
             evaluation,

@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod background;
+mod items;
 mod lenient;
 mod priority;
 mod recent;
@@ -15,6 +16,7 @@ mod usage;
 mod writer;
 
 pub use background::BackgroundTasks;
+pub use items::PendingItems;
 pub use recent::{RecentThreads, Registration};
 pub use record::{CaptureMeta, build_record};
 pub use redact::Redactor;

@@ -33,6 +33,8 @@ pub struct AppState {
     /// Turns answered a moment ago, for their follow-ups to thread onto
     /// before the capture writer has stored them.
     pub recent: Arc<RecentThreads>,
+    /// Items put into provider-kept conversations, for their next turn.
+    pub conversation_items: Arc<crate::capture::PendingItems>,
     /// Copies of live requests for shadow versions.
     pub mirror: Arc<crate::proxy::Mirror>,
     /// Applied to every captured record before it is stored.

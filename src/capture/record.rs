@@ -31,6 +31,9 @@ pub struct CaptureMeta {
     pub fallback_from: Option<String>,
     /// Set on a shadow version's exchange: the live inference it mirrors.
     pub shadow_of: Option<String>,
+    /// Items put into the provider's conversation since its last turn
+    /// (Responses API): the model read them in front of this turn's input.
+    pub conversation_items: Vec<serde_json::Value>,
 }
 
 impl CaptureMeta {
@@ -72,7 +75,10 @@ pub fn read_content(ex: &Exchange) -> Content {
     // A Responses-API exchange is kept as the chat turn it amounts to.
     let request = match ex.wire {
         Wire::Chat => request,
-        Wire::Responses => super::responses::request_as_chat(request),
+        Wire::Responses => super::responses::request_as_chat(super::responses::with_items_first(
+            request,
+            &ex.meta.conversation_items,
+        )),
     };
     let (messages, params) = match request {
         Value::Object(mut fields) => {

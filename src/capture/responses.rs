@@ -71,6 +71,26 @@ pub fn answered(body: &[u8], streamed: bool) -> Answered {
     }
 }
 
+/// The request with `items` in front of its input: what the model read
+/// of a conversation the provider keeps, when they were added since its
+/// last turn.
+pub fn with_items_first(mut request: Value, items: &[Value]) -> Value {
+    if items.is_empty() {
+        return request;
+    }
+    let Some(fields) = request.as_object_mut() else {
+        return request;
+    };
+    let mut input = items.to_vec();
+    match fields.remove("input") {
+        Some(Value::String(text)) => input.push(json!({"role": "user", "content": text})),
+        Some(Value::Array(own)) => input.extend(own),
+        _ => {}
+    }
+    fields.insert("input".into(), Value::Array(input));
+    request
+}
+
 /// The request as a chat request: `{messages, …params}` without `model`,
 /// `input` and `instructions`.
 pub fn request_as_chat(request: Value) -> Value {
@@ -236,6 +256,29 @@ fn events(body: &[u8]) -> impl Iterator<Item = Value> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn items_put_into_the_conversation_come_before_the_input() {
+        let alert =
+            json!({"type": "message", "role": "user", "content": "Endpoint alert: mimikatz"});
+        let as_messages = |input: Value| {
+            let request = json!({"model": "triage", "instructions": "Be brief.", "input": input});
+            request_as_chat(with_items_first(request, std::slice::from_ref(&alert)))["messages"]
+                .clone()
+        };
+        let expected = |last: &str| {
+            json!([{"role": "system", "content": "Be brief."},
+                   {"role": "user", "content": "Endpoint alert: mimikatz"},
+                   {"role": "user", "content": last}])
+        };
+        assert_eq!(as_messages(json!("Triage it.")), expected("Triage it."));
+        assert_eq!(
+            as_messages(json!([{"role": "user", "content": "Triage it."}])),
+            expected("Triage it.")
+        );
+        let unchanged = json!({"model": "triage", "input": "Triage it."});
+        assert_eq!(with_items_first(unchanged.clone(), &[]), unchanged);
+    }
 
     #[test]
     fn input_items_and_instructions_become_chat_messages() {

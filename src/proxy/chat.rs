@@ -133,6 +133,11 @@ fn route(
     let meta = CaptureMeta {
         parent_id: thread.parent_id.clone(),
         sticky: Some(sticky),
+        conversation_items: request
+            .conversation_key
+            .as_deref()
+            .map(|key| app.conversation_items.take(key))
+            .unwrap_or_default(),
         ..capture_meta(
             headers,
             thread.conversation_id.clone(),

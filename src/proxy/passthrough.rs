@@ -3,7 +3,9 @@
 //! captured and not retried (a streamed body cannot be sent twice). A
 //! stored response's routes (`responses/{id}…`) go to the provider that
 //! answered it, when capture has stored it: with versions on several
-//! providers, only that one holds it.
+//! providers, only that one holds it. Items put into a conversation the
+//! provider keeps are kept for that conversation's next turn, which
+//! capture stores with them.
 
 use super::azure::without_api_version;
 use crate::auth::{Caller, Credential};
@@ -46,6 +48,7 @@ pub async fn passthrough(
         Some(id) => provider_of_response(&app, id).await?,
         None => None,
     };
+    let into = items_into(&method, path);
     let forwarded = Forwarded {
         method,
         path,
@@ -53,7 +56,87 @@ pub async fn passthrough(
         headers: &request_headers,
         provider,
     };
-    forward(&app, &caller, forwarded, Box::pin(limited(body, limit))).await
+    match into {
+        Some(into) => forward_items(&app, &caller, forwarded, body, into).await,
+        None => forward(&app, &caller, forwarded, Box::pin(limited(body, limit))).await,
+    }
+}
+
+/// A conversation the provider keeps, which a request puts items into.
+enum ItemsInto<'a> {
+    /// `POST conversations`: the conversation the answer names.
+    New,
+    /// `POST conversations/{id}/items`.
+    Existing(&'a str),
+}
+
+fn items_into<'a>(method: &Method, path: &'a str) -> Option<ItemsInto<'a>> {
+    if method != Method::POST {
+        return None;
+    }
+    if path == "conversations" {
+        return Some(ItemsInto::New);
+    }
+    let id = path
+        .strip_prefix("conversations/")?
+        .strip_suffix("/items")?;
+    (!id.is_empty() && !id.contains('/')).then_some(ItemsInto::Existing(id))
+}
+
+/// The largest conversation object read to learn a new conversation's id.
+const MAX_CONVERSATION_OBJECT: usize = 1024 * 1024;
+
+/// Passes on a request that puts items into a conversation, and keeps
+/// the items for the conversation's next turn (`capture::PendingItems`):
+/// the model reads them in front of that turn's input.
+async fn forward_items(
+    app: &AppState,
+    caller: &Caller,
+    forwarded: Forwarded<'_>,
+    body: Body,
+    into: ItemsInto<'_>,
+) -> Result<Response, ApiError> {
+    let limit = app.config.server.max_body_bytes;
+    let sent = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let items = serde_json::from_slice::<serde_json::Value>(&sent)
+        .ok()
+        .and_then(|mut b| match b.get_mut("items")?.take() {
+            serde_json::Value::Array(items) => Some(items),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let upload = futures_util::stream::iter([Ok::<_, std::io::Error>(sent.clone())]);
+    let response = forward(app, caller, forwarded, Box::pin(upload)).await?;
+    if items.is_empty() || !response.status().is_success() {
+        return Ok(response);
+    }
+    let (parts, answer) = response.into_parts();
+    let object = match into {
+        ItemsInto::Existing(id) => {
+            keep_items(app, id, items, sent.len());
+            return Ok(Response::from_parts(parts, answer));
+        }
+        ItemsInto::New => axum::body::to_bytes(answer, MAX_CONVERSATION_OBJECT)
+            .await
+            .map_err(|e| ApiError::UpstreamInvalid {
+                provider: app.config.default_provider().name.clone(),
+                detail: format!("the conversation object could not be read: {e}"),
+            })?,
+    };
+    if let Some(id) = serde_json::from_slice::<serde_json::Value>(&object)
+        .ok()
+        .and_then(|c| c["id"].as_str().map(String::from))
+    {
+        keep_items(app, &id, items, sent.len());
+    }
+    Ok(Response::from_parts(parts, Body::from(object)))
+}
+
+fn keep_items(app: &AppState, conversation: &str, items: Vec<serde_json::Value>, bytes: usize) {
+    let key = crate::capture::responses::conversation_key(conversation);
+    app.conversation_items.add(key, items, bytes);
 }
 
 /// The response id of a stored response's route: `responses/{id}` and

@@ -187,6 +187,67 @@ async fn a_conversation_objects_turns_are_one_conversation() {
     }
 }
 
+/// Items a conversation object was created with, or given later, are
+/// what the model reads in front of the next turn's input: that turn is
+/// stored with them there, so a dataset of the conversation holds the
+/// alert and not only "Triage the alert above."
+#[tokio::test]
+async fn items_put_into_a_conversation_object_are_stored_with_its_next_turn() {
+    let app = spawn_app().await;
+    let item = |text: &str| json!({"type": "message", "role": "user", "content": text});
+    let created = app
+        .post("/v1/conversations", &json!({"items": [item(ALERT)]}))
+        .await;
+    assert_eq!(created.status(), 200);
+    let created: Value = created.json().await.unwrap();
+    let object = created["id"].as_str().unwrap().to_string();
+    let first =
+        json!({"model": "triage", "input": "Triage the alert above.", "conversation": object});
+    let response = app.post("/v1/responses", &first).await;
+    assert_eq!(response.status(), 200);
+    let conversation = header(&response, "x-flywheel-conversation-id");
+    response.text().await.unwrap();
+    let note = "EDR: WS-1 was isolated at 10:02.";
+    let added = app
+        .post(
+            &format!("/v1/conversations/{object}/items"),
+            &json!({"items": [item(note)]}),
+        )
+        .await;
+    assert_eq!(added.status(), 200);
+    let added: Value = added.json().await.unwrap();
+    assert_eq!(added["data"][0]["content"], note, "{added}");
+    let second = json!({"model": "triage", "input": "Is the host isolated already?",
+        "stream": true, "conversation": object});
+    let response = app.post("/v1/responses", &second).await;
+    assert_eq!(
+        header(&response, "x-flywheel-conversation-id"),
+        conversation
+    );
+    response.text().await.unwrap();
+    let third = json!({"model": "triage", "input": "Close the case.", "conversation": object});
+    app.post("/v1/responses", &third)
+        .await
+        .text()
+        .await
+        .unwrap();
+
+    let detail = app.stored_turns(&conversation, 3).await;
+    let stored = detail["turns"].as_array().unwrap();
+    let messages = |turn: usize| stored[turn]["request"]["messages"].clone();
+    let user = |text: &str| json!({"role": "user", "content": text});
+    assert_eq!(
+        messages(0),
+        json!([user(ALERT), user("Triage the alert above.")])
+    );
+    assert_eq!(
+        messages(1),
+        json!([user(note), user("Is the host isolated already?")])
+    );
+    // Taken once: the third turn holds only what it sent.
+    assert_eq!(messages(2), json!([user("Close the case.")]));
+}
+
 #[tokio::test]
 async fn a_tool_loop_resending_its_history_is_one_conversation() {
     // The AI SDK's Responses tool loop sends no `previous_response_id`:

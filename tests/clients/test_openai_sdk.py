@@ -124,3 +124,21 @@ def test_responses_in_a_conversation_object(proxy, user):
     assert c.conversations.delete(held.id).deleted
     with pytest.raises(openai.NotFoundError):
         c.responses.create(model="triage", input="and now?", conversation=held.id)
+
+
+def test_items_put_into_a_conversation_object_are_captured_with_its_next_turn(proxy, user):
+    """The alert given as the conversation's first item, and a note added
+    later with `conversations.items.create`, are stored in front of the
+    turn that followed each: what the model read, so a dataset has it."""
+    c = client(proxy, user)
+    held = c.conversations.create(items=[{"type": "message", "role": "user", "content": ALERT}])
+    c.responses.create(model="triage", input="Triage the alert above.", conversation=held.id)
+    note = "EDR: WS-1 was isolated at 10:02."
+    added = c.conversations.items.create(held.id, items=[{"type": "message", "role": "user", "content": note}])
+    assert added.data[0].id.startswith("msg_")
+    c.responses.create(model="triage", input="Is the host isolated already?", conversation=held.id)
+    turns = one_conversation(proxy, user, 2)["turns"]
+    assert turns[0]["request"]["messages"] == [{"role": "user", "content": ALERT},
+                                               {"role": "user", "content": "Triage the alert above."}]
+    assert turns[1]["request"]["messages"] == [{"role": "user", "content": note},
+                                               {"role": "user", "content": "Is the host isolated already?"}]

@@ -1,6 +1,7 @@
 //! The part of the Conversations API that the Responses API leans on:
 //! `POST /v1/conversations` (with optional `items` and `metadata`), `GET`
-//! and `DELETE /v1/conversations/{id}`. A response created with
+//! and `DELETE /v1/conversations/{id}`, and `POST
+//! /v1/conversations/{id}/items` (items added). A response created with
 //! `conversation` reads the conversation's items in front of its input and
 //! then appends its input and output to them, as OpenAI's does; the
 //! conversation holds no `instructions`.
@@ -110,6 +111,61 @@ fn created(body: Result<Bytes, BytesRejection>) -> Result<(Value, Vec<Value>), A
     Ok((object, messages))
 }
 
+/// `POST /v1/conversations/{id}/items`: `items` (a non-empty list)
+/// appended; the answer lists them, each with an id.
+pub async fn add_items(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let added = added_items(body).and_then(|(items, messages)| {
+        if sim.conversations.append(&id, messages) {
+            Ok(items)
+        } else {
+            Err(not_found(&id))
+        }
+    });
+    match added {
+        Ok(items) => axum::Json(json!({
+            "object": "list",
+            "first_id": items.first().map(|i| i["id"].clone()),
+            "last_id": items.last().map(|i| i["id"].clone()),
+            "has_more": false,
+            "data": items,
+        }))
+        .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The items of an add-items request, each given an id, and as chat
+/// messages.
+fn added_items(body: Result<Bytes, BytesRejection>) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
+    let body =
+        body.map_err(|r| ApiError::new(r.status(), "invalid_request_error", r.body_text()))?;
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::invalid("We could not parse the JSON body of your request."))?;
+    let items = match &request["items"] {
+        Value::Array(items) if !items.is_empty() => items.clone(),
+        Value::Null => {
+            return Err(ApiError::invalid("Missing required parameter: 'items'.").param("items"));
+        }
+        other => return Err(invalid_type("items", "a non-empty array", other)),
+    };
+    let messages = input_messages(Some(&request["items"]), "items")?;
+    let items = items
+        .into_iter()
+        .map(|mut item| {
+            if let Value::Object(fields) = &mut item {
+                fields.insert("id".into(), json!(wire::random_id("msg_")));
+                fields.entry("type").or_insert(json!("message"));
+            }
+            item
+        })
+        .collect();
+    Ok((items, messages))
+}
+
 pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     match sim.conversations.read(&id, |c| c.object.clone()) {
         Some(object) => axum::Json(object).into_response(),
@@ -158,6 +214,41 @@ mod tests {
             param(r#"{"metadata": 1}"#),
             Some((400, Some("metadata".into())))
         );
+        assert_eq!(
+            param(r#"{"items": [{"role": "robot", "content": "x"}]}"#),
+            Some((400, Some("items[0].role".into())))
+        );
+    }
+
+    #[test]
+    fn items_are_added_with_ids_and_read_as_messages() {
+        let body = r#"{"items": [{"type": "message", "role": "user", "content": "alert"},
+            {"role": "assistant", "content": "noted"}]}"#;
+        let (items, messages) = added_items(Ok(Bytes::from(body))).unwrap();
+        assert!(
+            items
+                .iter()
+                .all(|i| i["id"].as_str().unwrap().starts_with("msg_"))
+        );
+        assert!(items.iter().all(|i| i["type"] == "message"));
+        assert_eq!(
+            messages,
+            [
+                json!({"role": "user", "content": "alert"}),
+                json!({"role": "assistant", "content": "noted"})
+            ]
+        );
+        let conversations = Conversations::default();
+        conversations.insert_empty("conv_1");
+        assert!(conversations.append("conv_1", messages));
+        assert_eq!(conversations.messages("conv_1").unwrap().len(), 2);
+        let param = |body: &'static str| {
+            added_items(Ok(Bytes::from(body)))
+                .err()
+                .map(|e| (e.status.as_u16(), e.param))
+        };
+        assert_eq!(param("{}"), Some((400, Some("items".into()))));
+        assert_eq!(param(r#"{"items": []}"#), Some((400, Some("items".into()))));
         assert_eq!(
             param(r#"{"items": [{"role": "robot", "content": "x"}]}"#),
             Some((400, Some("items[0].role".into())))

@@ -128,6 +128,10 @@ pub fn router(config: SimulatorConfig) -> Router {
             "/v1/conversations/{id}",
             get(conversations::retrieve).delete(conversations::delete),
         )
+        .route(
+            "/v1/conversations/{id}/items",
+            post(conversations::add_items),
+        )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/embeddings", post(embeddings::create))
