@@ -597,6 +597,49 @@ async fn a_chain_of_stored_responses_is_trained_on_everything_its_model_saw() {
 }
 
 #[tokio::test]
+async fn a_conversation_object_created_with_its_alert_is_trained_with_it() {
+    // The alert is the object's first item; the turns send only questions.
+    let app = app().await;
+    let mut ids = Vec::new();
+    let mut alerts = std::collections::HashSet::new();
+    for i in 0..12 {
+        let alert = dll_alert(i);
+        let created = app
+            .post(
+                "/v1/conversations",
+                &json!({"items": [{"type": "message", "role": "user", "content": alert}]}),
+            )
+            .await;
+        let object: Value = created.json().await.unwrap();
+        let object = object["id"].clone();
+        let (id, _, _) = two_turns(
+            &app,
+            json!({"model": "triage", "input": "Triage the alert above.", "conversation": object}),
+            |_| json!({"model": "triage", "input": "Is the host isolated already?", "conversation": object}),
+        )
+        .await;
+        ids.push(id);
+        alerts.insert(alert);
+    }
+    for line in sft_examples(&app, &ids, "objects").await {
+        let said: Vec<(&str, &str)> = line["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        // The system prompt, the alert the object held, the question, the
+        // first answer, the follow-up, the target.
+        assert_eq!(said.len(), 6, "{said:?}");
+        assert_eq!(said[1].0, "user");
+        assert!(alerts.remove(said[1].1), "{said:?}");
+        assert_eq!(said[2], ("user", "Triage the alert above."));
+        assert_eq!(said[4], ("user", "Is the host isolated already?"));
+    }
+    assert!(alerts.is_empty(), "every object is an example once");
+}
+
+#[tokio::test]
 async fn a_history_naming_earlier_answers_by_item_id_is_trained_with_their_text() {
     // A client that stores responses resends the history with each
     // earlier answer named by its output item id (the AI SDK with
