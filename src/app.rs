@@ -200,6 +200,7 @@ impl Application {
                 redactor: state.redactor.clone(),
                 in_flight: state.exchanges.in_flight(),
                 queue: state.exchanges.depth(),
+                batch_ready: state.exchanges.batch_ready(),
                 flush_every,
                 priority: state.config.capture.writer_priority,
                 max_pending: state.config.capture.queue_capacity,

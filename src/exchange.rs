@@ -16,7 +16,11 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+/// The most exchanges the writer takes from the queue before it stores
+/// them; the queue wakes it once this many wait (see [`ExchangeSink`]).
+pub const FULL_BATCH: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -165,6 +169,12 @@ pub struct ExchangeSink {
     /// With `wait`: room for as many parked exchanges as the queue holds;
     /// past that they are dropped, so memory stays bounded under overload.
     waiting_room: Arc<Semaphore>,
+    /// Wakes the writer before its next tick once `wake_at` exchanges
+    /// wait. The writer otherwise sleeps a whole flush interval, and at a
+    /// few thousand requests a second the queue would fill past what its
+    /// priority counts as a backlog (an eighth) between two ticks.
+    batch_ready: Arc<Notify>,
+    wake_at: usize,
 }
 
 impl ExchangeSink {
@@ -188,6 +198,8 @@ impl ExchangeSink {
                 policy,
                 wait,
                 waiting_room,
+                batch_ready: Arc::default(),
+                wake_at: (capacity / 16).clamp(1, FULL_BATCH),
             },
             rx,
         )
@@ -208,7 +220,11 @@ impl ExchangeSink {
             return drop_one("the exchanges waiting hold capture.queue_max_bytes");
         };
         match self.tx.try_send((exchange, room)) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.tx.max_capacity() - self.tx.capacity() >= self.wake_at {
+                    self.batch_ready.notify_one();
+                }
+            }
             Err(mpsc::error::TrySendError::Full(queued))
                 if self.policy == QueueFullPolicy::Wait =>
             {
@@ -232,6 +248,11 @@ impl ExchangeSink {
     /// The count of exchanges on their way to the store.
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.clone()
+    }
+
+    /// Notified once a batch waits in the queue.
+    pub fn batch_ready(&self) -> Arc<Notify> {
+        self.batch_ready.clone()
     }
 
     /// How full the queue is, for whoever watches the writer.
@@ -317,6 +338,23 @@ mod tests {
         assert_eq!(depth.get(), (0, 0));
         assert!(rx.recv().await.is_some() && rx.recv().await.is_some());
         assert!(rx.recv().await.is_none(), "closed once the sink is gone");
+    }
+
+    #[tokio::test]
+    async fn the_writer_is_woken_once_a_batch_waits_and_not_before() {
+        use futures_util::FutureExt;
+        // A sixteenth of the queue is a batch here.
+        let (sink, mut rx) =
+            ExchangeSink::new(64, 1 << 20, QueueFullPolicy::Drop, Duration::from_secs(1));
+        let ready = sink.batch_ready();
+        (0..3).for_each(|n| sink.submit(exchange(n)));
+        assert!(ready.notified().now_or_never().is_none(), "3 of 4");
+        sink.submit(exchange(3));
+        assert!(ready.notified().now_or_never().is_some(), "a batch waits");
+        assert!(ready.notified().now_or_never().is_none(), "woken once");
+        while rx.try_recv().is_ok() {}
+        sink.submit(exchange(4));
+        assert!(ready.notified().now_or_never().is_none(), "taken, then 1");
     }
 
     #[tokio::test]

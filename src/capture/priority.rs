@@ -1,13 +1,16 @@
 //! The capture writer's CPU priority. With `capture.writer_priority =
 //! "background"` the writer thread runs under `SCHED_IDLE` (Linux): only
-//! when no request needs the CPU, preempted the moment one does, so
-//! capture never shows in the proxy's latency. It must not starve either:
+//! when no request needs the CPU, preempted as soon as one does (and
+//! yielding often, for kernels that preempt it late), so capture does
+//! not show in the proxy's latency. It must not starve either:
 //! it returns to normal priority while a backlog builds (queue an eighth
 //! full), seen by the writer or by a watchdog on the request runtime,
 //! which also brings back a writer that has not run for two flush
-//! intervals; it goes back to the background once the queue is nearly
-//! empty. The watchdog matters most: a writer starved in the background
-//! does not run to see its own backlog.
+//! intervals; it goes back to the background once it has caught up and
+//! the queue is nearly empty. The writer is woken as soon as a batch
+//! waits, so the queue does not fill past an eighth between two of its
+//! ticks merely because requests come fast. The watchdog matters most: a
+//! writer starved in the background does not run to see its own backlog.
 
 use crate::config::WriterPriority;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -113,6 +116,11 @@ impl Priority {
             () = watch => {}
             () = stop => {}
         }
+    }
+
+    /// Whether the writer runs in the background now.
+    pub fn in_background(&self) -> bool {
+        self.background.load(Ordering::Relaxed)
     }
 
     fn beat(&self) {

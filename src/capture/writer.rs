@@ -1,7 +1,7 @@
 //! The capture writer: drains the exchange queue, turns each exchange into
 //! an inference record (redacted) and stores them in batches: every
-//! `capture.flush_every_ms`, and at once while the queue still holds a
-//! full batch. Each batch: every record's turn in its conversation,
+//! `capture.flush_every_ms`, and as soon as a full batch waits in the
+//! queue. Each batch: every record's turn in its conversation,
 //! then the records, then a flush. On shutdown it drains the queue first.
 //!
 //! A batch the store refuses (a full disk, any I/O error) is kept and
@@ -12,7 +12,8 @@
 //!
 //! It runs on a thread of its own, by default at background priority
 //! (`SCHED_IDLE` on Linux): parsing, redaction and store writes then only
-//! use CPU the request path leaves over. Threading does not depend on it:
+//! use CPU the request path leaves over, and it yields every 100 µs there
+//! (see [`Pacer`]). Threading does not depend on it:
 //! a follow-up turn finds its predecessor in [`super::RecentThreads`].
 
 use super::background::{BACKGROUND_TASK, ORIGIN_TAG};
@@ -20,7 +21,7 @@ use super::priority::Priority;
 use super::record::read_content;
 use super::{BackgroundTasks, Redactor, build_record};
 use crate::config::WriterPriority;
-use crate::exchange::{Exchange, InFlight, Outcome, QueueDepth, Queued, Room, Wire};
+use crate::exchange::{Exchange, FULL_BATCH, InFlight, Outcome, QueueDepth, Queued, Room, Wire};
 use crate::ids::now_rfc3339;
 use crate::routing::Route;
 use crate::store::{CapturedTurn, SharedStore, StoreError};
@@ -32,12 +33,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A batch is written early once it holds this many records.
-const MAX_BATCH: usize = 512;
 /// The longest wait between two attempts at a batch the store refused.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// At shutdown, how long a refused batch is still retried.
 const LAST_TRIES: Duration = Duration::from_secs(3);
+/// The longest the writer computes before it gives the CPU back.
+const SLICE: Duration = Duration::from_micros(100);
 
 /// What the writer needs, given once at start.
 pub struct WriterSetup {
@@ -52,6 +53,9 @@ pub struct WriterSetup {
     pub background: Arc<BackgroundTasks>,
     /// The queue's depth, for the watchdog of the writer's priority.
     pub queue: QueueDepth,
+    /// Notified when a full batch waits: the writer need not wait for
+    /// its tick.
+    pub batch_ready: Arc<tokio::sync::Notify>,
 }
 
 /// Starts the writer on its own thread; the future completes once it has
@@ -75,8 +79,8 @@ pub fn start_writer(
                 .build()
             {
                 Ok(runtime) => {
-                    let writer = Writer::new(setup);
-                    runtime.block_on(writer.run(rx, flush_every, &writer_priority, shutdown));
+                    let writer = Writer::new(setup, writer_priority);
+                    runtime.block_on(writer.run(rx, flush_every, shutdown));
                 }
                 Err(e) => tracing::error!(error = %e, "the capture writer could not start; nothing will be captured"),
             }
@@ -111,6 +115,31 @@ struct Writer {
     /// The bytes the held records' exchanges hold of the queue's budget.
     held_room: Room,
     failures: Failures,
+    priority: Arc<Priority>,
+    pacer: Pacer,
+    batch_ready: Arc<tokio::sync::Notify>,
+}
+
+/// In the background, gives the CPU back at least every [`SLICE`] of the
+/// writer's work.
+///
+/// At background priority the writer should be preempted the moment a
+/// request thread wakes, but not every kernel does so at once: on the
+/// benchmark machine (Linux 6.18 in a KVM guest) a request thread woken
+/// while the writer computed waited for the writer's next system call or
+/// the next timer tick, up to 4 ms. A yield is such a call, and costs
+/// well under a microsecond when nothing else waits. At normal priority
+/// (catching up on a backlog) the writer does not yield: it must get its
+/// fair share of the CPU, or the queue fills and drops.
+struct Pacer(Instant);
+
+impl Pacer {
+    fn pause_if_due(&mut self, priority: &Priority) {
+        if self.0.elapsed() >= SLICE && priority.in_background() {
+            std::thread::yield_now();
+            self.0 = Instant::now();
+        }
+    }
 }
 
 /// The store's refusals since it last took a batch.
@@ -155,16 +184,19 @@ impl Failures {
 }
 
 impl Writer {
-    fn new(setup: WriterSetup) -> Self {
+    fn new(setup: WriterSetup, priority: Arc<Priority>) -> Self {
         Self {
             store: setup.store,
             redactor: setup.redactor,
             background: setup.background,
             in_flight: setup.in_flight,
-            max_pending: setup.max_pending.max(MAX_BATCH),
+            max_pending: setup.max_pending.max(FULL_BATCH),
             held: Vec::new(),
             held_room: Room::default(),
             failures: Failures::default(),
+            priority,
+            pacer: Pacer(Instant::now()),
+            batch_ready: setup.batch_ready,
         }
     }
 
@@ -172,19 +204,22 @@ impl Writer {
         mut self,
         mut rx: mpsc::Receiver<Queued>,
         flush_every: Duration,
-        priority: &Priority,
         shutdown: CancellationToken,
     ) {
         let capacity = rx.max_capacity();
         let mut tick = tokio::time::interval(flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The writer wakes once per tick and takes what queued meanwhile,
-        // not once per exchange: a wake-up per request cost more CPU than
-        // storing the request. A queue still filling faster than a tick
-        // drains it is taken again at once.
+        // The writer wakes once per tick, or once a full batch waits, and
+        // takes what queued meanwhile, not once per exchange: a wake-up per
+        // request cost more CPU than storing the request. A queue still
+        // filling faster than the writer drains it is taken again at once.
+        let batch_ready = self.batch_ready.clone();
+        let priority = self.priority.clone();
         'running: loop {
+            let can_take = self.held.len() < self.max_pending;
             tokio::select! {
                 _ = tick.tick() => {}
+                () = batch_ready.notified(), if can_take => {}
                 () = shutdown.cancelled() => break,
             }
             loop {
@@ -196,10 +231,12 @@ impl Writer {
                 if !open {
                     break 'running;
                 }
-                if taken < MAX_BATCH || self.held.len() >= self.max_pending {
+                if taken < FULL_BATCH || self.held.len() >= self.max_pending {
                     break;
                 }
             }
+            // Caught up: back to the background if the queue is nearly empty.
+            priority.follow(rx.len(), capacity);
         }
         rx.close();
         while let Some((exchange, room)) = rx.recv().await {
@@ -213,10 +250,11 @@ impl Writer {
     /// and whether the queue is still open.
     fn drain(&mut self, rx: &mut mpsc::Receiver<Queued>) -> (usize, bool) {
         let mut taken = 0;
-        while taken < MAX_BATCH && self.held.len() < self.max_pending {
+        while taken < FULL_BATCH && self.held.len() < self.max_pending {
             match rx.try_recv() {
                 Ok((exchange, room)) => {
                     self.take(exchange, room);
+                    self.pacer.pause_if_due(&self.priority);
                     taken += 1;
                 }
                 Err(mpsc::error::TryRecvError::Empty) => return (taken, true),
@@ -579,7 +617,7 @@ mod tests {
             .collect();
         let prepared = (wall.elapsed(), thread_cpu_ns() - cpu);
         let (wall, cpu) = (Instant::now(), thread_cpu_ns());
-        for batch in turns.chunks_mut(MAX_BATCH) {
+        for batch in turns.chunks_mut(FULL_BATCH) {
             store.store_captured(batch).unwrap();
         }
         let stored = (wall.elapsed(), thread_cpu_ns() - cpu);

@@ -217,6 +217,29 @@ async fn an_exchange_too_large_for_the_capture_queue_is_answered_and_not_stored(
     assert_eq!(app.metric("flywheel_exchange_dropped_total").await, 1.0);
 }
 
+/// The writer stores a batch as soon as one waits, not at its next tick:
+/// with a tick of ten minutes and a queue of 64 (a sixteenth of it, 4
+/// exchanges, is a batch), four exchanges are stored at once.
+#[tokio::test]
+async fn a_full_batch_is_stored_without_waiting_for_the_writers_tick() {
+    let app = spawn_app_with(Options {
+        extra: "[capture]\nflush_every_ms = 600000\nqueue_capacity = 64".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let response = app
+            .post("/v1/chat/completions", &triage_request(false))
+            .await;
+        assert_eq!(response.status(), 200);
+        ids.push(inference_id(&response));
+    }
+    for id in &ids {
+        stored(&app, id).await;
+    }
+}
+
 /// An upstream whose answers are about 100 KB: a unary answer whose
 /// content is that long, or a stream of 1,000 chunks of 100 characters.
 async fn long_winded_upstream() -> std::net::SocketAddr {
