@@ -44,12 +44,20 @@ impl PendingItems {
         if items.is_empty() || bytes > MAX_BYTES {
             return;
         }
-        let mut inner = self.0.lock();
+        let mut guard = self.0.lock();
+        let inner = &mut *guard;
+        // A new conversation in a full cache pushes the oldest out: its
+        // bytes go with it.
+        if inner.waiting.len() == inner.waiting.cap().get()
+            && !inner.waiting.contains(&key)
+            && let Some((_, (_, b))) = inner.waiting.pop_lru()
+        {
+            inner.bytes -= b;
+        }
         let (waiting, held) = inner.waiting.get_or_insert_mut(key, Default::default);
         waiting.extend(items);
         *held += bytes;
-        // Counted again: inserting may have pushed the oldest one out.
-        inner.bytes = inner.waiting.iter().map(|(_, (_, b))| b).sum();
+        inner.bytes += bytes;
         while inner.bytes > MAX_BYTES {
             match inner.waiting.pop_lru() {
                 Some((_, (_, b))) => inner.bytes -= b,

@@ -105,8 +105,8 @@ impl Relay {
         // The stream is complete with its `[DONE]` event: hand the
         // exchange to capture before the client can read it and send the
         // next turn, which then finds this one threaded.
-        let complete = self.pending.as_ref().map(|p| p.wire);
-        if complete.is_some_and(|wire| completes(wire, &chunk, &self.copy)) {
+        let wire = self.pending.as_ref().map(|p| p.wire);
+        if wire.is_some_and(|wire| completes(wire, &chunk, &self.copy)) {
             self.finish(Outcome::Ok);
         }
         chunk
