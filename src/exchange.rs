@@ -245,6 +245,12 @@ impl ExchangeSink {
         }
     }
 
+    /// Whether the writer has let go of the queue: at shutdown, or when a
+    /// bug stopped it, after which nothing more is captured.
+    pub fn writer_stopped(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// The count of exchanges on their way to the store.
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.clone()
@@ -338,6 +344,22 @@ mod tests {
         assert_eq!(depth.get(), (0, 0));
         assert!(rx.recv().await.is_some() && rx.recv().await.is_some());
         assert!(rx.recv().await.is_none(), "closed once the sink is gone");
+    }
+
+    #[tokio::test]
+    async fn a_writer_stopped_by_a_panic_is_seen_and_nothing_more_queues() {
+        let (sink, rx) =
+            ExchangeSink::new(4, 1 << 20, QueueFullPolicy::Drop, Duration::from_secs(1));
+        assert!(!sink.writer_stopped());
+        #[allow(clippy::panic, reason = "the bug under test")]
+        let writer = std::thread::spawn(move || {
+            let _queue = rx;
+            panic!("a bug in the writer");
+        });
+        assert!(writer.join().is_err());
+        assert!(sink.writer_stopped());
+        sink.submit(exchange(0));
+        assert_eq!(sink.in_flight().count(), 0, "dropped and counted, not held");
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! `/healthz` (the process answers), `/readyz` (it can serve: store open,
+//! `/healthz` (the process answers and captures), `/readyz` (it can serve: store open,
 //! providers configured) and `/metrics` (Prometheus text).
 
 use crate::state::AppState;
@@ -8,8 +8,22 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 use std::sync::Arc;
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Fails only for what a restart mends: the capture writer stopped by a
+/// bug while the process goes on serving, capturing nothing.
+pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
+    let capture_writer = !app.exchanges.writer_stopped() || app.shutdown.is_cancelled();
+    liveness(capture_writer).into_response()
+}
+
+fn liveness(capture_writer: bool) -> (StatusCode, Json<serde_json::Value>) {
+    if capture_writer {
+        (StatusCode::OK, Json(json!({"status": "ok"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failing", "checks": {"capture_writer": false}})),
+        )
+    }
 }
 
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
@@ -35,4 +49,18 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         app.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_capture_writer_fails_the_liveness_check() {
+        let (status, Json(body)) = liveness(true);
+        assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+        let (status, Json(body)) = liveness(false);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["checks"]["capture_writer"], false);
+    }
 }

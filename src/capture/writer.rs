@@ -15,6 +15,10 @@
 //! use CPU the request path leaves over, and it yields every 100 µs there
 //! (see [`Pacer`]). Threading does not depend on it:
 //! a follow-up turn finds its predecessor in [`super::RecentThreads`].
+//!
+//! A bug that stops the writer (an exchange it cannot read is only lost
+//! on its own) lets go of the queue, which then drops and counts, and
+//! `/healthz` fails so that a supervisor restarts the process.
 
 use super::background::{BACKGROUND_TASK, ORIGIN_TAG};
 use super::priority::Priority;
@@ -80,7 +84,14 @@ pub fn start_writer(
             {
                 Ok(runtime) => {
                     let writer = Writer::new(setup, writer_priority);
-                    runtime.block_on(writer.run(rx, flush_every, shutdown));
+                    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        runtime.block_on(writer.run(rx, flush_every, shutdown));
+                    }));
+                    if ran.is_err() {
+                        tracing::error!(
+                            "the capture writer stopped on a bug; nothing more is captured until Flywheel restarts, and /healthz answers 503 meanwhile"
+                        );
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "the capture writer could not start; nothing will be captured"),
             }
