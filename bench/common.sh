@@ -35,3 +35,46 @@ model_type = "threat_detection"
   model = "gpt-4o-mini"
 TOML
 }
+
+# `static_upstream_conf DIR PORT`: the config of an nginx that answers
+# every request on PORT with bench/upstream-answer.json, the static
+# upstream the proxies are measured against; its files go in DIR.
+static_upstream_conf() {
+  # nginx reads `\n` in a quoted string as a newline, which would put raw
+  # newlines inside the answer's JSON strings: every backslash is doubled
+  # so the answer arrives as the valid JSON a provider sends.
+  local answer
+  answer=$(tr -d '\n' < bench/upstream-answer.json | sed 's/\\/\\\\/g')
+  cat <<CONF
+worker_processes 1;
+daemon off;
+pid $1/upstream.pid;
+error_log $1/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $1/upstream-body;
+    server {
+        listen 127.0.0.1:$2;
+        keepalive_requests 1000000;
+        client_body_buffer_size 64k;
+        location / {
+            default_type application/json;
+            return 200 '$answer';
+        }
+    }
+}
+CONF
+}
+
+# `wrk_post_lua ROOT`: a wrk script that POSTs bench/request.json as JSON;
+# a caller may append functions to it.
+wrk_post_lua() {
+  cat <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$1/bench/request.json")
+wrk.body = f:read("*a")
+f:close()
+LUA
+}

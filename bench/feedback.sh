@@ -32,41 +32,14 @@ else
   flywheel=$root/target/release/flywheel
 fi
 
-# The static upstream of bench/throughput.sh (see there for the escaping).
-answer=$(tr -d '\n' < bench/upstream-answer.json | sed 's/\\/\\\\/g')
-cat >"$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("$root/bench/request.json")
-wrk.body = f:read("*a")
-f:close()
-LUA
+wrk_post_lua "$root" >"$work/post.lua"
 
 # `round LOAD`: a fresh store and proxy, the analyst's run, one JSON line.
 round() {
   local dir upstream_port proxy_port wrk_pid=
   dir=$(mktemp -d -p "$work")
   upstream_port=$(free_port); proxy_port=$(free_port)
-  cat >"$dir/upstream.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $dir/upstream.pid;
-error_log $dir/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $dir/upstream-body;
-    server {
-        listen 127.0.0.1:$upstream_port;
-        keepalive_requests 1000000;
-        client_body_buffer_size 64k;
-        location / {
-            default_type application/json;
-            return 200 '$answer';
-        }
-    }
-}
-CONF
+  static_upstream_conf "$dir" "$upstream_port" >"$dir/upstream.conf"
   flywheel_config "$proxy_port" "$dir/data" upstream "http://127.0.0.1:$upstream_port/v1" >"$dir/flywheel.toml"
   printf '%b' "${CONFIG:-}" >>"$dir/flywheel.toml"
   taskset -c 0 nginx -c "$dir/upstream.conf" &

@@ -47,30 +47,7 @@ else
 fi
 upstream_port=$(free_port); nginx_port=$(free_port); proxy_port=$(free_port)
 
-# nginx reads `\n` in a quoted string as a newline, which would put raw
-# newlines inside the answer's JSON strings: every backslash is doubled so
-# the answer arrives as the valid JSON a provider sends (checked below).
-answer=$(tr -d '\n' < bench/upstream-answer.json | sed 's/\\/\\\\/g')
-cat >"$work/upstream.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/upstream-body;
-    server {
-        listen 127.0.0.1:$upstream_port;
-        keepalive_requests 1000000;
-        client_body_buffer_size 64k;
-        location / {
-            default_type application/json;
-            return 200 '$answer';
-        }
-    }
-}
-CONF
+static_upstream_conf "$work" "$upstream_port" >"$work/upstream.conf"
 # Unpinned, nginx gets a worker per core, as Flywheel gets a runtime thread per core.
 workers=$([ "$placement" = shared ] && echo auto || echo 1)
 sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$upstream_port#" \
@@ -89,12 +66,8 @@ curl -s -X POST "127.0.0.1:$upstream_port/v1/chat/completions" -d '{}' | python3
 import json, sys
 json.loads(sys.stdin.buffer.read())' || { echo "the static upstream does not answer valid JSON" >&2; exit 1; }
 
-cat >"$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("$root/bench/request.json")
-wrk.body = f:read("*a")
-f:close()
+wrk_post_lua "$root" >"$work/post.lua"
+cat >>"$work/post.lua" <<LUA
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %d %.3f %.3f %.3f %d\n", summary.requests, latency:percentile(50) / 1000,
     latency:percentile(99) / 1000, summary.duration / 1e6, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
