@@ -78,3 +78,22 @@ wrk.body = f:read("*a")
 f:close()
 LUA
 }
+
+# Installs wrk and nginx (Debian's packages) when they are missing.
+need_wrk_and_nginx() {
+  local tool
+  for tool in wrk nginx; do
+    command -v $tool >/dev/null || { apt-get update -q && apt-get install -y -q wrk nginx-light; }
+  done
+}
+
+# `flywheel_binary ROOT`: the binary to measure, on standard output:
+# $FLYWHEEL_BIN when set (to compare builds), else a release build of ROOT.
+flywheel_binary() {
+  if [ -n "${FLYWHEEL_BIN:-}" ]; then
+    echo "$FLYWHEEL_BIN"
+  else
+    (cd "$1" && cargo build --release --bin flywheel -q >&2)
+    echo "$1/target/release/flywheel"
+  fi
+}

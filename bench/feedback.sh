@@ -22,15 +22,8 @@ seconds=18
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-for tool in wrk nginx; do
-  command -v $tool >/dev/null || { apt-get update -q && apt-get install -y -q wrk nginx-light; }
-done
-if [ -n "${FLYWHEEL_BIN:-}" ]; then
-  flywheel=$FLYWHEEL_BIN
-else
-  cargo build --release --bin flywheel -q
-  flywheel=$root/target/release/flywheel
-fi
+need_wrk_and_nginx
+flywheel=$(flywheel_binary "$root")
 
 wrk_post_lua "$root" >"$work/post.lua"
 

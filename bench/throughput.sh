@@ -36,15 +36,8 @@ work=$(mktemp -d)
 # Waits for what it stopped: a server still flushing would leave files behind rm.
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-for tool in wrk nginx; do
-  command -v $tool >/dev/null || { apt-get update -q && apt-get install -y -q wrk nginx-light; }
-done
-if [ -n "${FLYWHEEL_BIN:-}" ]; then
-  flywheel=$FLYWHEEL_BIN
-else
-  cargo build --release --bin flywheel -q
-  flywheel=$root/target/release/flywheel
-fi
+need_wrk_and_nginx
+flywheel=$(flywheel_binary "$root")
 upstream_port=$(free_port); nginx_port=$(free_port); proxy_port=$(free_port)
 
 static_upstream_conf "$work" "$upstream_port" >"$work/upstream.conf"
