@@ -221,7 +221,7 @@ impl ExchangeSink {
         };
         match self.tx.try_send((exchange, room)) {
             Ok(()) => {
-                if self.tx.max_capacity() - self.tx.capacity() >= self.wake_at {
+                if waiting(&self.tx) >= self.wake_at {
                     self.batch_ready.notify_one();
                 }
             }
@@ -276,10 +276,15 @@ pub struct QueueDepth(mpsc::WeakSender<Queued>);
 impl QueueDepth {
     /// Exchanges waiting and the queue's capacity; `(0, 0)` once it is closed.
     pub fn get(&self) -> (usize, usize) {
-        self.0.upgrade().map_or((0, 0), |tx| {
-            (tx.max_capacity() - tx.capacity(), tx.max_capacity())
-        })
+        self.0
+            .upgrade()
+            .map_or((0, 0), |tx| (waiting(&tx), tx.max_capacity()))
     }
+}
+
+/// How many exchanges wait in the queue.
+fn waiting(tx: &mpsc::Sender<Queued>) -> usize {
+    tx.max_capacity() - tx.capacity()
 }
 
 /// Counts every drop; logs at most once a second (with how many went

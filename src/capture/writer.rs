@@ -224,17 +224,15 @@ impl Writer {
         // takes what queued meanwhile, not once per exchange: a wake-up per
         // request cost more CPU than storing the request. A queue still
         // filling faster than the writer drains it is taken again at once.
-        let batch_ready = self.batch_ready.clone();
-        let priority = self.priority.clone();
         'running: loop {
             let can_take = self.held.len() < self.max_pending;
             tokio::select! {
                 _ = tick.tick() => {}
-                () = batch_ready.notified(), if can_take => {}
+                () = self.batch_ready.notified(), if can_take => {}
                 () = shutdown.cancelled() => break,
             }
             loop {
-                priority.follow(rx.len(), capacity);
+                self.priority.follow(rx.len(), capacity);
                 let (taken, open) = self.drain(&mut rx);
                 if self.failures.may_try() {
                     self.write();
@@ -247,7 +245,7 @@ impl Writer {
                 }
             }
             // Caught up: back to the background if the queue is nearly empty.
-            priority.follow(rx.len(), capacity);
+            self.priority.follow(rx.len(), capacity);
         }
         rx.close();
         while let Some((exchange, room)) = rx.recv().await {
