@@ -97,3 +97,18 @@ flywheel_binary() {
     echo "$1/target/release/flywheel"
   fi
 }
+
+# `capture_mode DEFAULT`: $CAPTURE, or DEFAULT when it is unset, on
+# standard output; fails unless it is `on` or `off`.
+capture_mode() {
+  local mode=${CAPTURE:-$1}
+  case $mode in
+    on|off) echo "$mode" ;;
+    *) echo "CAPTURE must be on or off" >&2; return 2 ;;
+  esac
+}
+
+# `capture_config MODE`: what a run's config appends for CAPTURE=MODE.
+capture_config() {
+  if [ "$1" = off ]; then printf '[capture]\nenabled = false\n'; fi
+}

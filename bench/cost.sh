@@ -21,8 +21,7 @@ source bench/common.sh
 root=$(pwd)
 duration=${DURATION:-8}
 rates=${RATES:-3000 6000 9000}
-capture=${CAPTURE:-on}
-case $capture in on|off) ;; *) echo "CAPTURE must be on or off" >&2; exit 2 ;; esac
+capture=$(capture_mode on)
 work=$(mktemp -d)
 # Waits for what it stopped: a server still flushing would leave files behind rm.
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -37,9 +36,7 @@ static_upstream_conf "$work" "$upstream_port" >"$work/upstream.conf"
 sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$upstream_port#" \
   bench/nginx.conf >"$work/nginx.conf"
 flywheel_config "$proxy_port" "$work/data" upstream "http://127.0.0.1:$upstream_port/v1" >"$work/flywheel.toml"
-if [ "$capture" = off ]; then
-  printf '[capture]\nenabled = false\n' >>"$work/flywheel.toml"
-fi
+capture_config "$capture" >>"$work/flywheel.toml"
 
 taskset -c 0 nginx -c "$work/upstream.conf" &
 taskset -c 1 nginx -c "$work/nginx.conf" &

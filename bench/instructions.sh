@@ -19,8 +19,7 @@ cd "$(dirname "$0")/.."
 source bench/common.sh
 root=$(pwd)
 duration=${DURATION:-10}
-capture=${CAPTURE:-off}
-case $capture in on|off) ;; *) echo "CAPTURE must be on or off" >&2; exit 2 ;; esac
+capture=$(capture_mode off)
 work=$(mktemp -d)
 # Waits for what it stopped: a server still flushing would leave files behind rm.
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -68,9 +67,7 @@ floor_port=$(free_port)
 measure floor "$floor_port" bench/floor/target/release/floor "127.0.0.1:$floor_port" "127.0.0.1:$upstream_port"
 proxy_port=$(free_port)
 flywheel_config "$proxy_port" "$work/data" upstream "http://127.0.0.1:$upstream_port/v1" >"$work/flywheel.toml"
-if [ "$capture" = off ]; then
-  printf '[capture]\nenabled = false\n' >>"$work/flywheel.toml"
-fi
+capture_config "$capture" >>"$work/flywheel.toml"
 measure flywheel "$proxy_port" "$flywheel" serve --config "$work/flywheel.toml"
 
 for name in floor flywheel; do

@@ -26,8 +26,7 @@ cd "$(dirname "$0")/.."
 source bench/common.sh
 root=$(pwd)
 duration=${DURATION:-15}
-capture=${CAPTURE:-on}
-case $capture in on|off) ;; *) echo "CAPTURE must be on or off" >&2; exit 2 ;; esac
+capture=$(capture_mode on)
 placement=${PLACEMENT:-pinned}
 case $placement in pinned|shared) ;; *) echo "PLACEMENT must be pinned or shared" >&2; exit 2 ;; esac
 # Prefixes that pin a command to core 0 or 1, or leave it free. (Arrays,
@@ -49,9 +48,7 @@ workers=$([ "$placement" = shared ] && echo auto || echo 1)
 sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$upstream_port#" \
   -e "s#^worker_processes 1;#worker_processes $workers;#" bench/nginx.conf >"$work/nginx.conf"
 flywheel_config "$proxy_port" "$work/data" upstream "http://127.0.0.1:$upstream_port/v1" >"$work/flywheel.toml"
-if [ "$capture" = off ]; then
-  printf '[capture]\nenabled = false\n' >>"$work/flywheel.toml"
-fi
+capture_config "$capture" >>"$work/flywheel.toml"
 
 "${core0[@]}" nginx -c "$work/upstream.conf" &
 "${core1[@]}" nginx -c "$work/nginx.conf" &
