@@ -112,3 +112,18 @@ capture_mode() {
 capture_config() {
   if [ "$1" = off ]; then printf '[capture]\nenabled = false\n'; fi
 }
+
+# `floor_binary ROOT`: bench/floor built for release, its path on
+# standard output.
+floor_binary() {
+  (cd "$1/bench/floor" && cargo build --release -q >&2)
+  echo "$1/bench/floor/target/release/floor"
+}
+
+# `reverse_proxy_conf DIR PORT UPSTREAM_PORT [WORKERS]`: bench/nginx.conf,
+# nginx as a keep-alive reverse proxy on PORT in front of UPSTREAM_PORT,
+# with WORKERS worker processes (1 unless given); its files go in DIR.
+reverse_proxy_conf() {
+  sed -e "s#__DIR__#$1#g" -e "s#__PORT__#$2#" -e "s#__UPSTREAM_PORT__#$3#" \
+    -e "s#^worker_processes 1;#worker_processes ${4:-1};#" bench/nginx.conf
+}

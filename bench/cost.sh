@@ -28,20 +28,19 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXI
 
 need_wrk_and_nginx
 flywheel=$(flywheel_binary "$root")
-(cd bench/floor && cargo build --release -q)
+floor=$(floor_binary "$root")
 (cd bench/loadgen && cargo build --release -q)
 upstream_port=$(free_port); nginx_port=$(free_port); floor_port=$(free_port); proxy_port=$(free_port)
 
 static_upstream_conf "$work" "$upstream_port" >"$work/upstream.conf"
-sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$upstream_port#" \
-  bench/nginx.conf >"$work/nginx.conf"
+reverse_proxy_conf "$work" "$nginx_port" "$upstream_port" >"$work/nginx.conf"
 flywheel_config "$proxy_port" "$work/data" upstream "http://127.0.0.1:$upstream_port/v1" >"$work/flywheel.toml"
 capture_config "$capture" >>"$work/flywheel.toml"
 
 taskset -c 0 nginx -c "$work/upstream.conf" &
 taskset -c 1 nginx -c "$work/nginx.conf" &
 # `taskset` execs the command, so $! is the proxy's own pid.
-taskset -c 1 bench/floor/target/release/floor "127.0.0.1:$floor_port" "127.0.0.1:$upstream_port" &
+taskset -c 1 "$floor" "127.0.0.1:$floor_port" "127.0.0.1:$upstream_port" &
 floor_pid=$!
 RUST_LOG=warn taskset -c 1 "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
 proxy_pid=$!

@@ -27,7 +27,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXI
 need_wrk_and_nginx
 command -v valgrind >/dev/null || { apt-get update -q && apt-get install -y -q valgrind; }
 flywheel=$(flywheel_binary "$root")
-(cd bench/floor && cargo build --release -q)
+floor=$(floor_binary "$root")
 upstream_port=$(free_port)
 static_upstream_conf "$work" "$upstream_port" >"$work/upstream.conf"
 taskset -c 0 nginx -c "$work/upstream.conf" &
@@ -64,7 +64,7 @@ measure() {
 }
 
 floor_port=$(free_port)
-measure floor "$floor_port" bench/floor/target/release/floor "127.0.0.1:$floor_port" "127.0.0.1:$upstream_port"
+measure floor "$floor_port" "$floor" "127.0.0.1:$floor_port" "127.0.0.1:$upstream_port"
 proxy_port=$(free_port)
 flywheel_config "$proxy_port" "$work/data" upstream "http://127.0.0.1:$upstream_port/v1" >"$work/flywheel.toml"
 capture_config "$capture" >>"$work/flywheel.toml"

@@ -32,7 +32,7 @@ RUST_LOG=warn taskset -c 0 "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2
 flywheel_config "$proxy_port" "$work/data" sim "http://127.0.0.1:$sim_port/v1" >"$work/flywheel.toml"
 RUST_LOG=warn taskset -c 1 "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
 proxy_pid=$!
-sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$sim_port#" bench/nginx.conf >"$work/nginx.conf"
+reverse_proxy_conf "$work" "$nginx_port" "$sim_port" >"$work/nginx.conf"
 taskset -c 1 nginx -c "$work/nginx.conf" &
 
 wait_for_ports $sim_port $proxy_port $nginx_port

@@ -39,21 +39,20 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXI
 
 need_wrk_and_nginx
 flywheel=$(flywheel_binary "$root")
-(cd bench/floor && cargo build --release -q)
+floor=$(floor_binary "$root")
 upstream_port=$(free_port); nginx_port=$(free_port); floor_port=$(free_port); proxy_port=$(free_port)
 
 static_upstream_conf "$work" "$upstream_port" >"$work/upstream.conf"
 # Unpinned, nginx gets a worker per core, as Flywheel gets a runtime thread per core.
 workers=$([ "$placement" = shared ] && echo auto || echo 1)
-sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$upstream_port#" \
-  -e "s#^worker_processes 1;#worker_processes $workers;#" bench/nginx.conf >"$work/nginx.conf"
+reverse_proxy_conf "$work" "$nginx_port" "$upstream_port" "$workers" >"$work/nginx.conf"
 flywheel_config "$proxy_port" "$work/data" upstream "http://127.0.0.1:$upstream_port/v1" >"$work/flywheel.toml"
 capture_config "$capture" >>"$work/flywheel.toml"
 
 "${core0[@]}" nginx -c "$work/upstream.conf" &
 "${core1[@]}" nginx -c "$work/nginx.conf" &
 # `taskset` execs the command, so $! is the proxy's own pid.
-"${core1[@]}" bench/floor/target/release/floor "127.0.0.1:$floor_port" "127.0.0.1:$upstream_port" &
+"${core1[@]}" "$floor" "127.0.0.1:$floor_port" "127.0.0.1:$upstream_port" &
 floor_pid=$!
 RUST_LOG=warn "${core1[@]}" "$flywheel" serve --config "$work/flywheel.toml" 2>"$work/proxy.log" &
 proxy_pid=$!
@@ -120,9 +119,9 @@ threads=$(ls /proc/$proxy_pid/task | wc -l)
 rss_kb=$(awk '/VmHWM/{print $2}' /proc/$proxy_pid/status)
 
 mkdir -p bench/results
-python3 - "$work/results.txt" "$captured" "$dropped" "$writer" "$(getconf CLK_TCK)" "$threads" "$rss_kb" "$duration" "$capture" "$process" "$served" "$placement" "$floor_cpu" "$nginx_cpu" <<'PY' | tee "bench/results/throughput$([ "$placement" = shared ] && echo -shared).md"
+python3 - "$work/results.txt" "$captured" "$dropped" "$writer" "$(getconf CLK_TCK)" "$threads" "$rss_kb" "$duration" "$capture" "$process" "$placement" "$floor_cpu" "$nginx_cpu" <<'PY' | tee "bench/results/throughput$([ "$placement" = shared ] && echo -shared).md"
 import sys
-path, captured, dropped, writer, hz, threads, rss, duration, capture, process, served, placement, floor_cpu, nginx_cpu = sys.argv[1:]
+path, captured, dropped, writer, hz, threads, rss, duration, capture, process, placement, floor_cpu, nginx_cpu = sys.argv[1:]
 rows = {}
 for line in open(path):
     name, c, requests, p50, p99, seconds, errors = line.split()
@@ -138,15 +137,15 @@ for c in (1, 8, 32):
     print(f"| {c} | {d[0]:,.0f} | {n[0]:,.0f} | {b[0]:,.0f} | {f[0]:,.0f} | {b[0] / n[0]:.2f} | {f[0] / n[0]:.2f} | "
           f"{d[1]:.3f} / {n[1]:.3f} / {b[1]:.3f} / {f[1]:.3f} | {n[1] - d[1]:+.3f} / {b[1] - d[1]:+.3f} / {f[1] - d[1]:+.3f} | "
           f"{n[2]:.3f} / {b[2]:.3f} / {f[2]:.3f} | {d[3] + n[3] + b[3] + f[3]} |")
-captured, writer, hz, process, served = int(captured), int(writer), int(hz), int(process), int(served)
+captured, writer, hz = int(captured), int(writer), int(hz)
 def cpu_per_request(ticks, name):
     requests = sum(rows[(name, c)][4] for c in (1, 8, 32))
     return int(ticks) / hz / requests * 1e6
 print(f"\nCPU per request served over the run: nginx's workers {cpu_per_request(nginx_cpu, 'nginx'):.1f} µs, "
       f"the floor {cpu_per_request(floor_cpu, 'floor'):.1f} µs.")
 per = writer / hz / captured * 1e6 if captured else float("nan")
-print(f"\nFlywheel process CPU per request served: {process / hz / served * 1e6:.1f} µs, of which all but the capture writer "
-      f"thread (the request path, and the store's own threads when capture is on) {(process - writer) / hz / served * 1e6:.1f} µs.")
+print(f"\nFlywheel process CPU per request served: {cpu_per_request(process, 'flywheel'):.1f} µs, of which all but the capture writer "
+      f"thread (the request path, and the store's own threads when capture is on) {cpu_per_request(int(process) - writer, 'flywheel'):.1f} µs.")
 print(f"\nCapture during the run: {captured:,} inferences stored, {dropped} dropped; capture writer thread {per:.1f} µs CPU per inference; "
       f"{threads} threads in the process at the end; peak RSS {int(rss) / 1024:.0f} MB.")
 PY
