@@ -24,9 +24,8 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 cargo build --release --bin flywheel -q
-(cd bench/loadgen && cargo build --release -q)
 flywheel=$root/target/release/flywheel
-loadgen=$root/bench/loadgen/target/release/loadgen
+loadgen=$(bench_tool "$root" loadgen)
 sim_port=$(free_port); proxy_port=$(free_port)
 export FLYWHEEL_ADMIN_TOKEN=bench-admin-token
 

@@ -113,11 +113,11 @@ capture_config() {
   if [ "$1" = off ]; then printf '[capture]\nenabled = false\n'; fi
 }
 
-# `floor_binary ROOT`: bench/floor built for release, its path on
-# standard output.
-floor_binary() {
-  (cd "$1/bench/floor" && cargo build --release -q >&2)
-  echo "$1/bench/floor/target/release/floor"
+# `bench_tool ROOT NAME`: the crate bench/NAME (`floor`, `loadgen`)
+# built for release, its binary's path on standard output.
+bench_tool() {
+  (cd "$1/bench/$2" && cargo build --release -q >&2)
+  echo "$1/bench/$2/target/release/$2"
 }
 
 # `reverse_proxy_conf DIR PORT UPSTREAM_PORT [WORKERS]`: bench/nginx.conf,

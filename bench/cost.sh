@@ -28,8 +28,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXI
 
 need_wrk_and_nginx
 flywheel=$(flywheel_binary "$root")
-floor=$(floor_binary "$root")
-(cd bench/loadgen && cargo build --release -q)
+floor=$(bench_tool "$root" floor)
+loadgen=$(bench_tool "$root" loadgen)
 upstream_port=$(free_port); nginx_port=$(free_port); floor_port=$(free_port); proxy_port=$(free_port)
 
 static_upstream_conf "$work" "$upstream_port" >"$work/upstream.conf"
@@ -54,7 +54,7 @@ for rate in $rates; do
   for proxy in "nginx $nginx_port $nginx_worker" "floor $floor_port $floor_pid" "flywheel $proxy_port $proxy_pid"; do
     read -r name port pid <<<"$proxy"
     before=$(ticks "$pid")
-    taskset -c 0 bench/loadgen/target/release/loadgen --addr "127.0.0.1:$port" --path /v1/chat/completions \
+    taskset -c 0 "$loadgen" --addr "127.0.0.1:$port" --path /v1/chat/completions \
       --body-file bench/request.json --rate "$rate" --connections 8 --duration "$duration" --warmup 0 >"$work/load.json"
     echo "$name $rate $before $(ticks "$pid") $(python3 -c '
 import json, sys

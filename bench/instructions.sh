@@ -27,7 +27,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXI
 need_wrk_and_nginx
 command -v valgrind >/dev/null || { apt-get update -q && apt-get install -y -q valgrind; }
 flywheel=$(flywheel_binary "$root")
-floor=$(floor_binary "$root")
+floor=$(bench_tool "$root" floor)
 upstream_port=$(free_port)
 static_upstream_conf "$work" "$upstream_port" >"$work/upstream.conf"
 taskset -c 0 nginx -c "$work/upstream.conf" &

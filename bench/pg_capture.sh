@@ -43,9 +43,8 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --bin flywheel -q
-(cd bench/loadgen && cargo build --release -q)
 flywheel=$root/target/release/flywheel
-loadgen=$root/bench/loadgen/target/release/loadgen
+loadgen=$(bench_tool "$root" loadgen)
 pg_port=$(free_port); sim_port=$(free_port)
 export FLYWHEEL_ADMIN_TOKEN=bench-admin-token
 

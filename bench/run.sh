@@ -19,9 +19,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXI
 
 command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx-light; }
 cargo build --release --bin flywheel -q
-(cd bench/loadgen && cargo build --release -q)
 flywheel=$root/target/release/flywheel
-loadgen=$root/bench/loadgen/target/release/loadgen
+loadgen=$(bench_tool "$root" loadgen)
 
 sim_port=$(free_port); proxy_port=$(free_port); nginx_port=$(free_port)
 

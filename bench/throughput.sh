@@ -39,7 +39,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXI
 
 need_wrk_and_nginx
 flywheel=$(flywheel_binary "$root")
-floor=$(floor_binary "$root")
+floor=$(bench_tool "$root" floor)
 upstream_port=$(free_port); nginx_port=$(free_port); floor_port=$(free_port); proxy_port=$(free_port)
 
 static_upstream_conf "$work" "$upstream_port" >"$work/upstream.conf"

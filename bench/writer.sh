@@ -36,8 +36,7 @@ if [ -z "${FLYWHEEL_BIN:-}" ]; then
   cargo build --release --bin flywheel -q
 fi
 flywheel=${FLYWHEEL_BIN:-$root/target/release/flywheel}
-(cd bench/loadgen && cargo build --release -q)
-loadgen=$root/bench/loadgen/target/release/loadgen
+loadgen=$(bench_tool "$root" loadgen)
 
 # What a SOC sends: the bundled alerts, each seen on twenty hosts.
 python3 bench/alert_requests.py "$work/requests.jsonl"
