@@ -16,6 +16,8 @@
 #   BASELINE_BIN=/path/to/old/flywheel bench/writer.sh   # this build against another
 #   WARM=250 WARM_RATE=4000 bench/writer.sh           # measured with ~1,000,000 stored
 #   EXTRA_CONFIG='[capture]\nflush_every_ms = 50\n' bench/writer.sh   # a config change
+#   STREAM=1 RATE=1000 WARM_RATE=1000 bench/writer.sh # the same requests streamed
+#                                           (a stream's ~35 chunks: 2,000 a second fill the core)
 #
 # Prints one line per run, the median of each binary and, with a baseline,
 # the difference within each round.
@@ -39,7 +41,7 @@ flywheel=${FLYWHEEL_BIN:-$root/target/release/flywheel}
 loadgen=$(bench_tool "$root" loadgen)
 
 # What a SOC sends: the bundled alerts, each seen on twenty hosts.
-python3 bench/alert_requests.py "$work/requests.jsonl"
+python3 bench/alert_requests.py ${STREAM:+--stream} "$work/requests.jsonl"
 
 sim_port=$(free_port)
 RUST_LOG=warn taskset -c 0 "$flywheel" simulate --listen "127.0.0.1:$sim_port" 2>"$work/sim.log" &

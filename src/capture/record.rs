@@ -5,9 +5,9 @@
 use super::lenient;
 use crate::exchange::{Exchange, Outcome, Wire};
 use crate::store::InferenceRecord;
-use eventsource_stream::Eventsource;
-use futures_util::{FutureExt, StreamExt};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
+
+mod stream;
 
 /// What the proxy knows of an exchange beyond its bytes.
 #[derive(Debug, Clone, Default)]
@@ -93,7 +93,7 @@ pub fn read_content(ex: &Exchange) -> Content {
     } else if ex.wire == Wire::Responses {
         Answer::from_body(&super::responses::answer_as_chat(&ex.response, ex.streamed))
     } else if ex.streamed {
-        Answer::from_stream(&ex.response)
+        stream::reassemble(&ex.response)
     } else {
         Answer::from_body(&ex.response)
     };
@@ -226,45 +226,6 @@ impl Answer {
             error: Value::Null,
         }
     }
-
-    /// Reassembles each choice from its deltas: content concatenated,
-    /// tool calls by index (id and name from their first fragment,
-    /// arguments concatenated). A stream error event is kept as the error.
-    fn from_stream(body: &bytes::Bytes) -> Self {
-        let source = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(body.clone())]);
-        // The source is in memory and always ready, so one poll parses it
-        // all; this runs on the capture writer's blocking thread.
-        let events = source
-            .eventsource()
-            .collect::<Vec<_>>()
-            .now_or_never()
-            .unwrap_or_default();
-        let mut answer = Self::default();
-        let mut choices: std::collections::BTreeMap<u64, Choice> = Default::default();
-        for event in events.into_iter().flatten() {
-            let Some(chunk) = lenient::parse(event.data.as_bytes()).map(|p| p.value) else {
-                continue;
-            };
-            if chunk.get("error").is_some() {
-                answer.error = chunk["error"].clone();
-                continue;
-            }
-            if answer.completion_id.is_none() {
-                answer.completion_id = chunk["id"].as_str().map(String::from);
-            }
-            if !chunk["usage"].is_null() {
-                answer.usage = chunk["usage"].clone();
-            }
-            for c in chunk["choices"].as_array().into_iter().flatten() {
-                choices
-                    .entry(c["index"].as_u64().unwrap_or(0))
-                    .or_default()
-                    .absorb(c);
-            }
-        }
-        answer.choices = choices.into_iter().map(|(i, c)| c.into_value(i)).collect();
-        answer
-    }
 }
 
 /// The parts of a unary completion's body a record keeps.
@@ -310,53 +271,6 @@ fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
     Value::Object(object)
 }
 
-#[derive(Default)]
-struct Choice {
-    content: Option<String>,
-    tool_calls: std::collections::BTreeMap<u64, (Value, Value, String)>,
-    finish_reason: Value,
-}
-
-impl Choice {
-    fn absorb(&mut self, c: &Value) {
-        let delta = &c["delta"];
-        if let Some(text) = delta["content"].as_str() {
-            self.content.get_or_insert_with(String::new).push_str(text);
-        }
-        for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            let entry = self
-                .tool_calls
-                .entry(call["index"].as_u64().unwrap_or(0))
-                .or_insert_with(|| (Value::Null, Value::Null, String::new()));
-            if !call["id"].is_null() {
-                entry.0 = call["id"].clone();
-            }
-            if !call["function"]["name"].is_null() {
-                entry.1 = call["function"]["name"].clone();
-            }
-            entry
-                .2
-                .push_str(call["function"]["arguments"].as_str().unwrap_or(""));
-        }
-        if !c["finish_reason"].is_null() {
-            self.finish_reason = c["finish_reason"].clone();
-        }
-    }
-
-    fn into_value(self, index: u64) -> Value {
-        let mut message = json!({"role": "assistant", "content": self.content});
-        if !self.tool_calls.is_empty() {
-            let calls: Vec<Value> = self
-                .tool_calls
-                .into_values()
-                .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
-                .collect();
-            message["tool_calls"] = Value::Array(calls);
-        }
-        json!({"index": index, "message": message, "finish_reason": self.finish_reason})
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,7 +284,7 @@ mod tests {
             "data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
             "data: [DONE]\n\n"
         ).as_bytes());
-        let a = Answer::from_stream(&sse);
+        let a = stream::reassemble(&sse);
         assert_eq!(a.completion_id.as_deref(), Some("chatcmpl-1"));
         assert_eq!(a.choices[0]["message"]["content"], "Threat type");
         assert_eq!(a.choices[0]["finish_reason"], "stop");
@@ -412,7 +326,7 @@ mod tests {
         let sse = bytes::Bytes::from_static(
             b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Thr\"}}]}\n\ndata: {\"error\":{\"message\":\"broke\",\"type\":\"api_error\",\"param\":null,\"code\":\"upstream_unreachable\"}}\n\n",
         );
-        let a = Answer::from_stream(&sse);
+        let a = stream::reassemble(&sse);
         assert_eq!(a.choices[0]["message"]["content"], "Thr");
         assert_eq!(a.error["code"], "upstream_unreachable");
     }

@@ -592,6 +592,21 @@ mod tests {
                 .map(|e| build_record(e, now_rfc3339()))
                 .collect();
         });
+        // The same answers streamed as the simulator streams them: a chunk
+        // a word, then the finish reason, the usage and `[DONE]`.
+        let mut streamed: Vec<Exchange> = (0..n)
+            .map(|i| {
+                let mut e = exchange(i);
+                e.streamed = true;
+                e.response = Bytes::from(as_stream(&e.response));
+                e
+            })
+            .collect();
+        stage("build_record, streamed", &mut || {
+            std::mem::take(&mut streamed)
+                .into_iter()
+                .for_each(|e| drop(build_record(e, now_rfc3339())));
+        });
         stage("count_tokens", &mut || {
             records
                 .iter()
@@ -648,6 +663,36 @@ mod tests {
             per(flushed),
             size as f64 / n as f64
         );
+    }
+
+    /// A unary completion's body as the chunks of its stream.
+    fn as_stream(body: &[u8]) -> String {
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let head = serde_json::json!({"id": body["id"], "object": "chat.completion.chunk",
+            "created": body["created"], "model": body["model"], "system_fingerprint": "fp_1"});
+        let chunk = |choices: serde_json::Value, usage: serde_json::Value| {
+            let mut c = head.clone();
+            c["choices"] = choices;
+            c["usage"] = usage;
+            format!("data: {c}\n\n")
+        };
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+        let mut sse = chunk(
+            serde_json::json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+            serde_json::Value::Null,
+        );
+        for word in content.split_inclusive(' ') {
+            sse += &chunk(
+                serde_json::json!([{"index": 0, "delta": {"content": word}, "logprobs": null, "finish_reason": null}]),
+                serde_json::Value::Null,
+            );
+        }
+        sse += &chunk(
+            serde_json::json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}]),
+            serde_json::Value::Null,
+        );
+        sse += &chunk(serde_json::json!([]), body["usage"].clone());
+        sse + "data: [DONE]\n\n"
     }
 
     /// Nanoseconds this thread has run on a CPU (Linux schedstat).
