@@ -43,14 +43,14 @@ struct Assembly {
 
 impl Assembly {
     fn absorb(&mut self, data: &str) {
-        // An error event, rare, always goes the tree's way: a typed read
-        // cannot tell `"error": null` from no error.
-        if !data.contains("\"error\"")
-            && let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(data)
-        {
-            self.absorb_chunk(chunk);
-        } else if let Some(tree) = lenient::parse(data.as_bytes()) {
-            self.absorb_tree(&tree.value);
+        match serde_json::from_str::<Chunk<'_>>(data) {
+            Ok(chunk) if !chunk.error.0 => self.absorb_chunk(chunk),
+            // An error event (rare) or a chunk of another shape.
+            _ => {
+                if let Some(tree) = lenient::parse(data.as_bytes()) {
+                    self.absorb_tree(&tree.value);
+                }
+            }
         }
     }
 
@@ -130,6 +130,20 @@ struct Chunk<'a> {
     choices: Option<Vec<ChunkChoice<'a>>>,
     #[serde(default)]
     usage: Value,
+    /// Whether the chunk names an error, even as `null`: an error event
+    /// goes the tree's way.
+    #[serde(default)]
+    error: Named,
+}
+
+/// Whether a field is there, whatever its value.
+#[derive(Default)]
+struct Named(bool);
+
+impl<'de> Deserialize<'de> for Named {
+    fn deserialize<D: serde::Deserializer<'de>>(value: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(value).map(|_| Self(true))
+    }
 }
 
 #[derive(Deserialize)]
@@ -261,6 +275,7 @@ mod tests {
                 r#"{"choices":[{"delta":{"content":"lone \ud800"}}]}"#,
                 r#"{"choices":[{"delta":{"content":"a","content":"b"}}]}"#,
                 r#"{"id":"y","choices":[{"delta":{"content":"partial"}}]}"#,
+                r#"{"\u0065rror":{"message":"escaped"},"choices":[{"delta":{"content":"skipped"}}]}"#,
                 r#"{"error":null,"choices":[{"delta":{"content":"skipped"}}]}"#,
                 r#"{"error":{"message":"broke","code":"upstream_unreachable"}}"#,
                 r#"{"choices":[{"delta":{"content":"the \"error\" field"}}]}"#,
@@ -275,7 +290,8 @@ mod tests {
             .flatten()
             .filter(|d| **d != "[DONE]")
         {
-            assert!(serde_json::from_str::<Chunk<'_>>(data).is_ok(), "{data}");
+            let chunk = serde_json::from_str::<Chunk<'_>>(data);
+            assert!(chunk.is_ok_and(|c| !c.error.0), "{data}");
         }
         for chunks in streams {
             let (typed, tree) = both_ways(chunks);
