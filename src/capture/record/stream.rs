@@ -9,12 +9,12 @@
 //! surrogate) is read as a tree, which gives the same answer for every
 //! chunk both can read.
 
-use super::Answer;
+use super::{Answer, object};
 use crate::capture::lenient;
 use eventsource_stream::Eventsource;
 use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -220,16 +220,30 @@ impl Choice {
     }
 
     fn into_value(self, index: u64) -> Value {
-        let mut message = json!({"role": "assistant", "content": self.content});
+        let mut message = object([
+            ("role", "assistant".into()),
+            ("content", self.content.into()),
+        ]);
         if !self.tool_calls.is_empty() {
             let calls: Vec<Value> = self
                 .tool_calls
                 .into_values()
-                .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
+                .map(|(id, name, arguments)| {
+                    let function = object([("name", name), ("arguments", arguments.into())]);
+                    object([
+                        ("id", id),
+                        ("type", "function".into()),
+                        ("function", function),
+                    ])
+                })
                 .collect();
             message["tool_calls"] = Value::Array(calls);
         }
-        json!({"index": index, "message": message, "finish_reason": self.finish_reason})
+        object([
+            ("index", index.into()),
+            ("message", message),
+            ("finish_reason", self.finish_reason),
+        ])
     }
 }
 
