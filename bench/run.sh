@@ -5,6 +5,8 @@
 #
 #   bench/run.sh            # full run (about 5 minutes)
 #   QUICK=1 bench/run.sh    # short runs, for a smoke test
+#   FLYWHEEL_BIN=path bench/run.sh  # that binary instead of building one,
+#                                   # to compare two builds
 #
 # Writes bench/results/latest.json and prints a Markdown table.
 set -euo pipefail
@@ -18,8 +20,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx-light; }
-cargo build --release --bin flywheel -q
-flywheel=$root/target/release/flywheel
+flywheel=$(flywheel_binary "$root")
 loadgen=$(bench_tool "$root" loadgen)
 
 sim_port=$(free_port); proxy_port=$(free_port); nginx_port=$(free_port)

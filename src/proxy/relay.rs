@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
 
+mod burst;
+
 /// An exchange under way; finishing it hands the record to the sink.
 pub struct Pending {
     pub inference_id: String,
@@ -195,8 +197,8 @@ pub fn relay_stream(
         pending: Some(pending),
         ended: false,
     };
-    let stream = futures_util::stream::unfold(relay, next_chunk);
-    let mut response = Response::new(Body::from_stream(stream));
+    let stream = Box::pin(futures_util::stream::unfold(relay, next_chunk));
+    let mut response = Response::new(Body::from_stream(burst::Bursts::new(stream)));
     *response.status_mut() = reply.status;
     *response.headers_mut() = out_headers;
     response
