@@ -161,31 +161,44 @@ fn text<'a>(value: &'a Option<Cow<'_, str>>) -> &'a str {
 }
 
 /// The `data` of each server-sent event, multi-line data joined by `\n`
-/// (the SSE rules; comments and other fields skipped).
+/// (the SSE rules; comments and other fields skipped). An event of one
+/// `data` line, the usual kind, is borrowed from the body.
 pub fn sse_data(body: &[u8]) -> impl Iterator<Item = Cow<'_, str>> {
-    let text = String::from_utf8_lossy(body);
+    let events = match std::str::from_utf8(body) {
+        Ok(text) => events_of(text),
+        Err(_) => events_of(&String::from_utf8_lossy(body))
+            .into_iter()
+            .map(|data| Cow::Owned(data.into_owned()))
+            .collect(),
+    };
+    events.into_iter()
+}
+
+fn events_of(text: &str) -> Vec<Cow<'_, str>> {
     let mut events = Vec::new();
-    let mut data: Option<String> = None;
+    let mut data: Option<Cow<'_, str>> = None;
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
-            events.extend(data.take().map(Cow::Owned));
+            events.extend(data.take());
             continue;
         }
         let Some(value) = line.strip_prefix("data:") else {
             continue;
         };
         let value = value.strip_prefix(' ').unwrap_or(value);
-        match &mut data {
-            Some(d) => {
-                d.push('\n');
-                d.push_str(value);
+        data = Some(match data.take() {
+            None => Cow::Borrowed(value),
+            Some(joined) => {
+                let mut joined = joined.into_owned();
+                joined.push('\n');
+                joined.push_str(value);
+                Cow::Owned(joined)
             }
-            None => data = Some(value.to_string()),
-        }
+        });
     }
-    events.extend(data.map(Cow::Owned));
-    events.into_iter()
+    events.extend(data);
+    events
 }
 
 #[cfg(test)]
@@ -219,6 +232,15 @@ mod tests {
         let a = from_stream(sse.as_bytes()).unwrap();
         assert_eq!(a.text, "Threat");
         assert_eq!(a.calls, [CallKey::new("call_1", "f", "{\"a\":1}")]);
+    }
+
+    #[test]
+    fn events_are_read_by_the_sse_rules() {
+        let sse = b"data: one\n\n: comment\nevent: x\ndata:two\ndata: lines\r\n\r\ndata: \xff end\n\ndata: last";
+        let events: Vec<_> = sse_data(sse).collect();
+        assert_eq!(events, ["one", "two\nlines", "\u{fffd} end", "last"]);
+        let events: Vec<_> = sse_data(b"data: a\n\ndata: b\n\n").collect();
+        assert!(events.iter().all(|e| matches!(e, Cow::Borrowed(_))));
     }
 
     #[test]
