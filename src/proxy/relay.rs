@@ -1,6 +1,7 @@
 //! Relaying a streamed reply: every upstream chunk goes to the client the
-//! moment it arrives, a copy is kept for the exchange record, and a failure
-//! after the 200 ends the stream with an SSE error event.
+//! moment it arrives (chunks that arrive together, in one write: [`burst`]),
+//! a copy is kept for the exchange record, and a failure after the 200 ends
+//! the stream with an SSE error event.
 
 use super::thread::TurnThreading;
 use crate::capture::CaptureMeta;
