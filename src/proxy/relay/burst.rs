@@ -21,6 +21,7 @@
 //! hold it longer.
 
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::Fuse;
 use futures_util::{Stream, StreamExt};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,25 +37,24 @@ const POLLS_PER_TURN: u8 = 3;
 /// A stream of byte chunks that joins the chunks its inner stream has
 /// ready one after the other.
 pub struct Bursts<S, E> {
-    inner: S,
+    /// Fused: past its end it stays ended, however often it is polled.
+    inner: Fuse<S>,
     held: Held,
     /// Polls since the last chunk that found the inner stream not ready.
     idle_polls: u8,
-    /// The inner stream's end (or error), passed on after what was held.
-    end: Option<Option<Result<Bytes, E>>>,
-    finished: bool,
+    /// The inner stream's error, passed on after what was held.
+    error: Option<E>,
     /// The first chunk went out.
     started: bool,
 }
 
-impl<S, E> Bursts<S, E> {
+impl<S: Stream, E> Bursts<S, E> {
     pub fn new(inner: S) -> Self {
         Self {
-            inner,
+            inner: inner.fuse(),
             held: Held::Nothing,
             idle_polls: 0,
-            end: None,
-            finished: false,
+            error: None,
             started: false,
         }
     }
@@ -72,6 +72,8 @@ impl Held {
         *self = match std::mem::replace(self, Held::Nothing) {
             Held::Nothing => Held::One(chunk),
             Held::One(first) => {
+                // Room for a few more chunks of the same size: a burst
+                // rarely stops at two.
                 let mut joined = BytesMut::with_capacity(first.len() + chunk.len() * 4);
                 joined.extend_from_slice(&first);
                 joined.extend_from_slice(&chunk);
@@ -110,12 +112,8 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.finished {
-            return Poll::Ready(None);
-        }
-        if let Some(end) = this.end.take() {
-            this.finished = end.is_none();
-            return Poll::Ready(end);
+        if let Some(error) = this.error.take() {
+            return Poll::Ready(Some(Err(error)));
         }
         loop {
             match this.inner.poll_next_unpin(cx) {
@@ -131,16 +129,13 @@ where
                     }
                 }
                 Poll::Ready(end) => {
-                    return match this.held.take() {
-                        Some(bytes) => {
-                            this.end = Some(end);
-                            Poll::Ready(Some(Ok(bytes)))
-                        }
-                        None => {
-                            this.finished = end.is_none();
-                            Poll::Ready(end)
-                        }
+                    let Some(bytes) = this.held.take() else {
+                        return Poll::Ready(end);
                     };
+                    // The end comes again from the fused stream; an error
+                    // is kept for the next poll.
+                    this.error = end.and_then(Result::err);
+                    return Poll::Ready(Some(Ok(bytes)));
                 }
                 Poll::Pending if this.held.len() == 0 => return Poll::Pending,
                 Poll::Pending => {
