@@ -46,6 +46,15 @@ pub enum StoreError {
     Locked { path: String },
     #[error("store I/O error: {0}")]
     Io(String),
+    /// Written by a newer release, in a layout this one cannot read.
+    #[error(
+        "the data directory {path} was written by a newer release of Flywheel (store layout {layout}; this release reads layouts up to {known}): run that release or a later one, or restore a backup taken before the upgrade"
+    )]
+    NewerLayout {
+        path: String,
+        layout: String,
+        known: &'static str,
+    },
     #[error("store holds a record that cannot be read ({what}): {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("not found")]

@@ -2,8 +2,9 @@
 //!
 //! What capture writes at a high rate is laid out for sled's strength,
 //! appending in key order, and against its cost, a page rewrite per small
-//! entry at a random place: an inference is one compressed record under
-//! its 16-byte ULID (`codec`); a conversation one compressed record under
+//! entry at a random place: an inference is one compressed record
+//! (`codec`), eight to a sled value under a key of their own (`groups`),
+//! or alone under its 16-byte ULID; a conversation one compressed record under
 //! its slot (its own ULID, or for a client-named conversation its first
 //! inference's, found through `conversation_slots`); listings are blocks
 //! of entries per capture batch (`postings`); lookups by random keys
@@ -20,6 +21,7 @@ mod codec;
 mod conversations;
 mod datasets;
 mod evaluations;
+mod groups;
 mod jobs;
 mod migrate;
 mod models;
@@ -50,7 +52,8 @@ pub struct SledStore {
     db: sled::Db,
     keys: sled::Tree,
     audit: sled::Tree,
-    /// Inference id key (`codec::id_key`) → compressed record.
+    /// Group key → up to eight compressed records, and inference id key
+    /// (`codec::id_key`) → a compressed record kept alone (see `groups`).
     inferences: sled::Tree,
     /// `live_inference_id/shadow_inference_id` → nothing: a shadow
     /// version's answers to each live inference.
@@ -139,7 +142,8 @@ impl SledStore {
             last_batch: AtomicU64::new(0),
             db,
         };
-        store.migrate()?;
+        store.migrate(dir)?;
+        store.lock()?.stored_through = store.stored_through()?;
         Ok(store)
     }
 
@@ -270,15 +274,10 @@ impl Store for SledStore {
         before: &str,
         limit: usize,
     ) -> Result<Vec<InferenceRecord>, StoreError> {
-        use std::ops::Bound;
-        let lower = match after {
-            Some(a) => Bound::Excluded(codec::id_key(a)),
-            None => Bound::Unbounded,
-        };
-        self.inferences
-            .range((lower, Bound::Excluded(codec::id_key(before))))
-            .take(limit)
-            .map(|kv| codec::decode("inference", &kv.map_err(io)?.1))
+        let after = after.map(codec::id_key);
+        self.records_between(after.as_deref(), &codec::id_key(before), limit)?
+            .iter()
+            .map(|bytes| codec::decode("inference", bytes))
             .collect()
     }
 

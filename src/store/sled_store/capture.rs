@@ -64,11 +64,7 @@ impl SledStore {
         let mut fresh = Vec::with_capacity(batch.len());
         for (i, turn) in batch.iter().enumerate() {
             // A batch retried after a failed flush: what was stored stays.
-            if !self
-                .inferences
-                .contains_key(codec::id_key(&turn.record.id))
-                .map_err(super::io)?
-            {
+            if !self.is_stored(&held, &codec::id_key(&turn.record.id))? {
                 fresh.push(i);
             }
         }
@@ -130,14 +126,14 @@ impl SledStore {
         for t in &touched {
             embed(t, batch, &mut changes);
         }
-        for &i in &fresh {
-            let record = &batch[i].record;
-            changes.put(
-                Tree::Inferences,
-                &codec::id_key(&record.id),
-                codec::encode(record)?,
-            );
-        }
+        let records = fresh
+            .iter()
+            .map(|&i| {
+                let record = &batch[i].record;
+                Ok((codec::id_key(&record.id), codec::encode(record)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.place_records(&mut held, records, &mut changes);
         for (row, value) in self.merged_tallies(&deltas)? {
             changes.put(Tree::Experiment, &row, value);
         }

@@ -10,7 +10,7 @@
 //! Keys: an id of the form `prefix_<ULID>` is stored as its 16 bytes after
 //! a tag byte, so keys are small, fixed-width and sort by creation time;
 //! any other id (tests, clients' own conversation ids) as its bytes after
-//! another tag.
+//! another tag. A third tag keys a group of records (`groups`).
 
 use crate::store::StoreError;
 use serde::Serialize;
@@ -113,7 +113,7 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     }
 }
 
-const ULID_TAG: u8 = 1;
+pub(super) const ULID_TAG: u8 = 1;
 const RAW_TAG: u8 = 2;
 
 /// The key of an id: `prefix_<ULID>` as its 16 bytes, anything else as is.

@@ -4,6 +4,7 @@
 //! writes them with the record in one sled transaction: a crash leaves all
 //! of them or none.
 
+use super::groups;
 use super::owners::TextOwners;
 use super::postings::{self, Entry, Posting};
 use super::{LOCK_WAIT, SledStore, busy, codec, decode, encode, io};
@@ -25,6 +26,8 @@ pub(super) struct Held {
     /// The tallies as last committed, once read.
     tallies: Option<ConversationTallies>,
     pub(super) owners: TextOwners,
+    /// The greatest ULID of any record stored (see `groups`), set at open.
+    pub(super) stored_through: Option<groups::Ulid>,
 }
 
 /// The trees a conversation change may touch, in transaction order.
@@ -55,6 +58,8 @@ pub(super) struct Changes {
     listed: HashSet<Vec<u8>>,
     /// Slots of new conversations kept as their first turn's record alone.
     embedded: HashSet<Vec<u8>>,
+    /// Inference records removed, alone or from their groups.
+    removed_records: Vec<Vec<u8>>,
 }
 
 impl Changes {
@@ -64,6 +69,15 @@ impl Changes {
 
     pub(super) fn remove(&mut self, tree: Tree, key: &[u8]) {
         self.removes.push((tree, key.to_vec()));
+    }
+
+    /// Removes an inference record, wherever it is stored (see `groups`).
+    pub(super) fn remove_record(&mut self, key: Vec<u8>) {
+        self.removed_records.push(key);
+    }
+
+    pub(super) fn take_removed_records(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.removed_records)
     }
 
     fn listing(&mut self, posting: &Posting, position: Position, entry: Entry, add: bool) {
@@ -170,7 +184,7 @@ impl SledStore {
         if let Some(conversation) = self.conversation_record_at(slot)? {
             return Ok(Some(conversation));
         }
-        let Some(v) = self.inferences.get(slot).map_err(io)? else {
+        let Some(v) = self.record_bytes(slot)? else {
             return Ok(None);
         };
         let turn: FirstTurn = codec::decode("inference", &v)?;
@@ -201,7 +215,7 @@ impl SledStore {
             let c: ConversationRecord = codec::decode("conversation", &v)?;
             return Ok(Some((c.id, c.signals)));
         }
-        let Some(v) = self.inferences.get(slot).map_err(io)? else {
+        let Some(v) = self.record_bytes(slot)? else {
             return Ok(None);
         };
         let turn: Opened = codec::decode("inference", &v)?;
@@ -209,9 +223,7 @@ impl SledStore {
     }
 
     pub(super) fn inference_at(&self, key: &[u8]) -> Result<Option<InferenceRecord>, StoreError> {
-        self.inferences
-            .get(key)
-            .map_err(io)?
+        self.record_bytes(key)?
             .map(|v| codec::decode("inference", &v))
             .transpose()
     }
@@ -320,10 +332,10 @@ impl SledStore {
         for key in self.shadows.scan_prefix(prefix.as_bytes()).keys() {
             let key = key.map_err(io)?;
             let shadow = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            changes.remove(Tree::Inferences, &codec::id_key(&shadow));
+            changes.remove_record(codec::id_key(&shadow));
             changes.remove(Tree::Shadows, &key);
         }
-        changes.remove(Tree::Inferences, &codec::id_key(&record.id));
+        changes.remove_record(codec::id_key(&record.id));
         Ok(feedback)
     }
 
@@ -366,6 +378,7 @@ impl SledStore {
         if touched {
             changes.put(Tree::Meta, TALLIES, encode(&tallies)?);
         }
+        self.resolve_removed_records(&mut changes)?;
         let result = self.apply(&changes);
         // The cached tallies are those last committed: on failure, read
         // them again next time.

@@ -1,11 +1,15 @@
 //! Opening a store written by an earlier release. Layout 1 kept every
 //! record as JSON under its id string and one index entry per listed value
-//! per conversation; layout 2 (this one, see the module above) is what
-//! capture writes now. A layout-1 store is rewritten in place the first
-//! time it is opened: every conversation, inference, thread key and
-//! completion id is carried over, listings and tallies are rebuilt, and
-//! only then are the old trees dropped — a migration cut short starts
-//! again from the old trees on the next open.
+//! per conversation; layout 2 kept each inference record compressed under
+//! its own key; layout 3 (this one, see the module above) also writes
+//! them several to a sled value (`groups`). A layout-1 store is rewritten
+//! in place the first time it is opened: every conversation, inference,
+//! thread key and completion id is carried over, listings and tallies are
+//! rebuilt, and only then are the old trees dropped — a migration cut
+//! short starts again from the old trees on the next open. A layout-2
+//! store is already a layout-3 store whose records are all alone: only
+//! its layout is recorded. A store of a newer layout is refused, not
+//! read in part.
 
 use super::postings::{self, Entry, Posting};
 use super::runs::{Kind, Runs};
@@ -17,7 +21,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const LAYOUT: &[u8] = b"store_layout";
-const CURRENT: &[u8] = b"2";
+const CURRENT: &str = "3";
+/// The layouts of earlier releases this one opens.
+const EARLIER: [&[u8]; 1] = [b"2"];
 /// Layout 1's trees, dropped once their contents are carried over.
 const OLD_TREES: [&str; 5] = [
     "inferences",
@@ -33,15 +39,26 @@ const WRITE_BATCH: usize = 1_000;
 
 impl SledStore {
     /// Brings the store to the current layout; a new store just records it.
-    pub(super) fn migrate(&self) -> Result<(), StoreError> {
+    pub(super) fn migrate(&self, dir: &std::path::Path) -> Result<(), StoreError> {
         let layout = self.meta.get(LAYOUT).map_err(io)?;
-        if layout.as_deref() != Some(CURRENT) {
+        // Layout 1 recorded none.
+        if let Some(newer) = layout
+            .as_deref()
+            .filter(|l| *l != CURRENT.as_bytes() && !EARLIER.contains(l))
+        {
+            return Err(StoreError::NewerLayout {
+                path: dir.display().to_string(),
+                layout: String::from_utf8_lossy(newer).into_owned(),
+                known: CURRENT,
+            });
+        }
+        if layout.as_deref() != Some(CURRENT.as_bytes()) {
             let old = self.db.open_tree("conversations").map_err(io)?;
             let old_inferences = self.db.open_tree("inferences").map_err(io)?;
             if !old.is_empty() || !old_inferences.is_empty() {
                 self.migrate_from_layout_1()?;
             }
-            self.meta.insert(LAYOUT, CURRENT).map_err(io)?;
+            self.meta.insert(LAYOUT, CURRENT.as_bytes()).map_err(io)?;
             self.db.flush().map_err(io)?;
             for name in OLD_TREES {
                 self.db.drop_tree(name).map_err(io)?;
