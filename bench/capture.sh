@@ -6,6 +6,7 @@
 #
 #   bench/capture.sh                        # 2,000 req/s for 600 s
 #   FILL_RATE=1000 FILL_SECONDS=120 bench/capture.sh   # smaller
+#   FLYWHEEL_BIN=/path/to/flywheel bench/capture.sh      # a given build, e.g. the one before a change
 #
 # Reports, at 250k, 500k and 1M stored inferences: the capture writer's
 # CPU per inference (its thread), the store's other threads' (sled's I/O, the index merge), the
@@ -23,8 +24,10 @@ work=$(mktemp -d)
 # Waits for what it stopped: a server still flushing would leave files behind rm.
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-cargo build --release --bin flywheel -q
-flywheel=$root/target/release/flywheel
+if [ -z "${FLYWHEEL_BIN:-}" ]; then
+  cargo build --release --bin flywheel -q
+fi
+flywheel=${FLYWHEEL_BIN:-$root/target/release/flywheel}
 loadgen=$(bench_tool "$root" loadgen)
 sim_port=$(free_port); proxy_port=$(free_port)
 export FLYWHEEL_ADMIN_TOKEN=bench-admin-token
