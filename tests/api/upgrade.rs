@@ -10,6 +10,7 @@ use crate::helpers::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
+use std::time::Duration;
 
 fn fixture(name: &str) -> (tempfile::TempDir, Value) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -157,7 +158,7 @@ async fn migrated_with_nothing_lost(name: &str) {
     }
     let detail = eventually(
         "the follow-up to be stored",
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         || async {
             let now = app
                 .admin_get(&format!("/admin/api/conversations/{id}"))
@@ -174,7 +175,7 @@ async fn migrated_with_nothing_lost(name: &str) {
     }
     let listed = eventually(
         "the new conversations to be listed",
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         || async {
             let listed = app.admin_get("/admin/api/conversations?limit=500").await;
             let total = listed["data"].as_array().map_or(0, Vec::len);

@@ -140,13 +140,17 @@ pub fn ulid_of(id: &str) -> Option<ulid::Ulid> {
         .flatten()
 }
 
+/// The 16 bytes of a ULID key; `None` for a client-named id's key.
+pub fn ulid_bytes(key: &[u8]) -> Option<[u8; 16]> {
+    match key.split_first() {
+        Some((&ULID_TAG, bytes)) => bytes.try_into().ok(),
+        _ => None,
+    }
+}
+
 /// Milliseconds since the epoch a ULID key was made at; 0 for other keys.
 pub fn key_millis(key: &[u8]) -> u64 {
-    match key.split_first() {
-        Some((&ULID_TAG, bytes)) => <[u8; 16]>::try_from(bytes)
-            .map_or(0, |b| ulid::Ulid(u128::from_be_bytes(b)).timestamp_ms()),
-        _ => 0,
-    }
+    ulid_bytes(key).map_or(0, |b| ulid::Ulid(u128::from_be_bytes(b)).timestamp_ms())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 //! encoded records one after another (each as `codec::encode` made it,
 //! so reading one member decompresses only that one).
 
-use super::codec::{self, ULID_TAG};
+use super::codec::{self, ULID_TAG, ulid_bytes};
 use super::conversations::{Changes, Held, Tree};
 use super::{SledStore, io};
 use crate::store::StoreError;
@@ -39,15 +39,6 @@ const MEMBER_HEAD: usize = 16 + 4;
 
 /// A record's ULID as key bytes, big-endian so that they sort by time.
 pub(super) type Ulid = [u8; 16];
-
-/// The ULID of a record key; `None` for a client-named id's key, whose
-/// record is always stored alone.
-pub(super) fn ulid_in(key: &[u8]) -> Option<Ulid> {
-    match key.split_first() {
-        Some((&ULID_TAG, rest)) => rest.try_into().ok(),
-        _ => None,
-    }
-}
 
 fn record_key(ulid: &Ulid) -> Vec<u8> {
     codec::ulid_key(ulid::Ulid(u128::from_be_bytes(*ulid)))
@@ -110,13 +101,10 @@ fn encode_group<'a>(members: impl ExactSizeIterator<Item = (&'a Ulid, &'a [u8])>
     out
 }
 
-/// The group that can hold a ULID, with its key and value.
-type Found = (IVec, IVec);
-
 impl SledStore {
     /// A record's stored bytes, grouped or alone.
     pub(super) fn record_bytes(&self, key: &[u8]) -> Result<Option<IVec>, StoreError> {
-        if let Some(ulid) = ulid_in(key)
+        if let Some(ulid) = ulid_bytes(key)
             && let Some((_, value)) = self.group_for(&ulid)?
             && let Some(range) = members(&value)?
                 .into_iter()
@@ -127,9 +115,10 @@ impl SledStore {
         self.inferences.get(key).map_err(io)
     }
 
-    /// The last group keyed at or before a ULID: the only one that can
-    /// hold it.
-    fn group_for(&self, ulid: &Ulid) -> Result<Option<Found>, StoreError> {
+    /// The last group keyed at or before a ULID, its key and value: the
+    /// only one that can hold it. A client-named id's record (no ULID) is
+    /// always stored alone.
+    fn group_for(&self, ulid: &Ulid) -> Result<Option<(IVec, IVec)>, StoreError> {
         self.inferences
             .range(GROUPS_START.to_vec()..=group_key(ulid))
             .next_back()
@@ -146,7 +135,7 @@ impl SledStore {
             .next_back()
             .transpose()
             .map_err(io)?
-            .and_then(|(key, _)| ulid_in(&key));
+            .and_then(|(key, _)| ulid_bytes(&key));
         let grouped = match self
             .inferences
             .scan_prefix(GROUPS_START)
@@ -163,7 +152,7 @@ impl SledStore {
     /// Whether a record is stored; one that comes after every stored
     /// record is not, without a read.
     pub(super) fn is_stored(&self, held: &Held, key: &[u8]) -> Result<bool, StoreError> {
-        if let Some(ulid) = ulid_in(key)
+        if let Some(ulid) = ulid_bytes(key)
             && held.stored_through.is_none_or(|through| ulid > through)
         {
             return Ok(false);
@@ -183,7 +172,7 @@ impl SledStore {
         let through = held.stored_through;
         let mut grouped: Vec<(Ulid, Vec<u8>)> = Vec::with_capacity(records.len());
         for (key, bytes) in records {
-            match ulid_in(&key) {
+            match ulid_bytes(&key) {
                 Some(ulid) if through.is_none_or(|t| ulid > t) => grouped.push((ulid, bytes)),
                 _ => changes.put(Tree::Inferences, &key, bytes),
             }
@@ -235,7 +224,7 @@ impl SledStore {
 
     /// The group a record is a member of, with the record's ULID.
     fn holding_group(&self, key: &[u8]) -> Result<Option<(IVec, IVec, Ulid)>, StoreError> {
-        let Some(ulid) = ulid_in(key) else {
+        let Some(ulid) = ulid_bytes(key) else {
             return Ok(None);
         };
         let Some((gk, value)) = self.group_for(&ulid)? else {
@@ -294,7 +283,7 @@ impl SledStore {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, IVec)>, StoreError> {
         let start = match after {
-            Some(a) => match ulid_in(a) {
+            Some(a) => match ulid_bytes(a) {
                 Some(ulid) => self
                     .group_for(&ulid)?
                     .map_or_else(|| GROUPS_START.to_vec(), |(key, _)| key.to_vec()),
