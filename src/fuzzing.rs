@@ -124,14 +124,24 @@ fn trained_on(turn: CapturedTurn) {
     let Some(extractor) = EXTRACTOR.as_ref() else {
         return;
     };
+    // Read back as the store keeps it: a record capture wrote that does
+    // not read back is a bug this target is for.
+    let record = turn.stored_record();
+    assert!(
+        record.is_ok(),
+        "a captured record does not read back: {record:?}"
+    );
+    let Ok(record) = record else {
+        return;
+    };
     let mut conversation = ConversationRecord::opening(&turn);
-    conversation.inference_ids.push(turn.record.id.clone());
+    conversation.inference_ids.push(record.id.clone());
     conversation.review.status = ReviewStatus::Approved;
     conversation.review.threat_type = Some("execution".into());
     conversation.review.severity = Some("high".into());
     let mut candidate = Candidate {
         conversation,
-        turns: vec![(turn.record, Vec::new())],
+        turns: vec![(record, Vec::new())],
     };
     for correction in [
         None,

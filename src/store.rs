@@ -3,6 +3,7 @@
 //! `[store] kind` names — the embedded sled store (one process) or
 //! PostgreSQL (`postgres`, several replicas sharing one state).
 
+mod captured;
 mod evaluation_records;
 mod job_records;
 mod model_records;
@@ -17,6 +18,7 @@ mod resilient;
 mod sled_store;
 pub mod transfer;
 
+pub use captured::CapturedTurn;
 pub use evaluation_records::{EvaluationRecord, ExampleResult, PerformanceRecord};
 pub use job_records::{
     Attempts, DeploymentState, FineTuneJobRecord, Hyperparameters, JobDeployment, JobEvent,
@@ -28,9 +30,9 @@ pub use model_records::{
 };
 pub use postgres::PgStore;
 pub use records::{
-    ApiKeyRecord, AuditRecord, CapturedTurn, ConversationRecord, ConversationSignals,
-    ConversationTallies, FeedbackRecord, HIGH_QUALITY, InferenceRecord, Lookup, Opening, Position,
-    Review, ReviewStatus, ThreadPoint, TurnHead, join_ascii_words, preview_of,
+    ApiKeyRecord, AuditRecord, ConversationRecord, ConversationSignals, ConversationTallies,
+    FeedbackRecord, HIGH_QUALITY, InferenceRecord, Lookup, Opening, Position, Review, ReviewStatus,
+    ThreadPoint, TurnHead, join_ascii_words, preview_of,
 };
 pub use resilient::Resilient;
 pub use sled_store::SledStore;

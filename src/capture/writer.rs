@@ -371,14 +371,19 @@ pub(crate) fn prepare(
     // Nothing reaches the store before redaction.
     redactor.redact_value(&mut record.request);
     redactor.redact_value(&mut record.response);
-    Some(CapturedTurn {
-        parent_id,
-        continuations,
-        preview: record.preview(),
-        signals: crate::curation::turn_signals(&record),
-        tally: crate::experiment::tally::of_inference(&record),
-        record,
-    })
+    let preview = record.preview();
+    let signals = crate::curation::turn_signals(&record);
+    let tally = crate::experiment::tally::of_inference(&record);
+    let inference_id = record.id.clone();
+    let mut turn = CapturedTurn::new(record)
+        .inspect_err(|error| {
+            tracing::error!(%inference_id, %error, "capture could not write this record out: it is not stored");
+            metrics::counter!("flywheel_capture_failed_total").increment(1);
+        })
+        .ok()?;
+    (turn.parent_id, turn.continuations) = (parent_id, continuations);
+    (turn.preview, turn.signals, turn.tally) = (preview, signals, tally);
+    Some(turn)
 }
 
 /// The token counters by alias and version, kept: registering them by

@@ -2,6 +2,7 @@
 //! sled store writes them as compressed JSON); every field added later
 //! reads as its default from an older record.
 
+use super::CapturedTurn;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -310,25 +311,6 @@ pub struct ConversationRecord {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position(pub u64, pub u32);
 
-/// One captured exchange for [`crate::store::Store::store_captured`]:
-/// its record, redacted, and what threading it needs.
-#[derive(Debug, Clone)]
-pub struct CapturedTurn {
-    pub record: InferenceRecord,
-    /// Set when a new conversation branches off another.
-    pub parent_id: Option<String>,
-    /// The keys a follow-up of this turn may present (hex): a chat
-    /// history's, and for a Responses answer also its response id's.
-    pub continuations: Vec<String>,
-    /// The start of the first user message, for a new conversation.
-    pub preview: String,
-    /// The turn's quality signals; the store keeps `upstream_error` once
-    /// set and works out `duplicate_of`.
-    pub signals: ConversationSignals,
-    /// What the record adds to its version's experiment tally.
-    pub tally: Option<(crate::store::TallyKey, crate::store::VersionTally)>,
-}
-
 /// Quality signals from a conversation's inferences (labels and ratings
 /// are read from its review).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -432,21 +414,6 @@ impl InferenceRecord {
             turn: None,
             sticky: None,
             opens: None,
-        }
-    }
-}
-
-#[cfg(test)]
-impl CapturedTurn {
-    /// The record as capture hands it over, without threading keys.
-    pub fn plain(record: InferenceRecord) -> Self {
-        Self {
-            record,
-            parent_id: None,
-            continuations: Vec::new(),
-            preview: String::new(),
-            signals: ConversationSignals::default(),
-            tally: None,
         }
     }
 }

@@ -62,14 +62,9 @@ fn record(id: &str, conversation: &str, created_at: &str) -> InferenceRecord {
 }
 
 fn turn(conversation: &str, inference: &str, created_at: &str) -> CapturedTurn {
-    CapturedTurn {
-        record: record(inference, conversation, created_at),
-        parent_id: None,
-        continuations: Vec::new(),
-        preview: "alert".into(),
-        signals: ConversationSignals::default(),
-        tally: None,
-    }
+    let mut turn = CapturedTurn::new(record(inference, conversation, created_at)).unwrap();
+    turn.preview = "alert".into();
+    turn
 }
 
 fn capture(store: &SharedStore, turns: Vec<CapturedTurn>) {

@@ -920,6 +920,13 @@ async fn insert_thread_keys(
     Ok(())
 }
 
+/// A captured turn's whole record as JSON text.
+fn turn_json(turn: &CapturedTurn) -> Result<String, StoreError> {
+    let encoding = |e: &dyn std::fmt::Display| StoreError::Io(format!("cannot encode record: {e}"));
+    let json = turn.record_json().map_err(|e| encoding(&e))?;
+    String::from_utf8(json).map_err(|e| encoding(&e))
+}
+
 /// The batch's new records in one multi-row INSERT.
 async fn insert_inferences(
     tx: &Transaction<'_>,
@@ -943,9 +950,9 @@ async fn insert_inferences(
     let shadows: Vec<Option<&str>> = records.iter().map(|r| r.shadow_of.as_deref()).collect();
     let sticky: Vec<Option<&str>> = records.iter().map(|r| r.sticky.as_deref()).collect();
     let created: Vec<&str> = records.iter().map(|r| r.created_at.as_str()).collect();
-    let json = records
+    let json = fresh
         .iter()
-        .map(to_json)
+        .map(|&i| turn_json(&batch[i]))
         .collect::<Result<Vec<String>, StoreError>>()?;
     tx.execute(
         "INSERT INTO inferences (id, conversation_id, turn, completion_id, alias, version,

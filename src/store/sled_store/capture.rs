@@ -129,8 +129,8 @@ impl SledStore {
         let records = fresh
             .iter()
             .map(|&i| {
-                let record = &batch[i].record;
-                Ok((codec::id_key(&record.id), codec::encode(record)?))
+                let turn = &batch[i];
+                Ok((codec::id_key(&turn.record.id), codec::encode_turn(turn)?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.place_records(&mut held, records, &mut changes);

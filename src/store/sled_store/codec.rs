@@ -12,7 +12,7 @@
 //! any other id (tests, clients' own conversation ids) as its bytes after
 //! another tag. A third tag keys a group of records (`groups`).
 
-use crate::store::StoreError;
+use crate::store::{CapturedTurn, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
@@ -54,6 +54,18 @@ fn codec_error(detail: impl std::fmt::Display) -> StoreError {
 
 /// The record as stored: compressed JSON after its format byte.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    encode_written(|json| serde_json::to_writer(json, value))
+}
+
+/// [`encode`] of a captured turn's record.
+pub fn encode_turn(turn: &CapturedTurn) -> Result<Vec<u8>, StoreError> {
+    encode_written(|json| turn.write_record_json(json))
+}
+
+/// Compressed JSON after its format byte, of what `write` writes.
+fn encode_written(
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<Vec<u8>, StoreError> {
     ENCODING.with(|cell| {
         let mut slot = cell.borrow_mut();
         let (compressor, json) = match slot.as_mut() {
@@ -64,7 +76,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
             )),
         };
         json.clear();
-        serde_json::to_writer(&mut *json, value).map_err(codec_error)?;
+        write(json).map_err(codec_error)?;
         let mut out = Vec::with_capacity(HEADER + zstd::zstd_safe::compress_bound(json.len()));
         out.push(ZSTD_DICT_1);
         out.extend_from_slice(&(json.len() as u32).to_le_bytes());

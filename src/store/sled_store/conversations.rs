@@ -547,10 +547,9 @@ mod tests {
             }
             .into(),
         );
-        CapturedTurn {
-            preview: "alert".into(),
-            ..CapturedTurn::plain(record)
-        }
+        let mut turn = CapturedTurn::plain(record);
+        turn.preview = "alert".into();
+        turn
     }
 
     fn capture(store: &SledStore, turns: Vec<CapturedTurn>) {
