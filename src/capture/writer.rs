@@ -226,9 +226,13 @@ impl Writer {
         // filling faster than the writer drains it is taken again at once.
         'running: loop {
             let can_take = self.held.len() < self.max_pending;
+            // A refused batch is tried again when its backoff ends, not
+            // only at the next tick: `flush_every_ms` may be minutes.
+            let retry = self.failures.next_try.filter(|_| !self.held.is_empty());
             tokio::select! {
                 _ = tick.tick() => {}
                 () = self.batch_ready.notified(), if can_take => {}
+                () = until(retry), if retry.is_some() => {}
                 () = shutdown.cancelled() => break,
             }
             loop {
@@ -333,6 +337,13 @@ impl Writer {
             );
             self.in_flight.done(count);
         }
+    }
+}
+
+/// Sleeps until `at`, if any.
+async fn until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
     }
 }
 

@@ -139,9 +139,13 @@ const LOOKUP_ATTEMPTS: usize = 10;
 /// their way to the store (a busy machine can hold the writer back).
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(30);
 
+/// The longest a lookup sleeps between two looks: `flush_every_ms` may be
+/// minutes, and a full batch is stored without waiting for it.
+const LOOKUP_EVERY_AT_MOST: Duration = Duration::from_secs(1);
+
 /// The inference by either id. Capture writes in batches, so one that
 /// finished a moment ago may not be stored yet: look again each flush
-/// interval — at least ten times, and on while capture has exchanges in
+/// interval (at most a second) — at least ten times, and on while capture has exchanges in
 /// flight, up to [`LOOKUP_PATIENCE`]; an id nothing is on its way for is a
 /// 404 soon.
 async fn find_inference(
@@ -157,7 +161,9 @@ async fn find_inference(
             (None, None) => Ok(None),
         })
     };
-    let interval = app.flush_every.max(Duration::from_millis(10));
+    let interval = app
+        .flush_every
+        .clamp(Duration::from_millis(10), LOOKUP_EVERY_AT_MOST);
     let in_flight = app.in_flight.clone();
     let started = tokio::time::Instant::now();
     let mut attempts = 0;
