@@ -80,6 +80,7 @@ impl CapturedTurn {
     }
 
     /// The whole record, as the store reads it back.
+    #[cfg(any(test, fuzzing))]
     pub fn stored_record(&self) -> Result<InferenceRecord, serde_json::Error> {
         serde_json::from_slice(&self.record_json()?)
     }

@@ -384,7 +384,11 @@ pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Io(format!("cannot encode record: {e}")))
+    serde_json::to_string(value).map_err(encoding_error)
+}
+
+pub(crate) fn encoding_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("cannot encode record: {e}"))
 }
 
 pub(crate) fn from_json<T: DeserializeOwned>(

@@ -157,16 +157,7 @@ async fn full_disk_survived(extra: &str) {
     // Chats go on; capture holds what it cannot store meanwhile.
     let mut held = Vec::new();
     for n in 0..3 {
-        let mut request = triage_request(false);
-        request["messages"][1]["content"] = json!(format!("held #{n}"));
-        let chat = app.post("/v1/chat/completions", &request).await;
-        assert_eq!(chat.status(), 200);
-        held.push(
-            chat.headers()["x-flywheel-inference-id"]
-                .to_str()
-                .unwrap()
-                .to_string(),
-        );
+        held.push(held_chat(&app, n).await);
     }
     assert_eq!(
         ready(&app).await,
@@ -214,6 +205,18 @@ async fn full_disk_survived(extra: &str) {
     );
 }
 
+/// A chat served while the store cannot write; its inference id.
+async fn held_chat(app: &TestApp, n: usize) -> String {
+    let mut request = triage_request(false);
+    request["messages"][1]["content"] = json!(format!("held #{n}"));
+    let chat = app.post("/v1/chat/completions", &request).await;
+    assert_eq!(chat.status(), 200);
+    chat.headers()["x-flywheel-inference-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Waits for each inference to be stored, then checks its feedback is.
 async fn all_stored(app: &TestApp, acknowledged: &[(String, String)]) {
     for (feedback_id, inference_id) in acknowledged {
@@ -254,12 +257,7 @@ async fn shutdown_completes_while_the_store_is_failing() {
     }
     // Chats answered now are held by capture, which cannot store them.
     for n in 0..20 {
-        let mut request = triage_request(false);
-        request["messages"][1]["content"] = json!(format!("held #{n}"));
-        assert_eq!(
-            app.post("/v1/chat/completions", &request).await.status(),
-            200
-        );
+        held_chat(&app, n).await;
     }
     let started = Instant::now();
     let (_dir, _temp) = app.stop().await;

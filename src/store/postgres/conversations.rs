@@ -3,7 +3,7 @@
 //! (a transaction-scoped advisory lock) and writes the conversation, what
 //! changed with it and the tallies' delta in one transaction.
 
-use super::{Ctx, PgStore, db_error, from_json, pool_error, records, to_json};
+use super::{Ctx, PgStore, db_error, encoding_error, from_json, pool_error, records, to_json};
 use crate::store::{
     CapturedTurn, ConversationPage, ConversationRecord, ConversationScan, ConversationSignals,
     ConversationTallies, FeedbackRecord, IndexField, InferenceRecord, Position, StoreError,
@@ -922,9 +922,8 @@ async fn insert_thread_keys(
 
 /// A captured turn's whole record as JSON text.
 fn turn_json(turn: &CapturedTurn) -> Result<String, StoreError> {
-    let encoding = |e: &dyn std::fmt::Display| StoreError::Io(format!("cannot encode record: {e}"));
-    let json = turn.record_json().map_err(|e| encoding(&e))?;
-    String::from_utf8(json).map_err(|e| encoding(&e))
+    let json = turn.record_json().map_err(encoding_error)?;
+    String::from_utf8(json).map_err(encoding_error)
 }
 
 /// The batch's new records in one multi-row INSERT.
