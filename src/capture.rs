@@ -12,6 +12,7 @@ mod redact;
 pub mod responses;
 mod retention;
 pub mod threading;
+pub mod tokens;
 mod usage;
 mod writer;
 

@@ -23,16 +23,14 @@
 use super::background::{BACKGROUND_TASK, ORIGIN_TAG};
 use super::priority::Priority;
 use super::record::read_content;
+use super::tokens::{self, Tokens};
 use super::{BackgroundTasks, Redactor, build_record};
 use crate::config::WriterPriority;
-use crate::exchange::{Exchange, FULL_BATCH, InFlight, Outcome, QueueDepth, Queued, Room, Wire};
+use crate::exchange::{Exchange, FULL_BATCH, InFlight, QueueDepth, Queued, Room};
 use crate::ids::now_rfc3339;
-use crate::routing::Route;
 use crate::store::{CapturedTurn, SharedStore, StoreError};
-use crate::telemetry::Handles;
-use metrics::Counter;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -366,7 +364,7 @@ pub(crate) fn prepare(
     background: &BackgroundTasks,
 ) -> Option<CapturedTurn> {
     if !exchange.meta.enabled {
-        add_tokens(&exchange.route, uncaptured_tokens(&exchange));
+        tokens::add(&exchange.route, uncaptured_tokens(&exchange));
         return None;
     }
     let route = exchange.route.clone();
@@ -378,7 +376,7 @@ pub(crate) fn prepare(
             .tags
             .insert(ORIGIN_TAG.to_string(), BACKGROUND_TASK.to_string());
     }
-    add_tokens(&route, response_tokens(&record.response));
+    tokens::add(&route, tokens::of_record(&record.response));
     // Nothing reaches the store before redaction.
     redactor.redact_value(&mut record.request);
     redactor.redact_value(&mut record.response);
@@ -397,59 +395,17 @@ pub(crate) fn prepare(
     Some(turn)
 }
 
-/// The token counters by alias and version, kept: registering them by
-/// their labels on each record showed in the writer's profile.
-static TOKEN_COUNTERS: LazyLock<Handles<[Counter; 2]>> = LazyLock::new(Handles::default);
-
-/// Prompt and completion tokens, where known.
-type Tokens = [Option<u64>; 2];
-
-fn add_tokens(route: &Route, tokens: Tokens) {
-    let alias = route.alias.as_deref().unwrap_or_default();
-    let version = route.version.as_deref().unwrap_or_default();
-    let counters = TOKEN_COUNTERS.get([alias, version], || {
-        ["prompt", "completion"].map(|kind| {
-            metrics::counter!("flywheel_tokens_total", "alias" => alias.to_string(), "version" => version.to_string(), "kind" => kind)
-        })
-    });
-    for (n, counter) in tokens.iter().zip(&counters) {
-        if let Some(n) = n {
-            counter.increment(*n);
-        }
-    }
-}
-
-/// The tokens a record's answer (`response`) counts in its usage: the
-/// answer's own, or the estimate [`read_content`] made for an answer
-/// without any.
-fn response_tokens(response: &serde_json::Value) -> Tokens {
-    let usage = &response["usage"];
-    ["prompt_tokens", "completion_tokens"].map(|field| usage[field].as_u64())
-}
-
-/// The tokens of an exchange that is not captured. A unary chat answer
-/// that carries its usage is read for that alone: building a whole record
-/// only to drop it was most of what such an exchange cost the writer
-/// (about 5 µs, against 1). Anything else is read as a record reads it.
+/// The tokens of an exchange that is not captured: what its answer
+/// reports, else what its record would count (an estimate, for an answer
+/// without usage).
 fn uncaptured_tokens(exchange: &Exchange) -> Tokens {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        usage: Option<Usage>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
-    }
-    let unary_chat = exchange.wire == Wire::Chat
-        && !exchange.streamed
-        && exchange.outcome != Outcome::UpstreamError;
-    if unary_chat
-        && let Ok(Answer { usage: Some(usage) }) = serde_json::from_slice(&exchange.response)
-    {
-        return [usage.prompt_tokens, usage.completion_tokens];
-    }
-    response_tokens(&read_content(exchange).response)
+    tokens::reported(
+        exchange.wire,
+        exchange.streamed,
+        exchange.outcome,
+        &exchange.response,
+    )
+    .unwrap_or_else(|| tokens::of_record(&read_content(exchange).response))
 }
 
 #[cfg(test)]
@@ -539,7 +495,7 @@ mod tests {
             .map(|(name, exchange)| {
                 let uncaptured = uncaptured_tokens(&exchange);
                 let record = build_record(exchange, String::new());
-                assert_eq!(uncaptured, response_tokens(&record.response), "{name}");
+                assert_eq!(uncaptured, tokens::of_record(&record.response), "{name}");
                 (name, uncaptured)
             })
             .collect();
@@ -626,7 +582,7 @@ mod tests {
         stage("count_tokens", &mut || {
             records
                 .iter()
-                .for_each(|r| add_tokens(&route, response_tokens(&r.response)))
+                .for_each(|r| tokens::add(&route, tokens::of_record(&r.response)))
         });
         stage("redact", &mut || {
             for r in &mut records {

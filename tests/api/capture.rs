@@ -182,8 +182,40 @@ async fn no_capture_header_and_config_keep_exchanges_out_of_the_store() {
     let response = app
         .post("/v1/chat/completions", &triage_request(false))
         .await;
-    // Capture has seen the exchange: not storing it was its decision.
     never_stored(&app, &inference_id(&response)).await;
+}
+
+/// An exchange capture leaves alone still counts its tokens: as it
+/// completes, from the usage its answer reports, without waiting in the
+/// capture queue (where a saturated proxy's writer could drop it).
+#[tokio::test]
+async fn an_uncaptured_answer_counts_its_reported_tokens_as_it_completes() {
+    let app = spawn_app_with(Options {
+        extra: "[capture]\nenabled = false".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut reported = [0.0, 0.0];
+    for _ in 0..3 {
+        let response = app
+            .post("/v1/chat/completions", &triage_request(false))
+            .await;
+        let answer: serde_json::Value = response.json().await.unwrap();
+        for (sum, kind) in reported
+            .iter_mut()
+            .zip(["prompt_tokens", "completion_tokens"])
+        {
+            *sum += answer["usage"][kind].as_f64().unwrap();
+        }
+    }
+    assert!(reported.iter().all(|n| *n > 0.0), "{reported:?}");
+    // Read at once: no writer had to get round to these exchanges.
+    for (kind, sum) in ["prompt", "completion"].into_iter().zip(reported) {
+        let labels = [("alias", "triage"), ("version", "base"), ("kind", kind)];
+        let counted = app.metric_where("flywheel_tokens_total", &labels).await;
+        assert_eq!(counted, sum, "{kind} tokens");
+    }
+    assert_eq!(app.metric("flywheel_exchange_dropped_total").await, 0.0);
 }
 
 /// The bytes waiting for capture are bounded, not only their count: an
