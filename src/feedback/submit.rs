@@ -145,9 +145,9 @@ const LOOKUP_EVERY_AT_MOST: Duration = Duration::from_secs(1);
 
 /// The inference by either id. Capture writes in batches, so one that
 /// finished a moment ago may not be stored yet: look again each flush
-/// interval (at most a second) — at least ten times, and on while capture has exchanges in
-/// flight, up to [`LOOKUP_PATIENCE`]; an id nothing is on its way for is a
-/// 404 soon.
+/// interval (at most a second) — at least ten times, and on while capture
+/// has exchanges in flight, up to [`LOOKUP_PATIENCE`]; an id nothing is on
+/// its way for is a 404 soon.
 async fn find_inference(
     app: &Context,
     request: &FeedbackRequest,
