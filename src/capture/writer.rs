@@ -216,7 +216,12 @@ impl Writer {
         shutdown: CancellationToken,
     ) {
         let capacity = rx.max_capacity();
-        let mut tick = tokio::time::interval(flush_every);
+        // The first tick a whole interval after start, not at once: a
+        // writer thread that starts late (it runs in the background) would
+        // otherwise take the first exchanges of a batch alone, leaving the
+        // rest short of the batch that wakes it until the tick.
+        let first = tokio::time::Instant::now() + flush_every;
+        let mut tick = tokio::time::interval_at(first, flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The writer wakes once per tick, or once a full batch waits, and
         // takes what queued meanwhile, not once per exchange: a wake-up per
