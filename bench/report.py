@@ -22,34 +22,51 @@ def cpu_us(name):
 
 
 print("### Added latency at fixed request rates (8 connections, open loop)\n")
-print("| mode | rate (req/s) | direct p50 / p99 (ms) | Flywheel added p50 / p99 (ms) | nginx added p50 / p99 (ms) | Flywheel CPU per request (µs) | errors (direct/flywheel/nginx) |")
-print("|---|---|---|---|---|---|---|")
+print("Added = the proxy's p50 or p99 minus the direct one's; the floor is bench/floor, tokio and hyper "
+      "forwarding bytes untouched.\n")
+print("| mode | rate (req/s) | direct p50 / p99 (ms) | Flywheel added p50 / p99 (ms) | nginx added p50 / p99 (ms) "
+      "| floor added p50 / p99 (ms) | Flywheel's added p50 ÷ nginx's | Flywheel CPU per request (µs) "
+      "| errors (direct/flywheel/nginx/floor) |")
+print("|---|---|---|---|---|---|---|---|---|")
 for mode in ("unary", "stream"):
     for rate in (500, 1000, 2000):
-        d, f, n = (f"{t}-{mode}-{rate}" for t in ("direct", "flywheel", "nginx"))
+        d, f, n, b = (f"{t}-{mode}-{rate}" for t in ("direct", "flywheel", "nginx", "floor"))
         if d not in runs:
             continue
-        key = "latency_ms"
-        dp = lat(d, key)
-        fp = lat(f, key)
-        np_ = lat(n, key)
-        errors = "/".join(str(runs[x]["result"]["errors"]) for x in (d, f, n))
-        print(f"| {mode} | {rate} | {dp['p50']:.3f} / {dp['p99']:.3f} | {fp['p50'] - dp['p50']:+.3f} / {fp['p99'] - dp['p99']:+.3f} "
-              f"| {np_['p50'] - dp['p50']:+.3f} / {np_['p99'] - dp['p99']:+.3f} | {cpu_us(f):.0f} | {errors} |")
+        dp = lat(d)
 
-print("\n### Time to first byte of streams (added by Flywheel, ms)\n")
-print("| rate (req/s) | direct TTFB p50 / p99 | Flywheel added p50 / p99 |")
-print("|---|---|---|")
+        def added(name):
+            if name not in runs:
+                return "—", None
+            p = lat(name)
+            return f"{p['p50'] - dp['p50']:+.3f} / {p['p99'] - dp['p99']:+.3f}", p["p50"] - dp["p50"]
+
+        (fa, fp50), (na, np50), (ba, _) = added(f), added(n), added(b)
+        ratio = f"{fp50 / np50:.1f}" if np50 and np50 > 0 else "—"
+        errors = "/".join(str(runs[x]["result"]["errors"]) if x in runs else "—" for x in (d, f, n, b))
+        print(f"| {mode} | {rate} | {dp['p50']:.3f} / {dp['p99']:.3f} | {fa} | {na} | {ba} | {ratio} | {cpu_us(f):.0f} | {errors} |")
+
+print("\n### Time to first byte of streams (added by each proxy, ms)\n")
+print("| rate (req/s) | direct TTFB p50 / p99 | Flywheel added p50 / p99 | nginx added p50 / p99 | floor added p50 / p99 |")
+print("|---|---|---|---|---|")
 for rate in (500, 1000, 2000):
-    d, f = f"direct-stream-{rate}", f"flywheel-stream-{rate}"
+    d = f"direct-stream-{rate}"
     if d in runs:
-        dp, fp = lat(d, "first_byte_ms"), lat(f, "first_byte_ms")
-        print(f"| {rate} | {dp['p50']:.3f} / {dp['p99']:.3f} | {fp['p50'] - dp['p50']:+.3f} / {fp['p99'] - dp['p99']:+.3f} |")
+        dp = lat(d, "first_byte_ms")
+        cells = []
+        for t in ("flywheel", "nginx", "floor"):
+            name = f"{t}-stream-{rate}"
+            if name in runs:
+                p = lat(name, "first_byte_ms")
+                cells.append(f"{p['p50'] - dp['p50']:+.3f} / {p['p99'] - dp['p99']:+.3f}")
+            else:
+                cells.append("—")
+        print(f"| {rate} | {dp['p50']:.3f} / {dp['p99']:.3f} | " + " | ".join(cells) + " |")
 
 print("\n### Throughput at saturation (unary, 8 connections, closed loop)\n")
 print("| target | req/s | p50 / p99 (ms) |")
 print("|---|---|---|")
-for t in ("direct", "flywheel", "nginx"):
+for t in ("direct", "flywheel", "nginx", "floor"):
     name = f"{t}-saturation"
     if name in runs:
         r = runs[name]["result"]
