@@ -265,7 +265,8 @@ async fn next_chunk(mut relay: Relay) -> Option<(Result<Bytes, std::io::Error>, 
 /// an event that ends the response (`so_far`, the whole stream, names it).
 pub(crate) fn completes(wire: Wire, chunk: &[u8], so_far: &[u8]) -> bool {
     match wire {
-        Wire::Chat => ends_with_done(chunk),
+        // The stream so far too: the upstream's chunks may split the event.
+        Wire::Chat => ends_with_done(chunk) || ends_with_done(so_far),
         Wire::Responses => ends_with_final_event(so_far),
     }
 }
@@ -309,7 +310,27 @@ fn ends_with_final_event(stream: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::ends_with_final_event;
+    use super::{completes, ends_with_final_event};
+    use crate::exchange::Wire;
+
+    #[test]
+    fn a_chat_stream_completes_at_its_done_wherever_the_upstream_split_it() {
+        let stream = "data: {\"choices\":[]}\n\ndata: [DONE]\n\n";
+        let done_at = stream
+            .find("data: [DONE]")
+            .map_or(0, |i| i + "data: [DONE]".len());
+        for cut in 1..stream.len() {
+            let (first, second) = stream.split_at(cut);
+            let at_first = completes(Wire::Chat, first.as_bytes(), first.as_bytes());
+            assert_eq!(at_first, cut >= done_at, "cut at {cut}");
+            if !at_first {
+                assert!(
+                    completes(Wire::Chat, second.as_bytes(), stream.as_bytes()),
+                    "cut at {cut}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_responses_stream_ends_with_its_final_event_only() {

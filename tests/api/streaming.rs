@@ -276,3 +276,71 @@ async fn a_client_that_leaves_mid_stream_drops_the_upstream_request() {
     )
     .await;
 }
+
+/// Streams one content chunk, then `[DONE]` split over two writes, and
+/// keeps its body open for `hold` after them, as a provider may before
+/// it ends the response.
+async fn split_done_upstream(hold: Duration) -> std::net::SocketAddr {
+    const PARTS: [&str; 3] = [
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Credential theft.\"},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DO",
+        "NE]\n\n",
+    ];
+    let handler = move || async move {
+        let events = futures_util::stream::unfold(0, move |sent| async move {
+            // Apart in time, so each part is a chunk of its own.
+            let pause = if sent < PARTS.len() {
+                Duration::from_millis(50)
+            } else {
+                hold
+            };
+            tokio::time::sleep(pause).await;
+            let part = PARTS.get(sent)?;
+            Some((Ok::<_, std::io::Error>(*part), sent + 1))
+        });
+        axum::response::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(events))
+            .unwrap()
+    };
+    let router = axum::Router::new().route("/v1/chat/completions", post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// The upstream's chunks split `data: [DONE]` and its body stays open
+/// after it: the turn is still threaded the moment the client has the
+/// whole event, not when the upstream ends.
+#[tokio::test]
+async fn a_follow_up_threads_when_the_upstream_split_its_done() {
+    let upstream = split_done_upstream(Duration::from_secs(30)).await;
+    let app = spawn_app_with(Options {
+        upstream: Some(upstream),
+        ..Options::default()
+    })
+    .await;
+    let mut request = triage_request(true);
+    let first = app.post("/v1/chat/completions", &request).await;
+    let conversation = first.headers()["x-flywheel-conversation-id"].clone();
+    let mut body = String::new();
+    let mut stream = first.bytes_stream();
+    while !body.contains("data: [DONE]\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("[DONE] within 10 s")
+            .expect("the stream goes on to [DONE]")
+            .unwrap();
+        body.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let history = request["messages"].as_array_mut().unwrap();
+    history.push(json!({"role": "assistant", "content": "Credential theft."}));
+    history.push(json!({"role": "user", "content": "Contain it?"}));
+    let second = app.post("/v1/chat/completions", &request).await;
+    assert_eq!(
+        second.headers()["x-flywheel-conversation-id"],
+        conversation,
+        "the follow-up continues the first turn's conversation"
+    );
+}
