@@ -221,25 +221,19 @@ async fn a_stream_past_the_total_timeout_ends_with_a_timeout_event() {
     assert_eq!(last["error"]["code"], "upstream_timeout");
 }
 
-/// An upstream that streams until it is dropped, and says so.
-async fn endless_upstream(dropped: Arc<AtomicBool>) -> std::net::SocketAddr {
-    struct Flag(Arc<AtomicBool>);
-    impl Drop for Flag {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
+/// An upstream that answers every chat completion with the event stream
+/// `events` makes for it.
+async fn streaming_upstream<F, S>(events: F) -> std::net::SocketAddr
+where
+    F: Fn() -> S + Clone + Send + Sync + 'static,
+    S: futures_util::Stream<Item = Result<&'static str, std::io::Error>> + Send + 'static,
+{
     let handler = move || {
-        let flag = Flag(dropped.clone());
+        let body = Body::from_stream(events());
         async move {
-            let events = futures_util::stream::unfold(flag, |flag| async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let chunk = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" x\"}}]}\n\n";
-                Some((Ok::<_, std::io::Error>(chunk), flag))
-            });
             axum::response::Response::builder()
                 .header("content-type", "text/event-stream")
-                .body(Body::from_stream(events))
+                .body(body)
                 .unwrap()
         }
     };
@@ -248,6 +242,24 @@ async fn endless_upstream(dropped: Arc<AtomicBool>) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
     addr
+}
+
+/// An upstream that streams until it is dropped, and says so.
+async fn endless_upstream(dropped: Arc<AtomicBool>) -> std::net::SocketAddr {
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    streaming_upstream(move || {
+        futures_util::stream::unfold(Flag(dropped.clone()), |flag| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let chunk = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" x\"}}]}\n\n";
+            Some((Ok(chunk), flag))
+        })
+    })
+    .await
 }
 
 #[tokio::test]
@@ -286,8 +298,8 @@ async fn split_done_upstream(hold: Duration) -> std::net::SocketAddr {
         "data: [DO",
         "NE]\n\n",
     ];
-    let handler = move || async move {
-        let events = futures_util::stream::unfold(0, move |sent| async move {
+    streaming_upstream(move || {
+        futures_util::stream::unfold(0, move |sent| async move {
             // Apart in time, so each part is a chunk of its own.
             let pause = if sent < PARTS.len() {
                 Duration::from_millis(50)
@@ -296,18 +308,10 @@ async fn split_done_upstream(hold: Duration) -> std::net::SocketAddr {
             };
             tokio::time::sleep(pause).await;
             let part = PARTS.get(sent)?;
-            Some((Ok::<_, std::io::Error>(*part), sent + 1))
-        });
-        axum::response::Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(Body::from_stream(events))
-            .unwrap()
-    };
-    let router = axum::Router::new().route("/v1/chat/completions", post(handler));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    addr
+            Some((Ok(*part), sent + 1))
+        })
+    })
+    .await
 }
 
 /// The upstream's chunks split `data: [DONE]` and its body stays open
