@@ -21,6 +21,14 @@ def cpu_us(name):
     return 1e6 * r["proxy_cpu_ticks"] / clk_tck / n if n else float("nan")
 
 
+def added(name, direct, key="latency_ms"):
+    """A proxy's p50 / p99 over the direct run's, as text, and its p50 over it; a dash for a run not made."""
+    if name not in runs:
+        return "—", None
+    p, d = lat(name, key), lat(direct, key)
+    return f"{p['p50'] - d['p50']:+.3f} / {p['p99'] - d['p99']:+.3f}", p["p50"] - d["p50"]
+
+
 print("### Added latency at fixed request rates (8 connections, open loop)\n")
 print("Added = the proxy's p50 or p99 minus the direct one's; the floor is bench/floor, tokio and hyper "
       "forwarding bytes untouched.\n")
@@ -34,15 +42,8 @@ for mode in ("unary", "stream"):
         if d not in runs:
             continue
         dp = lat(d)
-
-        def added(name):
-            if name not in runs:
-                return "—", None
-            p = lat(name)
-            return f"{p['p50'] - dp['p50']:+.3f} / {p['p99'] - dp['p99']:+.3f}", p["p50"] - dp["p50"]
-
-        (fa, fp50), (na, np50), (ba, _) = added(f), added(n), added(b)
-        ratio = f"{fp50 / np50:.1f}" if np50 and np50 > 0 else "—"
+        (fa, fp50), (na, np50), (ba, _) = added(f, d), added(n, d), added(b, d)
+        ratio = f"{fp50 / np50:.1f}" if fp50 is not None and np50 and np50 > 0 else "—"
         errors = "/".join(str(runs[x]["result"]["errors"]) if x in runs else "—" for x in (d, f, n, b))
         print(f"| {mode} | {rate} | {dp['p50']:.3f} / {dp['p99']:.3f} | {fa} | {na} | {ba} | {ratio} | {cpu_us(f):.0f} | {errors} |")
 
@@ -53,14 +54,7 @@ for rate in (500, 1000, 2000):
     d = f"direct-stream-{rate}"
     if d in runs:
         dp = lat(d, "first_byte_ms")
-        cells = []
-        for t in ("flywheel", "nginx", "floor"):
-            name = f"{t}-stream-{rate}"
-            if name in runs:
-                p = lat(name, "first_byte_ms")
-                cells.append(f"{p['p50'] - dp['p50']:+.3f} / {p['p99'] - dp['p99']:+.3f}")
-            else:
-                cells.append("—")
+        cells = [added(f"{t}-stream-{rate}", d, "first_byte_ms")[0] for t in ("flywheel", "nginx", "floor")]
         print(f"| {rate} | {dp['p50']:.3f} / {dp['p99']:.3f} | " + " | ".join(cells) + " |")
 
 print("\n### Throughput at saturation (unary, 8 connections, closed loop)\n")
