@@ -9,7 +9,7 @@
 //! (`capture.queue_max_bytes`), so memory stays bounded when the bodies are
 //! large, not only when they are many.
 
-use crate::capture::CaptureMeta;
+use crate::capture::{CaptureMeta, tokens};
 use crate::config::QueueFullPolicy;
 use crate::routing::Route;
 use bytes::Bytes;
@@ -206,8 +206,23 @@ impl ExchangeSink {
     }
 
     /// Never blocks the caller: a full queue drops the exchange, or with the
-    /// `wait` policy parks it in a task until there is room.
+    /// `wait` policy parks it in a task until there is room. An exchange
+    /// capture leaves alone whose answer reports its usage is counted here
+    /// and not queued: that count is all the writer would do with it, and
+    /// queued, it would compete with captured exchanges for the queue,
+    /// which at saturation dropped it uncounted.
     pub fn submit(&self, exchange: Exchange) {
+        if !exchange.meta.enabled
+            && let Some(counted) = tokens::reported(
+                exchange.wire,
+                exchange.streamed,
+                exchange.outcome,
+                &exchange.response,
+            )
+        {
+            tokens::add(&exchange.route, counted);
+            return;
+        }
         self.in_flight.add();
         let drop_one = |reason| {
             self.in_flight.done(1);

@@ -1,7 +1,7 @@
 //! `flywheel_tokens_total`: the tokens each answer's usage counts, added by
 //! alias and version. A captured exchange is counted by the writer from its
-//! record; one capture leaves alone is counted as it completes when its
-//! answer reports its usage, so it never waits in the capture queue.
+//! record; one capture leaves alone is counted as it is submitted when
+//! its answer reports its usage, so it never waits in the capture queue.
 
 use crate::exchange::{Outcome, Wire};
 use crate::routing::Route;

@@ -402,9 +402,9 @@ pub(crate) fn prepare(
 
 /// The tokens of an exchange that is not captured: what its answer
 /// reports, else what its record would count (an estimate, for an answer
-/// without usage). The relay counts what the answer reports before
-/// queueing (`Pending::finish`), so what reaches the writer is mostly
-/// the rest; one rule for both keeps their counts alike.
+/// without usage). The queue counts what the answer reports instead of
+/// queueing it (`ExchangeSink::submit`), so what reaches the writer is
+/// mostly the rest; one rule for both keeps their counts alike.
 fn uncaptured_tokens(exchange: &Exchange) -> Tokens {
     tokens::reported(
         exchange.wire,

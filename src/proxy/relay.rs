@@ -4,7 +4,7 @@
 //! the stream with an SSE error event.
 
 use super::thread::TurnThreading;
-use crate::capture::{CaptureMeta, tokens};
+use crate::capture::CaptureMeta;
 use crate::exchange::{Exchange, ExchangeSink, Outcome, Wire};
 use crate::openai::{ApiError, sse};
 use crate::routing::Route;
@@ -20,9 +20,7 @@ use tokio::time::{Instant, timeout_at};
 
 mod burst;
 
-/// An exchange under way; finishing it hands the record to the sink, or
-/// only counts its tokens when capture leaves it alone and its answer
-/// reports them.
+/// An exchange under way; finishing it hands the record to the sink.
 pub struct Pending {
     pub inference_id: String,
     pub caller_id: Arc<str>,
@@ -46,15 +44,6 @@ impl Pending {
         response: Bytes,
         first_byte: Option<Duration>,
     ) {
-        if !self.meta.enabled
-            && let Some(counted) = tokens::reported(self.wire, self.streamed, outcome, &response)
-        {
-            // All the writer would do with it: queued, it would compete for
-            // the queue with captured exchanges, and at saturation the
-            // starved writer dropped it uncounted.
-            tokens::add(&self.route, counted);
-            return;
-        }
         let total = self.started.elapsed();
         if let Some(threading) = self.threading.take() {
             let answered = (outcome == Outcome::Ok && (200..300).contains(&status))
